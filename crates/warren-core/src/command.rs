@@ -1,0 +1,219 @@
+//! Commands: every change of replicated broker state is one of these,
+//! committed through Raft and applied by [`crate::Broker::apply`] on every
+//! node in log order.
+
+use std::sync::Arc;
+
+use amq_protocol_types::FieldTable;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ChannelId, ConnectionId, ConsumerTag, DeliveryTag, ExchangeName, NodeId, QueueName, UserName, VHost};
+use crate::message::Message;
+
+/// One Raft entry's payload: the commands a node's proposer coalesced, with
+/// the time the proposer stamped on them (apply never reads a clock).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Milliseconds since the Unix epoch, stamped by the proposer.
+    pub now_ms: u64,
+    pub requests: Vec<Request>,
+}
+
+/// A command and the channel it came from. Every request with an origin
+/// gets exactly one [`crate::Effect::Reply`] addressed to that channel, in
+/// the order the requests were applied.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// `None` for system commands (ticks, node events, user management).
+    pub origin: Option<ChannelId>,
+    pub command: Command,
+}
+
+/// The kind of an exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ExchangeKind {
+    Direct,
+    Fanout,
+    Topic,
+    Headers,
+}
+
+impl ExchangeKind {
+    /// Parses the AMQP type name (`direct`, `fanout`, `topic`, `headers`).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "direct" => Some(Self::Direct),
+            "fanout" => Some(Self::Fanout),
+            "topic" => Some(Self::Topic),
+            "headers" => Some(Self::Headers),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Fanout => "fanout",
+            Self::Topic => "topic",
+            Self::Headers => "headers",
+        }
+    }
+}
+
+/// A change of broker state.
+///
+/// Channel-scoped commands (consume, ack, qos, get, …) act on the channel
+/// named by the request's `origin`; a channel-scoped command without an
+/// origin is ignored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    DeclareExchange {
+        vhost: VHost,
+        name: ExchangeName,
+        kind: ExchangeKind,
+        passive: bool,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    },
+    DeleteExchange {
+        vhost: VHost,
+        name: ExchangeName,
+        if_unused: bool,
+    },
+    /// Exchange-to-exchange binding: messages routed by `source` with a
+    /// matching key also go through `destination`.
+    BindExchange {
+        vhost: VHost,
+        destination: ExchangeName,
+        source: ExchangeName,
+        routing_key: String,
+        arguments: FieldTable,
+    },
+    UnbindExchange {
+        vhost: VHost,
+        destination: ExchangeName,
+        source: ExchangeName,
+        routing_key: String,
+        arguments: FieldTable,
+    },
+    /// `name` is never empty: the front end generates `amq.gen-…` names.
+    DeclareQueue {
+        vhost: VHost,
+        name: QueueName,
+        passive: bool,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: FieldTable,
+    },
+    BindQueue {
+        vhost: VHost,
+        queue: QueueName,
+        exchange: ExchangeName,
+        routing_key: String,
+        arguments: FieldTable,
+    },
+    UnbindQueue {
+        vhost: VHost,
+        queue: QueueName,
+        exchange: ExchangeName,
+        routing_key: String,
+        arguments: FieldTable,
+    },
+    PurgeQueue {
+        vhost: VHost,
+        queue: QueueName,
+    },
+    DeleteQueue {
+        vhost: VHost,
+        queue: QueueName,
+        if_unused: bool,
+        if_empty: bool,
+    },
+    /// The message's `exchange` and `routing_key` say where it goes.
+    Publish {
+        vhost: VHost,
+        mandatory: bool,
+        message: Arc<Message>,
+    },
+    Qos {
+        prefetch_count: u16,
+        global: bool,
+    },
+    /// `consumer_tag` is never empty: the front end generates `amq.ctag-…`.
+    Consume {
+        vhost: VHost,
+        queue: QueueName,
+        consumer_tag: ConsumerTag,
+        no_ack: bool,
+        exclusive: bool,
+        arguments: FieldTable,
+    },
+    Cancel {
+        consumer_tag: ConsumerTag,
+    },
+    Get {
+        vhost: VHost,
+        queue: QueueName,
+        no_ack: bool,
+    },
+    Ack {
+        delivery_tag: DeliveryTag,
+        multiple: bool,
+    },
+    Nack {
+        delivery_tag: DeliveryTag,
+        multiple: bool,
+        requeue: bool,
+    },
+    Reject {
+        delivery_tag: DeliveryTag,
+        requeue: bool,
+    },
+    /// `basic.recover`: requeue (always, as RabbitMQ does) every unacked
+    /// message of the channel.
+    Recover {
+        requeue: bool,
+    },
+    /// The origin channel closed: cancel its consumers, requeue its unacked
+    /// messages (redelivered = true).
+    CloseChannel,
+    /// A connection closed: every channel of it closes, its exclusive queues
+    /// are deleted.
+    CloseConnection {
+        conn: ConnectionId,
+    },
+    /// Expire messages (`x-message-ttl`, `expiration`) and queues
+    /// (`x-expires`) due at or before the batch's `now_ms`.
+    Tick,
+    /// A node (re)started with a new boot id: remove what RabbitMQ loses on
+    /// a restart of that node — its connections of earlier boots (their
+    /// consumers cancelled, unacked requeued), exclusive queues they owned,
+    /// and non-durable queues homed on it.
+    NodeStarted {
+        node: NodeId,
+        boot: u64,
+    },
+    /// A node died or left: the same clean-up for all its connections.
+    NodeDown {
+        node: NodeId,
+    },
+    DeclareVHost {
+        vhost: VHost,
+    },
+    DeleteVHost {
+        vhost: VHost,
+    },
+    /// Creates or replaces a user. `password_hash` is RabbitMQ's format:
+    /// base64(salt(4) ++ sha256(salt ++ password)).
+    PutUser {
+        name: UserName,
+        password_hash: String,
+        tags: Vec<String>,
+    },
+    DeleteUser {
+        name: UserName,
+    },
+}
