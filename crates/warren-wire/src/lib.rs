@@ -1,1 +1,72 @@
-//! warren-wire
+//! # warren-wire
+//!
+//! The AMQP 0-9-1 codec of Warren: bytes in, [`AMQPFrame`]s out, and back.
+//! It is pure — no sockets, no tokio, no other warren crate — and sits under
+//! `warren-amqp`, the per-connection front end, which reads into a
+//! [`bytes::BytesMut`], calls [`check_protocol_header`] once and then
+//! [`decode_frame`] in a loop, and writes with [`encode_frame`] and
+//! [`encode_content`].
+//!
+//! Method and property types come from [`amq_protocol`] (re-exported here as
+//! [`protocol`] and [`types`], so users need no direct dependency). This
+//! crate adds what a *server* needs around it and amq-protocol does not do:
+//!
+//! - `frame_max` is enforced from the 7-byte frame header, before the payload
+//!   is buffered;
+//! - every failure is a typed [`WireError`] with the AMQP reply code to close
+//!   the connection with ([`WireError::reply_code`]);
+//! - SASL PLAIN / AMQPLAIN responses are parsed ([`parse_sasl_response`]);
+//! - short strings built from client data go through [`short_string`]
+//!   (amq-protocol's `ShortString::from` panics past 255 bytes).
+//!
+//! Codec speaks the spec (`queue::Declare`, `basic::Publish`); conversion to
+//! the domain commands of `warren-core` happens in the front end.
+
+mod error;
+mod frame;
+mod method_name;
+mod sasl;
+
+pub use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
+pub use amq_protocol::protocol;
+pub use amq_protocol::protocol::basic::AMQPProperties;
+pub use amq_protocol::protocol::AMQPClass;
+pub use amq_protocol::types;
+pub use amq_protocol::types::ShortString;
+
+pub use error::{WireError, ACCESS_REFUSED, COMMAND_INVALID, FRAME_ERROR, INTERNAL_ERROR, NOT_IMPLEMENTED};
+pub use frame::{
+    check_protocol_header, decode_frame, encode_content, encode_frame, FRAME_END, FRAME_HEADER_SIZE, FRAME_MIN_SIZE,
+    FRAME_OVERHEAD, PROTOCOL_HEADER, UNLIMITED_FRAME_CHUNK,
+};
+pub use method_name::method_name;
+pub use sasl::{parse_sasl_response, Credentials, SASL_MECHANISMS};
+
+/// The largest byte length of an AMQP short string.
+pub const MAX_SHORT_STRING_LEN: usize = 255;
+
+/// A [`ShortString`] from `s`, or an error if `s` is longer than 255 bytes.
+///
+/// Use this — never `ShortString::from`, which panics — whenever a short
+/// string is built from client-controlled data (a queue name taken from a
+/// long string, a header value echoed back, an error text).
+///
+/// # Errors
+/// [`WireError::Encode`] if `s` is over 255 bytes.
+pub fn short_string(s: &str) -> Result<ShortString, WireError> {
+    ShortString::try_new(s).map_err(|err| WireError::Encode(err.to_string()))
+}
+
+/// `s` cut to at most 255 bytes on a UTF-8 character boundary.
+///
+/// For texts where losing the tail is fine, such as `reply_text` in
+/// `connection.close` / `channel.close`.
+#[must_use]
+pub fn short_string_lossy(s: &str) -> ShortString {
+    let mut end = s.len().min(MAX_SHORT_STRING_LEN);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    // Cannot fail: at most 255 bytes.
+    ShortString::try_new(&s[..end]).unwrap_or_default()
+}
