@@ -1,1 +1,103 @@
-//! warren-amqp
+//! `warren-amqp`: the AMQP 0-9-1 front end.
+//!
+//! It accepts TCP connections, runs the handshake (PLAIN / AMQPLAIN against
+//! the replicated user table), and turns every client method into a core
+//! command sent through this node's proposer. It decides nothing about
+//! broker state: what the core's effects say (replies, deliveries, cancels)
+//! it writes back to the client. It sits above `warren-cluster` (proposer,
+//! local replica reads) and `warren-wire` (frames), beside nothing.
+
+mod channel;
+mod connection;
+mod convert;
+mod error;
+mod names;
+pub mod password;
+mod registry;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+use warren_cluster::{Node, Proposer};
+use warren_core::NodeId;
+
+pub use error::AmqpError;
+pub use registry::Registry;
+
+/// Front-end settings.
+#[derive(Clone, Debug)]
+pub struct AmqpConfig {
+    /// Largest frame the server accepts and proposes in `connection.tune`.
+    pub frame_max: u32,
+    pub channel_max: u16,
+    /// Heartbeat interval the server proposes; the client's answer wins.
+    pub heartbeat: Duration,
+    /// Largest message body accepted, in bytes (RabbitMQ's `max_message_size`).
+    pub max_message_size: u64,
+    /// Users that may only connect from loopback (RabbitMQ's `loopback_users`).
+    pub loopback_users: Vec<String>,
+    /// Time allowed from accept to `connection.open-ok`.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat: Duration::from_secs(60),
+            max_message_size: 16 * 1024 * 1024,
+            loopback_users: vec!["guest".to_owned()],
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every connection of this node shares.
+pub struct Frontend {
+    pub node_id: NodeId,
+    /// This process's boot id; connection ids carry it so the core can tell
+    /// connections of an earlier run of this node from current ones.
+    pub boot: u64,
+    pub node: Node,
+    pub proposer: Proposer,
+    pub registry: Arc<Registry>,
+    pub config: AmqpConfig,
+    next_connection: AtomicU64,
+}
+
+impl Frontend {
+    pub fn new(node_id: NodeId, boot: u64, node: Node, registry: Arc<Registry>, config: AmqpConfig) -> Self {
+        let proposer = node.proposer();
+        Self { node_id, boot, node, proposer, registry, config, next_connection: AtomicU64::new(1) }
+    }
+}
+
+/// Accepts AMQP connections on `listener` until `shutdown` completes, each
+/// served by its own task.
+pub async fn serve(listener: TcpListener, frontend: Arc<Frontend>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                info!("AMQP listener stopping");
+                return;
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let seq = frontend.next_connection.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(connection::serve_connection(stream, peer, frontend.clone(), seq));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}

@@ -1,1 +1,79 @@
-fn main() {}
+//! The `warren` binary: parses the command line and hands over to
+//! [`warren_server::run`].
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use warren_server::{Config, ServerArgs};
+
+#[derive(Parser)]
+#[command(name = "warren", version, about = "A Raft-replicated AMQP 0-9-1 message broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// Flags of `server`, for when no subcommand is given.
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node (the default).
+    Server(ServerArgs),
+    /// Operate a running cluster (arrives with clustering).
+    Ctl {
+        #[arg(long, default_value = "127.0.0.1:25672")]
+        server: String,
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = match cli.command {
+        None => cli.server,
+        Some(Cmd::Server(args)) => args,
+        Some(Cmd::Ctl { server, args }) => {
+            anyhow::bail!("`warren ctl {}` (against {server}) arrives with clustering; not available yet", args.join(" "))
+        }
+    };
+    let config = Config::resolve(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(config.amqp_listen)
+            .await
+            .with_context(|| format!("binding AMQP listener on {}", config.amqp_listen))?;
+        warren_server::run(config, listener, shutdown_signal()).await
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

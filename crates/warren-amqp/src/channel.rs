@@ -1,0 +1,140 @@
+//! A connection's view of one channel number: whether it is open, the
+//! replies it still awaits from the core (in order), confirm mode, and the
+//! content of a publish being assembled.
+
+use std::collections::VecDeque;
+
+use bytes::BytesMut;
+use warren_core::QueueName;
+use warren_wire::protocol::basic::AMQPProperties;
+
+/// Where a channel number stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelState {
+    /// Not open (never opened, or closed and acknowledged).
+    Closed,
+    Open,
+    /// The client sent `channel.close`; `close-ok` goes out once the core
+    /// has applied the close.
+    ClosingByClient,
+    /// The server sent `channel.close`; everything but `close-ok` (and a
+    /// crossing `channel.close`) from the client is ignored.
+    ClosedByServer,
+}
+
+/// What a request sent to the core is waiting for. The core replies to each
+/// request exactly once and in order, so a FIFO per channel matches replies
+/// to requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// A publish; `confirm_seq` is its publisher-confirm sequence number.
+    Publish { confirm_seq: Option<u64> },
+    ExchangeDeclare { nowait: bool },
+    ExchangeDelete { nowait: bool },
+    ExchangeBind { nowait: bool },
+    ExchangeUnbind { nowait: bool },
+    QueueDeclare { nowait: bool },
+    QueueBind { nowait: bool },
+    QueueUnbind,
+    QueuePurge { nowait: bool },
+    QueueDelete { nowait: bool },
+    Qos,
+    Consume { nowait: bool },
+    Cancel { nowait: bool },
+    Get,
+    /// ack, nack, reject: no reply on success.
+    Settle { method_id: u16 },
+    Recover { send_ok: bool },
+    /// The client's `channel.close`: send `close-ok` when applied.
+    ChannelClose,
+    /// A request of an earlier incarnation of this channel number, or the
+    /// close the server issued: its reply is dropped.
+    Discard,
+}
+
+impl Pending {
+    /// (class id, method id) of the method that made this request, for the
+    /// `channel.close` that reports its failure.
+    pub fn method_ids(&self) -> (u16, u16) {
+        match self {
+            Pending::Publish { .. } => (60, 40),
+            Pending::ExchangeDeclare { .. } => (40, 10),
+            Pending::ExchangeDelete { .. } => (40, 20),
+            Pending::ExchangeBind { .. } => (40, 30),
+            Pending::ExchangeUnbind { .. } => (40, 40),
+            Pending::QueueDeclare { .. } => (50, 10),
+            Pending::QueueBind { .. } => (50, 20),
+            Pending::QueuePurge { .. } => (50, 30),
+            Pending::QueueDelete { .. } => (50, 40),
+            Pending::QueueUnbind => (50, 50),
+            Pending::Qos => (60, 10),
+            Pending::Consume { .. } => (60, 20),
+            Pending::Cancel { .. } => (60, 30),
+            Pending::Get => (60, 70),
+            Pending::Settle { method_id } => (60, *method_id),
+            Pending::Recover { .. } => (60, 110),
+            Pending::ChannelClose => (20, 40),
+            Pending::Discard => (0, 0),
+        }
+    }
+}
+
+/// A `basic.publish` whose content is being received.
+#[derive(Debug)]
+pub struct PartialContent {
+    pub exchange: String,
+    pub routing_key: String,
+    pub mandatory: bool,
+    /// Set once the content header arrived.
+    pub header: Option<(AMQPProperties, u64)>,
+    pub body: BytesMut,
+}
+
+/// One channel number of a connection.
+#[derive(Debug)]
+pub struct ChannelSlot {
+    pub state: ChannelState,
+    pub pending: VecDeque<Pending>,
+    /// Deliveries are dropped until the core's reply to this channel's close
+    /// arrives: they belong to the incarnation being closed, and the core
+    /// requeues them when it applies the close.
+    pub draining: bool,
+    pub confirm: bool,
+    pub next_confirm_seq: u64,
+    pub content: Option<PartialContent>,
+    /// For methods that name the queue as "": the last queue declared here.
+    pub last_queue: Option<QueueName>,
+}
+
+impl Default for ChannelSlot {
+    fn default() -> Self {
+        Self {
+            state: ChannelState::Closed,
+            pending: VecDeque::new(),
+            draining: false,
+            confirm: false,
+            next_confirm_seq: 1,
+            content: None,
+            last_queue: None,
+        }
+    }
+}
+
+impl ChannelSlot {
+    /// Opens a new incarnation on this number, keeping the reply FIFO (an
+    /// earlier incarnation's replies may still be on their way).
+    pub fn reopen(&mut self) {
+        self.state = ChannelState::Open;
+        self.confirm = false;
+        self.next_confirm_seq = 1;
+        self.content = None;
+        self.last_queue = None;
+    }
+
+    /// Marks every awaited reply as belonging to a closed incarnation.
+    pub fn discard_pending(&mut self) {
+        for p in self.pending.iter_mut() {
+            *p = Pending::Discard;
+        }
+    }
+}

@@ -1,0 +1,1184 @@
+//! One AMQP connection: the handshake, then a loop that reads frames from
+//! the socket, turns methods into core commands, and writes what the core's
+//! effects say (replies, deliveries, cancels) back to the client.
+//!
+//! The task owns its socket and its channels; it shares nothing but the
+//! proposer (to send commands) and the registry (to receive effects).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use warren_core::{
+    reply_code, ChannelId, Command, ConnectionId, ConsumerTag, CoreError, DeliveryTag, Effect, ExchangeKind,
+    ExchangeName, Message, Outcome, QueueName, Request, UserName, VHost,
+};
+use warren_wire::protocol::{basic, channel, confirm, connection, exchange, queue, AMQPClass};
+use warren_wire::types::{AMQPValue, FieldTable, LongString};
+use warren_wire::{AMQPFrame, WireError};
+
+use crate::channel::{ChannelSlot, ChannelState, PartialContent, Pending};
+use crate::convert::{long, properties_from_wire, properties_to_wire, short};
+use crate::error::AmqpError;
+use crate::names::{generated_consumer_tag, generated_queue_name};
+use crate::password::verify_password;
+use crate::registry::EffectBatch;
+use crate::Frontend;
+
+/// Bytes buffered for the socket before a write is forced mid-batch.
+const WRITE_HIGH_WATER: usize = 256 * 1024;
+/// How long the server waits for `connection.close-ok` after its own close.
+const CLOSE_OK_WAIT: Duration = Duration::from_secs(1);
+
+/// Serves one accepted socket until it closes. Never panics on client input;
+/// whatever happens, the connection's state in the core is closed after it.
+pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, frontend: Arc<Frontend>, seq: u64) {
+    let _ = stream.set_nodelay(true);
+    let id = ConnectionId { node: frontend.node_id, boot: frontend.boot, seq };
+    let (reader, writer) = stream.into_split();
+    let mut conn = Connection {
+        id,
+        peer,
+        frontend: frontend.clone(),
+        reader,
+        writer,
+        inbuf: BytesMut::with_capacity(64 * 1024),
+        out: BytesMut::with_capacity(64 * 1024),
+        frame_max: frontend.config.frame_max,
+        channel_max: frontend.config.channel_max,
+        heartbeat: Duration::ZERO,
+        vhost: VHost::new("/"),
+        user: UserName::default(),
+        cancel_notify: false,
+        channels: HashMap::new(),
+        last_read: Instant::now(),
+        registered: false,
+    };
+    let result = conn.run().await;
+    match &result {
+        Ok(()) => debug!(conn = ?id, %peer, "connection closed"),
+        Err(e) => info!(conn = ?id, %peer, error = %e, "connection ended"),
+    }
+    if conn.registered {
+        frontend.registry.unregister(id);
+        let close = Request { origin: None, command: Command::CloseConnection { conn: id } };
+        if frontend.proposer.submit(close).await.is_err() {
+            warn!(conn = ?id, "could not propose the close of a connection: node shutting down");
+        }
+    }
+}
+
+struct Connection {
+    id: ConnectionId,
+    peer: SocketAddr,
+    frontend: Arc<Frontend>,
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    inbuf: BytesMut,
+    out: BytesMut,
+    frame_max: u32,
+    channel_max: u16,
+    heartbeat: Duration,
+    vhost: VHost,
+    user: UserName,
+    /// The client said `consumer_cancel_notify` in its capabilities.
+    cancel_notify: bool,
+    channels: HashMap<u16, ChannelSlot>,
+    last_read: Instant,
+    registered: bool,
+}
+
+/// What the main loop does after a frame.
+enum Flow {
+    Continue,
+    /// The client closed the connection cleanly (close-ok was sent).
+    Closed,
+}
+
+impl Connection {
+    async fn run(&mut self) -> Result<(), AmqpError> {
+        let handshake_timeout = self.frontend.config.handshake_timeout;
+        let outcome = match tokio::time::timeout(handshake_timeout, self.handshake()).await {
+            Err(_) => return Err(AmqpError::Io(std::io::ErrorKind::TimedOut.into())),
+            Ok(outcome) => outcome,
+        };
+        let outcome = match outcome {
+            Ok(()) => {
+                let mut effects = self.frontend.registry.register(self.id);
+                self.registered = true;
+                self.main_loop(&mut effects).await
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Err(AmqpError::Connection { code, text, class_id, method_id }) => {
+                self.close_connection(code, &text, class_id, method_id).await;
+                Err(AmqpError::Connection { code, text, class_id, method_id })
+            }
+            other => other,
+        }
+    }
+
+    // ----- handshake -------------------------------------------------------
+
+    async fn handshake(&mut self) -> Result<(), AmqpError> {
+        loop {
+            match warren_wire::check_protocol_header(&self.inbuf) {
+                Ok(Some(())) => break,
+                Ok(None) => self.read_more().await?,
+                Err(_) => {
+                    // AMQP 0-9-1 §4.2.2: answer a bad header with ours, then close.
+                    self.writer.write_all(&warren_wire::PROTOCOL_HEADER).await?;
+                    return Err(AmqpError::Io(std::io::ErrorKind::InvalidData.into()));
+                }
+            }
+        }
+        let _ = self.inbuf.split_to(warren_wire::PROTOCOL_HEADER.len());
+
+        self.send_method(0, AMQPClass::Connection(connection::AMQPMethod::Start(self.start_method())));
+        self.flush().await?;
+
+        let start_ok = match self.read_handshake_method().await? {
+            connection::AMQPMethod::StartOk(m) => m,
+            _ => return Err(expected("connection.start-ok")),
+        };
+        self.authenticate(&start_ok)?;
+        self.cancel_notify = client_capability(&start_ok.client_properties, "consumer_cancel_notify");
+
+        let config = &self.frontend.config;
+        let tune = connection::Tune {
+            channel_max: config.channel_max,
+            frame_max: config.frame_max,
+            heartbeat: u16::try_from(config.heartbeat.as_secs()).unwrap_or(u16::MAX),
+        };
+        self.send_method(0, AMQPClass::Connection(connection::AMQPMethod::Tune(tune)));
+        self.flush().await?;
+
+        let tune_ok = match self.read_handshake_method().await? {
+            connection::AMQPMethod::TuneOk(m) => m,
+            _ => return Err(expected("connection.tune-ok")),
+        };
+        self.negotiate(&tune_ok)?;
+
+        let open = match self.read_handshake_method().await? {
+            connection::AMQPMethod::Open(m) => m,
+            _ => return Err(expected("connection.open")),
+        };
+        let vhost = VHost::new(open.virtual_host.as_str());
+        if !self.frontend.node.read(|broker| broker.has_vhost(&vhost)) {
+            return Err(AmqpError::connection_for(
+                reply_code::NOT_ALLOWED,
+                format!("NOT_ALLOWED - vhost {vhost} not found"),
+                (10, 40),
+            ));
+        }
+        self.vhost = vhost;
+        self.send_method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})));
+        self.flush().await?;
+        info!(conn = ?self.id, peer = %self.peer, user = %self.user, vhost = %self.vhost, "connection opened");
+        Ok(())
+    }
+
+    fn start_method(&self) -> connection::Start {
+        let mut capabilities = FieldTable::default();
+        for name in [
+            "publisher_confirms",
+            "exchange_exchange_bindings",
+            "basic.nack",
+            "consumer_cancel_notify",
+            "connection.blocked",
+            "authentication_failure_close",
+            "per_consumer_qos",
+        ] {
+            capabilities.insert(short(name), AMQPValue::Boolean(true));
+        }
+        let mut props = FieldTable::default();
+        props.insert(short("product"), AMQPValue::LongString(long("Warren")));
+        props.insert(short("version"), AMQPValue::LongString(long(env!("CARGO_PKG_VERSION"))));
+        props.insert(short("platform"), AMQPValue::LongString(long("Rust")));
+        props.insert(short("information"), AMQPValue::LongString(long("A Raft-replicated AMQP 0-9-1 broker")));
+        props.insert(short("capabilities"), AMQPValue::FieldTable(capabilities));
+        connection::Start {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: props,
+            mechanisms: LongString::from("PLAIN AMQPLAIN"),
+            locales: LongString::from("en_US"),
+        }
+    }
+
+    /// Checks the credentials of `start-ok`.
+    ///
+    /// # Errors
+    /// 403 ACCESS_REFUSED for an unknown user, a wrong password, an unknown
+    /// mechanism, or a loopback-only user connecting from elsewhere.
+    fn authenticate(&mut self, start_ok: &connection::StartOk) -> Result<(), AmqpError> {
+        let mechanism = start_ok.mechanism.as_str();
+        let refused = |why: &str| {
+            AmqpError::connection_for(reply_code::ACCESS_REFUSED, format!("ACCESS_REFUSED - {why}"), (10, 11))
+        };
+        let credentials = warren_wire::parse_sasl_response(mechanism, start_ok.response.as_bytes())
+            .map_err(|e| refused(&e.to_string()))?;
+        let name = UserName::new(credentials.username.clone());
+        let stored = self.frontend.node.read(|broker| broker.user(&name).map(|u| u.password_hash.clone()));
+        let ok = stored.is_some_and(|hash| verify_password(&hash, &credentials.password));
+        if !ok {
+            return Err(refused(&format!(
+                "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+            )));
+        }
+        let loopback_only = self.frontend.config.loopback_users.iter().any(|u| u == &credentials.username);
+        if loopback_only && !self.peer.ip().is_loopback() {
+            return Err(refused(&format!("user '{}' can only connect via localhost", credentials.username)));
+        }
+        self.user = name;
+        Ok(())
+    }
+
+    /// Applies the client's `tune-ok`: the smaller of both sides, 0 meaning
+    /// "no limit" for frame_max and channel_max and "off" for heartbeats.
+    fn negotiate(&mut self, tune_ok: &connection::TuneOk) -> Result<(), AmqpError> {
+        let config = &self.frontend.config;
+        self.frame_max = negotiate_limit(config.frame_max, tune_ok.frame_max);
+        if self.frame_max < warren_wire::FRAME_MIN_SIZE {
+            return Err(AmqpError::connection_for(
+                reply_code::NOT_ALLOWED,
+                format!("NOT_ALLOWED - frame_max={} < {} min size", self.frame_max, warren_wire::FRAME_MIN_SIZE),
+                (10, 31),
+            ));
+        }
+        self.channel_max = negotiate_limit(u32::from(config.channel_max), u32::from(tune_ok.channel_max))
+            .try_into()
+            .unwrap_or(config.channel_max);
+        self.heartbeat = Duration::from_secs(u64::from(tune_ok.heartbeat));
+        Ok(())
+    }
+
+    async fn read_handshake_method(&mut self) -> Result<connection::AMQPMethod, AmqpError> {
+        loop {
+            match self.read_frame().await? {
+                AMQPFrame::Heartbeat => continue,
+                AMQPFrame::Method(0, AMQPClass::Connection(m)) => return Ok(m),
+                _ => return Err(expected("a connection method on channel 0")),
+            }
+        }
+    }
+
+    async fn read_frame(&mut self) -> Result<AMQPFrame, AmqpError> {
+        loop {
+            if let Some(frame) = self.decode()? {
+                return Ok(frame);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    async fn read_more(&mut self) -> Result<(), AmqpError> {
+        self.inbuf.reserve(64 * 1024);
+        let n = self.reader.read_buf(&mut self.inbuf).await?;
+        if n == 0 {
+            return Err(AmqpError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        self.last_read = Instant::now();
+        Ok(())
+    }
+
+    fn decode(&mut self) -> Result<Option<AMQPFrame>, AmqpError> {
+        warren_wire::decode_frame(&mut self.inbuf, self.frame_max).map_err(wire_error)
+    }
+
+    // ----- main loop -------------------------------------------------------
+
+    async fn main_loop(&mut self, effects: &mut mpsc::UnboundedReceiver<EffectBatch>) -> Result<(), AmqpError> {
+        let heartbeat_on = !self.heartbeat.is_zero();
+        let tick = if heartbeat_on { self.heartbeat / 2 } else { Duration::from_secs(3600) };
+        let mut heartbeat = tokio::time::interval(tick.max(Duration::from_millis(100)));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            while let Some(frame) = self.decode()? {
+                if let Flow::Closed = self.handle_frame(frame).await? {
+                    self.flush().await?;
+                    return Ok(());
+                }
+                if self.out.len() > WRITE_HIGH_WATER {
+                    self.flush().await?;
+                }
+            }
+            self.flush().await?;
+            self.inbuf.reserve(64 * 1024);
+            // Every branch is cancel safe: `recv` and `read_buf` lose nothing
+            // when another branch wins; `tick` only marks time.
+            tokio::select! {
+                batch = effects.recv() => {
+                    let Some(batch) = batch else { return Ok(()) };
+                    self.handle_effects(batch).await?;
+                    while let Ok(batch) = effects.try_recv() {
+                        self.handle_effects(batch).await?;
+                        if self.out.len() > WRITE_HIGH_WATER {
+                            self.flush().await?;
+                        }
+                    }
+                }
+                read = self.reader.read_buf(&mut self.inbuf) => {
+                    if read? == 0 {
+                        return Ok(());
+                    }
+                    self.last_read = Instant::now();
+                }
+                _ = heartbeat.tick(), if heartbeat_on => {
+                    if self.last_read.elapsed() > self.heartbeat * 2 {
+                        warn!(conn = ?self.id, peer = %self.peer, "missed heartbeats from client, closing");
+                        return Err(AmqpError::Io(std::io::ErrorKind::TimedOut.into()));
+                    }
+                    self.send_frame(&AMQPFrame::Heartbeat);
+                }
+            }
+        }
+    }
+
+    async fn handle_frame(&mut self, frame: AMQPFrame) -> Result<Flow, AmqpError> {
+        match frame {
+            AMQPFrame::Heartbeat => Ok(Flow::Continue),
+            AMQPFrame::InvalidHeartbeat(ch) => Err(AmqpError::connection(
+                reply_code::FRAME_ERROR,
+                format!("FRAME_ERROR - heartbeat frame on channel {ch}, expected channel 0"),
+            )),
+            AMQPFrame::ProtocolHeader(_) => Err(AmqpError::unexpected_frame("protocol header after the handshake")),
+            AMQPFrame::Method(0, AMQPClass::Connection(m)) => self.handle_connection_method(m).await,
+            AMQPFrame::Method(0, other) => Err(AmqpError::connection_for(
+                reply_code::COMMAND_INVALID,
+                "COMMAND_INVALID - only connection methods may be sent on channel 0",
+                (other.get_amqp_class_id(), other.get_amqp_method_id()),
+            )),
+            AMQPFrame::Method(ch, AMQPClass::Connection(_)) => Err(AmqpError::connection(
+                reply_code::COMMAND_INVALID,
+                format!("COMMAND_INVALID - connection method on channel {ch}"),
+            )),
+            AMQPFrame::Method(ch, method) => {
+                self.handle_channel_frame(ch, ChannelFrame::Method(method)).await?;
+                Ok(Flow::Continue)
+            }
+            AMQPFrame::Header(ch, header) => {
+                self.handle_channel_frame(ch, ChannelFrame::Header(header)).await?;
+                Ok(Flow::Continue)
+            }
+            AMQPFrame::Body(ch, body) => {
+                self.handle_channel_frame(ch, ChannelFrame::Body(body)).await?;
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    async fn handle_connection_method(&mut self, method: connection::AMQPMethod) -> Result<Flow, AmqpError> {
+        match method {
+            connection::AMQPMethod::Close(close) => {
+                debug!(conn = ?self.id, code = close.reply_code, text = %close.reply_text, "client closed connection");
+                self.send_method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})));
+                Ok(Flow::Closed)
+            }
+            // A crossing close-ok for a close we never sent, or blocked/unblocked
+            // echoes: nothing to do.
+            connection::AMQPMethod::CloseOk(_)
+            | connection::AMQPMethod::Blocked(_)
+            | connection::AMQPMethod::Unblocked(_) => Ok(Flow::Continue),
+            connection::AMQPMethod::UpdateSecret(_) => {
+                self.send_method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(connection::UpdateSecretOk {})),
+                );
+                Ok(Flow::Continue)
+            }
+            other => Err(AmqpError::connection_for(
+                reply_code::COMMAND_INVALID,
+                "COMMAND_INVALID - connection method not allowed after the handshake",
+                (10, AMQPClass::Connection(other).get_amqp_method_id()),
+            )),
+        }
+    }
+
+    async fn handle_channel_frame(&mut self, ch: u16, frame: ChannelFrame) -> Result<(), AmqpError> {
+        if ch > self.channel_max {
+            return Err(AmqpError::channel_error(format!(
+                "channel {ch} is above the negotiated channel_max {}",
+                self.channel_max
+            )));
+        }
+        let state = self.slot(ch).state;
+        match state {
+            ChannelState::Closed => match frame {
+                ChannelFrame::Method(AMQPClass::Channel(channel::AMQPMethod::Open(_))) => {
+                    self.slot(ch).reopen();
+                    self.send_method(ch, AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})));
+                    Ok(())
+                }
+                _ => Err(AmqpError::channel_error(format!("expected 'channel.open' on channel {ch}"))),
+            },
+            ChannelState::ClosedByServer => {
+                match frame {
+                    ChannelFrame::Method(AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))) => {
+                        self.slot(ch).state = ChannelState::Closed;
+                    }
+                    ChannelFrame::Method(AMQPClass::Channel(channel::AMQPMethod::Close(_))) => {
+                        self.send_method(ch, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})));
+                        self.slot(ch).state = ChannelState::Closed;
+                    }
+                    // AMQP 0-9-1 §2.2.3: after sending close, discard everything but close-ok.
+                    _ => {}
+                }
+                Ok(())
+            }
+            ChannelState::ClosingByClient => Ok(()),
+            ChannelState::Open => {
+                let result = match frame {
+                    ChannelFrame::Method(method) => {
+                        if self.slot(ch).content.is_some() {
+                            return Err(AmqpError::unexpected_frame(format!(
+                                "method frame on channel {ch} while content was expected"
+                            )));
+                        }
+                        self.handle_method(ch, method).await
+                    }
+                    ChannelFrame::Header(header) => self.handle_content_header(ch, header).await,
+                    ChannelFrame::Body(body) => self.handle_content_body(ch, body).await,
+                };
+                match result {
+                    Err(AmqpError::Channel { channel, code, text, class_id, method_id }) => {
+                        self.close_channel_by_server(channel, code, &text, class_id, method_id).await
+                    }
+                    other => other,
+                }
+            }
+        }
+    }
+
+    fn slot(&mut self, ch: u16) -> &mut ChannelSlot {
+        self.channels.entry(ch).or_default()
+    }
+
+    // ----- channel methods -------------------------------------------------
+
+    async fn handle_method(&mut self, ch: u16, method: AMQPClass) -> Result<(), AmqpError> {
+        let ids = (method.get_amqp_class_id(), method.get_amqp_method_id());
+        let vhost = self.vhost.clone();
+        match method {
+            AMQPClass::Channel(m) => self.handle_channel_method(ch, m).await,
+            AMQPClass::Exchange(m) => self.handle_exchange_method(ch, vhost, m).await,
+            AMQPClass::Queue(m) => self.handle_queue_method(ch, vhost, m).await,
+            AMQPClass::Basic(m) => self.handle_basic_method(ch, vhost, m).await,
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(select)) => {
+                self.slot(ch).confirm = true;
+                if !select.nowait {
+                    self.send_method(ch, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})));
+                }
+                Ok(())
+            }
+            AMQPClass::Tx(_) => Err(AmqpError::connection_for(
+                reply_code::NOT_IMPLEMENTED,
+                "NOT_IMPLEMENTED - transactions (tx.*) are not supported yet",
+                ids,
+            )),
+            AMQPClass::Access(_) => {
+                let ok = warren_wire::protocol::access::RequestOk { ticket: 1 };
+                self.send_method(ch, AMQPClass::Access(warren_wire::protocol::access::AMQPMethod::RequestOk(ok)));
+                Ok(())
+            }
+            _ => Err(AmqpError::connection_for(
+                reply_code::COMMAND_INVALID,
+                "COMMAND_INVALID - method not valid from a client",
+                ids,
+            )),
+        }
+    }
+
+    async fn handle_channel_method(&mut self, ch: u16, method: channel::AMQPMethod) -> Result<(), AmqpError> {
+        match method {
+            channel::AMQPMethod::Open(_) => Err(AmqpError::channel_error(format!("second 'channel.open' seen on {ch}"))),
+            channel::AMQPMethod::Flow(flow) if flow.active => {
+                self.send_method(ch, AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk { active: true })));
+                Ok(())
+            }
+            channel::AMQPMethod::Flow(_) => Err(AmqpError::connection_for(
+                reply_code::NOT_IMPLEMENTED,
+                "NOT_IMPLEMENTED - active=false",
+                (20, 20),
+            )),
+            channel::AMQPMethod::FlowOk(_) | channel::AMQPMethod::CloseOk(_) => Ok(()),
+            channel::AMQPMethod::Close(_) => {
+                let slot = self.slot(ch);
+                slot.state = ChannelState::ClosingByClient;
+                slot.draining = true;
+                slot.content = None;
+                self.submit(ch, Pending::ChannelClose, Command::CloseChannel).await
+            }
+            channel::AMQPMethod::OpenOk(_) => Err(AmqpError::connection_for(
+                reply_code::COMMAND_INVALID,
+                "COMMAND_INVALID - channel.open-ok from a client",
+                (20, 11),
+            )),
+        }
+    }
+
+    async fn handle_exchange_method(
+        &mut self,
+        ch: u16,
+        vhost: VHost,
+        method: exchange::AMQPMethod,
+    ) -> Result<(), AmqpError> {
+        match method {
+            exchange::AMQPMethod::Declare(m) => {
+                let kind = match ExchangeKind::parse(m.kind.as_str()) {
+                    Some(kind) => kind,
+                    // A passive declare does not look at the type.
+                    None if m.passive => ExchangeKind::Direct,
+                    None => {
+                        return Err(AmqpError::connection_for(
+                            reply_code::COMMAND_INVALID,
+                            format!("COMMAND_INVALID - unknown exchange type '{}'", m.kind.as_str()),
+                            (40, 10),
+                        ))
+                    }
+                };
+                let command = Command::DeclareExchange {
+                    vhost,
+                    name: ExchangeName::new(m.exchange.as_str()),
+                    kind,
+                    passive: m.passive,
+                    durable: m.durable,
+                    auto_delete: m.auto_delete,
+                    internal: m.internal,
+                    arguments: m.arguments,
+                };
+                self.submit(ch, Pending::ExchangeDeclare { nowait: m.nowait }, command).await
+            }
+            exchange::AMQPMethod::Delete(m) => {
+                let command = Command::DeleteExchange {
+                    vhost,
+                    name: ExchangeName::new(m.exchange.as_str()),
+                    if_unused: m.if_unused,
+                };
+                self.submit(ch, Pending::ExchangeDelete { nowait: m.nowait }, command).await
+            }
+            exchange::AMQPMethod::Bind(m) => {
+                let command = Command::BindExchange {
+                    vhost,
+                    destination: ExchangeName::new(m.destination.as_str()),
+                    source: ExchangeName::new(m.source.as_str()),
+                    routing_key: m.routing_key.as_str().to_owned(),
+                    arguments: m.arguments,
+                };
+                self.submit(ch, Pending::ExchangeBind { nowait: m.nowait }, command).await
+            }
+            exchange::AMQPMethod::Unbind(m) => {
+                let command = Command::UnbindExchange {
+                    vhost,
+                    destination: ExchangeName::new(m.destination.as_str()),
+                    source: ExchangeName::new(m.source.as_str()),
+                    routing_key: m.routing_key.as_str().to_owned(),
+                    arguments: m.arguments,
+                };
+                self.submit(ch, Pending::ExchangeUnbind { nowait: m.nowait }, command).await
+            }
+            other => Err(not_from_client(AMQPClass::Exchange(other))),
+        }
+    }
+
+    async fn handle_queue_method(&mut self, ch: u16, vhost: VHost, method: queue::AMQPMethod) -> Result<(), AmqpError> {
+        match method {
+            queue::AMQPMethod::Declare(m) => {
+                let name = if m.queue.as_str().is_empty() {
+                    QueueName::new(generated_queue_name())
+                } else {
+                    QueueName::new(m.queue.as_str())
+                };
+                self.slot(ch).last_queue = Some(name.clone());
+                let command = Command::DeclareQueue {
+                    vhost,
+                    name,
+                    passive: m.passive,
+                    durable: m.durable,
+                    exclusive: m.exclusive,
+                    auto_delete: m.auto_delete,
+                    arguments: m.arguments,
+                };
+                self.submit(ch, Pending::QueueDeclare { nowait: m.nowait }, command).await
+            }
+            queue::AMQPMethod::Bind(m) => {
+                let queue = self.resolve_queue(ch, m.queue.as_str(), (50, 20))?;
+                let command = Command::BindQueue {
+                    vhost,
+                    queue,
+                    exchange: ExchangeName::new(m.exchange.as_str()),
+                    routing_key: self.resolve_routing_key(ch, m.routing_key.as_str()),
+                    arguments: m.arguments,
+                };
+                self.submit(ch, Pending::QueueBind { nowait: m.nowait }, command).await
+            }
+            queue::AMQPMethod::Unbind(m) => {
+                let queue = self.resolve_queue(ch, m.queue.as_str(), (50, 50))?;
+                let command = Command::UnbindQueue {
+                    vhost,
+                    queue,
+                    exchange: ExchangeName::new(m.exchange.as_str()),
+                    routing_key: m.routing_key.as_str().to_owned(),
+                    arguments: m.arguments,
+                };
+                self.submit(ch, Pending::QueueUnbind, command).await
+            }
+            queue::AMQPMethod::Purge(m) => {
+                let queue = self.resolve_queue(ch, m.queue.as_str(), (50, 30))?;
+                self.submit(ch, Pending::QueuePurge { nowait: m.nowait }, Command::PurgeQueue { vhost, queue }).await
+            }
+            queue::AMQPMethod::Delete(m) => {
+                let queue = self.resolve_queue(ch, m.queue.as_str(), (50, 40))?;
+                let command = Command::DeleteQueue { vhost, queue, if_unused: m.if_unused, if_empty: m.if_empty };
+                self.submit(ch, Pending::QueueDelete { nowait: m.nowait }, command).await
+            }
+            other => Err(not_from_client(AMQPClass::Queue(other))),
+        }
+    }
+
+    async fn handle_basic_method(&mut self, ch: u16, vhost: VHost, method: basic::AMQPMethod) -> Result<(), AmqpError> {
+        match method {
+            basic::AMQPMethod::Publish(m) => {
+                if m.immediate {
+                    return Err(AmqpError::connection_for(
+                        reply_code::NOT_IMPLEMENTED,
+                        "NOT_IMPLEMENTED - immediate=true",
+                        (60, 40),
+                    ));
+                }
+                self.slot(ch).content = Some(PartialContent {
+                    exchange: m.exchange.as_str().to_owned(),
+                    routing_key: m.routing_key.as_str().to_owned(),
+                    mandatory: m.mandatory,
+                    header: None,
+                    body: BytesMut::new(),
+                });
+                Ok(())
+            }
+            basic::AMQPMethod::Qos(m) => {
+                let command = Command::Qos { prefetch_count: m.prefetch_count, global: m.global };
+                self.submit(ch, Pending::Qos, command).await
+            }
+            basic::AMQPMethod::Consume(m) => {
+                let queue = self.resolve_queue(ch, m.queue.as_str(), (60, 20))?;
+                let tag = if m.consumer_tag.as_str().is_empty() {
+                    generated_consumer_tag()
+                } else {
+                    m.consumer_tag.as_str().to_owned()
+                };
+                let command = Command::Consume {
+                    vhost,
+                    queue,
+                    consumer_tag: ConsumerTag::new(tag),
+                    no_ack: m.no_ack,
+                    exclusive: m.exclusive,
+                    arguments: m.arguments,
+                };
+                self.submit(ch, Pending::Consume { nowait: m.nowait }, command).await
+            }
+            basic::AMQPMethod::Cancel(m) => {
+                let command = Command::Cancel { consumer_tag: ConsumerTag::new(m.consumer_tag.as_str()) };
+                self.submit(ch, Pending::Cancel { nowait: m.nowait }, command).await
+            }
+            basic::AMQPMethod::Get(m) => {
+                let queue = self.resolve_queue(ch, m.queue.as_str(), (60, 70))?;
+                self.submit(ch, Pending::Get, Command::Get { vhost, queue, no_ack: m.no_ack }).await
+            }
+            basic::AMQPMethod::Ack(m) => {
+                let command = Command::Ack { delivery_tag: DeliveryTag(m.delivery_tag), multiple: m.multiple };
+                self.submit(ch, Pending::Settle { method_id: 80 }, command).await
+            }
+            basic::AMQPMethod::Nack(m) => {
+                let command = Command::Nack {
+                    delivery_tag: DeliveryTag(m.delivery_tag),
+                    multiple: m.multiple,
+                    requeue: m.requeue,
+                };
+                self.submit(ch, Pending::Settle { method_id: 120 }, command).await
+            }
+            basic::AMQPMethod::Reject(m) => {
+                let command = Command::Reject { delivery_tag: DeliveryTag(m.delivery_tag), requeue: m.requeue };
+                self.submit(ch, Pending::Settle { method_id: 90 }, command).await
+            }
+            basic::AMQPMethod::Recover(m) => {
+                self.submit(ch, Pending::Recover { send_ok: true }, Command::Recover { requeue: m.requeue }).await
+            }
+            basic::AMQPMethod::RecoverAsync(m) => {
+                self.submit(ch, Pending::Recover { send_ok: false }, Command::Recover { requeue: m.requeue }).await
+            }
+            other => Err(not_from_client(AMQPClass::Basic(other))),
+        }
+    }
+
+    /// The queue a method names; "" means the last queue declared on the
+    /// channel (AMQP 0-9-1 §1.7.2.3).
+    fn resolve_queue(&mut self, ch: u16, name: &str, ids: (u16, u16)) -> Result<QueueName, AmqpError> {
+        if !name.is_empty() {
+            return Ok(QueueName::new(name));
+        }
+        self.slot(ch).last_queue.clone().ok_or_else(|| {
+            AmqpError::channel(ch, reply_code::NOT_FOUND, "NOT_FOUND - no previously declared queue", ids)
+        })
+    }
+
+    /// An empty routing key in `queue.bind` means the queue's name (§1.7.2.3).
+    fn resolve_routing_key(&mut self, ch: u16, key: &str) -> String {
+        if key.is_empty() {
+            // Binding with an empty key and no declared queue is legal: keep "".
+            return self.slot(ch).last_queue.as_ref().map(|q| q.as_str().to_owned()).unwrap_or_default();
+        }
+        key.to_owned()
+    }
+
+    // ----- content -----------------------------------------------------------
+
+    async fn handle_content_header(
+        &mut self,
+        ch: u16,
+        header: warren_wire::AMQPContentHeader,
+    ) -> Result<(), AmqpError> {
+        let max = self.frontend.config.max_message_size;
+        let slot = self.slot(ch);
+        let Some(content) = slot.content.as_mut() else {
+            return Err(AmqpError::unexpected_frame(format!("content header on channel {ch} without a publish")));
+        };
+        if content.header.is_some() {
+            return Err(AmqpError::unexpected_frame(format!("second content header on channel {ch}")));
+        }
+        if header.class_id != 60 {
+            return Err(AmqpError::unexpected_frame(format!(
+                "content header of class {} on channel {ch}, expected 60",
+                header.class_id
+            )));
+        }
+        if header.body_size > max {
+            slot.content = None;
+            return Err(AmqpError::channel(
+                ch,
+                reply_code::PRECONDITION_FAILED,
+                format!("PRECONDITION_FAILED - message size {} is larger than configured max size {max}", header.body_size),
+                (60, 40),
+            ));
+        }
+        // The size was checked against the configured maximum, so this
+        // reservation is bounded.
+        let capacity = usize::try_from(header.body_size).unwrap_or(0);
+        content.body.reserve(capacity);
+        content.header = Some((header.properties, header.body_size));
+        if header.body_size == 0 {
+            return self.complete_publish(ch).await;
+        }
+        Ok(())
+    }
+
+    async fn handle_content_body(&mut self, ch: u16, body: Vec<u8>) -> Result<(), AmqpError> {
+        let slot = self.slot(ch);
+        let Some(content) = slot.content.as_mut() else {
+            return Err(AmqpError::unexpected_frame(format!("content body on channel {ch} without a publish")));
+        };
+        let Some((_, size)) = content.header.as_ref() else {
+            return Err(AmqpError::unexpected_frame(format!("content body on channel {ch} before its header")));
+        };
+        let size = *size;
+        let received = content.body.len() as u64 + body.len() as u64;
+        if received > size {
+            return Err(AmqpError::connection(
+                reply_code::FRAME_ERROR,
+                format!("FRAME_ERROR - content body on channel {ch} is {received} bytes, longer than the {size} its header declared"),
+            ));
+        }
+        content.body.extend_from_slice(&body);
+        if received == size {
+            return self.complete_publish(ch).await;
+        }
+        Ok(())
+    }
+
+    async fn complete_publish(&mut self, ch: u16) -> Result<(), AmqpError> {
+        let slot = self.slot(ch);
+        let Some(content) = slot.content.take() else {
+            return Ok(());
+        };
+        let Some((properties, _)) = content.header else {
+            return Ok(());
+        };
+        let properties = properties_from_wire(&properties);
+        if let Some(user_id) = &properties.user_id {
+            if user_id.as_str() != self.user.as_str() {
+                return Err(AmqpError::channel(
+                    ch,
+                    reply_code::PRECONDITION_FAILED,
+                    format!(
+                        "PRECONDITION_FAILED - user_id property set to '{user_id}' but authenticated user was '{}'",
+                        self.user
+                    ),
+                    (60, 40),
+                ));
+            }
+        }
+        let slot = self.slot(ch);
+        let confirm_seq = slot.confirm.then(|| {
+            let seq = slot.next_confirm_seq;
+            slot.next_confirm_seq += 1;
+            seq
+        });
+        let message = Message {
+            exchange: ExchangeName::new(content.exchange),
+            routing_key: content.routing_key,
+            properties,
+            body: content.body.freeze(),
+        };
+        let command = Command::Publish { vhost: self.vhost.clone(), mandatory: content.mandatory, message: Arc::new(message) };
+        self.submit(ch, Pending::Publish { confirm_seq }, command).await
+    }
+
+    // ----- to the core and back ------------------------------------------------
+
+    /// Sends `command` for channel `ch` to the proposer, remembering what its
+    /// reply is for.
+    async fn submit(&mut self, ch: u16, pending: Pending, command: Command) -> Result<(), AmqpError> {
+        self.slot(ch).pending.push_back(pending);
+        let origin = ChannelId { conn: self.id, channel: ch };
+        self.frontend.proposer.submit(Request { origin: Some(origin), command }).await.map_err(|_| {
+            AmqpError::connection(reply_code::INTERNAL_ERROR, "INTERNAL_ERROR - the node is shutting down")
+        })
+    }
+
+    async fn handle_effects(&mut self, batch: EffectBatch) -> Result<(), AmqpError> {
+        for effect in batch {
+            match effect {
+                Effect::Reply { channel, outcome } => self.handle_reply(channel.channel, outcome).await?,
+                Effect::Deliver { channel, consumer_tag, delivery_tag, redelivered, message } => {
+                    if !self.accepts_deliveries(channel.channel) {
+                        continue;
+                    }
+                    let deliver = basic::Deliver {
+                        consumer_tag: short(consumer_tag.as_str()),
+                        delivery_tag: delivery_tag.0,
+                        redelivered,
+                        exchange: short(message.exchange.as_str()),
+                        routing_key: short(&message.routing_key),
+                    };
+                    self.send_method(channel.channel, AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)));
+                    self.send_content(channel.channel, &message);
+                }
+                Effect::CancelConsumer { channel, consumer_tag } => {
+                    if self.cancel_notify && self.accepts_deliveries(channel.channel) {
+                        let cancel = basic::Cancel { consumer_tag: short(consumer_tag.as_str()), nowait: true };
+                        self.send_method(channel.channel, AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn accepts_deliveries(&self, ch: u16) -> bool {
+        self.channels.get(&ch).is_some_and(|s| s.state == ChannelState::Open && !s.draining)
+    }
+
+    async fn handle_reply(&mut self, ch: u16, outcome: Result<Outcome, CoreError>) -> Result<(), AmqpError> {
+        let Some(pending) = self.channels.get_mut(&ch).and_then(|s| s.pending.pop_front()) else {
+            warn!(conn = ?self.id, channel = ch, "a reply from the core that no request awaits");
+            return Ok(());
+        };
+        let result = self.apply_reply(ch, pending, outcome);
+        match result {
+            Err(AmqpError::Channel { channel, code, text, class_id, method_id }) => {
+                if self.channels.get(&channel).is_some_and(|s| s.state == ChannelState::Open) {
+                    self.close_channel_by_server(channel, code, &text, class_id, method_id).await?;
+                }
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Writes what one reply from the core means for the client.
+    fn apply_reply(&mut self, ch: u16, pending: Pending, outcome: Result<Outcome, CoreError>) -> Result<(), AmqpError> {
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(error) => return self.reply_error(ch, pending, error),
+        };
+        match (pending, outcome) {
+            (Pending::Discard, _) => {}
+            (Pending::ChannelClose, _) => {
+                self.send_method(ch, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})));
+                let slot = self.slot(ch);
+                slot.state = ChannelState::Closed;
+                slot.draining = false;
+            }
+            (Pending::Publish { confirm_seq }, Outcome::Published { rejected, returned, .. }) => {
+                if let Some(message) = returned {
+                    let ret = basic::Return {
+                        reply_code: reply_code::NO_ROUTE,
+                        reply_text: short("NO_ROUTE"),
+                        exchange: short(message.exchange.as_str()),
+                        routing_key: short(&message.routing_key),
+                    };
+                    self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::Return(ret)));
+                    self.send_content(ch, &message);
+                }
+                if let Some(seq) = confirm_seq {
+                    self.send_confirm(ch, seq, !rejected);
+                }
+            }
+            (Pending::ExchangeDeclare { nowait }, _) => {
+                if !nowait {
+                    self.send_method(ch, AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})));
+                }
+            }
+            (Pending::ExchangeDelete { nowait }, _) => {
+                if !nowait {
+                    self.send_method(ch, AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})));
+                }
+            }
+            (Pending::ExchangeBind { nowait }, _) => {
+                if !nowait {
+                    self.send_method(ch, AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})));
+                }
+            }
+            (Pending::ExchangeUnbind { nowait }, _) => {
+                if !nowait {
+                    self.send_method(ch, AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})));
+                }
+            }
+            (Pending::QueueDeclare { nowait }, Outcome::QueueDeclared { queue, message_count, consumer_count }) => {
+                if !nowait {
+                    let ok = queue::DeclareOk { queue: short(queue.as_str()), message_count, consumer_count };
+                    self.send_method(ch, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)));
+                }
+            }
+            (Pending::QueueBind { nowait }, _) => {
+                if !nowait {
+                    self.send_method(ch, AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})));
+                }
+            }
+            (Pending::QueueUnbind, _) => {
+                self.send_method(ch, AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})));
+            }
+            (Pending::QueuePurge { nowait }, Outcome::QueuePurged { message_count }) => {
+                if !nowait {
+                    let ok = queue::PurgeOk { message_count };
+                    self.send_method(ch, AMQPClass::Queue(queue::AMQPMethod::PurgeOk(ok)));
+                }
+            }
+            (Pending::QueueDelete { nowait }, Outcome::QueueDeleted { message_count }) => {
+                if !nowait {
+                    let ok = queue::DeleteOk { message_count };
+                    self.send_method(ch, AMQPClass::Queue(queue::AMQPMethod::DeleteOk(ok)));
+                }
+            }
+            (Pending::Qos, _) => {
+                self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})));
+            }
+            (Pending::Consume { nowait }, Outcome::ConsumeOk { consumer_tag }) => {
+                if !nowait {
+                    let ok = basic::ConsumeOk { consumer_tag: short(consumer_tag.as_str()) };
+                    self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(ok)));
+                }
+            }
+            (Pending::Cancel { nowait }, Outcome::CancelOk { consumer_tag }) => {
+                if !nowait {
+                    let ok = basic::CancelOk { consumer_tag: short(consumer_tag.as_str()) };
+                    self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::CancelOk(ok)));
+                }
+            }
+            (Pending::Get, Outcome::GetOk { delivery_tag, redelivered, message_count, message }) => {
+                let ok = basic::GetOk {
+                    delivery_tag: delivery_tag.0,
+                    redelivered,
+                    exchange: short(message.exchange.as_str()),
+                    routing_key: short(&message.routing_key),
+                    message_count,
+                };
+                self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::GetOk(ok)));
+                self.send_content(ch, &message);
+            }
+            (Pending::Get, Outcome::GetEmpty) => {
+                self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})));
+            }
+            (Pending::Settle { .. }, _) => {}
+            (Pending::Recover { send_ok }, _) => {
+                if send_ok {
+                    self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})));
+                }
+            }
+            (pending, outcome) => {
+                warn!(conn = ?self.id, channel = ch, ?pending, ?outcome, "a reply that does not fit its request");
+                return Err(AmqpError::connection(
+                    reply_code::INTERNAL_ERROR,
+                    "INTERNAL_ERROR - the broker answered a request with an unrelated outcome",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn reply_error(&mut self, ch: u16, pending: Pending, error: CoreError) -> Result<(), AmqpError> {
+        match (&pending, &error) {
+            (Pending::Discard, _) => return Ok(()),
+            (Pending::ChannelClose, _) => {
+                // The close could not be committed; the client still gets its
+                // close-ok, and the core cleans up when the connection goes.
+                return self.apply_reply(ch, pending, Ok(Outcome::Done));
+            }
+            (Pending::Publish { confirm_seq: Some(seq) }, CoreError::Unavailable(_)) => {
+                self.send_confirm(ch, *seq, false);
+                return Ok(());
+            }
+            _ => {}
+        }
+        let ids = pending.method_ids();
+        let text = error.to_string();
+        if error.is_connection_error() {
+            return Err(AmqpError::connection_for(error.reply_code(), text, ids));
+        }
+        Err(AmqpError::channel(ch, error.reply_code(), text, ids))
+    }
+
+    fn send_confirm(&mut self, ch: u16, seq: u64, ack: bool) {
+        let method = if ack {
+            basic::AMQPMethod::Ack(basic::Ack { delivery_tag: seq, multiple: false })
+        } else {
+            basic::AMQPMethod::Nack(basic::Nack { delivery_tag: seq, multiple: false, requeue: false })
+        };
+        self.send_method(ch, AMQPClass::Basic(method));
+    }
+
+    /// Closes channel `ch` from the server side: tells the client, forgets
+    /// what the channel awaited, and has the core requeue what it held.
+    async fn close_channel_by_server(
+        &mut self,
+        ch: u16,
+        code: u16,
+        text: &str,
+        class_id: u16,
+        method_id: u16,
+    ) -> Result<(), AmqpError> {
+        debug!(conn = ?self.id, channel = ch, code, text, "closing channel");
+        let close = channel::Close { reply_code: code, reply_text: short(text), class_id, method_id };
+        self.send_method(ch, AMQPClass::Channel(channel::AMQPMethod::Close(close)));
+        let slot = self.slot(ch);
+        slot.state = ChannelState::ClosedByServer;
+        slot.content = None;
+        slot.draining = true;
+        slot.discard_pending();
+        self.submit(ch, Pending::Discard, Command::CloseChannel).await
+    }
+
+    /// Sends `connection.close` and waits briefly for `close-ok`.
+    async fn close_connection(&mut self, code: u16, text: &str, class_id: u16, method_id: u16) {
+        info!(conn = ?self.id, peer = %self.peer, code, text, "closing connection");
+        let close = connection::Close { reply_code: code, reply_text: short(text), class_id, method_id };
+        self.send_method(0, AMQPClass::Connection(connection::AMQPMethod::Close(close)));
+        if self.flush().await.is_err() {
+            return;
+        }
+        // Drain until close-ok, anything unreadable, or the wait ends.
+        let _ = tokio::time::timeout(CLOSE_OK_WAIT, async {
+            loop {
+                self.inbuf.reserve(4096);
+                match self.reader.read_buf(&mut self.inbuf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                // A frame we cannot decode after our close is not worth an answer.
+                let frame_max = self.frame_max.max(warren_wire::FRAME_MIN_SIZE);
+                while let Ok(Some(frame)) = warren_wire::decode_frame(&mut self.inbuf, frame_max) {
+                    if matches!(frame, AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)))) {
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+        let _ = self.writer.shutdown().await;
+    }
+
+    // ----- writing ---------------------------------------------------------------
+
+    fn send_frame(&mut self, frame: &AMQPFrame) {
+        if let Err(e) = warren_wire::encode_frame(frame, &mut self.out) {
+            warn!(conn = ?self.id, error = %e, "could not encode a frame");
+        }
+    }
+
+    fn send_method(&mut self, ch: u16, method: AMQPClass) {
+        self.send_frame(&AMQPFrame::Method(ch, method));
+    }
+
+    fn send_content(&mut self, ch: u16, message: &Message) {
+        let properties = properties_to_wire(&message.properties);
+        if let Err(e) = warren_wire::encode_content(ch, 60, &properties, &message.body, self.frame_max, &mut self.out) {
+            warn!(conn = ?self.id, error = %e, "could not encode content");
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), AmqpError> {
+        if !self.out.is_empty() {
+            self.writer.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+}
+
+enum ChannelFrame {
+    Method(AMQPClass),
+    Header(warren_wire::AMQPContentHeader),
+    Body(Vec<u8>),
+}
+
+/// The smaller of the server's and the client's limit; 0 means "none".
+fn negotiate_limit(server: u32, client: u32) -> u32 {
+    match (server, client) {
+        (0, c) => c,
+        (s, 0) => s,
+        (s, c) => s.min(c),
+    }
+}
+
+fn client_capability(client_properties: &FieldTable, name: &str) -> bool {
+    let Some(AMQPValue::FieldTable(caps)) = client_properties.inner().get("capabilities") else {
+        return false;
+    };
+    matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)))
+}
+
+fn expected(what: &str) -> AmqpError {
+    AmqpError::connection(reply_code::COMMAND_INVALID, format!("COMMAND_INVALID - expected {what}"))
+}
+
+fn not_from_client(method: AMQPClass) -> AmqpError {
+    AmqpError::connection_for(
+        reply_code::COMMAND_INVALID,
+        "COMMAND_INVALID - a server-to-client method sent by the client",
+        (method.get_amqp_class_id(), method.get_amqp_method_id()),
+    )
+}
+
+fn wire_error(error: WireError) -> AmqpError {
+    AmqpError::connection(error.reply_code(), error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_negotiate_to_the_smaller_with_zero_meaning_none() {
+        assert_eq!(negotiate_limit(131_072, 0), 131_072);
+        assert_eq!(negotiate_limit(131_072, 4096), 4096);
+        assert_eq!(negotiate_limit(2047, 65_535), 2047);
+        assert_eq!(negotiate_limit(0, 10), 10);
+    }
+}

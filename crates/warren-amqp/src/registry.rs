@@ -1,0 +1,86 @@
+//! The node's table of live AMQP connections. It is the [`EffectSink`] the
+//! Raft state machine hands this node's effects to: each effect goes to the
+//! connection it names, in apply order; effects for connections that are
+//! gone (an earlier boot, a closed socket) are dropped — the core requeues
+//! what they held when their close is applied.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::mpsc;
+use warren_cluster::EffectSink;
+use warren_core::{ConnectionId, Effect};
+
+/// Effects for one connection, in apply order.
+pub type EffectBatch = Vec<Effect>;
+
+/// Live connections of this node.
+#[derive(Default)]
+pub struct Registry {
+    // A std Mutex: held only to look up senders, never across an await.
+    connections: Mutex<HashMap<ConnectionId, mpsc::UnboundedSender<EffectBatch>>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a connection; its effects arrive on the returned receiver.
+    ///
+    /// The channel is unbounded so that apply never waits on a slow client;
+    /// what it can hold is bounded by prefetch for consumers that ack (see
+    /// docs/adr/0003).
+    pub fn register(&self, id: ConnectionId) -> mpsc::UnboundedReceiver<EffectBatch> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().insert(id, tx);
+        rx
+    }
+
+    pub fn unregister(&self, id: ConnectionId) {
+        self.lock().remove(&id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, mpsc::UnboundedSender<EffectBatch>>> {
+        // A poisoned map is still a valid map: a panic elsewhere must not stop delivery.
+        self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl EffectSink for Registry {
+    fn emit(&self, effects: Vec<Effect>) {
+        let connections = self.lock();
+        let mut current: Option<(ConnectionId, EffectBatch)> = None;
+        for effect in effects {
+            let conn = effect.channel().conn;
+            match &mut current {
+                Some((id, batch)) if *id == conn => batch.push(effect),
+                _ => {
+                    if let Some((id, batch)) = current.take() {
+                        send(&connections, id, batch);
+                    }
+                    current = Some((conn, vec![effect]));
+                }
+            }
+        }
+        if let Some((id, batch)) = current {
+            send(&connections, id, batch);
+        }
+    }
+}
+
+fn send(connections: &HashMap<ConnectionId, mpsc::UnboundedSender<EffectBatch>>, id: ConnectionId, batch: EffectBatch) {
+    if let Some(tx) = connections.get(&id) {
+        // A closed receiver means the connection is going away; its close
+        // command requeues what it held.
+        let _ = tx.send(batch);
+    }
+}

@@ -1,0 +1,161 @@
+//! The server's configuration: flags, `WARREN_*` environment variables and
+//! an optional TOML file, in that order of precedence.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Parser;
+use serde::Deserialize;
+
+/// `warren server` flags. Each is also `WARREN_<FLAG>` in the environment
+/// and a key of the `--config` TOML file.
+#[derive(Clone, Debug, Default, Parser)]
+pub struct ServerArgs {
+    /// This node's id (stable; never reuse the id of a node whose data was wiped).
+    #[arg(long, env = "WARREN_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Where the Raft log, snapshots and state live.
+    #[arg(long, env = "WARREN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// AMQP listen address.
+    #[arg(long, env = "WARREN_AMQP_LISTEN")]
+    pub amqp_listen: Option<SocketAddr>,
+    /// gRPC address for other nodes (used once clustering lands).
+    #[arg(long, env = "WARREN_CLUSTER_LISTEN")]
+    pub cluster_listen: Option<SocketAddr>,
+    /// The cluster address other nodes use (default: derived from --cluster-listen).
+    #[arg(long, env = "WARREN_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Members to join through (clustering: a later issue).
+    #[arg(long, env = "WARREN_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Management API and metrics (a later issue).
+    #[arg(long, env = "WARREN_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Optional TOML file with any of these keys (snake_case).
+    #[arg(long, env = "WARREN_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// The optional TOML file. Every key may be left out.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub node_id: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+    pub amqp_listen: Option<SocketAddr>,
+    pub cluster_listen: Option<SocketAddr>,
+    pub advertise: Option<String>,
+    pub join: Option<Vec<String>>,
+    pub http_listen: Option<SocketAddr>,
+    /// Largest accepted message body, bytes (default 16 MiB).
+    pub max_message_size: Option<u64>,
+    /// Heartbeat the server proposes, seconds (default 60).
+    pub heartbeat_secs: Option<u64>,
+    /// Largest frame, bytes (default 131072).
+    pub frame_max: Option<u32>,
+    /// Users created on first start of an empty cluster (default: guest/guest).
+    pub default_user: Option<String>,
+    pub default_pass: Option<String>,
+    /// Users allowed only from loopback (default: ["guest"]).
+    pub loopback_users: Option<Vec<String>>,
+}
+
+/// The resolved configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    pub amqp_listen: SocketAddr,
+    pub cluster_listen: SocketAddr,
+    pub advertise: String,
+    pub join: Vec<String>,
+    pub http_listen: SocketAddr,
+    pub max_message_size: u64,
+    pub heartbeat_secs: u64,
+    pub frame_max: u32,
+    pub default_user: String,
+    pub default_pass: String,
+    pub loopback_users: Vec<String>,
+}
+
+impl Config {
+    /// Resolves flags/environment over the file over the defaults.
+    ///
+    /// # Errors
+    /// The config file cannot be read or parsed.
+    pub fn resolve(args: ServerArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let cluster_listen = args.cluster_listen.or(file.cluster_listen).unwrap_or(([0, 0, 0, 0], 25672).into());
+        let advertise = args.advertise.or(file.advertise).unwrap_or_else(|| default_advertise(cluster_listen));
+        Ok(Self {
+            node_id: args.node_id.or(file.node_id).unwrap_or(1),
+            data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./warren-data")),
+            amqp_listen: args.amqp_listen.or(file.amqp_listen).unwrap_or(([0, 0, 0, 0], 5672).into()),
+            cluster_listen,
+            advertise,
+            join: if args.join.is_empty() { file.join.unwrap_or_default() } else { args.join },
+            http_listen: args.http_listen.or(file.http_listen).unwrap_or(([0, 0, 0, 0], 15672).into()),
+            max_message_size: file.max_message_size.unwrap_or(16 * 1024 * 1024),
+            heartbeat_secs: file.heartbeat_secs.unwrap_or(60),
+            frame_max: file.frame_max.unwrap_or(131_072),
+            default_user: file.default_user.unwrap_or_else(|| "guest".to_owned()),
+            default_pass: file.default_pass.unwrap_or_else(|| "guest".to_owned()),
+            loopback_users: file.loopback_users.unwrap_or_else(|| vec!["guest".to_owned()]),
+        })
+    }
+}
+
+fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+/// A wildcard listen address is not reachable by others: advertise loopback
+/// for it until clustering derives a better one.
+fn default_advertise(listen: SocketAddr) -> String {
+    if listen.ip().is_unspecified() {
+        format!("127.0.0.1:{}", listen.port())
+    } else {
+        listen.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_design() {
+        let config = Config::resolve(ServerArgs::default()).expect("defaults resolve");
+        assert_eq!(config.node_id, 1);
+        assert_eq!(config.amqp_listen, "0.0.0.0:5672".parse().expect("addr"));
+        assert_eq!(config.cluster_listen, "0.0.0.0:25672".parse().expect("addr"));
+        assert_eq!(config.http_listen, "0.0.0.0:15672".parse().expect("addr"));
+        assert_eq!(config.data_dir, PathBuf::from("./warren-data"));
+        assert_eq!(config.max_message_size, 16 * 1024 * 1024);
+    }
+
+    #[test]
+    fn the_commented_example_file_parses_and_flags_win_over_it() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/warren.example.toml");
+        let args = ServerArgs { config: Some(path), node_id: Some(7), ..ServerArgs::default() };
+        let config = Config::resolve(args).expect("example config parses");
+        assert_eq!(config.node_id, 7, "the flag wins over the file");
+        assert_eq!(config.amqp_listen.port(), 5672);
+        assert_eq!(config.default_user, "guest");
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "no_such_key = 1\n").expect("write");
+        let args = ServerArgs { config: Some(path), ..ServerArgs::default() };
+        assert!(Config::resolve(args).is_err());
+    }
+}
