@@ -1,0 +1,97 @@
+//! The storage trait every engine implements.
+
+use crate::error::StoreError;
+
+/// A durable, ordered log of opaque entries plus a small key-value space for
+/// metadata.
+///
+/// Every method blocks: call it from `spawn_blocking` or a storage thread,
+/// never on an async runtime's worker. Methods documented as *durable* have
+/// flushed to stable storage when they return `Ok`.
+///
+/// Indexes are contiguous by the caller's discipline (Raft never leaves a
+/// hole); the store does not enforce it.
+pub trait LogStore: Send + Sync + 'static {
+    /// Writes `entries` (index, bytes), replacing any entry already at those
+    /// indexes. Durable.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if the engine fails to write or flush.
+    fn append(&self, entries: &[(u64, Vec<u8>)]) -> Result<(), StoreError>;
+
+    /// Entries with `start <= index < end_exclusive`, in index order.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] on a read failure; [`StoreError::UnsupportedFormat`]
+    /// or [`StoreError::Corrupt`] for a value this build cannot read.
+    fn range(&self, start: u64, end_exclusive: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+
+    /// The smallest index present, or `None` if the log is empty.
+    ///
+    /// # Errors
+    /// As for [`LogStore::range`].
+    fn first_index(&self) -> Result<Option<u64>, StoreError>;
+
+    /// The entry with the largest index, or `None` if the log is empty.
+    ///
+    /// # Errors
+    /// As for [`LogStore::range`].
+    fn last_entry(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+
+    /// Removes every entry with `index >= from` (a conflicting suffix).
+    /// Durable.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`].
+    fn truncate_from(&self, from: u64) -> Result<(), StoreError>;
+
+    /// Removes every entry with `index <= through` (behind a snapshot).
+    /// Durable.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`].
+    fn purge_through(&self, through: u64) -> Result<(), StoreError>;
+
+    /// Stores `value` under `key` in the metadata space. Durable.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`].
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+
+    /// The value stored under `key`, if any.
+    ///
+    /// # Errors
+    /// As for [`LogStore::range`].
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Removes `key` from the metadata space. Durable.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`].
+    fn delete_meta(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Bytes the store occupies on disk (0 for in-memory engines), for the
+    /// metrics endpoint.
+    fn size_on_disk(&self) -> u64;
+}
+
+/// Prefixes `value` with the format version byte.
+pub(crate) fn versioned(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len() + 1);
+    out.push(crate::FORMAT_VERSION);
+    out.extend_from_slice(value);
+    out
+}
+
+/// Checks and strips the format version byte of a stored value.
+pub(crate) fn unversioned(key: impl FnOnce() -> String, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
+    match stored.split_first() {
+        None => Err(StoreError::Corrupt { key: key() }),
+        Some((&crate::FORMAT_VERSION, rest)) => Ok(rest.to_vec()),
+        Some((&found, _)) => Err(StoreError::UnsupportedFormat {
+            key: key(),
+            found,
+            expected: crate::FORMAT_VERSION,
+        }),
+    }
+}
