@@ -1,1 +1,493 @@
-//! e2e helpers
+//! End-to-end test harness for Warren.
+//!
+//! Owns what every test under `tests/tests/` needs to drive the real `warren`
+//! binary from the outside, the way a user would:
+//!
+//! - [`WarrenProcess`]: builds (once per test process) and spawns the binary
+//!   on a data directory with ephemeral ports, waits for its
+//!   `warren: amqp listening on <addr>` line, and can `kill -9` and restart it.
+//! - lapin helpers ([`connect`], [`reply_code`], [`next_delivery`], [`within`]).
+//! - [`raw`]: a tiny hand-rolled AMQP frame builder and client for the
+//!   bad-input tests, where a real client library would refuse to send garbage.
+//! - [`python`]: a virtualenv with pika, created once and shared by all test
+//!   processes (guarded by `flock`), and a runner for `tests/python/*.py`.
+//!
+//! Nothing here asserts on wall-clock durations: timeouts only turn a hang into
+//! a failure with the broker's log attached.
+
+pub mod python;
+pub mod raw;
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{mpsc, Arc, Mutex, OnceLock},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, Context};
+use futures_lite::StreamExt;
+use lapin::{message::Delivery, Connection, ConnectionProperties, Consumer};
+
+/// The exact line prefix the server prints on stdout once it accepts AMQP.
+pub const LISTENING_PREFIX: &str = "warren: amqp listening on ";
+
+/// How long a broker may take to print its listening line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default bound for a single AMQP round trip in tests: generous, so that a
+/// slow CI machine passes and a broken broker fails instead of hanging.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How many trailing log lines to print when a broker is dropped.
+const LOG_TAIL_LINES: usize = 300;
+
+/// The cargo target directory the test binaries were built into.
+///
+/// `CARGO_TARGET_DIR` wins when set; otherwise it is derived from the running
+/// test binary, which lives in `<target>/<profile>/deps/`.
+pub fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        let dir = PathBuf::from(dir);
+        return if dir.is_absolute() {
+            dir
+        } else {
+            workspace_root().join(dir)
+        };
+    }
+    let exe = std::env::current_exe().ok();
+    let from_exe = exe.as_deref().and_then(|exe| {
+        let deps = exe.parent()?;
+        let profile = deps.parent()?;
+        let target = profile.parent()?;
+        (deps.file_name()? == "deps").then(|| target.to_path_buf())
+    });
+    from_exe.unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The workspace root (the parent of this package's directory).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+}
+
+/// Path of the `warren` binary the tests run.
+pub fn warren_binary() -> PathBuf {
+    target_dir()
+        .join("debug")
+        .join(format!("warren{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// Builds the `warren` binary once per test process, unless it exists and
+/// `WARREN_E2E_BUILD=0` says not to.
+///
+/// Building from inside the tests is what lets a bare `cargo nextest run
+/// --workspace` work on a fresh clone: nextest only builds test targets.
+///
+/// # Errors
+/// The build failed (its output is in the error) or the binary is still missing.
+pub fn ensure_warren_built() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let binary = warren_binary();
+            let skip = std::env::var("WARREN_E2E_BUILD").map(|v| v == "0").unwrap_or(false);
+            if skip && binary.exists() {
+                return Ok(binary);
+            }
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let output = Command::new(cargo)
+                .current_dir(workspace_root())
+                .args(["build", "-p", "warren-server", "--bin", "warren", "--target-dir"])
+                .arg(target_dir())
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("cannot run cargo to build warren: {e}"))?;
+            if !output.status.success() {
+                return Err(format!(
+                    "`cargo build -p warren-server --bin warren` failed ({}):\n{}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr)
+                ));
+            }
+            if !binary.exists() {
+                return Err(format!("cargo build succeeded but {} is missing", binary.display()));
+            }
+            Ok(binary)
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+/// Everything the broker printed, shared with the reader threads.
+type LogBuffer = Arc<Mutex<Vec<String>>>;
+
+/// A running `warren` process on a data directory, killed on drop.
+pub struct WarrenProcess {
+    child: Option<Child>,
+    amqp_addr: SocketAddr,
+    data_dir: PathBuf,
+    /// Keeps a temporary data directory alive as long as the process handle.
+    _temp_dir: Option<Arc<tempfile::TempDir>>,
+    logs: LogBuffer,
+    generation: u32,
+}
+
+impl WarrenProcess {
+    /// Starts a broker on a fresh temporary data directory.
+    ///
+    /// # Errors
+    /// See [`WarrenProcess::start`].
+    pub fn start_fresh() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("warren-e2e-")
+            .tempdir()
+            .context("cannot create a temporary data dir")?;
+        let dir = Arc::new(dir);
+        let mut process = Self::start(dir.path())?;
+        process._temp_dir = Some(dir);
+        Ok(process)
+    }
+
+    /// Spawns `warren server` on `data_dir` with ephemeral ports and waits (up
+    /// to [`START_TIMEOUT`]) for its `warren: amqp listening on` line.
+    ///
+    /// # Errors
+    /// The binary could not be built or spawned, exited early, or did not
+    /// print the listening line in time; the error carries its output.
+    pub fn start(data_dir: impl AsRef<Path>) -> anyhow::Result<Self> {
+        let logs: LogBuffer = Arc::new(Mutex::new(Vec::new()));
+        let (child, amqp_addr) = spawn_warren(data_dir.as_ref(), &logs, 0)?;
+        Ok(Self {
+            child: Some(child),
+            amqp_addr,
+            data_dir: data_dir.as_ref().to_path_buf(),
+            _temp_dir: None,
+            logs,
+            generation: 0,
+        })
+    }
+
+    /// The address the broker accepts AMQP connections on.
+    pub fn amqp_addr(&self) -> SocketAddr {
+        self.amqp_addr
+    }
+
+    /// The broker's AMQP port.
+    pub fn amqp_port(&self) -> u16 {
+        self.amqp_addr.port()
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:PORT/%2f`.
+    pub fn amqp_uri(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_addr.port())
+    }
+
+    /// [`WarrenProcess::amqp_uri`] with a query string (`frame_max=4096&…`).
+    pub fn amqp_uri_with(&self, query: &str) -> String {
+        format!("{}?{query}", self.amqp_uri())
+    }
+
+    /// The data directory this broker runs on.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Sends SIGKILL (`Child::kill` is SIGKILL on unix) and reaps the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            self.log_line(format!(
+                "--- e2e: generation {} killed with SIGKILL ---",
+                self.generation
+            ));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Kills the process if it still runs, then starts a new one on the same
+    /// data directory (and a new ephemeral port).
+    ///
+    /// # Errors
+    /// See [`WarrenProcess::start`].
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.generation += 1;
+        self.log_line(format!("--- e2e: starting generation {} ---", self.generation));
+        let (child, addr) = spawn_warren(&self.data_dir, &self.logs, self.generation)?;
+        self.child = Some(child);
+        self.amqp_addr = addr;
+        Ok(())
+    }
+
+    /// The last `lines` lines the broker printed (stdout and stderr).
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.logs, lines)
+    }
+
+    fn log_line(&self, line: String) {
+        if let Ok(mut logs) = self.logs.lock() {
+            logs.push(line);
+        }
+    }
+}
+
+impl Drop for WarrenProcess {
+    fn drop(&mut self) {
+        self.kill9();
+        // The test runner captures this and shows it only for failing tests.
+        eprintln!(
+            "----- warren log (last {LOG_TAIL_LINES} lines, data dir {}) -----\n{}\n----- end of warren log -----",
+            self.data_dir.display(),
+            self.log_tail(LOG_TAIL_LINES)
+        );
+    }
+}
+
+fn tail(logs: &LogBuffer, lines: usize) -> String {
+    let logs = match logs.lock() {
+        Ok(logs) => logs.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    let start = logs.len().saturating_sub(lines);
+    logs[start..].join("\n")
+}
+
+fn spawn_warren(data_dir: &Path, logs: &LogBuffer, generation: u32) -> anyhow::Result<(Child, SocketAddr)> {
+    let binary = ensure_warren_built()?;
+    let mut child = Command::new(&binary)
+        .args(["server", "--node-id", "1", "--data-dir"])
+        .arg(data_dir)
+        .args([
+            "--amqp-listen",
+            "127.0.0.1:0",
+            "--cluster-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .env(
+            "RUST_LOG",
+            std::env::var("WARREN_E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot spawn {}", binary.display()))?;
+
+    let (addr_tx, addr_rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().context("no stdout pipe")?;
+    let stderr = child.stderr.take().context("no stderr pipe")?;
+    drain_lines(stdout, Arc::clone(logs), format!("[{generation} out] "), Some(addr_tx));
+    drain_lines(stderr, Arc::clone(logs), format!("[{generation} err] "), None);
+
+    let failure = |child: &mut Child, why: String| {
+        let _ = child.kill();
+        let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+        // Give the reader threads a moment to collect the last lines.
+        thread::sleep(Duration::from_millis(200));
+        anyhow!(
+            "warren did not start: {why} (exit: {status})\n--- output ---\n{}",
+            tail(logs, 400)
+        )
+    };
+    match addr_rx.recv_timeout(START_TIMEOUT) {
+        Ok(addr) => match addr.trim().parse::<SocketAddr>() {
+            Ok(addr) => Ok((child, addr)),
+            Err(e) => Err(failure(
+                &mut child,
+                format!("unparsable listening address {addr:?}: {e}"),
+            )),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(failure(
+            &mut child,
+            format!("no `{LISTENING_PREFIX}<addr>` line within {START_TIMEOUT:?}"),
+        )),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Err(failure(&mut child, "stdout closed before the listening line".into()))
+        }
+    }
+}
+
+/// Copies `pipe` line by line into `logs`; the first listening line goes to `addr_tx`.
+fn drain_lines(
+    pipe: impl Read + Send + 'static,
+    logs: LogBuffer,
+    prefix: String,
+    addr_tx: Option<mpsc::Sender<String>>,
+) {
+    thread::spawn(move || {
+        let mut addr_tx = addr_tx;
+        let mut reader = BufReader::new(pipe);
+        let mut raw = Vec::new();
+        loop {
+            raw.clear();
+            match reader.read_until(b'\n', &mut raw) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let line = String::from_utf8_lossy(&raw).trim_end().to_string();
+            if let Some(addr) = line.strip_prefix(LISTENING_PREFIX) {
+                if let Some(tx) = addr_tx.take() {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+            if let Ok(mut logs) = logs.lock() {
+                logs.push(format!("{prefix}{line}"));
+            }
+        }
+    });
+}
+
+/// Runs `fut` with [`STEP_TIMEOUT`], turning a hang into an error naming `what`.
+///
+/// # Errors
+/// `fut` failed, or did not finish in time.
+pub async fn within<T, E>(what: &str, fut: impl std::future::Future<Output = Result<T, E>>) -> anyhow::Result<T>
+where
+    E: Into<anyhow::Error>,
+{
+    within_for(STEP_TIMEOUT, what, fut).await
+}
+
+/// [`within`] with an explicit bound.
+///
+/// # Errors
+/// `fut` failed, or did not finish in time.
+pub async fn within_for<T, E>(
+    limit: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T>
+where
+    E: Into<anyhow::Error>,
+{
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(e.into().context(format!("{what} failed"))),
+        Err(_) => bail!("{what}: no answer within {limit:?}"),
+    }
+}
+
+/// Opens a lapin connection to `uri` (bounded by [`STEP_TIMEOUT`]).
+///
+/// # Errors
+/// The connection was refused or the handshake failed or timed out.
+pub async fn connect(uri: &str) -> anyhow::Result<Connection> {
+    within(
+        &format!("connect to {uri}"),
+        Connection::connect(uri, ConnectionProperties::default()),
+    )
+    .await
+}
+
+/// The AMQP reply code carried by a lapin error, if it is a protocol error.
+pub fn reply_code(error: &lapin::Error) -> Option<u16> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
+    }
+}
+
+/// Like [`reply_code`] but looks through an [`anyhow::Error`] chain.
+pub fn reply_code_any(error: &anyhow::Error) -> Option<u16> {
+    error
+        .chain()
+        .find_map(|e| e.downcast_ref::<lapin::Error>().and_then(reply_code))
+}
+
+/// Asserts that `result` failed with AMQP reply code `expected`.
+///
+/// # Errors
+/// It succeeded, or failed some other way.
+pub fn expect_reply_code<T: std::fmt::Debug>(
+    result: Result<T, lapin::Error>,
+    expected: u16,
+    what: &str,
+) -> anyhow::Result<()> {
+    match result {
+        Ok(value) => bail!("{what}: expected reply code {expected}, got success {value:?}"),
+        Err(e) if reply_code(&e) == Some(expected) => Ok(()),
+        Err(e) => bail!(
+            "{what}: expected reply code {expected}, got {e} (code {:?})",
+            reply_code(&e)
+        ),
+    }
+}
+
+/// The next delivery of `consumer`, within [`STEP_TIMEOUT`].
+///
+/// # Errors
+/// The consumer ended (cancelled), failed, or nothing arrived in time.
+pub async fn next_delivery(consumer: &mut Consumer) -> anyhow::Result<Delivery> {
+    next_delivery_for(consumer, STEP_TIMEOUT).await
+}
+
+/// The next delivery of `consumer` within `limit`.
+///
+/// # Errors
+/// The consumer ended (cancelled), failed, or nothing arrived in time.
+pub async fn next_delivery_for(consumer: &mut Consumer, limit: Duration) -> anyhow::Result<Delivery> {
+    match tokio::time::timeout(limit, consumer.next()).await {
+        Ok(Some(Ok(delivery))) => Ok(delivery),
+        Ok(Some(Err(e))) => Err(anyhow::Error::new(e).context("consumer failed")),
+        Ok(None) => bail!(
+            "consumer {} ended (cancelled) while a delivery was expected",
+            consumer.tag()
+        ),
+        Err(_) => bail!("no delivery on consumer {} within {limit:?}", consumer.tag()),
+    }
+}
+
+/// Asserts that `consumer` gets nothing during `quiet`.
+///
+/// Used for "prefetch holds the third message back": absence can only be
+/// observed over some window; the window is not asserted as a duration.
+///
+/// # Errors
+/// A delivery (or the end of the consumer) arrived.
+pub async fn expect_no_delivery(consumer: &mut Consumer, quiet: Duration) -> anyhow::Result<()> {
+    match tokio::time::timeout(quiet, consumer.next()).await {
+        Err(_) => Ok(()),
+        Ok(Some(Ok(d))) => bail!(
+            "unexpected delivery (tag {}, body {:?})",
+            d.delivery_tag,
+            String::from_utf8_lossy(&d.data)
+        ),
+        Ok(Some(Err(e))) => bail!("consumer failed: {e}"),
+        Ok(None) => bail!("consumer ended"),
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `limit`.
+///
+/// # Errors
+/// `check` failed, or never returned `Some` in time.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("{what}: condition not reached within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
