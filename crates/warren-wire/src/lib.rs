@@ -25,6 +25,7 @@
 mod error;
 mod frame;
 mod method_name;
+mod nesting;
 mod sasl;
 
 pub use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
@@ -40,6 +41,7 @@ pub use frame::{
     FRAME_OVERHEAD, PROTOCOL_HEADER, UNLIMITED_FRAME_CHUNK,
 };
 pub use method_name::method_name;
+pub use nesting::MAX_FIELD_NESTING;
 pub use sasl::{parse_sasl_response, Credentials, SASL_MECHANISMS};
 
 /// The largest byte length of an AMQP short string.
