@@ -8,12 +8,23 @@
 //!   are pushed in the order a client must see them (e.g. `consume-ok` before
 //!   the first `deliver` to that consumer; `get-ok` reply carries its message).
 //! - `Broker` is `Serialize + Deserialize` (snapshots) and `Clone`.
+//!
+//! The command handlers live in sibling modules (`exchange_ops`,
+//! `queue_ops`, `publish`, `consume`, `ack`, `lifecycle`), each an
+//! `impl Broker` block; this file holds the state and the apply loop.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::Batch;
-use crate::effect::Effect;
-use crate::ids::{QueueName, UserName, VHost};
+use crate::channel::Channel;
+use crate::command::{Batch, Command};
+use crate::dead_letter::DeadLetter;
+use crate::effect::{Effect, Outcome};
+use crate::error::CoreError;
+use crate::fail;
+use crate::ids::{ChannelId, MessageId, QueueName, UserName, VHost};
+use crate::vhost::VHostState;
 
 /// A user of the broker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,9 +49,36 @@ pub struct QueueSummary {
 }
 
 /// The whole replicated broker state.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Broker {
-    // filled in by the implementation
+    pub(crate) vhosts: BTreeMap<VHost, VHostState>,
+    pub(crate) users: BTreeMap<UserName, User>,
+    /// Channels that issued a channel-scoped command and are not closed.
+    pub(crate) channels: BTreeMap<ChannelId, Channel>,
+    pub(crate) next_message_id: u64,
+    /// Source of queue incarnation ids and consumer serials.
+    pub(crate) next_uid: u64,
+}
+
+/// A queue's key across vhosts.
+pub(crate) type QueueKey = (VHost, QueueName);
+
+/// The state of applying one request: its time and origin, the effects
+/// sink, and the follow-up work (dead letters to republish, queues whose
+/// consumers may now receive) done after its reply is pushed.
+pub(crate) struct Ctx<'a> {
+    pub now_ms: u64,
+    pub origin: Option<ChannelId>,
+    pub effects: &'a mut Vec<Effect>,
+    pub dirty: BTreeSet<QueueKey>,
+    pub dead_letters: VecDeque<DeadLetter>,
+}
+
+impl Ctx<'_> {
+    /// Marks a queue for a dispatch pass once the request is answered.
+    pub fn touch(&mut self, vhost: &VHost, queue: &QueueName) {
+        self.dirty.insert((vhost.clone(), queue.clone()));
+    }
 }
 
 impl Default for Broker {
@@ -52,38 +90,286 @@ impl Default for Broker {
 impl Broker {
     /// A fresh broker: vhost `/` with its pre-declared exchanges, no users.
     pub fn new() -> Self {
-        todo!()
+        let mut vhosts = BTreeMap::new();
+        vhosts.insert(VHost::from("/"), VHostState::new());
+        Self {
+            vhosts,
+            users: BTreeMap::new(),
+            channels: BTreeMap::new(),
+            next_message_id: 1,
+            next_uid: 1,
+        }
     }
 
     /// Applies every request of `batch` in order, appending effects.
     pub fn apply(&mut self, batch: &Batch, effects: &mut Vec<Effect>) {
-        let _ = (batch, effects);
-        todo!()
+        for request in &batch.requests {
+            let mut ctx = Ctx {
+                now_ms: batch.now_ms,
+                origin: request.origin,
+                effects,
+                dirty: BTreeSet::new(),
+                dead_letters: VecDeque::new(),
+            };
+            let outcome = self.execute(&mut ctx, &request.command);
+            if let (Some(channel), Some(outcome)) = (request.origin, outcome) {
+                ctx.effects.push(Effect::Reply { channel, outcome });
+            }
+            self.settle(&mut ctx);
+        }
+    }
+
+    /// Runs one command. `None` when it is ignored (a channel-scoped
+    /// command without origin).
+    fn execute(&mut self, ctx: &mut Ctx<'_>, command: &Command) -> Option<Result<Outcome, CoreError>> {
+        if let Some(vhost) = command_vhost(command) {
+            if !self.vhosts.contains_key(vhost) {
+                return Some(Err(fail::vhost_not_found(vhost)));
+            }
+        }
+        let outcome = match command {
+            Command::DeclareExchange {
+                vhost,
+                name,
+                kind,
+                passive,
+                durable,
+                auto_delete,
+                internal,
+                arguments,
+            } => {
+                let spec = crate::exchange_ops::ExchangeSpec {
+                    kind: *kind,
+                    durable: *durable,
+                    auto_delete: *auto_delete,
+                    internal: *internal,
+                    arguments,
+                };
+                self.declare_exchange(vhost, name, *passive, spec)
+            }
+            Command::DeleteExchange { vhost, name, if_unused } => self.delete_exchange(vhost, name, *if_unused),
+            Command::BindExchange {
+                vhost,
+                destination,
+                source,
+                routing_key,
+                arguments,
+            } => self.bind_exchange(vhost, destination, source, routing_key, arguments),
+            Command::UnbindExchange {
+                vhost,
+                destination,
+                source,
+                routing_key,
+                arguments,
+            } => self.unbind_exchange(vhost, destination, source, routing_key, arguments),
+            Command::DeclareQueue {
+                vhost,
+                name,
+                passive,
+                durable,
+                exclusive,
+                auto_delete,
+                arguments,
+            } => {
+                let spec = crate::queue_ops::QueueSpec {
+                    durable: *durable,
+                    exclusive: *exclusive,
+                    auto_delete: *auto_delete,
+                    arguments,
+                };
+                self.declare_queue(ctx, vhost, name, *passive, spec)
+            }
+            Command::BindQueue {
+                vhost,
+                queue,
+                exchange,
+                routing_key,
+                arguments,
+            } => self.bind_queue(ctx, vhost, queue, exchange, routing_key, arguments),
+            Command::UnbindQueue {
+                vhost,
+                queue,
+                exchange,
+                routing_key,
+                arguments,
+            } => self.unbind_queue(ctx, vhost, queue, exchange, routing_key, arguments),
+            Command::PurgeQueue { vhost, queue } => self.purge_queue(ctx, vhost, queue),
+            Command::DeleteQueue {
+                vhost,
+                queue,
+                if_unused,
+                if_empty,
+            } => self.delete_queue_command(ctx, vhost, queue, *if_unused, *if_empty),
+            Command::Publish {
+                vhost,
+                mandatory,
+                message,
+            } => self.publish(ctx, vhost, *mandatory, message),
+            Command::Qos { prefetch_count, global } => {
+                let channel = ctx.origin?;
+                self.qos(ctx, channel, *prefetch_count, *global)
+            }
+            Command::Consume {
+                vhost,
+                queue,
+                consumer_tag,
+                no_ack,
+                exclusive,
+                arguments: _,
+            } => {
+                let channel = ctx.origin?;
+                self.consume(ctx, channel, vhost, queue, consumer_tag, *no_ack, *exclusive)
+            }
+            Command::Cancel { consumer_tag } => {
+                let channel = ctx.origin?;
+                self.cancel(ctx, channel, consumer_tag)
+            }
+            Command::Get { vhost, queue, no_ack } => {
+                let channel = ctx.origin?;
+                self.get(ctx, channel, vhost, queue, *no_ack)
+            }
+            Command::Ack { delivery_tag, multiple } => {
+                let channel = ctx.origin?;
+                self.ack(ctx, channel, *delivery_tag, *multiple)
+            }
+            Command::Nack {
+                delivery_tag,
+                multiple,
+                requeue,
+            } => {
+                let channel = ctx.origin?;
+                self.nack(ctx, channel, *delivery_tag, *multiple, *requeue)
+            }
+            Command::Reject { delivery_tag, requeue } => {
+                let channel = ctx.origin?;
+                self.nack(ctx, channel, *delivery_tag, false, *requeue)
+            }
+            Command::Recover { requeue: _ } => {
+                let channel = ctx.origin?;
+                self.recover(ctx, channel)
+            }
+            Command::CloseChannel => {
+                let channel = ctx.origin?;
+                self.close_channel(ctx, channel);
+                Ok(Outcome::Done)
+            }
+            Command::CloseConnection { conn } => {
+                self.close_connection(ctx, *conn);
+                Ok(Outcome::Done)
+            }
+            Command::Tick => {
+                self.tick(ctx);
+                Ok(Outcome::Done)
+            }
+            Command::NodeStarted { node, boot } => {
+                self.node_started(ctx, *node, *boot);
+                Ok(Outcome::Done)
+            }
+            Command::NodeDown { node } => {
+                self.node_down(ctx, *node);
+                Ok(Outcome::Done)
+            }
+            Command::DeclareVHost { vhost } => {
+                self.vhosts.entry(vhost.clone()).or_default();
+                Ok(Outcome::Done)
+            }
+            Command::DeleteVHost { vhost } => self.delete_vhost(ctx, vhost),
+            Command::PutUser {
+                name,
+                password_hash,
+                tags,
+            } => {
+                let user = User {
+                    name: name.clone(),
+                    password_hash: password_hash.clone(),
+                    tags: tags.clone(),
+                };
+                self.users.insert(name.clone(), user);
+                Ok(Outcome::Done)
+            }
+            Command::DeleteUser { name } => {
+                self.users.remove(name);
+                Ok(Outcome::Done)
+            }
+        };
+        Some(outcome)
+    }
+
+    /// Follow-up work of a request, after its reply: republish dead
+    /// letters and run dispatch on touched queues until nothing is left
+    /// (dispatch can expire messages, which can dead-letter them).
+    fn settle(&mut self, ctx: &mut Ctx<'_>) {
+        loop {
+            if let Some(dead_letter) = ctx.dead_letters.pop_front() {
+                self.republish_dead_letter(ctx, dead_letter);
+                continue;
+            }
+            let Some((vhost, queue)) = ctx.dirty.pop_first() else {
+                break;
+            };
+            self.dispatch(ctx, &vhost, &queue);
+        }
+    }
+
+    /// A fresh message id.
+    pub(crate) fn take_message_id(&mut self) -> MessageId {
+        let id = MessageId(self.next_message_id);
+        self.next_message_id += 1;
+        id
+    }
+
+    /// A fresh queue incarnation id or consumer serial.
+    pub(crate) fn take_uid(&mut self) -> u64 {
+        let uid = self.next_uid;
+        self.next_uid += 1;
+        uid
+    }
+
+    /// The channel `id`, created on first use.
+    pub(crate) fn channel_mut(&mut self, id: ChannelId) -> &mut Channel {
+        self.channels.entry(id).or_default()
     }
 
     /// The earliest time (ms since epoch) at which a `Tick` would change
     /// something (a message or queue expires), if any.
     pub fn next_expiry_ms(&self) -> Option<u64> {
-        todo!()
+        self.vhosts
+            .values()
+            .flat_map(|v| v.queues.values())
+            .flat_map(|q| [q.next_message_expiry_ms(), q.expiry_deadline_ms()])
+            .flatten()
+            .min()
     }
 
     pub fn user(&self, name: &UserName) -> Option<&User> {
-        let _ = name;
-        todo!()
+        self.users.get(name)
     }
 
     pub fn has_users(&self) -> bool {
-        todo!()
+        !self.users.is_empty()
     }
 
     pub fn has_vhost(&self, vhost: &VHost) -> bool {
-        let _ = vhost;
-        todo!()
+        self.vhosts.contains_key(vhost)
     }
 
     /// Every queue, sorted by vhost and name.
     pub fn queue_summaries(&self) -> Vec<QueueSummary> {
-        todo!()
+        self.vhosts
+            .iter()
+            .flat_map(|(vhost, state)| {
+                state.queues.values().map(move |q| QueueSummary {
+                    vhost: vhost.clone(),
+                    name: q.name.clone(),
+                    durable: q.durable,
+                    exclusive: q.exclusive_owner.is_some(),
+                    auto_delete: q.auto_delete,
+                    messages_ready: q.ready.len() as u64,
+                    messages_unacked: q.unacked,
+                    consumers: q.consumers.len() as u64,
+                })
+            })
+            .collect()
     }
 
     /// Checks the state's invariants: every message is ready, unacked or gone
@@ -93,6 +379,25 @@ impl Broker {
     /// # Errors
     /// A description of the first violated invariant.
     pub fn check_invariants(&self) -> Result<(), String> {
-        todo!()
+        crate::invariants::check(self)
+    }
+}
+
+/// The vhost a command names, if any (it must exist).
+fn command_vhost(command: &Command) -> Option<&VHost> {
+    match command {
+        Command::DeclareExchange { vhost, .. }
+        | Command::DeleteExchange { vhost, .. }
+        | Command::BindExchange { vhost, .. }
+        | Command::UnbindExchange { vhost, .. }
+        | Command::DeclareQueue { vhost, .. }
+        | Command::BindQueue { vhost, .. }
+        | Command::UnbindQueue { vhost, .. }
+        | Command::PurgeQueue { vhost, .. }
+        | Command::DeleteQueue { vhost, .. }
+        | Command::Publish { vhost, .. }
+        | Command::Consume { vhost, .. }
+        | Command::Get { vhost, .. } => Some(vhost),
+        _ => None,
     }
 }

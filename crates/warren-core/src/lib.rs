@@ -7,13 +7,42 @@
 //! proposer stamps time and generated names into the commands. Everything
 //! above it (Raft glue, AMQP front end) carries effects out and decides
 //! nothing.
+//!
+//! Layout: [`broker`] holds the state and the apply loop; the command
+//! handlers are `impl Broker` blocks by concern (`exchange_ops`,
+//! `queue_ops`, `publish`, `consume`, `ack`, `dispatch`, `dead_letter`,
+//! `lifecycle`); the model types have a file each (`exchange`, `queue`,
+//! `channel`, `consumer`, `vhost`, `queue_args`); [`topic`] and
+//! [`headers`] are the pure matching rules.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod ack;
 pub mod broker;
+mod channel;
 pub mod command;
+mod consume;
+mod consumer;
+mod dead_letter;
+mod dispatch;
 pub mod effect;
 pub mod error;
+mod exchange;
+mod exchange_ops;
+mod fail;
+pub mod headers;
 pub mod ids;
+mod invariants;
+mod lifecycle;
 pub mod message;
+mod publish;
+mod queue;
+mod queue_args;
+mod queue_ops;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
+pub mod topic;
+mod vhost;
 
 pub use broker::{Broker, QueueSummary, User};
 pub use command::{Batch, Command, ExchangeKind, Request};
@@ -23,3 +52,6 @@ pub use ids::{
     ChannelId, ConnectionId, ConsumerTag, DeliveryTag, ExchangeName, MessageId, NodeId, QueueName, UserName, VHost,
 };
 pub use message::{Message, Properties};
+
+#[cfg(test)]
+mod tests;

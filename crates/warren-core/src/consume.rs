@@ -1,0 +1,205 @@
+//! Channel-scoped consuming commands: `basic.qos`, `basic.consume`,
+//! `basic.cancel`, `basic.get`.
+
+use crate::broker::{Broker, Ctx};
+use crate::channel::Unacked;
+use crate::consumer::{Consumer, ConsumerRef};
+use crate::dead_letter::{dead_letters, DeathReason};
+use crate::effect::Outcome;
+use crate::error::CoreError;
+use crate::fail;
+use crate::ids::{ChannelId, ConsumerTag, QueueName, VHost};
+
+impl Broker {
+    /// `basic.qos`: `global=false` sets the prefetch of consumers created
+    /// afterwards on the channel; `global=true` limits all unacked
+    /// deliveries of the channel. 0 means unlimited.
+    pub(crate) fn qos(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        channel: ChannelId,
+        prefetch_count: u16,
+        global: bool,
+    ) -> Result<Outcome, CoreError> {
+        let state = self.channel_mut(channel);
+        if global {
+            state.channel_prefetch = prefetch_count;
+        } else {
+            state.consumer_prefetch = prefetch_count;
+        }
+        let queues: Vec<_> = state.consumed_queues().map(|(v, q)| (v.clone(), q.clone())).collect();
+        for (vhost, queue) in queues {
+            ctx.touch(&vhost, &queue);
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// `basic.consume`. The reply (`consume-ok`) precedes the first
+    /// delivery, since dispatch runs after the reply.
+    ///
+    /// # Errors
+    /// 530 tag already used on the channel; 404 queue missing; 405
+    /// another connection's exclusive queue; 403 exclusive consumer
+    /// requested on a queue with consumers, or the queue has one.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn consume(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        channel: ChannelId,
+        vhost: &VHost,
+        name: &QueueName,
+        tag: &ConsumerTag,
+        no_ack: bool,
+        exclusive: bool,
+    ) -> Result<Outcome, CoreError> {
+        if self
+            .channels
+            .get(&channel)
+            .is_some_and(|ch| ch.consumers.contains_key(tag))
+        {
+            return Err(fail::reused_consumer_tag(tag));
+        }
+        let serial = self.take_uid();
+        let Some(queue) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(name)) else {
+            return Err(fail::no_queue(vhost, name));
+        };
+        if !queue.accessible_by(Some(channel.conn)) {
+            return Err(fail::queue_locked(vhost, name));
+        }
+        let channels = &self.channels;
+        let has_exclusive_consumer = queue.consumers.iter().any(|c| {
+            channels
+                .get(&c.channel)
+                .and_then(|ch| ch.consumers.get(&c.tag))
+                .is_some_and(|c| c.exclusive)
+        });
+        if has_exclusive_consumer || (exclusive && !queue.consumers.is_empty()) {
+            return Err(fail::queue_in_exclusive_use(vhost, name));
+        }
+        queue.consumers.push(ConsumerRef {
+            channel,
+            tag: tag.clone(),
+        });
+        queue.had_consumer = true;
+        queue.last_used_ms = ctx.now_ms;
+        let queue_uid = queue.uid;
+        let state = self.channels.entry(channel).or_default();
+        let consumer = Consumer {
+            vhost: vhost.clone(),
+            queue: name.clone(),
+            queue_uid,
+            serial,
+            no_ack,
+            exclusive,
+            prefetch: state.consumer_prefetch,
+            unacked: 0,
+        };
+        state.consumers.insert(tag.clone(), consumer);
+        ctx.touch(vhost, name);
+        Ok(Outcome::ConsumeOk {
+            consumer_tag: tag.clone(),
+        })
+    }
+
+    /// `basic.cancel`. An unknown tag is fine (RabbitMQ answers cancel-ok).
+    /// Deliveries to the consumer stay unacked on the channel.
+    pub(crate) fn cancel(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        channel: ChannelId,
+        tag: &ConsumerTag,
+    ) -> Result<Outcome, CoreError> {
+        let removed = self.channels.get_mut(&channel).and_then(|ch| ch.consumers.remove(tag));
+        if let Some(consumer) = removed {
+            self.detach_consumer(ctx, channel, tag, &consumer);
+        }
+        Ok(Outcome::CancelOk {
+            consumer_tag: tag.clone(),
+        })
+    }
+
+    /// Removes a consumer (already gone from its channel) from its queue. A
+    /// queue left without consumers starts its `x-expires` clock, and an
+    /// auto-delete queue that had consumers is deleted.
+    pub(crate) fn detach_consumer(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        channel: ChannelId,
+        tag: &ConsumerTag,
+        consumer: &Consumer,
+    ) {
+        let vhost = &consumer.vhost;
+        let Some(queue) = self
+            .vhosts
+            .get_mut(vhost)
+            .and_then(|v| v.queues.get_mut(&consumer.queue))
+        else {
+            return;
+        };
+        if queue.uid != consumer.queue_uid {
+            return;
+        }
+        queue.remove_consumer(&ConsumerRef {
+            channel,
+            tag: tag.clone(),
+        });
+        if !queue.consumers.is_empty() {
+            // A single-active-consumer queue may have a new active consumer.
+            ctx.touch(vhost, &consumer.queue);
+            return;
+        }
+        queue.last_used_ms = ctx.now_ms;
+        if queue.auto_delete && queue.had_consumer {
+            self.remove_queue(ctx, vhost, &consumer.queue);
+        }
+    }
+
+    /// `basic.get`: the head ready message, or `GetEmpty`. Counts as use
+    /// for `x-expires`.
+    ///
+    /// # Errors
+    /// 404 queue missing; 405 another connection's exclusive queue.
+    pub(crate) fn get(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        channel: ChannelId,
+        vhost: &VHost,
+        name: &QueueName,
+        no_ack: bool,
+    ) -> Result<Outcome, CoreError> {
+        let Some(queue) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(name)) else {
+            return Err(fail::no_queue(vhost, name));
+        };
+        if !queue.accessible_by(Some(channel.conn)) {
+            return Err(fail::queue_locked(vhost, name));
+        }
+        queue.last_used_ms = ctx.now_ms;
+        let expired = queue.take_expired_head(ctx.now_ms, true);
+        ctx.dead_letters
+            .extend(dead_letters(vhost, queue, expired, DeathReason::Expired));
+        let Some(entry) = queue.pop_front() else {
+            return Ok(Outcome::GetEmpty);
+        };
+        let message_count = queue.ready_count();
+        let (message, redelivered) = (entry.message.clone(), entry.redelivered);
+        let state = self.channels.entry(channel).or_default();
+        let delivery_tag = if no_ack {
+            state.take_delivery_tag()
+        } else {
+            queue.unacked += 1;
+            state.record_unacked(Unacked {
+                vhost: vhost.clone(),
+                queue: name.clone(),
+                queue_uid: queue.uid,
+                consumer: None,
+                entry,
+            })
+        };
+        Ok(Outcome::GetOk {
+            delivery_tag,
+            redelivered,
+            message_count,
+            message,
+        })
+    }
+}

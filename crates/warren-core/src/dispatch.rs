@@ -1,0 +1,77 @@
+//! Dispatch: hands a queue's ready messages to its consumers, round-robin,
+//! within their prefetch limits.
+
+use crate::broker::{Broker, Ctx};
+use crate::channel::Unacked;
+use crate::dead_letter::{dead_letters, DeathReason};
+use crate::effect::Effect;
+use crate::ids::{QueueName, VHost};
+
+impl Broker {
+    /// Delivers ready messages of queue `name` to consumers until it is
+    /// empty or no consumer has credit.
+    ///
+    /// Messages already expired are dead-lettered when they reach the head.
+    /// A message expiring exactly now (TTL 0) is still delivered if a
+    /// consumer can take it; if none can, it expires at the end of the pass.
+    /// Afterwards either the queue has no ready messages or no consumer may
+    /// take one (checked by `check_invariants`).
+    pub(crate) fn dispatch(&mut self, ctx: &mut Ctx<'_>, vhost: &VHost, name: &QueueName) {
+        let Some(queue) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(name)) else {
+            return;
+        };
+        let channels = &mut self.channels;
+        loop {
+            let expired = queue.take_expired_head(ctx.now_ms, false);
+            ctx.dead_letters
+                .extend(dead_letters(vhost, queue, expired, DeathReason::Expired));
+            if queue.ready.is_empty() {
+                break;
+            }
+            let chosen = queue.dispatch_order().into_iter().find(|&index| {
+                let consumer = &queue.consumers[index];
+                channels
+                    .get(&consumer.channel)
+                    .is_some_and(|ch| ch.consumer_can_take(&consumer.tag))
+            });
+            let Some(index) = chosen else {
+                break;
+            };
+            let target = queue.consumers[index].clone();
+            let Some(channel) = channels.get_mut(&target.channel) else {
+                break;
+            };
+            let Some(consumer) = channel.consumers.get(&target.tag) else {
+                break;
+            };
+            let (no_ack, serial) = (consumer.no_ack, consumer.serial);
+            let Some(entry) = queue.pop_front() else {
+                break;
+            };
+            queue.next_consumer = (index + 1) % queue.consumers.len();
+            let (message, redelivered) = (entry.message.clone(), entry.redelivered);
+            let delivery_tag = if no_ack {
+                channel.take_delivery_tag()
+            } else {
+                queue.unacked += 1;
+                channel.record_unacked(Unacked {
+                    vhost: vhost.clone(),
+                    queue: name.clone(),
+                    queue_uid: queue.uid,
+                    consumer: Some((target.tag.clone(), serial)),
+                    entry,
+                })
+            };
+            ctx.effects.push(Effect::Deliver {
+                channel: target.channel,
+                consumer_tag: target.tag,
+                delivery_tag,
+                redelivered,
+                message,
+            });
+        }
+        let expired = queue.take_expired_head(ctx.now_ms, true);
+        ctx.dead_letters
+            .extend(dead_letters(vhost, queue, expired, DeathReason::Expired));
+    }
+}

@@ -1,0 +1,187 @@
+//! The state's invariants, checked by tests after every batch.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::broker::Broker;
+use crate::consumer::ConsumerRef;
+use crate::exchange::{Destination, Exchange};
+use crate::ids::{ChannelId, ConsumerTag, MessageId, QueueName, VHost};
+
+fn ensure(condition: bool, describe: impl FnOnce() -> String) -> Result<(), String> {
+    if condition {
+        Ok(())
+    } else {
+        Err(describe())
+    }
+}
+
+/// See [`Broker::check_invariants`].
+pub(crate) fn check(broker: &Broker) -> Result<(), String> {
+    let mut seen: BTreeSet<MessageId> = BTreeSet::new();
+    let mut unacked_per_queue: BTreeMap<(VHost, QueueName, u64), u64> = BTreeMap::new();
+    let mut unacked_per_consumer: BTreeMap<(ChannelId, ConsumerTag, u64), u32> = BTreeMap::new();
+
+    for (id, channel) in &broker.channels {
+        for (tag, unacked) in &channel.unacked {
+            let message = unacked.entry.id;
+            ensure(tag.0 > 0 && tag.0 < channel.next_delivery_tag, || {
+                format!("{id:?}: tag {tag:?} not yet issued")
+            })?;
+            ensure(message.0 < broker.next_message_id, || {
+                format!("{message:?} not yet issued")
+            })?;
+            ensure(seen.insert(message), || {
+                format!("{message:?} unacked twice (channel {id:?})")
+            })?;
+            let key = (unacked.vhost.clone(), unacked.queue.clone(), unacked.queue_uid);
+            *unacked_per_queue.entry(key).or_default() += 1;
+            if let Some((consumer, serial)) = &unacked.consumer {
+                *unacked_per_consumer
+                    .entry((*id, consumer.clone(), *serial))
+                    .or_default() += 1;
+            }
+        }
+        for (tag, consumer) in &channel.consumers {
+            let queue = broker
+                .vhosts
+                .get(&consumer.vhost)
+                .and_then(|v| v.queues.get(&consumer.queue))
+                .filter(|q| q.uid == consumer.queue_uid);
+            let Some(queue) = queue else {
+                return Err(format!(
+                    "consumer {tag} of {id:?} on missing queue '{}'",
+                    consumer.queue
+                ));
+            };
+            let reference = ConsumerRef {
+                channel: *id,
+                tag: tag.clone(),
+            };
+            ensure(queue.consumers.contains(&reference), || {
+                format!("consumer {tag} of {id:?} unknown to queue '{}'", queue.name)
+            })?;
+            let expected = if consumer.no_ack {
+                0
+            } else {
+                unacked_per_consumer
+                    .get(&(*id, tag.clone(), consumer.serial))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            ensure(consumer.unacked == expected, || {
+                format!(
+                    "consumer {tag} of {id:?} counts {} unacked, channel holds {expected}",
+                    consumer.unacked
+                )
+            })?;
+        }
+    }
+
+    for (vhost, vh) in &broker.vhosts {
+        for exchange in Exchange::predeclared() {
+            ensure(vh.exchanges.contains_key(&exchange.name), || {
+                format!("{vhost}: {} missing", exchange.name)
+            })?;
+        }
+        for exchange in vh.exchanges.values() {
+            for binding in &exchange.bindings {
+                let live = match &binding.destination {
+                    Destination::Queue(queue) => vh.queues.contains_key(queue),
+                    Destination::Exchange(other) => vh.exchanges.contains_key(other),
+                };
+                ensure(live, || {
+                    format!(
+                        "{vhost}: binding of '{}' to missing {:?}",
+                        exchange.name, binding.destination
+                    )
+                })?;
+            }
+        }
+        for queue in vh.queues.values() {
+            let name = &queue.name;
+            let mut previous_seq = None;
+            let mut bytes = 0;
+            for entry in &queue.ready {
+                ensure(previous_seq.is_none_or(|p| p < entry.seq), || {
+                    format!("queue '{name}' ready out of order")
+                })?;
+                ensure(entry.seq < queue.next_seq, || {
+                    format!("queue '{name}' seq {} not yet issued", entry.seq)
+                })?;
+                ensure(entry.id.0 < broker.next_message_id, || {
+                    format!("{:?} not yet issued", entry.id)
+                })?;
+                ensure(seen.insert(entry.id), || {
+                    format!("{:?} in two places (queue '{name}')", entry.id)
+                })?;
+                previous_seq = Some(entry.seq);
+                bytes += entry.message.body_len();
+            }
+            ensure(bytes == queue.ready_bytes, || {
+                format!("queue '{name}' counts {} bytes, holds {bytes}", queue.ready_bytes)
+            })?;
+            let expected = unacked_per_queue
+                .get(&(vhost.clone(), name.clone(), queue.uid))
+                .copied()
+                .unwrap_or(0);
+            ensure(queue.unacked == expected, || {
+                format!(
+                    "queue '{name}' counts {} unacked, channels hold {expected}",
+                    queue.unacked
+                )
+            })?;
+            check_queue_consumers(broker, vhost, queue)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_queue_consumers(broker: &Broker, vhost: &VHost, queue: &crate::queue::Queue) -> Result<(), String> {
+    let name = &queue.name;
+    let unique: BTreeSet<_> = queue.consumers.iter().collect();
+    ensure(unique.len() == queue.consumers.len(), || {
+        format!("queue '{name}' lists a consumer twice")
+    })?;
+    ensure(
+        queue.consumers.is_empty() || queue.next_consumer < queue.consumers.len(),
+        || format!("queue '{name}' round-robin cursor out of range"),
+    )?;
+    ensure(
+        !(queue.auto_delete && queue.had_consumer && queue.consumers.is_empty()),
+        || format!("auto-delete queue '{name}' outlived its last consumer"),
+    )?;
+    let mut exclusive = 0;
+    for reference in &queue.consumers {
+        let consumer = broker
+            .channels
+            .get(&reference.channel)
+            .and_then(|ch| ch.consumers.get(&reference.tag));
+        let Some(consumer) = consumer else {
+            return Err(format!(
+                "queue '{name}' lists dead consumer {} of {:?}",
+                reference.tag, reference.channel
+            ));
+        };
+        ensure(
+            &consumer.vhost == vhost && &consumer.queue == name && consumer.queue_uid == queue.uid,
+            || format!("consumer {} consumes elsewhere than queue '{name}'", reference.tag),
+        )?;
+        exclusive += usize::from(consumer.exclusive);
+    }
+    ensure(exclusive == 0 || queue.consumers.len() == 1, || {
+        format!("queue '{name}' has an exclusive consumer among others")
+    })?;
+    if !queue.ready.is_empty() {
+        let idle = queue.dispatch_order().into_iter().find(|&i| {
+            let reference = &queue.consumers[i];
+            broker
+                .channels
+                .get(&reference.channel)
+                .is_some_and(|ch| ch.consumer_can_take(&reference.tag))
+        });
+        ensure(idle.is_none(), || {
+            format!("queue '{name}' has ready messages and a consumer with credit")
+        })?;
+    }
+    Ok(())
+}

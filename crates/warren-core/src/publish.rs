@@ -1,0 +1,157 @@
+//! `basic.publish`: routing, per-message TTL and enqueueing with the
+//! length limits.
+
+use std::sync::Arc;
+
+use crate::broker::{Broker, Ctx};
+use crate::dead_letter::{dead_letters, DeathReason};
+use crate::effect::Outcome;
+use crate::error::CoreError;
+use crate::fail;
+use crate::ids::{QueueName, VHost};
+use crate::message::Message;
+use crate::queue_args::Overflow;
+
+/// What enqueueing one message into one queue did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    Accepted,
+    /// `x-overflow=reject-publish(-dlx)` refused it.
+    Rejected,
+    /// The queue no longer exists.
+    Missing,
+}
+
+/// The per-message TTL of an `expiration` property, in ms.
+///
+/// ```text
+/// None -> Ok(None); "60000" -> Ok(Some(60000)); "-1" / "soon" -> Err
+/// ```
+///
+/// # Errors
+/// 406 `invalid expiration '…'` if it is not a non-negative integer.
+pub(crate) fn message_ttl_ms(expiration: Option<&str>) -> Result<Option<u64>, CoreError> {
+    let Some(expiration) = expiration else {
+        return Ok(None);
+    };
+    expiration
+        .trim()
+        .parse::<u64>()
+        .map(Some)
+        .map_err(|_| fail::invalid_expiration(expiration))
+}
+
+/// The expiry time of a message entering a queue at `now_ms`: the smaller
+/// of the queue's and the message's TTL.
+pub(crate) fn expires_at_ms(now_ms: u64, queue_ttl_ms: Option<u64>, message_ttl_ms: Option<u64>) -> Option<u64> {
+    let ttl = match (queue_ttl_ms, message_ttl_ms) {
+        (Some(a), Some(b)) => a.min(b),
+        (ttl, None) | (None, ttl) => ttl?,
+    };
+    Some(now_ms.saturating_add(ttl))
+}
+
+impl Broker {
+    /// `basic.publish` of `message` (its `exchange` and `routing_key` say where).
+    ///
+    /// `routed` iff some queue matched; `rejected` iff a matched queue
+    /// refused it for its length limit; `returned` carries the message iff
+    /// `mandatory` and unroutable.
+    ///
+    /// # Errors
+    /// 404 exchange missing; 403 internal exchange; 406 bad `expiration`.
+    pub(crate) fn publish(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        vhost: &VHost,
+        mandatory: bool,
+        message: &Arc<Message>,
+    ) -> Result<Outcome, CoreError> {
+        let ttl_ms = message_ttl_ms(message.properties.expiration.as_deref())?;
+        let vh = self.vhost_mut(vhost)?;
+        if !message.exchange.is_default() {
+            let Some(exchange) = vh.exchanges.get(&message.exchange) else {
+                return Err(fail::no_exchange(vhost, &message.exchange));
+            };
+            if exchange.internal {
+                return Err(fail::internal_exchange(vhost, &message.exchange));
+            }
+        }
+        let targets = vh.route(&message.exchange, message);
+        let mut rejected = false;
+        for queue in &targets {
+            rejected |= self.enqueue(ctx, vhost, queue, Arc::clone(message), ttl_ms) == Enqueued::Rejected;
+        }
+        let routed = !targets.is_empty();
+        let returned = (mandatory && !routed).then(|| Arc::clone(message));
+        Ok(Outcome::Published {
+            routed,
+            rejected,
+            returned,
+        })
+    }
+
+    /// Puts `message` at the tail of queue `name`, applying the queue's
+    /// length limits (drop-head dead-letters the oldest with reason
+    /// `maxlen`; reject-publish refuses it). The queue is marked for
+    /// dispatch, which also expires a TTL-0 message no consumer took.
+    pub(crate) fn enqueue(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        vhost: &VHost,
+        name: &QueueName,
+        message: Arc<Message>,
+        message_ttl_ms: Option<u64>,
+    ) -> Enqueued {
+        let id = self.take_message_id();
+        let Some(queue) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(name)) else {
+            return Enqueued::Missing;
+        };
+        if queue.args.overflow != Overflow::DropHead && queue.would_overflow(message.body_len()) {
+            if queue.args.overflow == Overflow::RejectPublishDlx {
+                let refused = crate::queue::QueuedMessage {
+                    id,
+                    seq: 0,
+                    message,
+                    redelivered: false,
+                    expires_at_ms: None,
+                };
+                ctx.dead_letters
+                    .extend(dead_letters(vhost, queue, vec![refused], DeathReason::MaxLen));
+            }
+            return Enqueued::Rejected;
+        }
+        let expires_at = expires_at_ms(ctx.now_ms, queue.args.message_ttl_ms, message_ttl_ms);
+        queue.push_back(id, message, expires_at);
+        let mut dropped = Vec::new();
+        while queue.is_over_limits() {
+            dropped.extend(queue.pop_front());
+        }
+        ctx.dead_letters
+            .extend(dead_letters(vhost, queue, dropped, DeathReason::MaxLen));
+        ctx.touch(vhost, name);
+        Enqueued::Accepted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiration_parses_non_negative_integers_only() {
+        assert_eq!(message_ttl_ms(None), Ok(None));
+        assert_eq!(message_ttl_ms(Some("60000")), Ok(Some(60000)));
+        assert!(message_ttl_ms(Some("-1")).is_err());
+        assert!(message_ttl_ms(Some("soon")).is_err());
+    }
+
+    #[test]
+    fn effective_expiry_is_the_smaller_ttl() {
+        assert_eq!(expires_at_ms(100, None, None), None);
+        assert_eq!(expires_at_ms(100, Some(50), None), Some(150));
+        assert_eq!(expires_at_ms(100, None, Some(7)), Some(107));
+        assert_eq!(expires_at_ms(100, Some(50), Some(7)), Some(107));
+        assert_eq!(expires_at_ms(100, Some(0), Some(7)), Some(100));
+    }
+}

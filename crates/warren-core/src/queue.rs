@@ -1,0 +1,198 @@
+//! A queue: its attributes, ready messages and consumers.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use amq_protocol_types::FieldTable;
+use serde::{Deserialize, Serialize};
+
+use crate::consumer::ConsumerRef;
+use crate::ids::{ConnectionId, MessageId, NodeId, QueueName};
+use crate::message::Message;
+use crate::queue_args::QueueArgs;
+
+/// A message in a queue (ready) or, moved into a channel, unacked.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueuedMessage {
+    pub id: MessageId,
+    /// Position in the queue; a requeued message goes back to it.
+    pub seq: u64,
+    pub message: Arc<Message>,
+    pub redelivered: bool,
+    /// When it expires (`x-message-ttl`, `expiration`), ms since epoch.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl QueuedMessage {
+    /// Whether it has expired at `now_ms`; `inclusive` counts a message
+    /// expiring exactly now (TTL 0 undeliverable right away, or a `Tick`).
+    pub fn is_expired(&self, now_ms: u64, inclusive: bool) -> bool {
+        match self.expires_at_ms {
+            Some(at) if inclusive => at <= now_ms,
+            Some(at) => at < now_ms,
+            None => false,
+        }
+    }
+}
+
+/// A declared queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Queue {
+    pub name: QueueName,
+    /// Broker-unique incarnation id: a queue deleted and declared again
+    /// under the same name is another queue.
+    pub uid: u64,
+    pub durable: bool,
+    /// The owning connection of an exclusive queue.
+    pub exclusive_owner: Option<ConnectionId>,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+    pub args: QueueArgs,
+    /// The node (and its boot) that declared it; a non-durable queue is
+    /// lost when that node restarts.
+    pub home: Option<(NodeId, u64)>,
+    /// Ready messages, ordered by `seq`.
+    pub ready: VecDeque<QueuedMessage>,
+    pub ready_bytes: u64,
+    /// Deliveries from this queue awaiting ack in some channel.
+    pub unacked: u64,
+    pub next_seq: u64,
+    /// Consumers in subscription order; dispatch goes round-robin.
+    pub consumers: Vec<ConsumerRef>,
+    /// Index in `consumers` where the next round-robin search starts.
+    pub next_consumer: usize,
+    /// Whether it ever had a consumer (auto-delete applies only then).
+    pub had_consumer: bool,
+    /// Last declare / get / consumer activity, for `x-expires`.
+    pub last_used_ms: u64,
+}
+
+impl Queue {
+    /// Whether connection `conn` may use it (not another's exclusive queue).
+    pub fn accessible_by(&self, conn: Option<ConnectionId>) -> bool {
+        match (self.exclusive_owner, conn) {
+            (None, _) => true,
+            (Some(owner), Some(conn)) => owner == conn,
+            // System commands (no origin) act on any queue.
+            (Some(_), None) => true,
+        }
+    }
+
+    pub fn ready_count(&self) -> u32 {
+        u32::try_from(self.ready.len()).unwrap_or(u32::MAX)
+    }
+
+    pub fn consumer_count(&self) -> u32 {
+        u32::try_from(self.consumers.len()).unwrap_or(u32::MAX)
+    }
+
+    /// Whether `expected` (message count and body bytes after adding a
+    /// message) would exceed `x-max-length` / `x-max-length-bytes`.
+    fn over_limits(&self, count: u64, bytes: u64) -> bool {
+        self.args.max_length.is_some_and(|max| count > max) || self.args.max_length_bytes.is_some_and(|max| bytes > max)
+    }
+
+    /// Whether adding a message of `body_len` bytes would exceed a limit
+    /// (RabbitMQ `will_overflow`).
+    pub fn would_overflow(&self, body_len: u64) -> bool {
+        self.over_limits(self.ready.len() as u64 + 1, self.ready_bytes + body_len)
+    }
+
+    /// Whether the ready messages exceed a limit now.
+    pub fn is_over_limits(&self) -> bool {
+        self.over_limits(self.ready.len() as u64, self.ready_bytes)
+    }
+
+    /// Appends a new message at the tail.
+    pub fn push_back(&mut self, id: MessageId, message: Arc<Message>, expires_at_ms: Option<u64>) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.ready_bytes += message.body_len();
+        self.ready.push_back(QueuedMessage {
+            id,
+            seq,
+            message,
+            redelivered: false,
+            expires_at_ms,
+        });
+    }
+
+    /// Puts a requeued message back at its original position.
+    pub fn requeue(&mut self, mut entry: QueuedMessage) {
+        entry.redelivered = true;
+        self.ready_bytes += entry.message.body_len();
+        let at = self.ready.partition_point(|m| m.seq < entry.seq);
+        self.ready.insert(at, entry);
+    }
+
+    pub fn pop_front(&mut self) -> Option<QueuedMessage> {
+        let entry = self.ready.pop_front()?;
+        self.ready_bytes -= entry.message.body_len();
+        Some(entry)
+    }
+
+    /// Removes expired messages from the head only (RabbitMQ expires
+    /// lazily at the head), returning them.
+    pub fn take_expired_head(&mut self, now_ms: u64, inclusive: bool) -> Vec<QueuedMessage> {
+        let mut expired = Vec::new();
+        while self.ready.front().is_some_and(|m| m.is_expired(now_ms, inclusive)) {
+            expired.extend(self.pop_front());
+        }
+        expired
+    }
+
+    /// Removes every expired message wherever it is (on `Tick`).
+    pub fn take_all_expired(&mut self, now_ms: u64) -> Vec<QueuedMessage> {
+        let (expired, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.ready)
+            .into_iter()
+            .partition(|m| m.is_expired(now_ms, true));
+        self.ready = kept;
+        self.ready_bytes = self.ready.iter().map(|m| m.message.body_len()).sum();
+        expired.into()
+    }
+
+    /// Removes every ready message.
+    pub fn purge(&mut self) -> Vec<QueuedMessage> {
+        self.ready_bytes = 0;
+        std::mem::take(&mut self.ready).into()
+    }
+
+    /// Earliest message expiry among ready messages.
+    pub fn next_message_expiry_ms(&self) -> Option<u64> {
+        self.ready.iter().filter_map(|m| m.expires_at_ms).min()
+    }
+
+    /// When `x-expires` deletes it, if it is unused (no consumers).
+    pub fn expiry_deadline_ms(&self) -> Option<u64> {
+        let expires = self.args.expires_ms?;
+        if !self.consumers.is_empty() {
+            return None;
+        }
+        Some(self.last_used_ms.saturating_add(expires))
+    }
+
+    /// Consumers dispatch may try, in the order to try them: the single
+    /// active consumer only, or round-robin from `next_consumer`.
+    pub fn dispatch_order(&self) -> Vec<usize> {
+        let n = self.consumers.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        if self.args.single_active_consumer {
+            return vec![0];
+        }
+        (0..n).map(|i| (self.next_consumer + i) % n).collect()
+    }
+
+    pub fn remove_consumer(&mut self, consumer: &ConsumerRef) {
+        if let Some(index) = self.consumers.iter().position(|c| c == consumer) {
+            self.consumers.remove(index);
+            if index < self.next_consumer {
+                self.next_consumer -= 1;
+            }
+        }
+        if self.next_consumer >= self.consumers.len() {
+            self.next_consumer = 0;
+        }
+    }
+}

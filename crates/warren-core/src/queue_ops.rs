@@ -1,0 +1,278 @@
+//! Queue commands: declare, bind, unbind, purge, delete, and the removal
+//! of a queue shared by every path that deletes one.
+
+use std::collections::VecDeque;
+
+use amq_protocol_types::FieldTable;
+
+use crate::broker::{Broker, Ctx};
+use crate::effect::{Effect, Outcome};
+use crate::error::CoreError;
+use crate::exchange::{Binding, Destination};
+use crate::exchange_ops::{check_queue_binding_source, remove_bindings_to, unbind};
+use crate::fail;
+use crate::ids::{ExchangeName, QueueName, VHost};
+use crate::queue::Queue;
+use crate::queue_args::{check_equivalent, QueueArgs};
+use crate::vhost::VHostState;
+
+/// The attributes of a `queue.declare`.
+pub(crate) struct QueueSpec<'a> {
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: &'a FieldTable,
+}
+
+/// Whether a client may declare a queue of this name: not `amq.*`, except
+/// the `amq.gen-…` names the front end generates.
+fn is_reserved_queue_name(name: &QueueName) -> bool {
+    name.as_str().starts_with("amq.") && !name.as_str().starts_with("amq.gen-")
+}
+
+/// The queue `name`, if the requesting connection may use it.
+///
+/// # Errors
+/// 404 if missing; 405 if it is another connection's exclusive queue.
+fn usable_queue<'a>(
+    ctx: &Ctx<'_>,
+    vh: &'a mut VHostState,
+    vhost: &VHost,
+    name: &QueueName,
+) -> Result<&'a mut Queue, CoreError> {
+    let Some(queue) = vh.queues.get_mut(name) else {
+        return Err(fail::no_queue(vhost, name));
+    };
+    if !queue.accessible_by(ctx.origin.map(|c| c.conn)) {
+        return Err(fail::queue_locked(vhost, name));
+    }
+    Ok(queue)
+}
+
+/// 405/406 unless `existing` has the attributes `spec` asks for.
+fn check_queue_equivalent(
+    ctx: &Ctx<'_>,
+    vhost: &VHost,
+    existing: &Queue,
+    spec: &QueueSpec<'_>,
+) -> Result<(), CoreError> {
+    // Exclusivity differs: RabbitMQ's strict exclusive-access check says 405.
+    if ctx.origin.is_some() && spec.exclusive != existing.exclusive_owner.is_some() {
+        return Err(fail::queue_locked(vhost, &existing.name));
+    }
+    let resource = fail::queue_resource(vhost, &existing.name);
+    if spec.durable != existing.durable {
+        return Err(fail::inequivalent_arg(
+            &resource,
+            "durable",
+            spec.durable,
+            existing.durable,
+        ));
+    }
+    if spec.auto_delete != existing.auto_delete {
+        return Err(fail::inequivalent_arg(
+            &resource,
+            "auto_delete",
+            spec.auto_delete,
+            existing.auto_delete,
+        ));
+    }
+    check_equivalent(vhost, &existing.name, spec.arguments, &existing.arguments)
+}
+
+impl Broker {
+    /// `queue.declare`. Returns the ready message and consumer counts.
+    /// Any declare counts as use for `x-expires`.
+    ///
+    /// # Errors
+    /// 404 passive and missing; 405 another connection's exclusive queue
+    /// (or exclusivity differs); 406 other attributes or arguments differ,
+    /// or an argument is invalid; 403 a new `amq.*` name.
+    pub(crate) fn declare_queue(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        vhost: &VHost,
+        name: &QueueName,
+        passive: bool,
+        spec: QueueSpec<'_>,
+    ) -> Result<Outcome, CoreError> {
+        let uid = self.take_uid();
+        let now_ms = ctx.now_ms;
+        let vh = self.vhost_mut(vhost)?;
+        if vh.queues.contains_key(name) {
+            let queue = usable_queue(ctx, vh, vhost, name)?;
+            if !passive {
+                check_queue_equivalent(ctx, vhost, queue, &spec)?;
+            }
+            queue.last_used_ms = now_ms;
+            return Ok(Outcome::QueueDeclared {
+                queue: name.clone(),
+                message_count: queue.ready_count(),
+                consumer_count: queue.consumer_count(),
+            });
+        }
+        if passive {
+            return Err(fail::no_queue(vhost, name));
+        }
+        if is_reserved_queue_name(name) {
+            return Err(fail::reserved_queue_name(name));
+        }
+        let args = QueueArgs::parse(vhost, name, spec.arguments)?;
+        let conn = ctx.origin.map(|c| c.conn);
+        let queue = Queue {
+            name: name.clone(),
+            uid,
+            durable: spec.durable,
+            exclusive_owner: if spec.exclusive { conn } else { None },
+            auto_delete: spec.auto_delete,
+            arguments: spec.arguments.clone(),
+            args,
+            home: conn.map(|c| (c.node, c.boot)),
+            ready: VecDeque::new(),
+            ready_bytes: 0,
+            unacked: 0,
+            next_seq: 0,
+            consumers: Vec::new(),
+            next_consumer: 0,
+            had_consumer: false,
+            last_used_ms: now_ms,
+        };
+        vh.queues.insert(name.clone(), queue);
+        Ok(Outcome::QueueDeclared {
+            queue: name.clone(),
+            message_count: 0,
+            consumer_count: 0,
+        })
+    }
+
+    /// `queue.bind`.
+    ///
+    /// # Errors
+    /// 404 queue or exchange missing; 405 exclusive queue of another
+    /// connection; 403 the default exchange; 406 a bad `x-match`.
+    pub(crate) fn bind_queue(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        vhost: &VHost,
+        queue: &QueueName,
+        exchange: &ExchangeName,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<Outcome, CoreError> {
+        let vh = self.vhost_mut(vhost)?;
+        let binding = checked_queue_binding(ctx, vh, vhost, queue, exchange, routing_key, arguments)?;
+        if let Some(source) = vh.exchanges.get_mut(exchange) {
+            source.bind(binding);
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// `queue.unbind`; a missing binding is fine.
+    ///
+    /// # Errors
+    /// As [`Broker::bind_queue`].
+    pub(crate) fn unbind_queue(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        vhost: &VHost,
+        queue: &QueueName,
+        exchange: &ExchangeName,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<Outcome, CoreError> {
+        let vh = self.vhost_mut(vhost)?;
+        let binding = checked_queue_binding(ctx, vh, vhost, queue, exchange, routing_key, arguments)?;
+        unbind(vh, exchange, &binding);
+        Ok(Outcome::Done)
+    }
+
+    /// `queue.purge`: drops every ready message (unacked ones stay).
+    ///
+    /// # Errors
+    /// 404 missing; 405 another connection's exclusive queue.
+    pub(crate) fn purge_queue(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        vhost: &VHost,
+        name: &QueueName,
+    ) -> Result<Outcome, CoreError> {
+        let vh = self.vhost_mut(vhost)?;
+        let queue = usable_queue(ctx, vh, vhost, name)?;
+        let purged = queue.purge();
+        Ok(Outcome::QueuePurged {
+            message_count: u32::try_from(purged.len()).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// `queue.delete`; deleting a missing queue succeeds with count 0.
+    ///
+    /// # Errors
+    /// 405 another connection's exclusive queue; 406 `if_unused` with
+    /// consumers or `if_empty` with ready messages.
+    pub(crate) fn delete_queue_command(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        vhost: &VHost,
+        name: &QueueName,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<Outcome, CoreError> {
+        let vh = self.vhost_mut(vhost)?;
+        if !vh.queues.contains_key(name) {
+            return Ok(Outcome::QueueDeleted { message_count: 0 });
+        }
+        let queue = usable_queue(ctx, vh, vhost, name)?;
+        if if_unused && !queue.consumers.is_empty() {
+            return Err(fail::queue_in_use(vhost, name));
+        }
+        if if_empty && !queue.ready.is_empty() {
+            return Err(fail::queue_not_empty(vhost, name));
+        }
+        let message_count = queue.ready_count();
+        self.remove_queue(ctx, vhost, name);
+        Ok(Outcome::QueueDeleted { message_count })
+    }
+
+    /// Deletes queue `name`: its ready messages go, its consumers are
+    /// cancelled (`Effect::CancelConsumer` to each), its bindings are
+    /// removed (auto-delete exchanges may follow). Its unacked deliveries
+    /// stay in their channels, so acks of them remain valid; requeued,
+    /// they are dropped.
+    pub(crate) fn remove_queue(&mut self, ctx: &mut Ctx<'_>, vhost: &VHost, name: &QueueName) -> Option<Queue> {
+        let vh = self.vhosts.get_mut(vhost)?;
+        let queue = vh.queues.remove(name)?;
+        remove_bindings_to(vh, &Destination::Queue(name.clone()));
+        for consumer in &queue.consumers {
+            if let Some(channel) = self.channels.get_mut(&consumer.channel) {
+                channel.consumers.remove(&consumer.tag);
+            }
+            ctx.effects.push(Effect::CancelConsumer {
+                channel: consumer.channel,
+                consumer_tag: consumer.tag.clone(),
+            });
+        }
+        Some(queue)
+    }
+}
+
+/// The binding a `queue.bind`/`unbind` names, after checking both ends.
+fn checked_queue_binding(
+    ctx: &Ctx<'_>,
+    vh: &mut VHostState,
+    vhost: &VHost,
+    queue: &QueueName,
+    exchange: &ExchangeName,
+    routing_key: &str,
+    arguments: &FieldTable,
+) -> Result<Binding, CoreError> {
+    if exchange.is_default() {
+        return Err(fail::default_exchange_refused());
+    }
+    usable_queue(ctx, vh, vhost, queue)?;
+    check_queue_binding_source(vhost, vh, exchange, arguments)?;
+    Ok(Binding {
+        destination: Destination::Queue(queue.clone()),
+        routing_key: routing_key.to_owned(),
+        arguments: arguments.clone(),
+    })
+}

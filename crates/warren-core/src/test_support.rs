@@ -1,0 +1,273 @@
+//! Helpers for tests (this crate's, and others' with feature
+//! `test-support`): concise command builders and a [`Harness`] that applies
+//! one request at a time and checks the invariants after every batch.
+
+use std::sync::Arc;
+
+use amq_protocol_types::{AMQPValue, FieldTable, LongString, ShortString};
+use bytes::Bytes;
+
+use crate::broker::Broker;
+use crate::command::{Batch, Command, ExchangeKind, Request};
+use crate::effect::{Effect, Outcome};
+use crate::error::CoreError;
+use crate::ids::{ChannelId, ConnectionId, ConsumerTag, DeliveryTag, ExchangeName, NodeId, QueueName, VHost};
+use crate::message::{Message, Properties};
+
+/// Connection `seq` on node 1, boot 1.
+pub fn conn(seq: u64) -> ConnectionId {
+    ConnectionId {
+        node: NodeId(1),
+        boot: 1,
+        seq,
+    }
+}
+
+/// Channel `channel` of connection `seq` on node 1, boot 1.
+pub fn chan(seq: u64, channel: u16) -> ChannelId {
+    ChannelId {
+        conn: conn(seq),
+        channel,
+    }
+}
+
+/// The vhost `/`.
+pub fn root() -> VHost {
+    VHost::from("/")
+}
+
+/// A field table from `(key, value)` pairs.
+pub fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in entries {
+        t.insert(ShortString::from(*k), v.clone());
+    }
+    t
+}
+
+/// A long-string field value.
+pub fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+/// A long-int field value.
+pub fn int(value: i32) -> AMQPValue {
+    AMQPValue::LongInt(value)
+}
+
+/// A message for `exchange` / `routing_key` with body `body`.
+pub fn message(exchange: &str, routing_key: &str, body: &str) -> Message {
+    Message {
+        exchange: ExchangeName::from(exchange),
+        routing_key: routing_key.to_owned(),
+        properties: Properties::default(),
+        body: Bytes::copy_from_slice(body.as_bytes()),
+    }
+}
+
+pub fn declare_exchange(name: &str, kind: ExchangeKind) -> Command {
+    Command::DeclareExchange {
+        vhost: root(),
+        name: ExchangeName::from(name),
+        kind,
+        passive: false,
+        durable: false,
+        auto_delete: false,
+        internal: false,
+        arguments: FieldTable::default(),
+    }
+}
+
+/// A plain (non-durable, non-exclusive, not auto-delete) queue declare.
+pub fn declare_queue(name: &str) -> Command {
+    declare_queue_with(name, FieldTable::default())
+}
+
+pub fn declare_queue_with(name: &str, arguments: FieldTable) -> Command {
+    Command::DeclareQueue {
+        vhost: root(),
+        name: QueueName::from(name),
+        passive: false,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        arguments,
+    }
+}
+
+pub fn bind(queue: &str, exchange: &str, routing_key: &str) -> Command {
+    bind_with(queue, exchange, routing_key, FieldTable::default())
+}
+
+pub fn bind_with(queue: &str, exchange: &str, routing_key: &str, arguments: FieldTable) -> Command {
+    Command::BindQueue {
+        vhost: root(),
+        queue: QueueName::from(queue),
+        exchange: ExchangeName::from(exchange),
+        routing_key: routing_key.to_owned(),
+        arguments,
+    }
+}
+
+pub fn publish_message(message: Message) -> Command {
+    Command::Publish {
+        vhost: root(),
+        mandatory: false,
+        message: Arc::new(message),
+    }
+}
+
+/// Publishes `body` to `exchange` with `routing_key`.
+pub fn publish(exchange: &str, routing_key: &str, body: &str) -> Command {
+    publish_message(message(exchange, routing_key, body))
+}
+
+pub fn consume(queue: &str, tag: &str, no_ack: bool) -> Command {
+    Command::Consume {
+        vhost: root(),
+        queue: QueueName::from(queue),
+        consumer_tag: ConsumerTag::from(tag),
+        no_ack,
+        exclusive: false,
+        arguments: FieldTable::default(),
+    }
+}
+
+pub fn get(queue: &str, no_ack: bool) -> Command {
+    Command::Get {
+        vhost: root(),
+        queue: QueueName::from(queue),
+        no_ack,
+    }
+}
+
+pub fn ack(tag: u64, multiple: bool) -> Command {
+    Command::Ack {
+        delivery_tag: DeliveryTag(tag),
+        multiple,
+    }
+}
+
+pub fn nack(tag: u64, multiple: bool, requeue: bool) -> Command {
+    Command::Nack {
+        delivery_tag: DeliveryTag(tag),
+        multiple,
+        requeue,
+    }
+}
+
+pub fn qos(prefetch_count: u16, global: bool) -> Command {
+    Command::Qos { prefetch_count, global }
+}
+
+/// A broker plus a clock; applies one request per batch and checks the
+/// invariants after each.
+pub struct Harness {
+    pub broker: Broker,
+    pub now_ms: u64,
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        Self {
+            broker: Broker::new(),
+            now_ms: 1_000_000,
+        }
+    }
+
+    /// Applies `command` from `origin`; returns every effect.
+    ///
+    /// # Panics
+    /// If an invariant breaks.
+    pub fn run(&mut self, origin: Option<ChannelId>, command: Command) -> Vec<Effect> {
+        let batch = Batch {
+            now_ms: self.now_ms,
+            requests: vec![Request { origin, command }],
+        };
+        let mut effects = Vec::new();
+        self.broker.apply(&batch, &mut effects);
+        if let Err(violation) = self.broker.check_invariants() {
+            panic!("invariant violated: {violation}");
+        }
+        effects
+    }
+
+    /// Applies `command` from channel `origin` and returns its reply.
+    ///
+    /// # Panics
+    /// If there is not exactly one reply to `origin`, or an invariant breaks.
+    pub fn call(&mut self, origin: ChannelId, command: Command) -> Result<Outcome, CoreError> {
+        reply_of(&self.run(Some(origin), command), origin)
+    }
+
+    /// Like [`Harness::call`], returning every effect too.
+    pub fn call_with_effects(
+        &mut self,
+        origin: ChannelId,
+        command: Command,
+    ) -> (Result<Outcome, CoreError>, Vec<Effect>) {
+        let effects = self.run(Some(origin), command);
+        (reply_of(&effects, origin), effects)
+    }
+
+    /// Applies `command` and expects success.
+    ///
+    /// # Panics
+    /// On an error reply.
+    pub fn ok(&mut self, origin: ChannelId, command: Command) -> Outcome {
+        match self.call(origin, command.clone()) {
+            Ok(outcome) => outcome,
+            Err(error) => panic!("{command:?} failed: {error}"),
+        }
+    }
+}
+
+/// The single reply to `origin` among `effects`.
+///
+/// # Panics
+/// If there is not exactly one.
+pub fn reply_of(effects: &[Effect], origin: ChannelId) -> Result<Outcome, CoreError> {
+    let replies: Vec<_> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Reply { channel, outcome } if *channel == origin => Some(outcome.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replies.len(), 1, "expected one reply to {origin:?}, got {effects:?}");
+    replies.into_iter().next().unwrap_or(Ok(Outcome::Done))
+}
+
+/// The deliveries among `effects`: (channel, consumer tag, delivery tag, redelivered, body).
+pub fn deliveries(effects: &[Effect]) -> Vec<(ChannelId, String, u64, bool, String)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Deliver {
+                channel,
+                consumer_tag,
+                delivery_tag,
+                redelivered,
+                message,
+            } => Some((
+                *channel,
+                consumer_tag.as_str().to_owned(),
+                delivery_tag.0,
+                *redelivered,
+                String::from_utf8_lossy(&message.body).into_owned(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The bodies delivered among `effects`, in order.
+pub fn delivered_bodies(effects: &[Effect]) -> Vec<String> {
+    deliveries(effects).into_iter().map(|d| d.4).collect()
+}

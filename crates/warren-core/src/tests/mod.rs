@@ -1,0 +1,5 @@
+//! Behaviour tests of `Broker::apply`, by area. Each drives the broker
+//! through `test_support::Harness`, which checks the invariants after
+//! every batch.
+
+mod basics;
