@@ -491,3 +491,284 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Starts a fresh broker without blocking a runtime worker.
+///
+/// # Errors
+/// See [`WarrenProcess::start`].
+pub async fn start_broker() -> anyhow::Result<WarrenProcess> {
+    tokio::task::spawn_blocking(WarrenProcess::start_fresh)
+        .await
+        .context("start task panicked")?
+}
+
+/// Restarts `broker` on its data directory without blocking a runtime worker.
+///
+/// # Errors
+/// See [`WarrenProcess::restart`].
+pub async fn restart_broker(broker: WarrenProcess) -> anyhow::Result<WarrenProcess> {
+    tokio::task::spawn_blocking(move || {
+        let mut broker = broker;
+        broker.restart().map(|()| broker)
+    })
+    .await
+    .context("restart task panicked")?
+}
+
+/// A fresh broker, a connection to it and one open channel.
+///
+/// # Errors
+/// The broker did not start or the connection failed.
+pub async fn broker_with_channel() -> anyhow::Result<(WarrenProcess, Connection, lapin::Channel)> {
+    let broker = start_broker().await?;
+    let conn = connect(&broker.amqp_uri()).await?;
+    let channel = within("channel.open", conn.create_channel()).await?;
+    Ok((broker, conn, channel))
+}
+
+/// Helpers that keep test bodies about AMQP rather than lapin's signatures.
+pub mod amqp {
+    use anyhow::bail;
+    use lapin::{
+        message::BasicGetMessage,
+        options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions},
+        types::{AMQPValue, FieldTable, ShortString},
+        BasicProperties, Channel, Confirmation, ExchangeKind, Queue,
+    };
+
+    use crate::within;
+
+    /// A field table from `(key, value)` pairs.
+    pub fn table<const N: usize>(entries: [(&str, AMQPValue); N]) -> FieldTable {
+        let mut table = FieldTable::default();
+        for (key, value) in entries {
+            table.insert(ShortString::from(key), value);
+        }
+        table
+    }
+
+    /// A long-string field value.
+    pub fn longstr(s: &str) -> AMQPValue {
+        AMQPValue::LongString(s.into())
+    }
+
+    /// A signed 64-bit field value (`l`), what RabbitMQ clients send for integers.
+    pub fn long(v: i64) -> AMQPValue {
+        AMQPValue::LongLongInt(v)
+    }
+
+    /// Declares a queue with `options` and `args`.
+    ///
+    /// # Errors
+    /// The broker refused or did not answer.
+    pub async fn declare_queue(
+        ch: &Channel,
+        name: &str,
+        options: QueueDeclareOptions,
+        args: FieldTable,
+    ) -> anyhow::Result<Queue> {
+        within(
+            &format!("queue.declare {name}"),
+            ch.queue_declare(name.into(), options, args),
+        )
+        .await
+    }
+
+    /// Declares a plain (non-durable, non-exclusive) queue.
+    ///
+    /// # Errors
+    /// The broker refused or did not answer.
+    pub async fn plain_queue(ch: &Channel, name: &str) -> anyhow::Result<Queue> {
+        declare_queue(ch, name, QueueDeclareOptions::default(), FieldTable::default()).await
+    }
+
+    /// Declares an exchange of `kind` with default options.
+    ///
+    /// # Errors
+    /// The broker refused or did not answer.
+    pub async fn exchange(ch: &Channel, name: &str, kind: ExchangeKind) -> anyhow::Result<()> {
+        within(
+            &format!("exchange.declare {name}"),
+            ch.exchange_declare(name.into(), kind, Default::default(), FieldTable::default()),
+        )
+        .await
+    }
+
+    /// Binds `queue` to `exchange` with `key`.
+    ///
+    /// # Errors
+    /// The broker refused or did not answer.
+    pub async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> anyhow::Result<()> {
+        bind_args(ch, queue, exchange, key, FieldTable::default()).await
+    }
+
+    /// Binds `queue` to `exchange` with `key` and binding arguments.
+    ///
+    /// # Errors
+    /// The broker refused or did not answer.
+    pub async fn bind_args(
+        ch: &Channel,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        args: FieldTable,
+    ) -> anyhow::Result<()> {
+        within(
+            &format!("queue.bind {queue} -> {exchange} ({key})"),
+            ch.queue_bind(
+                queue.into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                args,
+            ),
+        )
+        .await
+    }
+
+    /// Publishes `body` and waits for the publisher confirm if the channel is
+    /// in confirm mode (otherwise returns `NotRequested` at once).
+    ///
+    /// # Errors
+    /// The publish or its confirm failed.
+    pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) -> anyhow::Result<Confirmation> {
+        publish_with(ch, exchange, key, body, BasicProperties::default(), false).await
+    }
+
+    /// Publishes with properties and the mandatory flag, waiting for the confirm.
+    ///
+    /// # Errors
+    /// The publish or its confirm failed.
+    pub async fn publish_with(
+        ch: &Channel,
+        exchange: &str,
+        key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> anyhow::Result<Confirmation> {
+        let options = BasicPublishOptions {
+            mandatory,
+            ..Default::default()
+        };
+        let confirm = within(
+            &format!("basic.publish to {exchange:?}/{key:?}"),
+            ch.basic_publish(exchange.into(), key.into(), options, body, properties),
+        )
+        .await?;
+        within("publisher confirm", confirm).await
+    }
+
+    /// basic.get with no-ack; `None` for get-empty.
+    ///
+    /// # Errors
+    /// The broker refused or did not answer.
+    pub async fn get(ch: &Channel, queue: &str) -> anyhow::Result<Option<BasicGetMessage>> {
+        within(
+            &format!("basic.get {queue}"),
+            ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }),
+        )
+        .await
+    }
+
+    /// basic.get with manual ack.
+    ///
+    /// # Errors
+    /// The broker refused or did not answer.
+    pub async fn get_unacked(ch: &Channel, queue: &str) -> anyhow::Result<Option<BasicGetMessage>> {
+        within(
+            &format!("basic.get {queue}"),
+            ch.basic_get(queue.into(), BasicGetOptions { no_ack: false }),
+        )
+        .await
+    }
+
+    /// Drains `queue` with no-ack basic.get and returns the bodies as strings.
+    ///
+    /// # Errors
+    /// The broker refused or did not answer.
+    pub async fn drain(ch: &Channel, queue: &str) -> anyhow::Result<Vec<String>> {
+        let mut bodies = Vec::new();
+        while let Some(msg) = get(ch, queue).await? {
+            bodies.push(String::from_utf8_lossy(&msg.delivery.data).to_string());
+            if bodies.len() > 100_000 {
+                bail!("queue {queue} does not drain");
+            }
+        }
+        Ok(bodies)
+    }
+
+    /// The queue's message count, from a passive declare.
+    ///
+    /// # Errors
+    /// The queue is missing (404, which also closes `ch`) or no answer.
+    pub async fn message_count(ch: &Channel, queue: &str) -> anyhow::Result<u32> {
+        let q = declare_queue(
+            ch,
+            queue,
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+        Ok(q.message_count())
+    }
+
+    /// Whether `queue` exists, using a throwaway channel on `conn` (a 404 closes it).
+    ///
+    /// # Errors
+    /// Any failure other than 404.
+    pub async fn queue_exists(conn: &lapin::Connection, queue: &str) -> anyhow::Result<bool> {
+        let ch = within("channel.open", conn.create_channel()).await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let result = tokio::time::timeout(
+            crate::STEP_TIMEOUT,
+            ch.queue_declare(queue.into(), passive, FieldTable::default()),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("passive queue.declare {queue}: no answer"))?;
+        match result {
+            Ok(_) => {
+                let _ = ch.close(200, "OK".into()).await;
+                Ok(true)
+            }
+            Err(e) if crate::reply_code(&e) == Some(404) => Ok(false),
+            Err(e) => Err(anyhow::Error::new(e).context(format!("passive queue.declare {queue}"))),
+        }
+    }
+
+    /// Whether `exchange` exists, using a throwaway channel on `conn`.
+    ///
+    /// # Errors
+    /// Any failure other than 404.
+    pub async fn exchange_exists(conn: &lapin::Connection, exchange: &str) -> anyhow::Result<bool> {
+        let ch = within("channel.open", conn.create_channel()).await?;
+        let passive = lapin::options::ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        // The kind is ignored by a passive declare.
+        let fut = ch.exchange_declare(exchange.into(), ExchangeKind::Direct, passive, FieldTable::default());
+        let result = tokio::time::timeout(crate::STEP_TIMEOUT, fut)
+            .await
+            .map_err(|_| anyhow::anyhow!("passive exchange.declare {exchange}: no answer"))?;
+        match result {
+            Ok(()) => {
+                let _ = ch.close(200, "OK".into()).await;
+                Ok(true)
+            }
+            Err(e) if crate::reply_code(&e) == Some(404) => Ok(false),
+            Err(e) => Err(anyhow::Error::new(e).context(format!("passive exchange.declare {exchange}"))),
+        }
+    }
+
+    /// Body as a `String`, for assertions.
+    pub fn text(data: &[u8]) -> String {
+        String::from_utf8_lossy(data).to_string()
+    }
+}

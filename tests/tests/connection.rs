@@ -1,0 +1,354 @@
+//! Connection negotiation against the real binary: the protocol header,
+//! SASL PLAIN and AMQPLAIN, refused logins, tune (heartbeat, frame_max,
+//! channel_max), vhosts and close.
+
+use std::time::Duration;
+
+use lapin::{options::QueueDeclareOptions, types::FieldTable, BasicProperties, Connection, ConnectionProperties};
+use warren_e2e::{
+    amqp::{self, plain_queue},
+    connect, expect_reply_code,
+    raw::{self, ids, Args, Outcome, RawClient, Tune},
+    reply_code, start_broker, within, STEP_TIMEOUT,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_login_as_guest_opens_a_connection_and_a_channel() -> anyhow::Result<()> {
+    let broker = start_broker().await?;
+    let conn = connect(&broker.amqp_uri()).await?;
+    assert!(conn.status().connected());
+    let ch = within("channel.open", conn.create_channel()).await?;
+    plain_queue(&ch, "hello").await?;
+    amqp::publish(&ch, "", "hello", b"hi").await?;
+    let got = amqp::get(&ch, "hello").await?.expect("the message is there");
+    assert_eq!(got.delivery.data, b"hi");
+    within("connection.close", conn.close(200, "bye".into())).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqplain_login_as_guest_is_accepted() -> anyhow::Result<()> {
+    let broker = start_broker().await?;
+    let conn = connect(&broker.amqp_uri_with("auth_mechanism=amqplain")).await?;
+    let ch = within("channel.open", conn.create_channel()).await?;
+    plain_queue(&ch, "amqplain").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_refused_with_access_refused_403() -> anyhow::Result<()> {
+    let broker = start_broker().await?;
+    let uri = format!("amqp://guest:not-the-password@127.0.0.1:{}/%2f", broker.amqp_port());
+    let result = tokio::time::timeout(STEP_TIMEOUT, Connection::connect(&uri, ConnectionProperties::default()))
+        .await
+        .map_err(|_| anyhow::anyhow!("login with a wrong password hung instead of being refused"))?;
+    expect_reply_code(result.map(|_| ()), 403, "login with a wrong password")?;
+    // The node still serves correct logins.
+    connect(&broker.amqp_uri()).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_user_is_refused_with_access_refused_403() -> anyhow::Result<()> {
+    let broker = start_broker().await?;
+    let uri = format!("amqp://nobody:guest@127.0.0.1:{}/%2f", broker.amqp_port());
+    let result = tokio::time::timeout(STEP_TIMEOUT, Connection::connect(&uri, ConnectionProperties::default()))
+        .await
+        .map_err(|_| anyhow::anyhow!("login as an unknown user hung"))?;
+    expect_reply_code(result.map(|_| ()), 403, "login as an unknown user")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_protocol_header_gets_the_0_9_1_header_back_and_the_socket_closes() -> anyhow::Result<()> {
+    let broker = start_broker().await?;
+    for bad in [
+        &b"AMQP\x00\x00\x08\x00"[..],
+        b"AMQP\x01\x01\x00\x0a",
+        b"GET / HTTP/1.1\r\n\r\n",
+    ] {
+        let mut client = RawClient::connect(broker.amqp_addr()).await?;
+        client.send(bad).await;
+        let reply = client.read_exact_raw(8).await?;
+        assert_eq!(reply, raw::PROTOCOL_HEADER, "reply to header {bad:?}");
+        assert!(
+            client.closes_socket().await,
+            "socket must close after a wrong header {bad:?}"
+        );
+    }
+    connect(&broker.amqp_uri()).await?;
+    Ok(())
+}
+
+/// `shortstr(key) 't' 1` inside an encoded table: the capability is advertised as true.
+fn advertises_true(table_bytes: &[u8], key: &str) -> bool {
+    let needle = Args::new().shortstr(key).u8(b't').u8(1).build();
+    table_bytes.windows(needle.len()).any(|w| w == needle.as_slice())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_start_offers_plain_and_amqplain_and_rabbitmq_capabilities() -> anyhow::Result<()> {
+    let broker = start_broker().await?;
+    let mut client = RawClient::connect(broker.amqp_addr()).await?;
+    client.send(raw::PROTOCOL_HEADER).await;
+    let start = client.expect_method(ids::CONNECTION_START).await?;
+    let args = start.method_args();
+    assert_eq!(&args[..2], &[0, 9], "version-major 0, version-minor 9");
+    let table_len = u32::from_be_bytes([args[2], args[3], args[4], args[5]]) as usize;
+    let table = &args[6..6 + table_len];
+    let rest = &args[6 + table_len..];
+    let mech_len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    let mechanisms = String::from_utf8_lossy(&rest[4..4 + mech_len]).to_string();
+    let mechanisms: Vec<&str> = mechanisms.split_whitespace().collect();
+    assert!(mechanisms.contains(&"PLAIN"), "mechanisms {mechanisms:?}");
+    assert!(mechanisms.contains(&"AMQPLAIN"), "mechanisms {mechanisms:?}");
+    for capability in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "authentication_failure_close",
+        "per_consumer_qos",
+    ] {
+        assert!(
+            advertises_true(table, capability),
+            "server-properties must advertise {capability}=true"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_is_negotiated_to_the_lower_of_client_and_server_values() -> anyhow::Result<()> {
+    let broker = start_broker().await?;
+    let mut client = RawClient::open(broker.amqp_addr(), Tune::default()).await?;
+    let server = client.server_tune.expect("tune seen");
+    assert!(
+        server.heartbeat > 0,
+        "RabbitMQ proposes a heartbeat (60 s by default), got {server:?}"
+    );
+    client
+        .send(&raw::method_frame(
+            0,
+            ids::CONNECTION_CLOSE,
+            &Args::new().u16(200).shortstr("bye").u16(0).u16(0).build(),
+        ))
+        .await;
+    client.expect_method(ids::CONNECTION_CLOSE_OK).await?;
+
+    let conn = connect(&broker.amqp_uri_with("heartbeat=5")).await?;
+    assert_eq!(conn.configuration().heartbeat(), 5.min(server.heartbeat));
+    let ch = within("channel.open", conn.create_channel()).await?;
+    plain_queue(&ch, "hb").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sends_heartbeats_and_closes_a_silent_client() -> anyhow::Result<()> {
+    let broker = start_broker().await?;
+    let mut client = RawClient::open(
+        broker.amqp_addr(),
+        Tune {
+            heartbeat: 1,
+            ..Tune::default()
+        },
+    )
+    .await?;
+    // Say nothing more. The server must send heartbeats, then give up on us.
+    client.read_timeout = Duration::from_secs(30);
+    let mut heartbeats = 0;
+    let ended = loop {
+        match client.read_any_frame().await {
+            Ok(Some(frame)) if frame.kind == raw::FRAME_HEARTBEAT => {
+                assert_eq!(frame.channel, 0, "heartbeats travel on channel 0");
+                heartbeats += 1;
+            }
+            Ok(Some(frame)) => {
+                if raw::parse_close(&frame).is_some() {
+                    break "connection.close";
+                }
+            }
+            Ok(None) => break "EOF",
+            Err(e) => anyhow::bail!("server neither sent heartbeats nor closed a silent connection: {e:#}"),
+        }
+    };
+    assert!(
+        heartbeats >= 1,
+        "expected at least one heartbeat before the close ({ended})"
+    );
+    // Other connections are unaffected.
+    connect(&broker.amqp_uri()).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_frame_max_is_honoured_when_the_server_sends_a_large_body() -> anyhow::Result<()> {
+    let broker = start_broker().await?;
+    let conn = connect(&broker.amqp_uri()).await?;
+    let ch = within("channel.open", conn.create_channel()).await?;
+    plain_queue(&ch, "big").await?;
+    let body: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    amqp::publish(&ch, "", "big", &body).await?;
+
+    let frame_max = 4096u32;
+    let mut client = RawClient::open(
+        broker.amqp_addr(),
+        Tune {
+            frame_max,
+            ..Tune::default()
+        },
+    )
+    .await?;
+    client.open_channel(1).await?;
+    client
+        .send(&raw::method_frame(
+            1,
+            ids::BASIC_GET,
+            &Args::new().u16(0).shortstr("big").bits(&[true]).build(),
+        ))
+        .await;
+    let get_ok = client.expect_method(ids::BASIC_GET_OK).await?;
+    assert!(get_ok.wire_size() <= frame_max as usize);
+    let header = client.read_frame().await?.expect("content header");
+    assert_eq!(header.kind, raw::FRAME_HEADER);
+    let size = u64::from_be_bytes(header.payload[4..12].try_into()?);
+    assert_eq!(size, body.len() as u64);
+    let mut received = Vec::new();
+    let mut body_frames = 0;
+    while received.len() < body.len() {
+        let frame = client.read_frame().await?.expect("body frame");
+        assert_eq!(
+            frame.kind,
+            raw::FRAME_BODY,
+            "only body frames until the body is complete"
+        );
+        assert!(
+            frame.wire_size() <= frame_max as usize,
+            "a {}-byte frame exceeds the negotiated frame_max {frame_max}",
+            frame.wire_size()
+        );
+        body_frames += 1;
+        received.extend_from_slice(&frame.payload);
+    }
+    assert_eq!(received, body);
+    assert!(
+        body_frames >= 5,
+        "20000 bytes in frames of at most 4096 need at least 5 frames, got {body_frames}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_round_trips_through_a_client_with_a_small_frame_max() -> anyhow::Result<()> {
+    let broker = start_broker().await?;
+    let conn = connect(&broker.amqp_uri_with("frame_max=4096")).await?;
+    assert_eq!(conn.configuration().frame_max(), 4096);
+    let ch = within("channel.open", conn.create_channel()).await?;
+    plain_queue(&ch, "big").await?;
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    amqp::publish_with(&ch, "", "big", &body, BasicProperties::default(), false).await?;
+    let got = amqp::get(&ch, "big").await?.expect("message");
+    assert_eq!(got.delivery.data.len(), body.len());
+    assert!(got.delivery.data == body, "body changed in transit");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_max_is_negotiated_and_a_channel_above_it_closes_the_connection() -> anyhow::Result<()> {
+    let broker = start_broker().await?;
+    let conn = connect(&broker.amqp_uri_with("channel_max=2")).await?;
+    assert_eq!(conn.configuration().channel_max(), 2);
+    drop(conn);
+
+    let mut client = RawClient::open(
+        broker.amqp_addr(),
+        Tune {
+            channel_max: 2,
+            ..Tune::default()
+        },
+    )
+    .await?;
+    client.open_channel(1).await?;
+    client.open_channel(2).await?;
+    client
+        .send(&raw::method_frame(
+            3,
+            ids::CHANNEL_OPEN,
+            &Args::new().shortstr("").build(),
+        ))
+        .await;
+    match client.expect_close().await? {
+        Outcome::Closed(close) => {
+            assert!(
+                close.connection,
+                "exceeding channel_max is a connection error: {close:?}"
+            );
+            assert_eq!(close.code, 530, "NOT_ALLOWED, as RabbitMQ: {close:?}");
+        }
+        Outcome::Eof => anyhow::bail!("server dropped the socket without connection.close"),
+    }
+    connect(&broker.amqp_uri()).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_an_unknown_vhost_is_refused_with_530() -> anyhow::Result<()> {
+    let broker = start_broker().await?;
+    let uri = format!("amqp://guest:guest@127.0.0.1:{}/no-such-vhost", broker.amqp_port());
+    let result = tokio::time::timeout(STEP_TIMEOUT, Connection::connect(&uri, ConnectionProperties::default()))
+        .await
+        .map_err(|_| anyhow::anyhow!("opening an unknown vhost hung"))?;
+    let err = result.err().expect("an unknown vhost must be refused");
+    assert_eq!(reply_code(&err), Some(530), "NOT_ALLOWED, got {err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_connection_close_is_answered_with_close_ok() -> anyhow::Result<()> {
+    let broker = start_broker().await?;
+    let mut client = RawClient::open(broker.amqp_addr(), Tune::default()).await?;
+    client.open_channel(1).await?;
+    client
+        .send(&raw::method_frame(
+            0,
+            ids::CONNECTION_CLOSE,
+            &Args::new().u16(200).shortstr("bye").u16(0).u16(0).build(),
+        ))
+        .await;
+    client.expect_method(ids::CONNECTION_CLOSE_OK).await?;
+    assert!(client.closes_socket().await, "socket closes after close-ok");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_connection_closes_its_channels_and_requeues_unacked_messages() -> anyhow::Result<()> {
+    let broker = start_broker().await?;
+    let conn = connect(&broker.amqp_uri()).await?;
+    let ch = within("channel.open", conn.create_channel()).await?;
+    plain_queue(&ch, "q").await?;
+    amqp::publish(&ch, "", "q", b"m").await?;
+    let got = amqp::get_unacked(&ch, "q").await?.expect("message");
+    assert!(!got.delivery.redelivered);
+    within("connection.close", conn.close(200, "bye".into())).await?;
+
+    let conn = connect(&broker.amqp_uri()).await?;
+    let ch = within("channel.open", conn.create_channel()).await?;
+    let q = amqp::declare_queue(
+        &ch,
+        "q",
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    assert_eq!(q.message_count(), 1);
+    let again = amqp::get(&ch, "q").await?.expect("requeued message");
+    assert!(
+        again.delivery.redelivered,
+        "a message requeued by a connection close is redelivered=true"
+    );
+    Ok(())
+}
