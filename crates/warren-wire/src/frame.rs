@@ -50,8 +50,8 @@ pub fn check_protocol_header(buf: &[u8]) -> Result<Option<()>, WireError> {
 /// Decodes one frame from the front of `buf`, advancing `buf` past it.
 ///
 /// Returns `Ok(None)` when `buf` does not yet hold a whole frame; nothing is
-/// consumed then, and `buf` is grown to fit the frame announced by its
-/// header so the next read can fill it.
+/// consumed then, and `buf` is grown towards the frame announced by its
+/// header (by at most 128 KiB) so the next read can fill it.
 ///
 /// The 7-byte header is checked before the payload is waited for, so a
 /// client cannot make us buffer more than `frame_max` bytes. `frame_max` 0
@@ -97,7 +97,8 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<AMQPFra
         });
     };
     if buf.len() < frame_len {
-        buf.reserve(frame_len - buf.len());
+        // Capped: with frame_max 0 a header alone could ask for 4 GiB.
+        buf.reserve((frame_len - buf.len()).min(UNLIMITED_FRAME_CHUNK as usize));
         return Ok(None);
     }
     let end = buf[frame_len - 1];
@@ -282,6 +283,7 @@ pub fn encode_content(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::nesting::MAX_FIELD_NESTING;

@@ -72,3 +72,25 @@ pub fn short_string_lossy(s: &str) -> ShortString {
     // Cannot fail: at most 255 bytes.
     ShortString::try_new(&s[..end]).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_string_accepts_255_bytes_and_rejects_256() {
+        let max = "a".repeat(255);
+        assert_eq!(short_string(&max).map(|s| s.as_str().len()), Ok(255));
+        let err = short_string(&"a".repeat(256));
+        assert!(matches!(err, Err(WireError::Encode(_))), "{err:?}");
+    }
+
+    #[test]
+    fn short_string_lossy_cuts_on_a_char_boundary() {
+        // 127 two-byte characters = 254 bytes, then one more = 256.
+        let text = "\u{e9}".repeat(128);
+        let cut = short_string_lossy(&text);
+        assert_eq!(cut.as_str().len(), 254);
+        assert_eq!(short_string_lossy("ok").as_str(), "ok");
+    }
+}
