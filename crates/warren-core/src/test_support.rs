@@ -271,3 +271,38 @@ pub fn deliveries(effects: &[Effect]) -> Vec<(ChannelId, String, u64, bool, Stri
 pub fn delivered_bodies(effects: &[Effect]) -> Vec<String> {
     deliveries(effects).into_iter().map(|d| d.4).collect()
 }
+
+impl Harness {
+    /// The `list-queues` row of queue `name` in `/`.
+    ///
+    /// # Panics
+    /// If there is no such queue.
+    pub fn summary(&self, name: &str) -> crate::broker::QueueSummary {
+        match self
+            .broker
+            .queue_summaries()
+            .into_iter()
+            .find(|s| s.vhost == root() && s.name.as_str() == name)
+        {
+            Some(summary) => summary,
+            None => panic!("no queue '{name}'"),
+        }
+    }
+
+    /// Whether queue `name` exists in `/`.
+    pub fn has_queue(&self, name: &str) -> bool {
+        self.broker
+            .queue_summaries()
+            .iter()
+            .any(|s| s.vhost == root() && s.name.as_str() == name)
+    }
+
+    /// Drains queue `name` with no-ack gets, returning the bodies.
+    pub fn drain(&mut self, origin: ChannelId, name: &str) -> Vec<String> {
+        let mut bodies = Vec::new();
+        while let Ok(Outcome::GetOk { message, .. }) = self.call(origin, get(name, true)) {
+            bodies.push(String::from_utf8_lossy(&message.body).into_owned());
+        }
+        bodies
+    }
+}

@@ -41,9 +41,8 @@ pub fn topic_matches(pattern: &str, routing_key: &str) -> bool {
                 }
             }
             "*" => {
-                for j in 1..=key.len() {
-                    next[j] = reachable[j - 1];
-                }
+                // Exactly one word: shift reachability by one.
+                next[1..].copy_from_slice(&reachable[..key.len()]);
             }
             literal => {
                 for j in 1..=key.len() {

@@ -3,3 +3,6 @@
 //! every batch.
 
 mod basics;
+mod consumers;
+mod exchanges;
+mod queues;

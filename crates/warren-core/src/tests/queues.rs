@@ -1,0 +1,417 @@
+use amq_protocol_types::{AMQPValue, FieldTable};
+
+use crate::test_support::*;
+use crate::{Command, CoreError, Effect, Outcome, QueueName};
+
+fn declare(name: &str, durable: bool, exclusive: bool, auto_delete: bool, arguments: FieldTable) -> Command {
+    Command::DeclareQueue {
+        vhost: root(),
+        name: name.into(),
+        passive: false,
+        durable,
+        exclusive,
+        auto_delete,
+        arguments,
+    }
+}
+
+fn passive(name: &str) -> Command {
+    Command::DeclareQueue {
+        vhost: root(),
+        name: name.into(),
+        passive: true,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        arguments: FieldTable::default(),
+    }
+}
+
+fn delete(name: &str, if_unused: bool, if_empty: bool) -> Command {
+    Command::DeleteQueue {
+        vhost: root(),
+        queue: name.into(),
+        if_unused,
+        if_empty,
+    }
+}
+
+fn purge(name: &str) -> Command {
+    Command::PurgeQueue {
+        vhost: root(),
+        queue: name.into(),
+    }
+}
+
+#[test]
+fn passive_declare_reports_counts_or_404() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    assert_eq!(
+        h.call(c, passive("q")),
+        Err(CoreError::NotFound("no queue 'q' in vhost '/'".into()))
+    );
+    h.ok(c, declare_queue("q"));
+    h.ok(c, publish("", "q", "1"));
+    h.ok(c, publish("", "q", "2"));
+    h.ok(chan(2, 1), consume("q", "c", false));
+    assert_eq!(
+        h.call(c, passive("q")),
+        Ok(Outcome::QueueDeclared {
+            queue: QueueName::from("q"),
+            message_count: 0,
+            consumer_count: 1
+        })
+    );
+    h.ok(
+        chan(2, 1),
+        Command::Cancel {
+            consumer_tag: "c".into(),
+        },
+    );
+    assert_eq!(h.summary("q").messages_unacked, 2, "cancel leaves deliveries unacked");
+}
+
+#[test]
+fn redeclare_with_other_durability_is_406() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare("q", false, false, false, FieldTable::default()));
+    assert_eq!(
+        h.call(c, declare("q", true, false, false, FieldTable::default())),
+        Err(CoreError::PreconditionFailed(
+            "inequivalent arg 'durable' for queue 'q' in vhost '/': received 'true' but current is 'false'".into()
+        ))
+    );
+    assert!(matches!(
+        h.call(c, declare("q", false, false, true, FieldTable::default())),
+        Err(CoreError::PreconditionFailed(_))
+    ));
+}
+
+#[test]
+fn redeclare_with_other_arguments_is_406() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_queue_with("q", table(&[("x-message-ttl", int(1000))])));
+    let err = h
+        .call(c, declare_queue_with("q", table(&[("x-message-ttl", int(2000))])))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        CoreError::PreconditionFailed(
+            "inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received '2000' but current is '1000'".into()
+        )
+    );
+    assert!(
+        h.call(c, declare_queue("q")).is_err(),
+        "dropping the argument is a change too"
+    );
+    let same = table(&[
+        ("x-message-ttl", AMQPValue::LongLongInt(1000)),
+        ("note", text("ignored")),
+    ]);
+    assert!(h.call(c, declare_queue_with("q", same)).is_ok());
+}
+
+#[test]
+fn invalid_queue_argument_is_406() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    let err = h
+        .call(c, declare_queue_with("q", table(&[("x-max-length", int(-1))])))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        CoreError::PreconditionFailed(
+            "invalid arg 'x-max-length' for queue 'q' in vhost '/': {value_negative,-1}".into()
+        )
+    );
+    assert!(!h.has_queue("q"));
+}
+
+#[test]
+fn amq_prefixed_queue_names_are_reserved_except_generated_ones() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    assert_eq!(
+        h.call(c, declare_queue("amq.x")),
+        Err(CoreError::AccessRefused(
+            "queue name 'amq.x' contains reserved prefix 'amq.*'".into()
+        ))
+    );
+    assert!(h.call(c, declare_queue("amq.gen-abc")).is_ok());
+    assert!(h.call(c, declare_queue("amq.gen-abc")).is_ok());
+}
+
+#[test]
+fn exclusive_queue_is_locked_to_its_connection_and_dies_with_it() {
+    let mut h = Harness::new();
+    let owner = chan(1, 1);
+    let other = chan(2, 1);
+    h.ok(owner, declare("q", false, true, false, FieldTable::default()));
+    let locked = CoreError::ResourceLocked("cannot obtain exclusive access to locked queue 'q' in vhost '/'".into());
+    assert_eq!(
+        h.call(other, declare("q", false, true, false, FieldTable::default())),
+        Err(locked.clone())
+    );
+    assert_eq!(h.call(other, passive("q")), Err(locked.clone()));
+    assert_eq!(h.call(other, consume("q", "c", false)), Err(locked.clone()));
+    assert_eq!(h.call(other, bind("q", "amq.direct", "k")), Err(locked.clone()));
+    assert_eq!(h.call(other, get("q", false)), Err(locked.clone()));
+    assert_eq!(h.call(other, purge("q")), Err(locked.clone()));
+    assert_eq!(h.call(other, delete("q", false, false)), Err(locked));
+    // Another channel of the owner's connection may use it.
+    h.ok(chan(1, 2), consume("q", "c", false));
+    assert!(h.broker.queue_summaries()[0].exclusive);
+    h.run(None, Command::CloseConnection { conn: conn(1) });
+    assert!(!h.has_queue("q"));
+}
+
+#[test]
+fn auto_delete_queue_goes_when_its_last_consumer_is_cancelled() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare("q", false, false, true, FieldTable::default()));
+    h.ok(c, publish("", "q", "m"));
+    assert!(h.has_queue("q"), "no consumer yet: it stays");
+    h.ok(c, consume("q", "a", false));
+    h.ok(c, consume("q", "b", false));
+    h.ok(
+        c,
+        Command::Cancel {
+            consumer_tag: "a".into(),
+        },
+    );
+    assert!(h.has_queue("q"));
+    h.ok(
+        c,
+        Command::Cancel {
+            consumer_tag: "b".into(),
+        },
+    );
+    assert!(!h.has_queue("q"));
+    // The delivery of the deleted queue can still be acked.
+    h.ok(c, ack(1, false));
+}
+
+#[test]
+fn purge_drops_ready_messages_only() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_queue("q"));
+    for body in ["1", "2", "3"] {
+        h.ok(c, publish("", "q", body));
+    }
+    h.ok(c, get("q", false));
+    assert_eq!(h.call(c, purge("q")), Ok(Outcome::QueuePurged { message_count: 2 }));
+    assert_eq!(h.summary("q").messages_unacked, 1);
+    h.ok(c, nack(1, false, true));
+    assert_eq!(h.drain(c, "q"), ["1"]);
+}
+
+#[test]
+fn delete_honours_if_unused_and_if_empty_and_cancels_consumers() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    let consumer_channel = chan(2, 1);
+    h.ok(c, declare_queue("q"));
+    h.ok(c, bind("q", "amq.fanout", ""));
+    h.ok(c, publish("", "q", "m"));
+    assert_eq!(
+        h.call(c, delete("q", false, true)),
+        Err(CoreError::PreconditionFailed("queue 'q' in vhost '/' not empty".into()))
+    );
+    h.ok(consumer_channel, qos(1, false));
+    h.ok(consumer_channel, consume("q", "c", false));
+    h.ok(c, publish("", "q", "m2"));
+    assert_eq!(
+        h.call(c, delete("q", true, false)),
+        Err(CoreError::PreconditionFailed("queue 'q' in vhost '/' in use".into()))
+    );
+    let (reply, effects) = h.call_with_effects(c, delete("q", false, false));
+    assert_eq!(reply, Ok(Outcome::QueueDeleted { message_count: 1 }));
+    assert!(effects.contains(&Effect::CancelConsumer {
+        channel: consumer_channel,
+        consumer_tag: "c".into()
+    }));
+    assert!(!h.has_queue("q"));
+    assert_eq!(
+        h.call(c, delete("q", false, false)),
+        Ok(Outcome::QueueDeleted { message_count: 0 })
+    );
+    // The unacked delivery of the deleted queue is dropped but still ackable.
+    h.ok(consumer_channel, ack(1, false));
+    // Its bindings went with it.
+    assert_eq!(
+        h.ok(c, publish("amq.fanout", "", "m")),
+        Outcome::Published {
+            routed: false,
+            rejected: false,
+            returned: None
+        }
+    );
+}
+
+#[test]
+fn max_length_drop_head_drops_the_oldest() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_queue_with("q", table(&[("x-max-length", int(2))])));
+    for body in ["1", "2", "3"] {
+        assert_eq!(
+            h.ok(c, publish("", "q", body)),
+            Outcome::Published {
+                routed: true,
+                rejected: false,
+                returned: None
+            }
+        );
+    }
+    assert_eq!(h.drain(c, "q"), ["2", "3"]);
+}
+
+#[test]
+fn max_length_reject_publish_refuses_the_newest() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(
+        c,
+        declare_queue_with(
+            "q",
+            table(&[("x-max-length", int(2)), ("x-overflow", text("reject-publish"))]),
+        ),
+    );
+    h.ok(c, declare_queue("other"));
+    h.ok(c, bind("q", "amq.fanout", ""));
+    h.ok(c, bind("other", "amq.fanout", ""));
+    h.ok(c, publish("amq.fanout", "", "1"));
+    h.ok(c, publish("amq.fanout", "", "2"));
+    assert_eq!(
+        h.ok(c, publish("amq.fanout", "", "3")),
+        Outcome::Published {
+            routed: true,
+            rejected: true,
+            returned: None
+        }
+    );
+    assert_eq!(h.drain(c, "q"), ["1", "2"]);
+    assert_eq!(h.drain(c, "other"), ["1", "2", "3"], "other queues still get it");
+}
+
+#[test]
+fn max_length_bytes_counts_bodies() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_queue_with("q", table(&[("x-max-length-bytes", int(5))])));
+    h.ok(c, publish("", "q", "abc"));
+    h.ok(c, publish("", "q", "de"));
+    h.ok(c, publish("", "q", "f"));
+    assert_eq!(h.drain(c, "q"), ["de", "f"]);
+}
+
+#[test]
+fn queue_ttl_expires_messages_on_tick() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_queue_with("q", table(&[("x-message-ttl", int(100))])));
+    h.ok(c, publish("", "q", "old"));
+    h.now_ms += 50;
+    h.ok(c, publish("", "q", "new"));
+    assert_eq!(h.broker.next_expiry_ms(), Some(h.now_ms + 50));
+    h.now_ms += 50;
+    h.run(None, Command::Tick);
+    assert_eq!(h.summary("q").messages_ready, 1);
+    assert_eq!(h.broker.next_expiry_ms(), Some(h.now_ms + 50));
+    h.now_ms += 100;
+    h.run(None, Command::Tick);
+    assert_eq!(h.summary("q").messages_ready, 0);
+    assert_eq!(h.broker.next_expiry_ms(), None);
+}
+
+#[test]
+fn message_expiration_and_queue_ttl_take_the_smaller() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_queue_with("q", table(&[("x-message-ttl", int(1000))])));
+    let mut short = message("", "q", "short");
+    short.properties.expiration = Some("10".into());
+    h.ok(c, publish_message(short));
+    let mut long = message("", "q", "long");
+    long.properties.expiration = Some("5000".into());
+    h.ok(c, publish_message(long));
+    assert_eq!(h.broker.next_expiry_ms(), Some(h.now_ms + 10));
+    h.now_ms += 20;
+    // Expired messages at the head are skipped by get.
+    assert_eq!(h.drain(c, "q"), ["long"]);
+    let mut bad = message("", "q", "bad");
+    bad.properties.expiration = Some("soon".into());
+    assert!(matches!(
+        h.call(c, publish_message(bad)),
+        Err(CoreError::PreconditionFailed(_))
+    ));
+}
+
+#[test]
+fn ttl_zero_message_is_delivered_only_if_a_consumer_takes_it_now() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_queue_with("q", table(&[("x-message-ttl", int(0))])));
+    h.ok(c, publish("", "q", "lost"));
+    assert_eq!(h.summary("q").messages_ready, 0);
+    h.ok(c, consume("q", "c", false));
+    let effects = h.run(Some(c), publish("", "q", "kept"));
+    assert_eq!(delivered_bodies(&effects), ["kept"]);
+}
+
+#[test]
+fn unused_queue_expires_after_x_expires() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_queue_with("q", table(&[("x-expires", int(1000))])));
+    assert_eq!(h.broker.next_expiry_ms(), Some(h.now_ms + 1000));
+    h.now_ms += 600;
+    h.ok(c, get("q", true));
+    assert_eq!(h.broker.next_expiry_ms(), Some(h.now_ms + 1000), "a get counts as use");
+    h.ok(c, consume("q", "c", true));
+    assert_eq!(h.broker.next_expiry_ms(), None, "in use by a consumer");
+    h.ok(
+        c,
+        Command::Cancel {
+            consumer_tag: "c".into(),
+        },
+    );
+    h.now_ms += 999;
+    h.run(None, Command::Tick);
+    assert!(h.has_queue("q"));
+    h.now_ms += 1;
+    h.run(None, Command::Tick);
+    assert!(!h.has_queue("q"));
+}
+
+#[test]
+fn home_node_restart_deletes_non_durable_queues_only() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare("transient", false, false, false, FieldTable::default()));
+    h.ok(c, declare("durable", true, false, false, FieldTable::default()));
+    h.run(None, Command::NodeDown { node: crate::NodeId(1) });
+    assert!(h.has_queue("transient"), "NodeDown keeps non-durable queues");
+    h.run(
+        None,
+        Command::NodeStarted {
+            node: crate::NodeId(1),
+            boot: 1,
+        },
+    );
+    assert!(h.has_queue("transient"), "same boot: nothing lost");
+    h.run(
+        None,
+        Command::NodeStarted {
+            node: crate::NodeId(1),
+            boot: 2,
+        },
+    );
+    assert!(!h.has_queue("transient"));
+    assert!(h.has_queue("durable"));
+}
