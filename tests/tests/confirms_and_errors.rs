@@ -1,0 +1,161 @@
+//! Publisher confirms and the channel errors RabbitMQ raises for misuse:
+//! unknown delivery tags (406), missing exchanges and queues (404).
+
+use lapin::{
+    options::{BasicAckOptions, BasicConsumeOptions, ConfirmSelectOptions},
+    types::FieldTable,
+    BasicProperties,
+};
+use warren_e2e::{
+    amqp::{self, plain_queue},
+    broker_with_channel, expect_reply_code, reply_code_any, within,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_select_acks_every_published_message() -> anyhow::Result<()> {
+    let (_broker, _conn, ch) = broker_with_channel().await?;
+    within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default())).await?;
+    assert!(ch.status().confirm());
+    plain_queue(&ch, "q").await?;
+    // Pipelined: publish 500, then wait for all confirms.
+    let mut pending = Vec::new();
+    for i in 0..500 {
+        let body = format!("{i}");
+        let confirm = within(
+            "basic.publish",
+            ch.basic_publish(
+                "".into(),
+                "q".into(),
+                Default::default(),
+                body.as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            ),
+        )
+        .await?;
+        pending.push(confirm);
+    }
+    let mut acked = 0;
+    for confirm in pending {
+        if within("confirm", confirm).await?.is_ack() {
+            acked += 1;
+        }
+    }
+    assert_eq!(acked, 500);
+    assert_eq!(amqp::message_count(&ch, "q").await?, 500);
+    // A confirm also comes for a message routed nowhere.
+    assert!(amqp::publish(&ch, "amq.direct", "nobody", b"x").await?.is_ack());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acking_an_unknown_delivery_tag_closes_the_channel_with_406() -> anyhow::Result<()> {
+    let (_broker, conn, ch) = broker_with_channel().await?;
+    plain_queue(&ch, "q").await?;
+    within("basic.ack of tag 999", ch.basic_ack(999, BasicAckOptions::default())).await?;
+    // The close arrives asynchronously; the next synchronous method sees it.
+    let result = ch
+        .queue_declare("q".into(), Default::default(), FieldTable::default())
+        .await;
+    expect_reply_code(result, 406, "basic.ack of an unknown delivery tag")?;
+    assert!(conn.status().connected(), "only the channel is closed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acking_the_same_delivery_twice_closes_the_channel_with_406() -> anyhow::Result<()> {
+    let (_broker, conn, ch) = broker_with_channel().await?;
+    plain_queue(&ch, "q").await?;
+    within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default())).await?;
+    amqp::publish(&ch, "", "q", b"x").await?;
+    let m = amqp::get_unacked(&ch, "q").await?.expect("message");
+    within(
+        "first ack",
+        ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default()),
+    )
+    .await?;
+    within(
+        "second ack",
+        ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default()),
+    )
+    .await?;
+    let result = ch
+        .queue_declare("q".into(), Default::default(), FieldTable::default())
+        .await;
+    expect_reply_code(result, 406, "double ack")?;
+    let ch = within("channel.open", conn.create_channel()).await?;
+    assert_eq!(amqp::message_count(&ch, "q").await?, 0, "the first ack counted");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_to_a_missing_exchange_closes_the_channel_with_404() -> anyhow::Result<()> {
+    let (_broker, conn, ch) = broker_with_channel().await?;
+    // Without confirms the publish itself "succeeds"; the close follows.
+    let _ = ch
+        .basic_publish(
+            "no-such-exchange".into(),
+            "k".into(),
+            Default::default(),
+            b"x",
+            BasicProperties::default(),
+        )
+        .await;
+    let result = ch
+        .queue_declare("after".into(), Default::default(), FieldTable::default())
+        .await;
+    expect_reply_code(result, 404, "publish to a missing exchange")?;
+
+    // With confirms the confirm future fails with the 404.
+    let ch = within("channel.open", conn.create_channel()).await?;
+    within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default())).await?;
+    let err = amqp::publish(&ch, "no-such-exchange", "k", b"x")
+        .await
+        .err()
+        .expect("must fail");
+    assert_eq!(reply_code_any(&err), Some(404), "got {err:#}");
+    assert!(conn.status().connected());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consuming_from_or_purging_a_missing_queue_fails_with_404() -> anyhow::Result<()> {
+    let (_broker, conn, ch) = broker_with_channel().await?;
+    let result = ch
+        .basic_consume(
+            "nope".into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map(|_| ());
+    expect_reply_code(result, 404, "consume from a missing queue")?;
+    let ch = within("channel.open", conn.create_channel()).await?;
+    let result = ch.queue_purge("nope".into(), Default::default()).await;
+    expect_reply_code(result, 404, "purge a missing queue")?;
+    let ch = within("channel.open", conn.create_channel()).await?;
+    let result = ch
+        .exchange_bind(
+            "nope".into(),
+            "amq.direct".into(),
+            "k".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await;
+    expect_reply_code(result, 404, "bind a missing destination exchange")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_an_unknown_consumer_tag_is_not_an_error() -> anyhow::Result<()> {
+    let (_broker, _conn, ch) = broker_with_channel().await?;
+    // RabbitMQ answers cancel-ok for an unknown tag.
+    within(
+        "basic.cancel unknown",
+        ch.basic_cancel("never-consumed".into(), Default::default()),
+    )
+    .await?;
+    plain_queue(&ch, "still-usable").await?;
+    Ok(())
+}
