@@ -1,1 +1,38 @@
-//! warren-cluster
+//! `warren-cluster`: the Raft glue between the pure broker (`warren-core`)
+//! and the rest of a Warren node.
+//!
+//! It owns openraft's type configuration ([`TypeConfig`]; one log entry is
+//! one [`Proposal`], a proposer's batch of commands), the log storage on a
+//! [`warren_store::LogStore`] ([`RaftLogStore`]), the state machine that
+//! applies committed batches to the [`warren_core::Broker`] and hands the
+//! resulting effects for this node's connections to an [`EffectSink`]
+//! ([`StateMachine`]), the batching [`Proposer`], the tick driver that
+//! proposes `Tick` when something can expire, and [`Node`], which assembles
+//! them. It is generic over the Raft network (`openraft::RaftNetworkFactory`);
+//! [`UnreachableNetwork`] serves single-node clusters and tests until the
+//! gRPC network lands in its own crate.
+//!
+//! Above it sit the AMQP front end (submits requests, receives effects) and
+//! the server (constructs the [`Node`]). Below it: `warren-core` and
+//! `warren-store`. No lock is held across `.await`; every store call runs on
+//! a blocking thread.
+
+mod codec;
+mod config;
+mod error;
+mod log_store;
+mod network;
+mod node;
+mod proposer;
+mod state_machine;
+mod tick;
+mod type_config;
+
+pub use config::NodeConfig;
+pub use error::ClusterError;
+pub use log_store::RaftLogStore;
+pub use network::{UnreachableClient, UnreachableNetwork};
+pub use node::{EffectSink, Node, NodeStatus};
+pub use proposer::Proposer;
+pub use state_machine::StateMachine;
+pub use type_config::{Proposal, ProposalTag, TypeConfig};

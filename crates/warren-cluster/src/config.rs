@@ -1,0 +1,68 @@
+//! Configuration of a Raft node.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How a [`crate::Node`] runs. Every field has a default.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's stable Raft id (never reuse the id of a wiped node).
+    pub node_id: u64,
+    /// Where the sled store lives (`<data_dir>/VERSION`, `<data_dir>/sled`).
+    pub data_dir: PathBuf,
+    /// The cluster (gRPC) address other nodes use; stored in the membership.
+    pub cluster_addr: String,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Log entries between snapshots; the log behind a snapshot is purged.
+    pub snapshot_every: u64,
+    /// Commands per Raft entry at most.
+    pub max_batch: usize,
+    /// Batches submitted to Raft and not yet committed, at most.
+    pub max_batches_in_flight: usize,
+    /// sled's page cache.
+    pub cache_capacity_bytes: u64,
+    /// How long [`crate::Node::start`] waits to become leader and replay.
+    pub start_timeout_ms: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            data_dir: PathBuf::from("./warren-data"),
+            cluster_addr: "127.0.0.1:25672".to_owned(),
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            snapshot_every: 10_000,
+            max_batch: 2048,
+            max_batches_in_flight: 4,
+            cache_capacity_bytes: 256 * 1024 * 1024,
+            start_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl NodeConfig {
+    pub(crate) fn start_timeout(&self) -> Duration {
+        Duration::from_millis(self.start_timeout_ms)
+    }
+
+    /// openraft's configuration for this node.
+    pub(crate) fn raft_config(&self) -> Result<openraft::Config, openraft::ConfigError> {
+        openraft::Config {
+            cluster_name: "warren".to_owned(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every.max(1)),
+            // Everything behind a snapshot goes; a lagging follower gets the
+            // snapshot instead.
+            max_in_snapshot_log_to_keep: 0,
+            ..openraft::Config::default()
+        }
+        .validate()
+    }
+}

@@ -1,0 +1,408 @@
+//! openraft's log storage (`RaftLogStorage`) on a [`LogStore`].
+//!
+//! Writes go through one dedicated writer thread, in the order openraft
+//! issues them (openraft requires write I/O to be serialized). An append
+//! returns as soon as its entries are queued and readable; the writer
+//! coalesces every append waiting at that moment into one store write with
+//! one flush, then reports them flushed to openraft — group commit below
+//! the proposer's batching. Until then, readers see the queued entries
+//! through the shared `pending` map.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{Entry, LogId, OptionalSend, RaftLogId, StorageError, StorageIOError, Vote};
+use tokio::sync::oneshot;
+use warren_store::{LogStore, StoreError};
+
+use crate::codec::{decode, encode};
+use crate::type_config::TypeConfig;
+
+const VOTE_KEY: &str = "raft/vote";
+const PURGED_KEY: &str = "raft/last_purged";
+
+type Pending = Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>;
+
+fn lock_pending(pending: &Pending) -> MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
+    // Every mutation is a single map operation: poison cannot leave it torn.
+    pending.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+enum WriteOp {
+    Append {
+        entries: Vec<(u64, Vec<u8>)>,
+        log_ids: Vec<LogId<u64>>,
+        flushed: LogFlushed<TypeConfig>,
+    },
+    Truncate {
+        from: u64,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Purge {
+        through: LogId<u64>,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    PutMeta {
+        key: &'static str,
+        value: Vec<u8>,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// The Raft log of one node.
+pub struct RaftLogStore {
+    store: Arc<dyn LogStore>,
+    pending: Pending,
+    writer: std_mpsc::Sender<WriteOp>,
+    last_log_id: Option<LogId<u64>>,
+    last_purged: Option<LogId<u64>>,
+}
+
+/// Reads the log for openraft's replication tasks.
+#[derive(Clone)]
+pub struct RaftLogReaderHandle {
+    store: Arc<dyn LogStore>,
+    pending: Pending,
+}
+
+impl RaftLogStore {
+    /// Opens the log kept in `store` and starts its writer thread. Reads the
+    /// store on a blocking thread.
+    ///
+    /// # Errors
+    /// The store cannot be read or holds entries this build cannot decode.
+    pub async fn open(store: Arc<dyn LogStore>) -> Result<Self, StorageError<u64>> {
+        let reading = store.clone();
+        let (last_log_id, last_purged) = run_blocking(move || {
+            let last = match reading.last_entry().map_err(|e| StorageIOError::read_logs(&e))? {
+                Some((_, bytes)) => {
+                    let entry: Entry<TypeConfig> = decode(&bytes).map_err(|e| StorageIOError::read_logs(&e))?;
+                    Some(*entry.get_log_id())
+                }
+                None => None,
+            };
+            let purged = match reading
+                .get_meta(PURGED_KEY)
+                .map_err(|e| StorageIOError::read_logs(&e))?
+            {
+                Some(bytes) => Some(decode::<LogId<u64>>(&bytes).map_err(|e| StorageIOError::read_logs(&e))?),
+                None => None,
+            };
+            Ok::<_, StorageError<u64>>((last, purged))
+        })
+        .await??;
+
+        let (writer, ops) = std_mpsc::channel();
+        let pending = Pending::default();
+        let thread_store = store.clone();
+        let thread_pending = pending.clone();
+        std::thread::Builder::new()
+            .name("warren-log-writer".to_owned())
+            .spawn(move || run_writer(thread_store, thread_pending, ops))
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+
+        Ok(Self {
+            store,
+            pending,
+            writer,
+            last_log_id: last_log_id.or(last_purged),
+            last_purged,
+        })
+    }
+
+    fn reader(&self) -> RaftLogReaderHandle {
+        RaftLogReaderHandle {
+            store: self.store.clone(),
+            pending: self.pending.clone(),
+        }
+    }
+
+    async fn write_and_wait(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> WriteOp,
+    ) -> Result<(), StoreError> {
+        let (done, finished) = oneshot::channel();
+        self.writer.send(op(done)).map_err(|_| StoreError::Io {
+            operation: "log write",
+            reason: "writer thread stopped".to_owned(),
+        })?;
+        finished.await.map_err(|_| StoreError::Io {
+            operation: "log write",
+            reason: "writer thread stopped".to_owned(),
+        })?
+    }
+}
+
+/// The writer thread: applies write operations in arrival order,
+/// coalescing consecutive appends into one store write and flush.
+fn run_writer(store: Arc<dyn LogStore>, pending: Pending, ops: std_mpsc::Receiver<WriteOp>) {
+    let mut queued: Vec<WriteOp> = Vec::new();
+    while let Ok(first) = ops.recv() {
+        queued.push(first);
+        queued.extend(ops.try_iter());
+        let mut appends: Vec<(Vec<LogId<u64>>, LogFlushed<TypeConfig>)> = Vec::new();
+        let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
+        for op in queued.drain(..) {
+            match op {
+                WriteOp::Append {
+                    entries,
+                    log_ids,
+                    flushed,
+                } => {
+                    batch.extend(entries);
+                    appends.push((log_ids, flushed));
+                }
+                other => {
+                    flush_appends(&*store, &pending, &mut batch, &mut appends);
+                    run_sync_op(&*store, other);
+                }
+            }
+        }
+        flush_appends(&*store, &pending, &mut batch, &mut appends);
+    }
+    tracing::debug!("log writer thread stopped");
+}
+
+fn flush_appends(
+    store: &dyn LogStore,
+    pending: &Pending,
+    batch: &mut Vec<(u64, Vec<u8>)>,
+    appends: &mut Vec<(Vec<LogId<u64>>, LogFlushed<TypeConfig>)>,
+) {
+    if appends.is_empty() {
+        return;
+    }
+    let result = store.append(batch);
+    batch.clear();
+    match result {
+        Ok(()) => {
+            let mut pending = lock_pending(pending);
+            for (log_ids, _) in appends.iter() {
+                for log_id in log_ids {
+                    if pending.get(&log_id.index).map(|e| e.log_id) == Some(*log_id) {
+                        pending.remove(&log_id.index);
+                    }
+                }
+            }
+            drop(pending);
+            for (_, flushed) in appends.drain(..) {
+                flushed.log_io_completed(Ok(()));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "log append failed");
+            for (_, flushed) in appends.drain(..) {
+                flushed.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+    }
+}
+
+fn run_sync_op(store: &dyn LogStore, op: WriteOp) {
+    match op {
+        WriteOp::Append { .. } => {}
+        WriteOp::Truncate { from, done } => {
+            let _ = done.send(store.truncate_from(from));
+        }
+        WriteOp::Purge { through, done } => {
+            // Record the purge point first: a crash between the two leaves
+            // extra entries behind it, which openraft ignores.
+            let result = encode(&through)
+                .map_err(|e| StoreError::Io {
+                    operation: "encode purge point",
+                    reason: e.to_string(),
+                })
+                .and_then(|bytes| store.put_meta(PURGED_KEY, &bytes))
+                .and_then(|()| store.purge_through(through.index));
+            let _ = done.send(result);
+        }
+        WriteOp::PutMeta { key, value, done } => {
+            let _ = done.send(store.put_meta(key, &value));
+        }
+    }
+}
+
+/// Runs a blocking closure off the runtime's workers.
+pub(crate) async fn run_blocking<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, StorageError<u64>> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageIOError::read(&e).into())
+}
+
+fn range_to_bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReaderHandle {
+    async fn read_range(&self, start: u64, end: u64) -> Result<Vec<Entry<TypeConfig>>, StorageError<u64>> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        // Copy the queued entries *before* reading the store: an entry that
+        // leaves `pending` has been written first, so it is in one or the other.
+        let queued: BTreeMap<u64, Entry<TypeConfig>> = lock_pending(&self.pending)
+            .range(start..end)
+            .map(|(i, e)| (*i, e.clone()))
+            .collect();
+        let store = self.store.clone();
+        let stored = run_blocking(move || store.range(start, end))
+            .await?
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        let mut entries: BTreeMap<u64, Entry<TypeConfig>> = BTreeMap::new();
+        for (index, bytes) in stored {
+            let entry: Entry<TypeConfig> = decode(&bytes).map_err(|e| StorageIOError::read_log_at_index(index, &e))?;
+            entries.insert(index, entry);
+        }
+        entries.extend(queued);
+        // Raft needs a contiguous run from `start`.
+        let mut contiguous = Vec::with_capacity(entries.len());
+        let mut expected = None;
+        for (index, entry) in entries {
+            if expected.is_some_and(|next| next != index) {
+                break;
+            }
+            expected = Some(index + 1);
+            contiguous.push(entry);
+        }
+        Ok(contiguous)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for RaftLogReaderHandle {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<u64>> {
+        let (start, end) = range_to_bounds(&range);
+        self.read_range(start, end).await
+    }
+}
+
+impl RaftLogReader<TypeConfig> for RaftLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<u64>> {
+        let (start, end) = range_to_bounds(&range);
+        self.reader().read_range(start, end).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for RaftLogStore {
+    type LogReader = RaftLogReaderHandle;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
+        Ok(LogState {
+            last_purged_log_id: self.last_purged,
+            last_log_id: self.last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.reader()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
+        let value = encode(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        self.write_and_wait(|done| WriteOp::PutMeta {
+            key: VOTE_KEY,
+            value,
+            done,
+        })
+        .await
+        .map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
+        let store = self.store.clone();
+        let stored = run_blocking(move || store.get_meta(VOTE_KEY))
+            .await?
+            .map_err(|e| StorageIOError::read_vote(&e))?;
+        match stored {
+            Some(bytes) => Ok(Some(decode(&bytes).map_err(|e| StorageIOError::read_vote(&e))?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| e.log_id) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let mut encoded = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let bytes = encode(entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+            encoded.push((entry.log_id.index, bytes));
+        }
+        let log_ids = entries.iter().map(|e| e.log_id).collect();
+        {
+            let mut pending = lock_pending(&self.pending);
+            for entry in entries {
+                pending.insert(entry.log_id.index, entry);
+            }
+        }
+        self.writer
+            .send(WriteOp::Append {
+                entries: encoded,
+                log_ids,
+                flushed: callback,
+            })
+            .map_err(|_| StorageIOError::write_logs(&std::io::Error::other("log writer thread stopped")))?;
+        self.last_log_id = Some(last);
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        let from = log_id.index;
+        self.write_and_wait(|done| WriteOp::Truncate { from, done })
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        lock_pending(&self.pending).split_off(&from);
+        // The entry before `from` is the new last one (or the purge point).
+        let reader = self.reader();
+        let before = if from == 0 {
+            Vec::new()
+        } else {
+            reader.read_range(from - 1, from).await?
+        };
+        self.last_log_id = before.last().map(|e| e.log_id).or(self.last_purged);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        self.write_and_wait(|done| WriteOp::Purge { through: log_id, done })
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        {
+            let mut pending = lock_pending(&self.pending);
+            let kept = pending.split_off(&log_id.index.saturating_add(1));
+            *pending = kept;
+        }
+        self.last_purged = Some(log_id);
+        if self.last_log_id.is_none_or(|last| last.index < log_id.index) {
+            self.last_log_id = Some(log_id);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,351 @@
+//! openraft's state machine: the broker, the last applied log id, the
+//! membership, and snapshots of them.
+
+use std::collections::BTreeSet;
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use warren_core::{Broker, Command, Effect, NodeId};
+use warren_store::LogStore;
+
+use crate::codec::{decode, encode};
+use crate::log_store::run_blocking;
+use crate::node::EffectSink;
+use crate::type_config::{ProposalTag, TypeConfig};
+
+const SNAPSHOT_KEY: &str = "raft/snapshot";
+
+/// What the state machine holds; shared with [`crate::Node::read`].
+pub(crate) struct SmState {
+    pub(crate) broker: Broker,
+    pub(crate) last_applied: Option<LogId<u64>>,
+    pub(crate) membership: StoredMembership<u64, BasicNode>,
+}
+
+/// The state behind its lock, plus the signals other tasks wait on.
+pub(crate) struct Shared {
+    state: RwLock<SmState>,
+    /// Notified after every applied entry (the tick driver re-checks).
+    pub(crate) applied: Notify,
+    /// `now_ms` of the last applied batch that held a `Tick`.
+    pub(crate) last_tick_ms: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, SmState> {
+        // Apply replaces the state only through whole assignments or
+        // `Broker::apply`; a panic there is fatal for the Raft node anyway.
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, SmState> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The batches this run of this node's proposer has submitted and not yet
+/// settled. Settling is a race between apply (the batch committed: its
+/// replies come from the broker) and the proposer learning that the commit
+/// failed (it sends `Unavailable` replies); whichever removes the batch
+/// first wins, so each request gets exactly one reply.
+pub(crate) struct ProposalTracker {
+    pub(crate) node: u64,
+    pub(crate) incarnation: u64,
+    in_flight: Mutex<BTreeSet<u64>>,
+}
+
+impl ProposalTracker {
+    pub(crate) fn new(node: u64) -> Self {
+        Self {
+            node,
+            incarnation: rand::random(),
+            in_flight: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    pub(crate) fn register(&self, seq: u64) -> ProposalTag {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(seq);
+        ProposalTag {
+            node: self.node,
+            incarnation: self.incarnation,
+            seq,
+        }
+    }
+
+    /// Called by the proposer when the batch's commit failed or is unknown.
+    /// `true`: the proposer must send the failure replies.
+    pub(crate) fn settle_failed(&self, seq: u64) -> bool {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&seq)
+    }
+
+    /// Called by apply. `true`: the broker's replies for this batch go out.
+    fn settle_applied(&self, tag: Option<&ProposalTag>) -> bool {
+        match tag {
+            Some(tag) if tag.node == self.node && tag.incarnation == self.incarnation => self
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&tag.seq),
+            _ => true,
+        }
+    }
+}
+
+/// A snapshot as stored: openraft's metadata and the encoded broker.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<u64, BasicNode>,
+    data: Vec<u8>,
+}
+
+/// The replicated state machine of one node.
+pub struct StateMachine {
+    shared: Arc<Shared>,
+    store: Arc<dyn LogStore>,
+    sink: Arc<dyn EffectSink>,
+    node: NodeId,
+    tracker: Arc<ProposalTracker>,
+}
+
+/// Builds a snapshot from a copy of the state taken under the lock.
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+    store: Arc<dyn LogStore>,
+}
+
+impl StateMachine {
+    /// Opens the state machine: the last snapshot in `store`, or a fresh
+    /// broker. Reads the store on a blocking thread.
+    ///
+    /// # Errors
+    /// The store cannot be read or its snapshot cannot be decoded.
+    pub async fn open(
+        node: u64,
+        store: Arc<dyn LogStore>,
+        sink: Arc<dyn EffectSink>,
+    ) -> Result<Self, StorageError<u64>> {
+        let tracker = Arc::new(ProposalTracker::new(node));
+        Self::open_with_tracker(store, sink, tracker).await
+    }
+
+    pub(crate) async fn open_with_tracker(
+        store: Arc<dyn LogStore>,
+        sink: Arc<dyn EffectSink>,
+        tracker: Arc<ProposalTracker>,
+    ) -> Result<Self, StorageError<u64>> {
+        let reading = store.clone();
+        let state = run_blocking(move || -> Result<SmState, StorageError<u64>> {
+            let Some(stored) = load_snapshot(&*reading)? else {
+                return Ok(SmState {
+                    broker: Broker::new(),
+                    last_applied: None,
+                    membership: StoredMembership::default(),
+                });
+            };
+            let broker: Broker =
+                decode(&stored.data).map_err(|e| StorageIOError::read_snapshot(Some(stored.meta.signature()), &e))?;
+            Ok(SmState {
+                broker,
+                last_applied: stored.meta.last_log_id,
+                membership: stored.meta.last_membership,
+            })
+        })
+        .await??;
+        let shared = Arc::new(Shared {
+            state: RwLock::new(state),
+            applied: Notify::new(),
+            last_tick_ms: AtomicU64::new(0),
+        });
+        Ok(Self {
+            shared,
+            store,
+            sink,
+            node: NodeId(tracker.node),
+            tracker,
+        })
+    }
+
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+}
+
+fn load_snapshot(store: &dyn LogStore) -> Result<Option<StoredSnapshot>, StorageError<u64>> {
+    let Some(bytes) = store
+        .get_meta(SNAPSHOT_KEY)
+        .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+    else {
+        return Ok(None);
+    };
+    let stored: StoredSnapshot = decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+    Ok(Some(stored))
+}
+
+fn save_snapshot(store: &dyn LogStore, stored: &StoredSnapshot) -> Result<(), StorageError<u64>> {
+    let signature = Some(stored.meta.signature());
+    let bytes = encode(stored).map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+    store
+        .put_meta(SNAPSHOT_KEY, &bytes)
+        .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
+    Ok(())
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+        // Clone under the read lock (messages are `Arc`s, so this is cheap
+        // next to encoding); encode and store while apply continues.
+        let (broker, last_applied, membership) = {
+            let state = self.shared.read();
+            (state.broker.clone(), state.last_applied, state.membership.clone())
+        };
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let snapshot_id = match last_applied {
+            Some(log_id) => format!("{}-{}-{millis}", log_id.leader_id, log_id.index),
+            None => format!("none-{millis}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let store = self.store.clone();
+        let stored = run_blocking(move || -> Result<StoredSnapshot, StorageError<u64>> {
+            let data = encode(&broker).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+            let stored = StoredSnapshot { meta, data };
+            save_snapshot(&*store, &stored)?;
+            Ok(stored)
+        })
+        .await??;
+        tracing::info!(snapshot = %stored.meta, bytes = stored.data.len(), "snapshot built");
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
+        let state = self.shared.read();
+        Ok((state.last_applied, state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<()>, StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut responses = Vec::new();
+        for entry in entries {
+            let mut effects = Vec::new();
+            let mut tick_ms = None;
+            {
+                let mut state = self.shared.write();
+                match &entry.payload {
+                    EntryPayload::Blank => {}
+                    EntryPayload::Normal(proposal) => {
+                        state.broker.apply(&proposal.batch, &mut effects);
+                        if proposal
+                            .batch
+                            .requests
+                            .iter()
+                            .any(|r| matches!(r.command, Command::Tick))
+                        {
+                            tick_ms = Some(proposal.batch.now_ms);
+                        }
+                    }
+                    EntryPayload::Membership(membership) => {
+                        state.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+                    }
+                }
+                state.last_applied = Some(entry.log_id);
+            }
+            if let EntryPayload::Normal(proposal) = &entry.payload {
+                let replies_go_out = self.tracker.settle_applied(proposal.tag.as_ref());
+                effects.retain(|effect| {
+                    effect.channel().conn.node == self.node
+                        && (replies_go_out || !matches!(effect, Effect::Reply { .. }))
+                });
+                if !effects.is_empty() {
+                    self.sink.emit(effects);
+                }
+            }
+            if let Some(now_ms) = tick_ms {
+                self.shared.last_tick_ms.fetch_max(now_ms, Ordering::Relaxed);
+            }
+            responses.push(());
+        }
+        self.shared.applied.notify_waiters();
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+            store: self.store.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<u64>> {
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: snapshot.into_inner(),
+        };
+        let store = self.store.clone();
+        let (broker, stored) = run_blocking(move || -> Result<(Broker, StoredSnapshot), StorageError<u64>> {
+            let broker: Broker =
+                decode(&stored.data).map_err(|e| StorageIOError::read_snapshot(Some(stored.meta.signature()), &e))?;
+            save_snapshot(&*store, &stored)?;
+            Ok((broker, stored))
+        })
+        .await??;
+        {
+            let mut state = self.shared.write();
+            state.broker = broker;
+            state.last_applied = stored.meta.last_log_id;
+            state.membership = stored.meta.last_membership;
+        }
+        tracing::info!(snapshot = %meta, "snapshot installed");
+        self.shared.applied.notify_waiters();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+        let store = self.store.clone();
+        let stored = run_blocking(move || load_snapshot(&*store)).await??;
+        Ok(stored.map(|stored| Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
+    }
+}

@@ -1,0 +1,372 @@
+//! A single node end to end: start, propose, apply, effects out, restart
+//! from sled, snapshots, batching, failure replies, ticks.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use amq_protocol_types::{AMQPValue, FieldTable};
+use bytes::Bytes;
+use warren_cluster::{EffectSink, Node, NodeConfig, NodeStatus};
+use warren_core::{
+    ChannelId, Command, ConnectionId, CoreError, Effect, ExchangeName, Message, NodeId, Outcome, Properties, QueueName,
+    QueueSummary, Request, VHost,
+};
+use warren_store::{LogStore, MemStore};
+
+/// Collects every emitted effect.
+#[derive(Default)]
+struct CollectingSink {
+    effects: Mutex<Vec<Effect>>,
+}
+
+impl EffectSink for CollectingSink {
+    fn emit(&self, effects: Vec<Effect>) {
+        self.effects.lock().expect("sink lock").extend(effects);
+    }
+}
+
+impl CollectingSink {
+    fn replies_to(&self, channel: ChannelId) -> Vec<Result<Outcome, CoreError>> {
+        self.effects
+            .lock()
+            .expect("sink lock")
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::Reply { channel: to, outcome } if *to == channel => Some(outcome.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Waits (bounded, as a guard against hangs, not a timing assertion)
+    /// until `channel` has at least `count` replies.
+    async fn wait_for_replies(&self, channel: ChannelId, count: usize) -> Vec<Result<Outcome, CoreError>> {
+        for _ in 0..3000 {
+            let replies = self.replies_to(channel);
+            if replies.len() >= count {
+                return replies;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "expected {count} replies to {channel:?}, got {}",
+            self.replies_to(channel).len()
+        );
+    }
+}
+
+const NODE: u64 = 1;
+
+fn channel(seq: u64) -> ChannelId {
+    ChannelId {
+        conn: ConnectionId {
+            node: NodeId(NODE),
+            boot: 7,
+            seq,
+        },
+        channel: 1,
+    }
+}
+
+fn config(data_dir: &Path) -> NodeConfig {
+    NodeConfig {
+        node_id: NODE,
+        data_dir: data_dir.to_path_buf(),
+        heartbeat_interval_ms: 50,
+        election_timeout_min_ms: 150,
+        election_timeout_max_ms: 300,
+        cache_capacity_bytes: 8 * 1024 * 1024,
+        ..NodeConfig::default()
+    }
+}
+
+fn declare_queue(name: &str, arguments: FieldTable) -> Command {
+    Command::DeclareQueue {
+        vhost: VHost::from("/"),
+        name: QueueName::from(name),
+        passive: false,
+        durable: true,
+        exclusive: false,
+        auto_delete: false,
+        arguments,
+    }
+}
+
+fn publish(queue: &str, body: &str) -> Command {
+    Command::Publish {
+        vhost: VHost::from("/"),
+        mandatory: false,
+        message: Arc::new(Message {
+            exchange: ExchangeName::default_exchange(),
+            routing_key: queue.to_owned(),
+            properties: Properties {
+                delivery_mode: Some(2),
+                ..Properties::default()
+            },
+            body: Bytes::from(body.to_owned()),
+        }),
+    }
+}
+
+fn request(origin: ChannelId, command: Command) -> Request {
+    Request {
+        origin: Some(origin),
+        command,
+    }
+}
+
+fn queue(node: &Node, name: &str) -> Option<QueueSummary> {
+    node.read(|broker| broker.queue_summaries().into_iter().find(|q| q.name.as_str() == name))
+}
+
+async fn wait_for_status(node: &Node, what: &str, ready: impl Fn(&NodeStatus) -> bool) -> NodeStatus {
+    for _ in 0..3000 {
+        let status = node.metrics();
+        if ready(&status) {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("node never reached: {what}; last status {:?}", node.metrics());
+}
+
+fn is_published(outcome: &Result<Outcome, CoreError>) -> bool {
+    matches!(
+        outcome,
+        Ok(Outcome::Published {
+            routed: true,
+            rejected: false,
+            returned: None
+        })
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_gets_exactly_one_reply_in_order() -> anyhow::Result<()> {
+    let sink = Arc::new(CollectingSink::default());
+    let store: Arc<dyn LogStore> = Arc::new(MemStore::new());
+    let node = Node::start_with_store(config(Path::new("unused")), store, sink.clone()).await?;
+    let status = node.metrics();
+    assert!(status.is_leader, "{status:?}");
+    assert_eq!(status.leader, Some(NODE));
+    assert_eq!(status.members.keys().copied().collect::<Vec<_>>(), vec![NODE]);
+
+    let proposer = node.proposer();
+    let origin = channel(1);
+    proposer
+        .submit(request(origin, declare_queue("jobs", FieldTable::default())))
+        .await?;
+    for i in 0..10 {
+        proposer
+            .submit(request(origin, publish("jobs", &format!("job {i}"))))
+            .await?;
+    }
+    let replies = sink.wait_for_replies(origin, 11).await;
+    assert!(
+        matches!(&replies[0], Ok(Outcome::QueueDeclared { queue, .. }) if queue.as_str() == "jobs"),
+        "{replies:?}"
+    );
+    assert!(replies[1..].iter().all(is_published), "{replies:?}");
+
+    // A later request's reply proves the earlier batches are done: no
+    // duplicate reply may have slipped in.
+    proposer
+        .submit(request(
+            origin,
+            Command::PurgeQueue {
+                vhost: VHost::from("/"),
+                queue: QueueName::from("jobs"),
+            },
+        ))
+        .await?;
+    let replies = sink.wait_for_replies(origin, 12).await;
+    assert_eq!(replies.len(), 12, "{replies:?}");
+    assert_eq!(replies[11], Ok(Outcome::QueuePurged { message_count: 10 }));
+    node.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_node_restarts_with_its_queue_and_messages() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let origin = channel(1);
+    {
+        let sink = Arc::new(CollectingSink::default());
+        let node = Node::start(config(dir.path()), sink.clone()).await?;
+        let proposer = node.proposer();
+        proposer
+            .submit(request(origin, declare_queue("durable", FieldTable::default())))
+            .await?;
+        for i in 0..3 {
+            proposer
+                .submit(request(origin, publish("durable", &format!("m{i}"))))
+                .await?;
+        }
+        sink.wait_for_replies(origin, 4).await;
+        assert_eq!(queue(&node, "durable").map(|q| q.messages_ready), Some(3));
+        node.shutdown().await?;
+    }
+
+    let sink = Arc::new(CollectingSink::default());
+    let node = Node::start(config(dir.path()), sink.clone()).await?;
+    // Start returns after the replay: the state is back without waiting.
+    let restored = queue(&node, "durable").expect("queue restored");
+    assert_eq!(restored.messages_ready, 3);
+    assert!(restored.durable);
+    // The replay emitted the old replies again; the front end drops those
+    // of earlier boots.
+    assert_eq!(sink.replies_to(origin).len(), 4);
+    let status = node.metrics();
+    assert!(
+        status.is_leader && status.last_applied == status.last_log_index,
+        "{status:?}"
+    );
+    node.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_is_built_log_purged_and_restored_on_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node_config = NodeConfig {
+        snapshot_every: 20,
+        ..config(dir.path())
+    };
+    let origin = channel(1);
+    {
+        let sink = Arc::new(CollectingSink::default());
+        let node = Node::start(node_config.clone(), sink.clone()).await?;
+        let proposer = node.proposer();
+        proposer
+            .submit(request(origin, declare_queue("snap", FieldTable::default())))
+            .await?;
+        sink.wait_for_replies(origin, 1).await;
+        // One request per entry: wait for each reply before the next.
+        for i in 0..50 {
+            proposer
+                .submit(request(origin, publish("snap", &format!("m{i}"))))
+                .await?;
+            sink.wait_for_replies(origin, i + 2).await;
+        }
+        let status = wait_for_status(&node, "snapshot and purge", |s| {
+            s.snapshot_index.is_some_and(|i| i >= 20) && s.purged_index.is_some_and(|i| i >= 20)
+        })
+        .await;
+        assert!(status.last_log_index >= Some(52), "{status:?}");
+        node.shutdown().await?;
+    }
+
+    let sink = Arc::new(CollectingSink::default());
+    let node = Node::start(node_config, sink.clone()).await?;
+    let status = node.metrics();
+    assert!(
+        status.purged_index.is_some_and(|i| i >= 20),
+        "log behind the snapshot stays purged: {status:?}"
+    );
+    assert_eq!(queue(&node, "snap").map(|q| q.messages_ready), Some(50));
+    // Only the entries after the snapshot were replayed.
+    assert!(sink.replies_to(origin).len() < 51);
+    node.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposer_batches_concurrent_requests_into_few_entries() -> anyhow::Result<()> {
+    let sink = Arc::new(CollectingSink::default());
+    let store: Arc<dyn LogStore> = Arc::new(MemStore::new());
+    let node = Node::start_with_store(config(Path::new("unused")), store, sink.clone()).await?;
+    let origin = channel(1);
+    node.proposer()
+        .submit(request(origin, declare_queue("batched", FieldTable::default())))
+        .await?;
+    sink.wait_for_replies(origin, 1).await;
+    let before = node.metrics().last_log_index.unwrap_or(0);
+
+    let mut submitters = Vec::new();
+    for task in 0..10u64 {
+        let proposer = node.proposer();
+        submitters.push(tokio::spawn(async move {
+            for i in 0..100u64 {
+                proposer
+                    .submit(request(channel(100 + task), publish("batched", &format!("{task}-{i}"))))
+                    .await?;
+            }
+            Ok::<_, warren_cluster::ClusterError>(())
+        }));
+    }
+    for submitter in submitters {
+        submitter.await??;
+    }
+    for task in 0..10u64 {
+        let replies = sink.wait_for_replies(channel(100 + task), 100).await;
+        assert_eq!(replies.len(), 100);
+        assert!(replies.iter().all(is_published));
+    }
+    let entries = node.metrics().last_log_index.unwrap_or(0) - before;
+    eprintln!("1000 requests took {entries} Raft entries");
+    assert!(entries < 200, "1000 requests took {entries} Raft entries");
+    assert_eq!(queue(&node, "batched").map(|q| q.messages_ready), Some(1000));
+    node.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_after_shutdown_get_unavailable_replies() -> anyhow::Result<()> {
+    let sink = Arc::new(CollectingSink::default());
+    let store: Arc<dyn LogStore> = Arc::new(MemStore::new());
+    let node = Node::start_with_store(config(Path::new("unused")), store, sink.clone()).await?;
+    let proposer = node.proposer();
+    node.shutdown().await?;
+
+    let origin = channel(1);
+    proposer
+        .submit(request(origin, declare_queue("late", FieldTable::default())))
+        .await?;
+    proposer.submit(request(origin, publish("late", "x"))).await?;
+    proposer
+        .submit(Request {
+            origin: None,
+            command: Command::Tick,
+        })
+        .await?;
+    let replies = sink.wait_for_replies(origin, 2).await;
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert!(
+        replies.iter().all(|r| matches!(r, Err(CoreError::Unavailable(_)))),
+        "{replies:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tick_driver_expires_messages_with_a_ttl() -> anyhow::Result<()> {
+    let sink = Arc::new(CollectingSink::default());
+    let store: Arc<dyn LogStore> = Arc::new(MemStore::new());
+    let node = Node::start_with_store(config(Path::new("unused")), store, sink.clone()).await?;
+    let origin = channel(1);
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-message-ttl".into(), AMQPValue::LongUInt(50));
+    let proposer = node.proposer();
+    proposer
+        .submit(request(origin, declare_queue("short-lived", arguments)))
+        .await?;
+    proposer
+        .submit(request(origin, publish("short-lived", "soon gone")))
+        .await?;
+    let replies = sink.wait_for_replies(origin, 2).await;
+    assert!(is_published(&replies[1]), "{replies:?}");
+
+    // Nobody proposes anything: only the tick driver can expire it.
+    for _ in 0..1000 {
+        if queue(&node, "short-lived").map(|q| q.messages_ready) == Some(0) {
+            node.shutdown().await?;
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "message with a 50 ms TTL never expired: {:?}",
+        queue(&node, "short-lived")
+    );
+}
