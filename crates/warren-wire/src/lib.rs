@@ -21,6 +21,48 @@
 //!
 //! Codec speaks the spec (`queue::Declare`, `basic::Publish`); conversion to
 //! the domain commands of `warren-core` happens in the front end.
+//!
+//! ## For the front end
+//!
+//! - **Reading.** After [`check_protocol_header`] (on `Err`, write
+//!   [`PROTOCOL_HEADER`] and close), call [`decode_frame`] with
+//!   [`FRAME_MIN_SIZE`] until `connection.tune-ok` arrives, then with the
+//!   negotiated `frame_max` (never 0: 0 means "no limit"). `Ok(None)` means
+//!   read more. A second protocol header mid-stream is
+//!   `UnknownFrameType(b'A')`; `decode_frame` never returns
+//!   `AMQPFrame::ProtocolHeader`.
+//! - **Errors** are all connection errors: send `connection.close` with
+//!   [`WireError::reply_code`] and `short_string_lossy(&err.to_string())`.
+//! - **Content.** A publish arrives as `AMQPFrame::Method(ch,
+//!   AMQPClass::Basic(basic::AMQPMethod::Publish(..)))`, then
+//!   `AMQPFrame::Header(ch, AMQPContentHeader { class_id, body_size,
+//!   properties })`, then `AMQPFrame::Body(ch, Vec<u8>)` frames until their
+//!   lengths add up to `body_size` (none when it is 0). The codec checks
+//!   neither that `class_id` is 60 nor `body_size` against a message size
+//!   limit, nor the frame order: that is channel state.
+//! - **Properties** have private fields; build them with
+//!   `AMQPProperties::default().with_content_type(..).with_delivery_mode(2)`
+//!   and read them with getters (`properties.delivery_mode()` gives
+//!   `&Option<u8>`; the `type` property is `kind()` / `with_type`). Store and
+//!   forward the `AMQPProperties` value as received (it is `Clone` and
+//!   serde-serializable).
+//! - **Writing.** `encode_frame(&AMQPFrame::Method(..))` for methods; for a
+//!   delivery, the `basic.deliver` method frame then
+//!   [`encode_content`]`(ch, 60, &properties, &body, frame_max, &mut out)`.
+//! - **Strings from clients** that must become short strings go through
+//!   [`short_string`] (or [`short_string_lossy`] for reply texts).
+//! - **Login.** Offer [`SASL_MECHANISMS`] in `connection.start`; pass
+//!   `start_ok.mechanism.as_str()` and `start_ok.response.as_bytes()` to
+//!   [`parse_sasl_response`].
+//!
+//! ## Hardening
+//!
+//! amq-protocol parses nested field tables recursively; a few kilobytes of
+//! nesting overflow a thread stack and abort the process. [`decode_frame`]
+//! therefore rejects tables nested deeper than [`MAX_FIELD_NESTING`] before
+//! parsing. `tests/no_panic.rs` feeds random and mutated frames to the
+//! decoder, and `fuzz/` holds a cargo-fuzz target (`cargo +nightly fuzz run
+//! decode_frame` from this crate's directory).
 
 mod error;
 mod frame;
