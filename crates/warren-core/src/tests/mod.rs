@@ -4,5 +4,7 @@
 
 mod basics;
 mod consumers;
+mod dead_lettering;
 mod exchanges;
+mod properties;
 mod queues;
