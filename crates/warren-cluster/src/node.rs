@@ -178,6 +178,23 @@ impl Node {
         f(&self.inner.shared.read().broker)
     }
 
+    /// Runs `f` on a state at least as new as every entry committed before
+    /// this call (openraft's linearizable read: the leader confirms its
+    /// leadership with a quorum, then waits until it has applied that far).
+    /// For reads that must be current, e.g. `queue.declare` passive counts.
+    ///
+    /// # Errors
+    /// [`ClusterError::Raft`] if this node is not the leader (forwarding the
+    /// read is the RPC layer's job) or Raft stopped.
+    pub async fn read_linearizable<R>(&self, f: impl FnOnce(&Broker) -> R) -> Result<R, ClusterError> {
+        self.inner
+            .raft
+            .ensure_linearizable()
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        Ok(self.read(f))
+    }
+
     /// The node's Raft state as openraft last reported it.
     pub fn metrics(&self) -> NodeStatus {
         let metrics = self.inner.raft.metrics().borrow().clone();

@@ -349,3 +349,45 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_applied_before_its_failure_report_keeps_the_broker_replies() {
+        let tracker = ProposalTracker::new(1);
+        let tag = tracker.register(1);
+        assert!(tracker.settle_applied(Some(&tag)), "apply first: broker replies go out");
+        assert!(!tracker.settle_failed(1), "then no Unavailable replies");
+    }
+
+    #[test]
+    fn a_batch_reported_failed_before_it_applies_loses_its_broker_replies() {
+        let tracker = ProposalTracker::new(1);
+        let tag = tracker.register(1);
+        assert!(tracker.settle_failed(1), "failure first: Unavailable replies go out");
+        assert!(
+            !tracker.settle_applied(Some(&tag)),
+            "then the broker replies are suppressed"
+        );
+    }
+
+    #[test]
+    fn batches_of_other_nodes_and_earlier_runs_always_reply() {
+        let tracker = ProposalTracker::new(1);
+        let other_node = ProposalTag {
+            node: 2,
+            incarnation: tracker.incarnation,
+            seq: 1,
+        };
+        let earlier_run = ProposalTag {
+            node: 1,
+            incarnation: tracker.incarnation.wrapping_add(1),
+            seq: 1,
+        };
+        assert!(tracker.settle_applied(Some(&other_node)));
+        assert!(tracker.settle_applied(Some(&earlier_run)));
+        assert!(tracker.settle_applied(None));
+    }
+}

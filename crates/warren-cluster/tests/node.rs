@@ -183,6 +183,9 @@ async fn each_request_gets_exactly_one_reply_in_order() -> anyhow::Result<()> {
     let replies = sink.wait_for_replies(origin, 12).await;
     assert_eq!(replies.len(), 12, "{replies:?}");
     assert_eq!(replies[11], Ok(Outcome::QueuePurged { message_count: 10 }));
+    let queues = node.read_linearizable(|broker| broker.queue_summaries()).await?;
+    assert_eq!(queues.len(), 1);
+    assert_eq!(queues[0].messages_ready, 0);
     node.shutdown().await?;
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! openraft's own conformance suite against our log store and state
 //! machine, on both storage engines.
 
+#![allow(clippy::result_large_err)] // openraft's StorageError, as its Suite returns it
+
 use std::sync::Arc;
 
 use openraft::testing::{StoreBuilder, Suite};
