@@ -99,10 +99,10 @@ pub(crate) fn check(broker: &Broker) -> Result<(), String> {
         }
         for queue in vh.queues.values() {
             let name = &queue.name;
-            let mut previous_seq = None;
+            let mut previous_key = None;
             let mut bytes = 0;
             for entry in &queue.ready {
-                ensure(previous_seq.is_none_or(|p| p < entry.seq), || {
+                ensure(previous_key.is_none_or(|p| p < entry.order_key()), || {
                     format!("queue '{name}' ready out of order")
                 })?;
                 ensure(entry.seq < queue.next_seq, || {
@@ -114,9 +114,17 @@ pub(crate) fn check(broker: &Broker) -> Result<(), String> {
                 ensure(seen.insert(entry.id), || {
                     format!("{:?} in two places (queue '{name}')", entry.id)
                 })?;
-                previous_seq = Some(entry.seq);
+                previous_key = Some(entry.order_key());
                 bytes += entry.message.body_len();
             }
+            let expiries: BTreeSet<(u64, u64)> = queue
+                .ready
+                .iter()
+                .filter_map(|m| m.expires_at_ms.map(|at| (at, m.seq)))
+                .collect();
+            ensure(expiries == queue.expiries, || {
+                format!("queue '{name}' expiry index out of date")
+            })?;
             ensure(bytes == queue.ready_bytes, || {
                 format!("queue '{name}' counts {} bytes, holds {bytes}", queue.ready_bytes)
             })?;

@@ -115,6 +115,7 @@ impl Broker {
                     message,
                     redelivered: false,
                     expires_at_ms: None,
+                    priority: 0,
                 };
                 ctx.dead_letters
                     .extend(dead_letters(vhost, queue, vec![refused], DeathReason::MaxLen));

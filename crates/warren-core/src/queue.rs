@@ -1,6 +1,7 @@
 //! A queue: its attributes, ready messages and consumers.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use amq_protocol_types::FieldTable;
@@ -21,6 +22,9 @@ pub struct QueuedMessage {
     pub redelivered: bool,
     /// When it expires (`x-message-ttl`, `expiration`), ms since epoch.
     pub expires_at_ms: Option<u64>,
+    /// Its priority in a priority queue (`x-max-priority`), else 0.
+    #[serde(default)]
+    pub priority: u8,
 }
 
 impl QueuedMessage {
@@ -32,6 +36,12 @@ impl QueuedMessage {
             Some(at) => at < now_ms,
             None => false,
         }
+    }
+
+    /// Where it sits among ready messages: higher priority first, then
+    /// publish order.
+    pub fn order_key(&self) -> (Reverse<u8>, u64) {
+        (Reverse(self.priority), self.seq)
     }
 }
 
@@ -51,8 +61,12 @@ pub struct Queue {
     /// The node (and its boot) that declared it; a non-durable queue is
     /// lost when that node restarts.
     pub home: Option<(NodeId, u64)>,
-    /// Ready messages, ordered by `seq`.
+    /// Ready messages, ordered by [`QueuedMessage::order_key`].
     pub ready: VecDeque<QueuedMessage>,
+    /// `(expires_at_ms, seq)` of every ready message that can expire, so
+    /// the next expiry is found without scanning the queue.
+    #[serde(default)]
+    pub expiries: BTreeSet<(u64, u64)>,
     pub ready_bytes: u64,
     /// Deliveries from this queue awaiting ack in some channel.
     pub unacked: u64,
@@ -103,31 +117,53 @@ impl Queue {
         self.over_limits(self.ready.len() as u64, self.ready_bytes)
     }
 
-    /// Appends a new message at the tail.
+    /// The priority a message gets in this queue: its `priority` property
+    /// capped at `x-max-priority`, or 0 if the queue has no priorities.
+    pub fn priority_of(&self, message: &Message) -> u8 {
+        match self.args.max_priority {
+            Some(max) => message.properties.priority.unwrap_or(0).min(max),
+            None => 0,
+        }
+    }
+
+    /// Adds a newly published message after every ready message of its
+    /// priority (at the tail, for a queue without priorities).
     pub fn push_back(&mut self, id: MessageId, message: Arc<Message>, expires_at_ms: Option<u64>) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.ready_bytes += message.body_len();
-        self.ready.push_back(QueuedMessage {
+        let priority = self.priority_of(&message);
+        self.insert(QueuedMessage {
             id,
             seq,
             message,
             redelivered: false,
             expires_at_ms,
+            priority,
         });
     }
 
     /// Puts a requeued message back at its original position.
     pub fn requeue(&mut self, mut entry: QueuedMessage) {
         entry.redelivered = true;
+        self.insert(entry);
+    }
+
+    fn insert(&mut self, entry: QueuedMessage) {
         self.ready_bytes += entry.message.body_len();
-        let at = self.ready.partition_point(|m| m.seq < entry.seq);
-        self.ready.insert(at, entry);
+        if let Some(at) = entry.expires_at_ms {
+            self.expiries.insert((at, entry.seq));
+        }
+        let key = entry.order_key();
+        let position = self.ready.partition_point(|m| m.order_key() < key);
+        self.ready.insert(position, entry);
     }
 
     pub fn pop_front(&mut self) -> Option<QueuedMessage> {
         let entry = self.ready.pop_front()?;
         self.ready_bytes -= entry.message.body_len();
+        if let Some(at) = entry.expires_at_ms {
+            self.expiries.remove(&(at, entry.seq));
+        }
         Some(entry)
     }
 
@@ -141,25 +177,34 @@ impl Queue {
         expired
     }
 
-    /// Removes every expired message wherever it is (on `Tick`).
+    /// Removes every message expired at `now_ms` wherever it is (on `Tick`).
     pub fn take_all_expired(&mut self, now_ms: u64) -> Vec<QueuedMessage> {
+        if self.next_message_expiry_ms().is_none_or(|at| at > now_ms) {
+            return Vec::new();
+        }
         let (expired, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.ready)
             .into_iter()
             .partition(|m| m.is_expired(now_ms, true));
         self.ready = kept;
         self.ready_bytes = self.ready.iter().map(|m| m.message.body_len()).sum();
+        for entry in &expired {
+            if let Some(at) = entry.expires_at_ms {
+                self.expiries.remove(&(at, entry.seq));
+            }
+        }
         expired.into()
     }
 
     /// Removes every ready message.
     pub fn purge(&mut self) -> Vec<QueuedMessage> {
         self.ready_bytes = 0;
+        self.expiries.clear();
         std::mem::take(&mut self.ready).into()
     }
 
     /// Earliest message expiry among ready messages.
     pub fn next_message_expiry_ms(&self) -> Option<u64> {
-        self.ready.iter().filter_map(|m| m.expires_at_ms).min()
+        self.expiries.first().map(|(at, _)| *at)
     }
 
     /// When `x-expires` deletes it, if it is unused (no consumers).

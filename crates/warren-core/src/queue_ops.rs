@@ -1,7 +1,7 @@
 //! Queue commands: declare, bind, unbind, purge, delete, and the removal
 //! of a queue shared by every path that deletes one.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use amq_protocol_types::FieldTable;
 
@@ -129,6 +129,7 @@ impl Broker {
             args,
             home: conn.map(|c| (c.node, c.boot)),
             ready: VecDeque::new(),
+            expiries: BTreeSet::new(),
             ready_bytes: 0,
             unacked: 0,
             next_seq: 0,

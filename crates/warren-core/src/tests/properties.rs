@@ -67,6 +67,7 @@ fn queue_arguments(variant: usize) -> FieldTable {
             ("x-message-ttl", int(5)),
             ("x-dead-letter-exchange", text("amq.fanout")),
         ]),
+        6 => table(&[("x-max-priority", int(3)), ("x-message-ttl", int(30))]),
         4 => table(&[
             ("x-dead-letter-exchange", text("")),
             ("x-dead-letter-routing-key", text("q0")),
@@ -136,6 +137,7 @@ fn request(layout: [QueueLayout; 3]) -> impl Strategy<Value = Request> {
             |(c, x, k, mandatory, expiration, size)| {
                 let mut m = message(EXCHANGES[x], KEYS[k], &"x".repeat(size));
                 m.properties.expiration = expiration.map(|e| e.to_string());
+                m.properties.priority = Some(size as u8 * 2);
                 Request { origin: Some(channel(c)), command: Command::Publish { vhost: root(), mandatory, message: Arc::new(m) } }
             }
         ),

@@ -415,3 +415,31 @@ fn home_node_restart_deletes_non_durable_queues_only() {
     assert!(!h.has_queue("transient"));
     assert!(h.has_queue("durable"));
 }
+
+#[test]
+fn priority_queue_delivers_higher_priorities_first() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_queue_with("q", table(&[("x-max-priority", int(5))])));
+    for (body, priority) in [("low", None), ("high", Some(9)), ("mid", Some(3)), ("high2", Some(5))] {
+        let mut m = message("", "q", body);
+        m.properties.priority = priority;
+        h.ok(c, publish_message(m));
+    }
+    h.ok(c, get("q", false)); // "high" (capped at 5), tag 1
+    h.ok(c, nack(1, false, true));
+    assert_eq!(h.drain(c, "q"), ["high", "high2", "mid", "low"]);
+}
+
+#[test]
+fn priorities_are_ignored_without_x_max_priority() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_queue("q"));
+    for (body, priority) in [("first", None), ("second", Some(9))] {
+        let mut m = message("", "q", body);
+        m.properties.priority = priority;
+        h.ok(c, publish_message(m));
+    }
+    assert_eq!(h.drain(c, "q"), ["first", "second"]);
+}
