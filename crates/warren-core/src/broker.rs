@@ -72,6 +72,9 @@ pub(crate) struct Ctx<'a> {
     pub effects: &'a mut Vec<Effect>,
     pub dirty: BTreeSet<QueueKey>,
     pub dead_letters: VecDeque<DeadLetter>,
+    /// Effects that must follow the request's reply (direct reply-to
+    /// deliveries made while handling a publish).
+    pub after_reply: Vec<Effect>,
 }
 
 impl Ctx<'_> {
@@ -110,6 +113,7 @@ impl Broker {
                 effects,
                 dirty: BTreeSet::new(),
                 dead_letters: VecDeque::new(),
+                after_reply: Vec::new(),
             };
             let outcome = self.execute(&mut ctx, &request.command);
             if let (Some(channel), Some(outcome)) = (request.origin, outcome) {
@@ -299,6 +303,8 @@ impl Broker {
     /// letters and run dispatch on touched queues until nothing is left
     /// (dispatch can expire messages, which can dead-letter them).
     fn settle(&mut self, ctx: &mut Ctx<'_>) {
+        let after_reply = std::mem::take(&mut ctx.after_reply);
+        ctx.effects.extend(after_reply);
         loop {
             if let Some(dead_letter) = ctx.dead_letters.pop_front() {
                 self.republish_dead_letter(ctx, dead_letter);

@@ -31,6 +31,9 @@ pub struct Channel {
     pub next_delivery_tag: u64,
     pub unacked: BTreeMap<DeliveryTag, Unacked>,
     pub consumers: BTreeMap<ConsumerTag, Consumer>,
+    /// The tag of its direct reply-to consumer (`amq.rabbitmq.reply-to`).
+    #[serde(default)]
+    pub reply_consumer: Option<ConsumerTag>,
 }
 
 impl Default for Channel {
@@ -41,11 +44,17 @@ impl Default for Channel {
             next_delivery_tag: 1,
             unacked: BTreeMap::new(),
             consumers: BTreeMap::new(),
+            reply_consumer: None,
         }
     }
 }
 
 impl Channel {
+    /// Whether `tag` names a consumer of this channel (queue or reply-to).
+    pub fn has_consumer(&self, tag: &ConsumerTag) -> bool {
+        self.consumers.contains_key(tag) || self.reply_consumer.as_ref() == Some(tag)
+    }
+
     /// Whether the channel-wide prefetch allows one more acked delivery.
     pub fn has_credit(&self) -> bool {
         self.channel_prefetch == 0 || self.unacked.len() < usize::from(self.channel_prefetch)

@@ -9,6 +9,7 @@ use crate::effect::Outcome;
 use crate::error::CoreError;
 use crate::fail;
 use crate::ids::{ChannelId, ConsumerTag, QueueName, VHost};
+use crate::reply_to::REPLY_QUEUE;
 
 impl Broker {
     /// `basic.qos`: `global=false` sets the prefetch of consumers created
@@ -52,12 +53,11 @@ impl Broker {
         no_ack: bool,
         exclusive: bool,
     ) -> Result<Outcome, CoreError> {
-        if self
-            .channels
-            .get(&channel)
-            .is_some_and(|ch| ch.consumers.contains_key(tag))
-        {
+        if self.channels.get(&channel).is_some_and(|ch| ch.has_consumer(tag)) {
             return Err(fail::reused_consumer_tag(tag));
+        }
+        if name.as_str() == REPLY_QUEUE {
+            return self.consume_replies(channel, tag, no_ack);
         }
         let serial = self.take_uid();
         let Some(queue) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(name)) else {
@@ -109,6 +109,11 @@ impl Broker {
         channel: ChannelId,
         tag: &ConsumerTag,
     ) -> Result<Outcome, CoreError> {
+        if let Some(state) = self.channels.get_mut(&channel) {
+            if state.reply_consumer.as_ref() == Some(tag) {
+                state.reply_consumer = None;
+            }
+        }
         let removed = self.channels.get_mut(&channel).and_then(|ch| ch.consumers.remove(tag));
         if let Some(consumer) = removed {
             self.detach_consumer(ctx, channel, tag, &consumer);

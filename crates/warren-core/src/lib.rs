@@ -39,6 +39,7 @@ mod publish;
 mod queue;
 mod queue_args;
 mod queue_ops;
+pub mod reply_to;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
 pub mod topic;

@@ -11,6 +11,7 @@ use crate::fail;
 use crate::ids::{QueueName, VHost};
 use crate::message::Message;
 use crate::queue_args::Overflow;
+use crate::reply_to::parse_reply_address;
 
 /// What enqueueing one message into one queue did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,13 +54,16 @@ pub(crate) fn expires_at_ms(now_ms: u64, queue_ttl_ms: Option<u64>, message_ttl_
 
 impl Broker {
     /// `basic.publish` of `message` (its `exchange` and `routing_key` say where).
+    /// Direct reply-to requests and replies take their own path (see
+    /// [`crate::reply_to`]).
     ///
     /// `routed` iff some queue matched; `rejected` iff a matched queue
     /// refused it for its length limit; `returned` carries the message iff
     /// `mandatory` and unroutable.
     ///
     /// # Errors
-    /// 404 exchange missing; 403 internal exchange; 406 bad `expiration`.
+    /// 404 exchange missing; 403 internal exchange; 406 bad `expiration`,
+    /// or `reply_to = amq.rabbitmq.reply-to` without a reply consumer.
     pub(crate) fn publish(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -68,6 +72,18 @@ impl Broker {
         message: &Arc<Message>,
     ) -> Result<Outcome, CoreError> {
         let ttl_ms = message_ttl_ms(message.properties.expiration.as_deref())?;
+        let message = &self.address_replies(ctx.origin, message)?;
+        if message.exchange.is_default() {
+            if let Some(target) = parse_reply_address(&message.routing_key) {
+                let routed = self.deliver_reply(ctx, target, message);
+                let returned = (mandatory && !routed).then(|| Arc::clone(message));
+                return Ok(Outcome::Published {
+                    routed,
+                    rejected: false,
+                    returned,
+                });
+            }
+        }
         let vh = self.vhost_mut(vhost)?;
         if !message.exchange.is_default() {
             let Some(exchange) = vh.exchanges.get(&message.exchange) else {

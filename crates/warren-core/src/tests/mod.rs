@@ -8,3 +8,4 @@ mod dead_lettering;
 mod exchanges;
 mod properties;
 mod queues;
+mod reply_to;
