@@ -75,6 +75,13 @@ impl Exchange {
         .collect()
     }
 
+    /// The `alternate-exchange` argument: where messages this exchange
+    /// cannot route go instead.
+    pub fn alternate_exchange(&self) -> Option<ExchangeName> {
+        let value = self.arguments.inner().get("alternate-exchange")?;
+        crate::queue_args::string(value).map(ExchangeName::new)
+    }
+
     /// Adds `binding` unless an identical one exists. Returns whether it was added.
     pub fn bind(&mut self, binding: Binding) -> bool {
         if self.bindings.contains(&binding) {

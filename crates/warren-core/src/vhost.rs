@@ -40,13 +40,12 @@ impl VHostState {
     ///
     /// The default exchange delivers to the queue named by the routing key.
     /// Exchange-to-exchange bindings are followed, each exchange at most
-    /// once (so cycles end). The result is sorted and deduplicated, so every
-    /// replica enqueues in the same order. A missing exchange routes nowhere
-    /// (callers check existence when it is an error).
+    /// once (so cycles end). If the exchange reaches no queue and has an
+    /// `alternate-exchange`, the message goes there instead (and so on).
+    /// The result is sorted and deduplicated, so every replica enqueues in
+    /// the same order. A missing exchange routes nowhere (callers check
+    /// existence when it is an error).
     pub fn route(&self, exchange: &ExchangeName, message: &crate::message::Message) -> Vec<QueueName> {
-        use crate::exchange::Destination;
-        use std::collections::BTreeSet;
-
         if exchange.is_default() {
             let queue = QueueName::new(message.routing_key.clone());
             return if self.queues.contains_key(&queue) {
@@ -55,6 +54,27 @@ impl VHostState {
                 Vec::new()
             };
         }
+        let mut tried = std::collections::BTreeSet::new();
+        let mut current = exchange.clone();
+        loop {
+            let targets = self.route_through(&current, message);
+            if !targets.is_empty() {
+                return targets;
+            }
+            tried.insert(current.clone());
+            let alternate = self.exchanges.get(&current).and_then(|x| x.alternate_exchange());
+            match alternate {
+                Some(next) if !tried.contains(&next) => current = next,
+                _ => return targets,
+            }
+        }
+    }
+
+    /// Queues reached through `exchange`'s bindings, without alternates.
+    fn route_through(&self, exchange: &ExchangeName, message: &crate::message::Message) -> Vec<QueueName> {
+        use crate::exchange::Destination;
+        use std::collections::BTreeSet;
+
         let mut targets = BTreeSet::new();
         let mut visited = BTreeSet::new();
         let mut pending = vec![exchange.clone()];

@@ -397,3 +397,23 @@ fn integer_header_values_match_across_widths() {
     h.ok(c, publish_message(m));
     assert_eq!(h.drain(c, "q"), ["m"]);
 }
+
+#[test]
+fn unroutable_messages_go_to_the_alternate_exchange() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    let mut declare = declare_exchange("x", ExchangeKind::Direct);
+    if let Command::DeclareExchange { arguments, .. } = &mut declare {
+        *arguments = table(&[("alternate-exchange", text("ae"))]);
+    }
+    h.ok(c, declare);
+    h.ok(c, declare_exchange("ae", ExchangeKind::Fanout));
+    h.ok(c, declare_queue("q"));
+    h.ok(c, declare_queue("unrouted"));
+    h.ok(c, bind("q", "x", "k"));
+    h.ok(c, bind("unrouted", "ae", ""));
+    h.ok(c, publish("x", "k", "routed"));
+    h.ok(c, publish("x", "other", "stray"));
+    assert_eq!(h.drain(c, "q"), ["routed"]);
+    assert_eq!(h.drain(c, "unrouted"), ["stray"]);
+}
