@@ -28,23 +28,49 @@ pub enum ChannelState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Pending {
     /// A publish; `confirm_seq` is its publisher-confirm sequence number.
-    Publish { confirm_seq: Option<u64> },
-    ExchangeDeclare { nowait: bool },
-    ExchangeDelete { nowait: bool },
-    ExchangeBind { nowait: bool },
-    ExchangeUnbind { nowait: bool },
-    QueueDeclare { nowait: bool },
-    QueueBind { nowait: bool },
+    Publish {
+        confirm_seq: Option<u64>,
+    },
+    ExchangeDeclare {
+        nowait: bool,
+    },
+    ExchangeDelete {
+        nowait: bool,
+    },
+    ExchangeBind {
+        nowait: bool,
+    },
+    ExchangeUnbind {
+        nowait: bool,
+    },
+    QueueDeclare {
+        nowait: bool,
+    },
+    QueueBind {
+        nowait: bool,
+    },
     QueueUnbind,
-    QueuePurge { nowait: bool },
-    QueueDelete { nowait: bool },
+    QueuePurge {
+        nowait: bool,
+    },
+    QueueDelete {
+        nowait: bool,
+    },
     Qos,
-    Consume { nowait: bool },
-    Cancel { nowait: bool },
+    Consume {
+        nowait: bool,
+    },
+    Cancel {
+        nowait: bool,
+    },
     Get,
     /// ack, nack, reject: no reply on success.
-    Settle { method_id: u16 },
-    Recover { send_ok: bool },
+    Settle {
+        method_id: u16,
+    },
+    Recover {
+        send_ok: bool,
+    },
     /// The client's `channel.close`: send `close-ok` when applied.
     ChannelClose,
     /// A request of an earlier incarnation of this channel number, or the

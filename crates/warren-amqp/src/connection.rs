@@ -41,7 +41,11 @@ const CLOSE_OK_WAIT: Duration = Duration::from_secs(1);
 /// whatever happens, the connection's state in the core is closed after it.
 pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, frontend: Arc<Frontend>, seq: u64) {
     let _ = stream.set_nodelay(true);
-    let id = ConnectionId { node: frontend.node_id, boot: frontend.boot, seq };
+    let id = ConnectionId {
+        node: frontend.node_id,
+        boot: frontend.boot,
+        seq,
+    };
     let (reader, writer) = stream.into_split();
     let mut conn = Connection {
         id,
@@ -68,7 +72,10 @@ pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, fronte
     }
     if conn.registered {
         frontend.registry.unregister(id);
-        let close = Request { origin: None, command: Command::CloseConnection { conn: id } };
+        let close = Request {
+            origin: None,
+            command: Command::CloseConnection { conn: id },
+        };
         if frontend.proposer.submit(close).await.is_err() {
             warn!(conn = ?id, "could not propose the close of a connection: node shutting down");
         }
@@ -118,9 +125,19 @@ impl Connection {
             Err(e) => Err(e),
         };
         match outcome {
-            Err(AmqpError::Connection { code, text, class_id, method_id }) => {
+            Err(AmqpError::Connection {
+                code,
+                text,
+                class_id,
+                method_id,
+            }) => {
                 self.close_connection(code, &text, class_id, method_id).await;
-                Err(AmqpError::Connection { code, text, class_id, method_id })
+                Err(AmqpError::Connection {
+                    code,
+                    text,
+                    class_id,
+                    method_id,
+                })
             }
             other => other,
         }
@@ -142,7 +159,10 @@ impl Connection {
         }
         let _ = self.inbuf.split_to(warren_wire::PROTOCOL_HEADER.len());
 
-        self.send_method(0, AMQPClass::Connection(connection::AMQPMethod::Start(self.start_method())));
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Start(self.start_method())),
+        );
         self.flush().await?;
 
         let start_ok = match self.read_handshake_method().await? {
@@ -180,7 +200,10 @@ impl Connection {
             ));
         }
         self.vhost = vhost;
-        self.send_method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})));
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+        );
         self.flush().await?;
         info!(conn = ?self.id, peer = %self.peer, user = %self.user, vhost = %self.vhost, "connection opened");
         Ok(())
@@ -203,7 +226,10 @@ impl Connection {
         props.insert(short("product"), AMQPValue::LongString(long("Warren")));
         props.insert(short("version"), AMQPValue::LongString(long(env!("CARGO_PKG_VERSION"))));
         props.insert(short("platform"), AMQPValue::LongString(long("Rust")));
-        props.insert(short("information"), AMQPValue::LongString(long("A Raft-replicated AMQP 0-9-1 broker")));
+        props.insert(
+            short("information"),
+            AMQPValue::LongString(long("A Raft-replicated AMQP 0-9-1 broker")),
+        );
         props.insert(short("capabilities"), AMQPValue::FieldTable(capabilities));
         connection::Start {
             version_major: 0,
@@ -227,16 +253,27 @@ impl Connection {
         let credentials = warren_wire::parse_sasl_response(mechanism, start_ok.response.as_bytes())
             .map_err(|e| refused(&e.to_string()))?;
         let name = UserName::new(credentials.username.clone());
-        let stored = self.frontend.node.read(|broker| broker.user(&name).map(|u| u.password_hash.clone()));
+        let stored = self
+            .frontend
+            .node
+            .read(|broker| broker.user(&name).map(|u| u.password_hash.clone()));
         let ok = stored.is_some_and(|hash| verify_password(&hash, &credentials.password));
         if !ok {
             return Err(refused(&format!(
                 "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
             )));
         }
-        let loopback_only = self.frontend.config.loopback_users.iter().any(|u| u == &credentials.username);
+        let loopback_only = self
+            .frontend
+            .config
+            .loopback_users
+            .iter()
+            .any(|u| u == &credentials.username);
         if loopback_only && !self.peer.ip().is_loopback() {
-            return Err(refused(&format!("user '{}' can only connect via localhost", credentials.username)));
+            return Err(refused(&format!(
+                "user '{}' can only connect via localhost",
+                credentials.username
+            )));
         }
         self.user = name;
         Ok(())
@@ -250,7 +287,11 @@ impl Connection {
         if self.frame_max < warren_wire::FRAME_MIN_SIZE {
             return Err(AmqpError::connection_for(
                 reply_code::NOT_ALLOWED,
-                format!("NOT_ALLOWED - frame_max={} < {} min size", self.frame_max, warren_wire::FRAME_MIN_SIZE),
+                format!(
+                    "NOT_ALLOWED - frame_max={} < {} min size",
+                    self.frame_max,
+                    warren_wire::FRAME_MIN_SIZE
+                ),
                 (10, 31),
             ));
         }
@@ -298,7 +339,11 @@ impl Connection {
 
     async fn main_loop(&mut self, effects: &mut mpsc::UnboundedReceiver<EffectBatch>) -> Result<(), AmqpError> {
         let heartbeat_on = !self.heartbeat.is_zero();
-        let tick = if heartbeat_on { self.heartbeat / 2 } else { Duration::from_secs(3600) };
+        let tick = if heartbeat_on {
+            self.heartbeat / 2
+        } else {
+            Duration::from_secs(3600)
+        };
         let mut heartbeat = tokio::time::interval(tick.max(Duration::from_millis(100)));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -380,7 +425,10 @@ impl Connection {
         match method {
             connection::AMQPMethod::Close(close) => {
                 debug!(conn = ?self.id, code = close.reply_code, text = %close.reply_text, "client closed connection");
-                self.send_method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})));
+                self.send_method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                );
                 Ok(Flow::Closed)
             }
             // A crossing close-ok for a close we never sent, or blocked/unblocked
@@ -418,7 +466,9 @@ impl Connection {
                     self.send_method(ch, AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})));
                     Ok(())
                 }
-                _ => Err(AmqpError::channel_error(format!("expected 'channel.open' on channel {ch}"))),
+                _ => Err(AmqpError::channel_error(format!(
+                    "expected 'channel.open' on channel {ch}"
+                ))),
             },
             ChannelState::ClosedByServer => {
                 match frame {
@@ -426,7 +476,10 @@ impl Connection {
                         self.slot(ch).state = ChannelState::Closed;
                     }
                     ChannelFrame::Method(AMQPClass::Channel(channel::AMQPMethod::Close(_))) => {
-                        self.send_method(ch, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})));
+                        self.send_method(
+                            ch,
+                            AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                        );
                         self.slot(ch).state = ChannelState::Closed;
                     }
                     // AMQP 0-9-1 §2.2.3: after sending close, discard everything but close-ok.
@@ -449,8 +502,15 @@ impl Connection {
                     ChannelFrame::Body(body) => self.handle_content_body(ch, body).await,
                 };
                 match result {
-                    Err(AmqpError::Channel { channel, code, text, class_id, method_id }) => {
-                        self.close_channel_by_server(channel, code, &text, class_id, method_id).await
+                    Err(AmqpError::Channel {
+                        channel,
+                        code,
+                        text,
+                        class_id,
+                        method_id,
+                    }) => {
+                        self.close_channel_by_server(channel, code, &text, class_id, method_id)
+                            .await
                     }
                     other => other,
                 }
@@ -475,7 +535,10 @@ impl Connection {
             AMQPClass::Confirm(confirm::AMQPMethod::Select(select)) => {
                 self.slot(ch).confirm = true;
                 if !select.nowait {
-                    self.send_method(ch, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})));
+                    self.send_method(
+                        ch,
+                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                    );
                 }
                 Ok(())
             }
@@ -485,8 +548,11 @@ impl Connection {
                 ids,
             )),
             AMQPClass::Access(_) => {
-                let ok = warren_wire::protocol::access::RequestOk { ticket: 1 };
-                self.send_method(ch, AMQPClass::Access(warren_wire::protocol::access::AMQPMethod::RequestOk(ok)));
+                let ok = warren_wire::protocol::access::RequestOk {};
+                self.send_method(
+                    ch,
+                    AMQPClass::Access(warren_wire::protocol::access::AMQPMethod::RequestOk(ok)),
+                );
                 Ok(())
             }
             _ => Err(AmqpError::connection_for(
@@ -499,9 +565,14 @@ impl Connection {
 
     async fn handle_channel_method(&mut self, ch: u16, method: channel::AMQPMethod) -> Result<(), AmqpError> {
         match method {
-            channel::AMQPMethod::Open(_) => Err(AmqpError::channel_error(format!("second 'channel.open' seen on {ch}"))),
+            channel::AMQPMethod::Open(_) => {
+                Err(AmqpError::channel_error(format!("second 'channel.open' seen on {ch}")))
+            }
             channel::AMQPMethod::Flow(flow) if flow.active => {
-                self.send_method(ch, AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk { active: true })));
+                self.send_method(
+                    ch,
+                    AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk { active: true })),
+                );
                 Ok(())
             }
             channel::AMQPMethod::Flow(_) => Err(AmqpError::connection_for(
@@ -555,7 +626,8 @@ impl Connection {
                     internal: m.internal,
                     arguments: m.arguments,
                 };
-                self.submit(ch, Pending::ExchangeDeclare { nowait: m.nowait }, command).await
+                self.submit(ch, Pending::ExchangeDeclare { nowait: m.nowait }, command)
+                    .await
             }
             exchange::AMQPMethod::Delete(m) => {
                 let command = Command::DeleteExchange {
@@ -563,7 +635,8 @@ impl Connection {
                     name: ExchangeName::new(m.exchange.as_str()),
                     if_unused: m.if_unused,
                 };
-                self.submit(ch, Pending::ExchangeDelete { nowait: m.nowait }, command).await
+                self.submit(ch, Pending::ExchangeDelete { nowait: m.nowait }, command)
+                    .await
             }
             exchange::AMQPMethod::Bind(m) => {
                 let command = Command::BindExchange {
@@ -573,7 +646,8 @@ impl Connection {
                     routing_key: m.routing_key.as_str().to_owned(),
                     arguments: m.arguments,
                 };
-                self.submit(ch, Pending::ExchangeBind { nowait: m.nowait }, command).await
+                self.submit(ch, Pending::ExchangeBind { nowait: m.nowait }, command)
+                    .await
             }
             exchange::AMQPMethod::Unbind(m) => {
                 let command = Command::UnbindExchange {
@@ -583,7 +657,8 @@ impl Connection {
                     routing_key: m.routing_key.as_str().to_owned(),
                     arguments: m.arguments,
                 };
-                self.submit(ch, Pending::ExchangeUnbind { nowait: m.nowait }, command).await
+                self.submit(ch, Pending::ExchangeUnbind { nowait: m.nowait }, command)
+                    .await
             }
             other => Err(not_from_client(AMQPClass::Exchange(other))),
         }
@@ -607,7 +682,8 @@ impl Connection {
                     auto_delete: m.auto_delete,
                     arguments: m.arguments,
                 };
-                self.submit(ch, Pending::QueueDeclare { nowait: m.nowait }, command).await
+                self.submit(ch, Pending::QueueDeclare { nowait: m.nowait }, command)
+                    .await
             }
             queue::AMQPMethod::Bind(m) => {
                 let queue = self.resolve_queue(ch, m.queue.as_str(), (50, 20))?;
@@ -633,12 +709,23 @@ impl Connection {
             }
             queue::AMQPMethod::Purge(m) => {
                 let queue = self.resolve_queue(ch, m.queue.as_str(), (50, 30))?;
-                self.submit(ch, Pending::QueuePurge { nowait: m.nowait }, Command::PurgeQueue { vhost, queue }).await
+                self.submit(
+                    ch,
+                    Pending::QueuePurge { nowait: m.nowait },
+                    Command::PurgeQueue { vhost, queue },
+                )
+                .await
             }
             queue::AMQPMethod::Delete(m) => {
                 let queue = self.resolve_queue(ch, m.queue.as_str(), (50, 40))?;
-                let command = Command::DeleteQueue { vhost, queue, if_unused: m.if_unused, if_empty: m.if_empty };
-                self.submit(ch, Pending::QueueDelete { nowait: m.nowait }, command).await
+                let command = Command::DeleteQueue {
+                    vhost,
+                    queue,
+                    if_unused: m.if_unused,
+                    if_empty: m.if_empty,
+                };
+                self.submit(ch, Pending::QueueDelete { nowait: m.nowait }, command)
+                    .await
             }
             other => Err(not_from_client(AMQPClass::Queue(other))),
         }
@@ -664,7 +751,10 @@ impl Connection {
                 Ok(())
             }
             basic::AMQPMethod::Qos(m) => {
-                let command = Command::Qos { prefetch_count: m.prefetch_count, global: m.global };
+                let command = Command::Qos {
+                    prefetch_count: m.prefetch_count,
+                    global: m.global,
+                };
                 self.submit(ch, Pending::Qos, command).await
             }
             basic::AMQPMethod::Consume(m) => {
@@ -685,15 +775,29 @@ impl Connection {
                 self.submit(ch, Pending::Consume { nowait: m.nowait }, command).await
             }
             basic::AMQPMethod::Cancel(m) => {
-                let command = Command::Cancel { consumer_tag: ConsumerTag::new(m.consumer_tag.as_str()) };
+                let command = Command::Cancel {
+                    consumer_tag: ConsumerTag::new(m.consumer_tag.as_str()),
+                };
                 self.submit(ch, Pending::Cancel { nowait: m.nowait }, command).await
             }
             basic::AMQPMethod::Get(m) => {
                 let queue = self.resolve_queue(ch, m.queue.as_str(), (60, 70))?;
-                self.submit(ch, Pending::Get, Command::Get { vhost, queue, no_ack: m.no_ack }).await
+                self.submit(
+                    ch,
+                    Pending::Get,
+                    Command::Get {
+                        vhost,
+                        queue,
+                        no_ack: m.no_ack,
+                    },
+                )
+                .await
             }
             basic::AMQPMethod::Ack(m) => {
-                let command = Command::Ack { delivery_tag: DeliveryTag(m.delivery_tag), multiple: m.multiple };
+                let command = Command::Ack {
+                    delivery_tag: DeliveryTag(m.delivery_tag),
+                    multiple: m.multiple,
+                };
                 self.submit(ch, Pending::Settle { method_id: 80 }, command).await
             }
             basic::AMQPMethod::Nack(m) => {
@@ -705,14 +809,27 @@ impl Connection {
                 self.submit(ch, Pending::Settle { method_id: 120 }, command).await
             }
             basic::AMQPMethod::Reject(m) => {
-                let command = Command::Reject { delivery_tag: DeliveryTag(m.delivery_tag), requeue: m.requeue };
+                let command = Command::Reject {
+                    delivery_tag: DeliveryTag(m.delivery_tag),
+                    requeue: m.requeue,
+                };
                 self.submit(ch, Pending::Settle { method_id: 90 }, command).await
             }
             basic::AMQPMethod::Recover(m) => {
-                self.submit(ch, Pending::Recover { send_ok: true }, Command::Recover { requeue: m.requeue }).await
+                self.submit(
+                    ch,
+                    Pending::Recover { send_ok: true },
+                    Command::Recover { requeue: m.requeue },
+                )
+                .await
             }
             basic::AMQPMethod::RecoverAsync(m) => {
-                self.submit(ch, Pending::Recover { send_ok: false }, Command::Recover { requeue: m.requeue }).await
+                self.submit(
+                    ch,
+                    Pending::Recover { send_ok: false },
+                    Command::Recover { requeue: m.requeue },
+                )
+                .await
             }
             other => Err(not_from_client(AMQPClass::Basic(other))),
         }
@@ -725,7 +842,12 @@ impl Connection {
             return Ok(QueueName::new(name));
         }
         self.slot(ch).last_queue.clone().ok_or_else(|| {
-            AmqpError::channel(ch, reply_code::NOT_FOUND, "NOT_FOUND - no previously declared queue", ids)
+            AmqpError::channel(
+                ch,
+                reply_code::NOT_FOUND,
+                "NOT_FOUND - no previously declared queue",
+                ids,
+            )
         })
     }
 
@@ -733,7 +855,12 @@ impl Connection {
     fn resolve_routing_key(&mut self, ch: u16, key: &str) -> String {
         if key.is_empty() {
             // Binding with an empty key and no declared queue is legal: keep "".
-            return self.slot(ch).last_queue.as_ref().map(|q| q.as_str().to_owned()).unwrap_or_default();
+            return self
+                .slot(ch)
+                .last_queue
+                .as_ref()
+                .map(|q| q.as_str().to_owned())
+                .unwrap_or_default();
         }
         key.to_owned()
     }
@@ -748,10 +875,14 @@ impl Connection {
         let max = self.frontend.config.max_message_size;
         let slot = self.slot(ch);
         let Some(content) = slot.content.as_mut() else {
-            return Err(AmqpError::unexpected_frame(format!("content header on channel {ch} without a publish")));
+            return Err(AmqpError::unexpected_frame(format!(
+                "content header on channel {ch} without a publish"
+            )));
         };
         if content.header.is_some() {
-            return Err(AmqpError::unexpected_frame(format!("second content header on channel {ch}")));
+            return Err(AmqpError::unexpected_frame(format!(
+                "second content header on channel {ch}"
+            )));
         }
         if header.class_id != 60 {
             return Err(AmqpError::unexpected_frame(format!(
@@ -764,7 +895,10 @@ impl Connection {
             return Err(AmqpError::channel(
                 ch,
                 reply_code::PRECONDITION_FAILED,
-                format!("PRECONDITION_FAILED - message size {} is larger than configured max size {max}", header.body_size),
+                format!(
+                    "PRECONDITION_FAILED - message size {} is larger than configured max size {max}",
+                    header.body_size
+                ),
                 (60, 40),
             ));
         }
@@ -782,10 +916,14 @@ impl Connection {
     async fn handle_content_body(&mut self, ch: u16, body: Vec<u8>) -> Result<(), AmqpError> {
         let slot = self.slot(ch);
         let Some(content) = slot.content.as_mut() else {
-            return Err(AmqpError::unexpected_frame(format!("content body on channel {ch} without a publish")));
+            return Err(AmqpError::unexpected_frame(format!(
+                "content body on channel {ch} without a publish"
+            )));
         };
         let Some((_, size)) = content.header.as_ref() else {
-            return Err(AmqpError::unexpected_frame(format!("content body on channel {ch} before its header")));
+            return Err(AmqpError::unexpected_frame(format!(
+                "content body on channel {ch} before its header"
+            )));
         };
         let size = *size;
         let received = content.body.len() as u64 + body.len() as u64;
@@ -836,7 +974,11 @@ impl Connection {
             properties,
             body: content.body.freeze(),
         };
-        let command = Command::Publish { vhost: self.vhost.clone(), mandatory: content.mandatory, message: Arc::new(message) };
+        let command = Command::Publish {
+            vhost: self.vhost.clone(),
+            mandatory: content.mandatory,
+            message: Arc::new(message),
+        };
         self.submit(ch, Pending::Publish { confirm_seq }, command).await
     }
 
@@ -846,17 +988,33 @@ impl Connection {
     /// reply is for.
     async fn submit(&mut self, ch: u16, pending: Pending, command: Command) -> Result<(), AmqpError> {
         self.slot(ch).pending.push_back(pending);
-        let origin = ChannelId { conn: self.id, channel: ch };
-        self.frontend.proposer.submit(Request { origin: Some(origin), command }).await.map_err(|_| {
-            AmqpError::connection(reply_code::INTERNAL_ERROR, "INTERNAL_ERROR - the node is shutting down")
-        })
+        let origin = ChannelId {
+            conn: self.id,
+            channel: ch,
+        };
+        self.frontend
+            .proposer
+            .submit(Request {
+                origin: Some(origin),
+                command,
+            })
+            .await
+            .map_err(|_| {
+                AmqpError::connection(reply_code::INTERNAL_ERROR, "INTERNAL_ERROR - the node is shutting down")
+            })
     }
 
     async fn handle_effects(&mut self, batch: EffectBatch) -> Result<(), AmqpError> {
         for effect in batch {
             match effect {
                 Effect::Reply { channel, outcome } => self.handle_reply(channel.channel, outcome).await?,
-                Effect::Deliver { channel, consumer_tag, delivery_tag, redelivered, message } => {
+                Effect::Deliver {
+                    channel,
+                    consumer_tag,
+                    delivery_tag,
+                    redelivered,
+                    message,
+                } => {
                     if !self.accepts_deliveries(channel.channel) {
                         continue;
                     }
@@ -872,7 +1030,10 @@ impl Connection {
                 }
                 Effect::CancelConsumer { channel, consumer_tag } => {
                     if self.cancel_notify && self.accepts_deliveries(channel.channel) {
-                        let cancel = basic::Cancel { consumer_tag: short(consumer_tag.as_str()), nowait: true };
+                        let cancel = basic::Cancel {
+                            consumer_tag: short(consumer_tag.as_str()),
+                            nowait: true,
+                        };
                         self.send_method(channel.channel, AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)));
                     }
                 }
@@ -882,7 +1043,9 @@ impl Connection {
     }
 
     fn accepts_deliveries(&self, ch: u16) -> bool {
-        self.channels.get(&ch).is_some_and(|s| s.state == ChannelState::Open && !s.draining)
+        self.channels
+            .get(&ch)
+            .is_some_and(|s| s.state == ChannelState::Open && !s.draining)
     }
 
     async fn handle_reply(&mut self, ch: u16, outcome: Result<Outcome, CoreError>) -> Result<(), AmqpError> {
@@ -892,9 +1055,20 @@ impl Connection {
         };
         let result = self.apply_reply(ch, pending, outcome);
         match result {
-            Err(AmqpError::Channel { channel, code, text, class_id, method_id }) => {
-                if self.channels.get(&channel).is_some_and(|s| s.state == ChannelState::Open) {
-                    self.close_channel_by_server(channel, code, &text, class_id, method_id).await?;
+            Err(AmqpError::Channel {
+                channel,
+                code,
+                text,
+                class_id,
+                method_id,
+            }) => {
+                if self
+                    .channels
+                    .get(&channel)
+                    .is_some_and(|s| s.state == ChannelState::Open)
+                {
+                    self.close_channel_by_server(channel, code, &text, class_id, method_id)
+                        .await?;
                 }
                 Ok(())
             }
@@ -911,7 +1085,10 @@ impl Connection {
         match (pending, outcome) {
             (Pending::Discard, _) => {}
             (Pending::ChannelClose, _) => {
-                self.send_method(ch, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})));
+                self.send_method(
+                    ch,
+                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                );
                 let slot = self.slot(ch);
                 slot.state = ChannelState::Closed;
                 slot.draining = false;
@@ -933,27 +1110,50 @@ impl Connection {
             }
             (Pending::ExchangeDeclare { nowait }, _) => {
                 if !nowait {
-                    self.send_method(ch, AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})));
+                    self.send_method(
+                        ch,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
+                    );
                 }
             }
             (Pending::ExchangeDelete { nowait }, _) => {
                 if !nowait {
-                    self.send_method(ch, AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})));
+                    self.send_method(
+                        ch,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                    );
                 }
             }
             (Pending::ExchangeBind { nowait }, _) => {
                 if !nowait {
-                    self.send_method(ch, AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})));
+                    self.send_method(
+                        ch,
+                        AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                    );
                 }
             }
             (Pending::ExchangeUnbind { nowait }, _) => {
                 if !nowait {
-                    self.send_method(ch, AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})));
+                    self.send_method(
+                        ch,
+                        AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+                    );
                 }
             }
-            (Pending::QueueDeclare { nowait }, Outcome::QueueDeclared { queue, message_count, consumer_count }) => {
+            (
+                Pending::QueueDeclare { nowait },
+                Outcome::QueueDeclared {
+                    queue,
+                    message_count,
+                    consumer_count,
+                },
+            ) => {
                 if !nowait {
-                    let ok = queue::DeclareOk { queue: short(queue.as_str()), message_count, consumer_count };
+                    let ok = queue::DeclareOk {
+                        queue: short(queue.as_str()),
+                        message_count,
+                        consumer_count,
+                    };
                     self.send_method(ch, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)));
                 }
             }
@@ -982,17 +1182,29 @@ impl Connection {
             }
             (Pending::Consume { nowait }, Outcome::ConsumeOk { consumer_tag }) => {
                 if !nowait {
-                    let ok = basic::ConsumeOk { consumer_tag: short(consumer_tag.as_str()) };
+                    let ok = basic::ConsumeOk {
+                        consumer_tag: short(consumer_tag.as_str()),
+                    };
                     self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(ok)));
                 }
             }
             (Pending::Cancel { nowait }, Outcome::CancelOk { consumer_tag }) => {
                 if !nowait {
-                    let ok = basic::CancelOk { consumer_tag: short(consumer_tag.as_str()) };
+                    let ok = basic::CancelOk {
+                        consumer_tag: short(consumer_tag.as_str()),
+                    };
                     self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::CancelOk(ok)));
                 }
             }
-            (Pending::Get, Outcome::GetOk { delivery_tag, redelivered, message_count, message }) => {
+            (
+                Pending::Get,
+                Outcome::GetOk {
+                    delivery_tag,
+                    redelivered,
+                    message_count,
+                    message,
+                },
+            ) => {
                 let ok = basic::GetOk {
                     delivery_tag: delivery_tag.0,
                     redelivered,
@@ -1047,9 +1259,16 @@ impl Connection {
 
     fn send_confirm(&mut self, ch: u16, seq: u64, ack: bool) {
         let method = if ack {
-            basic::AMQPMethod::Ack(basic::Ack { delivery_tag: seq, multiple: false })
+            basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag: seq,
+                multiple: false,
+            })
         } else {
-            basic::AMQPMethod::Nack(basic::Nack { delivery_tag: seq, multiple: false, requeue: false })
+            basic::AMQPMethod::Nack(basic::Nack {
+                delivery_tag: seq,
+                multiple: false,
+                requeue: false,
+            })
         };
         self.send_method(ch, AMQPClass::Basic(method));
     }
@@ -1065,7 +1284,12 @@ impl Connection {
         method_id: u16,
     ) -> Result<(), AmqpError> {
         debug!(conn = ?self.id, channel = ch, code, text, "closing channel");
-        let close = channel::Close { reply_code: code, reply_text: short(text), class_id, method_id };
+        let close = channel::Close {
+            reply_code: code,
+            reply_text: short(text),
+            class_id,
+            method_id,
+        };
         self.send_method(ch, AMQPClass::Channel(channel::AMQPMethod::Close(close)));
         let slot = self.slot(ch);
         slot.state = ChannelState::ClosedByServer;
@@ -1078,7 +1302,12 @@ impl Connection {
     /// Sends `connection.close` and waits briefly for `close-ok`.
     async fn close_connection(&mut self, code: u16, text: &str, class_id: u16, method_id: u16) {
         info!(conn = ?self.id, peer = %self.peer, code, text, "closing connection");
-        let close = connection::Close { reply_code: code, reply_text: short(text), class_id, method_id };
+        let close = connection::Close {
+            reply_code: code,
+            reply_text: short(text),
+            class_id,
+            method_id,
+        };
         self.send_method(0, AMQPClass::Connection(connection::AMQPMethod::Close(close)));
         if self.flush().await.is_err() {
             return;
@@ -1094,7 +1323,10 @@ impl Connection {
                 // A frame we cannot decode after our close is not worth an answer.
                 let frame_max = self.frame_max.max(warren_wire::FRAME_MIN_SIZE);
                 while let Ok(Some(frame)) = warren_wire::decode_frame(&mut self.inbuf, frame_max) {
-                    if matches!(frame, AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)))) {
+                    if matches!(
+                        frame,
+                        AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)))
+                    ) {
                         return;
                     }
                 }
@@ -1155,7 +1387,10 @@ fn client_capability(client_properties: &FieldTable, name: &str) -> bool {
 }
 
 fn expected(what: &str) -> AmqpError {
-    AmqpError::connection(reply_code::COMMAND_INVALID, format!("COMMAND_INVALID - expected {what}"))
+    AmqpError::connection(
+        reply_code::COMMAND_INVALID,
+        format!("COMMAND_INVALID - expected {what}"),
+    )
 }
 
 fn not_from_client(method: AMQPClass) -> AmqpError {

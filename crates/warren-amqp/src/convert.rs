@@ -9,14 +9,7 @@ use warren_wire::types::{LongString, ShortString};
 /// originally arrived as a short string, so it fits; if it somehow does not,
 /// it is cut at a character boundary rather than panicking.
 pub fn short(text: &str) -> ShortString {
-    if let Ok(s) = ShortString::try_new(text) {
-        return s;
-    }
-    let mut end = 255;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    ShortString::try_new(&text[..end]).unwrap_or_default()
+    warren_wire::short_string_lossy(text)
 }
 
 pub fn long(text: &str) -> LongString {
@@ -118,7 +111,10 @@ mod tests {
             cluster_id: Some("cl".into()),
         };
         assert_eq!(properties_from_wire(&properties_to_wire(&core)), core);
-        assert_eq!(properties_from_wire(&properties_to_wire(&Properties::default())), Properties::default());
+        assert_eq!(
+            properties_from_wire(&properties_to_wire(&Properties::default())),
+            Properties::default()
+        );
     }
 
     #[test]

@@ -31,20 +31,39 @@ pub enum AmqpError {
 
 impl AmqpError {
     pub fn connection(code: u16, text: impl Into<String>) -> Self {
-        AmqpError::Connection { code, text: text.into(), class_id: 0, method_id: 0 }
+        AmqpError::Connection {
+            code,
+            text: text.into(),
+            class_id: 0,
+            method_id: 0,
+        }
     }
 
     pub fn connection_for(code: u16, text: impl Into<String>, (class_id, method_id): (u16, u16)) -> Self {
-        AmqpError::Connection { code, text: text.into(), class_id, method_id }
+        AmqpError::Connection {
+            code,
+            text: text.into(),
+            class_id,
+            method_id,
+        }
     }
 
     pub fn channel(channel: u16, code: u16, text: impl Into<String>, (class_id, method_id): (u16, u16)) -> Self {
-        AmqpError::Channel { channel, code, text: text.into(), class_id, method_id }
+        AmqpError::Channel {
+            channel,
+            code,
+            text: text.into(),
+            class_id,
+            method_id,
+        }
     }
 
     /// 505 UNEXPECTED_FRAME on the connection.
     pub fn unexpected_frame(text: impl Into<String>) -> Self {
-        Self::connection(reply_code::UNEXPECTED_FRAME, format!("UNEXPECTED_FRAME - {}", text.into()))
+        Self::connection(
+            reply_code::UNEXPECTED_FRAME,
+            format!("UNEXPECTED_FRAME - {}", text.into()),
+        )
     }
 
     /// 504 CHANNEL_ERROR on the connection.

@@ -73,7 +73,15 @@ pub struct Frontend {
 impl Frontend {
     pub fn new(node_id: NodeId, boot: u64, node: Node, registry: Arc<Registry>, config: AmqpConfig) -> Self {
         let proposer = node.proposer();
-        Self { node_id, boot, node, proposer, registry, config, next_connection: AtomicU64::new(1) }
+        Self {
+            node_id,
+            boot,
+            node,
+            proposer,
+            registry,
+            config,
+            next_connection: AtomicU64::new(1),
+        }
     }
 }
 

@@ -90,16 +90,35 @@ impl Config {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
-        let cluster_listen = args.cluster_listen.or(file.cluster_listen).unwrap_or(([0, 0, 0, 0], 25672).into());
-        let advertise = args.advertise.or(file.advertise).unwrap_or_else(|| default_advertise(cluster_listen));
+        let cluster_listen = args
+            .cluster_listen
+            .or(file.cluster_listen)
+            .unwrap_or(([0, 0, 0, 0], 25672).into());
+        let advertise = args
+            .advertise
+            .or(file.advertise)
+            .unwrap_or_else(|| default_advertise(cluster_listen));
         Ok(Self {
             node_id: args.node_id.or(file.node_id).unwrap_or(1),
-            data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./warren-data")),
-            amqp_listen: args.amqp_listen.or(file.amqp_listen).unwrap_or(([0, 0, 0, 0], 5672).into()),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./warren-data")),
+            amqp_listen: args
+                .amqp_listen
+                .or(file.amqp_listen)
+                .unwrap_or(([0, 0, 0, 0], 5672).into()),
             cluster_listen,
             advertise,
-            join: if args.join.is_empty() { file.join.unwrap_or_default() } else { args.join },
-            http_listen: args.http_listen.or(file.http_listen).unwrap_or(([0, 0, 0, 0], 15672).into()),
+            join: if args.join.is_empty() {
+                file.join.unwrap_or_default()
+            } else {
+                args.join
+            },
+            http_listen: args
+                .http_listen
+                .or(file.http_listen)
+                .unwrap_or(([0, 0, 0, 0], 15672).into()),
             max_message_size: file.max_message_size.unwrap_or(16 * 1024 * 1024),
             heartbeat_secs: file.heartbeat_secs.unwrap_or(60),
             frame_max: file.frame_max.unwrap_or(131_072),
@@ -143,7 +162,11 @@ mod tests {
     #[test]
     fn the_commented_example_file_parses_and_flags_win_over_it() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/warren.example.toml");
-        let args = ServerArgs { config: Some(path), node_id: Some(7), ..ServerArgs::default() };
+        let args = ServerArgs {
+            config: Some(path),
+            node_id: Some(7),
+            ..ServerArgs::default()
+        };
         let config = Config::resolve(args).expect("example config parses");
         assert_eq!(config.node_id, 7, "the flag wins over the file");
         assert_eq!(config.amqp_listen.port(), 5672);
@@ -155,7 +178,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "no_such_key = 1\n").expect("write");
-        let args = ServerArgs { config: Some(path), ..ServerArgs::default() };
+        let args = ServerArgs {
+            config: Some(path),
+            ..ServerArgs::default()
+        };
         assert!(Config::resolve(args).is_err());
     }
 }

@@ -39,7 +39,9 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         cluster_addr: config.advertise.clone(),
         ..NodeConfig::default()
     };
-    let node = Node::start(node_config, registry.clone()).await.context("starting the Raft node")?;
+    let node = Node::start(node_config, registry.clone())
+        .await
+        .context("starting the Raft node")?;
     let proposer = node.proposer();
 
     if !node.read(|broker| broker.has_users()) {
@@ -49,12 +51,21 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
             password_hash: hash_password(&config.default_pass),
             tags: vec!["administrator".to_owned()],
         };
-        proposer.submit(Request { origin: None, command }).await.context("proposing the default user")?;
+        proposer
+            .submit(Request { origin: None, command })
+            .await
+            .context("proposing the default user")?;
     }
     // Removes what a restart of this node loses: connections, consumers and
     // exclusive queues of its earlier runs, its non-durable queues.
     let started = Command::NodeStarted { node: node_id, boot };
-    proposer.submit(Request { origin: None, command: started }).await.context("proposing node start")?;
+    proposer
+        .submit(Request {
+            origin: None,
+            command: started,
+        })
+        .await
+        .context("proposing node start")?;
     wait_until(Duration::from_secs(30), || node.read(|broker| broker.has_users()))
         .await
         .context("the default user was not committed in time")?;

@@ -42,7 +42,10 @@ fn main() -> anyhow::Result<()> {
         None => cli.server,
         Some(Cmd::Server(args)) => args,
         Some(Cmd::Ctl { server, args }) => {
-            anyhow::bail!("`warren ctl {}` (against {server}) arrives with clustering; not available yet", args.join(" "))
+            anyhow::bail!(
+                "`warren ctl {}` (against {server}) arrives with clustering; not available yet",
+                args.join(" ")
+            )
         }
     };
     let config = Config::resolve(args)?;
