@@ -13,7 +13,27 @@
 //! `queue_ops`, `publish`, `consume`, `ack`, `dispatch`, `dead_letter`,
 //! `lifecycle`); the model types have a file each (`exchange`, `queue`,
 //! `channel`, `consumer`, `vhost`, `queue_args`); [`topic`] and
-//! [`headers`] are the pure matching rules.
+//! [`headers`] are the pure matching rules; [`reply_to`] is direct
+//! reply-to. `test_support` (feature `test-support`) has batch builders and
+//! a harness that checks [`Broker::check_invariants`] after every batch.
+//!
+//! Decisions where RabbitMQ leaves room or where we differ:
+//! - Deleting a missing queue or exchange succeeds (RabbitMQ 3.x); so does
+//!   unbinding a missing binding. Redeclaring an existing `amq.*` exchange
+//!   with the same attributes is allowed; `amq.gen-…` queue names are
+//!   accepted because the front end generates them.
+//! - A requeued message goes back to its original position (RabbitMQ puts
+//!   it near the head); redelivered = true.
+//! - A deleted queue's unacked deliveries stay in their channels so acks of
+//!   them are valid; requeued, they are dropped. Queues are told apart from
+//!   a later queue of the same name by an incarnation id.
+//! - Messages expire at the queue head during dispatch and `get`, and
+//!   anywhere in the queue on `Tick`; `next_expiry_ms` is the earliest
+//!   expiry of any ready message, so a `Tick` at that time always changes
+//!   something (a property test checks it).
+//! - `x-max-length = 0` with drop-head drops every message even when a
+//!   consumer is idle (RabbitMQ would deliver it directly).
+//! - A bad `expiration` property fails the publish with 406.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
