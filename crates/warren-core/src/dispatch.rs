@@ -1,11 +1,27 @@
 //! Dispatch: hands a queue's ready messages to its consumers, round-robin,
 //! within their prefetch limits.
 
+use std::collections::BTreeMap;
+
 use crate::broker::{Broker, Ctx};
+use crate::channel::Channel;
 use crate::channel::Unacked;
 use crate::dead_letter::{dead_letters, DeathReason};
 use crate::effect::Effect;
+use crate::ids::ChannelId;
 use crate::ids::{QueueName, VHost};
+use crate::queue::Queue;
+
+/// The index (in `queue.consumers`) of the consumer the next ready message
+/// goes to: the first, in round-robin order, that may take one more.
+pub(crate) fn idle_consumer(queue: &Queue, channels: &BTreeMap<ChannelId, Channel>) -> Option<usize> {
+    queue.dispatch_order().into_iter().find(|&index| {
+        let consumer = &queue.consumers[index];
+        channels
+            .get(&consumer.channel)
+            .is_some_and(|ch| ch.consumer_can_take(&consumer.tag))
+    })
+}
 
 impl Broker {
     /// Delivers ready messages of queue `name` to consumers until it is
@@ -28,12 +44,7 @@ impl Broker {
             if queue.ready.is_empty() {
                 break;
             }
-            let chosen = queue.dispatch_order().into_iter().find(|&index| {
-                let consumer = &queue.consumers[index];
-                channels
-                    .get(&consumer.channel)
-                    .is_some_and(|ch| ch.consumer_can_take(&consumer.tag))
-            });
+            let chosen = idle_consumer(queue, channels);
             let Some(index) = chosen else {
                 break;
             };

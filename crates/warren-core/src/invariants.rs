@@ -180,13 +180,7 @@ fn check_queue_consumers(broker: &Broker, vhost: &VHost, queue: &crate::queue::Q
         format!("queue '{name}' has an exclusive consumer among others")
     })?;
     if !queue.ready.is_empty() {
-        let idle = queue.dispatch_order().into_iter().find(|&i| {
-            let reference = &queue.consumers[i];
-            broker
-                .channels
-                .get(&reference.channel)
-                .is_some_and(|ch| ch.consumer_can_take(&reference.tag))
-        });
+        let idle = crate::dispatch::idle_consumer(queue, &broker.channels);
         ensure(idle.is_none(), || {
             format!("queue '{name}' has ready messages and a consumer with credit")
         })?;

@@ -31,8 +31,6 @@
 //!   anywhere in the queue on `Tick`; `next_expiry_ms` is the earliest
 //!   expiry of any ready message, so a `Tick` at that time always changes
 //!   something (a property test checks it).
-//! - `x-max-length = 0` with drop-head drops every message even when a
-//!   consumer is idle (RabbitMQ would deliver it directly).
 //! - A bad `expiration` property fails the publish with 406.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::broker::{Broker, Ctx};
 use crate::dead_letter::{dead_letters, DeathReason};
+use crate::dispatch::idle_consumer;
 use crate::effect::Outcome;
 use crate::error::CoreError;
 use crate::fail;
@@ -140,8 +141,11 @@ impl Broker {
         }
         let expires_at = expires_at_ms(ctx.now_ms, queue.args.message_ttl_ms, message_ttl_ms);
         queue.push_back(id, message, expires_at);
+        // A message an idle consumer can take right away is never counted
+        // against the limits (RabbitMQ delivers it before enqueueing).
+        let deliverable_now = queue.ready.len() == 1 && idle_consumer(queue, &self.channels).is_some();
         let mut dropped = Vec::new();
-        while queue.is_over_limits() {
+        while queue.is_over_limits() && !deliverable_now {
             dropped.extend(queue.pop_front());
         }
         ctx.dead_letters

@@ -443,3 +443,17 @@ fn priorities_are_ignored_without_x_max_priority() {
     }
     assert_eq!(h.drain(c, "q"), ["first", "second"]);
 }
+
+#[test]
+fn zero_max_length_still_feeds_an_idle_consumer() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_queue_with("q", table(&[("x-max-length", int(0))])));
+    h.ok(c, publish("", "q", "dropped"));
+    assert_eq!(h.summary("q").messages_ready, 0);
+    h.ok(c, consume("q", "c", true));
+    assert_eq!(
+        delivered_bodies(&h.run(Some(c), publish("", "q", "delivered"))),
+        ["delivered"]
+    );
+}
