@@ -453,10 +453,13 @@ impl Connection {
 
     async fn handle_channel_frame(&mut self, ch: u16, frame: ChannelFrame) -> Result<(), AmqpError> {
         if ch > self.channel_max {
-            return Err(AmqpError::channel_error(format!(
-                "channel {ch} is above the negotiated channel_max {}",
-                self.channel_max
-            )));
+            return Err(AmqpError::connection(
+                reply_code::NOT_ALLOWED,
+                format!(
+                    "NOT_ALLOWED - channel {ch} is above the negotiated channel_max ({})",
+                    self.channel_max
+                ),
+            ));
         }
         let state = self.slot(ch).state;
         match state {

@@ -103,8 +103,9 @@ impl Broker {
             let queue = usable_queue(ctx, vh, vhost, name)?;
             if !passive {
                 check_queue_equivalent(ctx, vhost, queue, &spec)?;
+                // Redeclaring renews an x-expires lease; a passive probe does not.
+                queue.last_used_ms = now_ms;
             }
-            queue.last_used_ms = now_ms;
             return Ok(Outcome::QueueDeclared {
                 queue: name.clone(),
                 message_count: queue.ready_count(),
