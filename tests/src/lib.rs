@@ -134,6 +134,7 @@ pub struct WarrenProcess {
     _temp_dir: Option<Arc<tempfile::TempDir>>,
     logs: LogBuffer,
     generation: u32,
+    extra_args: Vec<std::ffi::OsString>,
 }
 
 impl WarrenProcess {
@@ -142,13 +143,29 @@ impl WarrenProcess {
     /// # Errors
     /// See [`WarrenProcess::start`].
     pub fn start_fresh() -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
+        Self::start_fresh_with_config(None)
+    }
+
+    /// Starts a broker on a fresh temporary data directory, with `--config`
+    /// pointing at a file holding `config_toml` when given.
+    ///
+    /// # Errors
+    /// See [`WarrenProcess::start`].
+    pub fn start_fresh_with_config(config_toml: Option<&str>) -> anyhow::Result<Self> {
+        let root = tempfile::Builder::new()
             .prefix("warren-e2e-")
             .tempdir()
-            .context("cannot create a temporary data dir")?;
-        let dir = Arc::new(dir);
-        let mut process = Self::start(dir.path())?;
-        process._temp_dir = Some(dir);
+            .context("cannot create a temporary dir")?;
+        let data_dir = root.path().join("data");
+        let mut extra_args = Vec::new();
+        if let Some(toml) = config_toml {
+            let path = root.path().join("warren.toml");
+            std::fs::write(&path, toml).with_context(|| format!("cannot write {}", path.display()))?;
+            extra_args.push("--config".into());
+            extra_args.push(path.into_os_string());
+        }
+        let mut process = Self::start_with_args(&data_dir, extra_args)?;
+        process._temp_dir = Some(Arc::new(root));
         Ok(process)
     }
 
@@ -159,8 +176,16 @@ impl WarrenProcess {
     /// The binary could not be built or spawned, exited early, or did not
     /// print the listening line in time; the error carries its output.
     pub fn start(data_dir: impl AsRef<Path>) -> anyhow::Result<Self> {
+        Self::start_with_args(data_dir, Vec::new())
+    }
+
+    /// [`WarrenProcess::start`] with extra command-line arguments (kept for restarts).
+    ///
+    /// # Errors
+    /// See [`WarrenProcess::start`].
+    pub fn start_with_args(data_dir: impl AsRef<Path>, extra_args: Vec<std::ffi::OsString>) -> anyhow::Result<Self> {
         let logs: LogBuffer = Arc::new(Mutex::new(Vec::new()));
-        let (child, amqp_addr) = spawn_warren(data_dir.as_ref(), &logs, 0)?;
+        let (child, amqp_addr) = spawn_warren(data_dir.as_ref(), &extra_args, &logs, 0)?;
         Ok(Self {
             child: Some(child),
             amqp_addr,
@@ -168,6 +193,7 @@ impl WarrenProcess {
             _temp_dir: None,
             logs,
             generation: 0,
+            extra_args,
         })
     }
 
@@ -225,7 +251,7 @@ impl WarrenProcess {
         self.kill9();
         self.generation += 1;
         self.log_line(format!("--- e2e: starting generation {} ---", self.generation));
-        let (child, addr) = spawn_warren(&self.data_dir, &self.logs, self.generation)?;
+        let (child, addr) = spawn_warren(&self.data_dir, &self.extra_args, &self.logs, self.generation)?;
         self.child = Some(child);
         self.amqp_addr = addr;
         Ok(())
@@ -264,7 +290,12 @@ fn tail(logs: &LogBuffer, lines: usize) -> String {
     logs[start..].join("\n")
 }
 
-fn spawn_warren(data_dir: &Path, logs: &LogBuffer, generation: u32) -> anyhow::Result<(Child, SocketAddr)> {
+fn spawn_warren(
+    data_dir: &Path,
+    extra_args: &[std::ffi::OsString],
+    logs: &LogBuffer,
+    generation: u32,
+) -> anyhow::Result<(Child, SocketAddr)> {
     let binary = ensure_warren_built()?;
     let mut child = Command::new(&binary)
         .args(["server", "--node-id", "1", "--data-dir"])
@@ -277,6 +308,7 @@ fn spawn_warren(data_dir: &Path, logs: &LogBuffer, generation: u32) -> anyhow::R
             "--http-listen",
             "127.0.0.1:0",
         ])
+        .args(extra_args)
         .env(
             "RUST_LOG",
             std::env::var("WARREN_E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -498,6 +530,17 @@ where
 /// See [`WarrenProcess::start`].
 pub async fn start_broker() -> anyhow::Result<WarrenProcess> {
     tokio::task::spawn_blocking(WarrenProcess::start_fresh)
+        .await
+        .context("start task panicked")?
+}
+
+/// Starts a fresh broker with `--config` set to a file holding `config_toml`.
+///
+/// # Errors
+/// See [`WarrenProcess::start`].
+pub async fn start_broker_with_config(config_toml: &str) -> anyhow::Result<WarrenProcess> {
+    let toml = config_toml.to_string();
+    tokio::task::spawn_blocking(move || WarrenProcess::start_fresh_with_config(Some(&toml)))
         .await
         .context("start task panicked")?
 }

@@ -371,3 +371,61 @@ async fn a_flood_of_garbage_connections_does_not_take_the_node_down() -> anyhow:
     assert_still_serving(&mut broker, &long_lived, "garbage flood").await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_over_255_bytes_from_arguments_never_take_the_node_down() -> anyhow::Result<()> {
+    use lapin::options::{BasicRejectOptions, QueueDeclareOptions};
+    let (mut broker, long_lived) = setup().await?;
+    let long_name = "k".repeat(300);
+    let conn = connect(&broker.amqp_uri()).await?;
+    let ch = within("channel.open", conn.create_channel()).await?;
+    within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default())).await?;
+    amqp::exchange(&ch, "dlx", lapin::ExchangeKind::Fanout).await?;
+    plain_queue(&ch, "dlq").await?;
+    amqp::bind(&ch, "dlq", "dlx", "").await?;
+    // A dead-letter routing key that cannot be a short string: RabbitMQ
+    // accepts the declare; dead-lettering must then not crash anything.
+    let args = amqp::table([
+        ("x-dead-letter-exchange", amqp::longstr("dlx")),
+        ("x-dead-letter-routing-key", amqp::longstr(&long_name)),
+    ]);
+    let declared = ch
+        .queue_declare("src".into(), QueueDeclareOptions::default(), args)
+        .await;
+    if declared.is_ok() {
+        amqp::publish(&ch, "", "src", b"x").await?;
+        if let Some(m) = amqp::get_unacked(&ch, "src").await? {
+            let _ = ch
+                .basic_reject(m.delivery.delivery_tag, BasicRejectOptions { requeue: false })
+                .await;
+        }
+    } else {
+        let code = declared.as_ref().err().and_then(warren_e2e::reply_code);
+        assert_eq!(
+            code,
+            Some(406),
+            "a refused declare is PRECONDITION_FAILED: {declared:?}"
+        );
+    }
+    // An alternate-exchange name over 255 bytes likewise.
+    let ch = within("channel.open", conn.create_channel()).await?;
+    let _ = ch
+        .exchange_declare(
+            "with-long-ae".into(),
+            lapin::ExchangeKind::Direct,
+            Default::default(),
+            amqp::table([("alternate-exchange", amqp::longstr(&long_name))]),
+        )
+        .await;
+    let _ = ch
+        .basic_publish(
+            "with-long-ae".into(),
+            "nowhere".into(),
+            Default::default(),
+            b"x",
+            Default::default(),
+        )
+        .await;
+    assert_still_serving(&mut broker, &long_lived, "names over 255 bytes").await?;
+    Ok(())
+}

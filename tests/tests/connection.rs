@@ -352,3 +352,30 @@ async fn closing_a_connection_closes_its_channels_and_requeues_unacked_messages(
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tune_ok_with_a_frame_max_below_4096_or_above_the_servers_is_refused_with_530() -> anyhow::Result<()> {
+    let broker = start_broker().await?;
+    let server_frame_max = {
+        let client = RawClient::open(broker.amqp_addr(), Tune::default()).await?;
+        client.server_tune.expect("tune").frame_max
+    };
+    for frame_max in [1000, server_frame_max.saturating_add(1)] {
+        let mut client = RawClient::connect(broker.amqp_addr()).await?;
+        let result = client
+            .handshake(Tune {
+                frame_max,
+                ..Tune::default()
+            })
+            .await;
+        assert!(result.is_err(), "frame_max {frame_max} must not be accepted");
+        // handshake() stops at the close; read what follows if it was not consumed.
+        let message = format!("{:#}", result.err().expect("checked"));
+        assert!(
+            message.contains("code: 530"),
+            "frame_max {frame_max}: expected a 530 NOT_ALLOWED close, got {message}"
+        );
+    }
+    connect(&broker.amqp_uri()).await?;
+    Ok(())
+}
