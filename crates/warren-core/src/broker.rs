@@ -148,6 +148,7 @@ impl Broker {
                     auto_delete: *auto_delete,
                     internal: *internal,
                     arguments,
+                    home: ctx.origin.map(|c| (c.conn.node, c.conn.boot)),
                 };
                 self.declare_exchange(vhost, name, *passive, spec)
             }

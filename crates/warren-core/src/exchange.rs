@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::ExchangeKind;
 use crate::headers::headers_match;
-use crate::ids::{ExchangeName, QueueName};
+use crate::ids::{ExchangeName, NodeId, QueueName};
 use crate::message::Message;
 use crate::topic::topic_matches;
 
@@ -50,6 +50,10 @@ pub struct Exchange {
     pub arguments: FieldTable,
     /// Bindings with this exchange as source, in the order they were made.
     pub bindings: Vec<Binding>,
+    /// The node (and its boot) that declared it; a non-durable exchange is
+    /// lost when that node restarts, as RabbitMQ loses it on a restart.
+    #[serde(default)]
+    pub home: Option<(NodeId, u64)>,
 }
 
 impl Exchange {
@@ -71,6 +75,7 @@ impl Exchange {
             internal: false,
             arguments: FieldTable::default(),
             bindings: Vec::new(),
+            home: None,
         })
         .collect()
     }

@@ -10,7 +10,7 @@ use crate::error::CoreError;
 use crate::exchange::{Binding, Destination, Exchange};
 use crate::fail;
 use crate::headers::XMatch;
-use crate::ids::{ExchangeName, VHost};
+use crate::ids::{ExchangeName, NodeId, VHost};
 use crate::vhost::VHostState;
 
 /// The attributes of an `exchange.declare`.
@@ -20,6 +20,8 @@ pub(crate) struct ExchangeSpec<'a> {
     pub auto_delete: bool,
     pub internal: bool,
     pub arguments: &'a FieldTable,
+    /// `(node, boot)` of the declaring connection.
+    pub home: Option<(NodeId, u64)>,
 }
 
 fn is_reserved(name: &str) -> bool {
@@ -113,6 +115,7 @@ impl Broker {
             internal: spec.internal,
             arguments: spec.arguments.clone(),
             bindings: Vec::new(),
+            home: spec.home,
         };
         vh.exchanges.insert(name.clone(), exchange);
         Ok(Outcome::ExchangeDeclared)

@@ -75,6 +75,17 @@ impl Broker {
         for (vhost, queue) in lost {
             self.remove_queue(ctx, &vhost, &queue);
         }
+        for vh in self.vhosts.values_mut() {
+            let lost: Vec<_> = vh
+                .exchanges
+                .values()
+                .filter(|e| !e.durable && e.home.is_some_and(|(n, b)| n == node && b != boot))
+                .map(|e| e.name.clone())
+                .collect();
+            for name in lost {
+                crate::exchange_ops::remove_exchange(vh, &name);
+            }
+        }
     }
 
     /// Node `node` is gone: all its connections close (consumers cancelled,

@@ -426,3 +426,41 @@ fn channel_scoped_commands_without_origin_are_ignored() {
     assert!(effects.is_empty());
     assert_eq!(h.summary("q").consumers, 0);
 }
+
+#[test]
+fn node_restart_loses_transient_exchanges_it_declared_and_keeps_durable_ones() {
+    let mut h = Harness::new();
+    let old = chan(1, 1); // node 1, boot 1
+    let durable = Command::DeclareExchange {
+        vhost: root(),
+        name: "keep".into(),
+        kind: crate::ExchangeKind::Direct,
+        passive: false,
+        durable: true,
+        auto_delete: false,
+        internal: false,
+        arguments: FieldTable::default(),
+    };
+    h.ok(old, durable);
+    h.ok(old, declare_exchange("scratch", crate::ExchangeKind::Fanout));
+    h.run(
+        None,
+        Command::NodeStarted {
+            node: NodeId(1),
+            boot: 2,
+        },
+    );
+    let probe = |name: &str| Command::DeclareExchange {
+        vhost: root(),
+        name: name.into(),
+        kind: crate::ExchangeKind::Direct,
+        passive: true,
+        durable: false,
+        auto_delete: false,
+        internal: false,
+        arguments: FieldTable::default(),
+    };
+    let later = chan(2, 1);
+    assert_eq!(h.call(later, probe("keep")), Ok(Outcome::ExchangeDeclared));
+    assert!(matches!(h.call(later, probe("scratch")), Err(CoreError::NotFound(_))));
+}
