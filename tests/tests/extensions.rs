@@ -202,3 +202,52 @@ async fn the_config_file_sets_max_message_size_and_frame_max() -> anyhow::Result
     assert_eq!(reply_code_any(&err), Some(406), "PRECONDITION_FAILED, got {err:#}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_active_consumer_queue_feeds_one_consumer_until_it_cancels() -> anyhow::Result<()> {
+    use lapin::options::BasicCancelOptions;
+    let (_broker, conn, ch) = broker_with_channel().await?;
+    within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default())).await?;
+    declare_queue(
+        &ch,
+        "sac",
+        QueueDeclareOptions::default(),
+        table([("x-single-active-consumer", AMQPValue::Boolean(true))]),
+    )
+    .await?;
+    let c1_ch = within("channel.open", conn.create_channel()).await?;
+    let c2_ch = within("channel.open", conn.create_channel()).await?;
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let mut first = within(
+        "consume 1",
+        c1_ch.basic_consume("sac".into(), "first".into(), no_ack, FieldTable::default()),
+    )
+    .await?;
+    let mut second = within(
+        "consume 2",
+        c2_ch.basic_consume("sac".into(), "second".into(), no_ack, FieldTable::default()),
+    )
+    .await?;
+    for i in 0..4 {
+        amqp::publish(&ch, "", "sac", format!("m{i}").as_bytes()).await?;
+    }
+    for i in 0..4 {
+        assert_eq!(amqp::text(&next_delivery(&mut first).await?.data), format!("m{i}"));
+    }
+    warren_e2e::expect_no_delivery(&mut second, std::time::Duration::from_millis(500)).await?;
+    within(
+        "cancel the active consumer",
+        c1_ch.basic_cancel("first".into(), BasicCancelOptions::default()),
+    )
+    .await?;
+    amqp::publish(&ch, "", "sac", b"after").await?;
+    assert_eq!(
+        next_delivery(&mut second).await?.data,
+        b"after",
+        "the next consumer takes over"
+    );
+    Ok(())
+}
