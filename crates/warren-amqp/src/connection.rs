@@ -283,6 +283,27 @@ impl Connection {
     /// "no limit" for frame_max and channel_max and "off" for heartbeats.
     fn negotiate(&mut self, tune_ok: &connection::TuneOk) -> Result<(), AmqpError> {
         let config = &self.frontend.config;
+        // As RabbitMQ: a client may lower the server's limits, never raise them.
+        if config.frame_max != 0 && tune_ok.frame_max > config.frame_max {
+            return Err(AmqpError::connection_for(
+                reply_code::NOT_ALLOWED,
+                format!(
+                    "NOT_ALLOWED - frame_max={} > {} max size",
+                    tune_ok.frame_max, config.frame_max
+                ),
+                (10, 31),
+            ));
+        }
+        if config.channel_max != 0 && tune_ok.channel_max > config.channel_max {
+            return Err(AmqpError::connection_for(
+                reply_code::NOT_ALLOWED,
+                format!(
+                    "NOT_ALLOWED - channel_max={} > {} max size",
+                    tune_ok.channel_max, config.channel_max
+                ),
+                (10, 31),
+            ));
+        }
         self.frame_max = negotiate_limit(config.frame_max, tune_ok.frame_max);
         if self.frame_max < warren_wire::FRAME_MIN_SIZE {
             return Err(AmqpError::connection_for(
