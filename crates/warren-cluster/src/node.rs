@@ -58,6 +58,17 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The tick driver holds a `Proposer`, which would keep the proposer
+        // task (and through it Raft) alive after the last `Node` is gone.
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        for task in tasks.iter().skip(1) {
+            task.abort();
+        }
+    }
+}
+
 /// A running Raft node. Cheap to clone.
 #[derive(Clone)]
 pub struct Node {
