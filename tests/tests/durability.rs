@@ -23,14 +23,19 @@ use warren_e2e::{
 };
 
 /// Confirms to collect before the kill.
-const CONFIRMED_BEFORE_KILL: usize = 2_500;
+const CONFIRMED_BEFORE_KILL: usize = 5_000;
+
+/// Concurrent publisher connections; publisher `k` uses ids `k * ID_STRIDE + n`.
+const PUBLISHERS: u64 = 3;
+
+const ID_STRIDE: u64 = 1_000_000_000;
 
 /// Publishes in a window of this many unconfirmed messages.
 const WINDOW: usize = 256;
 
 #[derive(Default)]
 struct Ledger {
-    published: u64,
+    published: BTreeSet<u64>,
     confirmed: BTreeSet<u64>,
     nacked: BTreeSet<u64>,
     error: Option<String>,
@@ -38,9 +43,9 @@ struct Ledger {
 
 /// Publishes persistent messages with ids 0, 1, 2… as fast as confirms allow,
 /// recording every id the broker confirmed, until the connection dies.
-async fn publish_until_killed(conn: Connection, ledger: Arc<Mutex<Ledger>>) {
+async fn publish_until_killed(conn: Connection, ledger: Arc<Mutex<Ledger>>, first_id: u64) {
     let mut in_flight = VecDeque::new();
-    let result = publish_loop(&conn, &ledger, &mut in_flight).await;
+    let result = publish_loop(&conn, &ledger, &mut in_flight, first_id).await;
     // Confirms that arrived before the connection died are still readable.
     for (id, confirm) in in_flight {
         if let Ok(Ok(outcome)) = tokio::time::timeout(Duration::from_secs(1), confirm).await {
@@ -68,10 +73,11 @@ async fn publish_loop(
     conn: &Connection,
     ledger: &Mutex<Ledger>,
     in_flight: &mut VecDeque<(u64, lapin::PublisherConfirm)>,
+    first_id: u64,
 ) -> anyhow::Result<()> {
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    for id in 0u64.. {
+    for id in first_id.. {
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_message_id(id.to_string().into())
@@ -86,7 +92,7 @@ async fn publish_loop(
             )
             .await?;
         if let Ok(mut ledger) = ledger.lock() {
-            ledger.published = id + 1;
+            ledger.published.insert(id);
         }
         in_flight.push_back((id, confirm));
         while in_flight.len() >= WINDOW {
@@ -143,10 +149,17 @@ async fn confirmed_persistent_messages_survive_kill_9_and_transient_queues_do_no
     amqp::exchange(&ch, "scratch", ExchangeKind::Fanout).await?;
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let publisher_conn = connect(&broker.amqp_uri()).await?;
-    let publisher = tokio::spawn(publish_until_killed(publisher_conn, Arc::clone(&ledger)));
+    let mut publishers = Vec::new();
+    for k in 0..PUBLISHERS {
+        let publisher_conn = connect(&broker.amqp_uri()).await?;
+        publishers.push(tokio::spawn(publish_until_killed(
+            publisher_conn,
+            Arc::clone(&ledger),
+            k * ID_STRIDE,
+        )));
+    }
 
-    let confirmed_before_kill = eventually("2,500 publisher confirms", Duration::from_secs(180), || {
+    let confirmed_before_kill = eventually("5,000 publisher confirms", Duration::from_secs(180), || {
         let ledger = Arc::clone(&ledger);
         async move {
             let ledger = ledger.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
@@ -162,13 +175,20 @@ async fn confirmed_persistent_messages_survive_kill_9_and_transient_queues_do_no
     let mut broker = broker;
     tokio::task::block_in_place(|| broker.kill9());
     // After the kill no confirm can arrive; let the publisher notice and stop.
-    let _ = tokio::time::timeout(Duration::from_secs(30), publisher).await;
+    for publisher in publishers {
+        let _ = tokio::time::timeout(Duration::from_secs(30), publisher).await;
+    }
     let (published, confirmed, nacked) = {
         let ledger = ledger.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        (ledger.published, ledger.confirmed.clone(), ledger.nacked.clone())
+        (
+            ledger.published.clone(),
+            ledger.confirmed.clone(),
+            ledger.nacked.clone(),
+        )
     };
     println!(
-        "before kill: {confirmed_before_kill} confirmed; at kill: {published} published, {} confirmed, {} nacked",
+        "before kill: {confirmed_before_kill} confirmed; at kill: {} published, {} confirmed, {} nacked",
+        published.len(),
         confirmed.len(),
         nacked.len()
     );
@@ -232,7 +252,10 @@ async fn confirmed_persistent_messages_survive_kill_9_and_transient_queues_do_no
         lost.len(),
         &lost[..lost.len().min(20)]
     );
-    assert!(seen.keys().all(|&id| id < published), "only published ids come back");
+    assert!(
+        seen.keys().all(|id| published.contains(id)),
+        "only published ids come back"
+    );
 
     // Durable topology is back: the exchange routes through its binding.
     within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default())).await?;
@@ -335,6 +358,78 @@ async fn acked_messages_do_not_come_back_after_kill_9() -> anyhow::Result<()> {
         ["j4", "j5", "j6", "j7", "j8", "j9"],
         "acked j0..j3 stay gone, the rest in order"
     );
+    assert!(bodies[0].1, "j4 was delivered before the crash: redelivered=true");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_unacked_at_kill_9_comes_back_redelivered_and_undelivered_ones_do_not() -> anyhow::Result<()> {
+    let mut broker = start_broker().await?;
+    let conn = connect(&broker.amqp_uri()).await?;
+    let ch = within("channel.open", conn.create_channel()).await?;
+    within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default())).await?;
+    declare_queue(&ch, "jobs", QueueDeclareOptions::durable(), FieldTable::default()).await?;
+    declare_queue(&ch, "markers", QueueDeclareOptions::durable(), FieldTable::default()).await?;
+    for i in 0..10 {
+        let props = BasicProperties::default().with_delivery_mode(2);
+        assert!(
+            amqp::publish_with(&ch, "", "jobs", format!("j{i}").as_bytes(), props, false)
+                .await?
+                .is_ack()
+        );
+    }
+    let worker = within("channel.open", conn.create_channel()).await?;
+    within("basic.qos", worker.basic_qos(1, BasicQosOptions::default())).await?;
+    within("confirm.select", worker.confirm_select(ConfirmSelectOptions::default())).await?;
+    let mut consumer = within(
+        "basic.consume",
+        worker.basic_consume(
+            "jobs".into(),
+            "w".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    for i in 0..4 {
+        let d = next_delivery(&mut consumer).await?;
+        assert_eq!(amqp::text(&d.data), format!("j{i}"));
+        within("ack", d.acker.ack(BasicAckOptions::default())).await?;
+    }
+    let held = next_delivery(&mut consumer).await?;
+    assert_eq!(amqp::text(&held.data), "j4");
+    // A confirmed publish on the worker's channel comes after its acks, so
+    // once it is confirmed the acks are committed too.
+    let props = BasicProperties::default().with_delivery_mode(2);
+    assert!(amqp::publish_with(&worker, "", "markers", b"after-acks", props, false)
+        .await?
+        .is_ack());
+    tokio::task::block_in_place(|| broker.kill9());
+
+    let broker = restart_broker(broker).await?;
+    let conn = connect(&broker.amqp_uri()).await?;
+    let ch = within("channel.open", conn.create_channel()).await?;
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let mut consumer = within(
+        "basic.consume",
+        ch.basic_consume("jobs".into(), "after".into(), no_ack, FieldTable::default()),
+    )
+    .await?;
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        let d = next_delivery_for(&mut consumer, Duration::from_secs(30)).await?;
+        got.push((amqp::text(&d.data), d.redelivered));
+    }
+    warren_e2e::expect_no_delivery(&mut consumer, Duration::from_millis(700)).await?;
+    let expected: Vec<(String, bool)> = (4..10).map(|i| (format!("j{i}"), i == 4)).collect();
+    assert_eq!(
+        got, expected,
+        "j0..j3 acked and gone; j4 unacked at the crash → redelivered; j5..j9 never delivered"
+    );
+    assert_eq!(amqp::drain(&ch, "markers").await?, ["after-acks"]);
     Ok(())
 }
 
