@@ -594,8 +594,7 @@ async fn a_user_id_that_is_not_the_connection_user_is_refused_with_406() -> anyh
     let props = BasicProperties::default().with_user_id("someone-else".into());
     let err = amqp::publish_with(&ch, "", "q", b"x", props, false)
         .await
-        .err()
-        .expect("a forged user-id must fail");
+        .expect_err("a forged user-id must fail");
     assert_eq!(
         warren_e2e::reply_code_any(&err),
         Some(406),

@@ -110,8 +110,7 @@ async fn publishing_to_a_missing_exchange_closes_the_channel_with_404() -> anyho
     within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default())).await?;
     let err = amqp::publish(&ch, "no-such-exchange", "k", b"x")
         .await
-        .err()
-        .expect("must fail");
+        .expect_err("must fail");
     assert_eq!(reply_code_any(&err), Some(404), "got {err:#}");
     assert!(conn.status().connected());
     Ok(())

@@ -299,7 +299,7 @@ async fn opening_an_unknown_vhost_is_refused_with_530() -> anyhow::Result<()> {
     let result = tokio::time::timeout(STEP_TIMEOUT, Connection::connect(&uri, ConnectionProperties::default()))
         .await
         .map_err(|_| anyhow::anyhow!("opening an unknown vhost hung"))?;
-    let err = result.err().expect("an unknown vhost must be refused");
+    let err = result.expect_err("an unknown vhost must be refused");
     assert_eq!(reply_code(&err), Some(530), "NOT_ALLOWED, got {err}");
     Ok(())
 }
@@ -370,7 +370,7 @@ async fn tune_ok_with_a_frame_max_below_4096_or_above_the_servers_is_refused_wit
             .await;
         assert!(result.is_err(), "frame_max {frame_max} must not be accepted");
         // handshake() stops at the close; read what follows if it was not consumed.
-        let message = format!("{:#}", result.err().expect("checked"));
+        let message = format!("{:#}", result.expect_err("checked"));
         assert!(
             message.contains("code: 530"),
             "frame_max {frame_max}: expected a 530 NOT_ALLOWED close, got {message}"

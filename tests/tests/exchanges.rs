@@ -514,7 +514,7 @@ async fn publishing_to_an_internal_exchange_is_refused_but_it_routes_from_anothe
     assert_eq!(routed(&ch, "outer", "", &["q"]).await?, ["q"]);
 
     let result = amqp::publish(&ch, "inner", "", b"direct to internal").await;
-    let err = result.err().expect("publishing to an internal exchange must fail");
+    let err = result.expect_err("publishing to an internal exchange must fail");
     assert_eq!(
         warren_e2e::reply_code_any(&err),
         Some(403),

@@ -145,8 +145,7 @@ async fn direct_reply_to_routes_responses_to_the_requesting_channel() -> anyhow:
     let props = BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into());
     let err = amqp::publish_with(&lonely, "", "rpc", b"x", props, false)
         .await
-        .err()
-        .expect("must fail");
+        .expect_err("must fail");
     assert_eq!(reply_code_any(&err), Some(406), "PRECONDITION_FAILED, got {err:#}");
     Ok(())
 }
@@ -197,8 +196,7 @@ async fn the_config_file_sets_max_message_size_and_frame_max() -> anyhow::Result
     );
     let err = amqp::publish(&ch, "", "q", &[b'x'; 1025])
         .await
-        .err()
-        .expect("over the limit must fail");
+        .expect_err("over the limit must fail");
     assert_eq!(reply_code_any(&err), Some(406), "PRECONDITION_FAILED, got {err:#}");
     Ok(())
 }

@@ -92,8 +92,7 @@ async fn an_invalid_expiration_is_refused_with_406() -> anyhow::Result<()> {
     let bad = BasicProperties::default().with_expiration("soon".into());
     let err = amqp::publish_with(&ch, "", "q", b"x", bad, false)
         .await
-        .err()
-        .expect("invalid expiration must fail");
+        .expect_err("invalid expiration must fail");
     assert_eq!(
         warren_e2e::reply_code_any(&err),
         Some(406),
@@ -313,7 +312,7 @@ async fn rejected_messages_are_dead_lettered_with_the_routing_key_override_and_x
     .await?;
 
     let dead = eventually("dead-lettered message arrives", Duration::from_secs(20), || async {
-        Ok(amqp::get(&ch, "dlq").await?)
+        amqp::get(&ch, "dlq").await
     })
     .await?;
     assert_eq!(dead.delivery.data, b"poison");
@@ -357,7 +356,7 @@ async fn expired_and_overflowed_messages_are_dead_lettered_with_their_reason() -
     bind(&ch, "ttl", "in", "to-ttl").await?;
     amqp::publish(&ch, "in", "to-ttl", b"expired").await?;
     let dead = eventually("expired message is dead-lettered", Duration::from_secs(20), || async {
-        Ok(amqp::get(&ch, "dlq").await?)
+        amqp::get(&ch, "dlq").await
     })
     .await?;
     assert_eq!(dead.delivery.data, b"expired");
@@ -373,7 +372,7 @@ async fn expired_and_overflowed_messages_are_dead_lettered_with_their_reason() -
     amqp::publish(&ch, "", "maxlen", b"oldest").await?;
     amqp::publish(&ch, "", "maxlen", b"newest").await?;
     let dead = eventually("dropped head is dead-lettered", Duration::from_secs(20), || async {
-        Ok(amqp::get(&ch, "dlq").await?)
+        amqp::get(&ch, "dlq").await
     })
     .await?;
     assert_eq!(dead.delivery.data, b"oldest");
