@@ -73,6 +73,9 @@ pub enum Pending {
     },
     /// The client's `channel.close`: send `close-ok` when applied.
     ChannelClose,
+    /// The close the server issued after a channel error: when applied,
+    /// deliveries of the closed incarnation have all been seen and dropped.
+    ServerClose,
     /// A request of an earlier incarnation of this channel number, or the
     /// close the server issued: its reply is dropped.
     Discard,
@@ -99,7 +102,7 @@ impl Pending {
             Pending::Get => (60, 70),
             Pending::Settle { method_id } => (60, *method_id),
             Pending::Recover { .. } => (60, 110),
-            Pending::ChannelClose => (20, 40),
+            Pending::ChannelClose | Pending::ServerClose => (20, 40),
             Pending::Discard => (0, 0),
         }
     }

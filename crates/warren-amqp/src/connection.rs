@@ -269,7 +269,7 @@ impl Connection {
             .loopback_users
             .iter()
             .any(|u| u == &credentials.username);
-        if loopback_only && !self.peer.ip().is_loopback() {
+        if loopback_only && !self.peer.ip().to_canonical().is_loopback() {
             return Err(refused(&format!(
                 "user '{}' can only connect via localhost",
                 credentials.username
@@ -839,6 +839,14 @@ impl Connection {
                 };
                 self.submit(ch, Pending::Settle { method_id: 90 }, command).await
             }
+            basic::AMQPMethod::Recover(basic::Recover { requeue: false })
+            | basic::AMQPMethod::RecoverAsync(basic::RecoverAsync { requeue: false }) => {
+                Err(AmqpError::connection_for(
+                    reply_code::NOT_IMPLEMENTED,
+                    "NOT_IMPLEMENTED - requeue=false",
+                    (60, 110),
+                ))
+            }
             basic::AMQPMethod::Recover(m) => {
                 self.submit(
                     ch,
@@ -897,6 +905,7 @@ impl Connection {
         header: warren_wire::AMQPContentHeader,
     ) -> Result<(), AmqpError> {
         let max = self.frontend.config.max_message_size;
+        let frame_max = self.frame_max;
         let slot = self.slot(ch);
         let Some(content) = slot.content.as_mut() else {
             return Err(AmqpError::unexpected_frame(format!(
@@ -928,7 +937,9 @@ impl Connection {
         }
         // The size was checked against the configured maximum, so this
         // reservation is bounded.
-        let capacity = usize::try_from(header.body_size).unwrap_or(0);
+        // Grow with the frames rather than reserving a large body up front
+        // on every channel.
+        let capacity = usize::try_from(header.body_size.min(u64::from(frame_max))).unwrap_or(0);
         content.body.reserve(capacity);
         content.header = Some((header.properties, header.body_size));
         if header.body_size == 0 {
@@ -1108,6 +1119,7 @@ impl Connection {
         };
         match (pending, outcome) {
             (Pending::Discard, _) => {}
+            (Pending::ServerClose, _) => self.slot(ch).draining = false,
             (Pending::ChannelClose, _) => {
                 self.send_method(
                     ch,
@@ -1262,6 +1274,10 @@ impl Connection {
     fn reply_error(&mut self, ch: u16, pending: Pending, error: CoreError) -> Result<(), AmqpError> {
         match (&pending, &error) {
             (Pending::Discard, _) => return Ok(()),
+            (Pending::ServerClose, _) => {
+                self.slot(ch).draining = false;
+                return Ok(());
+            }
             (Pending::ChannelClose, _) => {
                 // The close could not be committed; the client still gets its
                 // close-ok, and the core cleans up when the connection goes.
@@ -1320,7 +1336,7 @@ impl Connection {
         slot.content = None;
         slot.draining = true;
         slot.discard_pending();
-        self.submit(ch, Pending::Discard, Command::CloseChannel).await
+        self.submit(ch, Pending::ServerClose, Command::CloseChannel).await
     }
 
     /// Sends `connection.close` and waits briefly for `close-ok`.

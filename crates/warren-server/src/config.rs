@@ -60,6 +60,8 @@ pub struct FileConfig {
     pub default_pass: Option<String>,
     /// Users allowed only from loopback (default: ["guest"]).
     pub loopback_users: Option<Vec<String>>,
+    /// Virtual hosts that must exist besides `/` (created at start if missing).
+    pub vhosts: Option<Vec<String>>,
 }
 
 /// The resolved configuration.
@@ -78,6 +80,7 @@ pub struct Config {
     pub default_user: String,
     pub default_pass: String,
     pub loopback_users: Vec<String>,
+    pub vhosts: Vec<String>,
 }
 
 impl Config {
@@ -125,6 +128,7 @@ impl Config {
             default_user: file.default_user.unwrap_or_else(|| "guest".to_owned()),
             default_pass: file.default_pass.unwrap_or_else(|| "guest".to_owned()),
             loopback_users: file.loopback_users.unwrap_or_else(|| vec!["guest".to_owned()]),
+            vhosts: file.vhosts.unwrap_or_default(),
         })
     }
 }
@@ -171,6 +175,7 @@ mod tests {
         assert_eq!(config.node_id, 7, "the flag wins over the file");
         assert_eq!(config.amqp_listen.port(), 5672);
         assert_eq!(config.default_user, "guest");
+        assert_eq!(config.vhosts, ["/staging"]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tracing::info;
 use warren_amqp::{password::hash_password, AmqpConfig, Frontend, Registry};
 use warren_cluster::{Node, NodeConfig};
-use warren_core::{Command, NodeId, Request, UserName};
+use warren_core::{Command, NodeId, Request, UserName, VHost};
 
 pub use config::{Config, ServerArgs};
 
@@ -56,6 +56,17 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
             .await
             .context("proposing the default user")?;
     }
+    for name in &config.vhosts {
+        let vhost = VHost::new(name.clone());
+        if !node.read(|broker| broker.has_vhost(&vhost)) {
+            info!(%vhost, "creating configured vhost");
+            let command = Command::DeclareVHost { vhost };
+            proposer
+                .submit(Request { origin: None, command })
+                .await
+                .context("proposing a vhost")?;
+        }
+    }
     // Removes what a restart of this node loses: connections, consumers and
     // exclusive queues of its earlier runs, its non-durable queues.
     let started = Command::NodeStarted { node: node_id, boot };
@@ -66,9 +77,12 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         })
         .await
         .context("proposing node start")?;
-    wait_until(Duration::from_secs(30), || node.read(|broker| broker.has_users()))
-        .await
-        .context("the default user was not committed in time")?;
+    let vhosts: Vec<VHost> = config.vhosts.iter().map(|v| VHost::new(v.clone())).collect();
+    wait_until(Duration::from_secs(30), || {
+        node.read(|broker| broker.has_users() && vhosts.iter().all(|v| broker.has_vhost(v)))
+    })
+    .await
+    .context("the default user and vhosts were not committed in time")?;
 
     let amqp_config = AmqpConfig {
         frame_max: config.frame_max,
