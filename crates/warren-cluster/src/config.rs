@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Largest snapshot chunk sent in one InstallSnapshot RPC.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+
 /// How a [`crate::Node`] runs. Every field has a default.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -23,8 +26,15 @@ pub struct NodeConfig {
     pub max_batches_in_flight: usize,
     /// sled's page cache.
     pub cache_capacity_bytes: u64,
-    /// How long [`crate::Node::start`] waits to become leader and replay.
+    /// How long [`crate::Node::start`] waits to become ready (leader known,
+    /// log replayed, joined when `join` is set).
     pub start_timeout_ms: u64,
+    /// Cluster addresses of members to join through when the store is
+    /// empty; empty = bootstrap a one-member cluster.
+    pub join: Vec<String>,
+    /// How long a follower waits for the leader to commit a forwarded batch
+    /// before answering its requests `Unavailable`.
+    pub forward_timeout_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -41,6 +51,8 @@ impl Default for NodeConfig {
             max_batches_in_flight: 4,
             cache_capacity_bytes: 256 * 1024 * 1024,
             start_timeout_ms: 60_000,
+            join: Vec::new(),
+            forward_timeout_ms: 10_000,
         }
     }
 }
@@ -48,6 +60,10 @@ impl Default for NodeConfig {
 impl NodeConfig {
     pub(crate) fn start_timeout(&self) -> Duration {
         Duration::from_millis(self.start_timeout_ms)
+    }
+
+    pub(crate) fn forward_timeout(&self) -> Duration {
+        Duration::from_millis(self.forward_timeout_ms)
     }
 
     /// openraft's configuration for this node.
@@ -61,6 +77,9 @@ impl NodeConfig {
             // Everything behind a snapshot goes; a lagging follower gets the
             // snapshot instead.
             max_in_snapshot_log_to_keep: 0,
+            // One InstallSnapshot RPC carries at most this much (gRPC frames stay bounded).
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            install_snapshot_timeout: 5_000,
             ..openraft::Config::default()
         }
         .validate()

@@ -9,8 +9,9 @@
 //! ([`StateMachine`]), the batching [`Proposer`], the tick driver that
 //! proposes `Tick` when something can expire, and [`Node`], which assembles
 //! them. It is generic over the Raft network (`openraft::RaftNetworkFactory`);
-//! [`UnreachableNetwork`] serves single-node clusters and tests until the
-//! gRPC network lands in its own crate.
+//! [`UnreachableNetwork`] serves single-node clusters and tests; the gRPC
+//! network lives in `warren-rpc`, which also implements [`Peers`] (batch
+//! forwarding from a follower's proposer to the leader, and `Join`).
 //!
 //! Above it sit the AMQP front end (submits requests, receives effects) and
 //! the server (constructs the [`Node`]). Below it: `warren-core` and
@@ -27,16 +28,18 @@ mod error;
 mod log_store;
 mod network;
 mod node;
+mod peers;
 mod proposer;
 mod state_machine;
 mod tick;
 mod type_config;
 
-pub use config::NodeConfig;
+pub use config::{NodeConfig, SNAPSHOT_CHUNK_BYTES};
 pub use error::ClusterError;
 pub use log_store::RaftLogStore;
 pub use network::{UnreachableClient, UnreachableNetwork};
 pub use node::{EffectSink, Node, NodeStatus};
+pub use peers::{BoxFuture, NoPeers, PeerError, Peers};
 pub use proposer::Proposer;
 pub use state_machine::StateMachine;
 pub use type_config::{Proposal, ProposalTag, TypeConfig};

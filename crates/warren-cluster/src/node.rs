@@ -1,11 +1,14 @@
 //! A Warren Raft node: storage, openraft, state machine, proposer and tick
 //! driver, assembled.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::network::RaftNetworkFactory;
-use openraft::{BasicNode, Raft, ServerState};
+use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use warren_core::{Broker, Effect};
 use warren_store::{LogStore, SledConfig, SledStore};
@@ -14,10 +17,11 @@ use crate::config::NodeConfig;
 use crate::error::ClusterError;
 use crate::log_store::RaftLogStore;
 use crate::network::UnreachableNetwork;
+use crate::peers::{NoPeers, PeerError, Peers};
 use crate::proposer::{Proposer, ProposerTask};
 use crate::state_machine::{ProposalTracker, Shared, StateMachine};
 use crate::tick;
-use crate::type_config::TypeConfig;
+use crate::type_config::{Proposal, TypeConfig};
 
 /// Receives, after each applied entry, the effects addressed to this node
 /// (`effect.channel().conn.node == own id`), in apply order — including
@@ -55,6 +59,11 @@ struct Inner {
     shared: Arc<Shared>,
     proposer: Proposer,
     store: Arc<dyn LogStore>,
+    peers: Arc<dyn Peers>,
+    config: NodeConfig,
+    /// One membership change (join, leave) at a time: openraft refuses a
+    /// change while another is in progress.
+    membership_changes: Semaphore,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -87,23 +96,18 @@ impl Node {
     /// Opens the sled store in `config.data_dir`, starts openraft, and — if
     /// the store is empty — initializes a one-member cluster of this node.
     ///
-    /// Returns once this node is leader and has applied everything in its
-    /// log (the replay after a restart included), so the caller can propose
+    /// Returns once the node is ready (see [`Node::ready`]): here, with no
+    /// peers, once it is leader and has applied everything in its log (the
+    /// replay after a restart included), so the caller can propose
     /// `NodeStarted` and read a current state right away.
     ///
     /// # Errors
     /// The store cannot be opened, Raft cannot start, or the node did not
     /// become ready within `config.start_timeout_ms`.
     pub async fn start(config: NodeConfig, sink: Arc<dyn EffectSink>) -> Result<Node, ClusterError> {
-        let data_dir = config.data_dir.clone();
-        let sled_config = SledConfig {
-            cache_capacity_bytes: config.cache_capacity_bytes,
-            ..SledConfig::default()
-        };
-        let store = tokio::task::spawn_blocking(move || SledStore::open(&data_dir, &sled_config))
-            .await
-            .map_err(|e| ClusterError::Join(e.to_string()))??;
-        Self::start_with(config, Arc::new(store), UnreachableNetwork, sink).await
+        let node = Self::open(config, UnreachableNetwork, Arc::new(NoPeers), sink).await?;
+        node.ready().await?;
+        Ok(node)
     }
 
     /// [`Node::start`] on a given store (e.g. `MemStore` in tests).
@@ -118,7 +122,8 @@ impl Node {
         Self::start_with(config, store, UnreachableNetwork, sink).await
     }
 
-    /// [`Node::start`] on a given store and Raft network.
+    /// [`Node::start`] on a given store and Raft network, without peers to
+    /// forward to or join through.
     ///
     /// # Errors
     /// As for [`Node::start`].
@@ -126,6 +131,51 @@ impl Node {
         config: NodeConfig,
         store: Arc<dyn LogStore>,
         network: N,
+        sink: Arc<dyn EffectSink>,
+    ) -> Result<Node, ClusterError> {
+        let node = Self::open_with(config, store, network, Arc::new(NoPeers), sink).await?;
+        node.ready().await?;
+        Ok(node)
+    }
+
+    /// Opens the sled store in `config.data_dir` and starts the node on it
+    /// (see [`Node::open_with`]).
+    ///
+    /// # Errors
+    /// As for [`Node::open_with`], and the store cannot be opened.
+    pub async fn open<N: RaftNetworkFactory<TypeConfig>>(
+        config: NodeConfig,
+        network: N,
+        peers: Arc<dyn Peers>,
+        sink: Arc<dyn EffectSink>,
+    ) -> Result<Node, ClusterError> {
+        let data_dir = config.data_dir.clone();
+        let sled_config = SledConfig {
+            cache_capacity_bytes: config.cache_capacity_bytes,
+            ..SledConfig::default()
+        };
+        let store = tokio::task::spawn_blocking(move || SledStore::open(&data_dir, &sled_config))
+            .await
+            .map_err(|e| ClusterError::Join(e.to_string()))??;
+        Self::open_with(config, Arc::new(store), network, peers, sink).await
+    }
+
+    /// Starts openraft, the proposer and the tick driver on `store`, and
+    /// returns without waiting for the node to be ready, so the caller can
+    /// start serving Raft RPCs (which need the returned handle) before
+    /// calling [`Node::ready`].
+    ///
+    /// An empty store with an empty `config.join` bootstraps a one-member
+    /// cluster; with a non-empty `join` it stays uninitialized until the
+    /// leader replicates to it ([`Node::ready`] asks to join).
+    ///
+    /// # Errors
+    /// The store cannot be read or Raft cannot start.
+    pub async fn open_with<N: RaftNetworkFactory<TypeConfig>>(
+        config: NodeConfig,
+        store: Arc<dyn LogStore>,
+        network: N,
+        peers: Arc<dyn Peers>,
         sink: Arc<dyn EffectSink>,
     ) -> Result<Node, ClusterError> {
         let node_id = config.node_id;
@@ -146,25 +196,26 @@ impl Node {
             .is_initialized()
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        if !initialized {
+        if !initialized && config.join.is_empty() {
             tracing::info!(node = node_id, addr = %config.cluster_addr, "empty store: bootstrapping a one-member cluster");
             let members = BTreeMap::from([(node_id, BasicNode::new(config.cluster_addr.clone()))]);
             raft.initialize(members)
                 .await
                 .map_err(|e| ClusterError::Raft(e.to_string()))?;
         }
-        wait_until_ready(&raft, node_id, &config).await?;
 
         let (proposer, proposer_task) = ProposerTask {
             raft: raft.clone(),
             tracker,
             sink,
+            peers: peers.clone(),
             max_batch: config.max_batch,
             max_in_flight: config.max_batches_in_flight,
+            forward_timeout: config.forward_timeout(),
+            leader_wait: Duration::from_millis(config.election_timeout_max_ms.saturating_mul(4)),
         }
         .spawn();
         let tick_task = tick::spawn(node_id, raft.clone(), shared.clone(), proposer.clone());
-        tracing::info!(node = node_id, "raft node ready");
         Ok(Node {
             inner: Arc::new(Inner {
                 node_id,
@@ -172,8 +223,273 @@ impl Node {
                 shared,
                 proposer,
                 store,
+                peers,
+                config,
+                membership_changes: Semaphore::new(1),
                 tasks: Mutex::new(vec![proposer_task, tick_task]),
             }),
+        })
+    }
+
+    /// Waits until the node can serve clients: it joined the cluster if it
+    /// had to (`config.join` set and this node not a voter yet: asks the
+    /// members in turn, with backoff, until one leader adds it), a leader is
+    /// known, and this node has applied at least as far as the leader had
+    /// when asked — or it is the leader and has applied its whole log.
+    ///
+    /// # Errors
+    /// [`ClusterError::StartTimeout`] if that did not happen within
+    /// `config.start_timeout_ms`.
+    pub async fn ready(&self) -> Result<(), ClusterError> {
+        let config = &self.inner.config;
+        let deadline = tokio::time::Instant::now() + config.start_timeout();
+        let mut min_applied = None;
+        if !config.join.is_empty() && !self.is_voter() {
+            min_applied = Some(self.join_cluster(deadline).await?);
+        }
+        self.wait_until_caught_up(deadline, min_applied).await?;
+        tracing::info!(node = self.inner.node_id, "raft node ready");
+        Ok(())
+    }
+
+    fn is_voter(&self) -> bool {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let is_voter = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == self.inner.node_id);
+        is_voter
+    }
+
+    fn timeout(&self, reason: impl Into<String>) -> ClusterError {
+        ClusterError::StartTimeout {
+            node: self.inner.node_id,
+            timeout_ms: self.inner.config.start_timeout_ms,
+            reason: reason.into(),
+        }
+    }
+
+    /// Asks the members in `config.join` (following leader hints) to add
+    /// this node as a voter. Returns the log index of that membership.
+    async fn join_cluster(&self, deadline: tokio::time::Instant) -> Result<u64, ClusterError> {
+        let config = &self.inner.config;
+        let mut backoff = Duration::from_millis(100);
+        let mut last_error = String::from("no member answered");
+        loop {
+            for via in &config.join {
+                let mut target = via.clone();
+                // A member that is not the leader names the leader; follow a few hints.
+                for _hop in 0..3 {
+                    tracing::info!(node = self.inner.node_id, via = %target, "asking to join the cluster");
+                    match self
+                        .inner
+                        .peers
+                        .join(&target, self.inner.node_id, &config.cluster_addr)
+                        .await
+                    {
+                        Ok(index) => {
+                            tracing::info!(
+                                node = self.inner.node_id,
+                                log_index = index,
+                                "joined the cluster as voter"
+                            );
+                            return Ok(index);
+                        }
+                        Err(PeerError::NotLeader {
+                            leader_addr: Some(leader),
+                            ..
+                        }) if leader != target => target = leader,
+                        Err(e) => {
+                            tracing::warn!(node = self.inner.node_id, via = %target, error = %e, "join attempt failed");
+                            last_error = format!("join through {target}: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+            if tokio::time::Instant::now() + backoff >= deadline {
+                return Err(self.timeout(last_error));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// See [`Node::ready`]: a leader is known and this node has applied an
+    /// entry of the leader's term; then, on a follower, as far as the
+    /// leader had applied when asked (and `min_applied`).
+    async fn wait_until_caught_up(
+        &self,
+        deadline: tokio::time::Instant,
+        min_applied: Option<u64>,
+    ) -> Result<(), ClusterError> {
+        let raft = &self.inner.raft;
+        let node_id = self.inner.node_id;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let metrics = raft
+                .wait(Some(remaining))
+                .metrics(
+                    |m| {
+                        m.current_leader.is_some()
+                            && m.last_applied.is_some_and(|applied| {
+                                applied.leader_id.term == m.current_term && Some(applied.index) >= min_applied
+                            })
+                    },
+                    "leader known and an entry of its term applied",
+                )
+                .await
+                .map_err(|e| self.timeout(e.to_string()))?;
+            let Some(leader) = metrics.current_leader else { continue };
+            let target = if leader == node_id {
+                if metrics.state != ServerState::Leader {
+                    continue;
+                }
+                metrics.last_log_index
+            } else {
+                let Some(addr) = metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&leader)
+                    .map(|n| n.addr.clone())
+                else {
+                    continue;
+                };
+                match self.inner.peers.applied_index(&addr).await {
+                    Ok(index) => index,
+                    Err(e) => {
+                        tracing::debug!(node = node_id, leader, error = %e, "cannot ask the leader how far it applied");
+                        if tokio::time::Instant::now() >= deadline {
+                            return Err(self.timeout(format!("cannot reach leader {leader}: {e}")));
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                }
+            };
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            raft.wait(Some(remaining))
+                .metrics(
+                    |m| m.last_applied.map(|id| id.index) >= target,
+                    "applied as far as the leader",
+                )
+                .await
+                .map_err(|e| self.timeout(e.to_string()))?;
+            return Ok(());
+        }
+    }
+
+    /// Appends and commits a batch a follower forwarded. The batch's time
+    /// is raised to this node's clock if that is later, so `now_ms` in the
+    /// log does not run backwards across proposers.
+    ///
+    /// # Errors
+    /// [`PeerError::NotLeader`] if this node is not the leader (nothing was
+    /// appended); [`PeerError::Failed`] if the commit failed or did not
+    /// happen within `forward_timeout_ms` (it may still happen).
+    pub async fn write_forwarded(&self, mut proposal: Proposal) -> Result<u64, PeerError> {
+        proposal.batch.now_ms = proposal.batch.now_ms.max(crate::proposer::wall_clock_ms());
+        let write = self.inner.raft.client_write(proposal);
+        match tokio::time::timeout(self.inner.config.forward_timeout(), write).await {
+            Ok(Ok(response)) => Ok(response.log_id.index),
+            Ok(Err(e)) => Err(peer_error(e)),
+            Err(_) => Err(PeerError::Failed("the batch was not committed in time".to_owned())),
+        }
+    }
+
+    /// Adds `node_id` at `addr` as a learner, waits until it has caught up,
+    /// then makes it a voter. Returns the log index of the membership that
+    /// holds it as voter. A node that already is a voter is left as it is.
+    ///
+    /// # Errors
+    /// [`PeerError::NotLeader`] on a follower; [`PeerError::Failed`] if a
+    /// membership change failed (e.g. another one is in progress).
+    pub async fn add_voter(&self, node_id: u64, addr: &str) -> Result<u64, PeerError> {
+        let _one_change_at_a_time = self
+            .inner
+            .membership_changes
+            .acquire()
+            .await
+            .map_err(|_| PeerError::Failed("node is shutting down".to_owned()))?;
+        if let Some(not_leader) = self.not_leader() {
+            return Err(not_leader);
+        }
+        let (is_voter, known_addr, index) = {
+            let metrics = self.inner.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            (
+                membership.voter_ids().any(|id| id == node_id),
+                membership.get_node(&node_id).map(|n| n.addr.clone()),
+                metrics.membership_config.log_id().map(|id| id.index).unwrap_or(0),
+            )
+        };
+        if is_voter && known_addr.as_deref() == Some(addr) {
+            return Ok(index);
+        }
+        tracing::info!(node = self.inner.node_id, joining = node_id, addr, "adding learner");
+        self.inner
+            .raft
+            .add_learner(node_id, BasicNode::new(addr), true)
+            .await
+            .map_err(peer_error)?;
+        tracing::info!(
+            node = self.inner.node_id,
+            joining = node_id,
+            "learner caught up; making it a voter"
+        );
+        let response = self
+            .inner
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
+            .await
+            .map_err(peer_error)?;
+        Ok(response.log_id.index)
+    }
+
+    /// Removes `node_id` from the voters and the membership.
+    ///
+    /// # Errors
+    /// As for [`Node::add_voter`].
+    pub async fn remove_node(&self, node_id: u64) -> Result<u64, PeerError> {
+        let _one_change_at_a_time = self
+            .inner
+            .membership_changes
+            .acquire()
+            .await
+            .map_err(|_| PeerError::Failed("node is shutting down".to_owned()))?;
+        if let Some(not_leader) = self.not_leader() {
+            return Err(not_leader);
+        }
+        let response = self
+            .inner
+            .raft
+            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node_id])), false)
+            .await
+            .map_err(peer_error)?;
+        Ok(response.log_id.index)
+    }
+
+    /// `Some(NotLeader { … })` naming the leader this node knows of, unless
+    /// this node is the leader.
+    pub fn not_leader(&self) -> Option<PeerError> {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        if metrics.state == ServerState::Leader && metrics.current_leader == Some(self.inner.node_id) {
+            return None;
+        }
+        let leader_addr = metrics.current_leader.and_then(|leader| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.addr.clone())
+        });
+        Some(PeerError::NotLeader {
+            leader_id: metrics.current_leader,
+            leader_addr,
         })
     }
 
@@ -263,29 +579,13 @@ impl Node {
     }
 }
 
-/// Waits until this node is leader and has applied an entry of its own
-/// term — the blank entry every new leader commits — which means it has
-/// applied everything in its log.
-async fn wait_until_ready(raft: &Raft<TypeConfig>, node_id: u64, config: &NodeConfig) -> Result<(), ClusterError> {
-    let ready = raft
-        .wait(Some(config.start_timeout()))
-        .metrics(
-            |m| {
-                m.state == ServerState::Leader
-                    && m.current_leader == Some(node_id)
-                    && m.last_applied.is_some_and(|applied| {
-                        applied.leader_id.term == m.current_term && Some(applied.index) >= m.last_log_index
-                    })
-            },
-            "leader with its log applied",
-        )
-        .await;
-    match ready {
-        Ok(_) => Ok(()),
-        Err(e) => Err(ClusterError::StartTimeout {
-            node: node_id,
-            timeout_ms: config.start_timeout_ms,
-            reason: e.to_string(),
-        }),
+/// Maps openraft's write errors to what a peer is told.
+fn peer_error(error: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> PeerError {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => PeerError::NotLeader {
+            leader_id: forward.leader_id,
+            leader_addr: forward.leader_node.map(|n| n.addr),
+        },
+        other => PeerError::Failed(other.to_string()),
     }
 }

@@ -1,16 +1,23 @@
 //! The proposer: coalesces waiting requests into one Raft entry (group
 //! commit) and keeps a few entries in flight while the next batch fills.
+//!
+//! On the leader a batch goes straight into openraft. On a follower it is
+//! forwarded to the leader ([`Peers::forward`]), one batch at a time: the
+//! next batch is sent only once the previous one is committed or failed,
+//! so batches reach the log in submission order (replies are matched to
+//! requests by order, ADR 0002) while the next batch keeps filling.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use openraft::Raft;
-use tokio::sync::{mpsc, Semaphore};
+use openraft::{Raft, ServerState};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use warren_core::{Batch, ChannelId, CoreError, Effect, NodeId, Request};
 
 use crate::error::ClusterError;
 use crate::node::EffectSink;
+use crate::peers::{PeerError, Peers};
 use crate::state_machine::ProposalTracker;
 use crate::type_config::{Proposal, TypeConfig};
 
@@ -47,8 +54,13 @@ pub(crate) struct ProposerTask {
     pub(crate) raft: Raft<TypeConfig>,
     pub(crate) tracker: Arc<ProposalTracker>,
     pub(crate) sink: Arc<dyn EffectSink>,
+    pub(crate) peers: Arc<dyn Peers>,
     pub(crate) max_batch: usize,
     pub(crate) max_in_flight: usize,
+    /// Bound on one forwarded batch (the leader's commit included).
+    pub(crate) forward_timeout: Duration,
+    /// How long a follower waits for a leader to be known before failing a batch.
+    pub(crate) leader_wait: Duration,
 }
 
 impl ProposerTask {
@@ -93,6 +105,10 @@ impl ProposerTask {
                     requests,
                 },
             };
+            if !self.is_leader() {
+                self.forward(proposal, permit, &in_flight, seq, origins).await;
+                continue;
+            }
             // `client_write_ff` hands the entry to RaftCore before it returns,
             // so entries reach the log in submission order; only the wait for
             // the commit runs concurrently.
@@ -118,9 +134,99 @@ impl ProposerTask {
             }
         }
     }
+
+    fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.state == ServerState::Leader && metrics.current_leader == Some(self.tracker.node)
+    }
+
+    /// Forwards one batch to the leader and waits for the outcome. Holding
+    /// every in-flight slot meanwhile makes batches this node appended as
+    /// leader settle first, so the log keeps submission order across a
+    /// change of leader.
+    async fn forward(
+        &self,
+        proposal: Proposal,
+        permit: OwnedSemaphorePermit,
+        in_flight: &Arc<Semaphore>,
+        seq: u64,
+        origins: Vec<ChannelId>,
+    ) {
+        let others = u32::try_from(self.max_in_flight.max(1) - 1).unwrap_or(u32::MAX);
+        let rest = tokio::time::timeout(self.forward_timeout, in_flight.clone().acquire_many_owned(others)).await;
+        let outcome = self.forward_to_leader(proposal).await;
+        drop(rest);
+        drop(permit);
+        if let Err(reason) = outcome {
+            fail_batch(&self.tracker, &*self.sink, seq, origins, &reason);
+        }
+    }
+
+    /// Sends `proposal` to the leader this node knows of. If that node says
+    /// it is not the leader (so nothing was appended), tries once more with
+    /// the leader it names or the next one this node learns of.
+    async fn forward_to_leader(&self, proposal: Proposal) -> Result<(), String> {
+        let mut hint: Option<(Option<u64>, String)> = None;
+        let mut tried: Option<u64> = None;
+        for attempt in 0..2 {
+            let (leader, addr) = match hint.take() {
+                Some(hinted) => hinted,
+                None => match self.wait_for_leader(tried).await {
+                    Some((leader, addr)) => (Some(leader), addr),
+                    None => return Err("no leader is known".to_owned()),
+                },
+            };
+            if leader == Some(self.tracker.node) {
+                // This node became leader meanwhile.
+                let write = self.raft.client_write(proposal);
+                return match tokio::time::timeout(self.forward_timeout, write).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("the batch was not committed in time".to_owned()),
+                };
+            }
+            let forwarded =
+                tokio::time::timeout(self.forward_timeout, self.peers.forward(&addr, proposal.clone())).await;
+            match forwarded {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(PeerError::NotLeader { leader_id, leader_addr })) if attempt == 0 => {
+                    tracing::debug!(node = self.tracker.node, to = %addr, ?leader_id, "forwarded to a non-leader; retrying");
+                    tried = leader;
+                    hint = leader_addr
+                        .filter(|hinted| *hinted != addr)
+                        .map(|hinted| (leader_id, hinted));
+                }
+                Ok(Err(e)) => return Err(format!("forwarding to the leader at {addr}: {e}")),
+                Err(_) => return Err(format!("forwarding to the leader at {addr}: timed out")),
+            }
+        }
+        Err("the leader changed while forwarding".to_owned())
+    }
+
+    /// The leader this node knows of (other than `not`), with its cluster
+    /// address; waits up to `leader_wait` for one.
+    async fn wait_for_leader(&self, not: Option<u64>) -> Option<(u64, String)> {
+        let found = self
+            .raft
+            .wait(Some(self.leader_wait))
+            .metrics(
+                |m| {
+                    m.current_leader.is_some_and(|leader| {
+                        Some(leader) != not && m.membership_config.membership().get_node(&leader).is_some()
+                    })
+                },
+                "a known leader",
+            )
+            .await
+            .ok()?;
+        let leader = found.current_leader?;
+        let addr = found.membership_config.membership().get_node(&leader)?.addr.clone();
+        Some((leader, addr))
+    }
 }
 
-fn wall_clock_ms() -> u64 {
+pub(crate) fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -1,0 +1,45 @@
+//! `warren-rpc`: the gRPC between Warren nodes (`proto/warren.proto`).
+//!
+//! It owns the tonic service every node serves on its cluster address
+//! ([`ClusterService`], started with [`serve`]) and the client side
+//! ([`GrpcNetwork`]): openraft's network (`RaftNetworkFactory` for
+//! [`warren_cluster::TypeConfig`]) and [`warren_cluster::Peers`] (forwarding a
+//! follower's batch to the leader, joining a cluster), over one lazily
+//! connected tonic channel per peer address.
+//!
+//! Every request carries a group id (0 while there is one Raft group) and
+//! the cluster secret; the service refuses a wrong secret with
+//! `PERMISSION_DENIED`. openraft's messages and Warren's proposals travel as
+//! version-prefixed bincode in `bytes` fields ([`codec`]), so prost types
+//! stay in this crate and never reach `warren-core`.
+//!
+//! Above it: `warren-server` (wires the service and network into a node).
+//! Below it: `warren-cluster`.
+
+// openraft's error types are large; they are returned where its traits do.
+#![allow(clippy::result_large_err)]
+
+pub mod codec;
+mod network;
+mod service;
+
+/// The generated protobuf and tonic code.
+#[allow(clippy::all, clippy::pedantic, missing_docs, unused_qualifications)]
+pub mod pb {
+    tonic::include_proto!("warren.cluster.v1");
+}
+
+pub use network::{GrpcClient, GrpcNetwork, NetworkConfig};
+pub use service::{serve, ClusterService, ServiceConfig};
+
+/// The Raft group every request addresses while there is one group.
+pub const DEFAULT_GROUP: u64 = 0;
+
+/// The secret used when none is configured. Anyone who knows it can join or
+/// drive the cluster: change it for anything but a laptop.
+pub const DEV_SECRET: &str = "warren-dev-secret";
+
+/// Largest gRPC message either side accepts (a batch of large messages in
+/// one AppendEntries; snapshots are sent in chunks of
+/// [`warren_cluster::SNAPSHOT_CHUNK_BYTES`]).
+pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;

@@ -1,0 +1,316 @@
+//! The client side: openraft's network and [`Peers`] over tonic.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+use warren_cluster::{BoxFuture, PeerError, Peers, Proposal, TypeConfig};
+
+use crate::codec::{decode, encode};
+use crate::pb::warren_cluster_client::WarrenClusterClient;
+use crate::pb::{self, forward_reply, join_reply};
+use crate::{DEFAULT_GROUP, MAX_MESSAGE_BYTES};
+
+/// How the client reaches other nodes.
+#[derive(Clone, Debug)]
+pub struct NetworkConfig {
+    /// Sent with every request; peers refuse a different one.
+    pub secret: String,
+    pub group_id: u64,
+    /// Bound on establishing a TCP connection to a peer.
+    pub connect_timeout: Duration,
+    /// Bound on a `Join` (the leader waits until the new node caught up).
+    pub join_timeout: Duration,
+    /// Bound on a `Status` call.
+    pub status_timeout: Duration,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            secret: crate::DEV_SECRET.to_owned(),
+            group_id: DEFAULT_GROUP,
+            connect_timeout: Duration::from_millis(500),
+            join_timeout: Duration::from_secs(60),
+            status_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// openraft's `RaftNetworkFactory` and Warren's [`Peers`] over gRPC. Holds
+/// one lazily connected channel per peer address; a channel reconnects by
+/// itself after a failure. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct GrpcNetwork {
+    config: Arc<NetworkConfig>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl GrpcNetwork {
+    pub fn new(config: NetworkConfig) -> Self {
+        Self {
+            config: Arc::new(config),
+            channels: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// A client for the node at `addr` (`host:port`), on the shared channel.
+    ///
+    /// # Errors
+    /// `addr` does not form a valid URI.
+    pub fn client(&self, addr: &str) -> Result<WarrenClusterClient<Channel>, tonic::transport::Error> {
+        let channel = {
+            let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+            match channels.get(addr) {
+                Some(channel) => channel.clone(),
+                None => {
+                    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+                        .connect_timeout(self.config.connect_timeout)
+                        .tcp_nodelay(true)
+                        .http2_keep_alive_interval(Duration::from_secs(10))
+                        .keep_alive_timeout(Duration::from_secs(5))
+                        .connect_lazy();
+                    channels.insert(addr.to_owned(), channel.clone());
+                    channel
+                }
+            }
+        };
+        Ok(WarrenClusterClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// The header every request carries.
+    pub fn header(&self) -> pb::Header {
+        pb::Header {
+            group_id: self.config.group_id,
+            secret: self.config.secret.clone(),
+        }
+    }
+
+    /// This node's view of the cluster from the node at `addr`.
+    ///
+    /// # Errors
+    /// The call failed or timed out.
+    pub async fn status(&self, addr: &str) -> Result<pb::StatusReply, PeerError> {
+        let mut client = self.client(addr).map_err(|e| PeerError::Failed(e.to_string()))?;
+        let request = pb::StatusRequest {
+            header: Some(self.header()),
+        };
+        let reply = tokio::time::timeout(self.config.status_timeout, client.status(request))
+            .await
+            .map_err(|_| PeerError::Failed(format!("status of {addr}: timed out")))?
+            .map_err(|status| PeerError::Failed(format!("status of {addr}: {status}")))?;
+        Ok(reply.into_inner())
+    }
+
+    /// Asks the node at `addr` to remove `node_id` from the cluster.
+    ///
+    /// # Errors
+    /// The call failed, timed out, or the node is not the leader.
+    pub async fn leave(&self, addr: &str, node_id: u64) -> Result<u64, PeerError> {
+        let mut client = self.client(addr).map_err(|e| PeerError::Failed(e.to_string()))?;
+        let request = pb::LeaveRequest {
+            header: Some(self.header()),
+            node_id,
+        };
+        let reply = tokio::time::timeout(self.config.join_timeout, client.leave(request))
+            .await
+            .map_err(|_| PeerError::Failed(format!("leave through {addr}: timed out")))?
+            .map_err(|status| PeerError::Failed(format!("leave through {addr}: {status}")))?;
+        match reply.into_inner().result {
+            Some(pb::leave_reply::Result::Left(committed)) => Ok(committed.log_index),
+            Some(pb::leave_reply::Result::NotLeader(not_leader)) => Err(not_leader_error(not_leader)),
+            Some(pb::leave_reply::Result::Failed(reason)) => Err(PeerError::Failed(reason)),
+            None => Err(PeerError::Failed("empty leave reply".to_owned())),
+        }
+    }
+}
+
+fn not_leader_error(not_leader: pb::NotLeader) -> PeerError {
+    PeerError::NotLeader {
+        leader_id: not_leader.leader_id,
+        leader_addr: Some(not_leader.leader_addr).filter(|addr| !addr.is_empty()),
+    }
+}
+
+impl Peers for GrpcNetwork {
+    fn forward(&self, addr: &str, proposal: Proposal) -> BoxFuture<Result<(), PeerError>> {
+        let client = self.client(addr);
+        let header = self.header();
+        let addr = addr.to_owned();
+        Box::pin(async move {
+            let mut client = client.map_err(|e| PeerError::Failed(e.to_string()))?;
+            let proposal = encode(&proposal).map_err(|e| PeerError::Failed(e.to_string()))?;
+            let request = pb::ForwardRequest {
+                header: Some(header),
+                proposal,
+            };
+            let reply = client
+                .forward(request)
+                .await
+                .map_err(|status| PeerError::Failed(format!("forward to {addr}: {status}")))?;
+            match reply.into_inner().result {
+                Some(forward_reply::Result::Committed(_)) => Ok(()),
+                Some(forward_reply::Result::NotLeader(not_leader)) => Err(not_leader_error(not_leader)),
+                Some(forward_reply::Result::Failed(reason)) => Err(PeerError::Failed(reason)),
+                None => Err(PeerError::Failed("empty forward reply".to_owned())),
+            }
+        })
+    }
+
+    fn join(&self, via: &str, node_id: u64, addr: &str) -> BoxFuture<Result<u64, PeerError>> {
+        let client = self.client(via);
+        let request = pb::JoinRequest {
+            header: Some(self.header()),
+            node_id,
+            addr: addr.to_owned(),
+        };
+        let via = via.to_owned();
+        let limit = self.config.join_timeout;
+        Box::pin(async move {
+            let mut client = client.map_err(|e| PeerError::Failed(e.to_string()))?;
+            let reply = tokio::time::timeout(limit, client.join(request))
+                .await
+                .map_err(|_| PeerError::Failed(format!("join through {via}: timed out")))?
+                .map_err(|status| PeerError::Failed(format!("join through {via}: {status}")))?;
+            match reply.into_inner().result {
+                Some(join_reply::Result::Joined(committed)) => Ok(committed.log_index),
+                Some(join_reply::Result::NotLeader(not_leader)) => Err(not_leader_error(not_leader)),
+                Some(join_reply::Result::Failed(reason)) => Err(PeerError::Failed(reason)),
+                None => Err(PeerError::Failed("empty join reply".to_owned())),
+            }
+        })
+    }
+
+    fn applied_index(&self, addr: &str) -> BoxFuture<Result<Option<u64>, PeerError>> {
+        let network = self.clone();
+        let addr = addr.to_owned();
+        Box::pin(async move { Ok(network.status(&addr).await?.last_applied) })
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
+    type Network = GrpcClient;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Self::Network {
+        GrpcClient {
+            target,
+            addr: node.addr.clone(),
+            network: self.clone(),
+        }
+    }
+}
+
+/// openraft's connection to one peer.
+#[derive(Clone, Debug)]
+pub struct GrpcClient {
+    target: u64,
+    addr: String,
+    network: GrpcNetwork,
+}
+
+/// Which RPC of the service to call.
+#[derive(Clone, Copy, Debug)]
+enum RaftRpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl GrpcClient {
+    /// Sends one openraft RPC and decodes the remote `Result`.
+    async fn call<Req, Resp, E>(
+        &self,
+        rpc: RaftRpc,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>
+    where
+        Req: serde::Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let payload = encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut client = self
+            .network
+            .client(&self.addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let request = pb::RaftRequest {
+            header: Some(self.network.header()),
+            payload,
+        };
+        let call = async {
+            match rpc {
+                RaftRpc::AppendEntries => client.append_entries(request).await,
+                RaftRpc::Vote => client.vote(request).await,
+                RaftRpc::InstallSnapshot => client.install_snapshot(request).await,
+            }
+        };
+        let reply = match tokio::time::timeout(option.hard_ttl(), call).await {
+            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Err(status)) => return Err(status_error(self.target, &status)),
+            Err(_) => {
+                let error = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "{rpc:?} to node {} at {}: no answer within {:?}",
+                        self.target,
+                        self.addr,
+                        option.hard_ttl()
+                    ),
+                );
+                return Err(RPCError::Network(NetworkError::new(&error)));
+            }
+        };
+        let result: Result<Resp, RaftError<u64, E>> =
+            decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+/// A transport failure (peer down, connection refused) is `Unreachable`,
+/// so openraft backs off; anything else is a `NetworkError`.
+fn status_error<E: std::error::Error>(target: u64, status: &tonic::Status) -> RPCError<u64, BasicNode, E> {
+    let error = std::io::Error::other(format!("node {target}: {status}"));
+    match status.code() {
+        Code::Unavailable | Code::Cancelled | Code::Unknown => RPCError::Unreachable(Unreachable::new(&error)),
+        _ => RPCError::Network(NetworkError::new(&error)),
+    }
+}
+
+impl RaftNetwork<TypeConfig> for GrpcClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        self.call(RaftRpc::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>> {
+        self.call(RaftRpc::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        self.call(RaftRpc::Vote, &rpc, &option).await
+    }
+}

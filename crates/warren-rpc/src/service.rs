@@ -1,0 +1,206 @@
+//! The server side: the tonic service each node serves on its cluster address.
+
+use std::future::Future;
+
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::ServerState;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+use warren_cluster::{Node, PeerError, Proposal, TypeConfig};
+
+use crate::codec::{decode, encode};
+use crate::pb::warren_cluster_server::{WarrenCluster, WarrenClusterServer};
+use crate::pb::{self, forward_reply, join_reply, leave_reply};
+use crate::{DEFAULT_GROUP, MAX_MESSAGE_BYTES};
+
+/// What the service checks on every request.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// Requests carrying another secret are refused (`PERMISSION_DENIED`).
+    pub secret: String,
+    /// The Raft group this node serves; others get `NOT_FOUND`.
+    pub group_id: u64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            secret: crate::DEV_SECRET.to_owned(),
+            group_id: DEFAULT_GROUP,
+        }
+    }
+}
+
+/// The `WarrenCluster` service of one node.
+#[derive(Clone, Debug)]
+pub struct ClusterService {
+    node: Node,
+    config: ServiceConfig,
+}
+
+impl ClusterService {
+    pub fn new(node: Node, config: ServiceConfig) -> Self {
+        Self { node, config }
+    }
+
+    /// The tonic server wrapper, with Warren's message size limits.
+    pub fn into_server(self) -> WarrenClusterServer<Self> {
+        WarrenClusterServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Refuses a missing header, a wrong secret or another group.
+    fn check(&self, header: Option<&pb::Header>) -> Result<(), Status> {
+        let Some(header) = header else {
+            return Err(Status::invalid_argument("request without a header"));
+        };
+        if !constant_time_eq(header.secret.as_bytes(), self.config.secret.as_bytes()) {
+            return Err(Status::permission_denied("wrong cluster secret"));
+        }
+        if header.group_id != self.config.group_id {
+            return Err(Status::not_found(format!("no Raft group {}", header.group_id)));
+        }
+        Ok(())
+    }
+}
+
+/// Compares secrets without stopping at the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn bad_payload(error: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("undecodable payload: {error}"))
+}
+
+fn raft_reply<T: Serialize>(result: &T) -> Result<Response<pb::RaftReply>, Status> {
+    let payload = encode(result).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(pb::RaftReply { payload }))
+}
+
+fn not_leader(error: &PeerError) -> Option<pb::NotLeader> {
+    match error {
+        PeerError::NotLeader { leader_id, leader_addr } => Some(pb::NotLeader {
+            leader_id: *leader_id,
+            leader_addr: leader_addr.clone().unwrap_or_default(),
+        }),
+        PeerError::Failed(_) => None,
+    }
+}
+
+#[tonic::async_trait]
+impl WarrenCluster for ClusterService {
+    #[tracing::instrument(level = "trace", skip_all)]
+    async fn append_entries(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let request = request.into_inner();
+        self.check(request.header.as_ref())?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.payload).map_err(bad_payload)?;
+        raft_reply(&self.node.raft().append_entries(rpc).await)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn vote(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let request = request.into_inner();
+        self.check(request.header.as_ref())?;
+        let rpc: VoteRequest<u64> = decode(&request.payload).map_err(bad_payload)?;
+        raft_reply(&self.node.raft().vote(rpc).await)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn install_snapshot(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let request = request.into_inner();
+        self.check(request.header.as_ref())?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(&request.payload).map_err(bad_payload)?;
+        raft_reply(&self.node.raft().install_snapshot(rpc).await)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn forward(&self, request: Request<pb::ForwardRequest>) -> Result<Response<pb::ForwardReply>, Status> {
+        let request = request.into_inner();
+        self.check(request.header.as_ref())?;
+        let proposal: Proposal = decode(&request.proposal).map_err(bad_payload)?;
+        let result = match self.node.write_forwarded(proposal).await {
+            Ok(log_index) => forward_reply::Result::Committed(pb::Committed { log_index }),
+            Err(error) => match not_leader(&error) {
+                Some(hint) => forward_reply::Result::NotLeader(hint),
+                None => forward_reply::Result::Failed(error.to_string()),
+            },
+        };
+        Ok(Response::new(pb::ForwardReply { result: Some(result) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(joining = request.get_ref().node_id))]
+    async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
+        let request = request.into_inner();
+        self.check(request.header.as_ref())?;
+        if request.addr.is_empty() {
+            return Err(Status::invalid_argument("a joining node must give its cluster address"));
+        }
+        let result = match self.node.add_voter(request.node_id, &request.addr).await {
+            Ok(log_index) => join_reply::Result::Joined(pb::Committed { log_index }),
+            Err(error) => match not_leader(&error) {
+                Some(hint) => join_reply::Result::NotLeader(hint),
+                None => join_reply::Result::Failed(error.to_string()),
+            },
+        };
+        Ok(Response::new(pb::JoinReply { result: Some(result) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(leaving = request.get_ref().node_id))]
+    async fn leave(&self, request: Request<pb::LeaveRequest>) -> Result<Response<pb::LeaveReply>, Status> {
+        let request = request.into_inner();
+        self.check(request.header.as_ref())?;
+        let result = match self.node.remove_node(request.node_id).await {
+            Ok(log_index) => leave_reply::Result::Left(pb::Committed { log_index }),
+            Err(error) => match not_leader(&error) {
+                Some(hint) => leave_reply::Result::NotLeader(hint),
+                None => leave_reply::Result::Failed(error.to_string()),
+            },
+        };
+        Ok(Response::new(pb::LeaveReply { result: Some(result) }))
+    }
+
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        self.check(request.get_ref().header.as_ref())?;
+        let metrics = self.node.raft().metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| pb::Member {
+                node_id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        Ok(Response::new(pb::StatusReply {
+            node_id: metrics.id,
+            leader_id: metrics.current_leader,
+            is_leader: metrics.state == ServerState::Leader,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index,
+            last_applied: metrics.last_applied.map(|id| id.index),
+            snapshot_index: metrics.snapshot.map(|id| id.index),
+            members,
+        }))
+    }
+}
+
+/// Serves `service` on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// The server failed.
+pub async fn serve(
+    listener: TcpListener,
+    service: ClusterService,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}

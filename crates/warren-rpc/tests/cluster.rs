@@ -1,0 +1,270 @@
+//! Three in-process nodes over real gRPC on loopback: join through a
+//! member, a follower's requests forwarded to the leader, the secret.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use amq_protocol_types::FieldTable;
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use warren_cluster::{EffectSink, Node, NodeConfig, PeerError, Peers};
+use warren_core::{
+    ChannelId, Command, ConnectionId, CoreError, Effect, ExchangeName, Message, NodeId, Outcome, Properties, QueueName,
+    Request, VHost,
+};
+use warren_rpc::{serve, ClusterService, GrpcNetwork, NetworkConfig, ServiceConfig};
+use warren_store::MemStore;
+
+const SECRET: &str = "test-secret";
+
+#[derive(Default)]
+struct CollectingSink {
+    effects: Mutex<Vec<Effect>>,
+}
+
+impl EffectSink for CollectingSink {
+    fn emit(&self, effects: Vec<Effect>) {
+        self.effects.lock().expect("sink lock").extend(effects);
+    }
+}
+
+impl CollectingSink {
+    fn replies_to(&self, channel: ChannelId) -> Vec<Result<Outcome, CoreError>> {
+        self.effects
+            .lock()
+            .expect("sink lock")
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::Reply { channel: to, outcome } if *to == channel => Some(outcome.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn wait_for_replies(&self, channel: ChannelId, count: usize) -> Vec<Result<Outcome, CoreError>> {
+        for _ in 0..2000 {
+            let replies = self.replies_to(channel);
+            if replies.len() >= count {
+                return replies;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "expected {count} replies to {channel:?}, got {:?}",
+            self.replies_to(channel)
+        );
+    }
+}
+
+struct TestNode {
+    node: Node,
+    sink: Arc<CollectingSink>,
+    addr: String,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl TestNode {
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.node.shutdown().await?;
+        Ok(())
+    }
+}
+
+fn network() -> GrpcNetwork {
+    GrpcNetwork::new(NetworkConfig {
+        secret: SECRET.to_owned(),
+        ..NetworkConfig::default()
+    })
+}
+
+async fn start_node(node_id: u64, join: Vec<String>) -> anyhow::Result<TestNode> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let config = NodeConfig {
+        node_id,
+        cluster_addr: addr.clone(),
+        heartbeat_interval_ms: 50,
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
+        join,
+        start_timeout_ms: 30_000,
+        ..NodeConfig::default()
+    };
+    let sink = Arc::new(CollectingSink::default());
+    let net = network();
+    let node = Node::open_with(
+        config,
+        Arc::new(MemStore::new()),
+        net.clone(),
+        Arc::new(net),
+        sink.clone(),
+    )
+    .await?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let service = ClusterService::new(
+        node.clone(),
+        ServiceConfig {
+            secret: SECRET.to_owned(),
+            ..ServiceConfig::default()
+        },
+    );
+    tokio::spawn(serve(listener, service, async {
+        let _ = stopped.await;
+    }));
+    node.ready().await?;
+    Ok(TestNode {
+        node,
+        sink,
+        addr,
+        stop: Some(stop),
+    })
+}
+
+fn channel(node: u64) -> ChannelId {
+    ChannelId {
+        conn: ConnectionId {
+            node: NodeId(node),
+            boot: 1,
+            seq: 1,
+        },
+        channel: 1,
+    }
+}
+
+fn request(origin: ChannelId, command: Command) -> Request {
+    Request {
+        origin: Some(origin),
+        command,
+    }
+}
+
+fn declare(name: &str) -> Command {
+    Command::DeclareQueue {
+        vhost: VHost::from("/"),
+        name: QueueName::from(name),
+        passive: false,
+        durable: true,
+        exclusive: false,
+        auto_delete: false,
+        arguments: FieldTable::default(),
+    }
+}
+
+fn publish(queue: &str, body: &str) -> Command {
+    Command::Publish {
+        vhost: VHost::from("/"),
+        mandatory: false,
+        message: Arc::new(Message {
+            exchange: ExchangeName::default_exchange(),
+            routing_key: queue.to_owned(),
+            properties: Properties::default(),
+            body: Bytes::from(body.to_owned()),
+        }),
+    }
+}
+
+fn ready_count(node: &Node, queue: &str) -> Option<u64> {
+    node.read(|broker| {
+        broker
+            .queue_summaries()
+            .into_iter()
+            .find(|q| q.name.as_str() == queue)
+            .map(|q| q.messages_ready)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_join_through_a_member_and_forward_their_requests_to_the_leader() -> anyhow::Result<()> {
+    let first = start_node(1, Vec::new()).await?;
+    let second = start_node(2, vec![first.addr.clone()]).await?;
+    // The third joins through a follower: it is pointed at the leader.
+    let third = start_node(3, vec![second.addr.clone()]).await?;
+
+    let status = first.node.metrics();
+    assert!(status.is_leader, "{status:?}");
+    assert_eq!(status.members.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(third.node.metrics().leader, Some(1));
+
+    // Requests submitted on a follower reach the log through the leader;
+    // their replies come from the follower's own apply, in order.
+    let origin = channel(3);
+    let proposer = third.node.proposer();
+    proposer.submit(request(origin, declare("jobs"))).await?;
+    for i in 0..50 {
+        proposer
+            .submit(request(origin, publish("jobs", &format!("job {i}"))))
+            .await?;
+    }
+    let replies = third.sink.wait_for_replies(origin, 51).await;
+    assert_eq!(replies.len(), 51, "{replies:?}");
+    assert!(matches!(replies[0], Ok(Outcome::QueueDeclared { .. })), "{replies:?}");
+    assert!(
+        replies[1..]
+            .iter()
+            .all(|r| matches!(r, Ok(Outcome::Published { routed: true, .. }))),
+        "{replies:?}"
+    );
+    assert!(
+        first.sink.replies_to(origin).is_empty(),
+        "other nodes do not answer node 3's channels"
+    );
+    for node in [&first, &second, &third] {
+        for _ in 0..500 {
+            if ready_count(&node.node, "jobs") == Some(50) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            ready_count(&node.node, "jobs"),
+            Some(50),
+            "node {}",
+            node.node.metrics().node_id
+        );
+    }
+
+    // A follower leaves; the others keep a majority and keep committing.
+    let left = network().leave(&second.addr, 3).await;
+    let index = match left {
+        Ok(index) => index,
+        Err(PeerError::NotLeader {
+            leader_addr: Some(leader),
+            ..
+        }) => network().leave(&leader, 3).await?,
+        Err(e) => return Err(e.into()),
+    };
+    assert!(index > 0);
+    assert_eq!(
+        first.node.metrics().members.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+
+    third.stop().await?;
+    second.stop().await?;
+    first.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_the_wrong_secret_is_refused() -> anyhow::Result<()> {
+    let node = start_node(1, Vec::new()).await?;
+    let intruder = GrpcNetwork::new(NetworkConfig {
+        secret: "guess".to_owned(),
+        ..NetworkConfig::default()
+    });
+    let joined = intruder.join(&node.addr, 9, "127.0.0.1:1").await;
+    assert!(
+        matches!(&joined, Err(PeerError::Failed(reason)) if reason.contains("wrong cluster secret")),
+        "{joined:?}"
+    );
+    let status = intruder.status(&node.addr).await;
+    assert!(status.is_err(), "{status:?}");
+    assert_eq!(network().status(&node.addr).await?.node_id, 1);
+    assert_eq!(node.node.metrics().members.len(), 1, "nobody was added");
+    node.stop().await?;
+    Ok(())
+}
