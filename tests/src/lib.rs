@@ -35,6 +35,10 @@ use lapin::{message::Delivery, Connection, ConnectionProperties, Consumer};
 /// The exact line prefix the server prints on stdout once it accepts AMQP.
 pub const LISTENING_PREFIX: &str = "warren: amqp listening on ";
 
+/// The line prefix the server prints on stdout once its cluster (gRPC)
+/// listener is bound; it comes before the AMQP line.
+pub const CLUSTER_LISTENING_PREFIX: &str = "warren: cluster listening on ";
+
 /// How long a broker may take to print its listening line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -129,6 +133,7 @@ type LogBuffer = Arc<Mutex<Vec<String>>>;
 pub struct WarrenProcess {
     child: Option<Child>,
     amqp_addr: SocketAddr,
+    cluster_addr: Option<SocketAddr>,
     data_dir: PathBuf,
     /// Keeps a temporary data directory alive as long as the process handle.
     _temp_dir: Option<Arc<tempfile::TempDir>>,
@@ -185,16 +190,45 @@ impl WarrenProcess {
     /// See [`WarrenProcess::start`].
     pub fn start_with_args(data_dir: impl AsRef<Path>, extra_args: Vec<std::ffi::OsString>) -> anyhow::Result<Self> {
         let logs: LogBuffer = Arc::new(Mutex::new(Vec::new()));
-        let (child, amqp_addr) = spawn_warren(data_dir.as_ref(), &extra_args, &logs, 0)?;
+        let (child, amqp_addr, cluster_addr) = spawn_warren(data_dir.as_ref(), &extra_args, &logs, 0)?;
         Ok(Self {
             child: Some(child),
             amqp_addr,
+            cluster_addr,
             data_dir: data_dir.as_ref().to_path_buf(),
             _temp_dir: None,
             logs,
             generation: 0,
             extra_args,
         })
+    }
+
+    /// Starts cluster node `node_id` on a fresh temporary data directory,
+    /// with ephemeral loopback ports. `join`: the cluster address of a member
+    /// to join through; `None` bootstraps a new cluster.
+    ///
+    /// # Errors
+    /// See [`WarrenProcess::start`].
+    pub fn start_cluster_node(node_id: u64, join: Option<SocketAddr>) -> anyhow::Result<Self> {
+        let root = tempfile::Builder::new()
+            .prefix(&format!("warren-e2e-node{node_id}-"))
+            .tempdir()
+            .context("cannot create a temporary dir")?;
+        let data_dir = root.path().join("data");
+        let mut extra_args: Vec<std::ffi::OsString> = vec!["--node-id".into(), node_id.to_string().into()];
+        if let Some(join) = join {
+            extra_args.push("--join".into());
+            extra_args.push(join.to_string().into());
+        }
+        let mut process = Self::start_with_args(&data_dir, extra_args)?;
+        process._temp_dir = Some(Arc::new(root));
+        Ok(process)
+    }
+
+    /// The cluster (gRPC) address the broker listens on, from its
+    /// `warren: cluster listening on` line.
+    pub fn cluster_addr(&self) -> Option<SocketAddr> {
+        self.cluster_addr
     }
 
     /// The address the broker accepts AMQP connections on.
@@ -251,9 +285,10 @@ impl WarrenProcess {
         self.kill9();
         self.generation += 1;
         self.log_line(format!("--- e2e: starting generation {} ---", self.generation));
-        let (child, addr) = spawn_warren(&self.data_dir, &self.extra_args, &self.logs, self.generation)?;
+        let (child, addr, cluster_addr) = spawn_warren(&self.data_dir, &self.extra_args, &self.logs, self.generation)?;
         self.child = Some(child);
         self.amqp_addr = addr;
+        self.cluster_addr = cluster_addr;
         Ok(())
     }
 
@@ -295,10 +330,15 @@ fn spawn_warren(
     extra_args: &[std::ffi::OsString],
     logs: &LogBuffer,
     generation: u32,
-) -> anyhow::Result<(Child, SocketAddr)> {
+) -> anyhow::Result<(Child, SocketAddr, Option<SocketAddr>)> {
     let binary = ensure_warren_built()?;
-    let mut child = Command::new(&binary)
-        .args(["server", "--node-id", "1", "--data-dir"])
+    let mut command = Command::new(&binary);
+    command.arg("server");
+    if !extra_args.iter().any(|arg| arg == "--node-id") {
+        command.args(["--node-id", "1"]);
+    }
+    let mut child = command
+        .arg("--data-dir")
         .arg(data_dir)
         .args([
             "--amqp-listen",
@@ -320,9 +360,15 @@ fn spawn_warren(
         .with_context(|| format!("cannot spawn {}", binary.display()))?;
 
     let (addr_tx, addr_rx) = mpsc::channel::<String>();
+    let cluster_line: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let stdout = child.stdout.take().context("no stdout pipe")?;
     let stderr = child.stderr.take().context("no stderr pipe")?;
-    drain_lines(stdout, Arc::clone(logs), format!("[{generation} out] "), Some(addr_tx));
+    drain_lines(
+        stdout,
+        Arc::clone(logs),
+        format!("[{generation} out] "),
+        Some((addr_tx, Arc::clone(&cluster_line))),
+    );
     drain_lines(stderr, Arc::clone(logs), format!("[{generation} err] "), None);
 
     let failure = |child: &mut Child, why: String| {
@@ -337,7 +383,14 @@ fn spawn_warren(
     };
     match addr_rx.recv_timeout(START_TIMEOUT) {
         Ok(addr) => match addr.trim().parse::<SocketAddr>() {
-            Ok(addr) => Ok((child, addr)),
+            Ok(addr) => {
+                // The cluster line comes first, from the same reader thread.
+                let cluster_addr = cluster_line
+                    .lock()
+                    .ok()
+                    .and_then(|line| line.as_deref().and_then(|a| a.trim().parse::<SocketAddr>().ok()));
+                Ok((child, addr, cluster_addr))
+            }
             Err(e) => Err(failure(
                 &mut child,
                 format!("unparsable listening address {addr:?}: {e}"),
@@ -353,15 +406,18 @@ fn spawn_warren(
     }
 }
 
-/// Copies `pipe` line by line into `logs`; the first listening line goes to `addr_tx`.
-fn drain_lines(
-    pipe: impl Read + Send + 'static,
-    logs: LogBuffer,
-    prefix: String,
-    addr_tx: Option<mpsc::Sender<String>>,
-) {
+/// Where the stdout reader reports the listening lines: the AMQP address
+/// to the channel, the cluster address into the slot.
+type ListeningLines = (mpsc::Sender<String>, Arc<Mutex<Option<String>>>);
+
+/// Copies `pipe` line by line into `logs`; the first AMQP listening line
+/// goes to the sender, the cluster listening line into the slot.
+fn drain_lines(pipe: impl Read + Send + 'static, logs: LogBuffer, prefix: String, listening: Option<ListeningLines>) {
     thread::spawn(move || {
-        let mut addr_tx = addr_tx;
+        let (mut addr_tx, cluster_slot) = match listening {
+            Some((tx, slot)) => (Some(tx), Some(slot)),
+            None => (None, None),
+        };
         let mut reader = BufReader::new(pipe);
         let mut raw = Vec::new();
         loop {
@@ -371,6 +427,11 @@ fn drain_lines(
                 Ok(_) => {}
             }
             let line = String::from_utf8_lossy(&raw).trim_end().to_string();
+            if let (Some(addr), Some(slot)) = (line.strip_prefix(CLUSTER_LISTENING_PREFIX), cluster_slot.as_ref()) {
+                if let Ok(mut slot) = slot.lock() {
+                    slot.get_or_insert_with(|| addr.to_string());
+                }
+            }
             if let Some(addr) = line.strip_prefix(LISTENING_PREFIX) {
                 if let Some(tx) = addr_tx.take() {
                     let _ = tx.send(addr.to_string());

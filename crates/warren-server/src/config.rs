@@ -21,15 +21,21 @@ pub struct ServerArgs {
     /// AMQP listen address.
     #[arg(long, env = "WARREN_AMQP_LISTEN")]
     pub amqp_listen: Option<SocketAddr>,
-    /// gRPC address for other nodes (used once clustering lands).
+    /// gRPC address for other nodes.
     #[arg(long, env = "WARREN_CLUSTER_LISTEN")]
     pub cluster_listen: Option<SocketAddr>,
-    /// The cluster address other nodes use (default: derived from --cluster-listen).
+    /// The cluster address other nodes use (default: the bound cluster
+    /// address, with 127.0.0.1 for a wildcard listen address).
     #[arg(long, env = "WARREN_ADVERTISE")]
     pub advertise: Option<String>,
-    /// Members to join through (clustering: a later issue).
+    /// Cluster addresses of members to join through when the data directory
+    /// is empty (absent: bootstrap a one-member cluster).
     #[arg(long, env = "WARREN_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
+    /// Shared secret every inter-node request carries; a node with another
+    /// one is refused. The default is for laptops only: change it.
+    #[arg(long, env = "WARREN_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
     /// Management API and metrics (a later issue).
     #[arg(long, env = "WARREN_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
@@ -48,6 +54,7 @@ pub struct FileConfig {
     pub cluster_listen: Option<SocketAddr>,
     pub advertise: Option<String>,
     pub join: Option<Vec<String>>,
+    pub cluster_secret: Option<String>,
     pub http_listen: Option<SocketAddr>,
     /// Largest accepted message body, bytes (default 16 MiB).
     pub max_message_size: Option<u64>,
@@ -71,8 +78,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub amqp_listen: SocketAddr,
     pub cluster_listen: SocketAddr,
-    pub advertise: String,
+    /// The cluster address given explicitly; `None`: derived from the bound
+    /// cluster listener ([`advertise_for`]).
+    pub advertise: Option<String>,
     pub join: Vec<String>,
+    pub cluster_secret: String,
     pub http_listen: SocketAddr,
     pub max_message_size: u64,
     pub heartbeat_secs: u64,
@@ -97,10 +107,7 @@ impl Config {
             .cluster_listen
             .or(file.cluster_listen)
             .unwrap_or(([0, 0, 0, 0], 25672).into());
-        let advertise = args
-            .advertise
-            .or(file.advertise)
-            .unwrap_or_else(|| default_advertise(cluster_listen));
+        let advertise = args.advertise.or(file.advertise);
         Ok(Self {
             node_id: args.node_id.or(file.node_id).unwrap_or(1),
             data_dir: args
@@ -118,6 +125,10 @@ impl Config {
             } else {
                 args.join
             },
+            cluster_secret: args
+                .cluster_secret
+                .or(file.cluster_secret)
+                .unwrap_or_else(|| warren_rpc::DEV_SECRET.to_owned()),
             http_listen: args
                 .http_listen
                 .or(file.http_listen)
@@ -138,13 +149,15 @@ fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
     toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
 }
 
-/// A wildcard listen address is not reachable by others: advertise loopback
-/// for it until clustering derives a better one.
-fn default_advertise(listen: SocketAddr) -> String {
-    if listen.ip().is_unspecified() {
-        format!("127.0.0.1:{}", listen.port())
+/// The cluster address to advertise when none is configured, from the
+/// address the cluster listener is bound to (its real port, also for port
+/// 0). A wildcard address is not reachable by others: advertise loopback
+/// for it (set `--advertise` on a multi-host cluster).
+pub fn advertise_for(bound: SocketAddr) -> String {
+    if bound.ip().is_unspecified() {
+        format!("127.0.0.1:{}", bound.port())
     } else {
-        listen.to_string()
+        bound.to_string()
     }
 }
 
@@ -161,6 +174,19 @@ mod tests {
         assert_eq!(config.http_listen, "0.0.0.0:15672".parse().expect("addr"));
         assert_eq!(config.data_dir, PathBuf::from("./warren-data"));
         assert_eq!(config.max_message_size, 16 * 1024 * 1024);
+        assert_eq!(config.cluster_secret, warren_rpc::DEV_SECRET);
+        assert!(config.join.is_empty());
+        assert_eq!(config.advertise, None);
+    }
+
+    #[test]
+    fn the_advertised_address_is_the_bound_one_with_loopback_for_a_wildcard() {
+        assert_eq!(
+            advertise_for("127.0.0.1:40001".parse().expect("addr")),
+            "127.0.0.1:40001"
+        );
+        assert_eq!(advertise_for("0.0.0.0:25672".parse().expect("addr")), "127.0.0.1:25672");
+        assert_eq!(advertise_for("10.1.2.3:25672".parse().expect("addr")), "10.1.2.3:25672");
     }
 
     #[test]

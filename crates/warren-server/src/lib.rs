@@ -1,8 +1,10 @@
 //! `warren-server`: assembles a node from its configuration — the Raft node
-//! (`warren-cluster`), the AMQP front end (`warren-amqp`) — and runs it
-//! until a shutdown signal. `main` only parses flags and calls [`run`].
+//! (`warren-cluster`), the inter-node gRPC (`warren-rpc`), the AMQP front end
+//! (`warren-amqp`) — and runs it until a shutdown signal. `main` only parses
+//! flags and calls [`run`].
 
 pub mod config;
+pub mod ctl;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,22 +12,29 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tracing::info;
 use warren_amqp::{password::hash_password, AmqpConfig, Frontend, Registry};
 use warren_cluster::{Node, NodeConfig};
 use warren_core::{Command, NodeId, Request, UserName, VHost};
+use warren_rpc::{ClusterService, GrpcNetwork, NetworkConfig, ServiceConfig};
 
-pub use config::{Config, ServerArgs};
+pub use config::{advertise_for, Config, ServerArgs};
 
-/// Runs a node: opens (or bootstraps) its Raft state in `config.data_dir`,
-/// then serves AMQP on `amqp_listener` until `shutdown` completes.
+/// Runs a node: binds `config.cluster_listen` and serves the inter-node
+/// gRPC there, opens its Raft state in `config.data_dir` (bootstrapping a
+/// one-member cluster, or joining through `config.join`, when it is empty),
+/// waits until the node has caught up with the leader, then serves AMQP on
+/// `amqp_listener` until `shutdown` completes.
 ///
-/// Prints `warren: amqp listening on ADDR` on stdout once connections are
-/// accepted; scripts and tests wait for that line.
+/// Prints `warren: cluster listening on ADDR` on stdout once the gRPC
+/// listener is bound, then `warren: amqp listening on ADDR` once AMQP
+/// connections are accepted; scripts and tests wait for these lines.
 ///
 /// # Errors
-/// The data directory or the Raft node cannot be opened, or the first
-/// commands (default user, node start) cannot be committed.
+/// The cluster address cannot be bound, the data directory or the Raft node
+/// cannot be opened, joining failed, or the first commands (default user,
+/// node start) cannot be committed.
 pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
@@ -33,15 +42,39 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
     let node_id = NodeId(config.node_id);
     let registry = Arc::new(Registry::new());
 
+    let cluster_listener = TcpListener::bind(config.cluster_listen)
+        .await
+        .with_context(|| format!("binding the cluster listener on {}", config.cluster_listen))?;
+    let cluster_addr = cluster_listener.local_addr()?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| advertise_for(cluster_addr));
+    let network = GrpcNetwork::new(NetworkConfig {
+        secret: config.cluster_secret.clone(),
+        ..NetworkConfig::default()
+    });
     let node_config = NodeConfig {
         node_id: config.node_id,
         data_dir: config.data_dir.clone(),
-        cluster_addr: config.advertise.clone(),
+        cluster_addr: advertise.clone(),
+        join: config.join.clone(),
         ..NodeConfig::default()
     };
-    let node = Node::start(node_config, registry.clone())
+    let node = Node::open(node_config, network.clone(), Arc::new(network), registry.clone())
         .await
         .context("starting the Raft node")?;
+    let service = ClusterService::new(
+        node.clone(),
+        ServiceConfig {
+            secret: config.cluster_secret.clone(),
+            ..ServiceConfig::default()
+        },
+    );
+    let (stop_cluster, cluster_stopped) = oneshot::channel::<()>();
+    let cluster_server = tokio::spawn(warren_rpc::serve(cluster_listener, service, async {
+        let _ = cluster_stopped.await;
+    }));
+    info!(node = node_id.0, %cluster_addr, %advertise, "cluster listening");
+    println!("warren: cluster listening on {cluster_addr}");
+    node.ready().await.context("waiting for the Raft node to be ready")?;
     let proposer = node.proposer();
 
     if !node.read(|broker| broker.has_users()) {
@@ -99,6 +132,10 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
 
     info!("shutting down");
     node.shutdown().await.context("stopping the Raft node")?;
+    let _ = stop_cluster.send(());
+    if let Ok(Err(e)) = cluster_server.await {
+        tracing::warn!(error = %e, "the cluster listener failed");
+    }
     Ok(())
 }
 

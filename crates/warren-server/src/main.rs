@@ -20,13 +20,28 @@ struct Cli {
 enum Cmd {
     /// Run a node (the default).
     Server(ServerArgs),
-    /// Operate a running cluster (arrives with clustering).
-    Ctl {
-        #[arg(long, default_value = "127.0.0.1:25672")]
-        server: String,
-        #[arg(trailing_var_arg = true)]
-        args: Vec<String>,
-    },
+    /// Operate a running cluster over its gRPC port.
+    Ctl(CtlArgs),
+}
+
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// The cluster (gRPC) address of any member.
+    #[arg(long, default_value = "127.0.0.1:25672")]
+    server: String,
+    /// The cluster secret (as the nodes were started with).
+    #[arg(long, env = "WARREN_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
+    #[command(subcommand)]
+    command: CtlCmd,
+}
+
+#[derive(Subcommand)]
+enum CtlCmd {
+    /// Members, leader, term, log and applied index of each reachable node.
+    ClusterStatus,
+    /// Removes a node from the cluster (sent to the leader).
+    RemoveNode { node_id: u64 },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,11 +56,16 @@ fn main() -> anyhow::Result<()> {
     let args = match cli.command {
         None => cli.server,
         Some(Cmd::Server(args)) => args,
-        Some(Cmd::Ctl { server, args }) => {
-            anyhow::bail!(
-                "`warren ctl {}` (against {server}) arrives with clustering; not available yet",
-                args.join(" ")
-            )
+        Some(Cmd::Ctl(ctl)) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            return runtime.block_on(warren_server::ctl::run(
+                &ctl.server,
+                ctl.cluster_secret,
+                match ctl.command {
+                    CtlCmd::ClusterStatus => warren_server::ctl::CtlCommand::ClusterStatus,
+                    CtlCmd::RemoveNode { node_id } => warren_server::ctl::CtlCommand::RemoveNode { node_id },
+                },
+            ));
         }
     };
     let config = Config::resolve(args)?;
