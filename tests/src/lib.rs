@@ -292,6 +292,24 @@ impl WarrenProcess {
         Ok(())
     }
 
+    /// Restarts a cluster node on its data directory and on the cluster
+    /// address it had (the other members know it by that address); the
+    /// AMQP port is new. Returns once the node printed its AMQP line, i.e.
+    /// once it caught up with the leader.
+    ///
+    /// # Errors
+    /// The node never printed a cluster address, or see [`WarrenProcess::start`].
+    pub fn restart_on_same_cluster_address(&mut self) -> anyhow::Result<()> {
+        let cluster_addr = self
+            .cluster_addr
+            .context("the node printed no cluster address to restart on")?;
+        if !self.extra_args.iter().any(|arg| arg == "--cluster-listen") {
+            self.extra_args.push("--cluster-listen".into());
+            self.extra_args.push(cluster_addr.to_string().into());
+        }
+        self.restart()
+    }
+
     /// The last `lines` lines the broker printed (stdout and stderr).
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.logs, lines)
@@ -337,17 +355,13 @@ fn spawn_warren(
     if !extra_args.iter().any(|arg| arg == "--node-id") {
         command.args(["--node-id", "1"]);
     }
+    if !extra_args.iter().any(|arg| arg == "--cluster-listen") {
+        command.args(["--cluster-listen", "127.0.0.1:0"]);
+    }
     let mut child = command
         .arg("--data-dir")
         .arg(data_dir)
-        .args([
-            "--amqp-listen",
-            "127.0.0.1:0",
-            "--cluster-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
+        .args(["--amqp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
         .args(extra_args)
         .env(
             "RUST_LOG",
