@@ -268,3 +268,45 @@ async fn a_request_with_the_wrong_secret_is_refused() -> anyhow::Result<()> {
     node.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_forwards_to_the_new_leader_after_the_leader_stops() -> anyhow::Result<()> {
+    let first = start_node(1, Vec::new()).await?;
+    let second = start_node(2, vec![first.addr.clone()]).await?;
+    let third = start_node(3, vec![first.addr.clone()]).await?;
+    let origin = channel(3);
+    let proposer = third.node.proposer();
+    proposer.submit(request(origin, declare("jobs"))).await?;
+    assert!(matches!(
+        third.sink.wait_for_replies(origin, 1).await[0],
+        Ok(Outcome::QueueDeclared { .. })
+    ));
+
+    first.stop().await?;
+    // Every request gets exactly one reply: `Unavailable` while no leader
+    // can commit, then a publish through the new leader succeeds.
+    let mut replies_seen = 1;
+    let mut published = false;
+    for attempt in 0..40 {
+        proposer
+            .submit(request(origin, publish("jobs", &format!("after {attempt}"))))
+            .await?;
+        replies_seen += 1;
+        let replies = third.sink.wait_for_replies(origin, replies_seen).await;
+        assert_eq!(replies.len(), replies_seen, "one reply per request: {replies:?}");
+        match replies.last() {
+            Some(Ok(Outcome::Published { routed: true, .. })) => {
+                published = true;
+                break;
+            }
+            Some(Err(CoreError::Unavailable(_))) => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+    assert!(published, "no publish committed after the leader stopped");
+    let leader = third.node.metrics().leader;
+    assert!(matches!(leader, Some(2 | 3)), "new leader: {leader:?}");
+    third.stop().await?;
+    second.stop().await?;
+    Ok(())
+}
