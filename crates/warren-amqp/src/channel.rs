@@ -76,6 +76,9 @@ pub enum Pending {
     /// The close the server issued after a channel error: when applied,
     /// deliveries of the closed incarnation have all been seen and dropped.
     ServerClose,
+    /// The client's `connection.close` (sent on channel 0): send
+    /// `connection.close-ok` when applied.
+    ConnectionClose,
     /// A request of an earlier incarnation of this channel number, or the
     /// close the server issued: its reply is dropped.
     Discard,
@@ -103,6 +106,7 @@ impl Pending {
             Pending::Settle { method_id } => (60, *method_id),
             Pending::Recover { .. } => (60, 110),
             Pending::ChannelClose | Pending::ServerClose => (20, 40),
+            Pending::ConnectionClose => (10, 50),
             Pending::Discard => (0, 0),
         }
     }

@@ -64,6 +64,8 @@ pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, fronte
         channels: HashMap::new(),
         last_read: Instant::now(),
         registered: false,
+        client_closing: false,
+        closed: false,
     };
     let result = conn.run().await;
     match &result {
@@ -100,13 +102,10 @@ struct Connection {
     channels: HashMap<u16, ChannelSlot>,
     last_read: Instant,
     registered: bool,
-}
-
-/// What the main loop does after a frame.
-enum Flow {
-    Continue,
-    /// The client closed the connection cleanly (close-ok was sent).
-    Closed,
+    /// The client sent connection.close; close-ok waits for the core.
+    client_closing: bool,
+    /// close-ok was sent: the loop ends after the next flush.
+    closed: bool,
 }
 
 impl Connection {
@@ -263,13 +262,11 @@ impl Connection {
                 "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
             )));
         }
-        let loopback_only = self
-            .frontend
-            .config
-            .loopback_users
-            .iter()
-            .any(|u| u == &credentials.username);
-        if loopback_only && !self.peer.ip().to_canonical().is_loopback() {
+        if !may_connect_from(
+            &self.frontend.config.loopback_users,
+            &credentials.username,
+            self.peer.ip(),
+        ) {
             return Err(refused(&format!(
                 "user '{}' can only connect via localhost",
                 credentials.username
@@ -369,10 +366,11 @@ impl Connection {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             while let Some(frame) = self.decode()? {
-                if let Flow::Closed = self.handle_frame(frame).await? {
-                    self.flush().await?;
-                    return Ok(());
+                if self.client_closing {
+                    // After connection.close the client sends nothing we act on.
+                    continue;
                 }
+                self.handle_frame(frame).await?;
                 if self.out.len() > WRITE_HIGH_WATER {
                     self.flush().await?;
                 }
@@ -390,6 +388,10 @@ impl Connection {
                         if self.out.len() > WRITE_HIGH_WATER {
                             self.flush().await?;
                         }
+                    }
+                    if self.closed {
+                        self.flush().await?;
+                        return Ok(());
                     }
                 }
                 read = self.reader.read_buf(&mut self.inbuf) => {
@@ -409,9 +411,9 @@ impl Connection {
         }
     }
 
-    async fn handle_frame(&mut self, frame: AMQPFrame) -> Result<Flow, AmqpError> {
+    async fn handle_frame(&mut self, frame: AMQPFrame) -> Result<(), AmqpError> {
         match frame {
-            AMQPFrame::Heartbeat => Ok(Flow::Continue),
+            AMQPFrame::Heartbeat => Ok(()),
             AMQPFrame::InvalidHeartbeat(ch) => Err(AmqpError::connection(
                 reply_code::FRAME_ERROR,
                 format!("FRAME_ERROR - heartbeat frame on channel {ch}, expected channel 0"),
@@ -429,40 +431,42 @@ impl Connection {
             )),
             AMQPFrame::Method(ch, method) => {
                 self.handle_channel_frame(ch, ChannelFrame::Method(method)).await?;
-                Ok(Flow::Continue)
+                Ok(())
             }
             AMQPFrame::Header(ch, header) => {
                 self.handle_channel_frame(ch, ChannelFrame::Header(header)).await?;
-                Ok(Flow::Continue)
+                Ok(())
             }
             AMQPFrame::Body(ch, body) => {
                 self.handle_channel_frame(ch, ChannelFrame::Body(body)).await?;
-                Ok(Flow::Continue)
+                Ok(())
             }
         }
     }
 
-    async fn handle_connection_method(&mut self, method: connection::AMQPMethod) -> Result<Flow, AmqpError> {
+    async fn handle_connection_method(&mut self, method: connection::AMQPMethod) -> Result<(), AmqpError> {
         match method {
             connection::AMQPMethod::Close(close) => {
                 debug!(conn = ?self.id, code = close.reply_code, text = %close.reply_text, "client closed connection");
-                self.send_method(
-                    0,
-                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
-                );
-                Ok(Flow::Closed)
+                // close-ok goes out once the core has applied the close, so a
+                // client that saw close-ok also sees its exclusive queues gone
+                // and its unacked messages requeued.
+                self.client_closing = true;
+                let command = Command::CloseConnection { conn: self.id };
+                self.submit(0, Pending::ConnectionClose, command).await?;
+                Ok(())
             }
             // A crossing close-ok for a close we never sent, or blocked/unblocked
             // echoes: nothing to do.
             connection::AMQPMethod::CloseOk(_)
             | connection::AMQPMethod::Blocked(_)
-            | connection::AMQPMethod::Unblocked(_) => Ok(Flow::Continue),
+            | connection::AMQPMethod::Unblocked(_) => Ok(()),
             connection::AMQPMethod::UpdateSecret(_) => {
                 self.send_method(
                     0,
                     AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(connection::UpdateSecretOk {})),
                 );
-                Ok(Flow::Continue)
+                Ok(())
             }
             other => Err(AmqpError::connection_for(
                 reply_code::COMMAND_INVALID,
@@ -1120,6 +1124,13 @@ impl Connection {
         match (pending, outcome) {
             (Pending::Discard, _) => {}
             (Pending::ServerClose, _) => self.slot(ch).draining = false,
+            (Pending::ConnectionClose, _) => {
+                self.send_method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                );
+                self.closed = true;
+            }
             (Pending::ChannelClose, _) => {
                 self.send_method(
                     ch,
@@ -1278,6 +1289,7 @@ impl Connection {
                 self.slot(ch).draining = false;
                 return Ok(());
             }
+            (Pending::ConnectionClose, _) => return self.apply_reply(ch, pending, Ok(Outcome::Done)),
             (Pending::ChannelClose, _) => {
                 // The close could not be committed; the client still gets its
                 // close-ok, and the core cleans up when the connection goes.
@@ -1410,6 +1422,13 @@ enum ChannelFrame {
     Body(Vec<u8>),
 }
 
+/// Whether `user` may log in from `peer`: users listed in `loopback_users`
+/// (RabbitMQ's default: `guest`) only from a loopback address, including an
+/// IPv4 loopback address mapped into IPv6.
+fn may_connect_from(loopback_users: &[String], user: &str, peer: std::net::IpAddr) -> bool {
+    !loopback_users.iter().any(|u| u == user) || peer.to_canonical().is_loopback()
+}
+
 /// The smaller of the server's and the client's limit; 0 means "none".
 fn negotiate_limit(server: u32, client: u32) -> u32 {
     match (server, client) {
@@ -1448,6 +1467,22 @@ fn wire_error(error: WireError) -> AmqpError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_may_connect_only_from_loopback_and_others_from_anywhere() {
+        let loopback_users = vec!["guest".to_owned()];
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        assert!(may_connect_from(&loopback_users, "guest", ip("127.0.0.1")));
+        assert!(may_connect_from(&loopback_users, "guest", ip("::1")));
+        assert!(may_connect_from(&loopback_users, "guest", ip("::ffff:127.0.0.1")));
+        assert!(!may_connect_from(&loopback_users, "guest", ip("10.1.2.3")));
+        assert!(!may_connect_from(&loopback_users, "guest", ip("::ffff:10.1.2.3")));
+        assert!(may_connect_from(&loopback_users, "alice", ip("10.1.2.3")));
+        assert!(
+            may_connect_from(&[], "guest", ip("10.1.2.3")),
+            "an empty list lets guest in from anywhere"
+        );
+    }
 
     #[test]
     fn limits_negotiate_to_the_smaller_with_zero_meaning_none() {
