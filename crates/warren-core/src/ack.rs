@@ -1,13 +1,16 @@
 //! Settling deliveries: `basic.ack`, `basic.nack`, `basic.reject`,
 //! `basic.recover`.
 
-use crate::broker::{Broker, Ctx};
-use crate::channel::Unacked;
+use std::collections::BTreeSet;
+
+use crate::broker::{Broker, Ctx, QueueKey};
+use crate::channel::{Channel, Unacked};
 use crate::dead_letter::{dead_letters, DeathReason};
 use crate::effect::Outcome;
 use crate::error::CoreError;
 use crate::fail;
 use crate::ids::{ChannelId, DeliveryTag};
+use crate::queue_args::Overflow;
 
 /// What becomes of a settled delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,10 +76,12 @@ impl Broker {
         multiple: bool,
         how: Settle,
     ) -> Result<Outcome, CoreError> {
-        let tags = self
-            .channels
-            .get(&channel)
-            .and_then(|ch| ch.tags_covered(tag, multiple));
+        // A channel the core has no state for yet holds no deliveries; it
+        // is no different from one whose deliveries are all settled.
+        let tags = match self.channels.get(&channel) {
+            Some(state) => state.tags_covered(tag, multiple),
+            None => Channel::default().tags_covered(tag, multiple),
+        };
         let Some(tags) = tags else {
             return Err(fail::unknown_delivery_tag(tag));
         };
@@ -92,14 +97,39 @@ impl Broker {
         for (vhost, queue) in state.consumed_queues() {
             ctx.touch(vhost, queue);
         }
+        let mut requeued = BTreeSet::new();
         for unacked in settled {
-            self.settle_delivery(ctx, unacked, how);
+            requeued.extend(self.settle_delivery(ctx, unacked, how));
+        }
+        self.trim_requeued(ctx, requeued);
+    }
+
+    /// After a batch of requeues into `queues`, drops (dead-letters, reason
+    /// `maxlen`) the head of each drop-head queue the requeues took past
+    /// its length limits, as RabbitMQ's `requeue_and_run` does with
+    /// `maybe_drop_head` before dispatching.
+    pub(crate) fn trim_requeued(&mut self, ctx: &mut Ctx<'_>, queues: BTreeSet<QueueKey>) {
+        for (vhost, name) in queues {
+            let Some(queue) = self.vhosts.get_mut(&vhost).and_then(|v| v.queues.get_mut(&name)) else {
+                continue;
+            };
+            if queue.args.overflow != Overflow::DropHead {
+                continue;
+            }
+            let mut dropped = Vec::new();
+            while queue.is_over_limits() {
+                dropped.extend(queue.pop_front());
+            }
+            ctx.dead_letters
+                .extend(dead_letters(&vhost, queue, dropped, DeathReason::MaxLen));
         }
     }
 
     /// Returns an unacked delivery (already taken from its channel) to its
     /// queue's accounting. If its queue is gone, the message just goes.
-    pub(crate) fn settle_delivery(&mut self, ctx: &mut Ctx<'_>, unacked: Unacked, how: Settle) {
+    /// Returns the queue it was requeued into, if it was: the caller trims
+    /// those queues to their length limits once its requeues are done.
+    pub(crate) fn settle_delivery(&mut self, ctx: &mut Ctx<'_>, unacked: Unacked, how: Settle) -> Option<QueueKey> {
         let Unacked {
             vhost,
             queue: name,
@@ -107,22 +137,22 @@ impl Broker {
             entry,
             ..
         } = unacked;
-        let Some(queue) = self.vhosts.get_mut(&vhost).and_then(|v| v.queues.get_mut(&name)) else {
-            return;
-        };
+        let queue = self.vhosts.get_mut(&vhost).and_then(|v| v.queues.get_mut(&name))?;
         if queue.uid != queue_uid {
-            return;
+            return None;
         }
         queue.unacked = queue.unacked.saturating_sub(1);
         match how {
-            Settle::Ack => {}
+            Settle::Ack => None,
             Settle::Requeue => {
                 queue.requeue(entry);
                 ctx.touch(&vhost, &name);
+                Some((vhost, name))
             }
             Settle::Reject => {
                 ctx.dead_letters
                     .extend(dead_letters(&vhost, queue, vec![entry], DeathReason::Rejected));
+                None
             }
         }
     }

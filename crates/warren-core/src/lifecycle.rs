@@ -19,9 +19,11 @@ impl Broker {
         for (tag, consumer) in &channel.consumers {
             self.detach_consumer(ctx, id, tag, consumer);
         }
+        let mut requeued = std::collections::BTreeSet::new();
         for unacked in channel.unacked.into_values() {
-            self.settle_delivery(ctx, unacked, Settle::Requeue);
+            requeued.extend(self.settle_delivery(ctx, unacked, Settle::Requeue));
         }
+        self.trim_requeued(ctx, requeued);
     }
 
     /// The connection closed: every channel of it closes, then the queues

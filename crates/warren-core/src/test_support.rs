@@ -306,3 +306,73 @@ impl Harness {
         bodies
     }
 }
+
+/// Where a live message is: ready in its queue, or delivered and awaiting
+/// ack in a channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Place {
+    Ready,
+    Unacked { channel: ChannelId, tag: DeliveryTag },
+}
+
+/// A message the broker still owes someone (see [`Broker::live_messages`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveMessage {
+    pub vhost: VHost,
+    /// The queue it is in or was delivered from, and that queue's
+    /// incarnation (`uid`), which may since have been deleted.
+    pub queue: QueueName,
+    pub queue_uid: u64,
+    pub place: Place,
+    pub body: Bytes,
+    pub expires_at_ms: Option<u64>,
+}
+
+impl Broker {
+    /// Every message the broker holds, ready or unacked, by id: what a
+    /// ledger of the messages it accepted must find still owed.
+    pub fn live_messages(&self) -> std::collections::BTreeMap<crate::ids::MessageId, LiveMessage> {
+        let mut live = std::collections::BTreeMap::new();
+        for (vhost, vh) in &self.vhosts {
+            for queue in vh.queues.values() {
+                for entry in &queue.ready {
+                    live.insert(
+                        entry.id,
+                        LiveMessage {
+                            vhost: vhost.clone(),
+                            queue: queue.name.clone(),
+                            queue_uid: queue.uid,
+                            place: Place::Ready,
+                            body: entry.message.body.clone(),
+                            expires_at_ms: entry.expires_at_ms,
+                        },
+                    );
+                }
+            }
+        }
+        for (channel, state) in &self.channels {
+            for (tag, unacked) in &state.unacked {
+                live.insert(
+                    unacked.entry.id,
+                    LiveMessage {
+                        vhost: unacked.vhost.clone(),
+                        queue: unacked.queue.clone(),
+                        queue_uid: unacked.queue_uid,
+                        place: Place::Unacked {
+                            channel: *channel,
+                            tag: *tag,
+                        },
+                        body: unacked.entry.message.body.clone(),
+                        expires_at_ms: unacked.entry.expires_at_ms,
+                    },
+                );
+            }
+        }
+        live
+    }
+
+    /// The first message id not yet issued.
+    pub fn next_message_id(&self) -> crate::ids::MessageId {
+        crate::ids::MessageId(self.next_message_id)
+    }
+}

@@ -139,6 +139,24 @@ fn nack_requeue_redelivers_in_original_order_with_redelivered_flag() {
 }
 
 #[test]
+fn ack_all_on_a_channel_without_deliveries_is_fine_whether_or_not_it_was_used() {
+    // RabbitMQ `collect_acks(Q, 0, true)` acks everything, even nothing.
+    let mut h = Harness::new();
+    let fresh = chan(9, 1);
+    h.ok(fresh, ack(0, true));
+    h.ok(fresh, nack(0, true, true));
+    h.ok(fresh, Command::CloseChannel);
+    h.ok(fresh, nack(0, true, false));
+    let (mut h, used) = with_queue();
+    h.ok(used, qos(1, false));
+    h.ok(used, ack(0, true));
+    assert_eq!(
+        h.call(chan(9, 2), ack(0, false)),
+        Err(CoreError::PreconditionFailed("unknown delivery tag 0".into()))
+    );
+}
+
+#[test]
 fn unknown_delivery_tag_is_406_and_changes_nothing() {
     let (mut h, c) = with_queue();
     h.ok(c, publish("", "q", "1"));

@@ -104,6 +104,42 @@ fn overflowed_messages_are_dead_lettered_as_maxlen() {
 }
 
 #[test]
+fn requeues_past_the_length_limit_drop_the_head_at_once() {
+    // RabbitMQ `requeue_and_run` runs `maybe_drop_head`: a queue never
+    // sits above x-max-length because deliveries came back to it.
+    let mut h = with_dlx(&[("x-max-length", int(2))]);
+    let (c, other) = (chan(1, 1), chan(2, 1));
+    for body in ["1", "2"] {
+        h.ok(c, publish("", "work", body));
+    }
+    h.ok(other, get("work", false));
+    h.ok(other, get("work", false));
+    for body in ["3", "4"] {
+        h.ok(c, publish("", "work", body));
+    }
+    h.ok(other, Command::CloseChannel);
+    assert_eq!(h.summary("work").messages_ready, 2);
+    let dead = take(&mut h, "dead");
+    assert_eq!(
+        dead.iter().map(|m| &m.body[..]).collect::<Vec<_>>(),
+        [&b"1"[..], &b"2"[..]]
+    );
+    assert_eq!(deaths(&dead[0])[0].inner().get("reason"), Some(&text("maxlen")));
+    // A nack with requeue trims the same way; the next publish drops one.
+    h.ok(other, get("work", false));
+    h.ok(c, publish("", "work", "5"));
+    h.ok(other, nack(1, false, true));
+    assert_eq!(h.summary("work").messages_ready, 2);
+    h.ok(c, publish("", "work", "6"));
+    assert_eq!(h.drain(c, "work"), ["5", "6"]);
+    let dead = take(&mut h, "dead");
+    assert_eq!(
+        dead.iter().map(|m| &m.body[..]).collect::<Vec<_>>(),
+        [&b"3"[..], &b"4"[..]]
+    );
+}
+
+#[test]
 fn reject_publish_dlx_dead_letters_the_refused_message() {
     let mut h = with_dlx(&[("x-max-length", int(1)), ("x-overflow", text("reject-publish-dlx"))]);
     let c = chan(1, 1);

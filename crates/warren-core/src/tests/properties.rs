@@ -2,14 +2,19 @@
 //! request with an origin gets exactly one reply in order, and apply is
 //! deterministic (also across a snapshot round trip).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use amq_protocol_types::FieldTable;
+use bytes::Bytes;
 use proptest::prelude::*;
 
+use crate::queue::Queue;
+use crate::queue_args::Overflow;
 use crate::test_support::*;
 use crate::{
-    Batch, Broker, ChannelId, Command, ConnectionId, DeliveryTag, Effect, ExchangeKind, ExchangeName, NodeId, Request,
+    Batch, Broker, ChannelId, Command, ConnectionId, DeliveryTag, Effect, ExchangeKind, ExchangeName, MessageId,
+    NodeId, Outcome, QueueName, Request,
 };
 
 const QUEUES: [&str; 3] = ["q0", "q1", "q2"];
@@ -67,17 +72,21 @@ fn queue_arguments(variant: usize) -> FieldTable {
             ("x-message-ttl", int(5)),
             ("x-dead-letter-exchange", text("amq.fanout")),
         ]),
-        6 => table(&[("x-max-priority", int(3)), ("x-message-ttl", int(30))]),
         4 => table(&[
             ("x-dead-letter-exchange", text("")),
             ("x-dead-letter-routing-key", text("q0")),
         ]),
-        _ => table(&[
+        5 => table(&[
             ("x-expires", int(60)),
             ("x-single-active-consumer", amq_protocol_types::AMQPValue::Boolean(true)),
         ]),
+        _ => table(&[("x-max-priority", int(3)), ("x-message-ttl", int(30))]),
     }
 }
+
+/// How many argument variants [`queue_arguments`] has; the layout draws
+/// from all of them.
+const ARGUMENT_VARIANTS: usize = 7;
 
 /// The attributes each queue is declared with in one test case, so that
 /// redeclares mostly agree (a random mix would mostly fail with 406).
@@ -91,7 +100,7 @@ struct QueueLayout {
 
 fn layout() -> impl Strategy<Value = [QueueLayout; 3]> {
     let one = (
-        0..6usize,
+        0..ARGUMENT_VARIANTS,
         any::<bool>(),
         prop::bool::weighted(0.3),
         prop::bool::weighted(0.2),
@@ -281,8 +290,485 @@ fn aim_acks(broker: &Broker, batch: &Batch) -> Batch {
     batch
 }
 
+/// Gives every publish of `batch` a body no other message of the run has
+/// (`m<n>` padded with `x` to keep the generated size), so the ledger can
+/// tell messages and their dead-lettered copies apart.
+fn stamp_publishes(batch: &mut Batch, next_stamp: &mut u64) {
+    for request in &mut batch.requests {
+        if let Command::Publish { message, .. } = &mut request.command {
+            let mut stamped = (**message).clone();
+            let stamp = format!("m{next_stamp}.{}", "x".repeat(stamped.body.len()));
+            *next_stamp += 1;
+            stamped.body = Bytes::from(stamp);
+            *message = Arc::new(stamped);
+        }
+    }
+}
+
+type Body = Bytes;
+
+/// `(queue, incarnation)`: where a message was routed or delivered from.
+type QueueRef = (QueueName, u64);
+
+fn queue<'a>(broker: &'a Broker, name: &QueueName) -> Option<&'a Queue> {
+    broker.vhosts.get(&root()).and_then(|v| v.queues.get(name))
+}
+
+fn alive(broker: &Broker, name: &QueueName, uid: u64) -> bool {
+    queue(broker, name).is_some_and(|q| q.uid == uid)
+}
+
+/// Takes one from the multiset `map` at `key`, if there is one.
+fn take<K: Ord>(map: &mut BTreeMap<K, usize>, key: &K) -> bool {
+    match map.get_mut(key) {
+        Some(n) if *n > 0 => {
+            *n -= 1;
+            true
+        }
+        _ => false,
+    }
+}
+
+fn add<K: Ord>(map: &mut BTreeMap<K, usize>, key: K, n: usize) {
+    *map.entry(key).or_default() += n;
+}
+
+/// The delivery tags an ack/nack of `tag` covers on a channel holding
+/// `held` (AMQP: `multiple` covers every tag up to it, tag 0 with
+/// `multiple` covers all), or `None` for an unknown tag.
+fn covered(held: &[DeliveryTag], tag: DeliveryTag, multiple: bool) -> Option<Vec<DeliveryTag>> {
+    if multiple && tag.0 == 0 {
+        return Some(held.to_vec());
+    }
+    if !held.contains(&tag) {
+        return None;
+    }
+    if multiple {
+        Some(held.iter().copied().filter(|t| *t <= tag).collect())
+    } else {
+        Some(vec![tag])
+    }
+}
+
+/// Whether a queue drops its oldest message when a new one would take it
+/// past a length limit.
+fn drops_head(q: &Queue) -> bool {
+    q.args.overflow == Overflow::DropHead && (q.args.max_length.is_some() || q.args.max_length_bytes.is_some())
+}
+
+/// Whether `q` refuses a message of `len` bytes (`x-overflow=reject-publish`).
+fn refuses(q: &Queue, len: u64) -> bool {
+    q.args.overflow != Overflow::DropHead
+        && (q.args.max_length.is_some_and(|max| q.ready.len() as u64 + 1 > max)
+            || q.args.max_length_bytes.is_some_and(|max| q.ready_bytes + len > max))
+}
+
+/// Every message the broker accepted, by id, until the broker is quit of
+/// it: acked, delivered with no-ack, purged, dropped with its queue, or
+/// dropped (dead-lettered or not) by expiry, a length limit or a reject.
+/// It learns each request's consequences from the request, its reply and
+/// effects, the time and the queues' arguments only, and then must find
+/// exactly the broker's live messages.
+#[derive(Default)]
+struct Ledger {
+    owed: BTreeMap<MessageId, LiveMessage>,
+}
+
+impl Ledger {
+    /// Accounts for `request`, applied to `pre` (giving `post`, `effects`).
+    #[allow(clippy::too_many_lines)]
+    fn account(
+        &mut self,
+        pre: &Broker,
+        post: &Broker,
+        request: &Request,
+        now_ms: u64,
+        effects: &[Effect],
+    ) -> Result<(), String> {
+        let live = post.live_messages();
+        let reply = request.origin.map(|origin| reply_of(effects, origin));
+        let ok = matches!(reply, Some(Ok(_)));
+        let unacked_at: BTreeMap<(ChannelId, DeliveryTag), &LiveMessage> = live
+            .values()
+            .filter_map(|m| match m.place {
+                Place::Unacked { channel, tag } => Some(((channel, tag), m)),
+                Place::Ready => None,
+            })
+            .collect();
+        let queues_now = |b: &Broker| b.vhosts.get(&root()).map_or(0, |v| v.queues.len());
+        // A dead letter may be copied into every queue its exchange reaches.
+        let fan_out = queues_now(pre).max(queues_now(post));
+
+        // What left the broker through the wire: no-ack deliveries.
+        let mut no_ack: BTreeMap<(QueueRef, Body), usize> = BTreeMap::new();
+        let mut expect_unacked: Vec<(ChannelId, DeliveryTag, Body)> = Vec::new();
+        for effect in effects {
+            let Effect::Deliver {
+                channel,
+                consumer_tag,
+                delivery_tag,
+                message,
+                ..
+            } = effect
+            else {
+                continue;
+            };
+            let Some(state) = post.channels.get(channel) else {
+                return Err(format!("delivery to unknown channel {channel:?}"));
+            };
+            if state.reply_consumer.as_ref() == Some(consumer_tag) {
+                continue;
+            }
+            let Some(consumer) = state.consumers.get(consumer_tag) else {
+                return Err(format!("delivery to unknown consumer {consumer_tag} of {channel:?}"));
+            };
+            if consumer.no_ack {
+                add(
+                    &mut no_ack,
+                    ((consumer.queue.clone(), consumer.queue_uid), message.body.clone()),
+                    1,
+                );
+            } else {
+                expect_unacked.push((*channel, *delivery_tag, message.body.clone()));
+            }
+        }
+        if let (
+            Command::Get {
+                queue: name,
+                no_ack: get_no_ack,
+                ..
+            },
+            Some(Ok(Outcome::GetOk {
+                delivery_tag, message, ..
+            })),
+        ) = (&request.command, &reply)
+        {
+            let uid = queue(pre, name).map(|q| q.uid).ok_or("get-ok from a missing queue")?;
+            if *get_no_ack {
+                add(&mut no_ack, ((name.clone(), uid), message.body.clone()), 1);
+            } else if let Some(origin) = request.origin {
+                expect_unacked.push((origin, *delivery_tag, message.body.clone()));
+            }
+        }
+        let delivered: BTreeSet<(ChannelId, DeliveryTag)> = expect_unacked.iter().map(|(c, t, _)| (*c, *t)).collect();
+        for (channel, tag, body) in expect_unacked {
+            if unacked_at.get(&(channel, tag)).is_none_or(|m| m.body != body) {
+                return Err(format!("delivery {tag:?} on {channel:?} is not held unacked"));
+            }
+        }
+
+        // Settled deliveries: gone for good, or back to their queue.
+        let mut settled: BTreeSet<MessageId> = BTreeSet::new();
+        let mut requeued: BTreeSet<MessageId> = BTreeSet::new();
+        let mut dead_letters: BTreeMap<Body, usize> = BTreeMap::new();
+        let held_by = |channel: ChannelId| -> Vec<(DeliveryTag, MessageId)> {
+            self.owed
+                .iter()
+                .filter_map(|(id, m)| match m.place {
+                    Place::Unacked { channel: c, tag } if c == channel => Some((tag, *id)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let origin = request.origin;
+        let settling = match &request.command {
+            Command::Ack { delivery_tag, multiple }
+            | Command::Nack {
+                delivery_tag, multiple, ..
+            } => Some((*delivery_tag, *multiple)),
+            Command::Reject { delivery_tag, .. } => Some((*delivery_tag, false)),
+            _ => None,
+        };
+        match (&request.command, origin, settling) {
+            (_, Some(channel), Some((delivery_tag, multiple))) => {
+                let held = held_by(channel);
+                let tags: Vec<DeliveryTag> = held.iter().map(|(t, _)| *t).collect();
+                let tags = covered(&tags, delivery_tag, multiple);
+                if tags.is_some() != ok {
+                    return Err(format!("settling {delivery_tag:?} of {tags:?} answered {reply:?}"));
+                }
+                let requeue = match request.command {
+                    Command::Nack { requeue, .. } | Command::Reject { requeue, .. } => requeue,
+                    _ => false,
+                };
+                for (tag, id) in held {
+                    if !tags.as_ref().is_some_and(|t| t.contains(&tag)) {
+                        continue;
+                    }
+                    if requeue {
+                        requeued.insert(id);
+                        continue;
+                    }
+                    settled.insert(id);
+                    let m = &self.owed[&id];
+                    let rejected = !matches!(request.command, Command::Ack { .. });
+                    let dlx = queue(pre, &m.queue)
+                        .filter(|q| q.uid == m.queue_uid)
+                        .is_some_and(|q| q.args.dead_letter_exchange.is_some());
+                    if rejected && dlx {
+                        add(&mut dead_letters, m.body.clone(), fan_out);
+                    }
+                }
+            }
+            (Command::Recover { .. } | Command::CloseChannel, Some(channel), _) => {
+                requeued.extend(held_by(channel).into_iter().map(|(_, id)| id));
+            }
+            _ => {}
+        }
+        let closing: Option<Box<dyn Fn(ChannelId) -> bool>> = match &request.command {
+            Command::CloseConnection { conn } => {
+                let conn = *conn;
+                Some(Box::new(move |c: ChannelId| c.conn == conn))
+            }
+            Command::NodeDown { node } => {
+                let node = *node;
+                Some(Box::new(move |c: ChannelId| c.conn.node == node))
+            }
+            Command::NodeStarted { node, boot } => {
+                let (node, boot) = (*node, *boot);
+                Some(Box::new(move |c: ChannelId| c.conn.node == node && c.conn.boot != boot))
+            }
+            _ => None,
+        };
+        if let Some(closing) = closing {
+            for (id, m) in &self.owed {
+                if matches!(m.place, Place::Unacked { channel, .. } if closing(channel)) {
+                    requeued.insert(*id);
+                }
+            }
+        }
+        for id in &settled {
+            if live.contains_key(id) {
+                return Err(format!("{id:?} settled but still held"));
+            }
+        }
+
+        // Counts the replies report.
+        match (&request.command, &reply) {
+            (Command::PurgeQueue { queue: name, .. }, Some(Ok(Outcome::QueuePurged { message_count }))) => {
+                let held = queue(pre, name).map_or(0, |q| q.ready.len());
+                if *message_count as usize != held {
+                    return Err(format!("purge of {name} reports {message_count}, it held {held}"));
+                }
+            }
+            (Command::DeleteQueue { queue: name, .. }, Some(Ok(Outcome::QueueDeleted { message_count }))) => {
+                let held = queue(pre, name).map_or(0, |q| q.ready.len());
+                if *message_count as usize != held {
+                    return Err(format!("delete of {name} reports {message_count}, it held {held}"));
+                }
+            }
+            _ => {}
+        }
+        let purged = match (&request.command, ok) {
+            (Command::PurgeQueue { queue: name, .. }, true) => queue(pre, name).map(|q| (q.name.clone(), q.uid)),
+            _ => None,
+        };
+
+        let issued = post.next_message_id().0 - pre.next_message_id().0;
+        let issued = usize::try_from(issued).unwrap_or(usize::MAX);
+        let mut dropped_for_length: BTreeMap<QueueRef, usize> = BTreeMap::new();
+        let mut requeued_into: BTreeMap<QueueRef, usize> = BTreeMap::new();
+        for id in &requeued {
+            let m = &self.owed[id];
+            add(&mut requeued_into, (m.queue.clone(), m.queue_uid), 1);
+        }
+
+        // Why each message the broker no longer holds is gone.
+        let mut departed = Vec::new();
+        for (id, m) in &self.owed {
+            if live.contains_key(id) {
+                continue;
+            }
+            departed.push(*id);
+            if settled.contains(id) {
+                continue;
+            }
+            if matches!(m.place, Place::Unacked { .. }) && !requeued.contains(id) {
+                return Err(format!("{id:?} ({m:?}) vanished while unacked"));
+            }
+            let at = (m.queue.clone(), m.queue_uid);
+            if !alive(post, &m.queue, m.queue_uid) {
+                continue; // its queue was deleted (with its ready messages)
+            }
+            if purged.as_ref() == Some(&at) && m.place == Place::Ready {
+                continue;
+            }
+            if take(&mut no_ack, &(at.clone(), m.body.clone())) {
+                continue;
+            }
+            let q = queue(post, &m.queue).ok_or("alive queue missing")?;
+            let dlx = q.args.dead_letter_exchange.is_some();
+            if m.expires_at_ms.is_some_and(|at| at <= now_ms) {
+                if dlx {
+                    add(&mut dead_letters, m.body.clone(), fan_out);
+                }
+                continue;
+            }
+            // A new message, or a requeue, pushes the oldest out.
+            let pushed = issued + requeued_into.get(&at).copied().unwrap_or(0);
+            if drops_head(q) && pushed > 0 {
+                let n = dropped_for_length.entry(at).or_default();
+                *n += 1;
+                if *n > pushed {
+                    return Err(format!(
+                        "{id:?} dropped for length by only {pushed} new or requeued messages"
+                    ));
+                }
+                if dlx {
+                    add(&mut dead_letters, m.body.clone(), fan_out);
+                }
+                continue;
+            }
+            return Err(format!("{id:?} ({m:?}) lost"));
+        }
+
+        // The publish: one copy into every queue its exchange routes to.
+        let mut slots: Vec<QueueRef> = Vec::new();
+        let mut routed_copies = 0;
+        let mut published: Option<Body> = None;
+        if let (Command::Publish { message, .. }, Some(Ok(Outcome::Published { routed, rejected, .. }))) =
+            (&request.command, &reply)
+        {
+            let vh = pre.vhosts.get(&root()).ok_or("no vhost")?;
+            let targets = vh.route(&message.exchange, message);
+            let reaches_a_queue = !targets.is_empty();
+            if *routed != reaches_a_queue {
+                return Err(format!("routed = {routed}, but it reaches {targets:?}"));
+            }
+            let mut refused = false;
+            let ttl_ms = message
+                .properties
+                .expiration
+                .as_ref()
+                .and_then(|e| e.parse::<u64>().ok());
+            for name in targets {
+                let q = queue(pre, &name).ok_or("routed to a missing queue")?;
+                let at = (name.clone(), q.uid);
+                slots.push(at.clone());
+                routed_copies += 1;
+                let arrived = live
+                    .iter()
+                    .any(|(id, m)| !self.owed.contains_key(id) && m.body == message.body && m.queue == name);
+                if arrived || take(&mut no_ack, &(at, message.body.clone())) {
+                    continue;
+                }
+                let dlx = q.args.dead_letter_exchange.is_some();
+                if refuses(q, message.body_len()) {
+                    refused = true;
+                    if q.args.overflow == Overflow::RejectPublishDlx && dlx {
+                        add(&mut dead_letters, message.body.clone(), fan_out);
+                    }
+                    continue;
+                }
+                // The smaller TTL wins: zero in either expires it at once
+                // (a consumer that could take it would have, above).
+                let expires_now = ttl_ms == Some(0) || q.args.message_ttl_ms == Some(0);
+                if expires_now || drops_head(q) {
+                    if dlx {
+                        add(&mut dead_letters, message.body.clone(), fan_out);
+                    }
+                    continue;
+                }
+                return Err(format!("published message lost at queue {name}"));
+            }
+            if *rejected != refused {
+                return Err(format!("rejected = {rejected}, but a target refused it: {refused}"));
+            }
+            published = Some(message.body.clone());
+        }
+
+        // Messages that arrived: the publish's copies, and dead letters.
+        let dead_lettered: usize = dead_letters.values().sum();
+        if issued < routed_copies || issued > routed_copies + dead_lettered {
+            return Err(format!(
+                "{issued} ids issued for {routed_copies} routed copies and {dead_lettered} dead letters"
+            ));
+        }
+        let mut arrived = Vec::new();
+        for (id, m) in &live {
+            if self.owed.contains_key(id) {
+                continue;
+            }
+            if *id < pre.next_message_id() {
+                return Err(format!("{id:?} ({m:?}) came back"));
+            }
+            arrived.push(*id);
+            let slot = slots
+                .iter()
+                .position(|(name, uid)| *name == m.queue && *uid == m.queue_uid);
+            if published.as_ref() == Some(&m.body) {
+                if let Some(slot) = slot {
+                    slots.remove(slot);
+                    continue;
+                }
+            }
+            if !take(&mut dead_letters, &m.body) {
+                return Err(format!("{id:?} ({m:?}) appeared from nowhere"));
+            }
+        }
+        // Dead letters delivered with no-ack as they arrived.
+        for ((at, body), n) in no_ack {
+            for _ in 0..n {
+                if !take(&mut dead_letters, &body) {
+                    return Err(format!("{body:?} delivered from {at:?} but not owed"));
+                }
+            }
+        }
+
+        // Messages still owed may only have moved as the wire says: into
+        // a channel by a delivery, back to their queue by a requeue.
+        for (id, m) in &live {
+            let Some(before) = self.owed.get(id) else { continue };
+            if (&before.queue, before.queue_uid, &before.body) != (&m.queue, m.queue_uid, &m.body) {
+                return Err(format!("{id:?} changed from {before:?} to {m:?}"));
+            }
+            let moved = before.place != m.place;
+            if moved && m.place == Place::Ready && !requeued.contains(id) {
+                return Err(format!("{id:?} back in its queue without a requeue"));
+            }
+            if let (true, Place::Unacked { channel, tag }) = (moved, &m.place) {
+                if !delivered.contains(&(*channel, *tag)) {
+                    return Err(format!("{id:?} moved to {channel:?} {tag:?} without a delivery"));
+                }
+            }
+        }
+
+        for id in departed {
+            self.owed.remove(&id);
+        }
+        for id in arrived {
+            self.owed.insert(id, live[&id].clone());
+        }
+        for (id, m) in self.owed.iter_mut() {
+            m.place = live[id].place.clone();
+        }
+        if !self.owed.keys().eq(live.keys()) {
+            return Err("the ledger and the broker disagree on what is owed".to_owned());
+        }
+        Ok(())
+    }
+}
+
 fn snapshot(broker: &Broker) -> Vec<u8> {
     bincode::serialize(broker).expect("serialize")
+}
+
+#[test]
+fn every_queue_argument_variant_is_generated() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    let variants: Vec<FieldTable> = (0..ARGUMENT_VARIANTS).map(queue_arguments).collect();
+    for (i, a) in variants.iter().enumerate() {
+        assert!(variants[..i].iter().all(|b| b != a), "variant {i} repeats another");
+    }
+    let mut runner = TestRunner::deterministic();
+    let mut seen = BTreeSet::new();
+    for _ in 0..500 {
+        let layouts = layout().new_tree(&mut runner).unwrap().current();
+        seen.extend(layouts.iter().map(|l| l.arguments));
+    }
+    assert_eq!(seen, (0..ARGUMENT_VARIANTS).collect::<BTreeSet<_>>());
 }
 
 proptest! {
@@ -291,10 +777,29 @@ proptest! {
     #[test]
     fn random_sequences_keep_invariants_and_reply_once_per_request(batches in batches()) {
         let mut broker = Broker::new();
+        let mut ledger = Ledger::default();
+        let mut next_stamp = 0;
         for batch in &batches {
-            let batch = &aim_acks(&broker, batch);
+            let mut batch = aim_acks(&broker, batch);
+            stamp_publishes(&mut batch, &mut next_stamp);
+            let batch = &batch;
+            // Applied one request at a time (which is what `apply` does)
+            // so the ledger sees each request's effects on their own.
+            let mut whole = broker.clone();
             let mut effects = Vec::new();
-            broker.apply(batch, &mut effects);
+            for request in &batch.requests {
+                let pre = broker.clone();
+                let mut own = Vec::new();
+                broker.apply(&Batch { now_ms: batch.now_ms, requests: vec![request.clone()] }, &mut own);
+                if let Err(violation) = ledger.account(&pre, &broker, request, batch.now_ms, &own) {
+                    return Err(TestCaseError::fail(format!("ledger: {violation}\nafter {request:#?}\nin {batch:#?}")));
+                }
+                effects.extend(own);
+            }
+            let mut whole_effects = Vec::new();
+            whole.apply(batch, &mut whole_effects);
+            prop_assert_eq!(&whole_effects, &effects);
+            prop_assert!(snapshot(&whole) == snapshot(&broker), "a batch applies as its requests one by one");
             if let Err(violation) = broker.check_invariants() {
                 return Err(TestCaseError::fail(format!("{violation}\nafter {batch:#?}")));
             }
