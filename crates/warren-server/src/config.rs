@@ -67,6 +67,12 @@ pub struct FileConfig {
     pub default_pass: Option<String>,
     /// Users allowed only from loopback (default: ["guest"]).
     pub loopback_users: Option<Vec<String>>,
+    /// Raft heartbeat interval, ms (default 100).
+    pub raft_heartbeat_ms: Option<u64>,
+    /// Raft election timeout range, ms (default 300–600): how long followers
+    /// wait for a dead leader before electing another.
+    pub raft_election_timeout_min_ms: Option<u64>,
+    pub raft_election_timeout_max_ms: Option<u64>,
     /// Virtual hosts that must exist besides `/` (created at start if missing).
     pub vhosts: Option<Vec<String>>,
 }
@@ -90,6 +96,9 @@ pub struct Config {
     pub default_user: String,
     pub default_pass: String,
     pub loopback_users: Vec<String>,
+    pub raft_heartbeat_ms: u64,
+    pub raft_election_timeout_min_ms: u64,
+    pub raft_election_timeout_max_ms: u64,
     pub vhosts: Vec<String>,
 }
 
@@ -108,6 +117,7 @@ impl Config {
             .or(file.cluster_listen)
             .unwrap_or(([0, 0, 0, 0], 25672).into());
         let advertise = args.advertise.or(file.advertise);
+        let raft_defaults = warren_cluster::NodeConfig::default();
         Ok(Self {
             node_id: args.node_id.or(file.node_id).unwrap_or(1),
             data_dir: args
@@ -140,6 +150,13 @@ impl Config {
             default_pass: file.default_pass.unwrap_or_else(|| "guest".to_owned()),
             loopback_users: file.loopback_users.unwrap_or_else(|| vec!["guest".to_owned()]),
             vhosts: file.vhosts.unwrap_or_default(),
+            raft_heartbeat_ms: file.raft_heartbeat_ms.unwrap_or(raft_defaults.heartbeat_interval_ms),
+            raft_election_timeout_min_ms: file
+                .raft_election_timeout_min_ms
+                .unwrap_or(raft_defaults.election_timeout_min_ms),
+            raft_election_timeout_max_ms: file
+                .raft_election_timeout_max_ms
+                .unwrap_or(raft_defaults.election_timeout_max_ms),
         })
     }
 }
@@ -202,6 +219,14 @@ mod tests {
         assert_eq!(config.amqp_listen.port(), 5672);
         assert_eq!(config.default_user, "guest");
         assert_eq!(config.vhosts, ["/staging"]);
+        assert_eq!(
+            (
+                config.raft_heartbeat_ms,
+                config.raft_election_timeout_min_ms,
+                config.raft_election_timeout_max_ms
+            ),
+            (100, 300, 600)
+        );
     }
 
     #[test]

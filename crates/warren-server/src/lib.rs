@@ -56,6 +56,9 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         data_dir: config.data_dir.clone(),
         cluster_addr: advertise.clone(),
         join: config.join.clone(),
+        heartbeat_interval_ms: config.raft_heartbeat_ms,
+        election_timeout_min_ms: config.raft_election_timeout_min_ms,
+        election_timeout_max_ms: config.raft_election_timeout_max_ms,
         ..NodeConfig::default()
     };
     let node = Node::open(node_config, network.clone(), Arc::new(network), registry.clone())
