@@ -220,10 +220,16 @@ impl Broker {
                 consumer_tag,
                 no_ack,
                 exclusive,
-                arguments: _,
+                arguments,
             } => {
                 let channel = ctx.origin?;
-                self.consume(ctx, channel, vhost, queue, consumer_tag, *no_ack, *exclusive)
+                let spec = crate::consume::ConsumeSpec {
+                    tag: consumer_tag,
+                    no_ack: *no_ack,
+                    exclusive: *exclusive,
+                    arguments,
+                };
+                self.consume(ctx, channel, vhost, queue, spec)
             }
             Command::Cancel { consumer_tag } => {
                 let channel = ctx.origin?;

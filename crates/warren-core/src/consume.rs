@@ -1,6 +1,8 @@
 //! Channel-scoped consuming commands: `basic.qos`, `basic.consume`,
 //! `basic.cancel`, `basic.get`.
 
+use amq_protocol_types::{AMQPValue, FieldTable};
+
 use crate::broker::{Broker, Ctx};
 use crate::channel::Unacked;
 use crate::consumer::{Consumer, ConsumerRef};
@@ -9,7 +11,50 @@ use crate::effect::Outcome;
 use crate::error::CoreError;
 use crate::fail;
 use crate::ids::{ChannelId, ConsumerTag, QueueName, VHost};
+use crate::queue_args::type_name;
 use crate::reply_to::REPLY_QUEUE;
+
+/// What a `basic.consume` asks for.
+pub(crate) struct ConsumeSpec<'a> {
+    pub tag: &'a ConsumerTag,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    pub arguments: &'a FieldTable,
+}
+
+/// The AMQP field types RabbitMQ accepts where it wants an integer
+/// (`?INTEGER_ARG_TYPES`; a timestamp is not one).
+fn is_integer_field(value: &AMQPValue) -> bool {
+    matches!(
+        value,
+        AMQPValue::ShortShortInt(_)
+            | AMQPValue::ShortShortUInt(_)
+            | AMQPValue::ShortInt(_)
+            | AMQPValue::ShortUInt(_)
+            | AMQPValue::LongInt(_)
+            | AMQPValue::LongUInt(_)
+            | AMQPValue::LongLongInt(_)
+    )
+}
+
+/// Validates `basic.consume` arguments as RabbitMQ's
+/// `check_consume_arguments`: `x-priority` must be an integer; other
+/// arguments are accepted (and ignored).
+///
+/// # Errors
+/// 406 `invalid arg 'x-priority' for queue 'q' in vhost '/': {unacceptable_type,longstr}`.
+fn check_consume_arguments(vhost: &VHost, queue: &QueueName, arguments: &FieldTable) -> Result<(), CoreError> {
+    let key = "x-priority";
+    match arguments.inner().get(key) {
+        Some(value) if !is_integer_field(value) => Err(fail::invalid_queue_arg(
+            vhost,
+            queue,
+            key,
+            &format!("{{unacceptable_type,{}}}", type_name(value)),
+        )),
+        _ => Ok(()),
+    }
+}
 
 impl Broker {
     /// `basic.qos`: `global=false` sets the prefetch of consumers created
@@ -40,19 +85,23 @@ impl Broker {
     ///
     /// # Errors
     /// 530 tag already used on the channel; 404 queue missing; 405
-    /// another connection's exclusive queue; 403 exclusive consumer
-    /// requested on a queue with consumers, or the queue has one.
-    #[allow(clippy::too_many_arguments)]
+    /// another connection's exclusive queue; 406 a non-integer
+    /// `x-priority`; 403 exclusive consumer requested on a queue with
+    /// consumers, or the queue has one.
     pub(crate) fn consume(
         &mut self,
         ctx: &mut Ctx<'_>,
         channel: ChannelId,
         vhost: &VHost,
         name: &QueueName,
-        tag: &ConsumerTag,
-        no_ack: bool,
-        exclusive: bool,
+        spec: ConsumeSpec<'_>,
     ) -> Result<Outcome, CoreError> {
+        let ConsumeSpec {
+            tag,
+            no_ack,
+            exclusive,
+            arguments,
+        } = spec;
         if self.channels.get(&channel).is_some_and(|ch| ch.has_consumer(tag)) {
             return Err(fail::reused_consumer_tag(tag));
         }
@@ -66,6 +115,7 @@ impl Broker {
         if !queue.accessible_by(Some(channel.conn)) {
             return Err(fail::queue_locked(vhost, name));
         }
+        check_consume_arguments(vhost, name, arguments)?;
         let channels = &self.channels;
         let has_exclusive_consumer = queue.consumers.iter().any(|c| {
             channels

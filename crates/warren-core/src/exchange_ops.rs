@@ -11,6 +11,7 @@ use crate::exchange::{Binding, Destination, Exchange};
 use crate::fail;
 use crate::headers::XMatch;
 use crate::ids::{ExchangeName, NodeId, VHost};
+use crate::queue_args::display;
 use crate::vhost::VHostState;
 
 /// The attributes of an `exchange.declare`.
@@ -28,7 +29,8 @@ fn is_reserved(name: &str) -> bool {
     name.starts_with("amq.")
 }
 
-/// 406 unless `existing` has the attributes `spec` asks for.
+/// 406 unless `existing` has the attributes (and `alternate-exchange`)
+/// `spec` asks for.
 fn check_exchange_equivalent(vhost: &VHost, existing: &Exchange, spec: &ExchangeSpec<'_>) -> Result<(), CoreError> {
     let resource = fail::exchange_resource(vhost, &existing.name);
     if existing.kind != spec.kind {
@@ -61,6 +63,18 @@ fn check_exchange_equivalent(vhost: &VHost, existing: &Exchange, spec: &Exchange
             "internal",
             spec.internal,
             existing.internal,
+        ));
+    }
+    // The one argument RabbitMQ compares (`rabbit_exchange:assert_args_equivalence`).
+    let key = "alternate-exchange";
+    let received = display(spec.arguments.inner().get(key));
+    let current = display(existing.arguments.inner().get(key));
+    if received != current {
+        return Err(fail::inequivalent_optional_arg(
+            &resource,
+            key,
+            received.as_deref(),
+            current.as_deref(),
         ));
     }
     Ok(())

@@ -62,6 +62,32 @@ pub(crate) fn inequivalent_arg(resource: &str, arg: &str, received: impl Display
     ))
 }
 
+/// 406 for a redeclare whose argument `arg` differs; a missing one reads
+/// `none`, unquoted (RabbitMQ `rabbit_misc:val/1`).
+pub(crate) fn inequivalent_optional_arg(
+    resource: &str,
+    arg: &str,
+    received: Option<&str>,
+    current: Option<&str>,
+) -> CoreError {
+    let shown = |value: Option<&str>| value.map_or_else(|| "none".to_owned(), |v| format!("'{v}'"));
+    CoreError::PreconditionFailed(format!(
+        "inequivalent arg '{arg}' for {resource}: received {} but current is {}",
+        shown(received),
+        shown(current)
+    ))
+}
+
+/// 406 for a queue property its type does not allow (RabbitMQ
+/// `rabbit_queue_type_util`: quorum queues are durable, not exclusive, not
+/// auto-delete).
+pub(crate) fn invalid_queue_property(vhost: &VHost, queue: &QueueName, property: &str) -> CoreError {
+    CoreError::PreconditionFailed(format!(
+        "invalid property '{property}' for {}",
+        queue_resource(vhost, queue)
+    ))
+}
+
 /// 406 for a queue argument of the wrong type or value.
 pub(crate) fn invalid_queue_arg(vhost: &VHost, queue: &QueueName, arg: &str, reason: &str) -> CoreError {
     CoreError::PreconditionFailed(format!(

@@ -74,7 +74,7 @@ pub(crate) fn string(value: &AMQPValue) -> Option<String> {
 }
 
 /// RabbitMQ's name for a field type, used in error texts.
-fn type_name(value: &AMQPValue) -> &'static str {
+pub(crate) fn type_name(value: &AMQPValue) -> &'static str {
     match value {
         AMQPValue::Boolean(_) => "bool",
         AMQPValue::ShortShortInt(_) => "byte",
@@ -97,22 +97,21 @@ fn type_name(value: &AMQPValue) -> &'static str {
     }
 }
 
-/// A value as text for error messages and equivalence: integers of any
-/// width and strings of either kind print the same.
-fn display(value: Option<&AMQPValue>) -> String {
-    let Some(value) = value else {
-        return "none".to_owned();
-    };
+/// A value as text for error messages and equivalence (`None` when it is
+/// missing): integers of any width and strings of either kind print the
+/// same.
+pub(crate) fn display(value: Option<&AMQPValue>) -> Option<String> {
+    let value = value?;
     if let Some(n) = integer(value) {
-        return n.to_string();
+        return Some(n.to_string());
     }
     if let Some(s) = string(value) {
-        return s;
+        return Some(s);
     }
-    match value {
+    Some(match value {
         AMQPValue::Boolean(b) => b.to_string(),
         other => format!("{other:?}"),
-    }
+    })
 }
 
 /// Why a value is unacceptable, worded like RabbitMQ's `{Reason, Value}`.
@@ -208,7 +207,7 @@ impl QueueArgs {
 ///
 /// # Errors
 /// 406 `inequivalent arg 'x-…' for queue 'q' in vhost '/': received '…' but
-/// current is '…'`.
+/// current is '…'` (`none`, unquoted, for a missing argument).
 pub fn check_equivalent(
     vhost: &VHost,
     queue: &QueueName,
@@ -220,17 +219,15 @@ pub fn check_equivalent(
         let mut old = display(current.inner().get(*key));
         if *key == "x-queue-type" {
             for value in [&mut new, &mut old] {
-                if value == "none" {
-                    *value = "classic".to_owned();
-                }
+                value.get_or_insert_with(|| "classic".to_owned());
             }
         }
         if new != old {
-            return Err(fail::inequivalent_arg(
+            return Err(fail::inequivalent_optional_arg(
                 &fail::queue_resource(vhost, queue),
                 key,
-                new,
-                old,
+                new.as_deref(),
+                old.as_deref(),
             ));
         }
     }
@@ -315,7 +312,12 @@ mod tests {
                 "inequivalent arg 'x-max-length' for queue 'q' in vhost '/': received '6' but current is '5'".into()
             )
         );
-        assert!(check_equivalent(&v, &q, &FieldTable::default(), &a).is_err());
+        assert_eq!(
+            check_equivalent(&v, &q, &FieldTable::default(), &a).unwrap_err(),
+            CoreError::PreconditionFailed(
+                "inequivalent arg 'x-max-length' for queue 'q' in vhost '/': received none but current is '5'".into()
+            )
+        );
         let classic = table(&[("x-queue-type", AMQPValue::LongString(LongString::from("classic")))]);
         assert!(check_equivalent(&v, &q, &classic, &FieldTable::default()).is_ok());
     }

@@ -13,7 +13,7 @@ use crate::exchange_ops::{check_queue_binding_source, remove_bindings_to, unbind
 use crate::fail;
 use crate::ids::{ExchangeName, QueueName, VHost};
 use crate::queue::Queue;
-use crate::queue_args::{check_equivalent, QueueArgs};
+use crate::queue_args::{check_equivalent, string, QueueArgs};
 use crate::vhost::VHostState;
 
 /// The attributes of a `queue.declare`.
@@ -47,6 +47,25 @@ fn usable_queue<'a>(
         return Err(fail::queue_locked(vhost, name));
     }
     Ok(queue)
+}
+
+/// 406 if the queue's `x-queue-type` does not allow the attributes `spec`
+/// asks for: a quorum queue is durable, not exclusive and not auto-delete
+/// (RabbitMQ checks them in that order: auto-delete, exclusive, durable).
+fn check_queue_type_properties(vhost: &VHost, name: &QueueName, spec: &QueueSpec<'_>) -> Result<(), CoreError> {
+    let kind = spec.arguments.inner().get("x-queue-type").and_then(string);
+    if kind.as_deref() != Some("quorum") {
+        return Ok(());
+    }
+    let invalid = [
+        (spec.auto_delete, "auto-delete"),
+        (spec.exclusive, "exclusive-owner"),
+        (!spec.durable, "non-durable"),
+    ];
+    match invalid.into_iter().find(|(bad, _)| *bad) {
+        Some((_, property)) => Err(fail::invalid_queue_property(vhost, name, property)),
+        None => Ok(()),
+    }
 }
 
 /// 405/406 unless `existing` has the attributes `spec` asks for.
@@ -87,7 +106,8 @@ impl Broker {
     /// # Errors
     /// 404 passive and missing; 405 another connection's exclusive queue
     /// (or exclusivity differs); 406 other attributes or arguments differ,
-    /// or an argument is invalid; 403 a new `amq.*` name.
+    /// an argument is invalid, or a new quorum queue is not durable or is
+    /// exclusive or auto-delete; 403 a new `amq.*` name.
     pub(crate) fn declare_queue(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -119,6 +139,7 @@ impl Broker {
             return Err(fail::reserved_queue_name(name));
         }
         let args = QueueArgs::parse(vhost, name, spec.arguments)?;
+        check_queue_type_properties(vhost, name, &spec)?;
         let conn = ctx.origin.map(|c| c.conn);
         let queue = Queue {
             name: name.clone(),

@@ -1,4 +1,4 @@
-use amq_protocol_types::FieldTable;
+use amq_protocol_types::{AMQPValue, FieldTable};
 
 use crate::test_support::*;
 use crate::{Command, CoreError, DeliveryTag, Effect, NodeId, Outcome};
@@ -481,4 +481,61 @@ fn node_restart_loses_transient_exchanges_it_declared_and_keeps_durable_ones() {
     let later = chan(2, 1);
     assert_eq!(h.call(later, probe("keep")), Ok(Outcome::ExchangeDeclared));
     assert!(matches!(h.call(later, probe("scratch")), Err(CoreError::NotFound(_))));
+}
+
+#[test]
+fn consumer_priority_must_be_an_integer_other_consume_arguments_are_accepted() {
+    let consume_with = |tag: &str, arguments: FieldTable| Command::Consume {
+        vhost: root(),
+        queue: "q".into(),
+        consumer_tag: tag.into(),
+        no_ack: false,
+        exclusive: false,
+        arguments,
+    };
+    let (mut h, c) = with_queue();
+    assert_eq!(
+        h.call(c, consume_with("a", table(&[("x-priority", text("high"))]))),
+        Err(CoreError::PreconditionFailed(
+            "invalid arg 'x-priority' for queue 'q' in vhost '/': {unacceptable_type,longstr}".into()
+        ))
+    );
+    assert_eq!(
+        h.call(c, consume_with("a", table(&[("x-priority", AMQPValue::Timestamp(1))]))),
+        Err(CoreError::PreconditionFailed(
+            "invalid arg 'x-priority' for queue 'q' in vhost '/': {unacceptable_type,timestamp}".into()
+        ))
+    );
+    assert_eq!(h.summary("q").consumers, 0);
+    // A missing queue is still 404 first.
+    assert!(matches!(
+        h.call(
+            c,
+            Command::Consume {
+                vhost: root(),
+                queue: "nope".into(),
+                consumer_tag: "a".into(),
+                no_ack: false,
+                exclusive: false,
+                arguments: table(&[("x-priority", text("high"))]),
+            }
+        ),
+        Err(CoreError::NotFound(_))
+    ));
+    h.ok(c, consume_with("a", table(&[("x-priority", int(5))])));
+    h.ok(
+        c,
+        consume_with("b", table(&[("x-priority", AMQPValue::ShortShortInt(-1))])),
+    );
+    h.ok(
+        c,
+        consume_with(
+            "c",
+            table(&[
+                ("x-cancel-on-ha-failover", AMQPValue::Boolean(true)),
+                ("x-whatever", text("anything")),
+            ]),
+        ),
+    );
+    assert_eq!(h.summary("q").consumers, 3);
 }

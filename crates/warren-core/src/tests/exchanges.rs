@@ -417,3 +417,51 @@ fn unroutable_messages_go_to_the_alternate_exchange() {
     assert_eq!(h.drain(c, "q"), ["routed"]);
     assert_eq!(h.drain(c, "unrouted"), ["stray"]);
 }
+
+#[test]
+fn redeclare_with_another_alternate_exchange_is_406() {
+    let with_ae = |ae: Option<&str>| {
+        let mut declare = declare_exchange("x", ExchangeKind::Direct);
+        if let (Command::DeclareExchange { arguments, .. }, Some(ae)) = (&mut declare, ae) {
+            *arguments = table(&[("alternate-exchange", text(ae))]);
+        }
+        declare
+    };
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, with_ae(Some("ae1")));
+    h.ok(c, with_ae(Some("ae1")));
+    assert_eq!(
+        h.call(c, with_ae(Some("ae2"))),
+        Err(CoreError::PreconditionFailed(
+            "inequivalent arg 'alternate-exchange' for exchange 'x' in vhost '/': received 'ae2' but current is 'ae1'"
+                .into()
+        ))
+    );
+    assert_eq!(
+        h.call(c, with_ae(None)),
+        Err(CoreError::PreconditionFailed(
+            "inequivalent arg 'alternate-exchange' for exchange 'x' in vhost '/': received none but current is 'ae1'"
+                .into()
+        ))
+    );
+    // Other arguments are not compared, as in RabbitMQ.
+    let mut other = with_ae(Some("ae1"));
+    if let Command::DeclareExchange { arguments, .. } = &mut other {
+        arguments.insert("x-anything".into(), int(1));
+    }
+    h.ok(c, other);
+    h.ok(c, declare_exchange("plain", ExchangeKind::Fanout));
+    let mut plain = with_ae(Some("ae1"));
+    if let Command::DeclareExchange { name, kind, .. } = &mut plain {
+        *name = ExchangeName::from("plain");
+        *kind = ExchangeKind::Fanout;
+    }
+    assert_eq!(
+        h.call(c, plain),
+        Err(CoreError::PreconditionFailed(
+            "inequivalent arg 'alternate-exchange' for exchange 'plain' in vhost '/': received 'ae1' but current is none"
+                .into()
+        ))
+    );
+}

@@ -457,3 +457,43 @@ fn zero_max_length_still_feeds_an_idle_consumer() {
         ["delivered"]
     );
 }
+
+#[test]
+fn quorum_queues_are_durable_not_exclusive_not_auto_delete() {
+    let quorum = || table(&[("x-queue-type", text("quorum"))]);
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    let invalid = |property: &str| {
+        Err(CoreError::PreconditionFailed(format!(
+            "invalid property '{property}' for queue 'q' in vhost '/'"
+        )))
+    };
+    assert_eq!(
+        h.call(c, declare("q", false, false, false, quorum())),
+        invalid("non-durable")
+    );
+    assert_eq!(
+        h.call(c, declare("q", true, true, false, quorum())),
+        invalid("exclusive-owner")
+    );
+    assert_eq!(
+        h.call(c, declare("q", true, false, true, quorum())),
+        invalid("auto-delete")
+    );
+    // RabbitMQ's order: auto-delete, then exclusive, then durability.
+    assert_eq!(
+        h.call(c, declare("q", false, true, true, quorum())),
+        invalid("auto-delete")
+    );
+    assert_eq!(
+        h.call(c, declare("q", false, true, false, quorum())),
+        invalid("exclusive-owner")
+    );
+    assert!(!h.has_queue("q"));
+    h.ok(c, declare("q", true, false, false, quorum()));
+    // Classic queues keep every combination.
+    h.ok(
+        c,
+        declare("c", false, true, true, table(&[("x-queue-type", text("classic"))])),
+    );
+}
