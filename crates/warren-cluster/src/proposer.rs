@@ -13,12 +13,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use openraft::{Raft, ServerState};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
-use warren_core::{Batch, ChannelId, CoreError, Effect, NodeId, Request};
+use warren_core::{Batch, ChannelId, NodeId, Request};
 
 use crate::error::ClusterError;
 use crate::node::EffectSink;
 use crate::peers::{PeerError, Peers};
-use crate::state_machine::ProposalTracker;
+use crate::state_machine::{unavailable_replies, ProposalTracker};
 use crate::type_config::{Proposal, TypeConfig};
 
 /// Submits requests to the node's proposer. Cheap to clone.
@@ -96,8 +96,9 @@ impl ProposerTask {
             }
             last_now_ms = last_now_ms.max(wall_clock_ms());
             seq += 1;
-            let origins = local_origins(NodeId(self.tracker.node), &requests);
-            let tag = self.tracker.register(seq);
+            let tag = self
+                .tracker
+                .register(seq, local_origins(NodeId(self.tracker.node), &requests));
             let proposal = Proposal {
                 tag: Some(tag),
                 batch: Batch {
@@ -106,7 +107,7 @@ impl ProposerTask {
                 },
             };
             if !self.is_leader() {
-                self.forward(proposal, permit, &in_flight, seq, origins).await;
+                self.forward(proposal, permit, &in_flight, seq).await;
                 continue;
             }
             // `client_write_ff` hands the entry to RaftCore before it returns,
@@ -124,12 +125,12 @@ impl ProposerTask {
                             Ok(Err(e)) => e.to_string(),
                             Err(_) => "the Raft node stopped before the batch was committed".to_owned(),
                         };
-                        fail_batch(&tracker, &*sink, seq, origins, &reason);
+                        fail_batch(&tracker, &*sink, seq, &reason);
                     });
                 }
                 Err(fatal) => {
                     drop(permit);
-                    fail_batch(&self.tracker, &*self.sink, seq, origins, &fatal.to_string());
+                    fail_batch(&self.tracker, &*self.sink, seq, &fatal.to_string());
                 }
             }
         }
@@ -145,21 +146,14 @@ impl ProposerTask {
     /// every in-flight slot meanwhile makes batches this node appended as
     /// leader settle first, so the log keeps submission order across a
     /// change of leader.
-    async fn forward(
-        &self,
-        proposal: Proposal,
-        permit: OwnedSemaphorePermit,
-        in_flight: &Arc<Semaphore>,
-        seq: u64,
-        origins: Vec<ChannelId>,
-    ) {
+    async fn forward(&self, proposal: Proposal, permit: OwnedSemaphorePermit, in_flight: &Arc<Semaphore>, seq: u64) {
         let others = u32::try_from(self.max_in_flight.max(1) - 1).unwrap_or(u32::MAX);
         let rest = tokio::time::timeout(self.forward_timeout, in_flight.clone().acquire_many_owned(others)).await;
         let outcome = self.forward_to_leader(proposal).await;
         drop(rest);
         drop(permit);
         if let Err(reason) = outcome {
-            fail_batch(&self.tracker, &*self.sink, seq, origins, &reason);
+            fail_batch(&self.tracker, &*self.sink, seq, &reason);
         }
     }
 
@@ -243,10 +237,10 @@ fn local_origins(node: NodeId, requests: &[Request]) -> Vec<ChannelId> {
 
 /// Sends `Unavailable` to every origin of a batch whose commit failed,
 /// unless apply already settled the batch (then the broker's replies went out).
-fn fail_batch(tracker: &ProposalTracker, sink: &dyn EffectSink, seq: u64, origins: Vec<ChannelId>, reason: &str) {
-    if !tracker.settle_failed(seq) {
+fn fail_batch(tracker: &ProposalTracker, sink: &dyn EffectSink, seq: u64, reason: &str) {
+    let Some(origins) = tracker.settle_failed(seq) else {
         return;
-    }
+    };
     tracing::warn!(
         node = tracker.node,
         batch = seq,
@@ -257,12 +251,5 @@ fn fail_batch(tracker: &ProposalTracker, sink: &dyn EffectSink, seq: u64, origin
     if origins.is_empty() {
         return;
     }
-    let effects = origins
-        .into_iter()
-        .map(|channel| Effect::Reply {
-            channel,
-            outcome: Err(CoreError::Unavailable(format!("command not committed: {reason}"))),
-        })
-        .collect();
-    sink.emit(effects);
+    sink.emit(unavailable_replies(origins, reason));
 }

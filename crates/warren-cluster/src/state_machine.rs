@@ -1,7 +1,7 @@
 //! openraft's state machine: the broker, the last applied log id, the
 //! membership, and snapshots of them.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -14,7 +14,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use warren_core::{Broker, Command, Effect, NodeId};
+use warren_core::{Broker, ChannelId, Command, CoreError, Effect, NodeId};
 use warren_store::LogStore;
 
 use crate::codec::{decode, encode};
@@ -57,10 +57,15 @@ impl Shared {
 /// replies come from the broker) and the proposer learning that the commit
 /// failed (it sends `Unavailable` replies); whichever removes the batch
 /// first wins, so each request gets exactly one reply.
+///
+/// A follower that installs a snapshot skips the entries it covers, so
+/// their replies would never come: installing fails every batch still in
+/// flight ([`ProposalTracker::settle_all_failed`]).
 pub(crate) struct ProposalTracker {
     pub(crate) node: u64,
     pub(crate) incarnation: u64,
-    in_flight: Mutex<BTreeSet<u64>>,
+    /// Batch seq → the channels (of this node) its requests came from.
+    in_flight: Mutex<BTreeMap<u64, Vec<ChannelId>>>,
 }
 
 impl ProposalTracker {
@@ -68,15 +73,16 @@ impl ProposalTracker {
         Self {
             node,
             incarnation: rand::random(),
-            in_flight: Mutex::new(BTreeSet::new()),
+            in_flight: Mutex::new(BTreeMap::new()),
         }
     }
 
-    pub(crate) fn register(&self, seq: u64) -> ProposalTag {
+    /// Records batch `seq`, whose requests came from `origins`.
+    pub(crate) fn register(&self, seq: u64, origins: Vec<ChannelId>) -> ProposalTag {
         self.in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(seq);
+            .insert(seq, origins);
         ProposalTag {
             node: self.node,
             incarnation: self.incarnation,
@@ -85,12 +91,18 @@ impl ProposalTracker {
     }
 
     /// Called by the proposer when the batch's commit failed or is unknown.
-    /// `true`: the proposer must send the failure replies.
-    pub(crate) fn settle_failed(&self, seq: u64) -> bool {
+    /// `Some(origins)`: the proposer must send them the failure replies.
+    pub(crate) fn settle_failed(&self, seq: u64) -> Option<Vec<ChannelId>> {
         self.in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&seq)
+    }
+
+    /// Settles every batch in flight as failed; returns their origins.
+    fn settle_all_failed(&self) -> Vec<ChannelId> {
+        let settled = std::mem::take(&mut *self.in_flight.lock().unwrap_or_else(PoisonError::into_inner));
+        settled.into_values().flatten().collect()
     }
 
     /// Called by apply. `true`: the broker's replies for this batch go out.
@@ -100,10 +112,22 @@ impl ProposalTracker {
                 .in_flight
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .remove(&tag.seq),
+                .remove(&tag.seq)
+                .is_some(),
             _ => true,
         }
     }
+}
+
+/// `Unavailable` replies to `origins`, one each.
+pub(crate) fn unavailable_replies(origins: Vec<ChannelId>, reason: &str) -> Vec<Effect> {
+    origins
+        .into_iter()
+        .map(|channel| Effect::Reply {
+            channel,
+            outcome: Err(CoreError::Unavailable(format!("command not committed: {reason}"))),
+        })
+        .collect()
 }
 
 /// A snapshot as stored: openraft's metadata and the encoded broker.
@@ -336,6 +360,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             state.membership = stored.meta.last_membership;
         }
         tracing::info!(snapshot = %meta, "snapshot installed");
+        // The entries the snapshot covers are not applied one by one here,
+        // so their replies would never come: answer what is in flight now.
+        let origins = self.tracker.settle_all_failed();
+        if !origins.is_empty() {
+            self.sink.emit(unavailable_replies(
+                origins,
+                "outcome unknown: this node installed a snapshot",
+            ));
+        }
         self.shared.applied.notify_waiters();
         Ok(())
     }
@@ -357,20 +390,44 @@ mod tests {
     #[test]
     fn a_batch_applied_before_its_failure_report_keeps_the_broker_replies() {
         let tracker = ProposalTracker::new(1);
-        let tag = tracker.register(1);
+        let tag = tracker.register(1, Vec::new());
         assert!(tracker.settle_applied(Some(&tag)), "apply first: broker replies go out");
-        assert!(!tracker.settle_failed(1), "then no Unavailable replies");
+        assert!(tracker.settle_failed(1).is_none(), "then no Unavailable replies");
     }
 
     #[test]
     fn a_batch_reported_failed_before_it_applies_loses_its_broker_replies() {
         let tracker = ProposalTracker::new(1);
-        let tag = tracker.register(1);
-        assert!(tracker.settle_failed(1), "failure first: Unavailable replies go out");
+        let tag = tracker.register(1, Vec::new());
+        assert!(
+            tracker.settle_failed(1).is_some(),
+            "failure first: Unavailable replies go out"
+        );
         assert!(
             !tracker.settle_applied(Some(&tag)),
             "then the broker replies are suppressed"
         );
+    }
+
+    #[test]
+    fn a_snapshot_install_fails_every_batch_in_flight_once() {
+        let tracker = ProposalTracker::new(1);
+        let origin = ChannelId {
+            conn: warren_core::ConnectionId {
+                node: NodeId(1),
+                boot: 1,
+                seq: 1,
+            },
+            channel: 1,
+        };
+        let first = tracker.register(1, vec![origin]);
+        tracker.register(2, vec![origin, origin]);
+        assert_eq!(tracker.settle_all_failed(), vec![origin; 3]);
+        assert!(
+            !tracker.settle_applied(Some(&first)),
+            "a batch answered Unavailable gets no broker replies"
+        );
+        assert!(tracker.settle_failed(2).is_none(), "nor a second failure");
     }
 
     #[test]
