@@ -324,7 +324,8 @@ pub struct LiveMessage {
     pub queue: QueueName,
     pub queue_uid: u64,
     pub place: Place,
-    pub body: Bytes,
+    /// As it sits in the broker (a dead-lettered copy carries `x-death`).
+    pub message: Arc<Message>,
     pub expires_at_ms: Option<u64>,
 }
 
@@ -343,7 +344,7 @@ impl Broker {
                             queue: queue.name.clone(),
                             queue_uid: queue.uid,
                             place: Place::Ready,
-                            body: entry.message.body.clone(),
+                            message: Arc::clone(&entry.message),
                             expires_at_ms: entry.expires_at_ms,
                         },
                     );
@@ -362,7 +363,7 @@ impl Broker {
                             channel: *channel,
                             tag: *tag,
                         },
-                        body: unacked.entry.message.body.clone(),
+                        message: Arc::clone(&unacked.entry.message),
                         expires_at_ms: unacked.entry.expires_at_ms,
                     },
                 );

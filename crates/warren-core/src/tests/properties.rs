@@ -80,13 +80,24 @@ fn queue_arguments(variant: usize) -> FieldTable {
             ("x-expires", int(60)),
             ("x-single-active-consumer", amq_protocol_types::AMQPValue::Boolean(true)),
         ]),
-        _ => table(&[("x-max-priority", int(3)), ("x-message-ttl", int(30))]),
+        6 => table(&[("x-max-priority", int(3)), ("x-message-ttl", int(30))]),
+        7 => table(&[
+            ("x-max-length", int(1)),
+            ("x-overflow", text("reject-publish-dlx")),
+            ("x-dead-letter-exchange", text("amq.fanout")),
+        ]),
+        _ => table(&[
+            ("x-max-length-bytes", int(8)),
+            ("x-max-priority", int(2)),
+            ("x-dead-letter-exchange", text("")),
+            ("x-dead-letter-routing-key", text("q0")),
+        ]),
     }
 }
 
 /// How many argument variants [`queue_arguments`] has; the layout draws
 /// from all of them.
-const ARGUMENT_VARIANTS: usize = 7;
+const ARGUMENT_VARIANTS: usize = 9;
 
 /// The attributes each queue is declared with in one test case, so that
 /// redeclares mostly agree (a random mix would mostly fail with 406).
@@ -329,6 +340,13 @@ fn take<K: Ord>(map: &mut BTreeMap<K, usize>, key: &K) -> bool {
     }
 }
 
+/// Takes one from a count, if it is not zero.
+fn take_one(n: &mut usize) -> bool {
+    let some = *n > 0;
+    *n = n.saturating_sub(1);
+    some
+}
+
 fn add<K: Ord>(map: &mut BTreeMap<K, usize>, key: K, n: usize) {
     *map.entry(key).or_default() += n;
 }
@@ -348,6 +366,16 @@ fn covered(held: &[DeliveryTag], tag: DeliveryTag, multiple: bool) -> Option<Vec
     } else {
         Some(vec![tag])
     }
+}
+
+/// Whether `m` is a dead-lettered copy (it has an `x-death` history; the
+/// generated publishes have no headers).
+fn is_dead_letter(m: &LiveMessage) -> bool {
+    m.message
+        .properties
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.contains_key("x-death"))
 }
 
 /// Whether a queue drops its oldest message when a new one would take it
@@ -452,7 +480,7 @@ impl Ledger {
         }
         let delivered: BTreeSet<(ChannelId, DeliveryTag)> = expect_unacked.iter().map(|(c, t, _)| (*c, *t)).collect();
         for (channel, tag, body) in expect_unacked {
-            if unacked_at.get(&(channel, tag)).is_none_or(|m| m.body != body) {
+            if unacked_at.get(&(channel, tag)).is_none_or(|m| m.message.body != body) {
                 return Err(format!("delivery {tag:?} on {channel:?} is not held unacked"));
             }
         }
@@ -506,7 +534,7 @@ impl Ledger {
                         .filter(|q| q.uid == m.queue_uid)
                         .is_some_and(|q| q.args.dead_letter_exchange.is_some());
                     if rejected && dlx {
-                        add(&mut dead_letters, m.body.clone(), fan_out);
+                        add(&mut dead_letters, m.message.body.clone(), fan_out);
                     }
                 }
             }
@@ -573,8 +601,12 @@ impl Ledger {
             add(&mut requeued_into, (m.queue.clone(), m.queue_uid), 1);
         }
 
-        // Why each message the broker no longer holds is gone.
+        // Why each message the broker no longer holds is gone. Copies of
+        // one message can share a queue (a dead letter routed back to a
+        // queue that holds the original), so the no-ack deliveries go first
+        // to the copies that cannot have expired, then to the others.
         let mut departed = Vec::new();
+        let mut undecided = Vec::new();
         for (id, m) in &self.owed {
             if live.contains_key(id) {
                 continue;
@@ -588,19 +620,40 @@ impl Ledger {
             }
             let at = (m.queue.clone(), m.queue_uid);
             if !alive(post, &m.queue, m.queue_uid) {
-                continue; // its queue was deleted (with its ready messages)
+                // Its queue was deleted with its ready messages; requeued
+                // first, it may have been dropped for length before that.
+                let dlx = queue(pre, &m.queue)
+                    .filter(|q| q.uid == m.queue_uid)
+                    .is_some_and(|q| drops_head(q) && q.args.dead_letter_exchange.is_some());
+                if dlx && requeued.contains(id) {
+                    add(&mut dead_letters, m.message.body.clone(), fan_out);
+                }
+                continue;
             }
             if purged.as_ref() == Some(&at) && m.place == Place::Ready {
                 continue;
             }
-            if take(&mut no_ack, &(at.clone(), m.body.clone())) {
-                continue;
-            }
+            undecided.push((*id, m, at));
+        }
+        // A message past its expiry is never delivered; one expiring right
+        // now may be, if a consumer can take it at once.
+        let expired = |m: &LiveMessage| m.expires_at_ms.is_some_and(|at| at <= now_ms);
+        let overdue = |m: &LiveMessage| m.expires_at_ms.is_some_and(|at| at < now_ms);
+        undecided.sort_by_key(|(id, m, _)| (expired(m), *id));
+        for (id, m, at) in undecided {
             let q = queue(post, &m.queue).ok_or("alive queue missing")?;
             let dlx = q.args.dead_letter_exchange.is_some();
-            if m.expires_at_ms.is_some_and(|at| at <= now_ms) {
+            if !overdue(m) && take(&mut no_ack, &(at.clone(), m.message.body.clone())) {
+                // Expiring right now, it may instead have been dead-lettered
+                // (and the delivery was of a copy that arrived).
+                if expired(m) && dlx {
+                    add(&mut dead_letters, m.message.body.clone(), fan_out);
+                }
+                continue;
+            }
+            if expired(m) {
                 if dlx {
-                    add(&mut dead_letters, m.body.clone(), fan_out);
+                    add(&mut dead_letters, m.message.body.clone(), fan_out);
                 }
                 continue;
             }
@@ -609,13 +662,15 @@ impl Ledger {
             if drops_head(q) && pushed > 0 {
                 let n = dropped_for_length.entry(at).or_default();
                 *n += 1;
-                if *n > pushed {
+                // One message pushes out one under a count limit; under a
+                // byte limit a big one may push out several.
+                if *n > pushed && q.args.max_length_bytes.is_none() {
                     return Err(format!(
                         "{id:?} dropped for length by only {pushed} new or requeued messages"
                     ));
                 }
                 if dlx {
-                    add(&mut dead_letters, m.body.clone(), fan_out);
+                    add(&mut dead_letters, m.message.body.clone(), fan_out);
                 }
                 continue;
             }
@@ -646,9 +701,12 @@ impl Ledger {
                 let at = (name.clone(), q.uid);
                 slots.push(at.clone());
                 routed_copies += 1;
-                let arrived = live
-                    .iter()
-                    .any(|(id, m)| !self.owed.contains_key(id) && m.body == message.body && m.queue == name);
+                let arrived = live.iter().any(|(id, m)| {
+                    !self.owed.contains_key(id)
+                        && !is_dead_letter(m)
+                        && m.message.body == message.body
+                        && m.queue == name
+                });
                 if arrived || take(&mut no_ack, &(at, message.body.clone())) {
                     continue;
                 }
@@ -678,8 +736,13 @@ impl Ledger {
         }
 
         // Messages that arrived: the publish's copies, and dead letters.
+        // A copy that never showed (refused, dropped or expired as it
+        // arrived) may itself have been dead-lettered on: each such id
+        // allows `fan_out` more copies of any message.
+        let fresh = live.keys().filter(|id| !self.owed.contains_key(id)).count();
+        let mut cascade = fan_out * issued.saturating_sub(fresh);
         let dead_lettered: usize = dead_letters.values().sum();
-        if issued < routed_copies || issued > routed_copies + dead_lettered {
+        if issued < routed_copies || issued > routed_copies + dead_lettered + cascade {
             return Err(format!(
                 "{issued} ids issued for {routed_copies} routed copies and {dead_lettered} dead letters"
             ));
@@ -696,20 +759,21 @@ impl Ledger {
             let slot = slots
                 .iter()
                 .position(|(name, uid)| *name == m.queue && *uid == m.queue_uid);
-            if published.as_ref() == Some(&m.body) {
+            if published.as_ref() == Some(&m.message.body) && !is_dead_letter(m) {
                 if let Some(slot) = slot {
                     slots.remove(slot);
                     continue;
                 }
             }
-            if !take(&mut dead_letters, &m.body) {
+            let owed = take(&mut dead_letters, &m.message.body) || (is_dead_letter(m) && take_one(&mut cascade));
+            if !owed {
                 return Err(format!("{id:?} ({m:?}) appeared from nowhere"));
             }
         }
         // Dead letters delivered with no-ack as they arrived.
         for ((at, body), n) in no_ack {
             for _ in 0..n {
-                if !take(&mut dead_letters, &body) {
+                if !take(&mut dead_letters, &body) && !take_one(&mut cascade) {
                     return Err(format!("{body:?} delivered from {at:?} but not owed"));
                 }
             }
@@ -719,7 +783,7 @@ impl Ledger {
         // a channel by a delivery, back to their queue by a requeue.
         for (id, m) in &live {
             let Some(before) = self.owed.get(id) else { continue };
-            if (&before.queue, before.queue_uid, &before.body) != (&m.queue, m.queue_uid, &m.body) {
+            if (&before.queue, before.queue_uid, &before.message.body) != (&m.queue, m.queue_uid, &m.message.body) {
                 return Err(format!("{id:?} changed from {before:?} to {m:?}"));
             }
             let moved = before.place != m.place;
