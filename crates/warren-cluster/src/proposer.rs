@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use openraft::{Raft, ServerState};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
-use warren_core::{Batch, ChannelId, NodeId, Request};
+use warren_core::{Batch, ChannelId, Command, NodeId, Request};
 
 use crate::error::ClusterError;
 use crate::node::EffectSink;
@@ -68,11 +68,11 @@ impl ProposerTask {
     pub(crate) fn spawn(self) -> (Proposer, JoinHandle<()>) {
         let capacity = self.max_batch.max(1).saturating_mul(self.max_in_flight.max(1) + 1);
         let (tx, rx) = mpsc::channel(capacity);
-        let task = tokio::spawn(self.run(rx));
+        let task = tokio::spawn(self.run(rx, tx.downgrade()));
         (Proposer { tx }, task)
     }
 
-    async fn run(self, mut rx: mpsc::Receiver<Request>) {
+    async fn run(self, mut rx: mpsc::Receiver<Request>, resubmit: mpsc::WeakSender<Request>) {
         let in_flight = Arc::new(Semaphore::new(self.max_in_flight.max(1)));
         let max_batch = self.max_batch.max(1);
         let mut seq: u64 = 0;
@@ -99,6 +99,11 @@ impl ProposerTask {
             let tag = self
                 .tracker
                 .register(seq, local_origins(NodeId(self.tracker.node), &requests));
+            let retry = Retry {
+                requests: must_commit(&requests),
+                resubmit: resubmit.clone(),
+                raft: self.raft.clone(),
+            };
             let proposal = Proposal {
                 tag: Some(tag),
                 batch: Batch {
@@ -107,7 +112,7 @@ impl ProposerTask {
                 },
             };
             if !self.is_leader() {
-                self.forward(proposal, permit, &in_flight, seq).await;
+                self.forward(proposal, permit, &in_flight, seq, retry).await;
                 continue;
             }
             // `client_write_ff` hands the entry to RaftCore before it returns,
@@ -125,12 +130,16 @@ impl ProposerTask {
                             Ok(Err(e)) => e.to_string(),
                             Err(_) => "the Raft node stopped before the batch was committed".to_owned(),
                         };
-                        fail_batch(&tracker, &*sink, seq, &reason);
+                        if fail_batch(&tracker, &*sink, seq, &reason) {
+                            retry.spawn();
+                        }
                     });
                 }
                 Err(fatal) => {
                     drop(permit);
-                    fail_batch(&self.tracker, &*self.sink, seq, &fatal.to_string());
+                    if fail_batch(&self.tracker, &*self.sink, seq, &fatal.to_string()) {
+                        retry.spawn();
+                    }
                 }
             }
         }
@@ -146,14 +155,23 @@ impl ProposerTask {
     /// every in-flight slot meanwhile makes batches this node appended as
     /// leader settle first, so the log keeps submission order across a
     /// change of leader.
-    async fn forward(&self, proposal: Proposal, permit: OwnedSemaphorePermit, in_flight: &Arc<Semaphore>, seq: u64) {
+    async fn forward(
+        &self,
+        proposal: Proposal,
+        permit: OwnedSemaphorePermit,
+        in_flight: &Arc<Semaphore>,
+        seq: u64,
+        retry: Retry,
+    ) {
         let others = u32::try_from(self.max_in_flight.max(1) - 1).unwrap_or(u32::MAX);
         let rest = tokio::time::timeout(self.forward_timeout, in_flight.clone().acquire_many_owned(others)).await;
         let outcome = self.forward_to_leader(proposal).await;
         drop(rest);
         drop(permit);
         if let Err(reason) = outcome {
-            fail_batch(&self.tracker, &*self.sink, seq, &reason);
+            if fail_batch(&self.tracker, &*self.sink, seq, &reason) {
+                retry.spawn();
+            }
         }
     }
 
@@ -235,11 +253,65 @@ fn local_origins(node: NodeId, requests: &[Request]) -> Vec<ChannelId> {
         .collect()
 }
 
+/// Requests of a batch that must be committed even though the batch
+/// failed: those without an origin that clean up after a connection or a
+/// node (`CloseConnection`, `NodeStarted`, …). Nobody waits for their reply,
+/// so nobody would retry them, and a lost `CloseConnection` would keep the
+/// connection's consumers — and their unacked messages — forever. They are
+/// idempotent, so submitting one again after an unknown outcome is safe.
+/// `Tick` is left out: the tick driver proposes a new one by itself.
+fn must_commit(requests: &[Request]) -> Vec<Request> {
+    requests
+        .iter()
+        .filter(|r| r.origin.is_none() && !matches!(r.command, Command::Tick))
+        .cloned()
+        .collect()
+}
+
+/// Submits a failed batch's [`must_commit`] requests again, after a pause.
+struct Retry {
+    requests: Vec<Request>,
+    resubmit: mpsc::WeakSender<Request>,
+    raft: Raft<TypeConfig>,
+}
+
+/// Pause before a failed batch's cleanup requests are submitted again.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+impl Retry {
+    fn spawn(self) {
+        if self.requests.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            tokio::time::sleep(RETRY_PAUSE).await;
+            // Stop once Raft has stopped (node shutdown) or every
+            // `Proposer` is gone.
+            if self.raft.metrics().borrow().running_state.is_err() {
+                return;
+            }
+            let Some(tx) = self.resubmit.upgrade() else {
+                return;
+            };
+            tracing::debug!(
+                requests = self.requests.len(),
+                "resubmitting cleanup requests of a failed batch"
+            );
+            for request in self.requests {
+                if tx.send(request).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
 /// Sends `Unavailable` to every origin of a batch whose commit failed,
-/// unless apply already settled the batch (then the broker's replies went out).
-fn fail_batch(tracker: &ProposalTracker, sink: &dyn EffectSink, seq: u64, reason: &str) {
+/// unless apply already settled the batch (then the broker's replies went
+/// out). `true` if the failure settled the batch.
+fn fail_batch(tracker: &ProposalTracker, sink: &dyn EffectSink, seq: u64, reason: &str) -> bool {
     let Some(origins) = tracker.settle_failed(seq) else {
-        return;
+        return false;
     };
     tracing::warn!(
         node = tracker.node,
@@ -248,8 +320,8 @@ fn fail_batch(tracker: &ProposalTracker, sink: &dyn EffectSink, seq: u64, reason
         reason,
         "batch not committed"
     );
-    if origins.is_empty() {
-        return;
+    if !origins.is_empty() {
+        sink.emit(unavailable_replies(origins, reason));
     }
-    sink.emit(unavailable_replies(origins, reason));
+    true
 }
