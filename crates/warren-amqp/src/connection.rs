@@ -381,7 +381,16 @@ impl Connection {
             // when another branch wins; `tick` only marks time.
             tokio::select! {
                 batch = effects.recv() => {
-                    let Some(batch) = batch else { return Ok(()) };
+                    let Some(batch) = batch else {
+                        // The registry let go of this connection: the
+                        // cluster declared this node down and the broker
+                        // already closed the connection.
+                        return Err(AmqpError::connection(
+                            reply_code::CONNECTION_FORCED,
+                            "CONNECTION_FORCED - broker forced connection closure with reason \
+                             'this node was cut off from the cluster; reconnect'",
+                        ));
+                    };
                     self.handle_effects(batch).await?;
                     while let Ok(batch) = effects.try_recv() {
                         self.handle_effects(batch).await?;

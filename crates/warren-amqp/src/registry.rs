@@ -75,6 +75,18 @@ impl EffectSink for Registry {
             send(&connections, id, batch);
         }
     }
+
+    /// Drops every connection's sender: each live connection sees its
+    /// effect stream end and closes with 320 CONNECTION_FORCED.
+    fn node_declared_down(&self) {
+        let dropped = std::mem::take(&mut *self.lock());
+        if !dropped.is_empty() {
+            tracing::warn!(
+                connections = dropped.len(),
+                "node declared down: closing every connection"
+            );
+        }
+    }
 }
 
 fn send(connections: &HashMap<ConnectionId, mpsc::UnboundedSender<EffectBatch>>, id: ConnectionId, batch: EffectBatch) {

@@ -35,6 +35,10 @@ pub struct NodeConfig {
     /// How long a follower waits for the leader to commit a forwarded batch
     /// before answering its requests `Unavailable`.
     pub forward_timeout_ms: u64,
+    /// The leader declares a member down (`NodeDown`: its connections
+    /// close, their unacked messages return to their queues, its exclusive
+    /// queues go) after it has not answered for this long.
+    pub node_down_after_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -53,6 +57,7 @@ impl Default for NodeConfig {
             start_timeout_ms: 60_000,
             join: Vec::new(),
             forward_timeout_ms: 10_000,
+            node_down_after_ms: 3_000,
         }
     }
 }

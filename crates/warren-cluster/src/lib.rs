@@ -25,6 +25,7 @@
 mod codec;
 mod config;
 mod error;
+mod liveness;
 mod log_store;
 mod network;
 mod node;

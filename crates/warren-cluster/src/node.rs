@@ -15,6 +15,7 @@ use warren_store::{LogStore, SledConfig, SledStore};
 
 use crate::config::NodeConfig;
 use crate::error::ClusterError;
+use crate::liveness::{Contacts, Detector, TrackingNetwork};
 use crate::log_store::RaftLogStore;
 use crate::network::UnreachableNetwork;
 use crate::peers::{NoPeers, PeerError, Peers};
@@ -33,6 +34,13 @@ use crate::type_config::{Proposal, TypeConfig};
 /// waiting).
 pub trait EffectSink: Send + Sync + 'static {
     fn emit(&self, effects: Vec<Effect>);
+
+    /// The cluster declared this node down (`NodeDown` for its id was
+    /// applied, e.g. after it was cut off from the leader): the broker has
+    /// closed every connection of this node, so the live ones must go too —
+    /// their consumers and unacked messages are gone. Called on the apply
+    /// path, after the effects of the same entry; must not block.
+    fn node_declared_down(&self) {}
 }
 
 /// A snapshot of the node's Raft state, for status pages and tests.
@@ -188,6 +196,11 @@ impl Node {
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let shared = state_machine.shared();
+        let contacts = Arc::new(Contacts::default());
+        let network = TrackingNetwork {
+            inner: network,
+            contacts: contacts.clone(),
+        };
         let raft = Raft::new(node_id, raft_config, network, log_store, state_machine)
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
@@ -216,6 +229,14 @@ impl Node {
         }
         .spawn();
         let tick_task = tick::spawn(node_id, raft.clone(), shared.clone(), proposer.clone());
+        let detector_task = Detector {
+            node_id,
+            raft: raft.clone(),
+            contacts,
+            proposer: proposer.clone(),
+            down_after: Duration::from_millis(config.node_down_after_ms.max(1)),
+        }
+        .spawn();
         Ok(Node {
             inner: Arc::new(Inner {
                 node_id,
@@ -226,7 +247,7 @@ impl Node {
                 peers,
                 config,
                 membership_changes: Semaphore::new(1),
-                tasks: Mutex::new(vec![proposer_task, tick_task]),
+                tasks: Mutex::new(vec![proposer_task, tick_task, detector_task]),
             }),
         })
     }
@@ -449,7 +470,9 @@ impl Node {
         Ok(response.log_id.index)
     }
 
-    /// Removes `node_id` from the voters and the membership.
+    /// Removes `node_id` from the voters and the membership, then proposes
+    /// `NodeDown` for it: its connections close in the broker (consumers
+    /// cancelled, unacked messages requeued, exclusive queues deleted).
     ///
     /// # Errors
     /// As for [`Node::add_voter`].
@@ -469,6 +492,19 @@ impl Node {
             .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node_id])), false)
             .await
             .map_err(peer_error)?;
+        let down = warren_core::Request {
+            origin: None,
+            command: warren_core::Command::NodeDown {
+                node: warren_core::NodeId(node_id),
+            },
+        };
+        if self.inner.proposer.submit(down).await.is_err() {
+            tracing::warn!(
+                node = self.inner.node_id,
+                removed = node_id,
+                "could not propose NodeDown for a removed node: shutting down"
+            );
+        }
         Ok(response.log_id.index)
     }
 

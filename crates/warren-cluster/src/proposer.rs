@@ -77,6 +77,8 @@ impl ProposerTask {
         let max_batch = self.max_batch.max(1);
         let mut seq: u64 = 0;
         let mut last_now_ms: u64 = 0;
+        // The leader the last forwarded batch failed to reach, if it failed.
+        let mut suspect: Option<u64> = None;
         loop {
             // Hold a slot before taking requests: while all slots are busy,
             // requests pile up in the channel and the next batch takes them all.
@@ -112,7 +114,8 @@ impl ProposerTask {
                 },
             };
             if !self.is_leader() {
-                self.forward(proposal, permit, &in_flight, seq, retry).await;
+                self.forward(proposal, permit, &in_flight, seq, retry, &mut suspect)
+                    .await;
                 continue;
             }
             // `client_write_ff` hands the entry to RaftCore before it returns,
@@ -122,13 +125,19 @@ impl ProposerTask {
                 Ok(responded) => {
                     let tracker = self.tracker.clone();
                     let sink = self.sink.clone();
+                    let commit_timeout = self.forward_timeout;
                     tokio::spawn(async move {
-                        let outcome = responded.await;
+                        // A leader cut off from the majority never commits and
+                        // openraft keeps it leader: answer within a bound
+                        // instead of leaving clients waiting forever.
+                        let outcome = tokio::time::timeout(commit_timeout, responded).await;
                         drop(permit);
                         let reason = match outcome {
-                            Ok(Ok(_)) => return,
-                            Ok(Err(e)) => e.to_string(),
-                            Err(_) => "the Raft node stopped before the batch was committed".to_owned(),
+                            Ok(Ok(Ok(_))) => return,
+                            Ok(Ok(Err(e))) => e.to_string(),
+                            Ok(Err(_)) => "the Raft node stopped before the batch was committed".to_owned(),
+                            Err(_) => "the batch was not committed in time (is this node cut off from the majority?)"
+                                .to_owned(),
                         };
                         if fail_batch(&tracker, &*sink, seq, &reason) {
                             retry.spawn();
@@ -162,10 +171,11 @@ impl ProposerTask {
         in_flight: &Arc<Semaphore>,
         seq: u64,
         retry: Retry,
+        suspect: &mut Option<u64>,
     ) {
         let others = u32::try_from(self.max_in_flight.max(1) - 1).unwrap_or(u32::MAX);
         let rest = tokio::time::timeout(self.forward_timeout, in_flight.clone().acquire_many_owned(others)).await;
-        let outcome = self.forward_to_leader(proposal).await;
+        let outcome = self.forward_to_leader(proposal, suspect).await;
         drop(rest);
         drop(permit);
         if let Err(reason) = outcome {
@@ -178,50 +188,79 @@ impl ProposerTask {
     /// Sends `proposal` to the leader this node knows of. If that node says
     /// it is not the leader (so nothing was appended), tries once more with
     /// the leader it names or the next one this node learns of.
-    async fn forward_to_leader(&self, proposal: Proposal) -> Result<(), String> {
+    ///
+    /// `suspect` is the leader the previous batch could not be forwarded to:
+    /// while it is the known leader, a batch first waits a while for another
+    /// leader to be elected (a dead leader stays "known" until the election
+    /// timeout). Without that wait, every batch of an outage would fail at
+    /// once against the dead leader, and each publish would be nacked; with
+    /// it, requests gather and go to the new leader.
+    async fn forward_to_leader(&self, proposal: Proposal, suspect: &mut Option<u64>) -> Result<(), String> {
         let mut hint: Option<(Option<u64>, String)> = None;
         let mut tried: Option<u64> = None;
         for attempt in 0..2 {
-            let (leader, addr) = match hint.take() {
-                Some(hinted) => hinted,
-                None => match self.wait_for_leader(tried).await {
-                    Some((leader, addr)) => (Some(leader), addr),
-                    None => return Err("no leader is known".to_owned()),
-                },
+            let found = match hint.take() {
+                Some(hinted) => Some(hinted),
+                None => {
+                    let mut found = None;
+                    if tried.is_none() && suspect.is_some() {
+                        found = self.wait_for_leader(*suspect, self.leader_wait / 2).await;
+                    }
+                    if found.is_none() {
+                        found = self.wait_for_leader(tried, self.leader_wait).await;
+                    }
+                    found.map(|(leader, addr)| (Some(leader), addr))
+                }
             };
-            if leader == Some(self.tracker.node) {
-                // This node became leader meanwhile.
-                let write = self.raft.client_write(proposal);
-                return match tokio::time::timeout(self.forward_timeout, write).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("the batch was not committed in time".to_owned()),
-                };
-            }
-            let forwarded =
-                tokio::time::timeout(self.forward_timeout, self.peers.forward(&addr, proposal.clone())).await;
-            match forwarded {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(PeerError::NotLeader { leader_id, leader_addr })) if attempt == 0 => {
-                    tracing::debug!(node = self.tracker.node, to = %addr, ?leader_id, "forwarded to a non-leader; retrying");
+            let Some((leader, addr)) = found else {
+                return Err("no leader is known".to_owned());
+            };
+            let outcome = self.forward_once(attempt, leader, &addr, &proposal).await;
+            match outcome {
+                Forwarded::Done(result) => {
+                    *suspect = if result.is_ok() { None } else { leader };
+                    return result;
+                }
+                Forwarded::Redirect { leader_id, leader_addr } => {
                     tried = leader;
                     hint = leader_addr
                         .filter(|hinted| *hinted != addr)
                         .map(|hinted| (leader_id, hinted));
                 }
-                Ok(Err(e)) => return Err(format!("forwarding to the leader at {addr}: {e}")),
-                Err(_) => return Err(format!("forwarding to the leader at {addr}: timed out")),
             }
         }
         Err("the leader changed while forwarding".to_owned())
     }
 
+    /// One attempt of [`Self::forward_to_leader`] at `leader`.
+    async fn forward_once(&self, attempt: usize, leader: Option<u64>, addr: &str, proposal: &Proposal) -> Forwarded {
+        if leader == Some(self.tracker.node) {
+            // This node became leader meanwhile.
+            let write = self.raft.client_write(proposal.clone());
+            return Forwarded::Done(match tokio::time::timeout(self.forward_timeout, write).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("the batch was not committed in time".to_owned()),
+            });
+        }
+        let forwarded = tokio::time::timeout(self.forward_timeout, self.peers.forward(addr, proposal.clone())).await;
+        Forwarded::Done(match forwarded {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(PeerError::NotLeader { leader_id, leader_addr })) if attempt == 0 => {
+                tracing::debug!(node = self.tracker.node, to = %addr, ?leader_id, "forwarded to a non-leader; retrying");
+                return Forwarded::Redirect { leader_id, leader_addr };
+            }
+            Ok(Err(e)) => Err(format!("forwarding to the leader at {addr}: {e}")),
+            Err(_) => Err(format!("forwarding to the leader at {addr}: timed out")),
+        })
+    }
+
     /// The leader this node knows of (other than `not`), with its cluster
-    /// address; waits up to `leader_wait` for one.
-    async fn wait_for_leader(&self, not: Option<u64>) -> Option<(u64, String)> {
+    /// address; waits up to `wait` for one.
+    async fn wait_for_leader(&self, not: Option<u64>, wait: Duration) -> Option<(u64, String)> {
         let found = self
             .raft
-            .wait(Some(self.leader_wait))
+            .wait(Some(wait))
             .metrics(
                 |m| {
                     m.current_leader.is_some_and(|leader| {
@@ -236,6 +275,17 @@ impl ProposerTask {
         let addr = found.membership_config.membership().get_node(&leader)?.addr.clone();
         Some((leader, addr))
     }
+}
+
+/// What one forwarding attempt came to.
+enum Forwarded {
+    /// Committed (`Ok`) or failed with an unknown outcome (`Err`).
+    Done(Result<(), String>),
+    /// The node asked is not the leader: nothing was appended.
+    Redirect {
+        leader_id: Option<u64>,
+        leader_addr: Option<String>,
+    },
 }
 
 pub(crate) fn wall_clock_ms() -> u64 {

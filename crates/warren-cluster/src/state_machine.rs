@@ -315,6 +315,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 if !effects.is_empty() {
                     self.sink.emit(effects);
                 }
+                let own = self.node;
+                if proposal
+                    .batch
+                    .requests
+                    .iter()
+                    .any(|r| matches!(r.command, Command::NodeDown { node } if node == own))
+                {
+                    tracing::warn!(
+                        node = self.node.0,
+                        "the cluster declared this node down: closing its connections"
+                    );
+                    self.sink.node_declared_down();
+                }
             }
             if let Some(now_ms) = tick_ms {
                 self.shared.last_tick_ms.fetch_max(now_ms, Ordering::Relaxed);

@@ -7,6 +7,7 @@ use thiserror::Error;
 /// AMQP 0-9-1 reply codes used by the core.
 pub mod reply_code {
     pub const CONTENT_TOO_LARGE: u16 = 311;
+    pub const CONNECTION_FORCED: u16 = 320;
     pub const NO_ROUTE: u16 = 312;
     pub const ACCESS_REFUSED: u16 = 403;
     pub const NOT_FOUND: u16 = 404;

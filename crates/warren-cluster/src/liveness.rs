@@ -1,0 +1,381 @@
+//! Leader-side failure detection: which members answered the leader's Raft
+//! RPCs lately, and the task that proposes `NodeDown` for a member that has
+//! not answered past a configured time, or that has left the membership.
+//!
+//! Contact is observed where it happens: [`TrackingNetwork`] wraps the
+//! node's Raft network (gRPC in production, testkit's in-process one in
+//! tests) and records every RPC a member answered. The leader sends
+//! heartbeats every `heartbeat_interval_ms`, so a live member answers
+//! several times a second even in an idle cluster.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use openraft::error::{Fatal, InstallSnapshotError, RPCError, RaftError, ReplicationClosed, StreamingError};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft, ServerState, Snapshot, Vote};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use warren_core::{Command, NodeId, Request};
+
+use crate::proposer::Proposer;
+use crate::type_config::TypeConfig;
+
+/// When each member last answered one of this node's Raft RPCs.
+#[derive(Debug, Default)]
+pub(crate) struct Contacts {
+    last_answer: Mutex<HashMap<u64, Instant>>,
+}
+
+impl Contacts {
+    fn answered(&self, node: u64) {
+        self.answered_at(node, Instant::now());
+    }
+
+    fn answered_at(&self, node: u64, at: Instant) {
+        self.last_answer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(node, at);
+    }
+
+    fn last_answer(&self, node: u64) -> Option<Instant> {
+        self.last_answer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&node)
+            .copied()
+    }
+
+    /// Records the outcome of one RPC to `node`: any answer from it (a
+    /// remote error included) shows it is alive.
+    fn observe<T, E: std::error::Error>(&self, node: u64, outcome: &Result<T, RPCError<u64, BasicNode, E>>) {
+        if matches!(outcome, Ok(_) | Err(RPCError::RemoteError(_))) {
+            self.answered(node);
+        }
+    }
+}
+
+/// Wraps a Raft network and records in [`Contacts`] which members answer.
+pub(crate) struct TrackingNetwork<N> {
+    pub(crate) inner: N,
+    pub(crate) contacts: Arc<Contacts>,
+}
+
+/// A client of [`TrackingNetwork`].
+pub(crate) struct TrackingClient<C> {
+    inner: C,
+    target: u64,
+    contacts: Arc<Contacts>,
+}
+
+impl<N: RaftNetworkFactory<TypeConfig>> RaftNetworkFactory<TypeConfig> for TrackingNetwork<N> {
+    type Network = TrackingClient<N::Network>;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Self::Network {
+        TrackingClient {
+            inner: self.inner.new_client(target, node).await,
+            target,
+            contacts: self.contacts.clone(),
+        }
+    }
+}
+
+impl<C: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for TrackingClient<C> {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let outcome = self.inner.append_entries(rpc, option).await;
+        self.contacts.observe(self.target, &outcome);
+        outcome
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>> {
+        let outcome = self.inner.install_snapshot(rpc, option).await;
+        self.contacts.observe(self.target, &outcome);
+        outcome
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let outcome = self.inner.vote(rpc, option).await;
+        self.contacts.observe(self.target, &outcome);
+        outcome
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<u64>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
+        let outcome = self.inner.full_snapshot(vote, snapshot, cancel, option).await;
+        if outcome.is_ok() {
+            self.contacts.answered(self.target);
+        }
+        outcome
+    }
+
+    fn backoff(&self) -> Backoff {
+        self.inner.backoff()
+    }
+}
+
+/// What the detector needs.
+pub(crate) struct Detector {
+    pub(crate) node_id: u64,
+    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) contacts: Arc<Contacts>,
+    pub(crate) proposer: Proposer,
+    /// A member silent this long is declared down.
+    pub(crate) down_after: Duration,
+}
+
+impl Detector {
+    /// Runs until aborted (node shutdown) or the proposer is gone.
+    pub(crate) fn spawn(self) -> JoinHandle<()> {
+        tokio::spawn(self.run())
+    }
+
+    async fn run(self) {
+        let check_every = (self.down_after / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut interval = tokio::time::interval(check_every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut leadership = Leadership::default();
+        loop {
+            interval.tick().await;
+            let (state, term, members) = {
+                let metrics = self.raft.metrics();
+                let metrics = metrics.borrow();
+                let members: BTreeSet<u64> = metrics.membership_config.nodes().map(|(id, _)| *id).collect();
+                (metrics.state, metrics.current_term, members)
+            };
+            if state != ServerState::Leader {
+                leadership = Leadership::default();
+                continue;
+            }
+            let now = Instant::now();
+            if leadership.term != Some(term) {
+                // A new leadership: members get `down_after` from now to answer.
+                leadership = Leadership {
+                    term: Some(term),
+                    since: now,
+                    ..Leadership::default()
+                };
+            }
+            for node in leadership.verdicts(self.node_id, &members, now, self.down_after, &self.contacts) {
+                if !self.declare_down(node).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Proposes `NodeDown` for `node`. `false` once the proposer is gone.
+    async fn declare_down(&self, node: u64) -> bool {
+        let request = Request {
+            origin: None,
+            command: Command::NodeDown { node: NodeId(node) },
+        };
+        // No origin: nobody waits for the reply; the proposer resubmits
+        // it until it commits (see `must_commit`).
+        self.proposer.submit(request).await.is_ok()
+    }
+}
+
+/// The detector's view during one term of this node's leadership.
+#[derive(Debug)]
+struct Leadership {
+    term: Option<u64>,
+    since: Instant,
+    /// Members seen in the membership during this leadership.
+    seen: BTreeSet<u64>,
+    /// Declared down and silent since.
+    down: BTreeSet<u64>,
+}
+
+impl Default for Leadership {
+    fn default() -> Self {
+        Self {
+            term: None,
+            since: Instant::now(),
+            seen: BTreeSet::new(),
+            down: BTreeSet::new(),
+        }
+    }
+}
+
+impl Leadership {
+    /// The members to declare down now: silent past `down_after` (counting
+    /// from the start of this leadership at the earliest), or gone from the
+    /// membership. Each once, until it answers again.
+    fn verdicts(
+        &mut self,
+        own: u64,
+        members: &BTreeSet<u64>,
+        now: Instant,
+        down_after: Duration,
+        contacts: &Contacts,
+    ) -> Vec<u64> {
+        let mut verdicts = Vec::new();
+        for &node in members.iter().filter(|&&node| node != own) {
+            self.seen.insert(node);
+            let last = contacts
+                .last_answer(node)
+                .filter(|&at| at > self.since)
+                .unwrap_or(self.since);
+            if now.saturating_duration_since(last) >= down_after {
+                if self.down.insert(node) {
+                    tracing::warn!(
+                        node = own,
+                        down = node,
+                        silent_ms = now.saturating_duration_since(last).as_millis() as u64,
+                        "member unreachable: declaring it down"
+                    );
+                    verdicts.push(node);
+                }
+            } else if self.down.remove(&node) {
+                tracing::info!(node = own, member = node, "member answers again");
+            }
+        }
+        let left: Vec<u64> = self.seen.difference(members).copied().collect();
+        for node in left {
+            self.seen.remove(&node);
+            if self.down.insert(node) {
+                tracing::info!(node = own, left = node, "member left the cluster: declaring it down");
+                verdicts.push(node);
+            }
+        }
+        verdicts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(ids: &[u64]) -> BTreeSet<u64> {
+        ids.iter().copied().collect()
+    }
+
+    const DOWN_AFTER: Duration = Duration::from_secs(3);
+
+    /// A leadership that started at `base`, and a clock relative to it.
+    fn leadership_at(base: Instant) -> Leadership {
+        Leadership {
+            since: base,
+            ..Leadership::default()
+        }
+    }
+
+    fn ms(base: Instant, millis: u64) -> Instant {
+        base + Duration::from_millis(millis)
+    }
+
+    #[test]
+    fn a_silent_member_is_declared_down_once_after_the_timeout() {
+        let base = Instant::now();
+        let contacts = Contacts::default();
+        let mut leadership = leadership_at(base);
+        let all = members(&[1, 2, 3]);
+        contacts.answered_at(2, ms(base, 100));
+        contacts.answered_at(3, ms(base, 100));
+        assert!(leadership
+            .verdicts(1, &all, ms(base, 100), DOWN_AFTER, &contacts)
+            .is_empty());
+        contacts.answered_at(2, ms(base, 2100));
+        assert!(
+            leadership
+                .verdicts(1, &all, ms(base, 2100), DOWN_AFTER, &contacts)
+                .is_empty(),
+            "2 s of silence is not yet 3 s"
+        );
+        contacts.answered_at(2, ms(base, 3100));
+        assert_eq!(
+            leadership.verdicts(1, &all, ms(base, 3100), DOWN_AFTER, &contacts),
+            vec![3]
+        );
+        contacts.answered_at(2, ms(base, 4100));
+        assert!(
+            leadership
+                .verdicts(1, &all, ms(base, 4100), DOWN_AFTER, &contacts)
+                .is_empty(),
+            "declared once"
+        );
+        contacts.answered_at(3, ms(base, 4200));
+        assert!(leadership
+            .verdicts(1, &all, ms(base, 4200), DOWN_AFTER, &contacts)
+            .is_empty());
+        contacts.answered_at(2, ms(base, 8000));
+        assert_eq!(
+            leadership.verdicts(1, &all, ms(base, 8000), DOWN_AFTER, &contacts),
+            vec![3],
+            "silent again after answering: declared again"
+        );
+    }
+
+    #[test]
+    fn a_new_leader_gives_members_the_whole_timeout_from_its_start() {
+        let base = Instant::now();
+        let contacts = Contacts::default();
+        // An answer from before this leadership does not count, but the
+        // clock starts with the leadership.
+        contacts.answered_at(2, base);
+        let mut leadership = leadership_at(ms(base, 10_000));
+        let both = members(&[1, 2]);
+        assert!(leadership
+            .verdicts(1, &both, ms(base, 12_000), DOWN_AFTER, &contacts)
+            .is_empty());
+        assert_eq!(
+            leadership.verdicts(1, &both, ms(base, 13_000), DOWN_AFTER, &contacts),
+            vec![2]
+        );
+    }
+
+    #[test]
+    fn a_member_that_leaves_is_declared_down() {
+        let base = Instant::now();
+        let contacts = Contacts::default();
+        let mut leadership = leadership_at(base);
+        contacts.answered_at(2, ms(base, 10));
+        contacts.answered_at(3, ms(base, 10));
+        assert!(leadership
+            .verdicts(1, &members(&[1, 2, 3]), ms(base, 20), DOWN_AFTER, &contacts)
+            .is_empty());
+        assert_eq!(
+            leadership.verdicts(1, &members(&[1, 2]), ms(base, 30), DOWN_AFTER, &contacts),
+            vec![3]
+        );
+        assert!(leadership
+            .verdicts(1, &members(&[1, 2]), ms(base, 40), DOWN_AFTER, &contacts)
+            .is_empty());
+    }
+
+    #[test]
+    fn only_answers_count_as_contact() {
+        let contacts = Contacts::default();
+        let unreachable: Result<(), RPCError<u64, BasicNode, RaftError<u64>>> = Err(RPCError::Unreachable(
+            openraft::error::Unreachable::new(&std::io::Error::other("down")),
+        ));
+        contacts.observe(2, &unreachable);
+        assert_eq!(contacts.last_answer(2), None);
+        contacts.observe(2, &Ok::<(), RPCError<u64, BasicNode, RaftError<u64>>>(()));
+        assert!(contacts.last_answer(2).is_some());
+    }
+}
