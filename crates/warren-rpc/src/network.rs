@@ -114,6 +114,24 @@ impl GrpcNetwork {
         Ok(reply.into_inner())
     }
 
+    /// The queues of the replica at `addr` (only those of `vhost` if given),
+    /// with the leader and voters that node knows of.
+    ///
+    /// # Errors
+    /// The call failed (e.g. a wrong secret) or timed out.
+    pub async fn list_queues(&self, addr: &str, vhost: Option<String>) -> Result<pb::ListQueuesReply, PeerError> {
+        let mut client = self.client(addr).map_err(|e| PeerError::Failed(e.to_string()))?;
+        let request = pb::ListQueuesRequest {
+            header: Some(self.header()),
+            vhost,
+        };
+        let reply = tokio::time::timeout(self.config.status_timeout, client.list_queues(request))
+            .await
+            .map_err(|_| PeerError::Failed(format!("list-queues of {addr}: timed out")))?
+            .map_err(|status| PeerError::Failed(format!("list-queues of {addr}: {status}")))?;
+        Ok(reply.into_inner())
+    }
+
     /// Asks the node at `addr` to remove `node_id` from the cluster.
     ///
     /// # Errors

@@ -163,6 +163,44 @@ impl WarrenCluster for ClusterService {
         Ok(Response::new(pb::LeaveReply { result: Some(result) }))
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn list_queues(
+        &self,
+        request: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesReply>, Status> {
+        let request = request.into_inner();
+        self.check(request.header.as_ref())?;
+        // Metrics first: the state read afterwards is at least this far.
+        let (node_id, leader_id, voters, last_applied) = {
+            let metrics = self.node.raft().metrics();
+            let metrics = metrics.borrow();
+            let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+            (
+                metrics.id,
+                metrics.current_leader,
+                voters,
+                metrics.last_applied.map(|id| id.index),
+            )
+        };
+        let vhost = request.vhost;
+        let mut queues: Vec<pb::QueueInfo> = self.node.read(|broker| {
+            broker
+                .queue_summaries()
+                .into_iter()
+                .filter(|q| vhost.as_deref().is_none_or(|v| q.vhost.as_str() == v))
+                .map(queue_info)
+                .collect()
+        });
+        queues.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
+        Ok(Response::new(pb::ListQueuesReply {
+            node_id,
+            leader_id,
+            voters,
+            last_applied,
+            queues,
+        }))
+    }
+
     async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
         self.check(request.get_ref().header.as_ref())?;
         let metrics = self.node.raft().metrics().borrow().clone();
@@ -186,6 +224,19 @@ impl WarrenCluster for ClusterService {
             snapshot_index: metrics.snapshot.map(|id| id.index),
             members,
         }))
+    }
+}
+
+fn queue_info(summary: warren_core::QueueSummary) -> pb::QueueInfo {
+    pb::QueueInfo {
+        vhost: summary.vhost.as_str().to_owned(),
+        name: summary.name.as_str().to_owned(),
+        durable: summary.durable,
+        exclusive: summary.exclusive,
+        auto_delete: summary.auto_delete,
+        messages_ready: summary.messages_ready,
+        messages_unacked: summary.messages_unacked,
+        consumers: summary.consumers,
     }
 }
 

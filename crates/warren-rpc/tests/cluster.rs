@@ -227,6 +227,18 @@ async fn followers_join_through_a_member_and_forward_their_requests_to_the_leade
         );
     }
 
+    // Every replica lists the queue with the leader and the voters.
+    for node in [&first, &second, &third] {
+        let listing = network().list_queues(&node.addr, Some("/".to_owned())).await?;
+        assert_eq!(listing.leader_id, Some(1));
+        assert_eq!(listing.voters, [1, 2, 3]);
+        let jobs: Vec<_> = listing.queues.iter().filter(|q| q.name == "jobs").collect();
+        assert_eq!(jobs.len(), 1, "{listing:?}");
+        assert_eq!((jobs[0].vhost.as_str(), jobs[0].messages_ready), ("/", 50));
+        let other = network().list_queues(&node.addr, Some("/nope".to_owned())).await?;
+        assert!(other.queues.is_empty(), "{other:?}");
+    }
+
     // A follower leaves; the others keep a majority and keep committing.
     let left = network().leave(&second.addr, 3).await;
     let index = match left {
@@ -263,7 +275,14 @@ async fn a_request_with_the_wrong_secret_is_refused() -> anyhow::Result<()> {
     );
     let status = intruder.status(&node.addr).await;
     assert!(status.is_err(), "{status:?}");
+    let listing = intruder.list_queues(&node.addr, None).await;
+    assert!(
+        matches!(&listing, Err(PeerError::Failed(reason)) if reason.contains("wrong cluster secret")),
+        "{listing:?}"
+    );
     assert_eq!(network().status(&node.addr).await?.node_id, 1);
+    let listing = network().list_queues(&node.addr, None).await?;
+    assert_eq!((listing.node_id, listing.voters.as_slice()), (1, [1].as_slice()));
     assert_eq!(node.node.metrics().members.len(), 1, "nobody was added");
     node.stop().await?;
     Ok(())

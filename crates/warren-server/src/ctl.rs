@@ -1,18 +1,39 @@
 //! `warren ctl`: operates a running cluster over its gRPC port.
 
 use std::fmt::Write as _;
+use std::future::Future;
+use std::time::Duration;
 
 use anyhow::Context;
-use warren_cluster::PeerError;
-use warren_rpc::pb::StatusReply;
+use warren_cluster::{PeerError, Peers as _};
+use warren_rpc::pb::{ListQueuesReply, StatusReply};
 use warren_rpc::{GrpcNetwork, NetworkConfig};
 
 /// What `warren ctl` does.
 #[derive(Clone, Debug)]
 pub enum CtlCommand {
     ClusterStatus,
-    RemoveNode { node_id: u64 },
+    /// Adds the running node `node_id`, reachable at cluster address
+    /// `addr`, as a voter (the `Join` a node started with `--join` sends).
+    AddNode {
+        node_id: u64,
+        addr: String,
+    },
+    RemoveNode {
+        node_id: u64,
+    },
+    /// The queues of the replica asked, optionally of one vhost only.
+    ListQueues {
+        vhost: Option<String>,
+    },
 }
+
+/// How many `NotLeader` answers a membership change follows before it
+/// gives up: a hint to the leader, or a retry while an election runs.
+const LEADER_ATTEMPTS: usize = 20;
+
+/// Pause before asking again when nobody knows the leader (an election).
+const NO_LEADER_PAUSE: Duration = Duration::from_millis(250);
 
 /// Runs `command` against the member at `server` and prints the result.
 ///
@@ -36,19 +57,133 @@ pub async fn run(server: &str, secret: Option<String>, command: CtlCommand) -> a
             print!("{}", render_status(&status, &views));
             Ok(())
         }
+        CtlCommand::AddNode { node_id, addr } => {
+            let index = on_leader(server, |leader| network.join(&leader, node_id, &addr))
+                .await
+                .with_context(|| format!("adding node {node_id} at {addr}"))?;
+            println!("node {node_id} at {addr} is a voter (membership at log index {index})");
+            Ok(())
+        }
         CtlCommand::RemoveNode { node_id } => {
-            let index = match network.leave(server, node_id).await {
-                Err(PeerError::NotLeader {
-                    leader_addr: Some(leader),
-                    ..
-                }) => network.leave(&leader, node_id).await,
-                other => other,
-            }
-            .with_context(|| format!("removing node {node_id}"))?;
+            let network = &network;
+            let index = on_leader(server, |leader| async move { network.leave(&leader, node_id).await })
+                .await
+                .with_context(|| format!("removing node {node_id}"))?;
             println!("node {node_id} removed (membership at log index {index})");
             Ok(())
         }
+        CtlCommand::ListQueues { vhost } => {
+            let listing = network
+                .list_queues(server, vhost)
+                .await
+                .with_context(|| format!("asking {server} for its queues"))?;
+            print!("{}", render_queues(&listing));
+            Ok(())
+        }
     }
+}
+
+/// Sends `call` to `server`, then to the leader each `NotLeader` answer
+/// names; while no leader is known (an election), asks `server` again
+/// after a pause.
+///
+/// # Errors
+/// The last error once [`LEADER_ATTEMPTS`] answers were `NotLeader`, or
+/// the first other error.
+async fn on_leader<T, F, Fut>(server: &str, mut call: F) -> Result<T, PeerError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Result<T, PeerError>>,
+{
+    let mut target = server.to_owned();
+    let mut last = None;
+    for _ in 0..LEADER_ATTEMPTS {
+        match call(target.clone()).await {
+            Err(PeerError::NotLeader {
+                leader_addr: Some(leader),
+                leader_id,
+            }) if leader != target => {
+                last = Some(PeerError::NotLeader {
+                    leader_id,
+                    leader_addr: Some(leader.clone()),
+                });
+                target = leader;
+            }
+            Err(error @ PeerError::NotLeader { .. }) => {
+                last = Some(error);
+                target = server.to_owned();
+                tokio::time::sleep(NO_LEADER_PAUSE).await;
+            }
+            other => return other,
+        }
+    }
+    Err(last.unwrap_or_else(|| PeerError::Failed("no leader found".to_owned())))
+}
+
+/// The table `list-queues` prints: a line naming the leader and the
+/// replica set, then one row per queue, columns as wide as their values.
+fn render_queues(listing: &ListQueuesReply) -> String {
+    let mut out = String::new();
+    let leader = listing
+        .leader_id
+        .map_or_else(|| "unknown".to_owned(), |id| id.to_string());
+    let voters: Vec<String> = listing.voters.iter().map(u64::to_string).collect();
+    let applied = listing
+        .last_applied
+        .map_or_else(|| "-".to_owned(), |index| index.to_string());
+    let _ = writeln!(
+        out,
+        "leader: {leader}  replicas: {}  (node {} applied up to log index {applied})",
+        voters.join(","),
+        listing.node_id
+    );
+    if listing.queues.is_empty() {
+        out.push_str("no queues\n");
+        return out;
+    }
+    let yes_no = |flag: bool| if flag { "yes" } else { "no" }.to_owned();
+    let header = [
+        "vhost",
+        "name",
+        "durable",
+        "exclusive",
+        "auto_delete",
+        "ready",
+        "unacked",
+        "consumers",
+    ]
+    .map(str::to_owned);
+    let rows: Vec<[String; 8]> = listing
+        .queues
+        .iter()
+        .map(|q| {
+            [
+                q.vhost.clone(),
+                q.name.clone(),
+                yes_no(q.durable),
+                yes_no(q.exclusive),
+                yes_no(q.auto_delete),
+                q.messages_ready.to_string(),
+                q.messages_unacked.to_string(),
+                q.consumers.to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+    out
 }
 
 type MemberView = (warren_rpc::pb::Member, Result<StatusReply, PeerError>);
@@ -94,4 +229,80 @@ fn render_status(asked: &StatusReply, views: &[MemberView]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warren_rpc::pb::QueueInfo;
+
+    fn queue(vhost: &str, name: &str) -> QueueInfo {
+        QueueInfo {
+            vhost: vhost.to_owned(),
+            name: name.to_owned(),
+            ..QueueInfo::default()
+        }
+    }
+
+    #[test]
+    fn the_queue_table_names_the_leader_and_replicas_and_aligns_its_columns() {
+        let listing = ListQueuesReply {
+            node_id: 2,
+            leader_id: Some(1),
+            voters: vec![1, 2, 3],
+            last_applied: Some(57),
+            queues: vec![
+                QueueInfo {
+                    durable: true,
+                    messages_ready: 1200,
+                    messages_unacked: 3,
+                    consumers: 1,
+                    ..queue("/", "orders")
+                },
+                QueueInfo {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..queue("/staging", "amq.gen-Xy")
+                },
+            ],
+        };
+        let expected = "\
+leader: 1  replicas: 1,2,3  (node 2 applied up to log index 57)
+vhost     name        durable  exclusive  auto_delete  ready  unacked  consumers
+/         orders      yes      no         no           1200   3        1
+/staging  amq.gen-Xy  no       yes        yes          0      0        0
+";
+        assert_eq!(render_queues(&listing), expected);
+    }
+
+    #[test]
+    fn an_empty_listing_says_so_and_an_unknown_leader_is_named_unknown() {
+        let listing = ListQueuesReply {
+            node_id: 3,
+            leader_id: None,
+            voters: vec![3],
+            last_applied: None,
+            queues: Vec::new(),
+        };
+        assert_eq!(
+            render_queues(&listing),
+            "leader: unknown  replicas: 3  (node 3 applied up to log index -)\nno queues\n"
+        );
+    }
+
+    #[test]
+    fn a_long_queue_name_widens_its_column() {
+        let listing = ListQueuesReply {
+            node_id: 1,
+            leader_id: Some(1),
+            voters: vec![1],
+            last_applied: Some(1),
+            queues: vec![queue("/", "a-rather-long-queue-name")],
+        };
+        let table = render_queues(&listing);
+        let lines: Vec<&str> = table.lines().collect();
+        let header_at = lines[1].find("durable").expect("durable column");
+        let value_at = lines[2].find("no").expect("durable value");
+        assert_eq!(header_at, value_at, "{table}");
+    }
 }

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
+use warren_server::ctl::CtlCommand;
 use warren_server::{Config, ServerArgs};
 
 #[derive(Parser)]
@@ -40,8 +41,33 @@ struct CtlArgs {
 enum CtlCmd {
     /// Members, leader, term, log and applied index of each reachable node.
     ClusterStatus,
+    /// Adds a running node as a voter: asks the member at --server, which
+    /// passes it on to the leader. Returns once the node caught up and is a
+    /// voter. A node started with `--join` asks by itself; use this to add
+    /// back a node removed with `remove-node` that kept its data.
+    AddNode {
+        /// The new node's id (as given to its `--node-id`).
+        #[arg(long)]
+        id: u64,
+        /// The new node's cluster (gRPC) address, as it advertises it.
+        #[arg(long)]
+        addr: String,
+    },
     /// Removes a node from the cluster (sent to the leader).
-    RemoveNode { node_id: u64 },
+    RemoveNode {
+        #[arg(required_unless_present = "id")]
+        node_id: Option<u64>,
+        /// The same as the positional NODE_ID.
+        #[arg(long, conflicts_with = "node_id")]
+        id: Option<u64>,
+    },
+    /// Queues of the asked node's replica: vhost, name, flags, ready,
+    /// unacked, consumers; with the leader and the replica set (voters).
+    ListQueues {
+        /// Only this vhost's queues.
+        #[arg(long)]
+        vhost: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,8 +88,12 @@ fn main() -> anyhow::Result<()> {
                 &ctl.server,
                 ctl.cluster_secret,
                 match ctl.command {
-                    CtlCmd::ClusterStatus => warren_server::ctl::CtlCommand::ClusterStatus,
-                    CtlCmd::RemoveNode { node_id } => warren_server::ctl::CtlCommand::RemoveNode { node_id },
+                    CtlCmd::ClusterStatus => CtlCommand::ClusterStatus,
+                    CtlCmd::AddNode { id, addr } => CtlCommand::AddNode { node_id: id, addr },
+                    CtlCmd::RemoveNode { node_id, id } => CtlCommand::RemoveNode {
+                        node_id: node_id.or(id).context("remove-node needs a node id")?,
+                    },
+                    CtlCmd::ListQueues { vhost } => CtlCommand::ListQueues { vhost },
                 },
             ));
         }
