@@ -1,0 +1,442 @@
+//! An in-process cluster of Warren nodes on `MemStore`s over a
+//! [`FaultNet`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use warren_cluster::{Node, NodeConfig, PeerError};
+use warren_core::{Broker, Command, ConnectionId, NodeId, Request};
+use warren_store::{LogStore, MemStore};
+
+use crate::error::TestkitError;
+use crate::network::{node_addr, FaultNet};
+use crate::router::Router;
+
+/// How the cluster's nodes run.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Nodes started by [`Cluster::start`] (ids 1..=nodes).
+    pub nodes: u64,
+    /// Log entries between snapshots; small, so snapshots and snapshot
+    /// installs happen within a short test.
+    pub snapshot_every: u64,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// A follower's bound on one forwarded batch.
+    pub forward_timeout_ms: u64,
+    pub max_batch: usize,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            snapshot_every: 200,
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            forward_timeout_ms: 1_000,
+            max_batch: 256,
+        }
+    }
+}
+
+/// One node id's state across restarts: its store survives a kill.
+struct Slot {
+    store: Arc<dyn LogStore>,
+    running: Option<Running>,
+    /// Removed from the membership: never started again.
+    removed: bool,
+}
+
+/// A running incarnation of a node.
+#[derive(Clone)]
+struct Running {
+    node: Node,
+    router: Arc<Router>,
+    boot: u64,
+}
+
+/// A running node, as a client sees it.
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub node: Node,
+    pub router: Arc<Router>,
+    pub boot: u64,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("node", &self.node)
+            .field("boot", &self.boot)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    options: ClusterOptions,
+    net: Arc<FaultNet>,
+    slots: Mutex<BTreeMap<u64, Slot>>,
+    next_conn: AtomicU64,
+}
+
+/// An in-process cluster. Cheap to clone; clients hold a clone to find
+/// running nodes.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("seed", &self.seed())
+            .field("running", &self.running_ids())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bound on waits for the cluster to reach a state (a guard against
+/// hangs, not a timing assertion).
+const WAIT_LIMIT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(20);
+
+impl Cluster {
+    /// Starts `options.nodes` nodes: node 1 bootstraps, the others join
+    /// through it over the fault network (which has no faults yet).
+    ///
+    /// # Errors
+    /// A node did not start or join.
+    pub async fn start(options: ClusterOptions, seed: u64) -> Result<Cluster, TestkitError> {
+        let cluster = Cluster {
+            inner: Arc::new(Inner {
+                net: FaultNet::new(seed),
+                options: options.clone(),
+                slots: Mutex::new(BTreeMap::new()),
+                next_conn: AtomicU64::new(1),
+            }),
+        };
+        for id in 1..=options.nodes.max(1) {
+            cluster.start_new(id).await?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.inner.net.seed()
+    }
+
+    /// The network: faults are set through it.
+    pub fn net(&self) -> &Arc<FaultNet> {
+        &self.inner.net
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Slot>> {
+        self.inner.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn config(&self, node_id: u64, join: Vec<String>) -> NodeConfig {
+        let options = &self.inner.options;
+        NodeConfig {
+            node_id,
+            data_dir: std::path::PathBuf::from("unused-in-memory"),
+            cluster_addr: node_addr(node_id),
+            heartbeat_interval_ms: options.heartbeat_interval_ms,
+            election_timeout_min_ms: options.election_timeout_min_ms,
+            election_timeout_max_ms: options.election_timeout_max_ms,
+            snapshot_every: options.snapshot_every,
+            max_batch: options.max_batch,
+            forward_timeout_ms: options.forward_timeout_ms,
+            start_timeout_ms: WAIT_LIMIT.as_millis() as u64,
+            join,
+            ..NodeConfig::default()
+        }
+    }
+
+    /// Ids of the nodes running now (faulted or not).
+    pub fn running_ids(&self) -> Vec<u64> {
+        self.slots()
+            .iter()
+            .filter(|(_, slot)| slot.running.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The running incarnation of `node_id`.
+    pub fn handle(&self, node_id: u64) -> Option<NodeHandle> {
+        self.slots().get(&node_id).and_then(|slot| {
+            slot.running.as_ref().map(|r| NodeHandle {
+                node: r.node.clone(),
+                router: r.router.clone(),
+                boot: r.boot,
+            })
+        })
+    }
+
+    /// The running node `node_id`.
+    pub fn node(&self, node_id: u64) -> Option<Node> {
+        self.handle(node_id).map(|h| h.node)
+    }
+
+    /// A connection id on `node_id`'s current incarnation, unique in this cluster.
+    pub fn new_connection_id(&self, node_id: u64, boot: u64) -> ConnectionId {
+        ConnectionId {
+            node: NodeId(node_id),
+            boot,
+            seq: self.inner.next_conn.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// The running node after `after` in id order (wrapping), or the first.
+    pub fn next_running(&self, after: u64) -> Option<u64> {
+        let ids = self.running_ids();
+        ids.iter()
+            .copied()
+            .find(|id| *id > after)
+            .or_else(|| ids.first().copied())
+    }
+
+    async fn start_new(&self, node_id: u64) -> Result<(), TestkitError> {
+        let store: Arc<dyn LogStore> = Arc::new(MemStore::new());
+        let join: Vec<String> = self.running_ids().into_iter().map(node_addr).collect();
+        self.slots().insert(
+            node_id,
+            Slot {
+                store: store.clone(),
+                running: None,
+                removed: false,
+            },
+        );
+        self.run(node_id, store, join).await
+    }
+
+    /// Opens the node on `store`, makes it reachable, waits until it is
+    /// ready, and proposes `NodeStarted` for its new boot (as the server does).
+    async fn run(&self, node_id: u64, store: Arc<dyn LogStore>, join: Vec<String>) -> Result<(), TestkitError> {
+        let net = &self.inner.net;
+        let boot = net.random_in(1..u64::MAX);
+        let router = Arc::new(Router::new());
+        let config = self.config(node_id, join);
+        let node = Node::open_with(
+            config,
+            store,
+            net.endpoint(node_id),
+            Arc::new(net.endpoint(node_id)),
+            router.clone(),
+        )
+        .await
+        .map_err(|e| TestkitError::new(format!("node {node_id} did not open: {e}")))?;
+        net.register(node.clone());
+        if let Err(e) = node.ready().await {
+            net.unregister(node_id);
+            let _ = node.shutdown().await;
+            return Err(TestkitError::new(format!("node {node_id} not ready: {e}")));
+        }
+        let started = Request {
+            origin: None,
+            command: Command::NodeStarted {
+                node: NodeId(node_id),
+                boot,
+            },
+        };
+        node.proposer()
+            .submit(started)
+            .await
+            .map_err(|e| TestkitError::new(format!("node {node_id}: {e}")))?;
+        if let Some(slot) = self.slots().get_mut(&node_id) {
+            slot.running = Some(Running { node, router, boot });
+        }
+        tracing::info!(node = node_id, boot, "node running");
+        Ok(())
+    }
+
+    /// Stops `node_id` as a crash would: its connections drop, Raft stops,
+    /// and its store (everything it flushed) is kept for [`Cluster::restart`].
+    ///
+    /// # Errors
+    /// The node is not running.
+    pub async fn kill(&self, node_id: u64) -> Result<(), TestkitError> {
+        let running = self
+            .slots()
+            .get_mut(&node_id)
+            .and_then(|slot| slot.running.take())
+            .ok_or_else(|| TestkitError::new(format!("node {node_id} is not running")))?;
+        self.inner.net.unregister(node_id);
+        running.router.close_all();
+        if let Err(e) = running.node.shutdown().await {
+            tracing::warn!(node = node_id, error = %e, "shutdown failed");
+        }
+        tracing::info!(node = node_id, "node killed");
+        Ok(())
+    }
+
+    /// Starts `node_id` again on the store it had, with a new boot id.
+    ///
+    /// # Errors
+    /// The node is running, was removed, or did not become ready.
+    pub async fn restart(&self, node_id: u64) -> Result<(), TestkitError> {
+        let store = {
+            let slots = self.slots();
+            let slot = slots
+                .get(&node_id)
+                .ok_or_else(|| TestkitError::new(format!("no node {node_id}")))?;
+            if slot.running.is_some() || slot.removed {
+                return Err(TestkitError::new(format!("node {node_id} is running or removed")));
+            }
+            slot.store.clone()
+        };
+        let join = self
+            .running_ids()
+            .into_iter()
+            .filter(|id| *id != node_id)
+            .map(node_addr)
+            .collect();
+        self.run(node_id, store, join).await
+    }
+
+    /// Starts a new node (the next free id) that joins the cluster.
+    ///
+    /// # Errors
+    /// It did not join.
+    pub async fn add_node(&self) -> Result<u64, TestkitError> {
+        let node_id = self.slots().keys().max().copied().unwrap_or(0) + 1;
+        self.start_new(node_id).await?;
+        Ok(node_id)
+    }
+
+    /// Removes `node_id` from the membership through the leader, stops
+    /// it, and proposes `NodeDown` for it (the stand-in for the leader's
+    /// failure detection: its connections' unacked messages go back).
+    ///
+    /// # Errors
+    /// No leader could make the change within the wait limit.
+    pub async fn remove_node(&self, node_id: u64) -> Result<(), TestkitError> {
+        let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+        loop {
+            let leader = self.leader().await?;
+            let node = self
+                .node(leader)
+                .ok_or_else(|| TestkitError::new(format!("leader {leader} is not running")))?;
+            match node.remove_node(node_id).await {
+                Ok(_) => break,
+                Err(e @ (PeerError::NotLeader { .. } | PeerError::Failed(_))) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(TestkitError::new(format!("removing node {node_id}: {e}")));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        if let Some(slot) = self.slots().get_mut(&node_id) {
+            slot.removed = true;
+        }
+        if self.running_ids().contains(&node_id) {
+            self.kill(node_id).await?;
+        }
+        let leader = self.leader().await?;
+        if let Some(node) = self.node(leader) {
+            let down = Request {
+                origin: None,
+                command: Command::NodeDown { node: NodeId(node_id) },
+            };
+            node.proposer()
+                .submit(down)
+                .await
+                .map_err(|e| TestkitError::new(format!("proposing NodeDown: {e}")))?;
+        }
+        tracing::info!(node = node_id, "node removed");
+        Ok(())
+    }
+
+    /// The leader that a running node reports as itself being leader.
+    ///
+    /// # Errors
+    /// None within the wait limit.
+    pub async fn leader(&self) -> Result<u64, TestkitError> {
+        let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+        loop {
+            let faults = self.inner.net.faults();
+            let leader = self.running_ids().into_iter().find(|id| {
+                !faults.isolated.contains(id) && self.node(*id).is_some_and(|node| node.metrics().is_leader)
+            });
+            if let Some(leader) = leader {
+                return Ok(leader);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(TestkitError::new("no leader elected"));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits until every running node has applied the same last index as
+    /// the leader's log and stays there, then checks that all their
+    /// broker states are equal and satisfy the invariants. Call it once
+    /// the faults are healed. Returns the common applied index.
+    ///
+    /// # Errors
+    /// The nodes did not converge within the wait limit, a state differs,
+    /// or an invariant is broken.
+    pub async fn converge(&self) -> Result<u64, TestkitError> {
+        let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+        let mut last_problem = String::new();
+        loop {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(TestkitError::new(format!("nodes did not converge: {last_problem}")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let nodes: Vec<(u64, Node)> = self
+                .running_ids()
+                .into_iter()
+                .filter_map(|id| self.node(id).map(|n| (id, n)))
+                .collect();
+            let statuses: Vec<_> = nodes.iter().map(|(_, n)| n.metrics()).collect();
+            let Some(leader) = statuses.iter().find(|s| s.is_leader) else {
+                last_problem = "no leader".to_owned();
+                continue;
+            };
+            let target = leader.last_log_index;
+            if let Some(lagging) = statuses.iter().find(|s| s.last_applied != target) {
+                last_problem = format!(
+                    "node {} applied {:?}, leader {} has {target:?}",
+                    lagging.node_id, lagging.last_applied, leader.node_id
+                );
+                continue;
+            }
+            let states: Vec<(u64, Broker)> = nodes.iter().map(|(id, n)| (*id, n.read(Broker::clone))).collect();
+            // The states are comparable only if nothing was applied meanwhile.
+            if nodes.iter().any(|(_, n)| n.metrics().last_applied != target) {
+                last_problem = "still applying".to_owned();
+                continue;
+            }
+            let index = target.unwrap_or(0);
+            for (id, broker) in &states {
+                broker
+                    .check_invariants()
+                    .map_err(|e| TestkitError::new(format!("node {id} at index {index}: invariant broken: {e}")))?;
+            }
+            if let Some(((first_id, first), (other_id, _))) = states
+                .first()
+                .and_then(|first| states.iter().find(|(_, b)| b != &first.1).map(|other| (first, other)))
+            {
+                let ours = first.queue_summaries();
+                let theirs = self.node(*other_id).map(|n| n.read(|b| b.queue_summaries()));
+                return Err(TestkitError::new(format!(
+                    "states differ at index {index}: node {first_id} has {ours:?}, node {other_id} has {theirs:?}"
+                )));
+            }
+            return Ok(index);
+        }
+    }
+
+    /// Stops every running node.
+    pub async fn shutdown(&self) {
+        for id in self.running_ids() {
+            let _ = self.kill(id).await;
+        }
+    }
+}

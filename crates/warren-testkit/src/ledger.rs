@@ -1,0 +1,434 @@
+//! The history the test clients observe, and the checks run on it.
+//!
+//! Clients append [`Event`]s to one [`Ledger`]; its order is the order in
+//! which the events happened in this process (appends are serialized).
+//! Events are recorded so that a correct broker can never be flagged:
+//! a release (ack, nack, close) is recorded *before* its command is
+//! submitted, and a delivery *after* the node applied it, so a delivery
+//! the broker makes after a release always lands after it in the ledger.
+//! [`check_history`] then looks for:
+//!
+//! - a confirmed message that was never acked ([`Violation::Lost`]);
+//! - a message delivered while another channel still held it
+//!   ([`Violation::HeldTwice`]);
+//! - a repeat delivery without the `redelivered` flag
+//!   ([`Violation::RedeliveredFlagMissing`]);
+//! - a delivery after an ack of the message was confirmed
+//!   ([`Violation::DeliveredAfterAck`]);
+//! - replies no correct broker gives to these clients
+//!   ([`Violation::Unexpected`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use warren_core::ChannelId;
+
+/// A test message's identity, carried in its body.
+pub type MsgId = u64;
+
+/// Something a test client observed or did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The publish was confirmed (`Published`, routed, not rejected).
+    Confirmed { id: MsgId },
+    /// The publish's outcome is unknown (`Unavailable`, or no reply).
+    Unknown { id: MsgId },
+    /// A `Deliver` reached the client on `channel`.
+    Delivered {
+        id: MsgId,
+        channel: ChannelId,
+        redelivered: bool,
+    },
+    /// The client is about to submit an ack or nack of `id` on `channel`:
+    /// from here on it no longer counts as holding it.
+    Released { id: MsgId, channel: ChannelId },
+    /// The ack of `id` on `channel` was confirmed (reply `Ok`).
+    Acked { id: MsgId, channel: ChannelId },
+    /// The client gave up `channel` (closed it, lost its connection, its
+    /// node was stopped): it holds nothing from here on.
+    ChannelGone { channel: ChannelId },
+    /// A reply or effect no correct broker sends these clients.
+    Unexpected { what: String },
+}
+
+/// An event and its position in the ledger.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub at: u64,
+    pub event: Event,
+}
+
+/// The shared, append-only history of one test.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    records: Mutex<Vec<Record>>,
+    next_id: AtomicU64,
+}
+
+impl Ledger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A fresh message id (unique within this ledger).
+    pub fn next_id(&self) -> MsgId {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn record(&self, event: Event) {
+        let mut records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = records.len() as u64;
+        records.push(Record { at, event });
+    }
+
+    /// A copy of the history so far.
+    pub fn records(&self) -> Vec<Record> {
+        self.records.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Counts for test logs.
+    pub fn summary(&self) -> Summary {
+        let records = self.records();
+        let mut summary = Summary::default();
+        for record in &records {
+            match record.event {
+                Event::Confirmed { .. } => summary.confirmed += 1,
+                Event::Unknown { .. } => summary.unknown += 1,
+                Event::Delivered { redelivered, .. } => {
+                    summary.delivered += 1;
+                    if redelivered {
+                        summary.redelivered += 1;
+                    }
+                }
+                Event::Acked { .. } => summary.acked += 1,
+                Event::ChannelGone { .. } => summary.channels_gone += 1,
+                Event::Released { .. } | Event::Unexpected { .. } => {}
+            }
+        }
+        summary
+    }
+}
+
+/// Event counts of a ledger.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub confirmed: u64,
+    pub unknown: u64,
+    pub delivered: u64,
+    pub redelivered: u64,
+    pub acked: u64,
+    pub channels_gone: u64,
+}
+
+/// A broken guarantee found in a history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Violation {
+    /// Confirmed to its publisher, never acked by a consumer.
+    Lost {
+        id: MsgId,
+    },
+    /// Delivered to `to` at `at` while `holders` still held it.
+    HeldTwice {
+        id: MsgId,
+        to: ChannelId,
+        holders: Vec<ChannelId>,
+        at: u64,
+    },
+    /// Delivered again at `at` with `redelivered = false`.
+    RedeliveredFlagMissing {
+        id: MsgId,
+        to: ChannelId,
+        at: u64,
+    },
+    /// Delivered at `at`, after its ack was confirmed at `acked_at`.
+    DeliveredAfterAck {
+        id: MsgId,
+        to: ChannelId,
+        at: u64,
+        acked_at: u64,
+    },
+    Unexpected {
+        what: String,
+        at: u64,
+    },
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Violation::Lost { id } => write!(f, "message {id} was confirmed but never acked by a consumer"),
+            Violation::HeldTwice { id, to, holders, at } => write!(
+                f,
+                "#{at}: message {id} delivered to {} while {} still held it",
+                show(to),
+                holders.iter().map(show).collect::<Vec<_>>().join(", ")
+            ),
+            Violation::RedeliveredFlagMissing { id, to, at } => write!(
+                f,
+                "#{at}: message {id} delivered again to {} with redelivered = false",
+                show(to)
+            ),
+            Violation::DeliveredAfterAck { id, to, at, acked_at } => write!(
+                f,
+                "#{at}: message {id} delivered to {} after its ack was confirmed at #{acked_at}",
+                show(to)
+            ),
+            Violation::Unexpected { what, at } => write!(f, "#{at}: unexpected: {what}"),
+        }
+    }
+}
+
+/// `n<node>/b<boot>/c<seq>/ch<channel>`.
+pub fn show(channel: &ChannelId) -> String {
+    format!(
+        "n{}/b{:x}/c{}/ch{}",
+        channel.conn.node.0, channel.conn.boot, channel.conn.seq, channel.channel
+    )
+}
+
+/// Every violation in `records` (see the module doc). Call it once the
+/// system is quiet and the queue was drained: every confirmed message
+/// must have been acked by then.
+pub fn check_history(records: &[Record]) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    let mut confirmed: BTreeSet<MsgId> = BTreeSet::new();
+    let mut acked: BTreeMap<MsgId, u64> = BTreeMap::new();
+    let mut delivered_before: BTreeSet<MsgId> = BTreeSet::new();
+    // Which channels hold each message now, and which messages each channel holds.
+    let mut holders: BTreeMap<MsgId, BTreeSet<ChannelId>> = BTreeMap::new();
+    let mut held: BTreeMap<ChannelId, BTreeSet<MsgId>> = BTreeMap::new();
+
+    for Record { at, event } in records {
+        let at = *at;
+        match event {
+            Event::Confirmed { id } => {
+                confirmed.insert(*id);
+            }
+            Event::Unknown { .. } => {}
+            Event::Delivered {
+                id,
+                channel,
+                redelivered,
+            } => {
+                if let Some(&acked_at) = acked.get(id) {
+                    violations.push(Violation::DeliveredAfterAck {
+                        id: *id,
+                        to: *channel,
+                        at,
+                        acked_at,
+                    });
+                }
+                let current = holders.entry(*id).or_default();
+                if !current.is_empty() {
+                    violations.push(Violation::HeldTwice {
+                        id: *id,
+                        to: *channel,
+                        holders: current.iter().copied().collect(),
+                        at,
+                    });
+                }
+                if !delivered_before.insert(*id) && !redelivered {
+                    violations.push(Violation::RedeliveredFlagMissing {
+                        id: *id,
+                        to: *channel,
+                        at,
+                    });
+                }
+                current.insert(*channel);
+                held.entry(*channel).or_default().insert(*id);
+            }
+            Event::Released { id, channel } => {
+                if let Some(current) = holders.get_mut(id) {
+                    current.remove(channel);
+                }
+                if let Some(ids) = held.get_mut(channel) {
+                    ids.remove(id);
+                }
+            }
+            Event::Acked { id, .. } => {
+                acked.entry(*id).or_insert(at);
+            }
+            Event::ChannelGone { channel } => {
+                for id in held.remove(channel).unwrap_or_default() {
+                    if let Some(current) = holders.get_mut(&id) {
+                        current.remove(channel);
+                    }
+                }
+            }
+            Event::Unexpected { what } => violations.push(Violation::Unexpected { what: what.clone(), at }),
+        }
+    }
+    violations.extend(
+        confirmed
+            .into_iter()
+            .filter(|id| !acked.contains_key(id))
+            .map(|id| Violation::Lost { id }),
+    );
+    violations
+}
+
+#[cfg(test)]
+mod tests {
+    use warren_core::{ConnectionId, NodeId};
+
+    use super::*;
+
+    fn channel(node: u64, seq: u64) -> ChannelId {
+        ChannelId {
+            conn: ConnectionId {
+                node: NodeId(node),
+                boot: 1,
+                seq,
+            },
+            channel: 1,
+        }
+    }
+
+    fn history(events: Vec<Event>) -> Vec<Record> {
+        let ledger = Ledger::new();
+        for event in events {
+            ledger.record(event);
+        }
+        ledger.records()
+    }
+
+    fn delivered(id: MsgId, channel: ChannelId, redelivered: bool) -> Event {
+        Event::Delivered {
+            id,
+            channel,
+            redelivered,
+        }
+    }
+
+    /// Delivered, released, acked: the happy path of one message.
+    fn consumed(id: MsgId, channel: ChannelId) -> Vec<Event> {
+        vec![
+            delivered(id, channel, false),
+            Event::Released { id, channel },
+            Event::Acked { id, channel },
+        ]
+    }
+
+    #[test]
+    fn a_clean_history_passes() {
+        let (a, b) = (channel(1, 1), channel(2, 1));
+        let mut events = vec![
+            Event::Confirmed { id: 1 },
+            Event::Confirmed { id: 2 },
+            Event::Unknown { id: 3 },
+        ];
+        events.extend(consumed(1, a));
+        // 2 goes to a, a's connection dies, 2 is redelivered to b.
+        events.push(delivered(2, a, false));
+        events.push(Event::ChannelGone { channel: a });
+        events.extend([
+            delivered(2, b, true),
+            Event::Released { id: 2, channel: b },
+            Event::Acked { id: 2, channel: b },
+        ]);
+        assert_eq!(check_history(&history(events)), Vec::new());
+    }
+
+    #[test]
+    fn a_confirmed_message_never_acked_is_lost() {
+        let a = channel(1, 1);
+        let mut events = vec![Event::Confirmed { id: 1 }, Event::Confirmed { id: 2 }];
+        events.extend(consumed(1, a));
+        // Delivered but only released (the ack's outcome stayed unknown): still lost.
+        events.extend([delivered(2, a, false), Event::Released { id: 2, channel: a }]);
+        assert_eq!(check_history(&history(events)), vec![Violation::Lost { id: 2 }]);
+    }
+
+    #[test]
+    fn an_unknown_publish_need_not_arrive() {
+        let events = vec![Event::Unknown { id: 1 }];
+        assert_eq!(check_history(&history(events)), Vec::new());
+    }
+
+    #[test]
+    fn a_delivery_while_another_channel_holds_the_message_is_flagged() {
+        let (a, b) = (channel(1, 1), channel(2, 1));
+        let events = vec![
+            Event::Confirmed { id: 1 },
+            delivered(1, a, false),
+            delivered(1, b, true),
+        ];
+        let violations = check_history(&history(events));
+        assert!(
+            violations.contains(&Violation::HeldTwice {
+                id: 1,
+                to: b,
+                holders: vec![a],
+                at: 2
+            }),
+            "{violations:?}"
+        );
+    }
+
+    #[test]
+    fn a_release_of_another_message_does_not_free_the_held_one() {
+        let (a, b) = (channel(1, 1), channel(2, 1));
+        let events = vec![
+            delivered(1, a, false),
+            delivered(2, a, false),
+            Event::Released { id: 2, channel: a },
+            delivered(1, b, true),
+        ];
+        let violations = check_history(&history(events));
+        assert!(
+            matches!(violations.as_slice(), [Violation::HeldTwice { id: 1, .. }]),
+            "{violations:?}"
+        );
+    }
+
+    #[test]
+    fn a_requeue_after_a_release_is_no_double_hold_but_needs_the_redelivered_flag() {
+        let (a, b) = (channel(1, 1), channel(2, 1));
+        let events = vec![
+            delivered(1, a, false),
+            Event::Released { id: 1, channel: a },
+            delivered(1, b, false),
+        ];
+        assert_eq!(
+            check_history(&history(events)),
+            vec![Violation::RedeliveredFlagMissing { id: 1, to: b, at: 2 }]
+        );
+    }
+
+    #[test]
+    fn a_delivery_after_a_confirmed_ack_is_flagged() {
+        let (a, b) = (channel(1, 1), channel(2, 1));
+        let mut events = consumed(1, a);
+        events.push(delivered(1, b, true));
+        assert_eq!(
+            check_history(&history(events)),
+            vec![Violation::DeliveredAfterAck {
+                id: 1,
+                to: b,
+                at: 3,
+                acked_at: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn unexpected_replies_are_violations() {
+        let events = vec![Event::Unexpected {
+            what: "ack refused".to_owned(),
+        }];
+        assert_eq!(check_history(&history(events)).len(), 1);
+    }
+
+    #[test]
+    fn the_summary_counts_events() {
+        let ledger = Ledger::new();
+        for event in consumed(1, channel(1, 1)) {
+            ledger.record(event);
+        }
+        ledger.record(Event::Confirmed { id: 1 });
+        let summary = ledger.summary();
+        assert_eq!((summary.confirmed, summary.delivered, summary.acked), (1, 1, 1));
+    }
+}

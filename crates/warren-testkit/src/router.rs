@@ -1,0 +1,63 @@
+//! A node's [`EffectSink`]: hands each effect to the test connection it
+//! is addressed to.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use tokio::sync::mpsc;
+use warren_cluster::EffectSink;
+use warren_core::{ConnectionId, Effect};
+
+/// Routes effects by connection. Effects for connections it does not know
+/// (earlier boots replayed after a restart, connections given up) are
+/// dropped, as a node's front end drops them.
+///
+/// The per-connection queues are unbounded: `emit` must not block, and a
+/// dropped effect would look like a broker bug to the checks. Test loads
+/// are small and clients drain their queue continuously.
+#[derive(Debug, Default)]
+pub struct Router {
+    connections: Mutex<HashMap<ConnectionId, mpsc::UnboundedSender<Effect>>>,
+}
+
+impl Router {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts routing `conn`'s effects to the returned receiver.
+    pub fn register(&self, conn: ConnectionId) -> mpsc::UnboundedReceiver<Effect> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(conn, tx);
+        rx
+    }
+
+    /// Stops routing `conn`'s effects.
+    pub fn unregister(&self, conn: ConnectionId) {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&conn);
+    }
+
+    /// Drops every connection (their receivers see the end of the stream),
+    /// as a stopped node's sockets close.
+    pub fn close_all(&self) {
+        self.connections.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+}
+
+impl EffectSink for Router {
+    fn emit(&self, effects: Vec<Effect>) {
+        let connections = self.connections.lock().unwrap_or_else(PoisonError::into_inner);
+        for effect in effects {
+            if let Some(tx) = connections.get(&effect.channel().conn) {
+                // A closed receiver: the client already gave the connection up.
+                let _ = tx.send(effect);
+            }
+        }
+    }
+}
