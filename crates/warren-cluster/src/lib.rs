@@ -31,6 +31,7 @@ mod network;
 mod node;
 mod peers;
 mod proposer;
+mod sessions;
 mod state_machine;
 mod tick;
 mod type_config;

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Raft, ServerState};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -185,74 +186,103 @@ impl ProposerTask {
         }
     }
 
-    /// Sends `proposal` to the leader this node knows of. If that node says
-    /// it is not the leader (so nothing was appended), tries once more with
-    /// the leader it names or the next one this node learns of.
+    /// Sends `proposal` to the leader until it is committed, for up to
+    /// `forward_timeout`.
     ///
-    /// `suspect` is the leader the previous batch could not be forwarded to:
-    /// while it is the known leader, a batch first waits a while for another
-    /// leader to be elected (a dead leader stays "known" until the election
-    /// timeout). Without that wait, every batch of an outage would fail at
-    /// once against the dead leader, and each publish would be nacked; with
-    /// it, requests gather and go to the new leader.
+    /// A node that says it is not the leader appended nothing; the batch
+    /// goes to the leader it names. An attempt that fails or gets no answer
+    /// within `leader_wait` has an unknown outcome, and the batch is sent
+    /// again — to another leader if one is elected meanwhile: the state
+    /// machine applies only the first copy that commits (`sessions.rs`).
+    /// So a leader that dies or pauses costs the batch an election, not an
+    /// `Unavailable` reply.
+    ///
+    /// `suspect` is the leader the previous batch could not reach: while it
+    /// is still the known leader (a dead leader stays "known" until the
+    /// election timeout), a batch first waits a while for another one.
     async fn forward_to_leader(&self, proposal: Proposal, suspect: &mut Option<u64>) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + self.forward_timeout;
         let mut hint: Option<(Option<u64>, String)> = None;
-        let mut tried: Option<u64> = None;
-        for attempt in 0..2 {
+        let mut last_error = "no leader is known".to_owned();
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return Err(last_error);
+            }
             let found = match hint.take() {
                 Some(hinted) => Some(hinted),
                 None => {
                     let mut found = None;
-                    if tried.is_none() && suspect.is_some() {
-                        found = self.wait_for_leader(*suspect, self.leader_wait / 2).await;
+                    if suspect.is_some() {
+                        found = self
+                            .wait_for_leader(*suspect, remaining.min(self.leader_wait / 2))
+                            .await;
                     }
                     if found.is_none() {
-                        found = self.wait_for_leader(tried, self.leader_wait).await;
+                        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        found = self.wait_for_leader(None, remaining).await;
                     }
                     found.map(|(leader, addr)| (Some(leader), addr))
                 }
             };
             let Some((leader, addr)) = found else {
-                return Err("no leader is known".to_owned());
+                return Err(last_error);
             };
-            let outcome = self.forward_once(attempt, leader, &addr, &proposal).await;
-            match outcome {
-                Forwarded::Done(result) => {
-                    *suspect = if result.is_ok() { None } else { leader };
-                    return result;
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.forward_once(leader, &addr, &proposal, remaining).await {
+                Forwarded::Committed => {
+                    *suspect = None;
+                    return Ok(());
                 }
                 Forwarded::Redirect { leader_id, leader_addr } => {
-                    tried = leader;
+                    *suspect = leader;
                     hint = leader_addr
                         .filter(|hinted| *hinted != addr)
                         .map(|hinted| (leader_id, hinted));
+                    last_error = format!("{addr} is not the leader");
+                }
+                Forwarded::Unknown(reason) => {
+                    tracing::debug!(node = self.tracker.node, to = %addr, reason, "forward failed; sending the batch again");
+                    *suspect = leader;
+                    last_error = reason;
+                    // Do not spin against a leader that fails fast.
+                    tokio::time::sleep(RESEND_PAUSE).await;
                 }
             }
         }
-        Err("the leader changed while forwarding".to_owned())
     }
 
     /// One attempt of [`Self::forward_to_leader`] at `leader`.
-    async fn forward_once(&self, attempt: usize, leader: Option<u64>, addr: &str, proposal: &Proposal) -> Forwarded {
+    async fn forward_once(
+        &self,
+        leader: Option<u64>,
+        addr: &str,
+        proposal: &Proposal,
+        remaining: Duration,
+    ) -> Forwarded {
+        let limit = remaining.min(self.leader_wait);
         if leader == Some(self.tracker.node) {
             // This node became leader meanwhile.
             let write = self.raft.client_write(proposal.clone());
-            return Forwarded::Done(match tokio::time::timeout(self.forward_timeout, write).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("the batch was not committed in time".to_owned()),
-            });
+            return match tokio::time::timeout(limit, write).await {
+                Ok(Ok(_)) => Forwarded::Committed,
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => Forwarded::Redirect {
+                    leader_id: forward.leader_id,
+                    leader_addr: forward.leader_node.map(|n| n.addr),
+                },
+                Ok(Err(e)) => Forwarded::Unknown(e.to_string()),
+                Err(_) => Forwarded::Unknown("the batch was not committed in time".to_owned()),
+            };
         }
-        let forwarded = tokio::time::timeout(self.forward_timeout, self.peers.forward(addr, proposal.clone())).await;
-        Forwarded::Done(match forwarded {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(PeerError::NotLeader { leader_id, leader_addr })) if attempt == 0 => {
+        match tokio::time::timeout(limit, self.peers.forward(addr, proposal.clone())).await {
+            Ok(Ok(())) => Forwarded::Committed,
+            Ok(Err(PeerError::NotLeader { leader_id, leader_addr })) => {
                 tracing::debug!(node = self.tracker.node, to = %addr, ?leader_id, "forwarded to a non-leader; retrying");
-                return Forwarded::Redirect { leader_id, leader_addr };
+                Forwarded::Redirect { leader_id, leader_addr }
             }
-            Ok(Err(e)) => Err(format!("forwarding to the leader at {addr}: {e}")),
-            Err(_) => Err(format!("forwarding to the leader at {addr}: timed out")),
-        })
+            Ok(Err(e)) => Forwarded::Unknown(format!("forwarding to the leader at {addr}: {e}")),
+            Err(_) => Forwarded::Unknown(format!("forwarding to the leader at {addr}: no answer in {limit:?}")),
+        }
     }
 
     /// The leader this node knows of (other than `not`), with its cluster
@@ -277,10 +307,14 @@ impl ProposerTask {
     }
 }
 
+/// Pause before a batch is sent again after an attempt with an unknown outcome.
+const RESEND_PAUSE: Duration = Duration::from_millis(50);
+
 /// What one forwarding attempt came to.
 enum Forwarded {
-    /// Committed (`Ok`) or failed with an unknown outcome (`Err`).
-    Done(Result<(), String>),
+    Committed,
+    /// Failed or unanswered: the batch may or may not be in the log.
+    Unknown(String),
     /// The node asked is not the leader: nothing was appended.
     Redirect {
         leader_id: Option<u64>,

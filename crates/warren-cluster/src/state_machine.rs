@@ -20,6 +20,7 @@ use warren_store::LogStore;
 use crate::codec::{decode, encode};
 use crate::log_store::run_blocking;
 use crate::node::EffectSink;
+use crate::sessions::Sessions;
 use crate::type_config::{ProposalTag, TypeConfig};
 
 const SNAPSHOT_KEY: &str = "raft/snapshot";
@@ -27,6 +28,8 @@ const SNAPSHOT_KEY: &str = "raft/snapshot";
 /// What the state machine holds; shared with [`crate::Node::read`].
 pub(crate) struct SmState {
     pub(crate) broker: Broker,
+    /// Which proposer batches were applied (a resent copy is skipped).
+    pub(crate) sessions: Sessions,
     pub(crate) last_applied: Option<LogId<u64>>,
     pub(crate) membership: StoredMembership<u64, BasicNode>,
 }
@@ -130,6 +133,28 @@ pub(crate) fn unavailable_replies(origins: Vec<ChannelId>, reason: &str) -> Vec<
         .collect()
 }
 
+/// What a snapshot's data holds: the state every replica computes alike.
+#[derive(Serialize, Deserialize)]
+struct Replicated {
+    broker: Broker,
+    sessions: Sessions,
+}
+
+/// Decodes a snapshot's data; snapshots written before sessions existed
+/// hold the broker alone.
+fn decode_replicated(data: &[u8]) -> Result<Replicated, crate::codec::CodecError> {
+    match decode::<Replicated>(data) {
+        Ok(replicated) => Ok(replicated),
+        Err(error) => match decode::<Broker>(data) {
+            Ok(broker) => Ok(Replicated {
+                broker,
+                sessions: Sessions::default(),
+            }),
+            Err(_) => Err(error),
+        },
+    }
+}
+
 /// A snapshot as stored: openraft's metadata and the encoded broker.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
@@ -177,14 +202,16 @@ impl StateMachine {
             let Some(stored) = load_snapshot(&*reading)? else {
                 return Ok(SmState {
                     broker: Broker::new(),
+                    sessions: Sessions::default(),
                     last_applied: None,
                     membership: StoredMembership::default(),
                 });
             };
-            let broker: Broker =
-                decode(&stored.data).map_err(|e| StorageIOError::read_snapshot(Some(stored.meta.signature()), &e))?;
+            let Replicated { broker, sessions } = decode_replicated(&stored.data)
+                .map_err(|e| StorageIOError::read_snapshot(Some(stored.meta.signature()), &e))?;
             Ok(SmState {
                 broker,
+                sessions,
                 last_applied: stored.meta.last_log_id,
                 membership: stored.meta.last_membership,
             })
@@ -233,9 +260,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
         // Clone under the read lock (messages are `Arc`s, so this is cheap
         // next to encoding); encode and store while apply continues.
-        let (broker, last_applied, membership) = {
+        let (replicated, last_applied, membership) = {
             let state = self.shared.read();
-            (state.broker.clone(), state.last_applied, state.membership.clone())
+            let replicated = Replicated {
+                broker: state.broker.clone(),
+                sessions: state.sessions.clone(),
+            };
+            (replicated, state.last_applied, state.membership.clone())
         };
         let millis = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -252,7 +283,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let store = self.store.clone();
         let stored = run_blocking(move || -> Result<StoredSnapshot, StorageError<u64>> {
-            let data = encode(&broker).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+            let data = encode(&replicated).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
             let stored = StoredSnapshot { meta, data };
             save_snapshot(&*store, &stored)?;
             Ok(stored)
@@ -285,10 +316,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for entry in entries {
             let mut effects = Vec::new();
             let mut tick_ms = None;
+            let mut duplicate = false;
             {
                 let mut state = self.shared.write();
                 match &entry.payload {
                     EntryPayload::Blank => {}
+                    EntryPayload::Normal(proposal)
+                        if proposal
+                            .tag
+                            .as_ref()
+                            .is_some_and(|tag| !state.sessions.admit(tag, entry.log_id.index)) =>
+                    {
+                        // A copy of a batch already applied, resent after an
+                        // unknown outcome: skipped, on every replica.
+                        duplicate = true;
+                    }
                     EntryPayload::Normal(proposal) => {
                         state.broker.apply(&proposal.batch, &mut effects);
                         if proposal
@@ -306,7 +348,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 state.last_applied = Some(entry.log_id);
             }
-            if let EntryPayload::Normal(proposal) = &entry.payload {
+            if let (EntryPayload::Normal(proposal), false) = (&entry.payload, duplicate) {
                 let replies_go_out = self.tracker.settle_applied(proposal.tag.as_ref());
                 effects.retain(|effect| {
                     effect.channel().conn.node == self.node
@@ -359,16 +401,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             data: snapshot.into_inner(),
         };
         let store = self.store.clone();
-        let (broker, stored) = run_blocking(move || -> Result<(Broker, StoredSnapshot), StorageError<u64>> {
-            let broker: Broker =
-                decode(&stored.data).map_err(|e| StorageIOError::read_snapshot(Some(stored.meta.signature()), &e))?;
+        let (replicated, stored) = run_blocking(move || -> Result<(Replicated, StoredSnapshot), StorageError<u64>> {
+            let replicated = decode_replicated(&stored.data)
+                .map_err(|e| StorageIOError::read_snapshot(Some(stored.meta.signature()), &e))?;
             save_snapshot(&*store, &stored)?;
-            Ok((broker, stored))
+            Ok((replicated, stored))
         })
         .await??;
         {
             let mut state = self.shared.write();
-            state.broker = broker;
+            state.broker = replicated.broker;
+            state.sessions = replicated.sessions;
             state.last_applied = stored.meta.last_log_id;
             state.membership = stored.meta.last_membership;
         }
