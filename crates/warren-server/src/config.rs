@@ -73,6 +73,13 @@ pub struct FileConfig {
     /// wait for a dead leader before electing another.
     pub raft_election_timeout_min_ms: Option<u64>,
     pub raft_election_timeout_max_ms: Option<u64>,
+    /// The leader declares a member down after this long without an answer
+    /// (default 3000): its connections close, their unacked messages return
+    /// to their queues, its exclusive queues go.
+    pub node_down_after_ms: Option<u64>,
+    /// How long a node keeps trying to commit a batch (resending it to a new
+    /// leader after a failover) before answering its requests 541 (default 10000).
+    pub commit_timeout_ms: Option<u64>,
     /// Virtual hosts that must exist besides `/` (created at start if missing).
     pub vhosts: Option<Vec<String>>,
 }
@@ -99,6 +106,8 @@ pub struct Config {
     pub raft_heartbeat_ms: u64,
     pub raft_election_timeout_min_ms: u64,
     pub raft_election_timeout_max_ms: u64,
+    pub node_down_after_ms: u64,
+    pub commit_timeout_ms: u64,
     pub vhosts: Vec<String>,
 }
 
@@ -157,6 +166,8 @@ impl Config {
             raft_election_timeout_max_ms: file
                 .raft_election_timeout_max_ms
                 .unwrap_or(raft_defaults.election_timeout_max_ms),
+            node_down_after_ms: file.node_down_after_ms.unwrap_or(raft_defaults.node_down_after_ms),
+            commit_timeout_ms: file.commit_timeout_ms.unwrap_or(raft_defaults.forward_timeout_ms),
         })
     }
 }
@@ -227,6 +238,7 @@ mod tests {
             ),
             (100, 300, 600)
         );
+        assert_eq!((config.node_down_after_ms, config.commit_timeout_ms), (3000, 10_000));
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         heartbeat_interval_ms: config.raft_heartbeat_ms,
         election_timeout_min_ms: config.raft_election_timeout_min_ms,
         election_timeout_max_ms: config.raft_election_timeout_max_ms,
+        node_down_after_ms: config.node_down_after_ms,
+        forward_timeout_ms: config.commit_timeout_ms,
         ..NodeConfig::default()
     };
     let node = Node::open(node_config, network.clone(), Arc::new(network), registry.clone())
