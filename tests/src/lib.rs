@@ -9,12 +9,16 @@
 //! - lapin helpers ([`connect`], [`reply_code`], [`next_delivery`], [`within`]).
 //! - [`raw`]: a tiny hand-rolled AMQP frame builder and client for the
 //!   bad-input tests, where a real client library would refuse to send garbage.
+//! - [`ops`]: clusters of `warren` processes operated with `warren ctl`;
+//!   [`load`]: publishers and consumers that keep going across node failures.
 //! - [`python`]: a virtualenv with pika, created once and shared by all test
 //!   processes (guarded by `flock`), and a runner for `tests/python/*.py`.
 //!
 //! Nothing here asserts on wall-clock durations: timeouts only turn a hang into
 //! a failure with the broker's log attached.
 
+pub mod load;
+pub mod ops;
 pub mod python;
 pub mod raw;
 
@@ -266,6 +270,40 @@ impl WarrenProcess {
                 self.generation
             ));
         }
+    }
+
+    /// Sends SIGSTOP: the process keeps its sockets but answers nothing, as
+    /// a node cut off by a network partition (or a long GC pause) would.
+    ///
+    /// # Errors
+    /// The process is not running or `kill` failed.
+    pub fn pause(&mut self) -> anyhow::Result<()> {
+        self.signal("-STOP")?;
+        self.log_line(format!("--- e2e: generation {} paused (SIGSTOP) ---", self.generation));
+        Ok(())
+    }
+
+    /// Sends SIGCONT to a [`WarrenProcess::pause`]d process.
+    ///
+    /// # Errors
+    /// The process is not running or `kill` failed.
+    pub fn resume(&mut self) -> anyhow::Result<()> {
+        self.signal("-CONT")?;
+        self.log_line(format!("--- e2e: generation {} resumed (SIGCONT) ---", self.generation));
+        Ok(())
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let child = self
+            .child
+            .as_ref()
+            .ok_or_else(|| anyhow!("the process is not running"))?;
+        let status = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .context("running kill")?;
+        anyhow::ensure!(status.success(), "kill {signal} {} failed: {status}", child.id());
+        Ok(())
     }
 
     /// Whether the process is still running.
