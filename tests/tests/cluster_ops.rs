@@ -176,14 +176,15 @@ async fn a_follower_killed_under_load_catches_up_and_no_confirmed_message_is_los
         ],
     );
     let started = Instant::now();
-    load.confirm_more(1000, PHASE_LIMIT).await?;
+    load.confirm_more(2000, PHASE_LIMIT).await?;
     println!(
         "{:?}: {} confirmed; kill -9 of follower {victim}",
         started.elapsed(),
         load.confirmed()
     );
     nodes[victim_index].kill9();
-    let reached = load.confirm_more(1000, PHASE_LIMIT).await?;
+    // Enough while it is down that it has a real backlog to catch up on.
+    let reached = load.confirm_more(5000, PHASE_LIMIT).await?;
     println!(
         "{:?}: {reached} confirmed with node {victim} down; restarting it",
         started.elapsed()
@@ -373,7 +374,7 @@ async fn a_fourth_node_joins_and_a_node_is_removed_under_load_without_loss() -> 
         ],
     );
     let started = Instant::now();
-    load.confirm_more(500, PHASE_LIMIT).await?;
+    load.confirm_more(2000, PHASE_LIMIT).await?;
 
     // Node 4 joins through node 2 (a follower) while the load runs.
     let joined_at = Instant::now();
@@ -386,7 +387,7 @@ async fn a_fourth_node_joins_and_a_node_is_removed_under_load_without_loss() -> 
         started.elapsed()
     );
     assert_eq!(cluster_status(addr4).await?.voters(), [1, 2, 3, 4]);
-    load.confirm_more(500, PHASE_LIMIT).await?;
+    load.confirm_more(2000, PHASE_LIMIT).await?;
 
     // Node 3 is removed (asked through the new node 4), then stopped.
     let removed = ctl_ok(addr4, &["remove-node", "--id", "3"]).await?;
@@ -394,7 +395,7 @@ async fn a_fourth_node_joins_and_a_node_is_removed_under_load_without_loss() -> 
     nodes[2].kill9();
     let status = cluster_status(addrs[0]).await?;
     assert_eq!(status.voters(), [1, 2, 4], "{status:?}");
-    let reached = load.confirm_more(500, PHASE_LIMIT).await?;
+    let reached = load.confirm_more(2000, PHASE_LIMIT).await?;
     println!("{:?}: {reached} confirmed with members 1, 2, 4", started.elapsed());
 
     let report = load.stop_and_drain(DRAIN_LIMIT).await?;
