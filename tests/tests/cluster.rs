@@ -611,3 +611,130 @@ async fn a_dead_follower_s_consumers_hand_back_their_messages_and_exclusive_queu
 async fn a_dead_leader_s_consumers_hand_back_their_messages_and_exclusive_queues() -> anyhow::Result<()> {
     consumers_of_a_dead_node_hand_back_their_messages(0).await
 }
+
+/// Pauses `victim` (SIGSTOP: sockets open, nothing answered — a node cut
+/// off from the others) while a consumer on it holds unacked messages; the
+/// majority declares it down and hands the messages to a consumer elsewhere.
+/// When it resumes it rejoins without manual steps: its stale connection is
+/// closed with 320, and a new connection to it sees the current state.
+async fn a_paused_node_is_declared_down_and_rejoins_when_resumed(victim: usize) -> anyhow::Result<()> {
+    use warren_e2e::amqp;
+    const HELD: usize = 10;
+    const LATER: usize = 50;
+    let first = start_node(1, None).await?;
+    let via = first
+        .cluster_addr()
+        .ok_or_else(|| anyhow::anyhow!("node 1 printed no cluster address"))?;
+    let second = start_node(2, Some(via)).await?;
+    let third = start_node(3, Some(via)).await?;
+    let mut nodes = [first, second, third];
+    let survivor = (victim + 1) % 3;
+
+    let stale = connect(&nodes[victim].amqp_uri()).await?;
+    let stale_ch = within("channel.open", stale.create_channel()).await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    amqp::declare_queue(&stale_ch, QUEUE, durable, FieldTable::default()).await?;
+    within("basic.qos", stale_ch.basic_qos(HELD as u16, BasicQosOptions::default())).await?;
+    let mut holder = within(
+        "basic.consume on the victim",
+        stale_ch.basic_consume(
+            QUEUE.into(),
+            "holder".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    let published = publish_confirmed(&nodes[survivor].amqp_uri(), HELD).await?;
+    anyhow::ensure!(published.len() == HELD, "only {} of {HELD} confirmed", published.len());
+    for _ in 0..HELD {
+        warren_e2e::next_delivery(&mut holder).await?;
+    }
+
+    nodes[victim].pause()?;
+    let paused_at = std::time::Instant::now();
+    {
+        let conn = connect(&nodes[survivor].amqp_uri()).await?;
+        let ch = within("channel.open", conn.create_channel()).await?;
+        let mut taker = within(
+            "basic.consume on a survivor",
+            ch.basic_consume(
+                QUEUE.into(),
+                "taker".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        for _ in 0..HELD {
+            let delivery = warren_e2e::next_delivery_for(&mut taker, Duration::from_secs(30)).await?;
+            anyhow::ensure!(delivery.redelivered, "a message the paused node held came back without redelivered");
+            within("basic.ack", delivery.ack(BasicAckOptions::default())).await?;
+        }
+        println!(
+            "node {} paused: its {HELD} unacked messages redelivered elsewhere after {:?}",
+            victim + 1,
+            paused_at.elapsed()
+        );
+        conn.close(200, "done".into()).await?;
+    }
+    // The majority goes on without the paused node.
+    let later = publish_confirmed(&nodes[survivor].amqp_uri(), LATER).await?;
+    anyhow::ensure!(later.len() == LATER, "only {} of {LATER} confirmed", later.len());
+
+    nodes[victim].resume()?;
+    let resumed_at = std::time::Instant::now();
+    // The resumed node learns it was declared down and drops the stale connection.
+    let ended = within_for(Duration::from_secs(30), "the stale consumer to end", async {
+        loop {
+            match holder.next().await {
+                None | Some(Err(_)) => return Ok::<_, anyhow::Error>(()),
+                Some(Ok(_)) => anyhow::bail!("the stale consumer got a delivery after the node was declared down"),
+            }
+        }
+    })
+    .await;
+    ended?;
+    assert!(!stale.status().connected(), "the stale connection is closed");
+    // A new connection to it sees what the majority did meanwhile.
+    let uri = nodes[victim].amqp_uri();
+    let current = async {
+        loop {
+            let attempt = async {
+                let conn = connect(&uri).await?;
+                let ch = within("channel.open", conn.create_channel()).await?;
+                let count = amqp::message_count(&ch, QUEUE).await?;
+                let _ = conn.close(200, "done".into()).await;
+                Ok::<_, anyhow::Error>(count)
+            };
+            match attempt.await {
+                Ok(count) => return Ok::<_, anyhow::Error>(count),
+                Err(e) => {
+                    println!("resumed node not serving yet: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    };
+    let count = within_for(Duration::from_secs(30), "the resumed node to serve the queue", current).await?;
+    println!(
+        "node {} resumed: stale connection closed and current state served after {:?}",
+        victim + 1,
+        resumed_at.elapsed()
+    );
+    assert_eq!(count as usize, LATER, "the resumed node shows the messages published while it was away");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_follower_is_declared_down_and_rejoins_when_resumed() -> anyhow::Result<()> {
+    a_paused_node_is_declared_down_and_rejoins_when_resumed(2).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_is_declared_down_and_rejoins_when_resumed() -> anyhow::Result<()> {
+    a_paused_node_is_declared_down_and_rejoins_when_resumed(0).await
+}
