@@ -384,7 +384,8 @@ pub async fn run_consumer(
 }
 
 /// Consumes on `conn` until it breaks (`false`) or `stop` turns true and
-/// the acks in flight are answered (`true`).
+/// the acks in flight are answered (`true`). Acks still unanswered when
+/// it breaks are recorded as of unknown outcome.
 async fn consume_on(
     cluster: &Cluster,
     ledger: &Ledger,
@@ -393,6 +394,30 @@ async fn consume_on(
     tag: &ConsumerTag,
     stats: &mut ConsumerStats,
     stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let stopped = consume_until_broken(cluster, ledger, conn, options, tag, stats, stop, &mut pending).await;
+    for waiting in pending {
+        if let Pending::Ack(id) = waiting {
+            ledger.record(Event::AckUnknown {
+                id,
+                channel: conn.channel(),
+            });
+        }
+    }
+    stopped
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn consume_until_broken(
+    cluster: &Cluster,
+    ledger: &Ledger,
+    conn: &mut Connection,
+    options: &ConsumerOptions,
+    tag: &ConsumerTag,
+    stats: &mut ConsumerStats,
+    stop: &mut watch::Receiver<bool>,
+    pending: &mut VecDeque<Pending>,
 ) -> bool {
     let setup = [
         Command::Qos {
@@ -408,7 +433,6 @@ async fn consume_on(
             arguments: FieldTable::default(),
         },
     ];
-    let mut pending: VecDeque<Pending> = VecDeque::new();
     for command in setup {
         if conn.submit(command).await.is_err() {
             return false;
@@ -450,8 +474,13 @@ async fn consume_on(
                             channel: conn.channel(),
                         });
                     }
-                    (_, Err(CoreError::Unavailable(_))) => return false,
+                    (waiting, Err(CoreError::Unavailable(_))) => {
+                        // Outcome unknown: the caller records it with the rest.
+                        pending.push_front(waiting);
+                        return false;
+                    }
                     (waiting, other) => {
+                        pending.push_front(waiting);
                         ledger.record(Event::Unexpected {
                             what: format!("consumer on node {}: {waiting:?} answered {other:?}", conn.node_id()),
                         });

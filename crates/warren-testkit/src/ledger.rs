@@ -46,11 +46,32 @@ pub enum Event {
     Released { id: MsgId, channel: ChannelId },
     /// The ack of `id` on `channel` was confirmed (reply `Ok`).
     Acked { id: MsgId, channel: ChannelId },
+    /// The ack of `id` on `channel` was submitted but its outcome is
+    /// unknown (`Unavailable`, no reply, the node stopped). If it did not
+    /// commit, closing the channel requeues the message and it is
+    /// delivered again; if it did, the message is consumed. Either way it
+    /// is not lost, so it counts as consumed for [`Violation::Lost`].
+    AckUnknown { id: MsgId, channel: ChannelId },
     /// The client gave up `channel` (closed it, lost its connection, its
     /// node was stopped): it holds nothing from here on.
     ChannelGone { channel: ChannelId },
     /// A reply or effect no correct broker sends these clients.
     Unexpected { what: String },
+}
+
+impl Event {
+    /// The message the event is about, if any.
+    pub fn message(&self) -> Option<MsgId> {
+        match self {
+            Event::Confirmed { id }
+            | Event::Unknown { id }
+            | Event::Delivered { id, .. }
+            | Event::Released { id, .. }
+            | Event::Acked { id, .. }
+            | Event::AckUnknown { id, .. } => Some(*id),
+            Event::ChannelGone { .. } | Event::Unexpected { .. } => None,
+        }
+    }
 }
 
 /// An event and its position in the ledger.
@@ -88,6 +109,14 @@ impl Ledger {
         self.records.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// The events that name message `id`, for failure reports.
+    pub fn history_of(&self, id: MsgId) -> Vec<Record> {
+        self.records()
+            .into_iter()
+            .filter(|record| record.event.message() == Some(id))
+            .collect()
+    }
+
     /// Counts for test logs.
     pub fn summary(&self) -> Summary {
         let records = self.records();
@@ -103,6 +132,7 @@ impl Ledger {
                     }
                 }
                 Event::Acked { .. } => summary.acked += 1,
+                Event::AckUnknown { .. } => summary.ack_unknown += 1,
                 Event::ChannelGone { .. } => summary.channels_gone += 1,
                 Event::Released { .. } | Event::Unexpected { .. } => {}
             }
@@ -119,13 +149,15 @@ pub struct Summary {
     pub delivered: u64,
     pub redelivered: u64,
     pub acked: u64,
+    pub ack_unknown: u64,
     pub channels_gone: u64,
 }
 
 /// A broken guarantee found in a history.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Violation {
-    /// Confirmed to its publisher, never acked by a consumer.
+    /// Confirmed to its publisher, never acked by a consumer (neither a
+    /// confirmed ack nor one of unknown outcome).
     Lost {
         id: MsgId,
     },
@@ -195,6 +227,7 @@ pub fn check_history(records: &[Record]) -> Vec<Violation> {
     let mut violations = Vec::new();
     let mut confirmed: BTreeSet<MsgId> = BTreeSet::new();
     let mut acked: BTreeMap<MsgId, u64> = BTreeMap::new();
+    let mut ack_unknown: BTreeSet<MsgId> = BTreeSet::new();
     let mut delivered_before: BTreeSet<MsgId> = BTreeSet::new();
     // Which channels hold each message now, and which messages each channel holds.
     let mut holders: BTreeMap<MsgId, BTreeSet<ChannelId>> = BTreeMap::new();
@@ -250,6 +283,9 @@ pub fn check_history(records: &[Record]) -> Vec<Violation> {
             Event::Acked { id, .. } => {
                 acked.entry(*id).or_insert(at);
             }
+            Event::AckUnknown { id, .. } => {
+                ack_unknown.insert(*id);
+            }
             Event::ChannelGone { channel } => {
                 for id in held.remove(channel).unwrap_or_default() {
                     if let Some(current) = holders.get_mut(&id) {
@@ -263,7 +299,7 @@ pub fn check_history(records: &[Record]) -> Vec<Violation> {
     violations.extend(
         confirmed
             .into_iter()
-            .filter(|id| !acked.contains_key(id))
+            .filter(|id| !acked.contains_key(id) && !ack_unknown.contains(id))
             .map(|id| Violation::Lost { id }),
     );
     violations
@@ -338,6 +374,22 @@ mod tests {
         events.extend(consumed(1, a));
         // Delivered but only released (the ack's outcome stayed unknown): still lost.
         events.extend([delivered(2, a, false), Event::Released { id: 2, channel: a }]);
+        assert_eq!(check_history(&history(events)), vec![Violation::Lost { id: 2 }]);
+    }
+
+    #[test]
+    fn an_ack_of_unknown_outcome_consumes_only_its_own_message() {
+        let a = channel(1, 1);
+        let events = vec![
+            Event::Confirmed { id: 1 },
+            Event::Confirmed { id: 2 },
+            delivered(1, a, false),
+            Event::Released { id: 1, channel: a },
+            delivered(2, a, false),
+            Event::Released { id: 2, channel: a },
+            Event::AckUnknown { id: 1, channel: a },
+            Event::ChannelGone { channel: a },
+        ];
         assert_eq!(check_history(&history(events)), vec![Violation::Lost { id: 2 }]);
     }
 

@@ -12,7 +12,7 @@ use crate::client::{
     declare, run_consumer, run_publisher, ConsumerOptions, ConsumerStats, PublisherOptions, PublisherStats,
 };
 use crate::cluster::Cluster;
-use crate::ledger::{check_history, Ledger, Summary};
+use crate::ledger::{check_history, Ledger, Summary, Violation};
 
 /// The shape of a test's load.
 #[derive(Clone, Debug)]
@@ -36,7 +36,7 @@ impl Default for LoadOptions {
             queue: QueueName::from("jobs"),
             publishers: vec![1, 2],
             consumers: vec![2, 3],
-            messages_per_publisher: 400,
+            messages_per_publisher: 2_000,
             window: 8,
             publish_pause: Duration::from_millis(3),
             prefetch: 10,
@@ -216,7 +216,17 @@ impl Workload {
         };
         let violations = check_history(&self.ledger.records());
         const SHOWN: usize = 20;
-        problems.extend(violations.iter().take(SHOWN).map(ToString::to_string));
+        problems.extend(violations.iter().take(SHOWN).map(|violation| {
+            let history = match violation {
+                Violation::Lost { id }
+                | Violation::HeldTwice { id, .. }
+                | Violation::RedeliveredFlagMissing { id, .. }
+                | Violation::DeliveredAfterAck { id, .. } => self.ledger.history_of(*id),
+                Violation::Unexpected { .. } => Vec::new(),
+            };
+            let history: Vec<String> = history.iter().map(|r| format!("#{} {:?}", r.at, r.event)).collect();
+            format!("{violation}\n      history: {}", history.join("\n               "))
+        }));
         if violations.len() > SHOWN {
             problems.push(format!("… and {} more violations", violations.len() - SHOWN));
         }

@@ -46,3 +46,193 @@ async fn a_healthy_three_node_cluster_delivers_every_confirmed_message() -> anyh
     workload.run_for(Duration::from_secs(2)).await;
     finish(&cluster, workload).await
 }
+
+fn five_node_load() -> LoadOptions {
+    LoadOptions {
+        publishers: vec![1, 3, 5],
+        consumers: vec![2, 4],
+        ..LoadOptions::default()
+    }
+}
+
+async fn start_load(cluster: &Cluster, options: LoadOptions) -> anyhow::Result<Workload> {
+    let workload = Workload::start(cluster, options).await.map_err(anyhow::Error::msg)?;
+    workload.wait_for_confirms(100).await;
+    Ok(workload)
+}
+
+async fn leader(cluster: &Cluster, workload: &Workload) -> anyhow::Result<u64> {
+    cluster
+        .leader()
+        .await
+        .map_err(|e| anyhow::anyhow!(workload.failure(&e.to_string())))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_survive_an_isolated_leader() -> anyhow::Result<()> {
+    let cluster = cluster("three_nodes_survive_an_isolated_leader", 3).await?;
+    let workload = start_load(&cluster, LoadOptions::default()).await?;
+    let old = leader(&cluster, &workload).await?;
+    workload.phase(format!("isolating leader {old}"));
+    cluster.net().isolate(old);
+    workload.run_for(Duration::from_millis(1500)).await;
+    let new = leader(&cluster, &workload).await?;
+    workload.phase(format!("new leader {new}; healing"));
+    cluster.net().heal();
+    workload.run_for(Duration::from_millis(1000)).await;
+    finish(&cluster, workload).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_survive_an_isolated_leader() -> anyhow::Result<()> {
+    let cluster = cluster("five_nodes_survive_an_isolated_leader", 5).await?;
+    let workload = start_load(&cluster, five_node_load()).await?;
+    let old = leader(&cluster, &workload).await?;
+    workload.phase(format!("isolating leader {old}"));
+    cluster.net().isolate(old);
+    workload.run_for(Duration::from_millis(1500)).await;
+    workload.phase("healing");
+    cluster.net().heal();
+    workload.run_for(Duration::from_millis(1000)).await;
+    finish(&cluster, workload).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_survive_an_isolated_follower() -> anyhow::Result<()> {
+    let cluster = cluster("three_nodes_survive_an_isolated_follower", 3).await?;
+    let workload = start_load(&cluster, LoadOptions::default()).await?;
+    let leader = leader(&cluster, &workload).await?;
+    let follower = cluster.next_running(leader).unwrap_or(2);
+    workload.phase(format!("isolating follower {follower} (leader {leader})"));
+    cluster.net().isolate(follower);
+    workload.run_for(Duration::from_millis(1500)).await;
+    workload.phase("healing");
+    cluster.net().heal();
+    workload.run_for(Duration::from_millis(1000)).await;
+    finish(&cluster, workload).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_survive_a_one_way_link_cut() -> anyhow::Result<()> {
+    let cluster = cluster("three_nodes_survive_a_one_way_link_cut", 3).await?;
+    let workload = start_load(&cluster, LoadOptions::default()).await?;
+    let leader = leader(&cluster, &workload).await?;
+    let follower = cluster.next_running(leader).unwrap_or(2);
+    // The follower hears nothing from the leader but can still reach it
+    // (and the third node): it calls elections the others may refuse.
+    workload.phase(format!("cutting {leader} → {follower}"));
+    cluster.net().cut(leader, follower);
+    workload.run_for(Duration::from_millis(1500)).await;
+    workload.phase("healing");
+    cluster.net().heal();
+    workload.run_for(Duration::from_millis(1000)).await;
+    finish(&cluster, workload).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_survive_random_delays() -> anyhow::Result<()> {
+    let cluster = cluster("five_nodes_survive_random_delays", 5).await?;
+    let workload = start_load(&cluster, five_node_load()).await?;
+    workload.phase("delaying every message 0–40 ms");
+    cluster.net().update_faults(|f| f.delay_ms = Some(0..40));
+    workload.run_for(Duration::from_millis(2500)).await;
+    finish(&cluster, workload).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_survive_dropped_messages() -> anyhow::Result<()> {
+    let cluster = cluster("three_nodes_survive_dropped_messages", 3).await?;
+    let workload = start_load(&cluster, LoadOptions::default()).await?;
+    workload.phase("dropping 7% of requests and losing 5% of responses, delays 0–10 ms");
+    cluster.net().update_faults(|f| {
+        f.drop_request = 0.07;
+        f.drop_response = 0.05;
+        f.delay_ms = Some(0..10);
+    });
+    workload.run_for(Duration::from_millis(2500)).await;
+    finish(&cluster, workload).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_survive_dropped_messages() -> anyhow::Result<()> {
+    let cluster = cluster("five_nodes_survive_dropped_messages", 5).await?;
+    let workload = start_load(&cluster, five_node_load()).await?;
+    workload.phase("dropping 10% of requests and losing 5% of responses");
+    cluster.net().update_faults(|f| {
+        f.drop_request = 0.10;
+        f.drop_response = 0.05;
+    });
+    workload.run_for(Duration::from_millis(2500)).await;
+    finish(&cluster, workload).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_keep_confirmed_messages_across_a_leader_crash_and_restart() -> anyhow::Result<()> {
+    let cluster = cluster(
+        "three_nodes_keep_confirmed_messages_across_a_leader_crash_and_restart",
+        3,
+    )
+    .await?;
+    let workload = start_load(&cluster, LoadOptions::default()).await?;
+    let old = leader(&cluster, &workload).await?;
+    workload.phase(format!("killing leader {old}"));
+    cluster
+        .kill(old)
+        .await
+        .map_err(|e| anyhow::anyhow!(workload.failure(&e.to_string())))?;
+    workload.run_for(Duration::from_millis(1000)).await;
+    workload.phase(format!("restarting {old}"));
+    cluster
+        .restart(old)
+        .await
+        .map_err(|e| anyhow::anyhow!(workload.failure(&e.to_string())))?;
+    workload.run_for(Duration::from_millis(1000)).await;
+    finish(&cluster, workload).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_keep_confirmed_messages_across_a_leader_crash_and_restart() -> anyhow::Result<()> {
+    let cluster = cluster(
+        "five_nodes_keep_confirmed_messages_across_a_leader_crash_and_restart",
+        5,
+    )
+    .await?;
+    let workload = start_load(&cluster, five_node_load()).await?;
+    let old = leader(&cluster, &workload).await?;
+    workload.phase(format!("killing leader {old}"));
+    cluster
+        .kill(old)
+        .await
+        .map_err(|e| anyhow::anyhow!(workload.failure(&e.to_string())))?;
+    workload.run_for(Duration::from_millis(1000)).await;
+    workload.phase(format!("restarting {old}"));
+    cluster
+        .restart(old)
+        .await
+        .map_err(|e| anyhow::anyhow!(workload.failure(&e.to_string())))?;
+    workload.run_for(Duration::from_millis(1000)).await;
+    finish(&cluster, workload).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_added_and_a_node_removed_under_load() -> anyhow::Result<()> {
+    let cluster = cluster("a_node_added_and_a_node_removed_under_load", 3).await?;
+    let workload = start_load(&cluster, LoadOptions::default()).await?;
+    workload.phase("adding a node");
+    let added = cluster
+        .add_node()
+        .await
+        .map_err(|e| anyhow::anyhow!(workload.failure(&e.to_string())))?;
+    workload.phase(format!("node {added} joined"));
+    workload.run_for(Duration::from_millis(500)).await;
+    let leader = leader(&cluster, &workload).await?;
+    // A follower that holds clients (consumers start on 2 and 3).
+    let removed = [2, 3].into_iter().find(|id| *id != leader).unwrap_or(2);
+    workload.phase(format!("removing node {removed} (leader {leader})"));
+    cluster
+        .remove_node(removed)
+        .await
+        .map_err(|e| anyhow::anyhow!(workload.failure(&e.to_string())))?;
+    workload.run_for(Duration::from_millis(1000)).await;
+    finish(&cluster, workload).await
+}
