@@ -299,6 +299,13 @@ impl Node {
         let mut backoff = Duration::from_millis(100);
         let mut last_error = String::from("no member answered");
         loop {
+            if self.is_voter() {
+                // Someone else added this node (`warren ctl add-node`).
+                let metrics = self.inner.raft.metrics();
+                let index = metrics.borrow().membership_config.log_id().map_or(0, |id| id.index);
+                tracing::info!(node = self.inner.node_id, log_index = index, "already a voter");
+                return Ok(index);
+            }
             for via in &config.join {
                 let mut target = via.clone();
                 // A member that is not the leader names the leader; follow a few hints.
