@@ -236,3 +236,107 @@ async fn a_node_added_and_a_node_removed_under_load() -> anyhow::Result<()> {
     workload.run_for(Duration::from_millis(1000)).await;
     finish(&cluster, workload).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_survive_repeated_leader_crashes() -> anyhow::Result<()> {
+    let cluster = cluster("three_nodes_survive_repeated_leader_crashes", 3).await?;
+    let workload = start_load(&cluster, LoadOptions::default()).await?;
+    for round in 1..=3 {
+        let old = leader(&cluster, &workload).await?;
+        workload.phase(format!("round {round}: killing leader {old}"));
+        cluster
+            .kill(old)
+            .await
+            .map_err(|e| anyhow::anyhow!(workload.failure(&e.to_string())))?;
+        workload.run_for(Duration::from_millis(500)).await;
+        let interim = leader(&cluster, &workload).await?;
+        workload.phase(format!("round {round}: leader now {interim}; restarting {old}"));
+        cluster
+            .restart(old)
+            .await
+            .map_err(|e| anyhow::anyhow!(workload.failure(&e.to_string())))?;
+        workload.run_for(Duration::from_millis(300)).await;
+    }
+    finish(&cluster, workload).await
+}
+
+/// One fault drawn from the run's RNG, applied for a while, then healed.
+async fn random_fault(cluster: &Cluster, workload: &Workload, step: u64) -> anyhow::Result<()> {
+    let net = cluster.net();
+    let ids = cluster.running_ids();
+    let pick = |net: &warren_testkit::FaultNet| ids[net.random_in(0..ids.len() as u64) as usize];
+    let a = pick(net);
+    let b = ids
+        .iter()
+        .copied()
+        .filter(|id| *id != a)
+        .nth(net.random_in(0..ids.len() as u64 - 1) as usize);
+    let b = b.unwrap_or(a);
+    match net.random_in(0..6) {
+        0 => {
+            workload.phase(format!("step {step}: isolating {a}"));
+            net.isolate(a);
+        }
+        1 => {
+            workload.phase(format!("step {step}: cutting {a} → {b}"));
+            net.cut(a, b);
+        }
+        2 => {
+            workload.phase(format!("step {step}: cutting {a} ↔ {b}"));
+            net.cut(a, b);
+            net.cut(b, a);
+        }
+        3 => {
+            workload.phase(format!("step {step}: dropping 10% both ways, delays 0–20 ms"));
+            net.update_faults(|f| {
+                f.drop_request = 0.1;
+                f.drop_response = 0.1;
+                f.delay_ms = Some(0..20);
+            });
+        }
+        4 => {
+            let leader = leader(cluster, workload).await?;
+            workload.phase(format!("step {step}: isolating leader {leader}"));
+            net.isolate(leader);
+        }
+        _ => {
+            workload.phase(format!("step {step}: killing {a}"));
+            cluster
+                .kill(a)
+                .await
+                .map_err(|e| anyhow::anyhow!(workload.failure(&e.to_string())))?;
+            workload.run_for(Duration::from_millis(net.random_in(200..600))).await;
+            workload.phase(format!("step {step}: restarting {a}"));
+            cluster
+                .restart(a)
+                .await
+                .map_err(|e| anyhow::anyhow!(workload.failure(&e.to_string())))?;
+            return Ok(());
+        }
+    }
+    workload.run_for(Duration::from_millis(net.random_in(300..900))).await;
+    workload.phase(format!("step {step}: healing"));
+    net.heal();
+    workload.run_for(Duration::from_millis(net.random_in(0..300))).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_survive_a_seeded_schedule_of_faults() -> anyhow::Result<()> {
+    let cluster = cluster("five_nodes_survive_a_seeded_schedule_of_faults", 5).await?;
+    let workload = start_load(&cluster, five_node_load()).await?;
+    for step in 1..=5 {
+        random_fault(&cluster, &workload, step).await?;
+    }
+    finish(&cluster, workload).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_survive_a_seeded_schedule_of_faults() -> anyhow::Result<()> {
+    let cluster = cluster("three_nodes_survive_a_seeded_schedule_of_faults", 3).await?;
+    let workload = start_load(&cluster, LoadOptions::default()).await?;
+    for step in 1..=5 {
+        random_fault(&cluster, &workload, step).await?;
+    }
+    finish(&cluster, workload).await
+}
