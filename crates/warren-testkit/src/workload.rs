@@ -14,6 +14,12 @@ use crate::client::{
 use crate::cluster::Cluster;
 use crate::ledger::{check_history, Ledger, Summary, Violation};
 
+/// How long the consumers get to consume everything once the publishers
+/// stopped (a bound against hangs: abandoned connections are closed
+/// through proposers that retry every 200 ms, and clients give up a silent
+/// connection after `REPLY_LIMIT`).
+const QUIET_LIMIT: Duration = Duration::from_secs(10);
+
 /// The shape of a test's load.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -51,7 +57,8 @@ pub struct Workload {
     cluster: Cluster,
     ledger: Arc<Ledger>,
     options: LoadOptions,
-    stop: watch::Sender<bool>,
+    stop_publishers: watch::Sender<bool>,
+    stop_consumers: watch::Sender<bool>,
     publishers: Vec<JoinHandle<PublisherStats>>,
     consumers: Vec<JoinHandle<ConsumerStats>>,
     started: tokio::time::Instant,
@@ -87,26 +94,8 @@ impl Workload {
         declare(cluster, &ledger, first, &options.queue, 20)
             .await
             .map_err(|e| format!("seed {}: declaring the queue: {e}", cluster.seed()))?;
-        let (stop, stopped) = watch::channel(false);
-        let publishers = options
-            .publishers
-            .iter()
-            .map(|node| {
-                let publisher = PublisherOptions {
-                    queue: options.queue.clone(),
-                    messages: options.messages_per_publisher,
-                    window: options.window,
-                    pause: options.publish_pause,
-                };
-                tokio::spawn(run_publisher(
-                    cluster.clone(),
-                    ledger.clone(),
-                    *node,
-                    publisher,
-                    stopped.clone(),
-                ))
-            })
-            .collect();
+        let (stop_publishers, _) = watch::channel(false);
+        let (stop_consumers, consumers_stopped) = watch::channel(false);
         let consumers = options
             .consumers
             .iter()
@@ -121,7 +110,7 @@ impl Workload {
                     ledger.clone(),
                     *node,
                     consumer,
-                    stopped.clone(),
+                    consumers_stopped.clone(),
                 ))
             })
             .collect();
@@ -129,14 +118,36 @@ impl Workload {
             cluster: cluster.clone(),
             ledger,
             options,
-            stop,
-            publishers,
+            stop_publishers,
+            stop_consumers,
+            publishers: Vec::new(),
             consumers,
             started: tokio::time::Instant::now(),
             phases: Mutex::new(Vec::new()),
         };
+        let mut workload = workload;
+        for node in workload.options.publishers.clone() {
+            workload.add_publisher(node);
+        }
         workload.phase(format!("load started on {:?}", cluster.running_ids()));
         Ok(workload)
+    }
+
+    /// Starts one more publisher, on `node`.
+    pub fn add_publisher(&mut self, node: u64) {
+        let publisher = PublisherOptions {
+            queue: self.options.queue.clone(),
+            messages: self.options.messages_per_publisher,
+            window: self.options.window,
+            pause: self.options.publish_pause,
+        };
+        self.publishers.push(tokio::spawn(run_publisher(
+            self.cluster.clone(),
+            self.ledger.clone(),
+            node,
+            publisher,
+            self.stop_publishers.subscribe(),
+        )));
     }
 
     pub fn ledger(&self) -> &Arc<Ledger> {
@@ -179,7 +190,9 @@ impl Workload {
         )
     }
 
-    /// Ends the test: heals every fault, stops the clients (their
+    /// Ends the test: heals every fault, stops the publishers, waits until
+    /// the consumers consumed everything (a consumer that never gets a
+    /// message the broker assigned to it stalls this), stops them (their
     /// connections close), drains the queue through the leader, waits
     /// until every running node applied the same log and compares their
     /// states, then checks the history.
@@ -189,17 +202,25 @@ impl Workload {
     pub async fn finish(mut self) -> Result<Report, String> {
         self.cluster.net().heal();
         self.phase("faults healed; stopping clients");
-        let _ = self.stop.send(true);
+        let _ = self.stop_publishers.send(true);
         let mut publishers = Vec::new();
         for task in std::mem::take(&mut self.publishers) {
             publishers.push(task.await.unwrap_or_default());
         }
+        self.phase(format!("publishers stopped: {publishers:?}"));
+        let mut problems = Vec::new();
+        // The consumers still run: every message the broker assigned to
+        // them must reach them, so they consume the queue to the end.
+        match self.wait_until_consumed(QUIET_LIMIT).await {
+            Ok(()) => self.phase("the running consumers consumed every message"),
+            Err(e) => problems.push(format!("consumers stalled: {e}")),
+        }
+        let _ = self.stop_consumers.send(true);
         let mut consumers = Vec::new();
         for task in std::mem::take(&mut self.consumers) {
             consumers.push(task.await.unwrap_or_default());
         }
-        self.phase(format!("clients stopped: {publishers:?} {consumers:?}"));
-        let mut problems = Vec::new();
+        self.phase(format!("consumers stopped: {consumers:?}"));
         match self.drain().await {
             Ok(()) => self.phase("queue drained"),
             Err(e) => problems.push(e),
@@ -242,6 +263,33 @@ impl Workload {
         }
         let reason = format!("{} problem(s):\n  {}", problems.len(), problems.join("\n  "));
         Err(self.failure(&reason))
+    }
+
+    /// Waits until the leader's replica shows the queue with nothing
+    /// ready and nothing unacked (bounded by `limit`).
+    async fn wait_until_consumed(&self, limit: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut last = None;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let Ok(leader) = self.cluster.leader().await else {
+                continue;
+            };
+            let Some(node) = self.cluster.node(leader) else {
+                continue;
+            };
+            let queue = node.read(|b| b.queue_summaries().into_iter().find(|q| q.name == self.options.queue));
+            if queue
+                .as_ref()
+                .is_some_and(|q| q.messages_ready == 0 && q.messages_unacked == 0)
+            {
+                return Ok(());
+            }
+            last = queue.map(|q| (leader, q));
+        }
+        Err(format!(
+            "after {limit:?} with consumers running and no publishers, the queue still holds (leader, queue) = {last:?}"
+        ))
     }
 
     /// Consumes on the leader until its replica shows the queue empty and
