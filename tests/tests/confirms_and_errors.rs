@@ -158,3 +158,67 @@ async fn cancelling_an_unknown_consumer_tag_is_not_an_error() -> anyhow::Result<
     plain_queue(&ch, "still-usable").await?;
     Ok(())
 }
+
+/// Publisher confirms are coalesced: consecutive acks on a channel go out as
+/// one `basic.ack` with `multiple` set. Read on the wire: the acks cover
+/// every sequence number exactly once, in order, and 300 pipelined publishes
+/// are confirmed in far fewer frames than 300.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirms_of_consecutive_publishes_are_coalesced_into_multiple_acks() -> anyhow::Result<()> {
+    use warren_e2e::raw::{self, ids, RawClient, Tune};
+    const PUBLISHES: u64 = 300;
+    const CONFIRM_SELECT: (u16, u16) = (85, 10);
+    const CONFIRM_SELECT_OK: (u16, u16) = (85, 11);
+    const BASIC_ACK: (u16, u16) = (60, 80);
+    let broker = warren_e2e::start_broker().await?;
+    let mut client = RawClient::open(broker.amqp_addr(), Tune::default()).await?;
+    client.open_channel(1).await?;
+    client
+        .send(&raw::method_frame(
+            1,
+            ids::QUEUE_DECLARE,
+            &raw::queue_declare_args("coalesced", false),
+        ))
+        .await;
+    client.expect_method(ids::QUEUE_DECLARE_OK).await?;
+    client.send(&raw::method_frame(1, CONFIRM_SELECT, &[0])).await;
+    client.expect_method(CONFIRM_SELECT_OK).await?;
+
+    let mut burst = Vec::new();
+    for _ in 0..PUBLISHES {
+        burst.extend(raw::method_frame(
+            1,
+            ids::BASIC_PUBLISH,
+            &raw::basic_publish_args("", "coalesced", false),
+        ));
+        burst.extend(raw::content_header_frame(1, 2));
+        burst.extend(raw::frame(raw::FRAME_BODY, 1, b"hi"));
+    }
+    client.send(&burst).await;
+
+    let mut confirmed_up_to = 0u64;
+    let mut ack_frames = 0u64;
+    while confirmed_up_to < PUBLISHES {
+        let frame = client.expect_method(BASIC_ACK).await?;
+        let args = frame.method_args();
+        let tag = u64::from_be_bytes(args[..8].try_into()?);
+        let multiple = args[8] & 1 == 1;
+        ack_frames += 1;
+        if multiple {
+            assert!(
+                tag > confirmed_up_to,
+                "a multiple ack must move forward: {tag} after {confirmed_up_to}"
+            );
+        } else {
+            assert_eq!(tag, confirmed_up_to + 1, "a single ack confirms the next publish");
+        }
+        confirmed_up_to = tag;
+    }
+    assert_eq!(confirmed_up_to, PUBLISHES);
+    println!("{PUBLISHES} publishes confirmed in {ack_frames} basic.ack frames");
+    assert!(
+        ack_frames < PUBLISHES / 3,
+        "{ack_frames} ack frames for {PUBLISHES} pipelined publishes: confirms are not coalesced"
+    );
+    Ok(())
+}

@@ -66,6 +66,7 @@ pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, fronte
         registered: false,
         client_closing: false,
         closed: false,
+        confirms_due: Vec::new(),
     };
     let result = conn.run().await;
     match &result {
@@ -106,6 +107,16 @@ struct Connection {
     client_closing: bool,
     /// close-ok was sent: the loop ends after the next flush.
     closed: bool,
+    /// Publisher-confirm acks not yet written, one run per channel.
+    confirms_due: Vec<ConfirmRun>,
+}
+
+/// Consecutive publisher confirms (acks) of one channel, held back to go
+/// out as one `basic.ack` with `multiple` set.
+struct ConfirmRun {
+    channel: u16,
+    first: u64,
+    last: u64,
 }
 
 impl Connection {
@@ -1318,20 +1329,46 @@ impl Connection {
         Err(AmqpError::channel(ch, error.reply_code(), text, ids))
     }
 
+    /// Confirms publish `seq` on `ch`. Acks are held back and coalesced:
+    /// consecutive acks on a channel go out as one `basic.ack` with
+    /// `multiple` set (before anything else is written on that channel, and
+    /// at the latest when the output is flushed). Replies arrive in publish
+    /// order, so every sequence number below the run is already confirmed.
     fn send_confirm(&mut self, ch: u16, seq: u64, ack: bool) {
-        let method = if ack {
-            basic::AMQPMethod::Ack(basic::Ack {
-                delivery_tag: seq,
-                multiple: false,
-            })
-        } else {
-            basic::AMQPMethod::Nack(basic::Nack {
-                delivery_tag: seq,
-                multiple: false,
-                requeue: false,
-            })
-        };
-        self.send_method(ch, AMQPClass::Basic(method));
+        if ack {
+            match self.confirms_due.iter_mut().find(|run| run.channel == ch) {
+                Some(run) => run.last = seq,
+                None => self.confirms_due.push(ConfirmRun {
+                    channel: ch,
+                    first: seq,
+                    last: seq,
+                }),
+            }
+            return;
+        }
+        let nack = basic::AMQPMethod::Nack(basic::Nack {
+            delivery_tag: seq,
+            multiple: false,
+            requeue: false,
+        });
+        self.send_method(ch, AMQPClass::Basic(nack));
+    }
+
+    /// Writes the held-back acks of channel `only` (all channels: `None`).
+    fn write_confirms(&mut self, only: Option<u16>) {
+        let mut i = 0;
+        while i < self.confirms_due.len() {
+            if only.is_some_and(|ch| ch != self.confirms_due[i].channel) {
+                i += 1;
+                continue;
+            }
+            let run = self.confirms_due.swap_remove(i);
+            let ack = basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag: run.last,
+                multiple: run.last > run.first,
+            });
+            self.send_frame(&AMQPFrame::Method(run.channel, AMQPClass::Basic(ack)));
+        }
     }
 
     /// Closes channel `ch` from the server side: tells the client, forgets
@@ -1406,6 +1443,9 @@ impl Connection {
     }
 
     fn send_method(&mut self, ch: u16, method: AMQPClass) {
+        if !self.confirms_due.is_empty() {
+            self.write_confirms(Some(ch));
+        }
         self.send_frame(&AMQPFrame::Method(ch, method));
     }
 
@@ -1417,6 +1457,9 @@ impl Connection {
     }
 
     async fn flush(&mut self) -> Result<(), AmqpError> {
+        if !self.confirms_due.is_empty() {
+            self.write_confirms(None);
+        }
         if !self.out.is_empty() {
             self.writer.write_all(&self.out).await?;
             self.out.clear();
