@@ -29,6 +29,9 @@ use crate::router::Router;
 /// the connection up (as a client's own timeout would).
 pub const REPLY_LIMIT: Duration = Duration::from_secs(3);
 
+/// The one channel number every test connection uses.
+pub const CHANNEL: u16 = 1;
+
 /// Pause before reconnecting after giving a connection up.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
 
@@ -70,7 +73,7 @@ impl Connection {
         Some(Connection {
             node_id,
             conn,
-            channel: ChannelId { conn, channel: 1 },
+            channel: ChannelId { conn, channel: CHANNEL },
             proposer: handle.node.proposer(),
             router: handle.router,
             effects,

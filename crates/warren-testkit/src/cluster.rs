@@ -7,10 +7,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use warren_cluster::{Node, NodeConfig, PeerError};
-use warren_core::{Broker, Command, ConnectionId, NodeId, Request};
+use warren_core::{Broker, ChannelId, Command, ConnectionId, NodeId, Request};
 use warren_store::{LogStore, MemStore};
 
+use crate::client::CHANNEL;
 use crate::error::TestkitError;
+use crate::ledger::{Event, Ledger};
 use crate::network::{node_addr, FaultNet};
 use crate::router::Router;
 
@@ -82,6 +84,8 @@ struct Inner {
     net: Arc<FaultNet>,
     slots: Mutex<BTreeMap<u64, Slot>>,
     next_conn: AtomicU64,
+    /// Where a killed node's connections are recorded as gone.
+    ledger: Mutex<Option<Arc<Ledger>>>,
 }
 
 /// An in-process cluster. Cheap to clone; clients hold a clone to find
@@ -118,6 +122,7 @@ impl Cluster {
                 options: options.clone(),
                 slots: Mutex::new(BTreeMap::new()),
                 next_conn: AtomicU64::new(1),
+                ledger: Mutex::new(None),
             }),
         };
         for id in 1..=options.nodes.max(1) {
@@ -133,6 +138,13 @@ impl Cluster {
     /// The network: faults are set through it.
     pub fn net(&self) -> &Arc<FaultNet> {
         &self.inner.net
+    }
+
+    /// From now on, [`Cluster::kill`] records in `ledger` that the
+    /// killed node's connections are gone, before anything else can
+    /// requeue their messages (`NodeDown`, `NodeStarted`).
+    pub fn attach_ledger(&self, ledger: Arc<Ledger>) {
+        *self.inner.ledger.lock().unwrap_or_else(PoisonError::into_inner) = Some(ledger);
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Slot>> {
@@ -266,7 +278,15 @@ impl Cluster {
             .and_then(|slot| slot.running.take())
             .ok_or_else(|| TestkitError::new(format!("node {node_id} is not running")))?;
         self.inner.net.unregister(node_id);
-        running.router.close_all();
+        let closed = running.router.close_all();
+        let ledger = self.inner.ledger.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(ledger) = ledger {
+            for conn in closed {
+                ledger.record(Event::ChannelGone {
+                    channel: ChannelId { conn, channel: CHANNEL },
+                });
+            }
+        }
         if let Err(e) = running.node.shutdown().await {
             tracing::warn!(node = node_id, error = %e, "shutdown failed");
         }

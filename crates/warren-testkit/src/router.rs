@@ -45,8 +45,12 @@ impl Router {
 
     /// Drops every connection (their receivers see the end of the stream),
     /// as a stopped node's sockets close.
-    pub fn close_all(&self) {
-        self.connections.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    /// Returns the connections it dropped.
+    pub fn close_all(&self) -> Vec<ConnectionId> {
+        let mut connections = self.connections.lock().unwrap_or_else(PoisonError::into_inner);
+        let closed = connections.keys().copied().collect();
+        connections.clear();
+        closed
     }
 }
 

@@ -90,6 +90,7 @@ impl Workload {
     /// The queue could not be declared.
     pub async fn start(cluster: &Cluster, options: LoadOptions) -> Result<Workload, String> {
         let ledger = Arc::new(Ledger::new());
+        cluster.attach_ledger(ledger.clone());
         let first = options.publishers.first().copied().unwrap_or(1);
         declare(cluster, &ledger, first, &options.queue, 20)
             .await
