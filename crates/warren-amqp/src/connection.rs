@@ -394,12 +394,13 @@ impl Connection {
                 batch = effects.recv() => {
                     let Some(batch) = batch else {
                         // The registry let go of this connection: the
-                        // cluster declared this node down and the broker
-                        // already closed the connection.
+                        // cluster declared this node down, or the node
+                        // caught up from a snapshot (see
+                        // `EffectSink::drop_all_connections`).
                         return Err(AmqpError::connection(
                             reply_code::CONNECTION_FORCED,
                             "CONNECTION_FORCED - broker forced connection closure with reason \
-                             'this node was cut off from the cluster; reconnect'",
+                             'this node lost step with the cluster (cut off, or caught up from a snapshot); reconnect'",
                         ));
                     };
                     self.handle_effects(batch).await?;

@@ -78,12 +78,12 @@ impl EffectSink for Registry {
 
     /// Drops every connection's sender: each live connection sees its
     /// effect stream end and closes with 320 CONNECTION_FORCED.
-    fn node_declared_down(&self) {
+    fn drop_all_connections(&self) {
         let dropped = std::mem::take(&mut *self.lock());
         if !dropped.is_empty() {
             tracing::warn!(
                 connections = dropped.len(),
-                "node declared down: closing every connection"
+                "connections out of step with the cluster state: closing them all"
             );
         }
     }

@@ -35,12 +35,19 @@ use crate::type_config::{Proposal, TypeConfig};
 pub trait EffectSink: Send + Sync + 'static {
     fn emit(&self, effects: Vec<Effect>);
 
-    /// The cluster declared this node down (`NodeDown` for its id was
-    /// applied, e.g. after it was cut off from the leader): the broker has
-    /// closed every connection of this node, so the live ones must go too —
-    /// their consumers and unacked messages are gone. Called on the apply
-    /// path, after the effects of the same entry; must not block.
-    fn node_declared_down(&self) {}
+    /// This node's live connections no longer match the broker state and
+    /// must all be closed (their clients reconnect):
+    ///
+    /// - the cluster declared this node down (`NodeDown` for its id was
+    ///   applied, e.g. after it was cut off from the leader): the broker has
+    ///   closed every connection of this node already;
+    /// - this node installed a snapshot: the deliveries (and other effects)
+    ///   of the entries it covers were never emitted, so a consumer here
+    ///   would wait forever for messages the broker counts as delivered to
+    ///   it. Closing the connection requeues them (`CloseConnection`).
+    ///
+    /// Called on the apply path; must not block.
+    fn drop_all_connections(&self) {}
 }
 
 /// A snapshot of the node's Raft state, for status pages and tests.

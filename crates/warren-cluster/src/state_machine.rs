@@ -368,7 +368,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         node = self.node.0,
                         "the cluster declared this node down: closing its connections"
                     );
-                    self.sink.node_declared_down();
+                    self.sink.drop_all_connections();
                 }
             }
             if let Some(now_ms) = tick_ms {
@@ -425,6 +425,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 "outcome unknown: this node installed a snapshot",
             ));
         }
+        // Nor were their deliveries: this node's consumers would wait for
+        // messages the broker counts as delivered to them.
+        self.sink.drop_all_connections();
         self.shared.applied.notify_waiters();
         Ok(())
     }
