@@ -12,7 +12,7 @@ use crate::client::{
     declare, run_consumer, run_publisher, ConsumerOptions, ConsumerStats, PublisherOptions, PublisherStats,
 };
 use crate::cluster::Cluster;
-use crate::ledger::{check_history, Ledger, Summary, Violation};
+use crate::ledger::{check_history, Event, Ledger, Summary, Violation};
 
 /// How long the consumers get to consume everything once the publishers
 /// stopped (a bound against hangs: abandoned connections are closed
@@ -212,19 +212,33 @@ impl Workload {
         let mut problems = Vec::new();
         // The consumers still run: every message the broker assigned to
         // them must reach them, so they consume the queue to the end.
-        match self.wait_until_consumed(QUIET_LIMIT).await {
-            Ok(()) => self.phase("the running consumers consumed every message"),
-            Err(e) => problems.push(format!("consumers stalled: {e}")),
-        }
+        let stalled = match self.wait_until_consumed(QUIET_LIMIT).await {
+            Ok(()) => {
+                self.phase("the running consumers consumed every message");
+                false
+            }
+            Err(e) => {
+                problems.push(format!("consumers stalled: {e}"));
+                true
+            }
+        };
         let _ = self.stop_consumers.send(true);
         let mut consumers = Vec::new();
         for task in std::mem::take(&mut self.consumers) {
             consumers.push(task.await.unwrap_or_default());
         }
         self.phase(format!("consumers stopped: {consumers:?}"));
+        let drain_from = self.ledger.records().len();
         match self.drain().await {
             Ok(()) => self.phase("queue drained"),
             Err(e) => problems.push(e),
+        }
+        if stalled {
+            problems.push(format!(
+                "the drain got these messages as redelivered though no client had seen them before \
+                 (assigned to a consumer whose client never received them): {:?}",
+                self.never_seen_before(drain_from)
+            ));
         }
         let applied_index = match self.cluster.converge().await {
             Ok(index) => {
@@ -264,6 +278,27 @@ impl Workload {
         }
         let reason = format!("{} problem(s):\n  {}", problems.len(), problems.join("\n  "));
         Err(self.failure(&reason))
+    }
+
+    /// Ids delivered (redelivered) from ledger position `from` on that no
+    /// client had been delivered before.
+    fn never_seen_before(&self, from: usize) -> Vec<u64> {
+        let records = self.ledger.records();
+        let (before, after) = records.split_at(from.min(records.len()));
+        let seen: std::collections::BTreeSet<u64> = before
+            .iter()
+            .filter(|r| matches!(r.event, Event::Delivered { .. }))
+            .filter_map(|r| r.event.message())
+            .collect();
+        after
+            .iter()
+            .filter_map(|r| match r.event {
+                Event::Delivered {
+                    id, redelivered: true, ..
+                } if !seen.contains(&id) => Some(id),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Waits until the leader's replica shows the queue with nothing
