@@ -30,6 +30,14 @@ pub struct ClusterOptions {
     /// A follower's bound on one forwarded batch.
     pub forward_timeout_ms: u64,
     pub max_batch: usize,
+    /// The leader declares a silent member down after this long. Long by
+    /// default: a `NodeDown` closes an isolated node's connections in the
+    /// broker while its test clients still believe they hold their
+    /// messages (they learn it only when the node hears from the others
+    /// again), which the ledger's "held by two channels" check cannot tell
+    /// from a bug. Failure detection is tested with real processes
+    /// (tests/tests/cluster.rs); tests here that want it set it lower.
+    pub node_down_after_ms: u64,
 }
 
 impl Default for ClusterOptions {
@@ -42,6 +50,7 @@ impl Default for ClusterOptions {
             election_timeout_max_ms: 300,
             forward_timeout_ms: 1_000,
             max_batch: 256,
+            node_down_after_ms: 3_600_000,
         }
     }
 }
@@ -163,6 +172,7 @@ impl Cluster {
             snapshot_every: options.snapshot_every,
             max_batch: options.max_batch,
             forward_timeout_ms: options.forward_timeout_ms,
+            node_down_after_ms: options.node_down_after_ms,
             start_timeout_ms: WAIT_LIMIT.as_millis() as u64,
             join,
             ..NodeConfig::default()

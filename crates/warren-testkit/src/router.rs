@@ -55,6 +55,13 @@ impl Router {
 }
 
 impl EffectSink for Router {
+    /// The node installed a snapshot (or was declared down): its clients
+    /// see their effect stream end and give their connections up, as AMQP
+    /// clients whose sockets the node closed would.
+    fn drop_all_connections(&self) {
+        self.close_all();
+    }
+
     fn emit(&self, effects: Vec<Effect>) {
         let connections = self.connections.lock().unwrap_or_else(PoisonError::into_inner);
         for effect in effects {

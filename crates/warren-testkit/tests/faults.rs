@@ -347,14 +347,11 @@ async fn three_nodes_survive_a_seeded_schedule_of_faults() -> anyhow::Result<()>
 /// still reach the consumer; otherwise they sit unacked on its channel
 /// and, at the prefetch limit, the consumer stalls for good.
 ///
-/// Fails today (every run): `StateMachine::install_snapshot` in
-/// warren-cluster replaces the broker without emitting the `Deliver`
-/// effects of the entries the snapshot covers, so the consumer on the
-/// follower never sees the `prefetch` messages assigned to it while it was
-/// cut off; they stay unacked on its channel and nothing more is
-/// delivered to it until the connection closes.
+/// Failed every run until the installing node closed its connections
+/// (`EffectSink::drop_all_connections`): the `Deliver` effects of the
+/// entries a snapshot covers are never emitted, so the consumer stalled at
+/// its prefetch. Now its client reconnects and the messages are requeued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product bug: deliveries covered by an installed snapshot never reach the follower's consumer (it stalls at its prefetch)"]
 async fn a_consumer_on_a_follower_that_installs_a_snapshot_still_gets_its_deliveries() -> anyhow::Result<()> {
     let test = "a_consumer_on_a_follower_that_installs_a_snapshot_still_gets_its_deliveries";
     init_tracing();
