@@ -27,10 +27,6 @@ const FAILOVER_ATTEMPTS: usize = 60;
 
 const QUEUE: &str = "orders";
 
-async fn start_node(node_id: u64, join: Option<std::net::SocketAddr>) -> anyhow::Result<WarrenProcess> {
-    tokio::task::spawn_blocking(move || WarrenProcess::start_cluster_node(node_id, join)).await?
-}
-
 /// `warren ctl cluster-status` against `node`, parsed: the leader's id.
 async fn leader_seen_by(node: &WarrenProcess) -> anyhow::Result<Option<u64>> {
     let binary = ensure_warren_built()?;
@@ -189,13 +185,7 @@ async fn publish_and_get_once(publish_uri: &str, get_uri: &str, body: &str) -> a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_a_queue_and_survive_the_leader_kill() -> anyhow::Result<()> {
-    let first = start_node(1, None).await?;
-    let via = first
-        .cluster_addr()
-        .ok_or_else(|| anyhow::anyhow!("node 1 printed no cluster address"))?;
-    let second = start_node(2, Some(via)).await?;
-    let third = start_node(3, Some(via)).await?;
-    let mut nodes = [first, second, third];
+    let mut nodes = warren_e2e::ops::start_three_nodes().await?;
     assert_eq!(
         leader_seen_by(&nodes[1]).await?,
         Some(1),
@@ -280,13 +270,7 @@ async fn three_nodes_share_a_queue_and_survive_the_leader_kill() -> anyhow::Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_confirmed_message_is_lost_when_the_leader_is_killed_under_load() -> anyhow::Result<()> {
     use warren_e2e::load::{Client, Endpoints, Load};
-    let first = start_node(1, None).await?;
-    let via = first
-        .cluster_addr()
-        .ok_or_else(|| anyhow::anyhow!("node 1 printed no cluster address"))?;
-    let second = start_node(2, Some(via)).await?;
-    let third = start_node(3, Some(via)).await?;
-    let mut nodes = [first, second, third];
+    let mut nodes = warren_e2e::ops::start_three_nodes().await?;
     warren_e2e::ops::declare_durable_queue(&nodes[1].amqp_uri(), QUEUE).await?;
     assert_eq!(
         leader_seen_by(&nodes[1]).await?,
@@ -318,6 +302,21 @@ async fn no_confirmed_message_is_lost_when_the_leader_is_killed_under_load() -> 
     Ok(())
 }
 
+/// A consumer on `QUEUE` with manual acks and prefetch `prefetch` (0: no limit).
+async fn consumer_with_prefetch(ch: &lapin::Channel, prefetch: u16, tag: &str) -> anyhow::Result<lapin::Consumer> {
+    within("basic.qos", ch.basic_qos(prefetch, BasicQosOptions::default())).await?;
+    within(
+        "basic.consume",
+        ch.basic_consume(
+            QUEUE.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+}
+
 /// Kills `victim` (0-based index into a fresh 3-node cluster) while a
 /// consumer on it holds unacked messages and it owns an exclusive queue;
 /// checks that the leader declares it down: the messages go to a consumer
@@ -325,13 +324,7 @@ async fn no_confirmed_message_is_lost_when_the_leader_is_killed_under_load() -> 
 async fn consumers_of_a_dead_node_hand_back_their_messages(victim: usize) -> anyhow::Result<()> {
     use warren_e2e::amqp;
     const HELD: usize = 20;
-    let first = start_node(1, None).await?;
-    let via = first
-        .cluster_addr()
-        .ok_or_else(|| anyhow::anyhow!("node 1 printed no cluster address"))?;
-    let second = start_node(2, Some(via)).await?;
-    let third = start_node(3, Some(via)).await?;
-    let mut nodes = [first, second, third];
+    let mut nodes = warren_e2e::ops::start_three_nodes().await?;
     let survivor = (victim + 1) % 3;
 
     // On the victim: a consumer that takes HELD messages and never acks,
@@ -348,21 +341,7 @@ async fn consumers_of_a_dead_node_hand_back_their_messages(victim: usize) -> any
         ..Default::default()
     };
     amqp::declare_queue(&doomed_ch, "doomed-exclusive", exclusive, FieldTable::default()).await?;
-    within(
-        "basic.qos",
-        doomed_ch.basic_qos(HELD as u16, BasicQosOptions::default()),
-    )
-    .await?;
-    let mut holder = within(
-        "basic.consume on the victim",
-        doomed_ch.basic_consume(
-            QUEUE.into(),
-            "holder".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await?;
+    let mut holder = consumer_with_prefetch(&doomed_ch, HELD as u16, "holder").await?;
     let published = publish_confirmed(&nodes[survivor].amqp_uri(), HELD).await?;
     anyhow::ensure!(published.len() == HELD, "only {} of {HELD} confirmed", published.len());
     let mut held = BTreeSet::new();
@@ -375,16 +354,7 @@ async fn consumers_of_a_dead_node_hand_back_their_messages(victim: usize) -> any
     // A consumer on a survivor waits; it gets nothing while the victim holds all.
     let conn = connect(&nodes[survivor].amqp_uri()).await?;
     let ch = within("channel.open", conn.create_channel()).await?;
-    let mut taker = within(
-        "basic.consume on a survivor",
-        ch.basic_consume(
-            QUEUE.into(),
-            "taker".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await?;
+    let mut taker = consumer_with_prefetch(&ch, 0, "taker").await?;
     warren_e2e::expect_no_delivery(&mut taker, Duration::from_millis(300)).await?;
 
     let killed_at = std::time::Instant::now();
@@ -434,13 +404,7 @@ async fn a_paused_node_is_declared_down_and_rejoins_when_resumed(victim: usize) 
     use warren_e2e::amqp;
     const HELD: usize = 10;
     const LATER: usize = 50;
-    let first = start_node(1, None).await?;
-    let via = first
-        .cluster_addr()
-        .ok_or_else(|| anyhow::anyhow!("node 1 printed no cluster address"))?;
-    let second = start_node(2, Some(via)).await?;
-    let third = start_node(3, Some(via)).await?;
-    let mut nodes = [first, second, third];
+    let mut nodes = warren_e2e::ops::start_three_nodes().await?;
     let survivor = (victim + 1) % 3;
 
     let stale = connect(&nodes[victim].amqp_uri()).await?;
@@ -450,17 +414,7 @@ async fn a_paused_node_is_declared_down_and_rejoins_when_resumed(victim: usize) 
         ..Default::default()
     };
     amqp::declare_queue(&stale_ch, QUEUE, durable, FieldTable::default()).await?;
-    within("basic.qos", stale_ch.basic_qos(HELD as u16, BasicQosOptions::default())).await?;
-    let mut holder = within(
-        "basic.consume on the victim",
-        stale_ch.basic_consume(
-            QUEUE.into(),
-            "holder".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await?;
+    let mut holder = consumer_with_prefetch(&stale_ch, HELD as u16, "holder").await?;
     let published = publish_confirmed(&nodes[survivor].amqp_uri(), HELD).await?;
     anyhow::ensure!(published.len() == HELD, "only {} of {HELD} confirmed", published.len());
     for _ in 0..HELD {
@@ -472,16 +426,7 @@ async fn a_paused_node_is_declared_down_and_rejoins_when_resumed(victim: usize) 
     {
         let conn = connect(&nodes[survivor].amqp_uri()).await?;
         let ch = within("channel.open", conn.create_channel()).await?;
-        let mut taker = within(
-            "basic.consume on a survivor",
-            ch.basic_consume(
-                QUEUE.into(),
-                "taker".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await?;
+        let mut taker = consumer_with_prefetch(&ch, 0, "taker").await?;
         for _ in 0..HELD {
             let delivery = warren_e2e::next_delivery_for(&mut taker, Duration::from_secs(30)).await?;
             anyhow::ensure!(
