@@ -4,23 +4,92 @@
 
 use std::collections::HashMap;
 
-/// Bytes at the front of every body: producer id (u32), sequence (u64),
-/// send time (u64, µs since the tool started), all big-endian.
-pub const STAMP_LEN: usize = 20;
+/// Bytes at the front of every body: producer id (u16), sequence (48 bits),
+/// send time (u64, µs since the tool started), all big-endian. Sixteen bytes,
+/// so the 16-byte case of the comparison carries a full stamp.
+pub const STAMP_LEN: usize = 16;
+
+/// The most producers one run can stamp apart.
+pub const MAX_PRODUCERS: u32 = 1 << 16;
 
 /// Writes the stamp into the front of `body` (which must hold `STAMP_LEN`).
+/// The producer id keeps its low 16 bits and the sequence its low 48.
 pub fn stamp(body: &mut [u8], producer: u32, seq: u64, sent_us: u64) {
-    body[0..4].copy_from_slice(&producer.to_be_bytes());
-    body[4..12].copy_from_slice(&seq.to_be_bytes());
-    body[12..20].copy_from_slice(&sent_us.to_be_bytes());
+    body[0..2].copy_from_slice(&(producer as u16).to_be_bytes());
+    body[2..8].copy_from_slice(&seq.to_be_bytes()[2..8]);
+    body[8..16].copy_from_slice(&sent_us.to_be_bytes());
 }
 
 /// Reads a stamp; `None` if the body is too short.
 pub fn read_stamp(body: &[u8]) -> Option<(u32, u64, u64)> {
-    let producer = u32::from_be_bytes(body.get(0..4)?.try_into().ok()?);
-    let seq = u64::from_be_bytes(body.get(4..12)?.try_into().ok()?);
-    let sent = u64::from_be_bytes(body.get(12..20)?.try_into().ok()?);
-    Some((producer, seq, sent))
+    let producer = u16::from_be_bytes(body.get(0..2)?.try_into().ok()?);
+    let mut seq = [0u8; 8];
+    seq[2..8].copy_from_slice(body.get(2..8)?);
+    let sent = u64::from_be_bytes(body.get(8..16)?.try_into().ok()?);
+    Some((u32::from(producer), u64::from_be_bytes(seq), sent))
+}
+
+/// The URIs one client cycles through: it starts at its own (client index
+/// modulo the list, so clients spread over the nodes) and moves to the next
+/// after each connection error.
+#[derive(Clone, Debug)]
+pub struct UriRing {
+    uris: Vec<String>,
+    at: usize,
+}
+
+impl UriRing {
+    /// # Panics
+    /// `uris` is empty.
+    pub fn new(uris: Vec<String>, client: usize) -> Self {
+        assert!(!uris.is_empty(), "at least one URI");
+        let at = client % uris.len();
+        Self { uris, at }
+    }
+
+    pub fn current(&self) -> &str {
+        &self.uris[self.at]
+    }
+
+    /// Moves to the next URI (wrapping) and returns it.
+    pub fn advance(&mut self) -> &str {
+        self.at = (self.at + 1) % self.uris.len();
+        self.current()
+    }
+}
+
+/// User plus system CPU time of this process (all threads), µs, from
+/// `/proc/self/stat`; `None` off Linux.
+pub fn process_cpu_us() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    parse_proc_stat_cpu_ticks(&stat).map(|ticks| ticks * (1_000_000 / CLOCK_TICKS_PER_SEC))
+}
+
+/// `USER_HZ`: the unit of `/proc/*/stat` times; 100 on every Linux ABI.
+pub const CLOCK_TICKS_PER_SEC: u64 = 100;
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line, in clock
+/// ticks. The command name (field 2) may hold spaces and parentheses, so
+/// fields are counted from the last `)`.
+pub fn parse_proc_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // After the name: state is field 3, so utime (14) is the 12th here.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU µs per message of a run: each message is published once and
+/// consumed once, so this divides by the larger of the two counts (a
+/// producer-only or consumer-only run divides by its own count).
+pub fn cpu_us_per_msg(cpu_us: u64, published: u64, consumed: u64) -> f64 {
+    let n = published.max(consumed);
+    if n == 0 {
+        0.0
+    } else {
+        cpu_us as f64 / n as f64
+    }
 }
 
 /// Which (producer, seq) pairs were confirmed and which were consumed.
@@ -123,6 +192,39 @@ mod tests {
         stamp(&mut body, 3, 99, 123_456);
         assert_eq!(read_stamp(&body), Some((3, 99, 123_456)));
         assert_eq!(read_stamp(&body[..10]), None);
+        let mut exact = vec![0u8; STAMP_LEN];
+        stamp(&mut exact, 65_535, (1 << 48) - 1, u64::MAX);
+        assert_eq!(read_stamp(&exact), Some((65_535, (1 << 48) - 1, u64::MAX)));
+    }
+
+    #[test]
+    fn uri_rings_spread_clients_and_rotate_on_errors() {
+        let uris: Vec<String> = ["a", "b", "c"].iter().map(|s| (*s).to_owned()).collect();
+        let starts: Vec<String> = (0..4)
+            .map(|client| UriRing::new(uris.clone(), client).current().to_owned())
+            .collect();
+        assert_eq!(starts, ["a", "b", "c", "a"]);
+        let mut ring = UriRing::new(uris, 1);
+        assert_eq!(ring.advance(), "c");
+        assert_eq!(ring.advance(), "a");
+        assert_eq!(ring.advance(), "b");
+        let mut single = UriRing::new(vec!["only".to_owned()], 5);
+        assert_eq!(single.advance(), "only");
+    }
+
+    #[test]
+    fn proc_stat_cpu_is_utime_plus_stime() {
+        let line = "4242 (warren perf) (x)) S 1 4242 4242 0 -1 4194560 1200 0 0 0 250 75 0 0 20 0 9 0 100 0 0";
+        assert_eq!(parse_proc_stat_cpu_ticks(line), Some(325));
+        assert_eq!(parse_proc_stat_cpu_ticks("1 (short) S 1 2"), None);
+        assert!(process_cpu_us().is_some());
+    }
+
+    #[test]
+    fn cpu_per_message_divides_by_messages_moved() {
+        assert!((cpu_us_per_msg(1_000, 100, 100) - 10.0).abs() < 1e-9);
+        assert!((cpu_us_per_msg(1_000, 0, 50) - 20.0).abs() < 1e-9);
+        assert!((cpu_us_per_msg(1_000, 0, 0)).abs() < 1e-9);
     }
 
     #[test]
