@@ -15,6 +15,10 @@ pub struct ServerArgs {
     /// This node's id (stable; never reuse the id of a node whose data was wiped).
     #[arg(long, env = "WARREN_NODE_ID")]
     pub node_id: Option<u64>,
+    /// Take the node id from the hostname's trailing ordinal, plus one
+    /// (Kubernetes StatefulSet pod `warren-0` is node 1). Excludes --node-id.
+    #[arg(long, env = "WARREN_NODE_ID_FROM_HOSTNAME")]
+    pub node_id_from_hostname: bool,
     /// Where the Raft log, snapshots and state live.
     #[arg(long, env = "WARREN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -29,7 +33,9 @@ pub struct ServerArgs {
     #[arg(long, env = "WARREN_ADVERTISE")]
     pub advertise: Option<String>,
     /// Cluster addresses of members to join through when the data directory
-    /// is empty (absent: bootstrap a one-member cluster).
+    /// is empty (absent: bootstrap a one-member cluster). An entry equal to
+    /// this node's own advertised address is ignored, so every node may be
+    /// given the same list.
     #[arg(long, env = "WARREN_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
     /// Shared secret every inter-node request carries; a node with another
@@ -39,6 +45,13 @@ pub struct ServerArgs {
     /// Management API and metrics (a later issue).
     #[arg(long, env = "WARREN_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// User created on the first start of an empty cluster (default guest,
+    /// which may connect from loopback only).
+    #[arg(long, env = "WARREN_DEFAULT_USER")]
+    pub default_user: Option<String>,
+    /// That user's password (default guest).
+    #[arg(long, env = "WARREN_DEFAULT_PASS", hide_env_values = true)]
+    pub default_pass: Option<String>,
     /// Optional TOML file with any of these keys (snake_case).
     #[arg(long, env = "WARREN_CONFIG")]
     pub config: Option<PathBuf>,
@@ -49,6 +62,7 @@ pub struct ServerArgs {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub node_id: Option<u64>,
+    pub node_id_from_hostname: Option<bool>,
     pub data_dir: Option<PathBuf>,
     pub amqp_listen: Option<SocketAddr>,
     pub cluster_listen: Option<SocketAddr>,
@@ -127,8 +141,20 @@ impl Config {
             .unwrap_or(([0, 0, 0, 0], 25672).into());
         let advertise = args.advertise.or(file.advertise);
         let raft_defaults = warren_cluster::NodeConfig::default();
+        let explicit_node_id = args.node_id.or(file.node_id);
+        let node_id = if args.node_id_from_hostname || file.node_id_from_hostname.unwrap_or(false) {
+            anyhow::ensure!(
+                explicit_node_id.is_none(),
+                "both a node id ({}) and node_id_from_hostname are set: give one of them",
+                explicit_node_id.unwrap_or_default()
+            );
+            let hostname = read_hostname()?;
+            node_id_from_hostname(&hostname)?
+        } else {
+            explicit_node_id.unwrap_or(1)
+        };
         Ok(Self {
-            node_id: args.node_id.or(file.node_id).unwrap_or(1),
+            node_id,
             data_dir: args
                 .data_dir
                 .or(file.data_dir)
@@ -155,8 +181,14 @@ impl Config {
             max_message_size: file.max_message_size.unwrap_or(16 * 1024 * 1024),
             heartbeat_secs: file.heartbeat_secs.unwrap_or(60),
             frame_max: file.frame_max.unwrap_or(131_072),
-            default_user: file.default_user.unwrap_or_else(|| "guest".to_owned()),
-            default_pass: file.default_pass.unwrap_or_else(|| "guest".to_owned()),
+            default_user: args
+                .default_user
+                .or(file.default_user)
+                .unwrap_or_else(|| "guest".to_owned()),
+            default_pass: args
+                .default_pass
+                .or(file.default_pass)
+                .unwrap_or_else(|| "guest".to_owned()),
             loopback_users: file.loopback_users.unwrap_or_else(|| vec!["guest".to_owned()]),
             vhosts: file.vhosts.unwrap_or_default(),
             raft_heartbeat_ms: file.raft_heartbeat_ms.unwrap_or(raft_defaults.heartbeat_interval_ms),
@@ -175,6 +207,62 @@ impl Config {
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+/// This machine's hostname: the kernel's (`/proc/sys/kernel/hostname`),
+/// else `$HOSTNAME`.
+///
+/// # Errors
+/// Neither is available.
+fn read_hostname() -> anyhow::Result<String> {
+    if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        if !name.trim().is_empty() {
+            return Ok(name.trim().to_owned());
+        }
+    }
+    std::env::var("HOSTNAME")
+        .context("node_id_from_hostname: cannot read the hostname (no /proc/sys/kernel/hostname, no $HOSTNAME)")
+}
+
+/// The node id of a StatefulSet pod: the trailing `-N` ordinal of the
+/// hostname's first label, plus one (ids start at 1; ordinals at 0).
+///
+/// `warren-0` → 1, `warren-2.warren.default.svc.cluster.local` → 3,
+/// `my-broker-10` → 11.
+///
+/// # Errors
+/// The first label does not end in `-` and decimal digits, or the ordinal
+/// is too large.
+pub fn node_id_from_hostname(hostname: &str) -> anyhow::Result<u64> {
+    let label = hostname.split('.').next().unwrap_or_default();
+    let ordinal = label
+        .rsplit_once('-')
+        .map(|(_, digits)| digits)
+        .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()));
+    let Some(ordinal) = ordinal else {
+        anyhow::bail!(
+            "node_id_from_hostname: hostname {hostname:?} does not end in -N (a StatefulSet ordinal such as warren-0); \
+             set --node-id instead"
+        );
+    };
+    ordinal
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_add(1))
+        .with_context(|| format!("node_id_from_hostname: the ordinal of hostname {hostname:?} is too large"))
+}
+
+/// The `--join` addresses to ask, without this node's own advertised
+/// address: every pod of a StatefulSet gets the same list (pod 0's
+/// address), and pod 0 must bootstrap rather than ask itself. Entries are
+/// compared after trimming, host names case-insensitively.
+pub fn join_targets(join: &[String], advertise: &str) -> Vec<String> {
+    let own = advertise.trim().to_ascii_lowercase();
+    join.iter()
+        .map(|addr| addr.trim())
+        .filter(|addr| !addr.is_empty() && addr.to_ascii_lowercase() != own)
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The cluster address to advertise when none is configured, from the
@@ -239,6 +327,83 @@ mod tests {
             (100, 300, 600)
         );
         assert_eq!((config.node_down_after_ms, config.commit_timeout_ms), (3000, 10_000));
+    }
+
+    #[test]
+    fn the_node_id_is_the_hostname_ordinal_plus_one() {
+        assert_eq!(node_id_from_hostname("warren-0").expect("ordinal"), 1);
+        assert_eq!(node_id_from_hostname("warren-2").expect("ordinal"), 3);
+        assert_eq!(node_id_from_hostname("my-broker-10").expect("ordinal"), 11);
+        assert_eq!(
+            node_id_from_hostname("warren-1.warren.default.svc.cluster.local").expect("ordinal"),
+            2
+        );
+    }
+
+    #[test]
+    fn a_hostname_without_an_ordinal_is_an_error_that_says_so() {
+        for bad in [
+            "warren",
+            "warren-",
+            "warren-a",
+            "warren-1a",
+            "warren-+1",
+            "",
+            "0",
+            "warren.example-1",
+            "warren-99999999999999999999",
+        ] {
+            let error = node_id_from_hostname(bad).expect_err(bad).to_string();
+            assert!(error.contains("node_id_from_hostname"), "{bad:?}: {error}");
+        }
+        let error = node_id_from_hostname("warren").expect_err("no ordinal").to_string();
+        assert!(error.contains("does not end in -N"), "{error}");
+    }
+
+    #[test]
+    fn the_node_id_from_the_hostname_excludes_an_explicit_node_id() {
+        let args = ServerArgs {
+            node_id: Some(2),
+            node_id_from_hostname: true,
+            ..ServerArgs::default()
+        };
+        let error = Config::resolve(args).expect_err("conflict").to_string();
+        assert!(error.contains("give one of them"), "{error}");
+    }
+
+    #[test]
+    fn the_node_id_from_the_hostname_is_off_by_default_and_settable_from_the_environment() {
+        let args = ServerArgs::try_parse_from(["warren"]).expect("parses");
+        assert!(!args.node_id_from_hostname);
+        let args = ServerArgs::try_parse_from(["warren", "--node-id-from-hostname"]).expect("parses");
+        assert!(args.node_id_from_hostname);
+    }
+
+    #[test]
+    fn join_entries_naming_this_node_are_dropped() {
+        let join = vec![
+            "warren-0.warren.ns.svc.cluster.local:25672".to_owned(),
+            " Warren-1.warren.ns.svc.cluster.local:25672".to_owned(),
+            String::new(),
+        ];
+        assert_eq!(
+            join_targets(&join, "warren-0.warren.ns.svc.cluster.local:25672"),
+            [" Warren-1.warren.ns.svc.cluster.local:25672".trim()],
+            "pod 0 asks only the others"
+        );
+        assert_eq!(
+            join_targets(&join, "WARREN-1.warren.ns.svc.cluster.local:25672"),
+            ["warren-0.warren.ns.svc.cluster.local:25672"]
+        );
+        assert!(
+            join_targets(&join[..1], "warren-0.warren.ns.svc.cluster.local:25672").is_empty(),
+            "pod 0 given only itself bootstraps"
+        );
+        assert_eq!(
+            join_targets(&join[..1], "warren-0.warren.ns.svc.cluster.local:25673"),
+            ["warren-0.warren.ns.svc.cluster.local:25672"],
+            "another port is another node"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use warren_cluster::{Node, NodeConfig};
 use warren_core::{Command, NodeId, Request, UserName, VHost};
 use warren_rpc::{ClusterService, GrpcNetwork, NetworkConfig, ServiceConfig};
 
-pub use config::{advertise_for, Config, ServerArgs};
+pub use config::{advertise_for, join_targets, node_id_from_hostname, Config, ServerArgs};
 
 /// Runs a node: binds `config.cluster_listen` and serves the inter-node
 /// gRPC there, opens its Raft state in `config.data_dir` (bootstrapping a
@@ -47,6 +47,10 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         .with_context(|| format!("binding the cluster listener on {}", config.cluster_listen))?;
     let cluster_addr = cluster_listener.local_addr()?;
     let advertise = config.advertise.clone().unwrap_or_else(|| advertise_for(cluster_addr));
+    let join = join_targets(&config.join, &advertise);
+    if join.len() < config.join.len() {
+        info!(%advertise, ?join, "ignoring this node's own address in the join list");
+    }
     let network = GrpcNetwork::new(NetworkConfig {
         secret: config.cluster_secret.clone(),
         ..NetworkConfig::default()
@@ -55,7 +59,7 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         node_id: config.node_id,
         data_dir: config.data_dir.clone(),
         cluster_addr: advertise.clone(),
-        join: config.join.clone(),
+        join,
         heartbeat_interval_ms: config.raft_heartbeat_ms,
         election_timeout_min_ms: config.raft_election_timeout_min_ms,
         election_timeout_max_ms: config.raft_election_timeout_max_ms,
