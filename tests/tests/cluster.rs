@@ -488,6 +488,27 @@ async fn a_paused_node_is_declared_down_and_rejoins_when_resumed(victim: usize) 
         count as usize, LATER,
         "the resumed node shows the messages published while it was away"
     );
+    // And it takes publishes again (a figure, not a timing assertion).
+    within_for(
+        Duration::from_secs(30),
+        "a confirmed publish through the resumed node",
+        async {
+            loop {
+                match publish_confirmed(&uri, 1).await {
+                    Ok(acked) if acked.len() == 1 => return Ok::<_, anyhow::Error>(()),
+                    Ok(_) => println!("resumed node nacked a publish"),
+                    Err(e) => println!("resumed node not confirming yet: {e:#}"),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+    )
+    .await?;
+    println!(
+        "node {} resumed: first publish through it confirmed {:?} after the resume",
+        victim + 1,
+        resumed_at.elapsed()
+    );
     Ok(())
 }
 

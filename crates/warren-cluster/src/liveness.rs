@@ -22,10 +22,10 @@ use openraft::raft::{
 use openraft::{BasicNode, Raft, ServerState, Snapshot, Vote};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use warren_core::{Command, NodeId, Request};
+use warren_core::{Batch, Command, NodeId, Request};
 
-use crate::proposer::Proposer;
-use crate::type_config::TypeConfig;
+use crate::proposer::wall_clock_ms;
+use crate::type_config::{Proposal, TypeConfig};
 
 /// When each member last answered one of this node's Raft RPCs.
 #[derive(Debug, Default)]
@@ -142,7 +142,6 @@ pub(crate) struct Detector {
     pub(crate) node_id: u64,
     pub(crate) raft: Raft<TypeConfig>,
     pub(crate) contacts: Arc<Contacts>,
-    pub(crate) proposer: Proposer,
     /// A member silent this long is declared down.
     pub(crate) down_after: Duration,
 }
@@ -180,24 +179,49 @@ impl Detector {
                 };
             }
             for node in leadership.verdicts(self.node_id, &members, now, self.down_after, &self.contacts) {
-                if !self.declare_down(node).await {
-                    return;
+                if let Err(reason) = self.declare_down(node).await {
+                    tracing::warn!(node = self.node_id, down = node, term, reason, "NodeDown not committed");
+                    // Still silent at the next check: declared again, if
+                    // this node still leads in this term.
+                    leadership.down.remove(&node);
                 }
             }
         }
     }
 
-    /// Proposes `NodeDown` for `node`. `false` once the proposer is gone.
-    async fn declare_down(&self, node: u64) -> bool {
-        let request = Request {
-            origin: None,
-            command: Command::NodeDown { node: NodeId(node) },
+    /// Appends `NodeDown` for `node` to this node's log as leader and waits
+    /// for the commit.
+    ///
+    /// Straight into openraft, not through the proposer: the verdict is
+    /// this leader's, valid only while it leads. The proposer would forward
+    /// it to a new leader after losing leadership (and resubmit it after a
+    /// failed commit), so a leader cut off from the majority, whose members
+    /// all look silent to it, would have the healthy majority declared down
+    /// once the partition heals. Appended here, an entry of a deposed
+    /// leader is either already in the majority's log (the verdict was made
+    /// while it still led them) or is overwritten by the new leader's log.
+    async fn declare_down(&self, node: u64) -> Result<(), String> {
+        let proposal = Proposal {
+            tag: None,
+            batch: Batch {
+                now_ms: wall_clock_ms(),
+                requests: vec![Request {
+                    origin: None,
+                    command: Command::NodeDown { node: NodeId(node) },
+                }],
+            },
         };
-        // No origin: nobody waits for the reply; the proposer resubmits
-        // it until it commits (see `must_commit`).
-        self.proposer.submit(request).await.is_ok()
+        let write = self.raft.client_write(proposal);
+        match tokio::time::timeout(self.down_after.max(MIN_COMMIT_WAIT), write).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("not committed in time".to_owned()),
+        }
     }
 }
+
+/// The least time [`Detector::declare_down`] waits for a commit.
+const MIN_COMMIT_WAIT: Duration = Duration::from_secs(1);
 
 /// The detector's view during one term of this node's leadership.
 #[derive(Debug)]

@@ -240,7 +240,6 @@ impl Node {
             node_id,
             raft: raft.clone(),
             contacts,
-            proposer: proposer.clone(),
             down_after: Duration::from_millis(config.node_down_after_ms.max(1)),
         }
         .spawn();

@@ -2,6 +2,7 @@
 //! is addressed to.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::mpsc;
@@ -18,6 +19,8 @@ use warren_core::{ConnectionId, Effect};
 #[derive(Debug, Default)]
 pub struct Router {
     connections: Mutex<HashMap<ConnectionId, mpsc::UnboundedSender<Effect>>>,
+    /// Times the node dropped all its connections.
+    dropped_all: AtomicU64,
 }
 
 impl Router {
@@ -52,6 +55,12 @@ impl Router {
         connections.clear();
         closed
     }
+
+    /// How many times the node dropped all its connections (snapshot
+    /// installs, `NodeDown` for this node).
+    pub fn times_all_dropped(&self) -> u64 {
+        self.dropped_all.load(Ordering::Relaxed)
+    }
 }
 
 impl EffectSink for Router {
@@ -59,6 +68,7 @@ impl EffectSink for Router {
     /// see their effect stream end and give their connections up, as AMQP
     /// clients whose sockets the node closed would.
     fn drop_all_connections(&self) {
+        self.dropped_all.fetch_add(1, Ordering::Relaxed);
         self.close_all();
     }
 

@@ -389,3 +389,54 @@ async fn a_consumer_on_a_follower_that_installs_a_snapshot_still_gets_its_delive
     workload.phase(format!("follower status {status:?}"));
     finish(&cluster, workload).await
 }
+
+/// A leader cut off from the majority sees every member silent and its
+/// detector declares them down. Those verdicts must die with its
+/// leadership: once the partition heals, the healthy nodes that went on
+/// without it keep their connections (only the cut-off node is declared
+/// down, by the new leader).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_does_not_declare_the_majority_down_after_healing() -> anyhow::Result<()> {
+    let test = "a_deposed_leader_does_not_declare_the_majority_down_after_healing";
+    init_tracing();
+    let seed = seed_from_env(test);
+    let options = ClusterOptions {
+        nodes: 3,
+        node_down_after_ms: 400,
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(options, seed)
+        .await
+        .map_err(|e| anyhow::anyhow!("seed {seed}: cluster did not start: {e}"))?;
+    let old = cluster.leader().await?;
+    cluster.net().isolate(old);
+    // Long enough for the cut-off leader to declare both others down (and
+    // for its commit of that to time out), and for the majority to elect a
+    // new leader that declares the old one down.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let new = cluster.leader().await?;
+    anyhow::ensure!(new != old, "seed {seed}: no new leader while {old} was cut off");
+    cluster.net().heal();
+    // Longer than a forward timeout (1 s) plus resubmission: what a stale
+    // verdict would need to reach the new leader.
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    cluster.converge().await?;
+    let mut dropped = Vec::new();
+    for id in cluster.running_ids() {
+        let handle = cluster.handle(id).ok_or_else(|| anyhow::anyhow!("node {id} gone"))?;
+        dropped.push((id, handle.router.times_all_dropped()));
+    }
+    cluster.shutdown().await;
+    eprintln!("seed {seed}: old leader {old}, new leader {new}, connections dropped per node {dropped:?}");
+    for (id, times) in dropped {
+        if id == old {
+            anyhow::ensure!(times >= 1, "seed {seed}: the cut-off node {id} was never declared down");
+        } else {
+            anyhow::ensure!(
+                times == 0,
+                "seed {seed}: healthy node {id} dropped its connections {times} time(s) after the partition healed"
+            );
+        }
+    }
+    Ok(())
+}
