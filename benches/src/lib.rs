@@ -182,6 +182,30 @@ pub fn percentiles(samples: &mut [u64]) -> Percentiles {
     }
 }
 
+/// The longest time between two consecutive events (publisher confirms):
+/// under steady load with a leader killed, the time from the kill to the
+/// first confirm after it, give or take one confirm interval.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LongestGap {
+    last: Option<std::time::Instant>,
+    longest: Option<std::time::Duration>,
+}
+
+impl LongestGap {
+    pub fn observe(&mut self, at: std::time::Instant) {
+        if let Some(last) = self.last {
+            let gap = at.saturating_duration_since(last);
+            self.longest = Some(self.longest.map_or(gap, |longest| longest.max(gap)));
+        }
+        self.last = Some(self.last.map_or(at, |last| last.max(at)));
+    }
+
+    /// `None` until two events were seen.
+    pub fn longest(&self) -> Option<std::time::Duration> {
+        self.longest
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +289,22 @@ mod tests {
         );
         assert_eq!(percentiles(&mut []), Percentiles::default());
         assert_eq!(percentiles(&mut [7]).p99, 7);
+    }
+
+    #[test]
+    fn the_longest_gap_is_the_largest_distance_between_consecutive_events() {
+        let base = std::time::Instant::now();
+        let at = |ms: u64| base + std::time::Duration::from_millis(ms);
+        let mut gap = LongestGap::default();
+        assert_eq!(gap.longest(), None);
+        for ms in [0, 10, 20, 1520, 1530, 1600] {
+            gap.observe(at(ms));
+        }
+        assert_eq!(gap.longest(), Some(std::time::Duration::from_millis(1500)));
+        // An event reported late (from another producer) does not shrink it
+        // or count as a gap.
+        gap.observe(at(1590));
+        gap.observe(at(1610));
+        assert_eq!(gap.longest(), Some(std::time::Duration::from_millis(1500)));
     }
 }

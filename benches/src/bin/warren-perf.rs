@@ -27,7 +27,8 @@ use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm};
 use serde_json::{json, Value};
 use warren_bench::{
-    cpu_us_per_msg, percentiles, process_cpu_us, read_stamp, stamp, Ledger, UriRing, MAX_PRODUCERS, STAMP_LEN,
+    cpu_us_per_msg, percentiles, process_cpu_us, read_stamp, stamp, Ledger, LongestGap, UriRing, MAX_PRODUCERS,
+    STAMP_LEN,
 };
 
 #[derive(Parser, Clone, Debug)]
@@ -106,6 +107,8 @@ struct Shared {
     consumed: u64,
     last_consume: Option<Instant>,
     consumer_reconnects: u64,
+    /// Longest time without a publisher confirm (any producer).
+    confirm_gap: LongestGap,
     /// The first few connection errors, for the report.
     errors: Vec<String>,
 }
@@ -231,6 +234,7 @@ async fn main() -> anyhow::Result<()> {
             "confirm_rate": if args.confirm > 0 { total.confirmed as f64 / publish_secs } else { 0.0 },
             "consume_rate": consume_secs.map_or(0.0, |secs| s.consumed as f64 / secs),
             "latency_us": lat,
+            "max_confirm_gap_ms": s.confirm_gap.longest().map(|gap| gap.as_secs_f64() * 1000.0),
             "lost": lost,
             "duplicates": accounting.duplicates,
             "backlog_at_publish_end": total.published.saturating_sub(consumed_at_publish_end),
@@ -288,6 +292,10 @@ fn table(r: &Value) -> String {
             ),
         ),
         ("lost / duplicates", format!("{} / {}", num("lost"), num("duplicates"))),
+        (
+            "longest time without a confirm",
+            format!("{} ms", num("max_confirm_gap_ms")),
+        ),
         (
             "ready in queue",
             format!(
@@ -513,6 +521,7 @@ async fn settle_one(
             st.confirmed += 1;
             if let Ok(mut s) = shared.lock() {
                 s.ledger.confirmed(producer, seq);
+                s.confirm_gap.observe(Instant::now());
             }
         }
         Ok(_) => st.nacked += 1,
