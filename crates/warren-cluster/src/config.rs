@@ -39,6 +39,10 @@ pub struct NodeConfig {
     /// close, their unacked messages return to their queues, its exclusive
     /// queues go) after it has not answered for this long.
     pub node_down_after_ms: u64,
+    /// Most bytes of log entries the leader sends in one AppendEntries (at
+    /// least one entry): each must arrive within `heartbeat_interval_ms`,
+    /// openraft's bound on that RPC.
+    pub append_budget_bytes: u64,
 }
 
 impl Default for NodeConfig {
@@ -58,6 +62,7 @@ impl Default for NodeConfig {
             join: Vec::new(),
             forward_timeout_ms: 10_000,
             node_down_after_ms: 3_000,
+            append_budget_bytes: 1 << 20,
         }
     }
 }

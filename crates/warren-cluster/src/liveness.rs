@@ -1,6 +1,8 @@
 //! Leader-side failure detection: which members answered the leader's Raft
 //! RPCs lately, and the task that proposes `NodeDown` for a member that has
 //! not answered past a configured time, or that has left the membership.
+//! The same network wrapper also bounds the bytes of one AppendEntries
+//! (`append_budget_bytes`).
 //!
 //! Contact is observed where it happens: [`TrackingNetwork`] wraps the
 //! node's Raft network (gRPC in production, testkit's in-process one in
@@ -19,7 +21,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, Raft, ServerState, Snapshot, Vote};
+use openraft::{BasicNode, LogId, Raft, ServerState, Snapshot, Vote};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use warren_core::{Batch, Command, NodeId, Request};
@@ -66,6 +68,8 @@ impl Contacts {
 pub(crate) struct TrackingNetwork<N> {
     pub(crate) inner: N,
     pub(crate) contacts: Arc<Contacts>,
+    /// Bytes of entries per AppendEntries at most (see [`trim_to_budget`]).
+    pub(crate) append_budget: u64,
 }
 
 /// A client of [`TrackingNetwork`].
@@ -73,6 +77,7 @@ pub(crate) struct TrackingClient<C> {
     inner: C,
     target: u64,
     contacts: Arc<Contacts>,
+    append_budget: u64,
 }
 
 impl<N: RaftNetworkFactory<TypeConfig>> RaftNetworkFactory<TypeConfig> for TrackingNetwork<N> {
@@ -83,6 +88,7 @@ impl<N: RaftNetworkFactory<TypeConfig>> RaftNetworkFactory<TypeConfig> for Track
             inner: self.inner.new_client(target, node).await,
             target,
             contacts: self.contacts.clone(),
+            append_budget: self.append_budget,
         }
     }
 }
@@ -93,9 +99,16 @@ impl<C: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for TrackingClient<C> {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let mut rpc = rpc;
+        let trimmed_to = trim_to_budget(&mut rpc, self.append_budget);
         let outcome = self.inner.append_entries(rpc, option).await;
         self.contacts.observe(self.target, &outcome);
-        outcome
+        match (outcome, trimmed_to) {
+            // The follower has everything up to the last entry sent: openraft
+            // sends the rest in the next request.
+            (Ok(AppendEntriesResponse::Success), Some(last)) => Ok(AppendEntriesResponse::PartialSuccess(Some(last))),
+            (outcome, _) => outcome,
+        }
     }
 
     async fn install_snapshot(
@@ -135,6 +148,35 @@ impl<C: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for TrackingClient<C> {
     fn backoff(&self) -> Backoff {
         self.inner.backoff()
     }
+}
+
+/// Keeps the longest prefix of `rpc.entries` whose encoded size fits in
+/// `budget` (always the first entry). Returns the log id of the last entry
+/// kept if it dropped any; the caller then reports the follower's `Success`
+/// as `PartialSuccess` up to that entry, and openraft sends the rest next.
+///
+/// Why (`append_budget_bytes`): openraft 0.9 gives every AppendEntries RPC `heartbeat_interval` (100 ms)
+/// and sends up to `max_payload_entries` (300) entries in one. Warren's
+/// entries are batches of up to `max_batch` commands, so 300 of them can be
+/// tens of megabytes: a follower catching up after missing 100k 1 KiB
+/// messages got requests it could not take in 100 ms, and the leader timed
+/// out and resent them for 18 s. Bounded by bytes, each request fits.
+fn trim_to_budget(rpc: &mut AppendEntriesRequest<TypeConfig>, budget: u64) -> Option<LogId<u64>> {
+    let mut total: u64 = 0;
+    let mut keep = rpc.entries.len();
+    for (i, entry) in rpc.entries.iter().enumerate() {
+        // An entry bincode cannot size would fail to encode in any request.
+        total = total.saturating_add(bincode::serialized_size(entry).unwrap_or(0));
+        if total > budget && i > 0 {
+            keep = i;
+            break;
+        }
+    }
+    if keep == rpc.entries.len() {
+        return None;
+    }
+    rpc.entries.truncate(keep);
+    rpc.entries.last().map(|entry| entry.log_id)
 }
 
 /// What the detector needs.
@@ -389,6 +431,43 @@ mod tests {
         assert!(leadership
             .verdicts(1, &members(&[1, 2]), ms(base, 40), DOWN_AFTER, &contacts)
             .is_empty());
+    }
+
+    fn append_of(entries: u64) -> AppendEntriesRequest<TypeConfig> {
+        let leader = openraft::CommittedLeaderId::new(1, 1);
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: (1..=entries)
+                .map(|index| openraft::Entry {
+                    log_id: LogId::new(leader, index),
+                    payload: openraft::EntryPayload::Normal(Proposal {
+                        tag: None,
+                        batch: Batch {
+                            now_ms: index,
+                            requests: Vec::new(),
+                        },
+                    }),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_append_is_trimmed_to_the_entries_that_fit_the_budget() {
+        let mut rpc = append_of(10);
+        let one = bincode::serialized_size(&rpc.entries[0]).expect("size");
+        assert_eq!(trim_to_budget(&mut rpc, one * 100), None, "all fit");
+        assert_eq!(rpc.entries.len(), 10);
+        let last = trim_to_budget(&mut rpc, one * 3 + one / 2);
+        assert_eq!(rpc.entries.len(), 3);
+        assert_eq!(last.map(|id| id.index), Some(3));
+        let last = trim_to_budget(&mut rpc, 1);
+        assert_eq!(rpc.entries.len(), 1, "the first entry always goes");
+        assert_eq!(last.map(|id| id.index), Some(1));
+        let mut empty = append_of(0);
+        assert_eq!(trim_to_budget(&mut empty, 1), None, "a heartbeat is left alone");
     }
 
     #[test]

@@ -207,6 +207,7 @@ impl Node {
         let network = TrackingNetwork {
             inner: network,
             contacts: contacts.clone(),
+            append_budget: config.append_budget_bytes,
         };
         let raft = Raft::new(node_id, raft_config, network, log_store, state_machine)
             .await

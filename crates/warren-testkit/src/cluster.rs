@@ -38,6 +38,10 @@ pub struct ClusterOptions {
     /// from a bug. Failure detection is tested with real processes
     /// (tests/tests/cluster.rs); tests here that want it set it lower.
     pub node_down_after_ms: u64,
+    /// Bytes of entries per AppendEntries. Small by default (a few
+    /// entries), so a lagging follower catches up through many partial
+    /// appends, the path big batches take in production.
+    pub append_budget_bytes: u64,
 }
 
 impl Default for ClusterOptions {
@@ -51,6 +55,7 @@ impl Default for ClusterOptions {
             forward_timeout_ms: 1_000,
             max_batch: 256,
             node_down_after_ms: 3_600_000,
+            append_budget_bytes: 4096,
         }
     }
 }
@@ -173,6 +178,7 @@ impl Cluster {
             max_batch: options.max_batch,
             forward_timeout_ms: options.forward_timeout_ms,
             node_down_after_ms: options.node_down_after_ms,
+            append_budget_bytes: options.append_budget_bytes,
             start_timeout_ms: WAIT_LIMIT.as_millis() as u64,
             join,
             ..NodeConfig::default()
