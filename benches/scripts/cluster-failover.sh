@@ -44,7 +44,8 @@ cleanup() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
 trap cleanup EXIT
 
 # start_node ID [ARGS...]: starts node ID (keeps its data folder) and waits
-# for "amqp listening"; prints the seconds that took.
+# for "amqp listening"; sets $took to the seconds that took. (Not to be run
+# in a subshell: $pids must see the new process, for the cleanup.)
 start_node() {
   local id=$1; shift
   local dir=$WORK/node$id t0
@@ -56,7 +57,7 @@ start_node() {
     --http-listen "127.0.0.1:$(($(cluster_port "$id") - 10000))" "$@" > "$dir/log" 2>&1 &
   pids[$id]=$!
   for _ in $(seq 1 30000); do
-    if grep -q "amqp listening on" "$dir/log" 2>/dev/null; then since "$t0"; return; fi
+    if grep -q "amqp listening on" "$dir/log" 2>/dev/null; then took=$(since "$t0"); return; fi
     kill -0 "${pids[$id]}" 2>/dev/null || { tail -20 "$dir/log" >&2; return 1; }
     sleep 0.01
   done
@@ -70,9 +71,9 @@ applied() { status "$2" | awk -v id="$1" '$1 == id && $NF == "yes" {print $7}'; 
 log_index() { status "$2" | awk -v id="$1" '$1 == id && $NF == "yes" {print $6}'; }
 
 log "work folder $WORK; $(uptime)"
-start_node 1 > /dev/null
-start_node 2 --join "127.0.0.1:$(cluster_port 1)" > /dev/null
-start_node 3 --join "127.0.0.1:$(cluster_port 1)" > /dev/null
+start_node 1
+start_node 2 --join "127.0.0.1:$(cluster_port 1)"
+start_node 3 --join "127.0.0.1:$(cluster_port 1)"
 for _ in $(seq 1 100); do [ "$(status 1 | grep -c ' voter ')" = 3 ] && break; sleep 0.1; done
 status 1 >&2
 
@@ -98,7 +99,7 @@ done
 log "new leader $new seen $(since "$killed_at") s after the kill (via ctl, polling)"
 wait "$perf"
 cat "$WORK/kill-leader.txt" >&2
-restart_s=$(start_node "$L")
+start_node "$L"; restart_s=$took
 log "node $L restarted: serving after ${restart_s}s"
 jq -c --arg killed "$L" --arg new "$new" --argjson restart "$restart_s" \
   '{part: "kill-leader", killed: $killed, new_leader: $new, max_confirm_gap_ms, confirmed, nacked, unconfirmed,
@@ -114,7 +115,7 @@ kill -9 "${pids[$F]}"
 target=$(log_index "$L" "$L")
 log "leader's log index $target; starting node $F"
 t0=$(now)
-serving_s=$(start_node "$F")
+start_node "$F"; serving_s=$took
 until [ -n "$(applied "$F" "$L")" ] && [ "$(applied "$F" "$L")" -ge "$target" ]; do sleep 0.02; done
 caught_s=$(since "$t0")
 snapshot=$(grep -c -i "snapshot" "$WORK/node$F/log" || true)
