@@ -1,4 +1,5 @@
-//! pika 1.x in a virtualenv, for the RabbitMQ tutorial flows in `tests/python/`.
+//! pika 1.x and kombu 5.x in a virtualenv, for the RabbitMQ tutorial flows
+//! and the kombu check in `tests/python/`.
 //!
 //! The virtualenv lives at `<target dir>/pyvenv` and is created once for all
 //! test processes: creation runs under `flock` on `<target dir>/pyvenv.lock`
@@ -16,6 +17,9 @@ use anyhow::{anyhow, bail, Context};
 
 /// The pika version the tutorial scripts are written against.
 pub const PIKA_VERSION: &str = "1.3.2";
+
+/// The kombu version `kombu_cluster.py` is written against (Celery 5.4's).
+pub const KOMBU_VERSION: &str = "5.4.2";
 
 /// How long creating the virtualenv and installing pika may take.
 const VENV_TIMEOUT: Duration = Duration::from_secs(600);
@@ -45,7 +49,7 @@ fn create_venv() -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&target).with_context(|| format!("cannot create {}", target.display()))?;
     let venv = target.join("pyvenv");
     let python = venv.join("bin").join("python");
-    let marker = venv.join(format!(".pika-{PIKA_VERSION}-ready"));
+    let marker = venv.join(format!(".pika-{PIKA_VERSION}-kombu-{KOMBU_VERSION}-ready"));
     if marker.exists() {
         return Ok(python);
     }
@@ -57,8 +61,8 @@ fn create_venv() -> anyhow::Result<PathBuf> {
 if [ ! -f "{marker}" ]; then
   rm -rf "{venv}"
   python3 -m venv "{venv}"
-  "{python}" -m pip install --disable-pip-version-check --no-input --quiet "pika=={PIKA_VERSION}"
-  "{python}" -c "import pika; assert pika.__version__ == '{PIKA_VERSION}', pika.__version__"
+  "{python}" -m pip install --disable-pip-version-check --no-input --quiet "pika=={PIKA_VERSION}" "kombu=={KOMBU_VERSION}"
+  "{python}" -c "import pika, kombu; assert pika.__version__ == '{PIKA_VERSION}', pika.__version__; assert kombu.__version__ == '{KOMBU_VERSION}', kombu.__version__"
   touch "{marker}"
 fi
 "#,

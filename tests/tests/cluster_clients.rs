@@ -284,3 +284,16 @@ async fn pika_tutorials_run_against_a_cluster_follower() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kombu_declares_publishes_and_consumes_across_three_nodes() -> anyhow::Result<()> {
+    let nodes = start_three_nodes().await?;
+    // Declare through node 1, publish with confirms through node 2, consume
+    // with manual acks through node 3.
+    let publish = nodes[1].amqp_port().to_string();
+    let consume = nodes[2].amqp_port().to_string();
+    let output = python::run_script("kombu_cluster.py", nodes[0].amqp_port(), &[&publish, &consume]).await?;
+    println!("kombu across nodes 1, 2, 3:\n{output}");
+    assert!(output.contains("OK"), "the script did not finish: {output}");
+    Ok(())
+}

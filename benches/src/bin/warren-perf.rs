@@ -597,15 +597,22 @@ async fn consume_session(
 
 /// `--probe`: retries until a connection (and, for `first-delivery`, a
 /// message) arrives, then prints one JSON line with Unix milliseconds.
+/// Longest a probe waits for one connection attempt.
+const PROBE_STEP: Duration = Duration::from_secs(10);
+
 async fn run_probe(args: &Args, probe: Probe) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.probe_timeout);
     let uri = &args.uri[0];
     let started_unix_ms = unix_ms();
+    // A broker that is starting or stopping may accept TCP and then never
+    // answer: every step is bounded, so the probe ends by its deadline.
+    let step = || deadline.saturating_duration_since(Instant::now()).min(PROBE_STEP);
     let (conn, connected_unix_ms) = loop {
-        match connect(uri).await {
-            Ok(c) => break (c, unix_ms()),
-            Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        match tokio::time::timeout(step(), connect(uri)).await {
+            Ok(Ok(c)) => break (c, unix_ms()),
+            Ok(Err(e)) if Instant::now() >= deadline => return Err(e),
+            Err(_) if Instant::now() >= deadline => anyhow::bail!("no AMQP connection within the probe timeout"),
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     };
     let mut out = json!({
@@ -642,13 +649,17 @@ async fn run_probe(args: &Args, probe: Probe) -> anyhow::Result<()> {
                 drop(first);
                 anyhow::Ok((at, u64::from(ready) + 1))
             };
-            match attempt.await {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let outcome = tokio::time::timeout(remaining, attempt)
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no delivery within the probe timeout")));
+            match outcome {
                 Ok(r) => break r,
                 Err(e) if Instant::now() >= deadline => return Err(e),
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     if !conn.status().connected() {
-                        if let Ok(c) = connect(uri).await {
+                        if let Ok(Ok(c)) = tokio::time::timeout(step(), connect(uri)).await {
                             conn = c;
                         }
                     }
