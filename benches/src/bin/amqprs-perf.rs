@@ -127,6 +127,14 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     consumer.abort();
+    // What is still in the queue tells a drain timeout (messages left) from
+    // loss (none left, yet not all consumed).
+    let mut passive = QueueDeclareArguments::new(&args.queue);
+    passive.passive(true);
+    let ready_at_end = match ch.queue_declare(passive).await {
+        Ok(Some((_, ready, _))) => Some(ready),
+        _ => None,
+    };
     let cpu_us = match (cpu_start, process_cpu_us()) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
@@ -145,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
             "latency_us": lat,
             "lost": published.saturating_sub(accounting.consumed_unique),
             "duplicates": accounting.duplicates,
+            "ready_at_end": ready_at_end,
             "cpu_us": cpu_us,
             "cpu_us_per_msg": cpu_us.map(|c| cpu_us_per_msg(c, published, s.consumed)),
         });

@@ -77,8 +77,18 @@ pub(crate) struct TrackingClient<C> {
     inner: C,
     target: u64,
     contacts: Arc<Contacts>,
+    /// Bytes of entries the next AppendEntries may carry: halved after one
+    /// that got no answer in time, doubled back after answers, never above
+    /// `max_append_budget` nor below [`MIN_APPEND_BUDGET`].
     append_budget: u64,
+    max_append_budget: u64,
+    /// An AppendEntries was sent and its outcome not seen: openraft drops
+    /// the call at its timeout, so this is how a timeout is noticed.
+    append_unfinished: bool,
 }
+
+/// The smallest adaptive AppendEntries budget (one entry always goes).
+const MIN_APPEND_BUDGET: u64 = 16 << 10;
 
 impl<N: RaftNetworkFactory<TypeConfig>> RaftNetworkFactory<TypeConfig> for TrackingNetwork<N> {
     type Network = TrackingClient<N::Network>;
@@ -89,7 +99,16 @@ impl<N: RaftNetworkFactory<TypeConfig>> RaftNetworkFactory<TypeConfig> for Track
             target,
             contacts: self.contacts.clone(),
             append_budget: self.append_budget,
+            max_append_budget: self.append_budget,
+            append_unfinished: false,
         }
+    }
+}
+
+impl<C> TrackingClient<C> {
+    fn shrink_append_budget(&mut self) {
+        let floor = MIN_APPEND_BUDGET.min(self.max_append_budget);
+        self.append_budget = (self.append_budget / 2).max(floor);
     }
 }
 
@@ -100,9 +119,25 @@ impl<C: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for TrackingClient<C> {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         let mut rpc = rpc;
+        // A follower that cannot take a request within the RPC timeout
+        // (a slow disk, a debug build, a busy machine) would get the same
+        // request again and again: smaller requests until it answers.
+        let answered_in_time = !std::mem::replace(&mut self.append_unfinished, true);
+        if !answered_in_time {
+            self.shrink_append_budget();
+        }
         let trimmed_to = trim_to_budget(&mut rpc, self.append_budget);
+        let carried_entries = !rpc.entries.is_empty();
         let outcome = self.inner.append_entries(rpc, option).await;
+        self.append_unfinished = false;
         self.contacts.observe(self.target, &outcome);
+        match &outcome {
+            Ok(_) if carried_entries => {
+                self.append_budget = self.append_budget.saturating_mul(2).min(self.max_append_budget);
+            }
+            Err(RPCError::Timeout(_) | RPCError::Network(_)) => self.shrink_append_budget(),
+            _ => {}
+        }
         match (outcome, trimmed_to) {
             // The follower has everything up to the last entry sent: openraft
             // sends the rest in the next request.
@@ -468,6 +503,31 @@ mod tests {
         assert_eq!(last.map(|id| id.index), Some(1));
         let mut empty = append_of(0);
         assert_eq!(trim_to_budget(&mut empty, 1), None, "a heartbeat is left alone");
+    }
+
+    fn client_with_budget(max: u64) -> TrackingClient<()> {
+        TrackingClient {
+            inner: (),
+            target: 2,
+            contacts: Arc::new(Contacts::default()),
+            append_budget: max,
+            max_append_budget: max,
+            append_unfinished: false,
+        }
+    }
+
+    #[test]
+    fn the_append_budget_halves_down_to_its_floor() {
+        let mut client = client_with_budget(1 << 20);
+        client.shrink_append_budget();
+        assert_eq!(client.append_budget, 512 << 10);
+        for _ in 0..20 {
+            client.shrink_append_budget();
+        }
+        assert_eq!(client.append_budget, MIN_APPEND_BUDGET);
+        let mut small = client_with_budget(4096);
+        small.shrink_append_budget();
+        assert_eq!(small.append_budget, 4096, "never below a configured budget smaller than the floor");
     }
 
     #[test]

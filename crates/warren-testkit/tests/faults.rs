@@ -17,12 +17,16 @@ fn init_tracing() {
 }
 
 async fn cluster(test: &str, nodes: u64) -> anyhow::Result<Cluster> {
-    init_tracing();
-    let seed = seed_from_env(test);
     let options = ClusterOptions {
         nodes,
         ..ClusterOptions::default()
     };
+    cluster_with(test, options).await
+}
+
+async fn cluster_with(test: &str, options: ClusterOptions) -> anyhow::Result<Cluster> {
+    init_tracing();
+    let seed = seed_from_env(test);
     Cluster::start(options, seed)
         .await
         .map_err(|e| anyhow::anyhow!("seed {seed}: cluster did not start: {e}"))
@@ -354,16 +358,12 @@ async fn three_nodes_survive_a_seeded_schedule_of_faults() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_on_a_follower_that_installs_a_snapshot_still_gets_its_deliveries() -> anyhow::Result<()> {
     let test = "a_consumer_on_a_follower_that_installs_a_snapshot_still_gets_its_deliveries";
-    init_tracing();
-    let seed = seed_from_env(test);
     let options = ClusterOptions {
         nodes: 3,
         snapshot_every: 50,
         ..ClusterOptions::default()
     };
-    let cluster = Cluster::start(options, seed)
-        .await
-        .map_err(|e| anyhow::anyhow!("seed {seed}: cluster did not start: {e}"))?;
+    let cluster = cluster_with(test, options).await?;
     let leader = cluster.leader().await?;
     let follower = cluster.next_running(leader).unwrap_or(2);
     // The consumer registers and sits idle (no ack in flight) before the
@@ -398,16 +398,13 @@ async fn a_consumer_on_a_follower_that_installs_a_snapshot_still_gets_its_delive
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_leader_does_not_declare_the_majority_down_after_healing() -> anyhow::Result<()> {
     let test = "a_deposed_leader_does_not_declare_the_majority_down_after_healing";
-    init_tracing();
-    let seed = seed_from_env(test);
     let options = ClusterOptions {
         nodes: 3,
         node_down_after_ms: 400,
         ..ClusterOptions::default()
     };
-    let cluster = Cluster::start(options, seed)
-        .await
-        .map_err(|e| anyhow::anyhow!("seed {seed}: cluster did not start: {e}"))?;
+    let cluster = cluster_with(test, options).await?;
+    let seed = cluster.seed();
     let old = cluster.leader().await?;
     cluster.net().isolate(old);
     // Long enough for the cut-off leader to declare both others down (and
