@@ -527,7 +527,10 @@ mod tests {
         assert_eq!(client.append_budget, MIN_APPEND_BUDGET);
         let mut small = client_with_budget(4096);
         small.shrink_append_budget();
-        assert_eq!(small.append_budget, 4096, "never below a configured budget smaller than the floor");
+        assert_eq!(
+            small.append_budget, 4096,
+            "never below a configured budget smaller than the floor"
+        );
     }
 
     #[test]
