@@ -91,6 +91,7 @@ sleep "$KILL_AFTER"
 kill -9 "${pids[$L]}"
 killed_at=$(now)
 log "killed node $L"
+new=""
 for _ in $(seq 1 100); do
   new=$(leader "${followers[0]}" || true)
   [ -n "$new" ] && [ "$new" != "$L" ] && [ "$new" != unknown ] && break

@@ -595,11 +595,11 @@ async fn consume_session(
     Ok(())
 }
 
-/// `--probe`: retries until a connection (and, for `first-delivery`, a
-/// message) arrives, then prints one JSON line with Unix milliseconds.
 /// Longest a probe waits for one connection attempt.
 const PROBE_STEP: Duration = Duration::from_secs(10);
 
+/// `--probe`: retries until a connection (and, for `first-delivery`, a
+/// message) arrives, then prints one JSON line with Unix milliseconds.
 async fn run_probe(args: &Args, probe: Probe) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.probe_timeout);
     let uri = &args.uri[0];

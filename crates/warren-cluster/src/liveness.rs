@@ -122,8 +122,7 @@ impl<C: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for TrackingClient<C> {
         // A follower that cannot take a request within the RPC timeout
         // (a slow disk, a debug build, a busy machine) would get the same
         // request again and again: smaller requests until it answers.
-        let answered_in_time = !std::mem::replace(&mut self.append_unfinished, true);
-        if !answered_in_time {
+        if std::mem::replace(&mut self.append_unfinished, true) {
             self.shrink_append_budget();
         }
         let trimmed_to = trim_to_budget(&mut rpc, self.append_budget);
@@ -190,13 +189,19 @@ impl<C: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for TrackingClient<C> {
 /// kept if it dropped any; the caller then reports the follower's `Success`
 /// as `PartialSuccess` up to that entry, and openraft sends the rest next.
 ///
-/// Why (`append_budget_bytes`): openraft 0.9 gives every AppendEntries RPC `heartbeat_interval` (100 ms)
-/// and sends up to `max_payload_entries` (300) entries in one. Warren's
+/// Why (`append_budget_bytes`): openraft 0.9 gives every AppendEntries RPC
+/// `heartbeat_interval` (100 ms) and sends up to `max_payload_entries` (300)
+/// entries in one. Warren's
 /// entries are batches of up to `max_batch` commands, so 300 of them can be
 /// tens of megabytes: a follower catching up after missing 100k 1 KiB
 /// messages got requests it could not take in 100 ms, and the leader timed
 /// out and resent them for 18 s. Bounded by bytes, each request fits.
 fn trim_to_budget(rpc: &mut AppendEntriesRequest<TypeConfig>, budget: u64) -> Option<LogId<u64>> {
+    // The first entry always goes: nothing to size for a heartbeat or a
+    // single entry (the usual request of a follower that keeps up).
+    if rpc.entries.len() < 2 {
+        return None;
+    }
     let mut total: u64 = 0;
     let mut keep = rpc.entries.len();
     for (i, entry) in rpc.entries.iter().enumerate() {
