@@ -20,7 +20,7 @@ use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use tokio::sync::watch;
 
-use crate::connect;
+use crate::{connect, within, within_for};
 
 /// Unconfirmed publishes one publisher keeps in flight at most.
 pub const PUBLISH_WINDOW: usize = 64;
@@ -208,8 +208,8 @@ pub async fn publish_until(client: Client, publisher: u64, shared: SharedTally, 
         session_no += 1;
         let session = async {
             let conn = connect(&uri?).await?;
-            let ch = conn.create_channel().await?;
-            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            let ch = within("channel.open", conn.create_channel()).await?;
+            within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default())).await?;
             let mut in_flight = VecDeque::new();
             let mut stopping = false;
             loop {
@@ -217,22 +217,27 @@ pub async fn publish_until(client: Client, publisher: u64, shared: SharedTally, 
                 if !stopping {
                     let id = next_id;
                     next_id += 1;
-                    let confirm = ch
-                        .basic_publish(
+                    let confirm = within(
+                        "basic.publish",
+                        ch.basic_publish(
                             "".into(),
                             client.queue.as_str().into(),
                             Default::default(),
                             id.to_string().as_bytes(),
                             BasicProperties::default().with_delivery_mode(2),
-                        )
-                        .await?;
+                        ),
+                    )
+                    .await?;
                     in_flight.push_back((id, confirm));
                 }
                 while in_flight.len() >= PUBLISH_WINDOW || (stopping && !in_flight.is_empty()) {
                     let Some((id, confirm)) = in_flight.pop_front() else {
                         break;
                     };
-                    if tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await??.is_ack() {
+                    if within_for(CONFIRM_TIMEOUT, "publisher confirm", confirm)
+                        .await?
+                        .is_ack()
+                    {
                         tally(&shared).confirmed.insert(id);
                     } else {
                         tally(&shared).nacked.insert(id);
@@ -242,7 +247,7 @@ pub async fn publish_until(client: Client, publisher: u64, shared: SharedTally, 
                     break;
                 }
             }
-            let _ = conn.close(200, "done".into()).await;
+            let _ = within("connection.close", conn.close(200, "done".into())).await;
             Ok::<_, anyhow::Error>(())
         };
         if let Err(e) = session.await {
@@ -275,16 +280,18 @@ pub async fn consume_until(client: Client, shared: SharedTally, stop: Stop) -> a
         session_no += 1;
         let session = async {
             let conn = connect(&uri?).await?;
-            let ch = conn.create_channel().await?;
-            ch.basic_qos(CONSUMER_PREFETCH, BasicQosOptions::default()).await?;
-            let mut consumer = ch
-                .basic_consume(
+            let ch = within("channel.open", conn.create_channel()).await?;
+            within("basic.qos", ch.basic_qos(CONSUMER_PREFETCH, BasicQosOptions::default())).await?;
+            let mut consumer = within(
+                "basic.consume",
+                ch.basic_consume(
                     client.queue.as_str().into(),
                     client.name.as_str().into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
-                )
-                .await?;
+                ),
+            )
+            .await?;
             while !done(&shared) {
                 let Ok(next) = tokio::time::timeout(Duration::from_millis(200), consumer.next()).await else {
                     continue;
@@ -292,9 +299,9 @@ pub async fn consume_until(client: Client, shared: SharedTally, stop: Stop) -> a
                 let delivery = next.ok_or_else(|| anyhow::anyhow!("consumer stream ended"))??;
                 let id: u64 = String::from_utf8_lossy(&delivery.data).parse()?;
                 *tally(&shared).consumed.entry(id).or_insert(0) += 1;
-                delivery.ack(BasicAckOptions::default()).await?;
+                within("basic.ack", delivery.ack(BasicAckOptions::default())).await?;
             }
-            let _ = conn.close(200, "done".into()).await;
+            let _ = within("connection.close", conn.close(200, "done".into())).await;
             Ok::<_, anyhow::Error>(())
         };
         if let Err(e) = session.await {
@@ -379,12 +386,28 @@ impl Load {
     /// A task panicked or failed.
     pub async fn stop_and_drain(self, drain_limit: Duration) -> anyhow::Result<LoadReport> {
         let _ = self.stop.send(Some(tokio::time::Instant::now() + drain_limit));
-        for publisher in self.publishers {
-            publisher.await??;
-        }
-        for consumer in self.consumers {
-            consumer.await??;
-        }
+        let tasks: Vec<_> = self.publishers.into_iter().chain(self.consumers).collect();
+        let aborts: Vec<_> = tasks.iter().map(tokio::task::JoinHandle::abort_handle).collect();
+        // Every client step is bounded (`within`), so a task still running
+        // well past the drain limit is stuck: say so rather than hang.
+        let limit = drain_limit + 2 * crate::STEP_TIMEOUT;
+        let joined = tokio::time::timeout(limit, async {
+            for task in tasks {
+                task.await??;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+        .await;
+        let Ok(finished) = joined else {
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
+            let tally = tally(&self.shared);
+            anyhow::bail!(
+                "load tasks still running {limit:?} after the stop ({}); errors: {:#?}",
+                tally.report(),
+                tally.errors
+            );
+        };
+        finished?;
         let report = tally(&self.shared).report();
         Ok(report)
     }

@@ -235,12 +235,36 @@ async fn a_node_killed_under_load_catches_up_and_no_confirmed_message_is_lost(vi
         "{:?}: {reached} confirmed after the restart; draining",
         started.elapsed()
     );
-    let errors = load.errors();
+    let shared = load.shared.clone();
+    // What every node's replica says while the consumers drain, printed
+    // if something is lost.
+    let during_drain = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let watcher = {
+        let (addrs, seen) = (addrs.clone(), during_drain.clone());
+        tokio::spawn(async move {
+            loop {
+                for (addr, id) in addrs.iter().zip(1u64..) {
+                    let listing = ctl_ok(*addr, &["list-queues"])
+                        .await
+                        .unwrap_or_else(|e| format!("{e:#}"));
+                    seen.lock().expect("not poisoned").push(format!("node {id}: {listing}"));
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        })
+    };
     let report = load.stop_and_drain(DRAIN_LIMIT).await?;
+    watcher.abort();
+    let during_drain = during_drain.lock().expect("not poisoned").join("\n");
+    let errors = warren_e2e::load::tally(&shared).errors.clone();
     println!("kill -9 of node {victim} under load: {report}; catch-up {catch_up:?}");
     if !report.lost.is_empty() {
         println!("lost ids: {:?}\nsession errors: {errors:#?}", report.lost);
-        println!("list-queues: {}", ctl_ok(survivor_addr, &["list-queues"]).await?);
+        println!("listings during the drain:\n{during_drain}");
+        println!("cluster-status: {}", ctl_ok(survivor_addr, &["cluster-status"]).await?);
+        for (addr, id) in addrs.iter().zip(1u64..) {
+            println!("list-queues on node {id}: {}", ctl_ok(*addr, &["list-queues"]).await?);
+        }
     }
     assert!(
         report.lost.is_empty(),

@@ -34,6 +34,7 @@ mod proposer;
 mod sessions;
 mod state_machine;
 mod tick;
+mod tracker;
 mod type_config;
 
 pub use config::{NodeConfig, SNAPSHOT_CHUNK_BYTES};

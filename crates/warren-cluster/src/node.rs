@@ -20,8 +20,9 @@ use crate::log_store::RaftLogStore;
 use crate::network::UnreachableNetwork;
 use crate::peers::{NoPeers, PeerError, Peers};
 use crate::proposer::{Proposer, ProposerTask};
-use crate::state_machine::{ProposalTracker, Shared, StateMachine};
+use crate::state_machine::{Shared, StateMachine};
 use crate::tick;
+use crate::tracker::ProposalTracker;
 use crate::type_config::{Proposal, TypeConfig};
 
 /// Receives, after each applied entry, the effects addressed to this node

@@ -19,7 +19,7 @@ use warren_core::{Batch, ChannelId, Command, NodeId, Request};
 use crate::error::ClusterError;
 use crate::node::EffectSink;
 use crate::peers::{PeerError, Peers};
-use crate::state_machine::{unavailable_replies, ProposalTracker};
+use crate::tracker::ProposalTracker;
 use crate::type_config::{Proposal, TypeConfig};
 
 /// Submits requests to the node's proposer. Cheap to clone.
@@ -390,22 +390,14 @@ impl Retry {
     }
 }
 
-/// Sends `Unavailable` to every origin of a batch whose commit failed,
+/// Answers `Unavailable` to every origin of a batch whose commit failed,
 /// unless apply already settled the batch (then the broker's replies went
-/// out). `true` if the failure settled the batch.
+/// out); the replies wait for every earlier batch's (`tracker.rs`). `true`
+/// if the failure settled the batch.
 fn fail_batch(tracker: &ProposalTracker, sink: &dyn EffectSink, seq: u64, reason: &str) -> bool {
-    let Some(origins) = tracker.settle_failed(seq) else {
-        return false;
-    };
-    tracing::warn!(
-        node = tracker.node,
-        batch = seq,
-        requests = origins.len(),
-        reason,
-        "batch not committed"
-    );
-    if !origins.is_empty() {
-        sink.emit(unavailable_replies(origins, reason));
+    let settled = tracker.fail(seq, reason, sink);
+    if settled {
+        tracing::warn!(node = tracker.node, batch = seq, reason, "batch not committed");
     }
-    true
+    settled
 }

@@ -1,10 +1,9 @@
 //! openraft's state machine: the broker, the last applied log id, the
 //! membership, and snapshots of them.
 
-use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -14,14 +13,15 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use warren_core::{Broker, ChannelId, Command, CoreError, Effect, NodeId};
+use warren_core::{Broker, Command, NodeId};
 use warren_store::LogStore;
 
 use crate::codec::{decode, encode};
 use crate::log_store::run_blocking;
 use crate::node::EffectSink;
 use crate::sessions::Sessions;
-use crate::type_config::{ProposalTag, TypeConfig};
+use crate::tracker::ProposalTracker;
+use crate::type_config::TypeConfig;
 
 const SNAPSHOT_KEY: &str = "raft/snapshot";
 
@@ -53,84 +53,6 @@ impl Shared {
     fn write(&self) -> RwLockWriteGuard<'_, SmState> {
         self.state.write().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// The batches this run of this node's proposer has submitted and not yet
-/// settled. Settling is a race between apply (the batch committed: its
-/// replies come from the broker) and the proposer learning that the commit
-/// failed (it sends `Unavailable` replies); whichever removes the batch
-/// first wins, so each request gets exactly one reply.
-///
-/// A follower that installs a snapshot skips the entries it covers, so
-/// their replies would never come: installing fails every batch still in
-/// flight ([`ProposalTracker::settle_all_failed`]).
-pub(crate) struct ProposalTracker {
-    pub(crate) node: u64,
-    pub(crate) incarnation: u64,
-    /// Batch seq → the channels (of this node) its requests came from.
-    in_flight: Mutex<BTreeMap<u64, Vec<ChannelId>>>,
-}
-
-impl ProposalTracker {
-    pub(crate) fn new(node: u64) -> Self {
-        Self {
-            node,
-            incarnation: rand::random(),
-            in_flight: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    /// Records batch `seq`, whose requests came from `origins`.
-    pub(crate) fn register(&self, seq: u64, origins: Vec<ChannelId>) -> ProposalTag {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(seq, origins);
-        ProposalTag {
-            node: self.node,
-            incarnation: self.incarnation,
-            seq,
-        }
-    }
-
-    /// Called by the proposer when the batch's commit failed or is unknown.
-    /// `Some(origins)`: the proposer must send them the failure replies.
-    pub(crate) fn settle_failed(&self, seq: u64) -> Option<Vec<ChannelId>> {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&seq)
-    }
-
-    /// Settles every batch in flight as failed; returns their origins.
-    fn settle_all_failed(&self) -> Vec<ChannelId> {
-        let settled = std::mem::take(&mut *self.in_flight.lock().unwrap_or_else(PoisonError::into_inner));
-        settled.into_values().flatten().collect()
-    }
-
-    /// Called by apply. `true`: the broker's replies for this batch go out.
-    fn settle_applied(&self, tag: Option<&ProposalTag>) -> bool {
-        match tag {
-            Some(tag) if tag.node == self.node && tag.incarnation == self.incarnation => self
-                .in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&tag.seq)
-                .is_some(),
-            _ => true,
-        }
-    }
-}
-
-/// `Unavailable` replies to `origins`, one each.
-pub(crate) fn unavailable_replies(origins: Vec<ChannelId>, reason: &str) -> Vec<Effect> {
-    origins
-        .into_iter()
-        .map(|channel| Effect::Reply {
-            channel,
-            outcome: Err(CoreError::Unavailable(format!("command not committed: {reason}"))),
-        })
-        .collect()
 }
 
 /// What a snapshot's data holds: the state every replica computes alike.
@@ -349,14 +271,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 state.last_applied = Some(entry.log_id);
             }
             if let (EntryPayload::Normal(proposal), false) = (&entry.payload, duplicate) {
-                let replies_go_out = self.tracker.settle_applied(proposal.tag.as_ref());
-                effects.retain(|effect| {
-                    effect.channel().conn.node == self.node
-                        && (replies_go_out || !matches!(effect, Effect::Reply { .. }))
-                });
-                if !effects.is_empty() {
-                    self.sink.emit(effects);
-                }
+                self.tracker.applied(proposal.tag.as_ref(), effects, &*self.sink);
                 let own = self.node;
                 if proposal
                     .batch
@@ -418,13 +333,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tracing::info!(snapshot = %meta, "snapshot installed");
         // The entries the snapshot covers are not applied one by one here,
         // so their replies would never come: answer what is in flight now.
-        let origins = self.tracker.settle_all_failed();
-        if !origins.is_empty() {
-            self.sink.emit(unavailable_replies(
-                origins,
-                "outcome unknown: this node installed a snapshot",
-            ));
-        }
+        self.tracker
+            .settle_all_failed("outcome unknown: this node installed a snapshot", &*self.sink);
         // Nor were their deliveries: this node's consumers would wait for
         // messages the broker counts as delivered to them.
         self.sink.drop_all_connections();
@@ -439,71 +349,5 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_batch_applied_before_its_failure_report_keeps_the_broker_replies() {
-        let tracker = ProposalTracker::new(1);
-        let tag = tracker.register(1, Vec::new());
-        assert!(tracker.settle_applied(Some(&tag)), "apply first: broker replies go out");
-        assert!(tracker.settle_failed(1).is_none(), "then no Unavailable replies");
-    }
-
-    #[test]
-    fn a_batch_reported_failed_before_it_applies_loses_its_broker_replies() {
-        let tracker = ProposalTracker::new(1);
-        let tag = tracker.register(1, Vec::new());
-        assert!(
-            tracker.settle_failed(1).is_some(),
-            "failure first: Unavailable replies go out"
-        );
-        assert!(
-            !tracker.settle_applied(Some(&tag)),
-            "then the broker replies are suppressed"
-        );
-    }
-
-    #[test]
-    fn a_snapshot_install_fails_every_batch_in_flight_once() {
-        let tracker = ProposalTracker::new(1);
-        let origin = ChannelId {
-            conn: warren_core::ConnectionId {
-                node: NodeId(1),
-                boot: 1,
-                seq: 1,
-            },
-            channel: 1,
-        };
-        let first = tracker.register(1, vec![origin]);
-        tracker.register(2, vec![origin, origin]);
-        assert_eq!(tracker.settle_all_failed(), vec![origin; 3]);
-        assert!(
-            !tracker.settle_applied(Some(&first)),
-            "a batch answered Unavailable gets no broker replies"
-        );
-        assert!(tracker.settle_failed(2).is_none(), "nor a second failure");
-    }
-
-    #[test]
-    fn batches_of_other_nodes_and_earlier_runs_always_reply() {
-        let tracker = ProposalTracker::new(1);
-        let other_node = ProposalTag {
-            node: 2,
-            incarnation: tracker.incarnation,
-            seq: 1,
-        };
-        let earlier_run = ProposalTag {
-            node: 1,
-            incarnation: tracker.incarnation.wrapping_add(1),
-            seq: 1,
-        };
-        assert!(tracker.settle_applied(Some(&other_node)));
-        assert!(tracker.settle_applied(Some(&earlier_run)));
-        assert!(tracker.settle_applied(None));
     }
 }

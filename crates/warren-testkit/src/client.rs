@@ -3,9 +3,11 @@
 //!
 //! A [`Connection`] is one connection with one channel on one node. The
 //! publisher and the consumer loops record what they see in a [`Ledger`];
-//! an `Unavailable` reply, a reply that does not come, or a node that
-//! stops make them give the connection up (closing it as a front end
-//! would) and open a new one on the next running node.
+//! a reply that does not come, a node that stops, or (for a consumer) an
+//! `Unavailable` reply make them give the connection up (closing it as a
+//! front end would) and open a new one on the next running node. A
+//! publisher treats an `Unavailable` reply as an AMQP client treats a
+//! nack: it goes on, and moves to another node only after a few in a row.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -34,6 +36,9 @@ pub const CHANNEL: u16 = 1;
 
 /// Pause before reconnecting after giving a connection up.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
+
+/// `Unavailable` replies in a row after which a publisher tries another node.
+const UNAVAILABLE_BEFORE_RECONNECT: usize = 3;
 
 /// What the next effect on a connection was.
 #[derive(Debug)]
@@ -261,6 +266,7 @@ pub async fn run_publisher(
         };
         let mut pending: VecDeque<MsgId> = VecDeque::new();
         let mut broken = false;
+        let mut unavailable_in_a_row = 0;
         loop {
             while !broken && pending.len() < options.window.max(1) && attempted < options.messages && !*stop.borrow() {
                 let id = ledger.next_id();
@@ -291,12 +297,20 @@ pub async fn run_publisher(
                             rejected: false,
                             returned: None,
                         }) => {
+                            unavailable_in_a_row = 0;
                             stats.confirmed += 1;
                             ledger.record(Event::Confirmed { id });
                         }
                         Err(CoreError::Unavailable(_)) => {
-                            pending.push_front(id);
-                            broken = true;
+                            // Like an AMQP publisher after a nack, the session
+                            // goes on (for a while): replies that reached the
+                            // channel out of order would then confirm an id
+                            // that was never committed, and the ledger sees it
+                            // lost.
+                            stats.unknown += 1;
+                            ledger.record(Event::Unknown { id });
+                            unavailable_in_a_row += 1;
+                            broken = unavailable_in_a_row >= UNAVAILABLE_BEFORE_RECONNECT;
                         }
                         other => {
                             ledger.record(Event::Unexpected {
