@@ -226,6 +226,23 @@ impl Node {
                 .map_err(|e| ClusterError::Raft(e.to_string()))?;
         }
 
+        let mut tasks = Vec::new();
+        if initialized
+            && raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .count()
+                > 1
+        {
+            tasks.push(hold_elections_until_a_leader_is_heard(
+                &raft,
+                Duration::from_millis(config.election_timeout_max_ms.saturating_mul(4)),
+            ));
+        }
+
         let (proposer, proposer_task) = ProposerTask {
             raft: raft.clone(),
             tracker,
@@ -255,7 +272,10 @@ impl Node {
                 peers,
                 config,
                 membership_changes: Semaphore::new(1),
-                tasks: Mutex::new(vec![proposer_task, tick_task, detector_task]),
+                tasks: Mutex::new({
+                    tasks.extend([proposer_task, tick_task, detector_task]);
+                    tasks
+                }),
             }),
         })
     }
@@ -639,4 +659,36 @@ fn peer_error(error: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> PeerEr
         },
         other => PeerError::Failed(other.to_string()),
     }
+}
+
+/// A member that restarts with its log must not depose a healthy leader.
+/// Its election timer would fire before the leader, still backing off
+/// after failing to reach it, gets through; it would then campaign in ever
+/// higher terms that the others refuse (their leader lease holds), and the
+/// leader's next AppendEntries would meet that higher term and step down:
+/// an election, and batches in flight answered `Unavailable`, for nothing
+/// (openraft 0.9 has no pre-vote). So elections stay off until a leader is
+/// heard from — this node applies past what it had applied at start (the
+/// leader told it the commit index), or a new term began — or for `grace`
+/// when none is (the whole cluster restarted).
+fn hold_elections_until_a_leader_is_heard(raft: &Raft<TypeConfig>, grace: Duration) -> JoinHandle<()> {
+    raft.runtime_config().elect(false);
+    let raft = raft.clone();
+    let (applied_at_start, term_at_start) = {
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow();
+        (metrics.last_applied, metrics.current_term)
+    };
+    tokio::spawn(async move {
+        let heard = raft
+            .wait(Some(grace))
+            .metrics(
+                |m| m.last_applied > applied_at_start || m.current_term > term_at_start,
+                "a leader heard from",
+            )
+            .await
+            .is_ok();
+        tracing::info!(heard, "restarted member: elections enabled");
+        raft.runtime_config().elect(true);
+    })
 }
