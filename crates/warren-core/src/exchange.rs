@@ -7,7 +7,7 @@ use crate::command::ExchangeKind;
 use crate::headers::headers_match;
 use crate::ids::{ExchangeName, NodeId, QueueName};
 use crate::message::Message;
-use crate::topic::topic_matches;
+use crate::topic::{topic_matches, TopicKey};
 
 /// Where a binding sends matching messages.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -112,9 +112,14 @@ impl Exchange {
 
     /// Destinations of the bindings `message` matches, in binding order.
     pub fn matching<'a>(&'a self, message: &'a Message) -> impl Iterator<Item = &'a Destination> + 'a {
+        // A topic key is split into words once, not once per binding.
+        let topic = (self.kind == ExchangeKind::Topic).then(|| TopicKey::new(&message.routing_key));
         self.bindings
             .iter()
-            .filter(move |b| b.matches(self.kind, message))
+            .filter(move |b| match &topic {
+                Some(key) => key.matches(&b.routing_key),
+                None => b.matches(self.kind, message),
+            })
             .map(|b| &b.destination)
     }
 }

@@ -22,9 +22,86 @@ fn words(key: &str) -> Vec<&str> {
 /// assert!(!topic_matches("a.*", "a.b.c"));
 /// ```
 ///
-/// Runs in O(pattern words × key words): `reachable[j]` says whether the
-/// pattern words seen so far can consume exactly the first `j` key words.
+/// To match one key against many bindings, split it once: [`TopicKey`].
 pub fn topic_matches(pattern: &str, routing_key: &str) -> bool {
+    TopicKey::new(routing_key).matches(pattern)
+}
+
+/// A routing key split into words once, to be matched against every topic
+/// binding of an exchange.
+///
+/// Matching is dynamic programming over the pattern's words: after each,
+/// the set of `j` such that the pattern words seen so far can consume
+/// exactly the first `j` key words. The set is a bit mask, and a literal
+/// word is compared only with the key words at the set's positions, so a
+/// match allocates nothing and usually compares a word or two; keys of
+/// more than [`MASK_WORDS`] words take the general path.
+pub struct TopicKey<'a> {
+    key: &'a str,
+    words: Vec<&'a str>,
+}
+
+impl<'a> TopicKey<'a> {
+    pub fn new(routing_key: &'a str) -> Self {
+        Self {
+            key: routing_key,
+            words: words(routing_key),
+        }
+    }
+
+    /// Whether binding `pattern` matches this key.
+    pub fn matches(&self, pattern: &str) -> bool {
+        let key_len = self.words.len();
+        if key_len > MASK_WORDS {
+            return topic_matches_general(pattern, self.key);
+        }
+        // Bits 0..=key_len are the positions.
+        let all: u128 = if key_len + 1 == 128 {
+            u128::MAX
+        } else {
+            (1u128 << (key_len + 1)) - 1
+        };
+        let mut reachable: u128 = 1;
+        for word in words_of(pattern) {
+            reachable = match word {
+                // Zero or more words: every position from the first reachable on.
+                "#" => all & !((reachable & reachable.wrapping_neg()).wrapping_sub(1)),
+                // Exactly one word.
+                "*" => (reachable << 1) & all,
+                literal => {
+                    let mut next = 0;
+                    // Position key_len has no word left to consume.
+                    let mut positions = reachable & !(1u128 << key_len);
+                    while positions != 0 {
+                        let j = positions.trailing_zeros() as usize;
+                        if self.words[j] == literal {
+                            next |= 1u128 << (j + 1);
+                        }
+                        positions &= positions - 1;
+                    }
+                    next
+                }
+            };
+            if reachable == 0 {
+                return false;
+            }
+        }
+        reachable & (1u128 << key_len) != 0
+    }
+}
+
+/// Key words the bit-mask matcher handles (positions 0..=127 fit a `u128`).
+/// A routing key is at most 255 bytes, so at most 128 words.
+pub const MASK_WORDS: usize = 127;
+
+/// The words of `key` without collecting them.
+fn words_of(key: &str) -> impl Iterator<Item = &str> {
+    let empty = key.is_empty();
+    key.split('.').filter(move |_| !empty)
+}
+
+/// [`topic_matches`] for any number of key words (with allocation).
+fn topic_matches_general(pattern: &str, routing_key: &str) -> bool {
     let pattern = words(pattern);
     let key = words(routing_key);
     let mut reachable = vec![false; key.len() + 1];
@@ -107,7 +184,30 @@ mod tests {
         assert!(topic_matches("a.*.b", "a..b"));
     }
 
+    #[test]
+    fn keys_of_many_words_match_on_both_paths() {
+        for words in [super::MASK_WORDS - 1, super::MASK_WORDS, super::MASK_WORDS + 1, 128] {
+            let key = vec!["w"; words].join(".");
+            assert!(topic_matches("#", &key), "{words} words");
+            assert!(topic_matches("w.#.w", &key), "{words} words");
+            assert!(topic_matches(&vec!["*"; words].join("."), &key), "{words} words");
+            assert!(!topic_matches(&vec!["*"; words + 1].join("."), &key), "{words} words");
+            assert!(!topic_matches(&vec!["*"; words - 1].join("."), &key), "{words} words");
+            assert!(!topic_matches("w.x.#", &key), "{words} words");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn the_mask_and_the_general_matcher_agree(
+            pattern in proptest::collection::vec(prop_oneof!["a", "b", "", "\\*", "#"], 0..8),
+            key in proptest::collection::vec(prop_oneof!["a", "b", "c", ""], 0..10),
+        ) {
+            let pattern = pattern.join(".");
+            let key = key.join(".");
+            prop_assert_eq!(topic_matches(&pattern, &key), super::topic_matches_general(&pattern, &key));
+        }
+
         #[test]
         fn topic_matching_agrees_with_reference(
             pattern in proptest::collection::vec(prop_oneof!["a", "b", "", "\\*", "#"], 0..6),
