@@ -23,8 +23,6 @@ use crate::sessions::Sessions;
 use crate::tracker::ProposalTracker;
 use crate::type_config::TypeConfig;
 
-const SNAPSHOT_KEY: &str = "raft/snapshot";
-
 /// What the state machine holds; shared with [`crate::Node::read`].
 pub(crate) struct SmState {
     pub(crate) broker: Broker,
@@ -160,7 +158,7 @@ impl StateMachine {
 
 fn load_snapshot(store: &dyn LogStore) -> Result<Option<StoredSnapshot>, StorageError<u64>> {
     let Some(bytes) = store
-        .get_meta(SNAPSHOT_KEY)
+        .get_snapshot()
         .map_err(|e| StorageIOError::read_snapshot(None, &e))?
     else {
         return Ok(None);
@@ -169,13 +167,30 @@ fn load_snapshot(store: &dyn LogStore) -> Result<Option<StoredSnapshot>, Storage
     Ok(Some(stored))
 }
 
-fn save_snapshot(store: &dyn LogStore, stored: &StoredSnapshot) -> Result<(), StorageError<u64>> {
-    let signature = Some(stored.meta.signature());
-    let bytes = encode(stored).map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+/// Stores the snapshot `data` with its `meta`: the same bytes as
+/// `encode(&StoredSnapshot { meta, data })`, written as a small header and
+/// the data itself, so the data (every queued message) is not copied again.
+fn save_snapshot(
+    store: &dyn LogStore,
+    meta: &SnapshotMeta<u64, BasicNode>,
+    data: &[u8],
+) -> Result<(), StorageError<u64>> {
+    let header =
+        snapshot_header(meta, data.len()).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
     store
-        .put_meta(SNAPSHOT_KEY, &bytes)
-        .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
+        .put_snapshot(&[&header, data])
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
     Ok(())
+}
+
+/// What `encode(&StoredSnapshot { meta, data })` writes before the bytes
+/// of `data`: the codec version, `meta`, and the length of `data` (bincode
+/// encodes a `Vec<u8>` as a `u64` length and the bytes).
+fn snapshot_header(meta: &SnapshotMeta<u64, BasicNode>, data_len: usize) -> Result<Vec<u8>, crate::codec::CodecError> {
+    let mut header = vec![crate::codec::CODEC_VERSION];
+    bincode::serialize_into(&mut header, meta)?;
+    bincode::serialize_into(&mut header, &(data_len as u64))?;
+    Ok(header)
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -206,9 +221,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let store = self.store.clone();
         let stored = run_blocking(move || -> Result<StoredSnapshot, StorageError<u64>> {
             let data = encode(&replicated).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-            let stored = StoredSnapshot { meta, data };
-            save_snapshot(&*store, &stored)?;
-            Ok(stored)
+            save_snapshot(&*store, &meta, &data)?;
+            Ok(StoredSnapshot { meta, data })
         })
         .await??;
         tracing::info!(snapshot = %stored.meta, bytes = stored.data.len(), "snapshot built");
@@ -319,7 +333,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (replicated, stored) = run_blocking(move || -> Result<(Replicated, StoredSnapshot), StorageError<u64>> {
             let replicated = decode_replicated(&stored.data)
                 .map_err(|e| StorageIOError::read_snapshot(Some(stored.meta.signature()), &e))?;
-            save_snapshot(&*store, &stored)?;
+            save_snapshot(&*store, &stored.meta, &stored.data)?;
             Ok((replicated, stored))
         })
         .await??;
@@ -349,5 +363,35 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_is_stored_as_the_encoding_of_stored_snapshot() {
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(3, 1), 42)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "3-1-42-1700000000000".to_owned(),
+        };
+        let data = encode(&Replicated {
+            broker: Broker::new(),
+            sessions: Sessions::default(),
+        })
+        .expect("encode");
+        let store = warren_store::MemStore::new();
+        save_snapshot(&store, &meta, &data).expect("save");
+        let stored_bytes = store.get_snapshot().expect("read").expect("stored");
+        let expected = encode(&StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        })
+        .expect("encode");
+        assert_eq!(stored_bytes, expected, "same bytes as before the split write");
+        let loaded = load_snapshot(&store).expect("load").expect("present");
+        assert_eq!((loaded.meta, loaded.data), (meta, data));
     }
 }

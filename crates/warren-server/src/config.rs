@@ -94,6 +94,9 @@ pub struct FileConfig {
     /// How long a node keeps trying to commit a batch (resending it to a new
     /// leader after a failover) before answering its requests 541 (default 10000).
     pub commit_timeout_ms: Option<u64>,
+    /// Raft log entries between snapshots (default 10000); the log behind a
+    /// snapshot is purged.
+    pub snapshot_every: Option<u64>,
     /// Virtual hosts that must exist besides `/` (created at start if missing).
     pub vhosts: Option<Vec<String>>,
 }
@@ -122,6 +125,7 @@ pub struct Config {
     pub raft_election_timeout_max_ms: u64,
     pub node_down_after_ms: u64,
     pub commit_timeout_ms: u64,
+    pub snapshot_every: u64,
     pub vhosts: Vec<String>,
 }
 
@@ -200,6 +204,7 @@ impl Config {
                 .unwrap_or(raft_defaults.election_timeout_max_ms),
             node_down_after_ms: file.node_down_after_ms.unwrap_or(raft_defaults.node_down_after_ms),
             commit_timeout_ms: file.commit_timeout_ms.unwrap_or(raft_defaults.forward_timeout_ms),
+            snapshot_every: file.snapshot_every.unwrap_or(raft_defaults.snapshot_every),
         })
     }
 }

@@ -65,6 +65,7 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         election_timeout_max_ms: config.raft_election_timeout_max_ms,
         node_down_after_ms: config.node_down_after_ms,
         forward_timeout_ms: config.commit_timeout_ms,
+        snapshot_every: config.snapshot_every,
         ..NodeConfig::default()
     };
     let node = Node::open(node_config, network.clone(), Arc::new(network), registry.clone())

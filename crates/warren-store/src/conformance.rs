@@ -27,6 +27,7 @@ pub const CASES: &[Case] = &[
     ("meta_put_get_overwrite_delete", meta_put_get_overwrite_delete),
     ("meta_and_log_are_independent", meta_and_log_are_independent),
     ("empty_and_large_values_round_trip", empty_and_large_values_round_trip),
+    ("snapshot_put_get_replace", snapshot_put_get_replace),
 ];
 
 /// Runs every case against a fresh store from `make`.
@@ -209,4 +210,24 @@ fn empty_and_large_values_round_trip(store: &dyn LogStore) {
         Some(Vec::new())
     );
     assert_eq!(store.get_meta("large").unwrap_or_else(|e| panic!("{e}")), Some(large));
+}
+
+fn snapshot_put_get_replace(store: &dyn LogStore) {
+    assert_eq!(store.get_snapshot().unwrap_or_else(|e| panic!("{e}")), None);
+    let big = vec![7u8; 3 << 20];
+    store.put_snapshot(&[b"head", &big]).unwrap_or_else(|e| panic!("{e}"));
+    let read = store.get_snapshot().unwrap_or_else(|e| panic!("{e}")).expect("stored");
+    assert_eq!(read.len(), 4 + big.len());
+    assert!(read.starts_with(b"head") && read[4..] == big[..]);
+    store.put_snapshot(&[b"second"]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        store.get_snapshot().unwrap_or_else(|e| panic!("{e}")),
+        Some(b"second".to_vec())
+    );
+    store.put_meta("vote", b"v").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        store.get_snapshot().unwrap_or_else(|e| panic!("{e}")),
+        Some(b"second".to_vec()),
+        "metadata does not touch the snapshot"
+    );
 }

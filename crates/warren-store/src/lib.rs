@@ -22,7 +22,7 @@ mod mem_store;
 mod sled_store;
 
 pub use error::StoreError;
-pub use log_store::LogStore;
+pub use log_store::{LogStore, SNAPSHOT_META_KEY};
 pub use mem_store::MemStore;
 pub use sled_store::{SledConfig, SledStore};
 

@@ -73,7 +73,31 @@ pub trait LogStore: Send + Sync + 'static {
     /// Bytes the store occupies on disk (0 for in-memory engines), for the
     /// metrics endpoint.
     fn size_on_disk(&self) -> u64;
+
+    /// Replaces the stored snapshot with the concatenation of `parts`.
+    /// Durable. By default it is kept under the metadata key
+    /// [`SNAPSHOT_META_KEY`]; an engine with a directory writes a file
+    /// instead, so a snapshot as large as every queued message does not go
+    /// through its cache and write buffers.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`].
+    fn put_snapshot(&self, parts: &[&[u8]]) -> Result<(), StoreError> {
+        self.put_meta(SNAPSHOT_META_KEY, &parts.concat())
+    }
+
+    /// The snapshot last stored with [`LogStore::put_snapshot`], if any.
+    ///
+    /// # Errors
+    /// As for [`LogStore::range`].
+    fn get_snapshot(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_meta(SNAPSHOT_META_KEY)
+    }
 }
+
+/// The metadata key of the snapshot in engines that keep it there (and in
+/// sled data directories written before snapshots moved to a file).
+pub const SNAPSHOT_META_KEY: &str = "raft/snapshot";
 
 /// Prefixes `value` with the format version byte.
 pub(crate) fn versioned(value: &[u8]) -> Vec<u8> {

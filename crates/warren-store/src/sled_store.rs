@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::StoreError;
-use crate::log_store::{unversioned, versioned, LogStore};
+use crate::log_store::{unversioned, versioned, LogStore, SNAPSHOT_META_KEY};
 use crate::FORMAT_VERSION;
 
 const VERSION_FILE: &str = "VERSION";
@@ -15,6 +15,11 @@ const LOG_TREE: &str = "log";
 const META_TREE: &str = "meta";
 /// sled reports a held directory lock only through this message text.
 const LOCK_ERROR_TEXT: &str = "could not acquire lock";
+/// The snapshot, in the data directory: the format version byte, then the
+/// bytes given to `put_snapshot`. Written to `SNAPSHOT_TMP`, synced, then
+/// renamed over it.
+const SNAPSHOT_FILE: &str = "snapshot";
+const SNAPSHOT_TMP: &str = "snapshot.tmp";
 
 /// Tuning of a [`SledStore`].
 #[derive(Clone, Debug)]
@@ -39,6 +44,8 @@ impl Default for SledConfig {
 
 /// A [`LogStore`] on sled. Open one per data directory per process.
 pub struct SledStore {
+    /// The data directory (the snapshot file lives there).
+    dir: PathBuf,
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
@@ -66,7 +73,12 @@ impl SledStore {
         let meta = db
             .open_tree(META_TREE)
             .map_err(|e| StoreError::io("open meta tree", e))?;
-        Ok(Self { db, log, meta })
+        Ok(Self {
+            dir: data_dir.to_path_buf(),
+            db,
+            log,
+            meta,
+        })
     }
 
     fn flush(&self, operation: &'static str) -> Result<(), StoreError> {
@@ -244,6 +256,59 @@ impl LogStore for SledStore {
     }
 
     fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        let snapshot = fs::metadata(self.dir.join(SNAPSHOT_FILE)).map_or(0, |m| m.len());
+        self.db.size_on_disk().unwrap_or(0) + snapshot
+    }
+
+    fn put_snapshot(&self, parts: &[&[u8]]) -> Result<(), StoreError> {
+        let tmp = self.dir.join(SNAPSHOT_TMP);
+        let file = fs::File::create(&tmp).map_err(|e| StoreError::io("create snapshot file", e))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&[FORMAT_VERSION])
+            .map_err(|e| StoreError::io("write snapshot file", e))?;
+        for part in parts {
+            out.write_all(part)
+                .map_err(|e| StoreError::io("write snapshot file", e))?;
+        }
+        let file = out
+            .into_inner()
+            .map_err(|e| StoreError::io("write snapshot file", e.error().to_string()))?;
+        file.sync_all().map_err(|e| StoreError::io("sync snapshot file", e))?;
+        drop(file);
+        fs::rename(&tmp, self.dir.join(SNAPSHOT_FILE)).map_err(|e| StoreError::io("rename snapshot file", e))?;
+        fs::File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| StoreError::io("sync data directory", e))?;
+        // A data directory from before snapshots moved to a file.
+        if self
+            .meta
+            .contains_key(SNAPSHOT_META_KEY.as_bytes())
+            .map_err(|e| StoreError::io("read meta", e))?
+        {
+            self.delete_meta(SNAPSHOT_META_KEY)?;
+        }
+        Ok(())
+    }
+
+    fn get_snapshot(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut bytes = match fs::read(self.dir.join(SNAPSHOT_FILE)) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.get_meta(SNAPSHOT_META_KEY),
+            Err(e) => return Err(StoreError::io("read snapshot file", e)),
+        };
+        match bytes.first() {
+            None => Err(StoreError::Corrupt {
+                key: SNAPSHOT_FILE.to_owned(),
+            }),
+            Some(&FORMAT_VERSION) => {
+                bytes.remove(0);
+                Ok(Some(bytes))
+            }
+            Some(&found) => Err(StoreError::UnsupportedFormat {
+                key: SNAPSHOT_FILE.to_owned(),
+                found,
+                expected: FORMAT_VERSION,
+            }),
+        }
     }
 }

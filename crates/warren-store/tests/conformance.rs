@@ -86,3 +86,27 @@ fn sled_open_waits_for_a_lock_that_is_released() {
     assert_eq!(reopened.get_meta("k").expect("meta"), Some(b"v".to_vec()));
     releaser.join().expect("releaser");
 }
+
+#[test]
+fn sled_store_reads_a_snapshot_of_the_old_layout_and_moves_it_to_a_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = SledStore::open(dir.path(), &small_sled_config()).expect("open");
+        // Before snapshots moved to a file they were a metadata value.
+        store
+            .put_meta(warren_store::SNAPSHOT_META_KEY, b"old snapshot")
+            .expect("meta");
+    }
+    let store = SledStore::open(dir.path(), &small_sled_config()).expect("reopen");
+    assert_eq!(store.get_snapshot().expect("read"), Some(b"old snapshot".to_vec()));
+    store.put_snapshot(&[b"new ", b"snapshot"]).expect("write");
+    assert_eq!(
+        store.get_meta(warren_store::SNAPSHOT_META_KEY).expect("meta"),
+        None,
+        "the old copy is removed"
+    );
+    drop(store);
+    let store = SledStore::open(dir.path(), &small_sled_config()).expect("reopen");
+    assert_eq!(store.get_snapshot().expect("read"), Some(b"new snapshot".to_vec()));
+    assert!(dir.path().join("snapshot").exists());
+}
