@@ -332,6 +332,7 @@ mod tests {
             (100, 300, 600)
         );
         assert_eq!((config.node_down_after_ms, config.commit_timeout_ms), (3000, 10_000));
+        assert_eq!(config.snapshot_every, 10_000);
     }
 
     #[test]
