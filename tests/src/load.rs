@@ -210,9 +210,16 @@ impl Client {
     }
 }
 
-/// The stop switch of a load run: `None` while it runs; `Some(deadline)`
-/// once publishers must stop and consumers drain until `deadline`.
-pub type Stop = watch::Receiver<Option<tokio::time::Instant>>;
+/// The publishers' stop switch: `true` once they must stop (they still
+/// wait for the confirms of what they sent).
+pub type Stop = watch::Receiver<bool>;
+
+/// The consumers' drain switch: `None` while publishers run; `Some(deadline)`
+/// once every publisher has finished, so no confirm can arrive any more, and
+/// consumers drain until every confirmed id was consumed or `deadline`.
+/// (One switch for both once let a consumer see "all consumed" between the
+/// stop and the publishers' last confirms: 63 ids reported lost in CI.)
+pub type Drain = watch::Receiver<Option<tokio::time::Instant>>;
 
 /// Publishes persistent messages with confirms until `stop`, reconnecting
 /// after any error. Ids: `publisher << 32` upwards. Records confirms and
@@ -223,7 +230,7 @@ pub type Stop = watch::Receiver<Option<tokio::time::Instant>>;
 pub async fn publish_until(client: Client, publisher: u64, shared: SharedTally, stop: Stop) -> anyhow::Result<()> {
     let mut next_id: u64 = publisher << 32;
     let mut session_no = 0;
-    while stop.borrow().is_none() {
+    while !*stop.borrow() {
         let uri = client.uri(session_no);
         session_no += 1;
         let session = async {
@@ -233,7 +240,7 @@ pub async fn publish_until(client: Client, publisher: u64, shared: SharedTally, 
             let mut in_flight = VecDeque::new();
             let mut stopping = false;
             loop {
-                stopping = stopping || stop.borrow().is_some();
+                stopping = stopping || *stop.borrow();
                 if !stopping {
                     let id = next_id;
                     next_id += 1;
@@ -282,15 +289,15 @@ pub async fn publish_until(client: Client, publisher: u64, shared: SharedTally, 
     Ok(())
 }
 
-/// Consumes with manual acks until `stop` is set and every confirmed id was
-/// consumed, or until the drain deadline `stop` carries; reconnects after
-/// any error.
+/// Consumes with manual acks until `drain` is set and every confirmed id was
+/// consumed, or until the deadline `drain` carries; reconnects after any
+/// error.
 ///
 /// # Errors
 /// Never in practice: session failures are counted and retried.
-pub async fn consume_until(client: Client, shared: SharedTally, stop: Stop) -> anyhow::Result<()> {
+pub async fn consume_until(client: Client, shared: SharedTally, drain: Drain) -> anyhow::Result<()> {
     let done = |shared: &SharedTally| {
-        let drain_until = *stop.borrow();
+        let drain_until = *drain.borrow();
         drain_until
             .is_some_and(|deadline| tokio::time::Instant::now() >= deadline || tally(shared).all_confirmed_consumed())
     };
@@ -346,7 +353,8 @@ pub async fn confirmed_at_least(shared: &SharedTally, count: usize) {
 /// Running load: the publisher and consumer tasks and their stop switch.
 pub struct Load {
     pub shared: SharedTally,
-    stop: watch::Sender<Option<tokio::time::Instant>>,
+    stop: watch::Sender<bool>,
+    drain: watch::Sender<Option<tokio::time::Instant>>,
     publishers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
     consumers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -355,7 +363,8 @@ impl Load {
     /// Starts `publishers` and `consumers`.
     pub fn start(publishers: Vec<Client>, consumers: Vec<Client>) -> Self {
         let shared = SharedTally::default();
-        let (stop, stop_rx) = watch::channel(None);
+        let (stop, stop_rx) = watch::channel(false);
+        let (drain, drain_rx) = watch::channel(None);
         let publishers = publishers
             .into_iter()
             .zip(1u64..)
@@ -363,11 +372,12 @@ impl Load {
             .collect();
         let consumers = consumers
             .into_iter()
-            .map(|client| tokio::spawn(consume_until(client, shared.clone(), stop_rx.clone())))
+            .map(|client| tokio::spawn(consume_until(client, shared.clone(), drain_rx.clone())))
             .collect();
         Self {
             shared,
             stop,
+            drain,
             publishers,
             consumers,
         }
@@ -399,35 +409,26 @@ impl Load {
         Ok(self.confirmed())
     }
 
-    /// Stops the publishers (they wait for their last confirms), then lets
-    /// the consumers drain every confirmed id for at most `drain_limit`.
+    /// Stops the publishers and waits until each has its last confirms (or
+    /// gave its session up), then lets the consumers drain every confirmed
+    /// id for at most `drain_limit`.
     ///
     /// # Errors
-    /// A task panicked or failed.
+    /// A task panicked, failed or hung.
     pub async fn stop_and_drain(self, drain_limit: Duration) -> anyhow::Result<LoadReport> {
-        let _ = self.stop.send(Some(tokio::time::Instant::now() + drain_limit));
-        let tasks: Vec<_> = self.publishers.into_iter().chain(self.consumers).collect();
-        let aborts: Vec<_> = tasks.iter().map(tokio::task::JoinHandle::abort_handle).collect();
+        let _ = self.stop.send(true);
         // Every client step is bounded (`within`), so a task still running
-        // well past the drain limit is stuck: say so rather than hang.
-        let limit = drain_limit + 2 * crate::STEP_TIMEOUT;
-        let joined = tokio::time::timeout(limit, async {
-            for task in tasks {
-                task.await??;
-            }
-            Ok::<_, anyhow::Error>(())
-        })
-        .await;
-        let Ok(finished) = joined else {
-            aborts.iter().for_each(tokio::task::AbortHandle::abort);
-            let tally = tally(&self.shared);
-            anyhow::bail!(
-                "load tasks still running {limit:?} after the stop ({}); errors: {:#?}",
-                tally.report(),
-                tally.errors
-            );
-        };
-        finished?;
+        // well past its limit is stuck: say so rather than hang.
+        let publish_limit = CONFIRM_TIMEOUT + 2 * crate::STEP_TIMEOUT;
+        join_all(self.publishers, publish_limit, "publisher", &self.shared).await?;
+        let _ = self.drain.send(Some(tokio::time::Instant::now() + drain_limit));
+        join_all(
+            self.consumers,
+            drain_limit + 2 * crate::STEP_TIMEOUT,
+            "consumer",
+            &self.shared,
+        )
+        .await?;
         let report = tally(&self.shared).report();
         Ok(report)
     }
@@ -436,6 +437,34 @@ impl Load {
     pub fn errors(&self) -> Vec<String> {
         tally(&self.shared).errors.clone()
     }
+}
+
+/// Joins `tasks` within `limit`; aborts them and says where things stood if
+/// they do not finish.
+async fn join_all(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    limit: Duration,
+    what: &str,
+    shared: &SharedTally,
+) -> anyhow::Result<()> {
+    let aborts: Vec<_> = tasks.iter().map(tokio::task::JoinHandle::abort_handle).collect();
+    let joined = tokio::time::timeout(limit, async {
+        for task in tasks {
+            task.await??;
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await;
+    let Ok(finished) = joined else {
+        aborts.iter().for_each(tokio::task::AbortHandle::abort);
+        let tally = tally(shared);
+        anyhow::bail!(
+            "{what} tasks still running {limit:?} after the stop ({}); errors: {:#?}",
+            tally.report(),
+            tally.errors
+        );
+    };
+    finished
 }
 
 /// Publishes the persistent messages `ids` (body = id) to `queue` through
