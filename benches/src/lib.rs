@@ -97,6 +97,10 @@ pub fn cpu_us_per_msg(cpu_us: u64, published: u64, consumed: u64) -> f64 {
 pub struct Ledger {
     confirmed: HashMap<u32, Vec<bool>>,
     consumed: HashMap<u32, Vec<u32>>,
+    /// Distinct messages consumed so far.
+    consumed_unique: u64,
+    /// Confirmed messages not consumed yet.
+    confirmed_pending: u64,
 }
 
 /// Loss accounting at the end of a run.
@@ -120,11 +124,51 @@ fn mark<T: Clone + Default>(v: &mut Vec<T>, seq: u64) -> &mut T {
 
 impl Ledger {
     pub fn confirmed(&mut self, producer: u32, seq: u64) {
-        *mark(self.confirmed.entry(producer).or_default(), seq) = true;
+        let confirmed = mark(self.confirmed.entry(producer).or_default(), seq);
+        if *confirmed {
+            return;
+        }
+        *confirmed = true;
+        if self.consumed_count(producer, seq) == 0 {
+            self.confirmed_pending += 1;
+        }
     }
 
     pub fn consumed(&mut self, producer: u32, seq: u64) {
-        *mark(self.consumed.entry(producer).or_default(), seq) += 1;
+        let count = mark(self.consumed.entry(producer).or_default(), seq);
+        *count += 1;
+        if *count == 1 {
+            self.consumed_unique += 1;
+            let confirmed = self
+                .confirmed
+                .get(&producer)
+                .and_then(|c| c.get(usize::try_from(seq).unwrap_or(usize::MAX)))
+                .copied()
+                .unwrap_or(false);
+            if confirmed {
+                self.confirmed_pending -= 1;
+            }
+        }
+    }
+
+    fn consumed_count(&self, producer: u32, seq: u64) -> u32 {
+        self.consumed
+            .get(&producer)
+            .and_then(|c| c.get(usize::try_from(seq).unwrap_or(usize::MAX)))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Distinct messages consumed (duplicates count once): what a drain
+    /// waits for. Counting deliveries instead let a run with redeliveries
+    /// stop draining early and report the rest as lost.
+    pub fn consumed_unique(&self) -> u64 {
+        self.consumed_unique
+    }
+
+    /// Confirmed messages not consumed yet: 0 once a confirmed run drained.
+    pub fn confirmed_pending(&self) -> u64 {
+        self.confirmed_pending
     }
 
     pub fn account(&self) -> Accounting {
@@ -209,6 +253,25 @@ impl LongestGap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ledger_counts_distinct_consumes_and_confirmed_ones_still_pending() {
+        let mut ledger = Ledger::default();
+        ledger.confirmed(1, 0);
+        ledger.confirmed(1, 1);
+        ledger.consumed(1, 2); // consumed before (or without) its confirm
+        assert_eq!((ledger.consumed_unique(), ledger.confirmed_pending()), (1, 2));
+        ledger.consumed(1, 0);
+        ledger.consumed(1, 0); // a redelivery: counts once
+        assert_eq!((ledger.consumed_unique(), ledger.confirmed_pending()), (2, 1));
+        ledger.confirmed(1, 2); // its confirm came after the delivery
+        ledger.confirmed(1, 0); // a repeated confirm changes nothing
+        assert_eq!(ledger.confirmed_pending(), 1, "only seq 1 is still missing");
+        ledger.consumed(1, 1);
+        assert_eq!((ledger.consumed_unique(), ledger.confirmed_pending()), (3, 0));
+        let a = ledger.account();
+        assert_eq!((a.consumed_unique, a.duplicates, a.lost), (3, 1, 0));
+    }
 
     #[test]
     fn a_stamp_reads_back() {

@@ -123,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
     let publish_secs = start.elapsed().as_secs_f64();
 
     let deadline = Instant::now() + Duration::from_secs(args.drain_timeout);
-    while shared.lock().map(|s| s.consumed).unwrap_or(0) < published && Instant::now() < deadline {
+    while shared.lock().map(|s| s.ledger.consumed_unique()).unwrap_or(0) < published && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     consumer.abort();

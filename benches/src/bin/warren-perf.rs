@@ -196,8 +196,20 @@ async fn main() -> anyhow::Result<()> {
     let drain_deadline = Instant::now() + Duration::from_secs(args.drain_timeout);
     let all_gone = || consumers.iter().all(tokio::task::JoinHandle::is_finished);
     while args.consumers > 0 && !all_gone() {
-        let consumed = shared.lock().map(|s| s.consumed).unwrap_or(0);
-        if consumed >= target || Instant::now() > drain_deadline {
+        // Distinct messages, not deliveries: redeliveries after a consumer
+        // reconnect must not end the drain early (2026-11-29: 400
+        // duplicates ended it 44 messages short, reported as lost).
+        let drained = shared
+            .lock()
+            .map(|s| {
+                if args.confirm > 0 {
+                    s.ledger.confirmed_pending() == 0
+                } else {
+                    s.ledger.consumed_unique() >= target
+                }
+            })
+            .unwrap_or(false);
+        if drained || Instant::now() > drain_deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
