@@ -379,3 +379,186 @@ async fn tune_ok_with_a_frame_max_below_4096_or_above_the_servers_is_refused_wit
     connect(&broker.amqp_uri()).await?;
     Ok(())
 }
+
+/// Messages the memory-alarm tests publish (1 KiB each): far more than the
+/// broker takes in one 100 ms check of the alarm.
+const ALARM_MESSAGES: usize = 6000;
+
+/// A memory high-watermark of 64 KiB: about 40 queued 1 KiB messages.
+const SMALL_WATERMARK: &str = "queued_bytes_high_watermark = 65536\n";
+
+// The memory high-watermark, as RabbitMQ's memory alarm: a lapin publisher
+// (which asks for the `connection.blocked` capability) that fills a queue
+// past `queued_bytes_high_watermark` is sent connection.blocked; a consumer
+// on another connection drains the queue, the publisher is sent
+// connection.unblocked, and every message is confirmed and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_over_the_memory_high_watermark_is_blocked_until_a_consumer_drains_the_queue() -> anyhow::Result<()>
+{
+    use lapin::options::ConfirmSelectOptions;
+
+    let broker = warren_e2e::start_broker_with_config(SMALL_WATERMARK).await?;
+    let publisher = connect(&broker.amqp_uri()).await?;
+    let ch = within("channel.open", publisher.create_channel()).await?;
+    plain_queue(&ch, "alarm").await?;
+    within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default())).await?;
+    // lapin stops writing while blocked, so a publish waits: publish from a
+    // task and collect the confirms at the end.
+    let publishing = tokio::spawn(async move {
+        let body = vec![b'x'; 1024];
+        let mut confirms = Vec::with_capacity(ALARM_MESSAGES);
+        for _ in 0..ALARM_MESSAGES {
+            let confirm = ch
+                .basic_publish(
+                    "".into(),
+                    "alarm".into(),
+                    Default::default(),
+                    &body,
+                    BasicProperties::default(),
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        Ok::<_, lapin::Error>(confirms)
+    });
+    warren_e2e::eventually("connection.blocked", Duration::from_secs(20), || async {
+        Ok(publisher.status().blocked().then_some(()))
+    })
+    .await?;
+
+    let observer = connect(&broker.amqp_uri()).await?;
+    let och = within("channel.open", observer.create_channel()).await?;
+    drain(&och, "alarm", ALARM_MESSAGES).await?;
+    let confirms = tokio::time::timeout(STEP_TIMEOUT, publishing)
+        .await
+        .map_err(|_| anyhow::anyhow!("the publisher was not unblocked"))???;
+    for confirm in confirms {
+        assert!(within("publisher confirm", confirm).await?.is_ack());
+    }
+    warren_e2e::eventually("connection.unblocked", Duration::from_secs(10), || async {
+        Ok((!publisher.status().blocked()).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        message_count(&och, "alarm").await?,
+        0,
+        "every message was delivered once"
+    );
+    assert!(
+        broker.log_tail(2000).contains("memory alarm set"),
+        "the broker logs the alarm"
+    );
+    within("connection.close", publisher.close(200, "bye".into())).await?;
+    within("connection.close", observer.close(200, "bye".into())).await?;
+    Ok(())
+}
+
+// The same alarm holds a publisher that did not ask for connection.blocked
+// (a raw client with no capabilities): the broker stops reading its socket,
+// so the queue stops growing short of what the client wrote (the rest waits
+// in socket buffers), until a consumer drains it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_alarm_stops_reading_from_a_publisher_that_ignores_connection_blocked() -> anyhow::Result<()> {
+    const MESSAGES: usize = 3 * ALARM_MESSAGES;
+    let broker = warren_e2e::start_broker_with_config(SMALL_WATERMARK).await?;
+    let observer = connect(&broker.amqp_uri()).await?;
+    let och = within("channel.open", observer.create_channel()).await?;
+    plain_queue(&och, "raw-alarm").await?;
+
+    let mut client = RawClient::open(broker.amqp_addr(), Tune::default()).await?;
+    client.open_channel(1).await?;
+    let mut bytes = Vec::new();
+    for _ in 0..MESSAGES {
+        bytes.extend(raw::method_frame(
+            1,
+            ids::BASIC_PUBLISH,
+            &raw::basic_publish_args("", "raw-alarm", false),
+        ));
+        bytes.extend(raw::content_header_frame(1, 1024));
+        bytes.extend(raw::frame(3, 1, &[b'y'; 1024]));
+    }
+    let writing = tokio::spawn(async move {
+        client.send(&bytes).await;
+        client
+    });
+    // Once the broker stops taking publishes the count stays put.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut last = message_count(&och, "raw-alarm").await?;
+    let held_at = loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = message_count(&och, "raw-alarm").await?;
+        if now == last && now > 0 {
+            break now;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the queue kept growing ({now} queued)"
+        );
+        last = now;
+    };
+    assert!(
+        (held_at as usize) < MESSAGES,
+        "the broker stopped reading before all {MESSAGES} publishes ({held_at} queued)"
+    );
+
+    drain(&och, "raw-alarm", MESSAGES).await?;
+    let mut client = tokio::time::timeout(STEP_TIMEOUT, writing)
+        .await
+        .map_err(|_| anyhow::anyhow!("the broker did not read again after the drain"))??;
+    assert_eq!(message_count(&och, "raw-alarm").await?, 0);
+    // Not asked for, so not sent: the first frame back is the close-ok.
+    client
+        .send(&raw::method_frame(
+            0,
+            ids::CONNECTION_CLOSE,
+            &Args::new().u16(200).shortstr("bye").u16(0).u16(0).build(),
+        ))
+        .await;
+    let reply = client.read_frame().await?.expect("a frame after connection.close");
+    assert_eq!(
+        reply.method_id(),
+        Some(ids::CONNECTION_CLOSE_OK),
+        "no connection.blocked for a client that did not ask"
+    );
+    within("connection.close", observer.close(200, "bye".into())).await?;
+    Ok(())
+}
+
+/// Consumes and acks `expected` messages of `queue` on `ch`.
+async fn drain(ch: &lapin::Channel, queue: &str, expected: usize) -> anyhow::Result<()> {
+    use futures_lite::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    within("basic.qos", ch.basic_qos(200, BasicQosOptions::default())).await?;
+    let mut consumer = within(
+        "basic.consume",
+        ch.basic_consume(
+            queue.into(),
+            "drain".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    for received in 0..expected {
+        let next = tokio::time::timeout(STEP_TIMEOUT, consumer.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("no delivery within {STEP_TIMEOUT:?} after {received}"))?;
+        let delivery = next.ok_or_else(|| anyhow::anyhow!("consumer ended after {received}"))??;
+        within("basic.ack", delivery.ack(BasicAckOptions::default())).await?;
+    }
+    Ok(())
+}
+
+/// The message count of `queue` (passive declare).
+async fn message_count(ch: &lapin::Channel, queue: &str) -> anyhow::Result<u32> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = within(
+        "queue.declare passive",
+        ch.queue_declare(queue.into(), passive, FieldTable::default()),
+    )
+    .await?;
+    Ok(declared.message_count())
+}

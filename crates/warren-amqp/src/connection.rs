@@ -61,6 +61,9 @@ pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, fronte
         vhost: VHost::new("/"),
         user: UserName::default(),
         cancel_notify: false,
+        blocked_notify: false,
+        publishes: false,
+        blocked: false,
         channels: HashMap::new(),
         last_read: Instant::now(),
         registered: false,
@@ -100,6 +103,13 @@ struct Connection {
     user: UserName,
     /// The client said `consumer_cancel_notify` in its capabilities.
     cancel_notify: bool,
+    /// The client said `connection.blocked` in its capabilities.
+    blocked_notify: bool,
+    /// This connection has published: the memory alarm blocks it.
+    publishes: bool,
+    /// Reading is held by the memory alarm (and, with `blocked_notify`,
+    /// the client was sent `connection.blocked`).
+    blocked: bool,
     channels: HashMap<u16, ChannelSlot>,
     last_read: Instant,
     registered: bool,
@@ -181,6 +191,7 @@ impl Connection {
         };
         self.authenticate(&start_ok)?;
         self.cancel_notify = client_capability(&start_ok.client_properties, "consumer_cancel_notify");
+        self.blocked_notify = client_capability(&start_ok.client_properties, "connection.blocked");
 
         let config = &self.frontend.config;
         let tune = connection::Tune {
@@ -375,6 +386,7 @@ impl Connection {
         };
         let mut heartbeat = tokio::time::interval(tick.max(Duration::from_millis(100)));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut alarm = self.frontend.alarm.subscribe();
         loop {
             while let Some(frame) = self.decode()? {
                 if self.client_closing {
@@ -386,10 +398,14 @@ impl Connection {
                     self.flush().await?;
                 }
             }
+            // The memory alarm holds the socket of a publishing connection:
+            // frames already read are handled, no more are read.
+            let hold = self.publishes && *alarm.borrow_and_update();
+            self.set_blocked(hold);
             self.flush().await?;
             self.inbuf.reserve(64 * 1024);
             // Every branch is cancel safe: `recv` and `read_buf` lose nothing
-            // when another branch wins; `tick` only marks time.
+            // when another branch wins; `tick` and `changed` only mark time.
             tokio::select! {
                 batch = effects.recv() => {
                     let Some(batch) = batch else {
@@ -415,19 +431,56 @@ impl Connection {
                         return Ok(());
                     }
                 }
-                read = self.reader.read_buf(&mut self.inbuf) => {
+                changed = alarm.changed() => {
+                    // The sender lives in the front end, which outlives
+                    // every connection.
+                    changed.map_err(|_| AmqpError::Io(std::io::ErrorKind::BrokenPipe.into()))?;
+                }
+                read = self.reader.read_buf(&mut self.inbuf), if !hold => {
                     if read? == 0 {
                         return Ok(());
                     }
                     self.last_read = Instant::now();
                 }
                 _ = heartbeat.tick(), if heartbeat_on => {
-                    if self.last_read.elapsed() > self.heartbeat * 2 {
+                    // Nothing is read while blocked: the client's heartbeats
+                    // wait in the socket, as with RabbitMQ.
+                    if !hold && self.last_read.elapsed() > self.heartbeat * 2 {
                         warn!(conn = ?self.id, peer = %self.peer, "missed heartbeats from client, closing");
                         return Err(AmqpError::Io(std::io::ErrorKind::TimedOut.into()));
                     }
                     self.send_frame(&AMQPFrame::Heartbeat);
                 }
+            }
+        }
+    }
+
+    /// Enters or leaves the blocked state; tells a client that asked for
+    /// it with `connection.blocked` / `connection.unblocked`.
+    fn set_blocked(&mut self, hold: bool) {
+        if hold == self.blocked {
+            return;
+        }
+        self.blocked = hold;
+        if hold {
+            debug!(conn = ?self.id, peer = %self.peer, "memory alarm: publishing connection blocked");
+            if self.blocked_notify {
+                self.send_method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                        reason: short(crate::flow::BLOCKED_REASON),
+                    })),
+                );
+            }
+        } else {
+            debug!(conn = ?self.id, peer = %self.peer, "memory alarm cleared: connection unblocked");
+            // The time spent blocked is not a missed heartbeat.
+            self.last_read = Instant::now();
+            if self.blocked_notify {
+                self.send_method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Unblocked(connection::Unblocked {})),
+                );
             }
         }
     }
@@ -783,6 +836,7 @@ impl Connection {
     async fn handle_basic_method(&mut self, ch: u16, vhost: VHost, method: basic::AMQPMethod) -> Result<(), AmqpError> {
         match method {
             basic::AMQPMethod::Publish(m) => {
+                self.publishes = true;
                 if m.immediate {
                     return Err(AmqpError::connection_for(
                         reply_code::NOT_IMPLEMENTED,

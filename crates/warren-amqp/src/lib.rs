@@ -11,6 +11,7 @@ mod channel;
 mod connection;
 mod convert;
 mod error;
+pub mod flow;
 mod names;
 pub mod password;
 mod registry;
@@ -42,6 +43,9 @@ pub struct AmqpConfig {
     pub loopback_users: Vec<String>,
     /// Time allowed from accept to `connection.open-ok`.
     pub handshake_timeout: Duration,
+    /// Estimated bytes of ready messages above which publishing
+    /// connections are blocked (0: never; see [`flow`]).
+    pub queued_bytes_high_watermark: u64,
 }
 
 impl Default for AmqpConfig {
@@ -53,6 +57,7 @@ impl Default for AmqpConfig {
             max_message_size: 16 * 1024 * 1024,
             loopback_users: vec!["guest".to_owned()],
             handshake_timeout: Duration::from_secs(10),
+            queued_bytes_high_watermark: 0,
         }
     }
 }
@@ -67,6 +72,8 @@ pub struct Frontend {
     pub proposer: Proposer,
     pub registry: Arc<Registry>,
     pub config: AmqpConfig,
+    /// The memory alarm: `true` while publishers must be blocked.
+    pub alarm: tokio::sync::watch::Sender<bool>,
     next_connection: AtomicU64,
 }
 
@@ -80,6 +87,7 @@ impl Frontend {
             proposer,
             registry,
             config,
+            alarm: tokio::sync::watch::Sender::new(false),
             next_connection: AtomicU64::new(1),
         }
     }
@@ -89,11 +97,17 @@ impl Frontend {
 /// served by its own task.
 pub async fn serve(listener: TcpListener, frontend: Arc<Frontend>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let watermark = frontend.config.queued_bytes_high_watermark;
+    let mut memory_check = tokio::time::interval(flow::CHECK_EVERY);
+    memory_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = &mut shutdown => {
                 info!("AMQP listener stopping");
                 return;
+            }
+            _ = memory_check.tick(), if watermark != 0 => {
+                flow::check(&frontend.node, watermark, &frontend.alarm);
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {

@@ -366,6 +366,18 @@ impl Broker {
         self.vhosts.contains_key(vhost)
     }
 
+    /// Messages ready in all queues, and their body bytes: the backlog the
+    /// memory high-watermark watches (unacked messages are bounded by
+    /// prefetch and not counted). O(queues).
+    pub fn ready_backlog(&self) -> (u64, u64) {
+        self.vhosts
+            .values()
+            .flat_map(|vhost| vhost.queues.values())
+            .fold((0, 0), |(messages, bytes), queue| {
+                (messages + queue.ready.len() as u64, bytes + queue.ready_bytes)
+            })
+    }
+
     /// Every queue, sorted by vhost and name.
     pub fn queue_summaries(&self) -> Vec<QueueSummary> {
         self.vhosts

@@ -132,6 +132,7 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         heartbeat: Duration::from_secs(config.heartbeat_secs),
         max_message_size: config.max_message_size,
         loopback_users: config.loopback_users.clone(),
+        queued_bytes_high_watermark: config.queued_bytes_high_watermark,
         ..AmqpConfig::default()
     };
     let frontend = Arc::new(Frontend::new(node_id, boot, node.clone(), registry, amqp_config));

@@ -497,3 +497,22 @@ fn quorum_queues_are_durable_not_exclusive_not_auto_delete() {
         declare("c", false, true, true, table(&[("x-queue-type", text("classic"))])),
     );
 }
+
+#[test]
+fn the_ready_backlog_counts_ready_messages_and_their_bytes_in_every_queue() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    assert_eq!(h.broker.ready_backlog(), (0, 0));
+    h.ok(c, declare_queue("a"));
+    h.ok(c, declare_queue("b"));
+    h.ok(c, publish("", "a", "12345"));
+    h.ok(c, publish("", "a", "123"));
+    h.ok(c, publish("", "b", "1"));
+    assert_eq!(h.broker.ready_backlog(), (3, 9));
+    // A delivery to a consumer takes a message out of the ready backlog
+    // (the unacked ones are bounded by prefetch and not counted).
+    h.ok(chan(2, 1), consume("a", "c", false));
+    assert_eq!(h.broker.ready_backlog(), (1, 1));
+    h.ok(c, purge("b"));
+    assert_eq!(h.broker.ready_backlog(), (0, 0));
+}
