@@ -20,8 +20,21 @@ pub struct NodeConfig {
     pub election_timeout_max_ms: u64,
     /// Log entries between snapshots; the log behind a snapshot is purged.
     pub snapshot_every: u64,
+    /// A snapshot is also taken once the log has grown by this many bytes
+    /// (or by the last snapshot's size, if larger): entries are batches, so
+    /// a count alone lets the log hold gigabytes (`compaction.rs`).
+    pub snapshot_log_bytes: u64,
     /// Commands per Raft entry at most.
     pub max_batch: usize,
+    /// A Raft entry stops taking commands once their message bodies reach
+    /// this many bytes (one message may overshoot it). sled 0.34 keeps a
+    /// value over ~128 KiB in a separate blob file, and with entries of up
+    /// to 2048 messages the purged log's blob files were not reclaimed
+    /// (sled issue #786): 3.5 GiB on disk and 944 MiB RSS after 1 M
+    /// consumed 1 KiB messages, growing with every message. At 96 KiB both
+    /// stay flat (~100-150 MiB of blobs, ~140 MiB RSS after 3 M), at the same
+    /// throughput; 32 KiB halved it (measured 2026-11-29, ADR 0010).
+    pub max_batch_bytes: u64,
     /// Batches submitted to Raft and not yet committed, at most.
     pub max_batches_in_flight: usize,
     /// sled's page cache.
@@ -55,7 +68,9 @@ impl Default for NodeConfig {
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,
             snapshot_every: 10_000,
+            snapshot_log_bytes: 64 * 1024 * 1024,
             max_batch: 2048,
+            max_batch_bytes: 96 * 1024,
             max_batches_in_flight: 4,
             cache_capacity_bytes: 256 * 1024 * 1024,
             start_timeout_ms: 60_000,

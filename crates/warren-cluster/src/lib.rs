@@ -23,6 +23,7 @@
 #![allow(clippy::result_large_err)]
 
 mod codec;
+mod compaction;
 mod config;
 mod error;
 mod liveness;

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -57,6 +58,9 @@ enum WriteOp {
 pub struct RaftLogStore {
     store: Arc<dyn LogStore>,
     pending: Pending,
+    /// Bytes of encoded entries appended since this node started (read by
+    /// the size-based snapshot trigger, `compaction.rs`).
+    appended_bytes: Arc<AtomicU64>,
     writer: std_mpsc::Sender<WriteOp>,
     last_log_id: Option<LogId<u64>>,
     last_purged: Option<LogId<u64>>,
@@ -108,10 +112,16 @@ impl RaftLogStore {
         Ok(Self {
             store,
             pending,
+            appended_bytes: Arc::new(AtomicU64::new(0)),
             writer,
             last_log_id: last_log_id.or(last_purged),
             last_purged,
         })
+    }
+
+    /// The count of bytes appended to this log since it was opened.
+    pub(crate) fn appended_bytes(&self) -> Arc<AtomicU64> {
+        self.appended_bytes.clone()
     }
 
     fn reader(&self) -> RaftLogReaderHandle {
@@ -355,6 +365,9 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
             let bytes = encode(entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
             encoded.push((entry.log_id.index, bytes));
         }
+        let bytes: usize = encoded.iter().map(|(_, bytes)| bytes.len()).sum();
+        self.appended_bytes
+            .fetch_add(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::Relaxed);
         let log_ids = entries.iter().map(|e| e.log_id).collect();
         {
             let mut pending = lock_pending(&self.pending);

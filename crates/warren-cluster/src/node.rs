@@ -21,9 +21,9 @@ use crate::network::UnreachableNetwork;
 use crate::peers::{NoPeers, PeerError, Peers};
 use crate::proposer::{Proposer, ProposerTask};
 use crate::state_machine::{Shared, StateMachine};
-use crate::tick;
 use crate::tracker::ProposalTracker;
 use crate::type_config::{Proposal, TypeConfig};
+use crate::{compaction, tick};
 
 /// Receives, after each applied entry, the effects addressed to this node
 /// (`effect.channel().conn.node == own id`), in apply order — including
@@ -204,6 +204,7 @@ impl Node {
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let shared = state_machine.shared();
+        let appended_bytes = log_store.appended_bytes();
         let contacts = Arc::new(Contacts::default());
         let network = TrackingNetwork {
             inner: network,
@@ -249,12 +250,15 @@ impl Node {
             sink,
             peers: peers.clone(),
             max_batch: config.max_batch,
+            max_batch_bytes: config.max_batch_bytes,
             max_in_flight: config.max_batches_in_flight,
             forward_timeout: config.forward_timeout(),
             leader_wait: Duration::from_millis(config.election_timeout_max_ms.saturating_mul(4)),
         }
         .spawn();
         let tick_task = tick::spawn(node_id, raft.clone(), shared.clone(), proposer.clone());
+        let compaction_task =
+            compaction::spawn(raft.clone(), appended_bytes, shared.clone(), config.snapshot_log_bytes);
         let detector_task = Detector {
             node_id,
             raft: raft.clone(),
@@ -273,7 +277,7 @@ impl Node {
                 config,
                 membership_changes: Semaphore::new(1),
                 tasks: Mutex::new({
-                    tasks.extend([proposer_task, tick_task, detector_task]);
+                    tasks.extend([proposer_task, tick_task, detector_task, compaction_task]);
                     tasks
                 }),
             }),

@@ -57,6 +57,9 @@ pub(crate) struct ProposerTask {
     pub(crate) sink: Arc<dyn EffectSink>,
     pub(crate) peers: Arc<dyn Peers>,
     pub(crate) max_batch: usize,
+    /// A batch stops taking requests once their bodies reach this many
+    /// bytes (see [`crate::NodeConfig::max_batch_bytes`]).
+    pub(crate) max_batch_bytes: u64,
     pub(crate) max_in_flight: usize,
     /// Bound on one forwarded batch (the leader's commit included).
     pub(crate) forward_timeout: Duration,
@@ -90,10 +93,14 @@ impl ProposerTask {
                 return;
             };
             let mut requests = Vec::with_capacity(rx.len().min(max_batch) + 1);
+            let mut bytes = request_bytes(&first);
             requests.push(first);
-            while requests.len() < max_batch {
+            while requests.len() < max_batch && bytes < self.max_batch_bytes {
                 match rx.try_recv() {
-                    Ok(request) => requests.push(request),
+                    Ok(request) => {
+                        bytes += request_bytes(&request);
+                        requests.push(request);
+                    }
                     Err(_) => break,
                 }
             }
@@ -320,6 +327,16 @@ enum Forwarded {
         leader_id: Option<u64>,
         leader_addr: Option<String>,
     },
+}
+
+/// Roughly what `request` adds to an encoded entry: a publish's body and
+/// routing key, plus a fixed allowance for the rest.
+fn request_bytes(request: &Request) -> u64 {
+    const OTHER: u64 = 128;
+    match &request.command {
+        Command::Publish { message, .. } => OTHER + message.body_len() + message.routing_key.len() as u64,
+        _ => OTHER,
+    }
 }
 
 pub(crate) fn wall_clock_ms() -> u64 {

@@ -39,6 +39,9 @@ pub(crate) struct Shared {
     pub(crate) applied: Notify,
     /// `now_ms` of the last applied batch that held a `Tick`.
     pub(crate) last_tick_ms: AtomicU64,
+    /// Bytes of the newest snapshot built, installed or loaded (the
+    /// size-based snapshot trigger waits for at least this much new log).
+    pub(crate) snapshot_bytes: AtomicU64,
 }
 
 impl Shared {
@@ -118,29 +121,32 @@ impl StateMachine {
         tracker: Arc<ProposalTracker>,
     ) -> Result<Self, StorageError<u64>> {
         let reading = store.clone();
-        let state = run_blocking(move || -> Result<SmState, StorageError<u64>> {
+        let (state, snapshot_bytes) = run_blocking(move || -> Result<(SmState, usize), StorageError<u64>> {
             let Some(stored) = load_snapshot(&*reading)? else {
-                return Ok(SmState {
+                let empty = SmState {
                     broker: Broker::new(),
                     sessions: Sessions::default(),
                     last_applied: None,
                     membership: StoredMembership::default(),
-                });
+                };
+                return Ok((empty, 0));
             };
             let Replicated { broker, sessions } = decode_replicated(&stored.data)
                 .map_err(|e| StorageIOError::read_snapshot(Some(stored.meta.signature()), &e))?;
-            Ok(SmState {
+            let state = SmState {
                 broker,
                 sessions,
                 last_applied: stored.meta.last_log_id,
                 membership: stored.meta.last_membership,
-            })
+            };
+            Ok((state, stored.data.len()))
         })
         .await??;
         let shared = Arc::new(Shared {
             state: RwLock::new(state),
             applied: Notify::new(),
             last_tick_ms: AtomicU64::new(0),
+            snapshot_bytes: AtomicU64::new(as_u64(snapshot_bytes)),
         });
         Ok(Self {
             shared,
@@ -154,6 +160,10 @@ impl StateMachine {
     pub(crate) fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
     }
+}
+
+fn as_u64(len: usize) -> u64 {
+    u64::try_from(len).unwrap_or(u64::MAX)
 }
 
 fn load_snapshot(store: &dyn LogStore) -> Result<Option<StoredSnapshot>, StorageError<u64>> {
@@ -226,6 +236,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         })
         .await??;
         tracing::info!(snapshot = %stored.meta, bytes = stored.data.len(), "snapshot built");
+        self.shared
+            .snapshot_bytes
+            .store(as_u64(stored.data.len()), Ordering::Relaxed);
         Ok(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
@@ -345,6 +358,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             state.membership = stored.meta.last_membership;
         }
         tracing::info!(snapshot = %meta, "snapshot installed");
+        self.shared
+            .snapshot_bytes
+            .store(as_u64(stored.data.len()), Ordering::Relaxed);
         // The entries the snapshot covers are not applied one by one here,
         // so their replies would never come: answer what is in flight now.
         self.tracker

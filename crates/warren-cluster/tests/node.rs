@@ -274,6 +274,42 @@ async fn snapshot_is_built_log_purged_and_restored_on_restart() -> anyhow::Resul
     Ok(())
 }
 
+// Entries are batches, so a count of entries does not bound the log: a
+// snapshot also comes once the log has grown by `snapshot_log_bytes`, and
+// the log behind it is purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_taken_when_the_log_grows_by_its_byte_budget() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node_config = NodeConfig {
+        snapshot_every: 1_000_000,
+        snapshot_log_bytes: 64 * 1024,
+        ..config(dir.path())
+    };
+    let sink = Arc::new(CollectingSink::default());
+    let node = Node::start(node_config, sink.clone()).await?;
+    let origin = channel(1);
+    let proposer = node.proposer();
+    proposer
+        .submit(request(origin, declare_queue("big", FieldTable::default())))
+        .await?;
+    sink.wait_for_replies(origin, 1).await;
+    // 40 entries of 4 KiB: 160 KiB of log, far from a million entries.
+    let body = "x".repeat(4096);
+    for i in 0..40 {
+        proposer.submit(request(origin, publish("big", &body))).await?;
+        sink.wait_for_replies(origin, i + 2).await;
+    }
+    // With a million entries between count-based snapshots, only the byte
+    // budget can have asked for this one.
+    wait_for_status(&node, "a snapshot and a purge by size", |s| {
+        s.snapshot_index.is_some() && s.purged_index.is_some()
+    })
+    .await;
+    assert_eq!(queue(&node, "big").map(|q| q.messages_ready), Some(40));
+    node.shutdown().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proposer_batches_concurrent_requests_into_few_entries() -> anyhow::Result<()> {
     let sink = Arc::new(CollectingSink::default());

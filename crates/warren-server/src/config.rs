@@ -97,6 +97,9 @@ pub struct FileConfig {
     /// Raft log entries between snapshots (default 10000); the log behind a
     /// snapshot is purged.
     pub snapshot_every: Option<u64>,
+    /// A snapshot is also taken once the log has grown by this many bytes
+    /// (or by the last snapshot's size, if larger); default 64 MiB.
+    pub snapshot_log_bytes: Option<u64>,
     /// Memory high-watermark: while the estimated bytes of ready messages
     /// (bodies plus 512 B each) exceed this, publishing connections are
     /// blocked (`connection.blocked`). Default: a twentieth of the memory
@@ -133,6 +136,7 @@ pub struct Config {
     pub node_down_after_ms: u64,
     pub commit_timeout_ms: u64,
     pub snapshot_every: u64,
+    pub snapshot_log_bytes: u64,
     pub queued_bytes_high_watermark: u64,
     pub vhosts: Vec<String>,
 }
@@ -213,6 +217,7 @@ impl Config {
             node_down_after_ms: file.node_down_after_ms.unwrap_or(raft_defaults.node_down_after_ms),
             commit_timeout_ms: file.commit_timeout_ms.unwrap_or(raft_defaults.forward_timeout_ms),
             snapshot_every: file.snapshot_every.unwrap_or(raft_defaults.snapshot_every),
+            snapshot_log_bytes: file.snapshot_log_bytes.unwrap_or(raft_defaults.snapshot_log_bytes),
             queued_bytes_high_watermark: file
                 .queued_bytes_high_watermark
                 .unwrap_or_else(|| memory_limit() / HIGH_WATERMARK_DIVISOR),
@@ -373,6 +378,7 @@ mod tests {
         );
         assert_eq!((config.node_down_after_ms, config.commit_timeout_ms), (3000, 10_000));
         assert_eq!(config.snapshot_every, 10_000);
+        assert_eq!(config.snapshot_log_bytes, 64 << 20);
         assert_eq!(config.queued_bytes_high_watermark, 1 << 30);
     }
 

@@ -66,6 +66,7 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         node_down_after_ms: config.node_down_after_ms,
         forward_timeout_ms: config.commit_timeout_ms,
         snapshot_every: config.snapshot_every,
+        snapshot_log_bytes: config.snapshot_log_bytes,
         ..NodeConfig::default()
     };
     let node = Node::open(node_config, network.clone(), Arc::new(network), registry.clone())
