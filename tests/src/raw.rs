@@ -188,6 +188,15 @@ pub fn content_header_frame(channel: u16, body_size: u64) -> Vec<u8> {
     frame(FRAME_HEADER, channel, &payload)
 }
 
+/// The frames of one `basic.publish` to the default exchange with routing
+/// key `routing_key` and `body` (method, content header, one body frame).
+pub fn publish_frames(channel: u16, routing_key: &str, body: &[u8]) -> Vec<u8> {
+    let mut frames = method_frame(channel, ids::BASIC_PUBLISH, &basic_publish_args("", routing_key, false));
+    frames.extend(content_header_frame(channel, body.len() as u64));
+    frames.extend(frame(FRAME_BODY, channel, body));
+    frames
+}
+
 /// basic.publish arguments.
 pub fn basic_publish_args(exchange: &str, routing_key: &str, mandatory: bool) -> Vec<u8> {
     Args::new()

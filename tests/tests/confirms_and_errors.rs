@@ -186,13 +186,7 @@ async fn confirms_of_consecutive_publishes_are_coalesced_into_multiple_acks() ->
 
     let mut burst = Vec::new();
     for _ in 0..PUBLISHES {
-        burst.extend(raw::method_frame(
-            1,
-            ids::BASIC_PUBLISH,
-            &raw::basic_publish_args("", "coalesced", false),
-        ));
-        burst.extend(raw::content_header_frame(1, 2));
-        burst.extend(raw::frame(raw::FRAME_BODY, 1, b"hi"));
+        burst.extend(raw::publish_frames(1, "coalesced", b"hi"));
     }
     client.send(&burst).await;
 

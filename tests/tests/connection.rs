@@ -469,13 +469,7 @@ async fn the_memory_alarm_stops_reading_from_a_publisher_that_ignores_connection
     client.open_channel(1).await?;
     let mut bytes = Vec::new();
     for _ in 0..MESSAGES {
-        bytes.extend(raw::method_frame(
-            1,
-            ids::BASIC_PUBLISH,
-            &raw::basic_publish_args("", "raw-alarm", false),
-        ));
-        bytes.extend(raw::content_header_frame(1, 1024));
-        bytes.extend(raw::frame(3, 1, &[b'y'; 1024]));
+        bytes.extend(raw::publish_frames(1, "raw-alarm", &[b'y'; 1024]));
     }
     let writing = tokio::spawn(async move {
         client.send(&bytes).await;
