@@ -476,3 +476,75 @@ async fn a_node_restarts_twice_on_its_data_dir_and_keeps_durable_state() -> anyh
     assert_eq!(bodies, ["first", "second"]);
     Ok(())
 }
+
+/// Messages of the size-triggered snapshot test (1 KiB each).
+const SIZED_MESSAGES: usize = 2_000;
+
+// The Raft log is bounded by bytes (ADR 0010): with `snapshot_log_bytes` at
+// 256 KiB, a node that carried 2 MiB of messages in far fewer than
+// `snapshot_every` (10,000) entries has written its snapshot file; after a
+// kill -9 it starts from that snapshot with every confirmed message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_snapshots_by_log_size_and_restarts_from_the_snapshot_after_kill_9() -> anyhow::Result<()> {
+    let broker = warren_e2e::start_broker_with_config("snapshot_log_bytes = 262144\n").await?;
+    let conn = connect(&broker.amqp_uri()).await?;
+    let ch = within("channel.open", conn.create_channel()).await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    declare_queue(&ch, "sized", durable, FieldTable::default()).await?;
+    within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default())).await?;
+    let body = vec![b's'; 1024];
+    let mut confirms = VecDeque::new();
+    let mut confirmed = 0;
+    for _ in 0..SIZED_MESSAGES {
+        let confirm = within(
+            "basic.publish",
+            ch.basic_publish(
+                "".into(),
+                "sized".into(),
+                Default::default(),
+                &body,
+                BasicProperties::default().with_delivery_mode(2),
+            ),
+        )
+        .await?;
+        confirms.push_back(confirm);
+        if confirms.len() >= WINDOW {
+            if let Some(confirm) = confirms.pop_front() {
+                confirmed += usize::from(within("publisher confirm", confirm).await?.is_ack());
+            }
+        }
+    }
+    for confirm in confirms {
+        confirmed += usize::from(within("publisher confirm", confirm).await?.is_ack());
+    }
+    assert_eq!(confirmed, SIZED_MESSAGES);
+    let snapshot = broker.data_dir().join("snapshot");
+    eventually("a snapshot file written by size", Duration::from_secs(30), || {
+        let exists = snapshot.exists();
+        async move { Ok(exists.then_some(())) }
+    })
+    .await?;
+
+    let broker = restart_broker(broker).await?;
+    let conn = connect(&broker.amqp_uri()).await?;
+    let ch = within("channel.open", conn.create_channel()).await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue = within(
+        "queue.declare passive",
+        ch.queue_declare("sized".into(), passive, FieldTable::default()),
+    )
+    .await?;
+    assert_eq!(
+        queue.message_count() as usize,
+        SIZED_MESSAGES,
+        "every confirmed message is back"
+    );
+    within("connection.close", conn.close(200, "bye".into())).await?;
+    Ok(())
+}
