@@ -104,7 +104,7 @@ pub struct FileConfig {
     /// (bodies plus 512 B each) exceed this, publishing connections are
     /// blocked (`connection.blocked`). Default: a twentieth of the memory
     /// the process may use (RAM, or the cgroup limit in a container): RSS
-    /// ran 4-9x the estimate in benchmarks, so this stays near RabbitMQ's
+    /// ran 2-9x the estimate in benchmarks, so this stays near RabbitMQ's
     /// 0.4 of RAM. 0 = off (ADR 0009).
     pub queued_bytes_high_watermark: Option<u64>,
     /// Virtual hosts that must exist besides `/` (created at start if missing).
