@@ -122,6 +122,14 @@ fn mark<T: Clone + Default>(v: &mut Vec<T>, seq: u64) -> &mut T {
     &mut v[i]
 }
 
+/// The entry for (`producer`, `seq`), or the default if never marked.
+fn at<T: Copy + Default>(map: &HashMap<u32, Vec<T>>, producer: u32, seq: u64) -> T {
+    map.get(&producer)
+        .and_then(|v| v.get(usize::try_from(seq).ok()?))
+        .copied()
+        .unwrap_or_default()
+}
+
 impl Ledger {
     pub fn confirmed(&mut self, producer: u32, seq: u64) {
         let confirmed = mark(self.confirmed.entry(producer).or_default(), seq);
@@ -129,7 +137,7 @@ impl Ledger {
             return;
         }
         *confirmed = true;
-        if self.consumed_count(producer, seq) == 0 {
+        if at(&self.consumed, producer, seq) == 0 {
             self.confirmed_pending += 1;
         }
     }
@@ -139,24 +147,10 @@ impl Ledger {
         *count += 1;
         if *count == 1 {
             self.consumed_unique += 1;
-            let confirmed = self
-                .confirmed
-                .get(&producer)
-                .and_then(|c| c.get(usize::try_from(seq).unwrap_or(usize::MAX)))
-                .copied()
-                .unwrap_or(false);
-            if confirmed {
+            if at(&self.confirmed, producer, seq) {
                 self.confirmed_pending -= 1;
             }
         }
-    }
-
-    fn consumed_count(&self, producer: u32, seq: u64) -> u32 {
-        self.consumed
-            .get(&producer)
-            .and_then(|c| c.get(usize::try_from(seq).unwrap_or(usize::MAX)))
-            .copied()
-            .unwrap_or(0)
     }
 
     /// Distinct messages consumed (duplicates count once): what a drain

@@ -440,7 +440,7 @@ async fn a_publisher_over_the_memory_high_watermark_is_blocked_until_a_consumer_
     })
     .await?;
     assert_eq!(
-        message_count(&och, "alarm").await?,
+        amqp::message_count(&och, "alarm").await?,
         0,
         "every message was delivered once"
     );
@@ -477,10 +477,10 @@ async fn the_memory_alarm_stops_reading_from_a_publisher_that_ignores_connection
     });
     // Once the broker stops taking publishes the count stays put.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut last = message_count(&och, "raw-alarm").await?;
+    let mut last = amqp::message_count(&och, "raw-alarm").await?;
     let held_at = loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = message_count(&och, "raw-alarm").await?;
+        let now = amqp::message_count(&och, "raw-alarm").await?;
         if now == last && now > 0 {
             break now;
         }
@@ -499,7 +499,7 @@ async fn the_memory_alarm_stops_reading_from_a_publisher_that_ignores_connection
     let mut client = tokio::time::timeout(STEP_TIMEOUT, writing)
         .await
         .map_err(|_| anyhow::anyhow!("the broker did not read again after the drain"))??;
-    assert_eq!(message_count(&och, "raw-alarm").await?, 0);
+    assert_eq!(amqp::message_count(&och, "raw-alarm").await?, 0);
     // Not asked for, so not sent: the first frame back is the close-ok.
     client
         .send(&raw::method_frame(
@@ -541,18 +541,4 @@ async fn drain(ch: &lapin::Channel, queue: &str, expected: usize) -> anyhow::Res
         within("basic.ack", delivery.ack(BasicAckOptions::default())).await?;
     }
     Ok(())
-}
-
-/// The message count of `queue` (passive declare).
-async fn message_count(ch: &lapin::Channel, queue: &str) -> anyhow::Result<u32> {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let declared = within(
-        "queue.declare passive",
-        ch.queue_declare(queue.into(), passive, FieldTable::default()),
-    )
-    .await?;
-    Ok(declared.message_count())
 }

@@ -431,7 +431,9 @@ impl Connection {
                         return Ok(());
                     }
                 }
-                changed = alarm.changed() => {
+                // Only a publishing connection cares: consumers are never
+                // blocked, so an alarm change need not wake them.
+                changed = alarm.changed(), if self.publishes => {
                     // The sender lives in the front end, which outlives
                     // every connection.
                     changed.map_err(|_| AmqpError::Io(std::io::ErrorKind::BrokenPipe.into()))?;

@@ -26,14 +26,17 @@ pub struct NodeConfig {
     pub snapshot_log_bytes: u64,
     /// Commands per Raft entry at most.
     pub max_batch: usize,
-    /// A Raft entry stops taking commands once their message bodies reach
-    /// this many bytes (one message may overshoot it). sled 0.34 keeps a
-    /// value over ~128 KiB in a separate blob file, and with entries of up
-    /// to 2048 messages the purged log's blob files were not reclaimed
-    /// (sled issue #786): 3.5 GiB on disk and 944 MiB RSS after 1 M
-    /// consumed 1 KiB messages, growing with every message. At 96 KiB both
-    /// stay flat (~100-150 MiB of blobs, ~140 MiB RSS after 3 M), at the same
-    /// throughput; 32 KiB halved it (measured 2026-11-29, ADR 0010).
+    /// A Raft entry stops taking commands once their estimated size
+    /// reaches this many bytes: a publish counts its body and routing key
+    /// plus 128 B, any other command 128 B (so at most ~768 acks, and
+    /// ~650 16-byte publishes, per entry); the last command may overshoot.
+    /// sled 0.34 keeps a value over ~128 KiB in a separate blob file, and
+    /// with entries of up to 2048 1 KiB messages the blob files stayed
+    /// after the log was purged (sled issue #786): 944 MiB RSS and 3.5 GiB
+    /// on disk after 1 M consumed 1 KiB messages with snapshots by size
+    /// running. At 96 KiB both stay flat (~100-190 MiB of blobs, ~140 MiB
+    /// RSS after 3 M) at the same throughput; 32 KiB cut it to about half
+    /// (measured 2026-11-29, ADR 0010).
     pub max_batch_bytes: u64,
     /// Batches submitted to Raft and not yet committed, at most.
     pub max_batches_in_flight: usize,

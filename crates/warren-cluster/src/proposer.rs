@@ -57,8 +57,8 @@ pub(crate) struct ProposerTask {
     pub(crate) sink: Arc<dyn EffectSink>,
     pub(crate) peers: Arc<dyn Peers>,
     pub(crate) max_batch: usize,
-    /// A batch stops taking requests once their bodies reach this many
-    /// bytes (see [`crate::NodeConfig::max_batch_bytes`]).
+    /// A batch stops taking requests once their estimated size
+    /// ([`request_bytes`]) reaches this (see [`crate::NodeConfig::max_batch_bytes`]).
     pub(crate) max_batch_bytes: u64,
     pub(crate) max_in_flight: usize,
     /// Bound on one forwarded batch (the leader's commit included).
