@@ -1,5 +1,5 @@
-//! pika 1.x and kombu 5.x in a virtualenv, for the RabbitMQ tutorial flows
-//! and the kombu check in `tests/python/`.
+//! pika 1.x, kombu 5.x and aio-pika in a virtualenv, for the RabbitMQ
+//! tutorial flows and the kombu and aio-pika checks in `tests/python/`.
 //!
 //! The virtualenv lives at `<target dir>/pyvenv` and is created once for all
 //! test processes: creation runs under `flock` on `<target dir>/pyvenv.lock`
@@ -20,6 +20,9 @@ pub const PIKA_VERSION: &str = "1.3.2";
 
 /// The kombu version `kombu_cluster.py` is written against (Celery 5.4's).
 pub const KOMBU_VERSION: &str = "5.4.2";
+
+/// The aio-pika version `aio_pika_rpc.py` is written against.
+pub const AIO_PIKA_VERSION: &str = "10.2.1";
 
 /// How long creating the virtualenv and installing pika may take.
 const VENV_TIMEOUT: Duration = Duration::from_secs(600);
@@ -49,7 +52,9 @@ fn create_venv() -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&target).with_context(|| format!("cannot create {}", target.display()))?;
     let venv = target.join("pyvenv");
     let python = venv.join("bin").join("python");
-    let marker = venv.join(format!(".pika-{PIKA_VERSION}-kombu-{KOMBU_VERSION}-ready"));
+    let marker = venv.join(format!(
+        ".pika-{PIKA_VERSION}-kombu-{KOMBU_VERSION}-aio-pika-{AIO_PIKA_VERSION}-ready"
+    ));
     if marker.exists() {
         return Ok(python);
     }
@@ -61,8 +66,8 @@ fn create_venv() -> anyhow::Result<PathBuf> {
 if [ ! -f "{marker}" ]; then
   rm -rf "{venv}"
   python3 -m venv "{venv}"
-  "{python}" -m pip install --disable-pip-version-check --no-input --quiet "pika=={PIKA_VERSION}" "kombu=={KOMBU_VERSION}"
-  "{python}" -c "import pika, kombu; assert pika.__version__ == '{PIKA_VERSION}', pika.__version__; assert kombu.__version__ == '{KOMBU_VERSION}', kombu.__version__"
+  "{python}" -m pip install --disable-pip-version-check --no-input --quiet "pika=={PIKA_VERSION}" "kombu=={KOMBU_VERSION}" "aio-pika=={AIO_PIKA_VERSION}"
+  "{python}" -c "import pika, kombu, aio_pika; assert pika.__version__ == '{PIKA_VERSION}', pika.__version__; assert kombu.__version__ == '{KOMBU_VERSION}', kombu.__version__; assert aio_pika.__version__ == '{AIO_PIKA_VERSION}', aio_pika.__version__"
   touch "{marker}"
 fi
 "#,

@@ -30,6 +30,7 @@ use crate::error::AmqpError;
 use crate::names::{generated_consumer_tag, generated_queue_name};
 use crate::password::verify_password;
 use crate::registry::EffectBatch;
+use crate::shortcuts::{expand_binding_key, expand_queue_name, NoDeclaredQueue};
 use crate::Frontend;
 
 /// Bytes buffered for the socket before a write is forced mid-batch.
@@ -790,23 +791,25 @@ impl Connection {
                     .await
             }
             queue::AMQPMethod::Bind(m) => {
-                let queue = self.resolve_queue(ch, m.queue.as_str(), (50, 20))?;
+                let (queue, routing_key) =
+                    self.resolve_binding(ch, m.queue.as_str(), m.routing_key.as_str(), (50, 20))?;
                 let command = Command::BindQueue {
                     vhost,
                     queue,
                     exchange: ExchangeName::new(m.exchange.as_str()),
-                    routing_key: self.resolve_routing_key(ch, m.routing_key.as_str()),
+                    routing_key,
                     arguments: m.arguments,
                 };
                 self.submit(ch, Pending::QueueBind { nowait: m.nowait }, command).await
             }
             queue::AMQPMethod::Unbind(m) => {
-                let queue = self.resolve_queue(ch, m.queue.as_str(), (50, 50))?;
+                let (queue, routing_key) =
+                    self.resolve_binding(ch, m.queue.as_str(), m.routing_key.as_str(), (50, 50))?;
                 let command = Command::UnbindQueue {
                     vhost,
                     queue,
                     exchange: ExchangeName::new(m.exchange.as_str()),
-                    routing_key: m.routing_key.as_str().to_owned(),
+                    routing_key,
                     arguments: m.arguments,
                 };
                 self.submit(ch, Pending::QueueUnbind, command).await
@@ -949,33 +952,24 @@ impl Connection {
     }
 
     /// The queue a method names; "" means the last queue declared on the
-    /// channel (AMQP 0-9-1 §1.7.2.3).
+    /// channel (see [`crate::shortcuts`]).
     fn resolve_queue(&mut self, ch: u16, name: &str, ids: (u16, u16)) -> Result<QueueName, AmqpError> {
-        if !name.is_empty() {
-            return Ok(QueueName::new(name));
-        }
-        self.slot(ch).last_queue.clone().ok_or_else(|| {
-            AmqpError::channel(
-                ch,
-                reply_code::NOT_FOUND,
-                "NOT_FOUND - no previously declared queue",
-                ids,
-            )
-        })
+        expand_queue_name(name, self.slot(ch).last_queue.as_ref()).map_err(|NoDeclaredQueue| no_declared_queue(ch, ids))
     }
 
-    /// An empty routing key in `queue.bind` means the queue's name (§1.7.2.3).
-    fn resolve_routing_key(&mut self, ch: u16, key: &str) -> String {
-        if key.is_empty() {
-            // Binding with an empty key and no declared queue is legal: keep "".
-            return self
-                .slot(ch)
-                .last_queue
-                .as_ref()
-                .map(|q| q.as_str().to_owned())
-                .unwrap_or_default();
-        }
-        key.to_owned()
+    /// The queue and binding key of a `queue.bind`/`queue.unbind`, with
+    /// both shortcuts expanded (see [`crate::shortcuts`]).
+    fn resolve_binding(
+        &mut self,
+        ch: u16,
+        queue: &str,
+        routing_key: &str,
+        ids: (u16, u16),
+    ) -> Result<(QueueName, String), AmqpError> {
+        let last = self.slot(ch).last_queue.as_ref();
+        let expanded =
+            expand_queue_name(queue, last).and_then(|name| Ok((name, expand_binding_key(queue, routing_key, last)?)));
+        expanded.map_err(|NoDeclaredQueue| no_declared_queue(ch, ids))
     }
 
     // ----- content -----------------------------------------------------------
@@ -1558,6 +1552,16 @@ fn expected(what: &str) -> AmqpError {
     AmqpError::connection(
         reply_code::COMMAND_INVALID,
         format!("COMMAND_INVALID - expected {what}"),
+    )
+}
+
+/// 404 for an empty queue name on a channel that declared no queue yet.
+fn no_declared_queue(ch: u16, ids: (u16, u16)) -> AmqpError {
+    AmqpError::channel(
+        ch,
+        reply_code::NOT_FOUND,
+        "NOT_FOUND - no previously declared queue",
+        ids,
     )
 }
 

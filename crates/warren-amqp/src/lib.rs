@@ -15,6 +15,7 @@ pub mod flow;
 mod names;
 pub mod password;
 mod registry;
+mod shortcuts;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

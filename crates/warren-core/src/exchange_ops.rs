@@ -81,7 +81,7 @@ fn check_exchange_equivalent(vhost: &VHost, existing: &Exchange, spec: &Exchange
 }
 
 /// Validates binding arguments for a source of `kind`.
-fn check_binding_arguments(kind: ExchangeKind, arguments: &FieldTable) -> Result<(), CoreError> {
+pub(crate) fn check_binding_arguments(kind: ExchangeKind, arguments: &FieldTable) -> Result<(), CoreError> {
     if kind == ExchangeKind::Headers {
         XMatch::parse(arguments)?;
     }
@@ -184,10 +184,11 @@ impl Broker {
         Ok(Outcome::Done)
     }
 
-    /// `exchange.unbind`; unbinding a missing binding succeeds.
+    /// `exchange.unbind`: idempotent as `queue.unbind` is (a missing
+    /// exchange or binding answers unbind-ok; arguments are not validated).
     ///
     /// # Errors
-    /// As [`Broker::bind_exchange`].
+    /// 403 if either is the default exchange.
     pub(crate) fn unbind_exchange(
         &mut self,
         vhost: &VHost,
@@ -196,8 +197,15 @@ impl Broker {
         routing_key: &str,
         arguments: &FieldTable,
     ) -> Result<Outcome, CoreError> {
+        if source.is_default() || destination.is_default() {
+            return Err(fail::default_exchange_refused());
+        }
         let vh = self.vhost_mut(vhost)?;
-        let binding = checked_exchange_binding(vhost, vh, destination, source, routing_key, arguments)?;
+        let binding = Binding {
+            destination: Destination::Exchange(destination.clone()),
+            routing_key: routing_key.to_owned(),
+            arguments: arguments.clone(),
+        };
         unbind(vh, source, &binding);
         Ok(Outcome::Done)
     }
@@ -211,7 +219,7 @@ impl Broker {
     }
 }
 
-/// The binding an `exchange.bind`/`unbind` names, after checking both ends.
+/// The binding an `exchange.bind` names, after checking both ends.
 fn checked_exchange_binding(
     vhost: &VHost,
     vh: &VHostState,
@@ -235,25 +243,6 @@ fn checked_exchange_binding(
         routing_key: routing_key.to_owned(),
         arguments: arguments.clone(),
     })
-}
-
-/// Checks a queue binding's source exchange.
-///
-/// # Errors
-/// 403 for the default exchange, 404 if missing, 406 for a bad `x-match`.
-pub(crate) fn check_queue_binding_source(
-    vhost: &VHost,
-    vh: &VHostState,
-    source: &ExchangeName,
-    arguments: &FieldTable,
-) -> Result<(), CoreError> {
-    if source.is_default() {
-        return Err(fail::default_exchange_refused());
-    }
-    let Some(exchange) = vh.exchanges.get(source) else {
-        return Err(fail::no_exchange(vhost, source));
-    };
-    check_binding_arguments(exchange.kind, arguments)
 }
 
 /// Removes `binding` from `source`; an auto-delete source left without

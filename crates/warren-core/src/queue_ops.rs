@@ -9,7 +9,7 @@ use crate::broker::{Broker, Ctx};
 use crate::effect::{Effect, Outcome};
 use crate::error::CoreError;
 use crate::exchange::{Binding, Destination};
-use crate::exchange_ops::{check_queue_binding_source, remove_bindings_to, unbind};
+use crate::exchange_ops::{check_binding_arguments, remove_bindings_to, unbind};
 use crate::fail;
 use crate::ids::{ExchangeName, QueueName, VHost};
 use crate::queue::Queue;
@@ -168,11 +168,11 @@ impl Broker {
         })
     }
 
-    /// `queue.bind`.
+    /// `queue.bind`; binding twice is fine.
     ///
     /// # Errors
-    /// 404 queue or exchange missing; 405 exclusive queue of another
-    /// connection; 403 the default exchange; 406 a bad `x-match`.
+    /// 403 the default exchange; 404 exchange or queue missing; 406 a bad
+    /// `x-match`; 405 exclusive queue of another connection.
     pub(crate) fn bind_queue(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -190,10 +190,15 @@ impl Broker {
         Ok(Outcome::Done)
     }
 
-    /// `queue.unbind`; a missing binding is fine.
+    /// `queue.unbind`. As in RabbitMQ 3.x (`rabbit_binding:remove`), it is
+    /// idempotent: a missing exchange, queue or binding answers unbind-ok,
+    /// and the arguments are not validated. aio-pika's RPC `close()`
+    /// unbinds its auto-delete reply queue right after cancelling the
+    /// queue's last consumer, when queue and exchange are already gone.
     ///
     /// # Errors
-    /// As [`Broker::bind_queue`].
+    /// 403 the default exchange; 405 the binding exists and its queue is
+    /// another connection's exclusive queue.
     pub(crate) fn unbind_queue(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -203,8 +208,23 @@ impl Broker {
         routing_key: &str,
         arguments: &FieldTable,
     ) -> Result<Outcome, CoreError> {
+        if exchange.is_default() {
+            return Err(fail::default_exchange_refused());
+        }
         let vh = self.vhost_mut(vhost)?;
-        let binding = checked_queue_binding(ctx, vh, vhost, queue, exchange, routing_key, arguments)?;
+        let binding = Binding {
+            destination: Destination::Queue(queue.clone()),
+            routing_key: routing_key.to_owned(),
+            arguments: arguments.clone(),
+        };
+        let bound = vh
+            .exchanges
+            .get(exchange)
+            .is_some_and(|x| x.bindings.contains(&binding));
+        if !bound {
+            return Ok(Outcome::Done);
+        }
+        usable_queue(ctx, vh, vhost, queue)?;
         unbind(vh, exchange, &binding);
         Ok(Outcome::Done)
     }
@@ -278,7 +298,9 @@ impl Broker {
     }
 }
 
-/// The binding a `queue.bind`/`unbind` names, after checking both ends.
+/// The binding a `queue.bind` names, after checking both ends in
+/// RabbitMQ's order: the default exchange (403), the exchange (404), the
+/// queue (404), the arguments (406), exclusivity (405).
 fn checked_queue_binding(
     ctx: &Ctx<'_>,
     vh: &mut VHostState,
@@ -291,8 +313,15 @@ fn checked_queue_binding(
     if exchange.is_default() {
         return Err(fail::default_exchange_refused());
     }
+    let Some(source) = vh.exchanges.get(exchange) else {
+        return Err(fail::no_exchange(vhost, exchange));
+    };
+    let kind = source.kind;
+    if !vh.queues.contains_key(queue) {
+        return Err(fail::no_queue(vhost, queue));
+    }
+    check_binding_arguments(kind, arguments)?;
     usable_queue(ctx, vh, vhost, queue)?;
-    check_queue_binding_source(vhost, vh, exchange, arguments)?;
     Ok(Binding {
         destination: Destination::Queue(queue.clone()),
         routing_key: routing_key.to_owned(),

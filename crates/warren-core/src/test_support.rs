@@ -377,3 +377,24 @@ impl Broker {
         crate::ids::MessageId(self.next_message_id)
     }
 }
+
+/// The obviously-correct recursive definition of topic matching, over
+/// words (split with [`topic_words`]): the reference the bit-mask matcher
+/// and the broker's routing are property-tested against.
+pub fn reference_topic_match(pattern: &[&str], key: &[&str]) -> bool {
+    match pattern.split_first() {
+        None => key.is_empty(),
+        Some((&"#", rest)) => (0..=key.len()).any(|skip| reference_topic_match(rest, &key[skip..])),
+        Some((&"*", rest)) => !key.is_empty() && reference_topic_match(rest, &key[1..]),
+        Some((word, rest)) => key.first() == Some(word) && reference_topic_match(rest, &key[1..]),
+    }
+}
+
+/// The words of a topic key or pattern: none for "", else split on `.`.
+pub fn topic_words(key: &str) -> Vec<&str> {
+    if key.is_empty() {
+        Vec::new()
+    } else {
+        key.split('.').collect()
+    }
+}

@@ -5,7 +5,9 @@
 mod basics;
 mod consumers;
 mod dead_lettering;
+mod empty_keys;
 mod exchanges;
 mod properties;
 mod queues;
 mod reply_to;
+mod routing_properties;
