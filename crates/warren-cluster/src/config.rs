@@ -11,7 +11,8 @@ pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
 pub struct NodeConfig {
     /// This node's stable Raft id (never reuse the id of a wiped node).
     pub node_id: u64,
-    /// Where the sled store lives (`<data_dir>/VERSION`, `<data_dir>/sled`).
+    /// Where the store lives (`<data_dir>/VERSION`, `<data_dir>/log/`, or
+    /// `<data_dir>/sled` for a directory the sled engine wrote).
     pub data_dir: PathBuf,
     /// The cluster (gRPC) address other nodes use; stored in the membership.
     pub cluster_addr: String,
@@ -40,7 +41,7 @@ pub struct NodeConfig {
     pub max_batch_bytes: u64,
     /// Batches submitted to Raft and not yet committed, at most.
     pub max_batches_in_flight: usize,
-    /// sled's page cache.
+    /// sled's page cache (data directories of the sled engine only).
     pub cache_capacity_bytes: u64,
     /// How long [`crate::Node::start`] waits to become ready (leader known,
     /// log replayed, joined when `join` is set).

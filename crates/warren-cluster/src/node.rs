@@ -11,7 +11,7 @@ use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use warren_core::{Broker, Effect};
-use warren_store::{LogStore, SledConfig, SledStore};
+use warren_store::{open_data_dir, LogStore, SegmentConfig, SledConfig};
 
 use crate::config::NodeConfig;
 use crate::error::ClusterError;
@@ -154,7 +154,8 @@ impl Node {
         Ok(node)
     }
 
-    /// Opens the sled store in `config.data_dir` and starts the node on it
+    /// Opens the store in `config.data_dir` (the segment engine; sled for a
+    /// directory sled wrote) and starts the node on it
     /// (see [`Node::open_with`]).
     ///
     /// # Errors
@@ -170,10 +171,11 @@ impl Node {
             cache_capacity_bytes: config.cache_capacity_bytes,
             ..SledConfig::default()
         };
-        let store = tokio::task::spawn_blocking(move || SledStore::open(&data_dir, &sled_config))
-            .await
-            .map_err(|e| ClusterError::Join(e.to_string()))??;
-        Self::open_with(config, Arc::new(store), network, peers, sink).await
+        let store =
+            tokio::task::spawn_blocking(move || open_data_dir(&data_dir, &sled_config, &SegmentConfig::default()))
+                .await
+                .map_err(|e| ClusterError::Join(e.to_string()))??;
+        Self::open_with(config, store, network, peers, sink).await
     }
 
     /// Starts openraft, the proposer and the tick driver on `store`, and

@@ -191,7 +191,7 @@ async fn each_request_gets_exactly_one_reply_in_order() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sled_node_restarts_with_its_queue_and_messages() -> anyhow::Result<()> {
+async fn a_node_on_disk_restarts_with_its_queue_and_messages() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let origin = channel(1);
     {
@@ -225,6 +225,34 @@ async fn sled_node_restarts_with_its_queue_and_messages() -> anyhow::Result<()> 
         status.is_leader && status.last_applied == status.last_log_index,
         "{status:?}"
     );
+    node.shutdown().await?;
+    Ok(())
+}
+
+/// A data directory the sled engine wrote (before the segment engine)
+/// still opens, with sled, and keeps its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_written_by_sled_opens_with_sled() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let origin = channel(1);
+    {
+        let store: Arc<dyn LogStore> = Arc::new(warren_store::SledStore::open(
+            dir.path(),
+            &warren_store::SledConfig::default(),
+        )?);
+        let sink = Arc::new(CollectingSink::default());
+        let node = Node::start_with_store(config(dir.path()), store, sink.clone()).await?;
+        node.proposer()
+            .submit(request(origin, declare_queue("legacy", FieldTable::default())))
+            .await?;
+        node.proposer().submit(request(origin, publish("legacy", "m"))).await?;
+        sink.wait_for_replies(origin, 2).await;
+        node.shutdown().await?;
+    }
+    assert!(dir.path().join("sled").is_dir());
+    let node = Node::start(config(dir.path()), Arc::new(CollectingSink::default())).await?;
+    assert_eq!(queue(&node, "legacy").map(|q| q.messages_ready), Some(1));
+    assert!(!dir.path().join("log").exists(), "not converted to segments");
     node.shutdown().await?;
     Ok(())
 }

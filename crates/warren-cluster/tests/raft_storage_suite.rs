@@ -1,5 +1,5 @@
 //! openraft's own conformance suite against our log store and state
-//! machine, on both storage engines.
+//! machine, on every storage engine.
 
 #![allow(clippy::result_large_err)] // openraft's StorageError, as its Suite returns it
 
@@ -9,7 +9,7 @@ use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;
 use warren_cluster::{EffectSink, RaftLogStore, StateMachine, TypeConfig};
 use warren_core::Effect;
-use warren_store::{LogStore, MemStore, SledConfig, SledStore};
+use warren_store::{LogStore, MemStore, SegmentConfig, SegmentStore, SledConfig, SledStore};
 
 struct DropEffects;
 
@@ -45,6 +45,26 @@ impl StoreBuilder<TypeConfig, RaftLogStore, StateMachine, tempfile::TempDir> for
         let (log, state_machine) = build_on(Arc::new(store)).await?;
         Ok((dir, log, state_machine))
     }
+}
+
+struct OnSegments;
+
+impl StoreBuilder<TypeConfig, RaftLogStore, StateMachine, tempfile::TempDir> for OnSegments {
+    async fn build(&self) -> Result<(tempfile::TempDir, RaftLogStore, StateMachine), StorageError<u64>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = SegmentConfig {
+            segment_bytes: 4096,
+            ..SegmentConfig::default()
+        };
+        let store = SegmentStore::open(dir.path(), &config).expect("open segments");
+        let (log, state_machine) = build_on(Arc::new(store)).await?;
+        Ok((dir, log, state_machine))
+    }
+}
+
+#[test]
+fn raft_storage_on_segments_passes_openraft_suite() -> Result<(), StorageError<u64>> {
+    Suite::test_all(OnSegments)
 }
 
 #[test]

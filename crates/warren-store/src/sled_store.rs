@@ -13,6 +13,8 @@ const VERSION_FILE: &str = "VERSION";
 const SLED_DIR: &str = "sled";
 const LOG_TREE: &str = "log";
 const META_TREE: &str = "meta";
+/// The file sled 0.34 keeps its pages in, inside [`SLED_DIR`].
+const SLED_DATA_FILE: &str = "db";
 /// sled reports a held directory lock only through this message text.
 const LOCK_ERROR_TEXT: &str = "could not acquire lock";
 /// The snapshot, in the data directory: the format version byte, then the
@@ -49,6 +51,10 @@ pub struct SledStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    /// sled's data file, opened again to `fdatasync` it after every
+    /// flush: sled 0.34's `flush` is `sync_file_range`, which persists
+    /// neither the file's size nor the device cache (issue 9).
+    data_file: Option<fs::File>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -73,17 +79,25 @@ impl SledStore {
         let meta = db
             .open_tree(META_TREE)
             .map_err(|e| StoreError::io("open meta tree", e))?;
+        let data_file = fs::File::open(data_dir.join(SLED_DIR).join(SLED_DATA_FILE)).ok();
+        if data_file.is_none() {
+            tracing::warn!(dir = %data_dir.display(), "sled's data file not found: flushes are not fsynced");
+        }
         Ok(Self {
             dir: data_dir.to_path_buf(),
             db,
             log,
             meta,
+            data_file,
         })
     }
 
     fn flush(&self, operation: &'static str) -> Result<(), StoreError> {
         // `flush`, not `flush_async`: the latter has known deadlocks in 0.34.
         self.db.flush().map_err(|e| StoreError::io(operation, e))?;
+        if let Some(file) = &self.data_file {
+            file.sync_data().map_err(|e| StoreError::io(operation, e))?;
+        }
         Ok(())
     }
 

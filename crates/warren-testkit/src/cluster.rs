@@ -1,5 +1,7 @@
-//! An in-process cluster of Warren nodes on `MemStore`s over a
-//! [`FaultNet`].
+//! An in-process cluster of Warren nodes over a [`FaultNet`], each on a
+//! `MemStore`, or (with [`ClusterOptions::power_cut_storage`]) on the real
+//! segment engine over a [`PowerCutFs`] that [`Cluster::power_cut`] can
+//! take power from.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +10,8 @@ use std::time::Duration;
 
 use warren_cluster::{Node, NodeConfig, PeerError};
 use warren_core::{Broker, ChannelId, Command, ConnectionId, NodeId, Request};
-use warren_store::{LogStore, MemStore};
+use warren_store::vfs::PowerCutFs;
+use warren_store::{LogStore, MemStore, SegmentConfig, SegmentStore};
 
 use crate::client::CHANNEL;
 use crate::error::TestkitError;
@@ -42,6 +45,10 @@ pub struct ClusterOptions {
     /// entries), so a lagging follower catches up through many partial
     /// appends, the path big batches take in production.
     pub append_budget_bytes: u64,
+    /// Run every node on the segment engine over its own [`PowerCutFs`]
+    /// (small segments, so they rotate), instead of a `MemStore` that
+    /// keeps everything.
+    pub power_cut_storage: bool,
 }
 
 impl Default for ClusterOptions {
@@ -56,13 +63,19 @@ impl Default for ClusterOptions {
             max_batch: 256,
             node_down_after_ms: 3_600_000,
             append_budget_bytes: 4096,
+            power_cut_storage: false,
         }
     }
 }
 
+/// Segments of the power-cut engine: small, so a short test rotates them.
+const POWER_CUT_SEGMENT_BYTES: u64 = 64 * 1024;
+
 /// One node id's state across restarts: its store survives a kill.
 struct Slot {
     store: Arc<dyn LogStore>,
+    /// The file system under `store`, with `power_cut_storage`.
+    fs: Option<PowerCutFs>,
     running: Option<Running>,
     /// Removed from the membership: never started again.
     removed: bool,
@@ -229,12 +242,17 @@ impl Cluster {
     }
 
     async fn start_new(&self, node_id: u64) -> Result<(), TestkitError> {
-        let store: Arc<dyn LogStore> = Arc::new(MemStore::new());
+        let fs = self.inner.options.power_cut_storage.then(PowerCutFs::new);
+        let store = match &fs {
+            Some(fs) => open_segments(fs, node_id).await?,
+            None => Arc::new(MemStore::new()),
+        };
         let join: Vec<String> = self.running_ids().into_iter().map(node_addr).collect();
         self.slots().insert(
             node_id,
             Slot {
                 store: store.clone(),
+                fs,
                 running: None,
                 removed: false,
             },
@@ -310,12 +328,48 @@ impl Cluster {
         Ok(())
     }
 
-    /// Starts `node_id` again on the store it had, with a new boot id.
+    /// Cuts the power of `node_ids` at one moment: they drop off the
+    /// network, then every write of theirs that was not synced is lost
+    /// (torn tails chosen from `seed`), then they stop as a crash would.
+    /// [`Cluster::restart`] brings each back on what its disk kept.
+    ///
+    /// # Errors
+    /// The cluster does not run on `power_cut_storage`, or a node is not
+    /// running.
+    pub async fn power_cut(&self, node_ids: &[u64], seed: u64) -> Result<(), TestkitError> {
+        let mut disks = Vec::new();
+        for id in node_ids {
+            let slots = self.slots();
+            let slot = slots
+                .get(id)
+                .filter(|slot| slot.running.is_some())
+                .ok_or_else(|| TestkitError::new(format!("node {id} is not running")))?;
+            let fs = slot
+                .fs
+                .clone()
+                .ok_or_else(|| TestkitError::new("power_cut needs ClusterOptions::power_cut_storage"))?;
+            disks.push((*id, fs));
+        }
+        for (id, _) in &disks {
+            self.inner.net.unregister(*id);
+        }
+        for (id, fs) in &disks {
+            fs.power_cut(seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        }
+        for (id, _) in &disks {
+            self.kill(*id).await?;
+        }
+        tracing::info!(nodes = ?node_ids, seed, "power cut");
+        Ok(())
+    }
+
+    /// Starts `node_id` again on the store it had (reopened from its disk
+    /// with `power_cut_storage`), with a new boot id.
     ///
     /// # Errors
     /// The node is running, was removed, or did not become ready.
     pub async fn restart(&self, node_id: u64) -> Result<(), TestkitError> {
-        let store = {
+        let (store, fs) = {
             let slots = self.slots();
             let slot = slots
                 .get(&node_id)
@@ -323,7 +377,18 @@ impl Cluster {
             if slot.running.is_some() || slot.removed {
                 return Err(TestkitError::new(format!("node {node_id} is running or removed")));
             }
-            slot.store.clone()
+            (slot.store.clone(), slot.fs.clone())
+        };
+        let store = match fs {
+            Some(fs) => {
+                drop(store);
+                let reopened = open_segments(&fs, node_id).await?;
+                if let Some(slot) = self.slots().get_mut(&node_id) {
+                    slot.store = reopened.clone();
+                }
+                reopened
+            }
+            None => store,
         };
         let join = self
             .running_ids()
@@ -475,4 +540,20 @@ impl Cluster {
             let _ = self.kill(id).await;
         }
     }
+}
+
+/// Opens node `node_id`'s segment store on `fs` (off the runtime: it reads
+/// every segment).
+async fn open_segments(fs: &PowerCutFs, node_id: u64) -> Result<Arc<dyn LogStore>, TestkitError> {
+    let fs = fs.clone();
+    let config = SegmentConfig {
+        segment_bytes: POWER_CUT_SEGMENT_BYTES,
+        ..SegmentConfig::default()
+    };
+    let dir = std::path::PathBuf::from(format!("/node-{node_id}"));
+    let opened = tokio::task::spawn_blocking(move || SegmentStore::open_on(Arc::new(fs), &dir, &config))
+        .await
+        .map_err(|e| TestkitError::new(format!("node {node_id}: opening its store panicked: {e}")))?;
+    let store = opened.map_err(|e| TestkitError::new(format!("node {node_id}: its store did not open: {e}")))?;
+    Ok(Arc::new(store))
 }
