@@ -1,7 +1,9 @@
 //! The Raft log's write path: `LogStore::append` of a batch of 1, 64 or 512
-//! entries of 1 KiB, on `SledStore` (each append is one sled batch and one
-//! `flush`, i.e. an fsync) in a temporary directory on the local disk, and
-//! on `MemStore` for comparison.
+//! entries of 1 KiB, on `SegmentStore` (one write and one `fdatasync` per
+//! append), on `SledStore` (one sled batch, one `flush` — a
+//! `sync_file_range` — and, since issue 9, an `fdatasync` of sled's data
+//! file), both in a temporary directory on the local disk, and on
+//! `MemStore` for comparison.
 //!
 //! Indexes keep increasing, as in a Raft log; every 64 appends the log is
 //! purged behind them (outside the timing) so the data directory stays
@@ -12,7 +14,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use warren_store::{LogStore, MemStore, SledConfig, SledStore};
+use warren_store::{LogStore, MemStore, SegmentConfig, SegmentStore, SledConfig, SledStore};
 
 const BATCH_SIZES: [usize; 3] = [1, 64, 512];
 const ENTRY_BYTES: usize = 1024;
@@ -47,9 +49,11 @@ fn append(c: &mut Criterion) {
         cache_capacity_bytes: 64 * 1024 * 1024,
         ..SledConfig::default()
     };
-    let sled = SledStore::open(dir.path(), &config).expect("open sled store");
+    let sled = SledStore::open(&dir.path().join("sled"), &config).expect("open sled store");
+    let segments =
+        SegmentStore::open(&dir.path().join("segments"), &SegmentConfig::default()).expect("open segment store");
     let mem = MemStore::new();
-    let stores: [(&str, &dyn LogStore); 2] = [("sled", &sled), ("mem", &mem)];
+    let stores: [(&str, &dyn LogStore); 3] = [("segments", &segments), ("sled", &sled), ("mem", &mem)];
     for (name, store) in stores {
         let mut group = c.benchmark_group(format!("store/append_1KiB/{name}"));
         for n in BATCH_SIZES {

@@ -314,6 +314,11 @@ impl WarrenProcess {
         }
     }
 
+    /// How the process ended, if it has (`None` while it runs).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|child| child.try_wait().ok().flatten())
+    }
+
     /// Kills the process if it still runs, then starts a new one on the same
     /// data directory (and a new ephemeral port).
     ///

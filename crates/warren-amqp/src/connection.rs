@@ -387,7 +387,7 @@ impl Connection {
         };
         let mut heartbeat = tokio::time::interval(tick.max(Duration::from_millis(100)));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut alarm = self.frontend.alarm.subscribe();
+        let mut alarm = self.frontend.alarms.subscribe();
         loop {
             while let Some(frame) = self.decode()? {
                 if self.client_closing {
@@ -471,7 +471,7 @@ impl Connection {
                 self.send_method(
                     0,
                     AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
-                        reason: short(crate::flow::BLOCKED_REASON),
+                        reason: short(self.frontend.alarms.reason()),
                     })),
                 );
             }

@@ -47,6 +47,13 @@ pub struct AmqpConfig {
     /// Estimated bytes of ready messages above which publishing
     /// connections are blocked (0: never; see [`flow`]).
     pub queued_bytes_high_watermark: u64,
+    /// Publishing connections are blocked while the file system of
+    /// `data_dir` has fewer bytes available than this (0: never; RabbitMQ's
+    /// `disk_free_limit`, default 50 MB).
+    pub disk_free_limit: u64,
+    /// Where the node keeps its data: the disk alarm measures its file
+    /// system (`None`: no disk alarm).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for AmqpConfig {
@@ -59,6 +66,8 @@ impl Default for AmqpConfig {
             loopback_users: vec!["guest".to_owned()],
             handshake_timeout: Duration::from_secs(10),
             queued_bytes_high_watermark: 0,
+            disk_free_limit: 50_000_000,
+            data_dir: None,
         }
     }
 }
@@ -73,8 +82,8 @@ pub struct Frontend {
     pub proposer: Proposer,
     pub registry: Arc<Registry>,
     pub config: AmqpConfig,
-    /// The memory alarm: `true` while publishers must be blocked.
-    pub alarm: tokio::sync::watch::Sender<bool>,
+    /// The memory and disk alarms; publishers are blocked while either is on.
+    pub alarms: Arc<flow::Alarms>,
     next_connection: AtomicU64,
 }
 
@@ -88,16 +97,28 @@ impl Frontend {
             proposer,
             registry,
             config,
-            alarm: tokio::sync::watch::Sender::new(false),
+            alarms: Arc::new(flow::Alarms::default()),
             next_connection: AtomicU64::new(1),
         }
     }
 }
 
 /// Accepts AMQP connections on `listener` until `shutdown` completes, each
-/// served by its own task.
+/// served by its own task; watches the memory and disk alarms meanwhile.
+///
+/// # Cancel safety
+/// Dropping the future stops accepting and stops the disk watch; the
+/// connections already accepted run on.
 pub async fn serve(listener: TcpListener, frontend: Arc<Frontend>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let _disk_watch = match (&frontend.config.data_dir, frontend.config.disk_free_limit) {
+        (Some(dir), limit) if limit != 0 => Some(AbortOnDrop(tokio::spawn(flow::watch_disk(
+            dir.clone(),
+            limit,
+            frontend.alarms.clone(),
+        )))),
+        _ => None,
+    };
     let watermark = frontend.config.queued_bytes_high_watermark;
     let mut memory_check = tokio::time::interval(flow::CHECK_EVERY);
     memory_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -108,7 +129,7 @@ pub async fn serve(listener: TcpListener, frontend: Arc<Frontend>, shutdown: imp
                 return;
             }
             _ = memory_check.tick(), if watermark != 0 => {
-                flow::check(&frontend.node, watermark, &frontend.alarm);
+                flow::check(&frontend.node, watermark, &frontend.alarms);
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
@@ -122,5 +143,14 @@ pub async fn serve(listener: TcpListener, frontend: Arc<Frontend>, shutdown: imp
                 }
             }
         }
+    }
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

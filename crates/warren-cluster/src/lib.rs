@@ -22,9 +22,11 @@
 // return them where openraft's traits do.
 #![allow(clippy::result_large_err)]
 
+mod clock;
 mod codec;
 mod compaction;
 mod config;
+mod effect_sink;
 mod error;
 mod liveness;
 mod log_store;
@@ -39,10 +41,11 @@ mod tracker;
 mod type_config;
 
 pub use config::{NodeConfig, SNAPSHOT_CHUNK_BYTES};
+pub use effect_sink::EffectSink;
 pub use error::ClusterError;
 pub use log_store::RaftLogStore;
 pub use network::{UnreachableClient, UnreachableNetwork};
-pub use node::{EffectSink, Node, NodeStatus};
+pub use node::{Node, NodeStatus};
 pub use peers::{BoxFuture, NoPeers, PeerError, Peers};
 pub use proposer::Proposer;
 pub use state_machine::StateMachine;

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use warren_core::{Batch, Command, NodeId, Request};
 
-use crate::proposer::wall_clock_ms;
+use crate::clock::wall_clock_ms;
 use crate::type_config::{Proposal, TypeConfig};
 
 /// When each member last answered one of this node's Raft RPCs.

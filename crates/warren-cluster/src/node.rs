@@ -5,12 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::effect_sink::EffectSink;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::network::RaftNetworkFactory;
 use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
-use warren_core::{Broker, Effect};
+use warren_core::Broker;
 use warren_store::{open_data_dir, LogStore, SegmentConfig, SledConfig};
 
 use crate::config::NodeConfig;
@@ -24,32 +25,6 @@ use crate::state_machine::{Shared, StateMachine};
 use crate::tracker::ProposalTracker;
 use crate::type_config::{Proposal, TypeConfig};
 use crate::{compaction, tick};
-
-/// Receives, after each applied entry, the effects addressed to this node
-/// (`effect.channel().conn.node == own id`), in apply order — including
-/// during the replay after a restart, when they address connections of an
-/// earlier boot and should be dropped.
-///
-/// `emit` runs on the apply path: it must not block (push into bounded
-/// per-connection queues, `try_send`, and deal with full queues without
-/// waiting).
-pub trait EffectSink: Send + Sync + 'static {
-    fn emit(&self, effects: Vec<Effect>);
-
-    /// This node's live connections no longer match the broker state and
-    /// must all be closed (their clients reconnect):
-    ///
-    /// - the cluster declared this node down (`NodeDown` for its id was
-    ///   applied, e.g. after it was cut off from the leader): the broker has
-    ///   closed every connection of this node already;
-    /// - this node installed a snapshot: the deliveries (and other effects)
-    ///   of the entries it covers were never emitted, so a consumer here
-    ///   would wait forever for messages the broker counts as delivered to
-    ///   it. Closing the connection requeues them (`CloseConnection`).
-    ///
-    /// Called on the apply path; must not block.
-    fn drop_all_connections(&self) {}
-}
 
 /// A snapshot of the node's Raft state, for status pages and tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +55,10 @@ struct Inner {
     /// One membership change (join, leave) at a time: openraft refuses a
     /// change while another is in progress.
     membership_changes: Semaphore,
+    /// Background tasks aborted on shutdown or drop: the tick driver, the
+    /// failure detector, compaction and (after a restart) the election
+    /// hold. Not the proposer: it keeps running and answers `Unavailable`
+    /// until every `Proposer` handle is dropped, then ends by itself.
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -88,7 +67,7 @@ impl Drop for Inner {
         // The tick driver holds a `Proposer`, which would keep the proposer
         // task (and through it Raft) alive after the last `Node` is gone.
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
-        for task in tasks.iter().skip(1) {
+        for task in &tasks {
             task.abort();
         }
     }
@@ -246,7 +225,9 @@ impl Node {
             ));
         }
 
-        let (proposer, proposer_task) = ProposerTask {
+        // The proposer's handle is dropped: the task ends by itself once the
+        // last `Proposer` is gone (see `Inner::tasks`).
+        let (proposer, _proposer_task) = ProposerTask {
             raft: raft.clone(),
             tracker,
             sink,
@@ -279,7 +260,7 @@ impl Node {
                 config,
                 membership_changes: Semaphore::new(1),
                 tasks: Mutex::new({
-                    tasks.extend([proposer_task, tick_task, detector_task, compaction_task]);
+                    tasks.extend([tick_task, detector_task, compaction_task]);
                     tasks
                 }),
             }),
@@ -452,7 +433,7 @@ impl Node {
     /// appended); [`PeerError::Failed`] if the commit failed or did not
     /// happen within `forward_timeout_ms` (it may still happen).
     pub async fn write_forwarded(&self, mut proposal: Proposal) -> Result<u64, PeerError> {
-        proposal.batch.now_ms = proposal.batch.now_ms.max(crate::proposer::wall_clock_ms());
+        proposal.batch.now_ms = proposal.batch.now_ms.max(crate::clock::wall_clock_ms());
         let write = self.inner.raft.client_write(proposal);
         match tokio::time::timeout(self.inner.config.forward_timeout(), write).await {
             Ok(Ok(response)) => Ok(response.log_id.index),
@@ -633,6 +614,27 @@ impl Node {
         &self.inner.raft
     }
 
+    /// Resolves, with a description, once openraft has stopped on a fatal
+    /// error: a log or snapshot write failed (disk full, I/O error) and
+    /// this node can no longer persist anything, so it must not go on as a
+    /// member that accepts clients and confirms nothing. Also resolves if
+    /// the Raft core stops for any other reason (including
+    /// [`Node::shutdown`]: watch it only while serving).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only watches openraft's metrics.
+    pub async fn fatal_error(&self) -> String {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "the Raft core stopped".to_owned();
+            }
+        }
+    }
+
     /// Stops the tick driver and Raft. Requests submitted afterwards, and
     /// batches still in flight, get `Unavailable` replies.
     ///
@@ -641,9 +643,7 @@ impl Node {
     pub async fn shutdown(&self) -> Result<(), ClusterError> {
         let tasks: Vec<JoinHandle<()>> =
             std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner));
-        for task in tasks.iter().skip(1) {
-            // The tick driver; the proposer (first) keeps running and answers
-            // `Unavailable` until every `Proposer` handle is dropped.
+        for task in &tasks {
             task.abort();
         }
         self.inner

@@ -8,7 +8,9 @@
 //! requests by order, ADR 0002) while the next batch keeps filling.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::wall_clock_ms;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Raft, ServerState};
@@ -16,8 +18,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use warren_core::{Batch, ChannelId, Command, NodeId, Request};
 
+use crate::effect_sink::EffectSink;
 use crate::error::ClusterError;
-use crate::node::EffectSink;
 use crate::peers::{PeerError, Peers};
 use crate::tracker::ProposalTracker;
 use crate::type_config::{Proposal, TypeConfig};
@@ -337,13 +339,6 @@ fn request_bytes(request: &Request) -> u64 {
         Command::Publish { message, .. } => OTHER + message.body_len() + message.routing_key.len() as u64,
         _ => OTHER,
     }
-}
-
-pub(crate) fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 fn local_origins(node: NodeId, requests: &[Request]) -> Vec<ChannelId> {

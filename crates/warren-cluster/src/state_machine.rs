@@ -4,7 +4,6 @@
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -17,8 +16,8 @@ use warren_core::{Broker, Command, NodeId};
 use warren_store::LogStore;
 
 use crate::codec::{decode, encode};
+use crate::effect_sink::EffectSink;
 use crate::log_store::run_blocking;
-use crate::node::EffectSink;
 use crate::sessions::Sessions;
 use crate::tracker::ProposalTracker;
 use crate::type_config::TypeConfig;
@@ -215,10 +214,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             };
             (replicated, state.last_applied, state.membership.clone())
         };
-        let millis = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
+        let millis = crate::clock::wall_clock_ms();
         let snapshot_id = match last_applied {
             Some(log_id) => format!("{}-{}-{millis}", log_id.leader_id, log_id.index),
             None => format!("none-{millis}"),

@@ -3,7 +3,9 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::clock::wall_clock_ms;
 
 use openraft::Raft;
 use tokio::task::JoinHandle;
@@ -65,11 +67,4 @@ async fn run(node: u64, raft: Raft<TypeConfig>, shared: Arc<Shared>, proposer: P
             () = &mut applied => {}
         }
     }
-}
-
-fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }

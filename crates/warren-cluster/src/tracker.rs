@@ -35,7 +35,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use warren_core::{ChannelId, CoreError, Effect};
 
-use crate::node::EffectSink;
+use crate::effect_sink::EffectSink;
 use crate::type_config::ProposalTag;
 
 /// One batch of this run that has not been answered yet.

@@ -100,6 +100,11 @@ pub struct FileConfig {
     /// A snapshot is also taken once the log has grown by this many bytes
     /// (or by the last snapshot's size, if larger); default 64 MiB.
     pub snapshot_log_bytes: Option<u64>,
+    /// A Raft entry (a batch of commands from every connection of a node)
+    /// stops taking commands at this many estimated bytes (default 96 KiB).
+    pub max_batch_bytes: Option<u64>,
+    /// Batches proposed and not yet committed, at most (default 4).
+    pub max_batches_in_flight: Option<usize>,
     /// Memory high-watermark: while the estimated bytes of ready messages
     /// (bodies plus 512 B each) exceed this, publishing connections are
     /// blocked (`connection.blocked`). Default: a twentieth of the memory
@@ -107,6 +112,11 @@ pub struct FileConfig {
     /// ran 2-9x the estimate in benchmarks, so this stays near RabbitMQ's
     /// 0.4 of RAM. 0 = off (ADR 0009).
     pub queued_bytes_high_watermark: Option<u64>,
+    /// Disk alarm: while the data directory's file system has fewer bytes
+    /// available than this, publishing connections are blocked
+    /// (`connection.blocked`, reason "low on disk"). Default 50000000
+    /// (RabbitMQ's 50 MB). 0 = off.
+    pub disk_free_limit: Option<u64>,
     /// Virtual hosts that must exist besides `/` (created at start if missing).
     pub vhosts: Option<Vec<String>>,
 }
@@ -137,7 +147,10 @@ pub struct Config {
     pub commit_timeout_ms: u64,
     pub snapshot_every: u64,
     pub snapshot_log_bytes: u64,
+    pub max_batch_bytes: u64,
+    pub max_batches_in_flight: usize,
     pub queued_bytes_high_watermark: u64,
+    pub disk_free_limit: u64,
     pub vhosts: Vec<String>,
 }
 
@@ -218,12 +231,21 @@ impl Config {
             commit_timeout_ms: file.commit_timeout_ms.unwrap_or(raft_defaults.forward_timeout_ms),
             snapshot_every: file.snapshot_every.unwrap_or(raft_defaults.snapshot_every),
             snapshot_log_bytes: file.snapshot_log_bytes.unwrap_or(raft_defaults.snapshot_log_bytes),
+            max_batch_bytes: file.max_batch_bytes.unwrap_or(raft_defaults.max_batch_bytes),
+            max_batches_in_flight: file
+                .max_batches_in_flight
+                .unwrap_or(raft_defaults.max_batches_in_flight)
+                .max(1),
             queued_bytes_high_watermark: file
                 .queued_bytes_high_watermark
                 .unwrap_or_else(|| memory_limit() / HIGH_WATERMARK_DIVISOR),
+            disk_free_limit: file.disk_free_limit.unwrap_or(DEFAULT_DISK_FREE_LIMIT),
         })
     }
 }
+
+/// RabbitMQ's default `disk_free_limit`: 50 MB.
+pub const DEFAULT_DISK_FREE_LIMIT: u64 = 50_000_000;
 
 /// The default memory high-watermark is the memory limit divided by this.
 pub const HIGH_WATERMARK_DIVISOR: u64 = 20;
@@ -380,6 +402,13 @@ mod tests {
         assert_eq!(config.snapshot_every, 10_000);
         assert_eq!(config.snapshot_log_bytes, 64 << 20);
         assert_eq!(config.queued_bytes_high_watermark, 1 << 30);
+        assert_eq!(config.disk_free_limit, 100_000_000);
+    }
+
+    #[test]
+    fn the_default_disk_free_limit_is_rabbitmqs_50_mb() {
+        let config = Config::resolve(ServerArgs::default()).expect("defaults resolve");
+        assert_eq!(config.disk_free_limit, 50_000_000);
     }
 
     #[test]

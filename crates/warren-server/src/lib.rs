@@ -33,8 +33,9 @@ pub use config::{advertise_for, join_targets, node_id_from_hostname, Config, Ser
 ///
 /// # Errors
 /// The cluster address cannot be bound, the data directory or the Raft node
-/// cannot be opened, joining failed, or the first commands (default user,
-/// node start) cannot be committed.
+/// cannot be opened, joining failed, the first commands (default user,
+/// node start) cannot be committed, or the Raft node stopped on a fatal
+/// error while serving (a log write failed: disk full, I/O error).
 pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
@@ -67,6 +68,8 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         forward_timeout_ms: config.commit_timeout_ms,
         snapshot_every: config.snapshot_every,
         snapshot_log_bytes: config.snapshot_log_bytes,
+        max_batch_bytes: config.max_batch_bytes,
+        max_batches_in_flight: config.max_batches_in_flight,
         ..NodeConfig::default()
     };
     let node = Node::open(node_config, network.clone(), Arc::new(network), registry.clone())
@@ -134,13 +137,26 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         max_message_size: config.max_message_size,
         loopback_users: config.loopback_users.clone(),
         queued_bytes_high_watermark: config.queued_bytes_high_watermark,
+        disk_free_limit: config.disk_free_limit,
+        data_dir: Some(config.data_dir.clone()),
         ..AmqpConfig::default()
     };
     let frontend = Arc::new(Frontend::new(node_id, boot, node.clone(), registry, amqp_config));
     let addr = amqp_listener.local_addr()?;
     info!(node = node_id.0, %addr, data_dir = %config.data_dir.display(), "node ready");
     println!("warren: amqp listening on {addr}");
-    warren_amqp::serve(amqp_listener, frontend, shutdown).await;
+    tokio::select! {
+        () = warren_amqp::serve(amqp_listener, frontend, shutdown) => {}
+        reason = node.fatal_error() => {
+            // Nothing more can be made durable here: exit so that clients
+            // reconnect elsewhere (their unconfirmed publishes were never
+            // confirmed) and a supervisor restarts the node on what its
+            // disk holds, instead of lingering as a member that nacks all.
+            tracing::error!(%reason, "fatal: the Raft node stopped; exiting");
+            let _ = stop_cluster.send(());
+            anyhow::bail!("the Raft node stopped on a fatal error: {reason}");
+        }
+    }
 
     info!("shutting down");
     node.shutdown().await.context("stopping the Raft node")?;

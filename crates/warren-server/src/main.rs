@@ -100,12 +100,20 @@ fn main() -> anyhow::Result<()> {
     };
     let config = Config::resolve(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let listener = TcpListener::bind(config.amqp_listen)
             .await
             .with_context(|| format!("binding AMQP listener on {}", config.amqp_listen))?;
         warren_server::run(config, listener, shutdown_signal()).await
-    })
+    });
+    if let Err(e) = result {
+        // Exit now: a blocking task stuck on a failed disk must not hold
+        // the process up as it drops the runtime.
+        eprintln!("warren: error: {e:#}");
+        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -1,0 +1,32 @@
+//! The seam between a node's state machine and its connections: where the
+//! effects of applied entries go. Its own module, so the proposer, the
+//! state machine and the tracker need not import it from `node.rs`, which
+//! wires them together.
+
+use warren_core::Effect;
+
+/// Receives, after each applied entry, the effects addressed to this node
+/// (`effect.channel().conn.node == own id`), in apply order — including
+/// during the replay after a restart, when they address connections of an
+/// earlier boot and should be dropped.
+///
+/// `emit` runs on the apply path: it must not block (push into bounded
+/// per-connection queues, `try_send`, and deal with full queues without
+/// waiting).
+pub trait EffectSink: Send + Sync + 'static {
+    fn emit(&self, effects: Vec<Effect>);
+
+    /// This node's live connections no longer match the broker state and
+    /// must all be closed (their clients reconnect):
+    ///
+    /// - the cluster declared this node down (`NodeDown` for its id was
+    ///   applied, e.g. after it was cut off from the leader): the broker has
+    ///   closed every connection of this node already;
+    /// - this node installed a snapshot: the deliveries (and other effects)
+    ///   of the entries it covers were never emitted, so a consumer here
+    ///   would wait forever for messages the broker counts as delivered to
+    ///   it. Closing the connection requeues them (`CloseConnection`).
+    ///
+    /// Called on the apply path; must not block.
+    fn drop_all_connections(&self) {}
+}
