@@ -214,12 +214,31 @@ impl WarrenProcess {
     /// # Errors
     /// See [`WarrenProcess::start`].
     pub fn start_cluster_node(node_id: u64, join: Option<SocketAddr>) -> anyhow::Result<Self> {
+        Self::start_cluster_node_with_config(node_id, join, None)
+    }
+
+    /// [`WarrenProcess::start_cluster_node`] with `--config` pointing at a
+    /// file holding `config_toml` when given.
+    ///
+    /// # Errors
+    /// See [`WarrenProcess::start`].
+    pub fn start_cluster_node_with_config(
+        node_id: u64,
+        join: Option<SocketAddr>,
+        config_toml: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let root = tempfile::Builder::new()
             .prefix(&format!("warren-e2e-node{node_id}-"))
             .tempdir()
             .context("cannot create a temporary dir")?;
         let data_dir = root.path().join("data");
         let mut extra_args: Vec<std::ffi::OsString> = vec!["--node-id".into(), node_id.to_string().into()];
+        if let Some(toml) = config_toml {
+            let path = root.path().join("warren.toml");
+            std::fs::write(&path, toml).with_context(|| format!("cannot write {}", path.display()))?;
+            extra_args.push("--config".into());
+            extra_args.push(path.into_os_string());
+        }
         if let Some(join) = join {
             extra_args.push("--join".into());
             extra_args.push(join.to_string().into());

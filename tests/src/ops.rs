@@ -25,10 +25,26 @@ pub async fn start_node(node_id: u64, join: Option<SocketAddr>) -> anyhow::Resul
 /// # Errors
 /// A node did not start.
 pub async fn start_three_nodes() -> anyhow::Result<Vec<WarrenProcess>> {
-    let first = start_node(1, None).await?;
+    start_three_nodes_with_config(None).await
+}
+
+/// [`start_three_nodes`], every node with the configuration file
+/// `config_toml` when given.
+///
+/// # Errors
+/// A node did not start.
+pub async fn start_three_nodes_with_config(config_toml: Option<&str>) -> anyhow::Result<Vec<WarrenProcess>> {
+    let config = config_toml.map(str::to_owned);
+    let start = move |node_id: u64, join: Option<SocketAddr>| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            WarrenProcess::start_cluster_node_with_config(node_id, join, config.as_deref())
+        })
+    };
+    let first = start(1, None).await??;
     let via = cluster_addr(&first)?;
-    let second = start_node(2, Some(via)).await?;
-    let third = start_node(3, Some(via)).await?;
+    let second = start(2, Some(via)).await??;
+    let third = start(3, Some(via)).await??;
     Ok(vec![first, second, third])
 }
 

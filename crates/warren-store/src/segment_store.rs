@@ -405,6 +405,16 @@ impl SegmentStore {
         Ok((first, file, 0))
     }
 
+    /// The locations (and files) of the entries in `start..end_exclusive`.
+    fn locate(&self, start: u64, end_exclusive: u64) -> Vec<(u64, Location, Arc<dyn VfsFile>)> {
+        let index = self.index();
+        index
+            .entries
+            .range(start..end_exclusive)
+            .filter_map(|(i, loc)| index.segments.get(&loc.segment).map(|s| (*i, *loc, s.file.clone())))
+            .collect()
+    }
+
     /// `truncate_from` under the writing lock.
     fn truncate_locked(&self, from: u64) -> Result<(), StoreError> {
         let (cut, later) = {
@@ -487,6 +497,34 @@ fn scan_segment(
         offset = end;
     }
     Ok((offset, segment_last))
+}
+
+/// Reads the record of `entry_index` at `loc` and checks that it is that
+/// record: its header names this index and length, and its CRC matches.
+/// Readers take no lock while reading, so a record cut or rewritten by a
+/// concurrent truncation shows up here as a mismatch or a short read.
+///
+/// # Errors
+/// [`StoreError::Io`] for a short read or a record that is not the one
+/// expected.
+fn read_record(file: &dyn VfsFile, entry_index: u64, loc: Location) -> Result<Vec<u8>, StoreError> {
+    let mut record = vec![0u8; RECORD_HEADER as usize + loc.payload_len as usize];
+    file.read_exact_at(&mut record, loc.offset)
+        .map_err(io_err("read log"))?;
+    let (header, payload) = record.split_at(RECORD_HEADER as usize);
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let sum = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let mut index_bytes = [0u8; 8];
+    index_bytes.copy_from_slice(&header[8..16]);
+    let found = u64::from_le_bytes(index_bytes);
+    if len != loc.payload_len || found != entry_index || crc(found, payload) != sum {
+        return Err(StoreError::io(
+            "read log",
+            format!("the record at offset {} is not entry {entry_index}", loc.offset),
+        ));
+    }
+    record.drain(..RECORD_HEADER as usize);
+    Ok(record)
 }
 
 fn purged_through(meta: &BTreeMap<String, Vec<u8>>) -> Option<u64> {
@@ -610,23 +648,41 @@ impl LogStore for SegmentStore {
         if start >= end_exclusive {
             return Ok(Vec::new());
         }
-        let wanted: Vec<(u64, Location, Arc<dyn VfsFile>)> = {
-            let index = self.index();
-            index
-                .entries
-                .range(start..end_exclusive)
-                .filter_map(|(i, loc)| index.segments.get(&loc.segment).map(|s| (*i, *loc, s.file.clone())))
-                .collect()
-        };
-        wanted
-            .into_iter()
-            .map(|(entry_index, loc, file)| {
-                let mut payload = vec![0u8; loc.payload_len as usize];
-                file.read_exact_at(&mut payload, loc.offset + RECORD_HEADER)
-                    .map_err(io_err("read log"))?;
-                Ok((entry_index, payload))
-            })
-            .collect()
+        let wanted = self.locate(start, end_exclusive);
+        let mut out = Vec::with_capacity(wanted.len());
+        for (entry_index, loc, file) in wanted {
+            match read_record(&*file, entry_index, loc) {
+                Ok(payload) => out.push((entry_index, payload)),
+                Err(first_error) => {
+                    // A truncation (and perhaps a new append) may have
+                    // changed the log since `locate`: wait for the mutation
+                    // in progress to finish, then look again. Gone: the
+                    // read saw the log as it is now, up to here. Still
+                    // there: read it once more, and an error then is real.
+                    let again = {
+                        let _writing = self.writing();
+                        let again = self.locate(entry_index, entry_index.saturating_add(1));
+                        again
+                            .into_iter()
+                            .next()
+                            .map(|(_, loc, file)| read_record(&*file, entry_index, loc))
+                    };
+                    match again {
+                        None => break,
+                        Some(Ok(payload)) => out.push((entry_index, payload)),
+                        Some(Err(e)) => {
+                            tracing::error!(entry_index, %first_error, error = %e, "log entry unreadable");
+                            return Err(e);
+                        }
+                    }
+                    // What follows was located before the change: start over.
+                    let rest = self.range(entry_index.saturating_add(1), end_exclusive)?;
+                    out.extend(rest);
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn first_index(&self) -> Result<Option<u64>, StoreError> {
@@ -820,6 +876,51 @@ mod tests {
             SegmentStore::open(dir.path(), &small_segments()),
             Err(StoreError::UnsupportedDataDir { .. })
         ));
+    }
+
+    /// A reader racing a truncation and re-append sees the log before or
+    /// after it, never an error or another entry's bytes (a replication
+    /// task of a deposed leader reads while its log is cut).
+    #[test]
+    fn reads_racing_truncations_see_a_consistent_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(SegmentStore::open(dir.path(), &small_segments()).expect("open"));
+        store
+            .append(&(1..=50).map(|i| (i, payload(i))).collect::<Vec<_>>())
+            .expect("append");
+        let reader = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for _ in 0..2000 {
+                    let read = store.range(1, 51).expect("a read never fails");
+                    for (i, (index, bytes)) in read.iter().enumerate() {
+                        assert_eq!(*index, i as u64 + 1, "a prefix without holes");
+                        assert!(
+                            *bytes == payload(*index) || *bytes == format!("new-{index}").into_bytes(),
+                            "entry {index} is one of its versions"
+                        );
+                    }
+                }
+            })
+        };
+        for round in 0..200u64 {
+            let from = 20 + round % 25;
+            store.truncate_from(from).expect("truncate");
+            let new: Vec<(u64, Vec<u8>)> = (from..=50)
+                .map(|i| {
+                    (
+                        i,
+                        if round % 2 == 0 {
+                            format!("new-{i}").into_bytes()
+                        } else {
+                            payload(i)
+                        },
+                    )
+                })
+                .collect();
+            store.append(&new).expect("append");
+        }
+        reader.join().expect("the reader saw a consistent log");
     }
 
     /// Every write the store acknowledged survives a power cut at any
