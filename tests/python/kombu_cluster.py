@@ -13,25 +13,10 @@ node). Exits non-zero with a message on any failure.
 import socket
 import sys
 
-from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu import Consumer, Exchange, Producer, Queue
+from kombu_common import TIMEOUT_S, connection, fail
 
 COUNT = 50
-TIMEOUT_S = 30
-
-
-def fail(message):
-    print("FAIL: " + message, file=sys.stderr)
-    sys.exit(1)
-
-
-def connection(port):
-    # confirm_publish: Producer.publish waits for the broker's basic.ack
-    # (py-amqp raises if it is a nack).
-    return Connection(
-        "amqp://guest:guest@127.0.0.1:%d//" % port,
-        transport_options={"confirm_publish": True},
-        connect_timeout=TIMEOUT_S,
-    )
 
 
 def main():

@@ -15,23 +15,10 @@ with a message on any failure.
 import socket
 import sys
 
-from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu import Consumer, Exchange, Producer, Queue
+from kombu_common import TIMEOUT_S, connection, fail
 
 COUNT = 20
-TIMEOUT_S = 30
-
-
-def fail(message):
-    print("FAIL: " + message, file=sys.stderr)
-    sys.exit(1)
-
-
-def connection(port):
-    return Connection(
-        "amqp://guest:guest@127.0.0.1:%d//" % port,
-        transport_options={"confirm_publish": True},
-        connect_timeout=TIMEOUT_S,
-    )
 
 
 def consume_all(conn, queue, expected):

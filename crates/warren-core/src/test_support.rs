@@ -79,6 +79,28 @@ pub fn declare_exchange(name: &str, kind: ExchangeKind) -> Command {
 }
 
 /// A plain (non-durable, non-exclusive, not auto-delete) queue declare.
+/// `declare_exchange` with `arguments` (e.g. `alternate-exchange`).
+pub fn declare_exchange_with(name: &str, kind: ExchangeKind, arguments: FieldTable) -> Command {
+    let mut command = declare_exchange(name, kind);
+    if let Command::DeclareExchange { arguments: a, .. } = &mut command {
+        *a = arguments;
+    }
+    command
+}
+
+/// A harness with exchange `x` of `kind` and every `(queue, key)` of
+/// `bindings` declared and bound to it.
+pub fn harness_with_exchange(kind: ExchangeKind, bindings: &[(&str, &str)]) -> Harness {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_exchange("x", kind));
+    for (queue, key) in bindings {
+        h.ok(c, declare_queue(queue));
+        h.ok(c, bind(queue, "x", key));
+    }
+    h
+}
+
 pub fn declare_queue(name: &str) -> Command {
     declare_queue_with(name, FieldTable::default())
 }
@@ -304,6 +326,18 @@ impl Harness {
             bodies.push(String::from_utf8_lossy(&message.body).into_owned());
         }
         bodies
+    }
+
+    /// The queues of `queues` that hold a message after one publish to
+    /// `exchange` with `routing_key` (each is drained).
+    pub fn routed_to(&mut self, exchange: &str, routing_key: &str, queues: &[&str]) -> Vec<String> {
+        let c = chan(9, 9);
+        self.ok(c, publish(exchange, routing_key, "probe"));
+        queues
+            .iter()
+            .filter(|queue| !self.drain(c, queue).is_empty())
+            .map(|queue| (*queue).to_owned())
+            .collect()
     }
 }
 

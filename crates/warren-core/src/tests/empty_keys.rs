@@ -7,29 +7,6 @@ use amq_protocol_types::FieldTable;
 use crate::test_support::*;
 use crate::{Command, CoreError, ExchangeKind, ExchangeName, Outcome, QueueName};
 
-/// The queues of `queues` that hold a message after publishing one to
-/// `exchange` with `routing_key` (each is drained).
-fn routed_to(h: &mut Harness, exchange: &str, routing_key: &str, queues: &[&str]) -> Vec<String> {
-    let c = chan(9, 9);
-    h.ok(c, publish(exchange, routing_key, "probe"));
-    queues
-        .iter()
-        .filter(|queue| !h.drain(c, queue).is_empty())
-        .map(|queue| (*queue).to_owned())
-        .collect()
-}
-
-fn exchange_with(kind: ExchangeKind, bindings: &[(&str, &str)]) -> Harness {
-    let mut h = Harness::new();
-    let c = chan(1, 1);
-    h.ok(c, declare_exchange("x", kind));
-    for (queue, key) in bindings {
-        h.ok(c, declare_queue(queue));
-        h.ok(c, bind(queue, "x", key));
-    }
-    h
-}
-
 fn unbind_with(queue: &str, exchange: &str, routing_key: &str, arguments: FieldTable) -> Command {
     Command::UnbindQueue {
         vhost: root(),
@@ -82,30 +59,30 @@ fn bindings_of(h: &Harness, exchange: &str) -> Option<usize> {
 #[test]
 fn direct_exchange_routes_the_empty_key_to_empty_bindings() {
     // The reproduction: pq bound with "", pq2 with "k".
-    let mut h = exchange_with(ExchangeKind::Direct, &[("pq", ""), ("pq2", "k")]);
-    assert_eq!(routed_to(&mut h, "x", "", &["pq", "pq2"]), ["pq"]);
-    assert_eq!(routed_to(&mut h, "x", "k", &["pq", "pq2"]), ["pq2"]);
-    assert!(routed_to(&mut h, "x", "pq", &["pq", "pq2"]).is_empty());
+    let mut h = harness_with_exchange(ExchangeKind::Direct, &[("pq", ""), ("pq2", "k")]);
+    assert_eq!(h.routed_to("x", "", &["pq", "pq2"]), ["pq"]);
+    assert_eq!(h.routed_to("x", "k", &["pq", "pq2"]), ["pq2"]);
+    assert!(h.routed_to("x", "pq", &["pq", "pq2"]).is_empty());
 }
 
 #[test]
 fn topic_empty_binding_matches_only_the_empty_key_and_hash_matches_it_too() {
-    let mut h = exchange_with(
+    let mut h = harness_with_exchange(
         ExchangeKind::Topic,
         &[("empty", ""), ("hash", "#"), ("star", "*"), ("dot", ".")],
     );
     let all = ["empty", "hash", "star", "dot"];
-    assert_eq!(routed_to(&mut h, "x", "", &all), ["empty", "hash"]);
-    assert_eq!(routed_to(&mut h, "x", "a", &all), ["hash", "star"]);
-    assert_eq!(routed_to(&mut h, "x", ".", &all), ["hash", "dot"]);
-    assert_eq!(routed_to(&mut h, "x", "a.b", &all), ["hash"]);
+    assert_eq!(h.routed_to("x", "", &all), ["empty", "hash"]);
+    assert_eq!(h.routed_to("x", "a", &all), ["hash", "star"]);
+    assert_eq!(h.routed_to("x", ".", &all), ["hash", "dot"]);
+    assert_eq!(h.routed_to("x", "a.b", &all), ["hash"]);
 }
 
 #[test]
 fn fanout_ignores_the_routing_key() {
-    let mut h = exchange_with(ExchangeKind::Fanout, &[("a", ""), ("b", "k")]);
-    assert_eq!(routed_to(&mut h, "x", "", &["a", "b"]), ["a", "b"]);
-    assert_eq!(routed_to(&mut h, "x", "k", &["a", "b"]), ["a", "b"]);
+    let mut h = harness_with_exchange(ExchangeKind::Fanout, &[("a", ""), ("b", "k")]);
+    assert_eq!(h.routed_to("x", "", &["a", "b"]), ["a", "b"]);
+    assert_eq!(h.routed_to("x", "k", &["a", "b"]), ["a", "b"]);
 }
 
 #[test]
@@ -147,19 +124,18 @@ fn default_exchange_routes_the_empty_key_nowhere() {
 fn the_alternate_exchange_routes_the_empty_key() {
     let mut h = Harness::new();
     let c = chan(1, 1);
-    let mut declare = declare_exchange("x", ExchangeKind::Direct);
-    if let Command::DeclareExchange { arguments, .. } = &mut declare {
-        *arguments = table(&[("alternate-exchange", text("ae"))]);
-    }
-    h.ok(c, declare);
+    h.ok(
+        c,
+        declare_exchange_with("x", ExchangeKind::Direct, table(&[("alternate-exchange", text("ae"))])),
+    );
     h.ok(c, declare_exchange("ae", ExchangeKind::Direct));
     h.ok(c, declare_queue("bound"));
     h.ok(c, declare_queue("unrouted"));
     h.ok(c, bind("bound", "x", "k"));
     h.ok(c, bind("unrouted", "ae", ""));
-    assert_eq!(routed_to(&mut h, "x", "", &["bound", "unrouted"]), ["unrouted"]);
-    assert!(routed_to(&mut h, "x", "other", &["bound", "unrouted"]).is_empty());
-    assert_eq!(routed_to(&mut h, "x", "k", &["bound", "unrouted"]), ["bound"]);
+    assert_eq!(h.routed_to("x", "", &["bound", "unrouted"]), ["unrouted"]);
+    assert!(h.routed_to("x", "other", &["bound", "unrouted"]).is_empty());
+    assert_eq!(h.routed_to("x", "k", &["bound", "unrouted"]), ["bound"]);
 }
 
 #[test]
@@ -246,7 +222,7 @@ fn bind_checks_the_exchange_before_the_queue_and_arguments_before_exclusivity() 
 
 #[test]
 fn unbind_of_a_missing_queue_exchange_or_binding_is_ok() {
-    let mut h = exchange_with(ExchangeKind::Direct, &[("q", "k")]);
+    let mut h = harness_with_exchange(ExchangeKind::Direct, &[("q", "k")]);
     let c = chan(1, 1);
     assert_eq!(
         h.call(c, unbind("missing", "x", "k")),

@@ -3,51 +3,28 @@ use amq_protocol_types::{AMQPValue, FieldTable};
 use crate::test_support::*;
 use crate::{Command, CoreError, ExchangeKind, ExchangeName, Outcome, VHost};
 
-fn routed_to(h: &mut Harness, exchange: &str, routing_key: &str, queues: &[&str]) -> Vec<String> {
-    let c = chan(9, 9);
-    h.ok(c, publish(exchange, routing_key, "probe"));
-    let mut hit = Vec::new();
-    for queue in queues {
-        if !h.drain(c, queue).is_empty() {
-            hit.push((*queue).to_owned());
-        }
-    }
-    hit
-}
-
-fn setup(kind: ExchangeKind, bindings: &[(&str, &str)]) -> Harness {
-    let mut h = Harness::new();
-    let c = chan(1, 1);
-    h.ok(c, declare_exchange("x", kind));
-    for (queue, key) in bindings {
-        h.ok(c, declare_queue(queue));
-        h.ok(c, bind(queue, "x", key));
-    }
-    h
-}
-
 #[test]
 fn direct_exchange_routes_by_exact_key() {
-    let mut h = setup(ExchangeKind::Direct, &[("a", "red"), ("b", "green"), ("c", "red")]);
-    assert_eq!(routed_to(&mut h, "x", "red", &["a", "b", "c"]), ["a", "c"]);
-    assert!(routed_to(&mut h, "x", "blue", &["a", "b", "c"]).is_empty());
+    let mut h = harness_with_exchange(ExchangeKind::Direct, &[("a", "red"), ("b", "green"), ("c", "red")]);
+    assert_eq!(h.routed_to("x", "red", &["a", "b", "c"]), ["a", "c"]);
+    assert!(h.routed_to("x", "blue", &["a", "b", "c"]).is_empty());
 }
 
 #[test]
 fn fanout_exchange_routes_to_every_bound_queue() {
-    let mut h = setup(ExchangeKind::Fanout, &[("a", ""), ("b", "whatever")]);
-    assert_eq!(routed_to(&mut h, "x", "any", &["a", "b"]), ["a", "b"]);
+    let mut h = harness_with_exchange(ExchangeKind::Fanout, &[("a", ""), ("b", "whatever")]);
+    assert_eq!(h.routed_to("x", "any", &["a", "b"]), ["a", "b"]);
 }
 
 #[test]
 fn topic_exchange_routes_by_pattern() {
-    let mut h = setup(
+    let mut h = harness_with_exchange(
         ExchangeKind::Topic,
         &[("a", "stock.*.nyse"), ("b", "stock.#"), ("c", "#.eur")],
     );
-    assert_eq!(routed_to(&mut h, "x", "stock.usd.nyse", &["a", "b", "c"]), ["a", "b"]);
-    assert_eq!(routed_to(&mut h, "x", "stock.eur", &["a", "b", "c"]), ["b", "c"]);
-    assert_eq!(routed_to(&mut h, "x", "bond", &["a", "b", "c"]), Vec::<String>::new());
+    assert_eq!(h.routed_to("x", "stock.usd.nyse", &["a", "b", "c"]), ["a", "b"]);
+    assert_eq!(h.routed_to("x", "stock.eur", &["a", "b", "c"]), ["b", "c"]);
+    assert_eq!(h.routed_to("x", "bond", &["a", "b", "c"]), Vec::<String>::new());
 }
 
 #[test]
@@ -101,7 +78,7 @@ fn default_exchange_routes_by_queue_name() {
     let mut h = Harness::new();
     let c = chan(1, 1);
     h.ok(c, declare_queue("q"));
-    assert_eq!(routed_to(&mut h, "", "q", &["q"]), ["q"]);
+    assert_eq!(h.routed_to("", "q", &["q"]), ["q"]);
     let outcome = h.ok(c, publish("", "nope", "m"));
     assert_eq!(
         outcome,
@@ -204,7 +181,7 @@ fn redeclare_with_other_type_is_406() {
 
 #[test]
 fn delete_if_unused_refuses_an_exchange_with_bindings() {
-    let mut h = setup(ExchangeKind::Direct, &[("q", "k")]);
+    let mut h = harness_with_exchange(ExchangeKind::Direct, &[("q", "k")]);
     let c = chan(1, 1);
     let delete = |if_unused| Command::DeleteExchange {
         vhost: root(),
@@ -402,11 +379,10 @@ fn integer_header_values_match_across_widths() {
 fn unroutable_messages_go_to_the_alternate_exchange() {
     let mut h = Harness::new();
     let c = chan(1, 1);
-    let mut declare = declare_exchange("x", ExchangeKind::Direct);
-    if let Command::DeclareExchange { arguments, .. } = &mut declare {
-        *arguments = table(&[("alternate-exchange", text("ae"))]);
-    }
-    h.ok(c, declare);
+    h.ok(
+        c,
+        declare_exchange_with("x", ExchangeKind::Direct, table(&[("alternate-exchange", text("ae"))])),
+    );
     h.ok(c, declare_exchange("ae", ExchangeKind::Fanout));
     h.ok(c, declare_queue("q"));
     h.ok(c, declare_queue("unrouted"));
