@@ -542,3 +542,53 @@ async fn drain(ch: &lapin::Channel, queue: &str, expected: usize) -> anyhow::Res
     }
     Ok(())
 }
+
+// Issue 9: the memory alarm counts bodies still being received, not only
+// queued messages. A raw client declares a 1 MiB publish and sends 200 KiB
+// of it, past the 64 KiB watermark while no queue holds anything: a lapin
+// publisher on another connection is blocked; when the raw client goes,
+// its partial body goes with it and the publisher is unblocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_still_being_received_counts_toward_the_memory_alarm() -> anyhow::Result<()> {
+    let broker = warren_e2e::start_broker_with_config(SMALL_WATERMARK).await?;
+    let publisher = connect(&broker.amqp_uri()).await?;
+    let ch = within("channel.open", publisher.create_channel()).await?;
+    plain_queue(&ch, "partial").await?;
+    // The publisher has published, so the alarm concerns it.
+    amqp::publish(&ch, "", "partial", b"first").await?;
+
+    let mut client = RawClient::open(broker.amqp_addr(), Tune::default()).await?;
+    client.open_channel(1).await?;
+    let mut bytes = raw::method_frame(1, ids::BASIC_PUBLISH, &raw::basic_publish_args("", "partial", false));
+    bytes.extend(raw::content_header_frame(1, 1 << 20));
+    for _ in 0..2 {
+        bytes.extend(raw::frame(3, 1, &[b'p'; 100 * 1024]));
+    }
+    client.send(&bytes).await;
+
+    warren_e2e::eventually(
+        "connection.blocked by a partly received body",
+        Duration::from_secs(20),
+        || async { Ok(publisher.status().blocked().then_some(())) },
+    )
+    .await?;
+    // A consumer-only connection is not blocked: it sees nothing more queued.
+    let observer = connect(&broker.amqp_uri()).await?;
+    let och = within("channel.open", observer.create_channel()).await?;
+    assert_eq!(amqp::message_count(&och, "partial").await?, 1, "nothing more is queued");
+    drop(client);
+    warren_e2e::eventually(
+        "connection.unblocked once the body is gone",
+        Duration::from_secs(20),
+        || async { Ok((!publisher.status().blocked()).then_some(())) },
+    )
+    .await?;
+    let log = broker.log_tail(2000);
+    assert!(
+        log.contains("memory alarm set") && log.contains("memory alarm cleared"),
+        "{log}"
+    );
+    within("connection.close", publisher.close(200, "bye".into())).await?;
+    within("connection.close", observer.close(200, "bye".into())).await?;
+    Ok(())
+}

@@ -121,6 +121,35 @@ pub struct PartialContent {
     /// Set once the content header arrived.
     pub header: Option<(AMQPProperties, u64)>,
     pub body: BytesMut,
+    /// `body`'s bytes, counted in the node's total of partly received
+    /// bodies (the memory alarm's) for as long as this content lives.
+    pub held: HeldBytes,
+}
+
+/// A share of a node-wide byte count, given back when dropped: however a
+/// partly received body goes (completed, channel closed, connection lost),
+/// the total stays right.
+#[derive(Debug)]
+pub struct HeldBytes {
+    total: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    mine: u64,
+}
+
+impl HeldBytes {
+    pub fn new(total: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Self { total, mine: 0 }
+    }
+
+    pub fn add(&mut self, bytes: u64) {
+        self.mine += bytes;
+        self.total.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.mine, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// One channel number of a connection.
@@ -169,5 +198,27 @@ impl ChannelSlot {
         for p in self.pending.iter_mut() {
             *p = Pending::Discard;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn held_bytes_are_given_back_when_dropped() {
+        let total = Arc::new(AtomicU64::new(0));
+        let mut a = HeldBytes::new(total.clone());
+        let mut b = HeldBytes::new(total.clone());
+        a.add(100);
+        a.add(20);
+        b.add(5);
+        assert_eq!(total.load(Ordering::Relaxed), 125);
+        drop(a);
+        assert_eq!(total.load(Ordering::Relaxed), 5);
+        drop(b);
+        assert_eq!(total.load(Ordering::Relaxed), 0);
     }
 }

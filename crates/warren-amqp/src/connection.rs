@@ -24,7 +24,7 @@ use warren_wire::protocol::{basic, channel, confirm, connection, exchange, queue
 use warren_wire::types::{AMQPValue, FieldTable, LongString};
 use warren_wire::{AMQPFrame, WireError};
 
-use crate::channel::{ChannelSlot, ChannelState, PartialContent, Pending};
+use crate::channel::{ChannelSlot, ChannelState, HeldBytes, PartialContent, Pending};
 use crate::convert::{long, properties_from_wire, properties_to_wire, short};
 use crate::error::AmqpError;
 use crate::names::{generated_consumer_tag, generated_queue_name};
@@ -35,6 +35,9 @@ use crate::Frontend;
 
 /// Bytes buffered for the socket before a write is forced mid-batch.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
+/// Bytes a held (blocked) publishing connection still reads, unhandled,
+/// to notice the client closing its socket.
+const HELD_READ_BYTES: usize = 64 * 1024;
 /// How long the server waits for `connection.close-ok` after its own close.
 const CLOSE_OK_WAIT: Duration = Duration::from_secs(1);
 
@@ -389,7 +392,12 @@ impl Connection {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut alarm = self.frontend.alarms.subscribe();
         loop {
-            while let Some(frame) = self.decode()? {
+            // While an alarm holds a publishing connection, what it sent
+            // waits in `inbuf` undecoded.
+            while !(self.publishes && *alarm.borrow()) {
+                let Some(frame) = self.decode()? else {
+                    break;
+                };
                 if self.client_closing {
                     // After connection.close the client sends nothing we act on.
                     continue;
@@ -400,7 +408,10 @@ impl Connection {
                 }
             }
             // The memory alarm holds the socket of a publishing connection:
-            // frames already read are handled, no more are read.
+            // frames already read are handled, at most `HELD_READ_BYTES`
+            // more are read (and not handled), so that a client that goes
+            // away while held is noticed (its partly received body may be
+            // what holds the alarm on).
             let hold = self.publishes && *alarm.borrow_and_update();
             self.set_blocked(hold);
             self.flush().await?;
@@ -439,15 +450,15 @@ impl Connection {
                     // every connection.
                     changed.map_err(|_| AmqpError::Io(std::io::ErrorKind::BrokenPipe.into()))?;
                 }
-                read = self.reader.read_buf(&mut self.inbuf), if !hold => {
+                read = self.reader.read_buf(&mut self.inbuf), if !hold || self.inbuf.len() < HELD_READ_BYTES => {
                     if read? == 0 {
                         return Ok(());
                     }
                     self.last_read = Instant::now();
                 }
                 _ = heartbeat.tick(), if heartbeat_on => {
-                    // Nothing is read while blocked: the client's heartbeats
-                    // wait in the socket, as with RabbitMQ.
+                    // Little is read and nothing handled while blocked: the
+                    // client's heartbeats wait, as with RabbitMQ.
                     if !hold && self.last_read.elapsed() > self.heartbeat * 2 {
                         warn!(conn = ?self.id, peer = %self.peer, "missed heartbeats from client, closing");
                         return Err(AmqpError::Io(std::io::ErrorKind::TimedOut.into()));
@@ -855,6 +866,7 @@ impl Connection {
                     mandatory: m.mandatory,
                     header: None,
                     body: BytesMut::new(),
+                    held: HeldBytes::new(self.frontend.receiving_bytes.clone()),
                 });
                 Ok(())
             }
@@ -1044,6 +1056,7 @@ impl Connection {
             ));
         }
         content.body.extend_from_slice(&body);
+        content.held.add(body.len() as u64);
         if received == size {
             return self.complete_publish(ch).await;
         }

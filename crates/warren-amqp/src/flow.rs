@@ -5,7 +5,8 @@
 //!
 //! Warren keeps queued messages in memory, so a backlog that consumers do
 //! not drain grows the process until the kernel kills it. While this node's
-//! estimate of the memory its ready messages hold is above
+//! estimate of the memory its messages hold (ready, delivered and not yet
+//! acked, and bodies still being received) is above
 //! `queued_bytes_high_watermark`, the alarm is on: every connection that has
 //! published stops reading from its socket (TCP pushes back on the
 //! publisher) and, if the client asked for the `connection.blocked`
@@ -176,11 +177,13 @@ pub fn alarm_on(on: bool, estimate: u64, watermark: u64) -> bool {
     }
 }
 
-/// Measures this node's backlog and sets the memory alarm of `alarms`
-/// accordingly; logs each change as RabbitMQ does.
-pub(crate) fn check(node: &Node, watermark: u64, alarms: &Alarms) {
-    let (messages, body_bytes) = node.read(warren_core::Broker::ready_backlog);
-    let estimate = backlog_estimate(messages, body_bytes);
+/// Measures what this node holds in memory — messages ready or delivered
+/// and not acked, and `receiving` bytes of bodies still arriving — and
+/// sets the memory alarm of `alarms` accordingly; logs each change as
+/// RabbitMQ does.
+pub(crate) fn check(node: &Node, watermark: u64, receiving: u64, alarms: &Alarms) {
+    let (messages, body_bytes) = node.read(warren_core::Broker::held_backlog);
+    let estimate = backlog_estimate(messages, body_bytes).saturating_add(receiving);
     let was = alarms.memory_on();
     let on = alarm_on(was, estimate, watermark);
     if on == was {
@@ -191,7 +194,7 @@ pub(crate) fn check(node: &Node, watermark: u64, alarms: &Alarms) {
             estimate,
             watermark,
             messages,
-            "memory alarm set: ready messages hold more than the high-watermark; blocking publishers"
+            "memory alarm set: held messages take more than the high-watermark; blocking publishers"
         );
     } else {
         info!(

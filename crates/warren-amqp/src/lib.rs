@@ -84,6 +84,9 @@ pub struct Frontend {
     pub config: AmqpConfig,
     /// The memory and disk alarms; publishers are blocked while either is on.
     pub alarms: Arc<flow::Alarms>,
+    /// Bytes of message bodies being received (publishes whose content is
+    /// not complete yet), over every connection: counted by the memory alarm.
+    pub receiving_bytes: Arc<AtomicU64>,
     next_connection: AtomicU64,
 }
 
@@ -98,6 +101,7 @@ impl Frontend {
             registry,
             config,
             alarms: Arc::new(flow::Alarms::default()),
+            receiving_bytes: Arc::new(AtomicU64::new(0)),
             next_connection: AtomicU64::new(1),
         }
     }
@@ -129,7 +133,8 @@ pub async fn serve(listener: TcpListener, frontend: Arc<Frontend>, shutdown: imp
                 return;
             }
             _ = memory_check.tick(), if watermark != 0 => {
-                flow::check(&frontend.node, watermark, &frontend.alarms);
+                let receiving = frontend.receiving_bytes.load(Ordering::Relaxed);
+                flow::check(&frontend.node, watermark, receiving, &frontend.alarms);
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {

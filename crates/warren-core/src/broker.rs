@@ -366,9 +366,20 @@ impl Broker {
         self.vhosts.contains_key(vhost)
     }
 
-    /// Messages ready in all queues, and their body bytes: the backlog the
-    /// memory high-watermark watches (unacked messages are bounded by
-    /// prefetch and not counted). O(queues).
+    /// Messages held in memory — ready in any queue, or delivered and not
+    /// yet acknowledged — and their body bytes: what the memory
+    /// high-watermark watches (issue 9). O(queues + unacked deliveries).
+    pub fn held_backlog(&self) -> (u64, u64) {
+        let (ready, ready_bytes) = self.ready_backlog();
+        self.channels
+            .values()
+            .flat_map(|channel| channel.unacked.values())
+            .fold((ready, ready_bytes), |(messages, bytes), unacked| {
+                (messages + 1, bytes + unacked.entry.message.body_len())
+            })
+    }
+
+    /// Messages ready in all queues, and their body bytes. O(queues).
     pub fn ready_backlog(&self) -> (u64, u64) {
         self.vhosts
             .values()

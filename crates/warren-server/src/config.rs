@@ -105,9 +105,10 @@ pub struct FileConfig {
     pub max_batch_bytes: Option<u64>,
     /// Batches proposed and not yet committed, at most (default 4).
     pub max_batches_in_flight: Option<usize>,
-    /// Memory high-watermark: while the estimated bytes of ready messages
-    /// (bodies plus 512 B each) exceed this, publishing connections are
-    /// blocked (`connection.blocked`). Default: a twentieth of the memory
+    /// Memory high-watermark: while the estimated bytes of the messages a
+    /// node holds (ready, and delivered but not acked: bodies plus 512 B
+    /// each) plus the bodies it is still receiving exceed this, publishing
+    /// connections are blocked (`connection.blocked`). Default: a twentieth of the memory
     /// the process may use (RAM, or the cgroup limit in a container): RSS
     /// ran 2-9x the estimate in benchmarks, so this stays near RabbitMQ's
     /// 0.4 of RAM. 0 = off (ADR 0009).

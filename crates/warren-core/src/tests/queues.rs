@@ -516,3 +516,23 @@ fn the_ready_backlog_counts_ready_messages_and_their_bytes_in_every_queue() {
     h.ok(c, purge("b"));
     assert_eq!(h.broker.ready_backlog(), (0, 0));
 }
+
+#[test]
+fn the_held_backlog_counts_unacked_deliveries_too() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    let consumer = chan(2, 1);
+    h.ok(c, declare_queue("a"));
+    h.ok(c, publish("", "a", "12345"));
+    h.ok(c, publish("", "a", "123"));
+    assert_eq!(h.broker.held_backlog(), (2, 8));
+    h.ok(consumer, consume("a", "c", false));
+    assert_eq!(h.broker.ready_backlog(), (0, 0));
+    assert_eq!(h.broker.held_backlog(), (2, 8), "delivered, not acked: still held");
+    h.ok(consumer, ack(2, true));
+    assert_eq!(h.broker.held_backlog(), (0, 0));
+    h.ok(c, declare_queue("b"));
+    h.ok(consumer, consume("b", "auto", true));
+    h.ok(c, publish("", "b", "1"));
+    assert_eq!(h.broker.held_backlog(), (0, 0), "no-ack deliveries are not held");
+}
