@@ -43,6 +43,10 @@ pub const LISTENING_PREFIX: &str = "warren: amqp listening on ";
 /// listener is bound; it comes before the AMQP line.
 pub const CLUSTER_LISTENING_PREFIX: &str = "warren: cluster listening on ";
 
+/// The line prefix the server prints on stdout once its Prometheus
+/// listener is bound.
+pub const PROMETHEUS_LISTENING_PREFIX: &str = "warren: prometheus listening on ";
+
 /// How long a broker may take to print its listening line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -372,6 +376,16 @@ impl WarrenProcess {
         self.restart()
     }
 
+    /// The address of the Prometheus endpoint, from the broker's
+    /// `warren: prometheus listening on` line (the latest generation's).
+    pub fn prometheus_addr(&self) -> Option<SocketAddr> {
+        let logs = self.logs.lock().ok()?;
+        logs.iter().rev().find_map(|line| {
+            let (_, addr) = line.split_once(PROMETHEUS_LISTENING_PREFIX)?;
+            addr.trim().parse().ok()
+        })
+    }
+
     /// The last `lines` lines the broker printed (stdout and stderr).
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.logs, lines)
@@ -419,6 +433,9 @@ fn spawn_warren(
     }
     if !extra_args.iter().any(|arg| arg == "--cluster-listen") {
         command.args(["--cluster-listen", "127.0.0.1:0"]);
+    }
+    if !extra_args.iter().any(|arg| arg == "--prometheus-listen") {
+        command.args(["--prometheus-listen", "127.0.0.1:0"]);
     }
     let mut child = command
         .arg("--data-dir")

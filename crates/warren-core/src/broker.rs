@@ -23,7 +23,7 @@ use crate::dead_letter::DeadLetter;
 use crate::effect::{Effect, Outcome};
 use crate::error::CoreError;
 use crate::fail;
-use crate::ids::{ChannelId, MessageId, QueueName, UserName, VHost};
+use crate::ids::{ChannelId, MessageId, NodeId, QueueName, UserName, VHost};
 use crate::vhost::VHostState;
 
 /// A user of the broker.
@@ -377,6 +377,12 @@ impl Broker {
             .fold((ready, ready_bytes), |(messages, bytes), unacked| {
                 (messages + 1, bytes + unacked.entry.message.body_len())
             })
+    }
+
+    /// Channels of connections on `node` that the state knows of (those
+    /// that issued a channel-scoped command and are not closed).
+    pub fn channel_count_of(&self, node: NodeId) -> u64 {
+        self.channels.keys().filter(|c| c.conn.node == node).count() as u64
     }
 
     /// Messages ready in all queues, and their body bytes. O(queues).

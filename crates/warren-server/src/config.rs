@@ -42,9 +42,14 @@ pub struct ServerArgs {
     /// one is refused. The default is for laptops only: change it.
     #[arg(long, env = "WARREN_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
-    /// Management API and metrics (a later issue).
+    /// Management API (a later issue).
     #[arg(long, env = "WARREN_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// Prometheus metrics, `/metrics` and `/metrics/per-object` (default
+    /// 0.0.0.0:15692, as rabbitmq_prometheus). If the address is taken the
+    /// node logs it and runs without metrics.
+    #[arg(long, env = "WARREN_PROMETHEUS_LISTEN")]
+    pub prometheus_listen: Option<SocketAddr>,
     /// User created on the first start of an empty cluster (default guest,
     /// which may connect from loopback only).
     #[arg(long, env = "WARREN_DEFAULT_USER")]
@@ -70,6 +75,7 @@ pub struct FileConfig {
     pub join: Option<Vec<String>>,
     pub cluster_secret: Option<String>,
     pub http_listen: Option<SocketAddr>,
+    pub prometheus_listen: Option<SocketAddr>,
     /// Largest accepted message body, bytes (default 16 MiB).
     pub max_message_size: Option<u64>,
     /// Heartbeat the server proposes, seconds (default 60).
@@ -135,6 +141,7 @@ pub struct Config {
     pub join: Vec<String>,
     pub cluster_secret: String,
     pub http_listen: SocketAddr,
+    pub prometheus_listen: SocketAddr,
     pub max_message_size: u64,
     pub heartbeat_secs: u64,
     pub frame_max: u32,
@@ -208,6 +215,10 @@ impl Config {
                 .http_listen
                 .or(file.http_listen)
                 .unwrap_or(([0, 0, 0, 0], 15672).into()),
+            prometheus_listen: args
+                .prometheus_listen
+                .or(file.prometheus_listen)
+                .unwrap_or(([0, 0, 0, 0], 15692).into()),
             max_message_size: file.max_message_size.unwrap_or(16 * 1024 * 1024),
             heartbeat_secs: file.heartbeat_secs.unwrap_or(60),
             frame_max: file.frame_max.unwrap_or(131_072),
@@ -361,6 +372,7 @@ mod tests {
         assert_eq!(config.amqp_listen, "0.0.0.0:5672".parse().expect("addr"));
         assert_eq!(config.cluster_listen, "0.0.0.0:25672".parse().expect("addr"));
         assert_eq!(config.http_listen, "0.0.0.0:15672".parse().expect("addr"));
+        assert_eq!(config.prometheus_listen, "0.0.0.0:15692".parse().expect("addr"));
         assert_eq!(config.data_dir, PathBuf::from("./warren-data"));
         assert_eq!(config.max_message_size, 16 * 1024 * 1024);
         assert_eq!(config.cluster_secret, warren_rpc::DEV_SECRET);

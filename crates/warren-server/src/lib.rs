@@ -142,6 +142,30 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         ..AmqpConfig::default()
     };
     let frontend = Arc::new(Frontend::new(node_id, boot, node.clone(), registry, amqp_config));
+    let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
+    match TcpListener::bind(config.prometheus_listen).await {
+        Ok(listener) => {
+            let metrics_addr = listener.local_addr()?;
+            let sources = warren_http::Sources {
+                frontend: frontend.clone(),
+                data_dir: config.data_dir.clone(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            };
+            tokio::spawn(async move {
+                let stopped = async {
+                    let _ = metrics_stopped.await;
+                };
+                if let Err(e) = warren_http::serve_prometheus(listener, sources, stopped).await {
+                    tracing::warn!(error = %e, "the Prometheus listener failed");
+                }
+            });
+            info!(%metrics_addr, "prometheus listening");
+            println!("warren: prometheus listening on {metrics_addr}");
+        }
+        // Several nodes on one host (tests, benchmarks, a laptop cluster)
+        // share the default port: the first gets it, the others run on.
+        Err(e) => tracing::warn!(addr = %config.prometheus_listen, error = %e, "no Prometheus metrics: cannot bind"),
+    }
     let addr = amqp_listener.local_addr()?;
     info!(node = node_id.0, %addr, data_dir = %config.data_dir.display(), "node ready");
     println!("warren: amqp listening on {addr}");
@@ -159,6 +183,7 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
     }
 
     info!("shutting down");
+    let _ = stop_metrics.send(());
     node.shutdown().await.context("stopping the Raft node")?;
     let _ = stop_cluster.send(());
     if let Ok(Err(e)) = cluster_server.await {

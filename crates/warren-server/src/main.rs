@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a node (the default).
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Operate a running cluster over its gRPC port.
     Ctl(CtlArgs),
 }
@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = match cli.command {
         None => cli.server,
-        Some(Cmd::Server(args)) => args,
+        Some(Cmd::Server(args)) => *args,
         Some(Cmd::Ctl(ctl)) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             return runtime.block_on(warren_server::ctl::run(

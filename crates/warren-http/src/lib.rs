@@ -1,0 +1,113 @@
+//! `warren-http`: the HTTP endpoints of a node. Today: Prometheus metrics
+//! on their own listener (`--prometheus-listen`, default `0.0.0.0:15692`,
+//! as rabbitmq_prometheus), `/metrics` and `/metrics/per-object`. The
+//! management API and UI of issue 10 are to come here too.
+//!
+//! It sits on top: it reads the node (`warren-cluster`) and the AMQP front
+//! end (`warren-amqp`) and changes nothing.
+
+pub mod prometheus;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use warren_amqp::Frontend;
+
+use crate::prometheus::{render, MetricsSnapshot};
+
+/// What the endpoints read.
+#[derive(Clone)]
+pub struct Sources {
+    pub frontend: Arc<Frontend>,
+    pub data_dir: PathBuf,
+    pub version: String,
+}
+
+/// The Prometheus text format's content type.
+const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Serves `/metrics` and `/metrics/per-object` on `listener` until
+/// `shutdown` completes.
+///
+/// # Errors
+/// The HTTP server failed.
+pub async fn serve_prometheus(
+    listener: TcpListener,
+    sources: Sources,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = Router::new()
+        .route("/metrics", get(aggregated))
+        .route("/metrics/per-object", get(per_object))
+        .with_state(Arc::new(sources));
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+async fn aggregated(State(sources): State<Arc<Sources>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, TEXT_FORMAT)],
+        render(&snapshot(&sources).await, false),
+    )
+}
+
+async fn per_object(State(sources): State<Arc<Sources>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, TEXT_FORMAT)],
+        render(&snapshot(&sources).await, true),
+    )
+}
+
+/// Reads everything one scrape reports. The file-system reads (RSS,
+/// free disk space) run on a blocking thread.
+pub async fn snapshot(sources: &Sources) -> MetricsSnapshot {
+    let frontend = &sources.frontend;
+    let node = &frontend.node;
+    let node_id = frontend.node_id;
+    let (queues, channels) = node.read(|broker| (broker.queue_summaries(), broker.channel_count_of(node_id)));
+    let status = node.metrics();
+    let dir = sources.data_dir.clone();
+    let (resident, disk) =
+        tokio::task::spawn_blocking(move || (resident_memory_bytes(), warren_amqp::flow::free_bytes(&dir).ok()))
+            .await
+            .unwrap_or((0, None));
+    MetricsSnapshot {
+        node_id: node_id.0,
+        version: sources.version.clone(),
+        queues,
+        connections: frontend.registry.len() as u64,
+        channels,
+        resident_memory_bytes: resident,
+        memory_watermark_bytes: frontend.config.queued_bytes_high_watermark,
+        memory_alarm: frontend.alarms.memory_on(),
+        disk_available_bytes: disk,
+        disk_limit_bytes: frontend.config.disk_free_limit,
+        disk_alarm: frontend.alarms.disk_on(),
+        raft_term: status.term,
+        raft_last_log_index: status.last_log_index,
+        raft_last_applied_index: status.last_applied,
+        raft_snapshot_index: status.snapshot_index,
+        raft_purged_index: status.purged_index,
+        raft_is_leader: status.is_leader,
+        store_bytes: node.store_size_on_disk().await,
+    }
+}
+
+/// This process's resident set, from `/proc/self/statm` (0 if unknown).
+fn resident_memory_bytes() -> u64 {
+    const PAGE_BYTES: u64 = 4096;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|text| {
+            text.split_whitespace()
+                .nth(1)
+                .and_then(|pages| pages.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * PAGE_BYTES)
+}
