@@ -4,16 +4,11 @@
 //! whole through the other follower, without an election: the term the
 //! cluster started in is the term it ends in.
 //!
-//! It fails today, so it is ignored (run it with `cargo nextest run -p
-//! warren-e2e --test large_messages --run-ignored all`): on 2026-12-03 the
-//! cluster (debug build) went through six terms and the 128 MiB message was
-//! nacked after the forward timeout; a release build passes 16 MiB messages
-//! without an election but not 128 MiB (docs/benchmarks.md). One message is one Raft entry, and openraft 0.9
-//! sends heartbeats on the same replication stream as AppendEntries, so an
-//! entry that takes longer than `heartbeat_interval_ms` to send and sync
-//! (100 ms) starves the followers of heartbeats past their election
-//! timeout. The fix (bodies sent in chunks below the entry, or heartbeats
-//! apart from the data) is issue 9's item 5.
+//! One message used to be one Raft entry, and openraft 0.9 both times out
+//! an AppendEntries after `heartbeat_interval_ms` and sends heartbeats on
+//! the same stream: a 128 MiB entry starved the followers past their
+//! election timeout (six terms in one run). Bodies over 256 KiB now go in
+//! parts, each its own entry (`warren_core::staged`).
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -42,7 +37,6 @@ async fn leader_and_term(node: &warren_e2e::WarrenProcess) -> anyhow::Result<(St
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: a 16-128 MiB entry starves followers of heartbeats (issue 9, item 5)"]
 async fn large_messages_replicate_through_followers_without_an_election() -> anyhow::Result<()> {
     let nodes = start_three_nodes_with_config(Some("max_message_size = 134217728\n")).await?;
     let before = leader_and_term(&nodes[0]).await?;

@@ -35,6 +35,9 @@ use crate::Frontend;
 
 /// Bytes buffered for the socket before a write is forced mid-batch.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
+/// A message body larger than this is sent to the core in parts of this
+/// size, each its own Raft entry (issue 9, item 5; `warren_core::staged`).
+pub(crate) const STAGED_PART_BYTES: usize = 256 * 1024;
 /// Bytes a held (blocked) publishing connection still reads, unhandled,
 /// to notice the client closing its socket.
 const HELD_READ_BYTES: usize = 64 * 1024;
@@ -1091,16 +1094,40 @@ impl Connection {
             slot.next_confirm_seq += 1;
             seq
         });
-        let message = Message {
+        let mut body = content.body.freeze();
+        // A large body goes in parts, each its own Raft entry
+        // (warren_core::staged); their replies carry nothing to tell.
+        let mut parts = 0u32;
+        let mut staged_bytes = 0u64;
+        while body.len() > STAGED_PART_BYTES {
+            let part = body.split_to(STAGED_PART_BYTES);
+            staged_bytes += part.len() as u64;
+            let first = parts == 0;
+            parts += 1;
+            self.submit(ch, Pending::Discard, Command::StageBody { part, first })
+                .await?;
+        }
+        let message = Arc::new(Message {
             exchange: ExchangeName::new(content.exchange),
             routing_key: content.routing_key,
             properties,
-            body: content.body.freeze(),
-        };
-        let command = Command::Publish {
-            vhost: self.vhost.clone(),
-            mandatory: content.mandatory,
-            message: Arc::new(message),
+            body,
+        });
+        let vhost = self.vhost.clone();
+        let command = if parts == 0 {
+            Command::Publish {
+                vhost,
+                mandatory: content.mandatory,
+                message,
+            }
+        } else {
+            Command::PublishStaged {
+                vhost,
+                mandatory: content.mandatory,
+                message,
+                parts,
+                staged_bytes,
+            }
         };
         self.submit(ch, Pending::Publish { confirm_seq }, command).await
     }

@@ -336,7 +336,10 @@ enum Forwarded {
 fn request_bytes(request: &Request) -> u64 {
     const OTHER: u64 = 128;
     match &request.command {
-        Command::Publish { message, .. } => OTHER + message.body_len() + message.routing_key.len() as u64,
+        Command::Publish { message, .. } | Command::PublishStaged { message, .. } => {
+            OTHER + message.body_len() + message.routing_key.len() as u64
+        }
+        Command::StageBody { part, .. } => OTHER + part.len() as u64,
         _ => OTHER,
     }
 }

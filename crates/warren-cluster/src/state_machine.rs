@@ -12,6 +12,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+use warren_core::staged::StagedBodies;
 use warren_core::{Broker, Command, NodeId};
 use warren_store::LogStore;
 
@@ -56,24 +57,50 @@ impl Shared {
 }
 
 /// What a snapshot's data holds: the state every replica computes alike.
+/// The bodies arriving in parts (`warren_core::staged`) travel beside the
+/// broker, whose own encoding does not hold them.
 #[derive(Serialize, Deserialize)]
 struct Replicated {
     broker: Broker,
     sessions: Sessions,
+    staged: StagedBodies,
 }
 
-/// Decodes a snapshot's data; snapshots written before sessions existed
-/// hold the broker alone.
-fn decode_replicated(data: &[u8]) -> Result<Replicated, crate::codec::CodecError> {
-    match decode::<Replicated>(data) {
-        Ok(replicated) => Ok(replicated),
-        Err(error) => match decode::<Broker>(data) {
-            Ok(broker) => Ok(Replicated {
-                broker,
-                sessions: Sessions::default(),
-            }),
-            Err(_) => Err(error),
-        },
+/// A snapshot's data before bodies could arrive in parts.
+#[derive(Deserialize)]
+struct ReplicatedV1 {
+    broker: Broker,
+    sessions: Sessions,
+}
+
+impl Replicated {
+    fn new(broker: &Broker, sessions: &Sessions) -> Self {
+        Self {
+            broker: broker.clone(),
+            sessions: sessions.clone(),
+            staged: broker.staged_bodies().clone(),
+        }
+    }
+}
+
+/// Decodes a snapshot's data into the broker (with its staged bodies) and
+/// the sessions. Snapshots written before staged bodies hold the broker
+/// and sessions; those before sessions, the broker alone.
+fn decode_replicated(data: &[u8]) -> Result<(Broker, Sessions), crate::codec::CodecError> {
+    let error = match decode::<Replicated>(data) {
+        Ok(replicated) => {
+            let mut broker = replicated.broker;
+            broker.set_staged_bodies(replicated.staged);
+            return Ok((broker, replicated.sessions));
+        }
+        Err(error) => error,
+    };
+    if let Ok(v1) = decode::<ReplicatedV1>(data) {
+        return Ok((v1.broker, v1.sessions));
+    }
+    match decode::<Broker>(data) {
+        Ok(broker) => Ok((broker, Sessions::default())),
+        Err(_) => Err(error),
     }
 }
 
@@ -130,7 +157,7 @@ impl StateMachine {
                 };
                 return Ok((empty, 0));
             };
-            let Replicated { broker, sessions } = decode_replicated(&stored.data)
+            let (broker, sessions) = decode_replicated(&stored.data)
                 .map_err(|e| StorageIOError::read_snapshot(Some(stored.meta.signature()), &e))?;
             let state = SmState {
                 broker,
@@ -208,10 +235,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // next to encoding); encode and store while apply continues.
         let (replicated, last_applied, membership) = {
             let state = self.shared.read();
-            let replicated = Replicated {
-                broker: state.broker.clone(),
-                sessions: state.sessions.clone(),
-            };
+            let replicated = Replicated::new(&state.broker, &state.sessions);
             (replicated, state.last_applied, state.membership.clone())
         };
         let millis = crate::clock::wall_clock_ms();
@@ -339,17 +363,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             data: snapshot.into_inner(),
         };
         let store = self.store.clone();
-        let (replicated, stored) = run_blocking(move || -> Result<(Replicated, StoredSnapshot), StorageError<u64>> {
-            let replicated = decode_replicated(&stored.data)
-                .map_err(|e| StorageIOError::read_snapshot(Some(stored.meta.signature()), &e))?;
-            save_snapshot(&*store, &stored.meta, &stored.data)?;
-            Ok((replicated, stored))
-        })
+        let (replicated, stored) = run_blocking(
+            move || -> Result<((Broker, Sessions), StoredSnapshot), StorageError<u64>> {
+                let replicated = decode_replicated(&stored.data)
+                    .map_err(|e| StorageIOError::read_snapshot(Some(stored.meta.signature()), &e))?;
+                save_snapshot(&*store, &stored.meta, &stored.data)?;
+                Ok((replicated, stored))
+            },
+        )
         .await??;
         {
             let mut state = self.shared.write();
-            state.broker = replicated.broker;
-            state.sessions = replicated.sessions;
+            state.broker = replicated.0;
+            state.sessions = replicated.1;
             state.last_applied = stored.meta.last_log_id;
             state.membership = stored.meta.last_membership;
         }
@@ -382,6 +408,63 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 mod tests {
     use super::*;
 
+    /// A broker with a body in progress on one channel.
+    fn broker_with_staged_parts() -> Broker {
+        let mut broker = Broker::new();
+        let channel = warren_core::ChannelId {
+            conn: warren_core::ConnectionId {
+                node: NodeId(1),
+                boot: 1,
+                seq: 1,
+            },
+            channel: 1,
+        };
+        let batch = warren_core::Batch {
+            now_ms: 1,
+            requests: vec![warren_core::Request {
+                origin: Some(channel),
+                command: Command::StageBody {
+                    part: bytes::Bytes::from_static(b"part"),
+                    first: true,
+                },
+            }],
+        };
+        broker.apply(&batch, &mut Vec::new());
+        assert_eq!(broker.staged_bodies().len(), 1);
+        broker
+    }
+
+    #[test]
+    fn snapshots_carry_bodies_in_progress() {
+        let broker = broker_with_staged_parts();
+        let data = encode(&Replicated::new(&broker, &Sessions::default())).expect("encode");
+        let (decoded, _) = decode_replicated(&data).expect("decode");
+        assert_eq!(decoded, broker, "the staged parts came back with the broker");
+    }
+
+    #[test]
+    fn snapshots_written_before_staged_bodies_still_decode() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            broker: &'a Broker,
+            sessions: &'a Sessions,
+        }
+        let broker = broker_with_staged_parts();
+        let data = encode(&V1 {
+            broker: &broker,
+            sessions: &Sessions::default(),
+        })
+        .expect("encode");
+        let (decoded, _) = decode_replicated(&data).expect("decode the old layout");
+        assert!(decoded.staged_bodies().is_empty(), "the old layout has none");
+        assert_eq!(decoded.queue_summaries(), broker.queue_summaries());
+        let broker_only = encode(&broker).expect("encode");
+        assert!(
+            decode_replicated(&broker_only).is_ok(),
+            "and the layout before sessions"
+        );
+    }
+
     #[test]
     fn a_snapshot_is_stored_as_the_encoding_of_stored_snapshot() {
         let meta = SnapshotMeta {
@@ -389,11 +472,7 @@ mod tests {
             last_membership: StoredMembership::default(),
             snapshot_id: "3-1-42-1700000000000".to_owned(),
         };
-        let data = encode(&Replicated {
-            broker: Broker::new(),
-            sessions: Sessions::default(),
-        })
-        .expect("encode");
+        let data = encode(&Replicated::new(&Broker::new(), &Sessions::default())).expect("encode");
         let store = warren_store::MemStore::new();
         save_snapshot(&store, &meta, &data).expect("save");
         let stored_bytes = store.get_snapshot().expect("read").expect("stored");

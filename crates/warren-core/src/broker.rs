@@ -58,6 +58,11 @@ pub struct Broker {
     pub(crate) next_message_id: u64,
     /// Source of queue incarnation ids and consumer serials.
     pub(crate) next_uid: u64,
+    /// Bodies arriving in parts ([`crate::staged`]). Not in the broker's
+    /// own encoding (older snapshots lack it): snapshots carry it beside
+    /// the broker.
+    #[serde(skip)]
+    pub(crate) staged: crate::staged::StagedBodies,
 }
 
 /// A queue's key across vhosts.
@@ -101,6 +106,7 @@ impl Broker {
             channels: BTreeMap::new(),
             next_message_id: 1,
             next_uid: 1,
+            staged: crate::staged::StagedBodies::new(),
         }
     }
 
@@ -210,6 +216,27 @@ impl Broker {
                 mandatory,
                 message,
             } => self.publish(ctx, vhost, *mandatory, message),
+            Command::StageBody { part, first } => {
+                let channel = ctx.origin?;
+                self.stage_body(channel, part, *first)
+            }
+            Command::PublishStaged {
+                vhost,
+                mandatory,
+                message,
+                parts,
+                staged_bytes,
+            } => {
+                let channel = ctx.origin?;
+                let end = crate::staged::StagedEnd {
+                    vhost,
+                    mandatory: *mandatory,
+                    message,
+                    parts: *parts,
+                    staged_bytes: *staged_bytes,
+                };
+                self.publish_staged(ctx, channel, &end)
+            }
             Command::Qos { prefetch_count, global } => {
                 let channel = ctx.origin?;
                 self.qos(ctx, channel, *prefetch_count, *global)
@@ -367,16 +394,18 @@ impl Broker {
     }
 
     /// Messages held in memory — ready in any queue, or delivered and not
-    /// yet acknowledged — and their body bytes: what the memory
+    /// yet acknowledged — and their body bytes (plus bodies still arriving
+    /// in parts): what the memory
     /// high-watermark watches (issue 9). O(queues + unacked deliveries).
     pub fn held_backlog(&self) -> (u64, u64) {
         let (ready, ready_bytes) = self.ready_backlog();
         self.channels
             .values()
             .flat_map(|channel| channel.unacked.values())
-            .fold((ready, ready_bytes), |(messages, bytes), unacked| {
-                (messages + 1, bytes + unacked.entry.message.body_len())
-            })
+            .fold(
+                (ready, ready_bytes + self.staged_bytes()),
+                |(messages, bytes), unacked| (messages + 1, bytes + unacked.entry.message.body_len()),
+            )
     }
 
     /// Channels of connections on `node` that the state knows of (those
@@ -438,6 +467,7 @@ fn command_vhost(command: &Command) -> Option<&VHost> {
         | Command::PurgeQueue { vhost, .. }
         | Command::DeleteQueue { vhost, .. }
         | Command::Publish { vhost, .. }
+        | Command::PublishStaged { vhost, .. }
         | Command::Consume { vhost, .. }
         | Command::Get { vhost, .. } => Some(vhost),
         _ => None,

@@ -216,4 +216,21 @@ pub enum Command {
     DeleteUser {
         name: UserName,
     },
+    // New variants go last: entries in logs written by earlier builds are
+    // decoded by variant index.
+    /// A part of a message body too large for one Raft entry
+    /// ([`crate::staged`]); `first` starts a new body.
+    StageBody {
+        part: bytes::Bytes,
+        first: bool,
+    },
+    /// The end of a body sent in parts: `message` carries the last part,
+    /// `parts` parts of `staged_bytes` bytes were staged before it.
+    PublishStaged {
+        vhost: VHost,
+        mandatory: bool,
+        message: Arc<Message>,
+        parts: u32,
+        staged_bytes: u64,
+    },
 }

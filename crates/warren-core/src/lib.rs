@@ -58,6 +58,7 @@ mod queue;
 mod queue_args;
 mod queue_ops;
 pub mod reply_to;
+pub mod staged;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
 pub mod topic;

@@ -13,6 +13,7 @@ impl Broker {
     /// may go), its unacked deliveries requeued (redelivered = true), and
     /// the channel forgotten.
     pub(crate) fn close_channel(&mut self, ctx: &mut Ctx<'_>, id: ChannelId) {
+        self.drop_staged_channel(id);
         let Some(channel) = self.channels.remove(&id) else {
             return;
         };
@@ -29,6 +30,7 @@ impl Broker {
     /// The connection closed: every channel of it closes, then the queues
     /// it exclusively owned are deleted.
     pub(crate) fn close_connection(&mut self, ctx: &mut Ctx<'_>, conn: ConnectionId) {
+        self.drop_staged_connection(conn);
         let channels: Vec<ChannelId> = self.channels.keys().filter(|c| c.conn == conn).copied().collect();
         for channel in channels {
             self.close_channel(ctx, channel);
@@ -42,7 +44,7 @@ impl Broker {
     /// Every connection the state knows of (through channels or exclusive
     /// queues) that satisfies `filter`, sorted.
     fn connections_where(&self, filter: impl Fn(&ConnectionId) -> bool) -> Vec<ConnectionId> {
-        let from_channels = self.channels.keys().map(|c| c.conn);
+        let from_channels = self.channels.keys().chain(self.staged.keys()).map(|c| c.conn);
         let from_queues = self
             .vhosts
             .values()

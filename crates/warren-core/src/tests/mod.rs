@@ -11,3 +11,4 @@ mod properties;
 mod queues;
 mod reply_to;
 mod routing_properties;
+mod staged;

@@ -1,0 +1,129 @@
+//! Message bodies that arrive in parts (issue 9, item 5).
+//!
+//! One message is one Raft entry unless it is split: openraft 0.9 gives an
+//! AppendEntries `heartbeat_interval` to be shipped and synced, and sends
+//! heartbeats on the same stream, so an entry of tens of MiB starves the
+//! followers past their election timeout. The front end therefore sends a
+//! body larger than a part as `StageBody` commands (each its own entry)
+//! followed by `PublishStaged`, which carries the last part and how many
+//! parts and bytes came before it. Apply collects the parts per channel —
+//! a channel carries one content at a time and its commands are applied
+//! in order — and publishes the whole message when the count and size
+//! match. If a part was lost (its batch failed while the leader changed),
+//! they do not, and the publish is rejected (a nack) rather than stored
+//! with a hole; the next message's first part starts afresh.
+//!
+//! The parts are replicated state: they travel in snapshots beside the
+//! broker (warren-cluster's `Replicated`), so a follower that installs a
+//! snapshot taken between two parts assembles the same message.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::broker::{Broker, Ctx};
+use crate::effect::Outcome;
+use crate::error::CoreError;
+use crate::ids::{ChannelId, ConnectionId, VHost};
+use crate::message::Message;
+
+/// The parts of one body received so far on a channel.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StagedBody {
+    pub parts: Vec<Bytes>,
+    pub bytes: u64,
+}
+
+/// Every channel's body in progress.
+pub type StagedBodies = BTreeMap<ChannelId, StagedBody>;
+
+/// The fields of a `PublishStaged`.
+pub(crate) struct StagedEnd<'a> {
+    pub vhost: &'a VHost,
+    pub mandatory: bool,
+    /// Carries the last part as its body.
+    pub message: &'a Message,
+    pub parts: u32,
+    pub staged_bytes: u64,
+}
+
+impl Broker {
+    /// `StageBody`: adds `part` to `channel`'s body in progress (`first`
+    /// drops whatever an earlier, unfinished message left).
+    pub(crate) fn stage_body(&mut self, channel: ChannelId, part: &Bytes, first: bool) -> Result<Outcome, CoreError> {
+        let staged = self.staged.entry(channel).or_default();
+        if first {
+            *staged = StagedBody::default();
+        }
+        staged.bytes += part.len() as u64;
+        staged.parts.push(part.clone());
+        Ok(Outcome::Done)
+    }
+
+    /// `PublishStaged`: `end.message` carries the last part; with the
+    /// `end.parts` parts and `end.staged_bytes` bytes staged before it on
+    /// `channel`, it is published as one message.
+    ///
+    /// # Errors
+    /// As [`Broker::publish`]. A count or size that does not match what
+    /// was staged is not an error: the publish is rejected (nacked).
+    pub(crate) fn publish_staged(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        channel: ChannelId,
+        end: &StagedEnd<'_>,
+    ) -> Result<Outcome, CoreError> {
+        let StagedEnd {
+            vhost,
+            mandatory,
+            message,
+            parts,
+            staged_bytes,
+        } = *end;
+        let staged = self.staged.remove(&channel).unwrap_or_default();
+        if staged.parts.len() != parts as usize || staged.bytes != staged_bytes {
+            return Ok(Outcome::Published {
+                routed: false,
+                rejected: true,
+                returned: None,
+            });
+        }
+        let mut body = BytesMut::with_capacity(usize::try_from(staged.bytes).unwrap_or(0) + message.body.len());
+        for part in &staged.parts {
+            body.extend_from_slice(part);
+        }
+        body.extend_from_slice(&message.body);
+        let whole = Message {
+            body: body.freeze(),
+            ..message.clone()
+        };
+        self.publish(ctx, vhost, mandatory, &Arc::new(whole))
+    }
+
+    /// Forgets the bodies in progress on `channel` (it closed).
+    pub(crate) fn drop_staged_channel(&mut self, channel: ChannelId) {
+        self.staged.remove(&channel);
+    }
+
+    /// Forgets the bodies in progress on every channel of `conn`.
+    pub(crate) fn drop_staged_connection(&mut self, conn: ConnectionId) {
+        self.staged.retain(|channel, _| channel.conn != conn);
+    }
+
+    /// Bodies in progress on every channel, for snapshots.
+    pub fn staged_bodies(&self) -> &StagedBodies {
+        &self.staged
+    }
+
+    /// Restores the bodies in progress from a snapshot.
+    pub fn set_staged_bodies(&mut self, staged: StagedBodies) {
+        self.staged = staged;
+    }
+
+    /// Bytes of bodies in progress, for the memory alarm.
+    pub(crate) fn staged_bytes(&self) -> u64 {
+        self.staged.values().map(|s| s.bytes).sum()
+    }
+}
