@@ -127,106 +127,104 @@ pub fn render(snapshot: &MetricsSnapshot, per_object: bool) -> String {
         1,
     );
     let queues = &snapshot.queues;
-    w.gauge("rabbitmq_queues", "Queues available", queues.len() as u64);
-    w.gauge(
-        "rabbitmq_queue_messages_ready",
-        "Messages ready to be delivered to consumers",
-        sum(queues, |q| q.messages_ready),
-    );
-    w.gauge(
-        "rabbitmq_queue_messages_unacked",
-        "Messages delivered to consumers but not yet acknowledged",
-        sum(queues, |q| q.messages_unacked),
-    );
-    w.gauge(
-        "rabbitmq_queue_messages",
-        "Sum of ready and unacknowledged messages - total queue depth",
-        sum(queues, |q| q.messages_ready + q.messages_unacked),
-    );
-    w.gauge(
-        "rabbitmq_queue_consumers",
-        "Consumers on a queue",
-        sum(queues, |q| q.consumers),
-    );
-    w.gauge(
-        "rabbitmq_consumers",
-        "Consumers currently connected",
-        sum(queues, |q| q.consumers),
-    );
-    w.gauge(
-        "rabbitmq_connections",
-        "Connections currently open",
-        snapshot.connections,
-    );
-    w.gauge("rabbitmq_channels", "Channels currently open", snapshot.channels);
-    w.gauge(
-        "rabbitmq_process_resident_memory_bytes",
-        "Memory used in bytes",
-        snapshot.resident_memory_bytes,
-    );
-    w.gauge(
-        "rabbitmq_resident_memory_limit_bytes",
-        "Memory high watermark in bytes",
-        snapshot.memory_watermark_bytes,
-    );
-    w.gauge(
-        "rabbitmq_alarms_memory_used_watermark",
-        "is 1 if VM memory watermark alarm is in effect",
-        u64::from(snapshot.memory_alarm),
-    );
+    let index = |i: Option<u64>| i.unwrap_or(0);
+    let consumers = sum(queues, |q| q.consumers);
+    let mut gauges: Vec<(&str, &str, u64)> = vec![
+        ("rabbitmq_queues", "Queues available", queues.len() as u64),
+        (
+            "rabbitmq_queue_messages_ready",
+            "Messages ready to be delivered to consumers",
+            sum(queues, |q| q.messages_ready),
+        ),
+        (
+            "rabbitmq_queue_messages_unacked",
+            "Messages delivered to consumers but not yet acknowledged",
+            sum(queues, |q| q.messages_unacked),
+        ),
+        (
+            "rabbitmq_queue_messages",
+            "Sum of ready and unacknowledged messages - total queue depth",
+            sum(queues, |q| q.messages_ready + q.messages_unacked),
+        ),
+        ("rabbitmq_queue_consumers", "Consumers on a queue", consumers),
+        ("rabbitmq_consumers", "Consumers currently connected", consumers),
+        (
+            "rabbitmq_connections",
+            "Connections currently open",
+            snapshot.connections,
+        ),
+        ("rabbitmq_channels", "Channels currently open", snapshot.channels),
+        (
+            "rabbitmq_process_resident_memory_bytes",
+            "Memory used in bytes",
+            snapshot.resident_memory_bytes,
+        ),
+        (
+            "rabbitmq_resident_memory_limit_bytes",
+            "Memory high watermark in bytes",
+            snapshot.memory_watermark_bytes,
+        ),
+        (
+            "rabbitmq_alarms_memory_used_watermark",
+            "is 1 if VM memory watermark alarm is in effect",
+            u64::from(snapshot.memory_alarm),
+        ),
+        (
+            "rabbitmq_disk_space_available_limit_bytes",
+            "Free disk space low watermark in bytes",
+            snapshot.disk_limit_bytes,
+        ),
+        (
+            "rabbitmq_alarms_free_disk_space_watermark",
+            "is 1 if free disk space watermark alarm is in effect",
+            u64::from(snapshot.disk_alarm),
+        ),
+        (
+            "rabbitmq_raft_term_total",
+            "Current Raft term number",
+            snapshot.raft_term,
+        ),
+        (
+            "rabbitmq_raft_log_last_written_index",
+            "Raft log last written index",
+            index(snapshot.raft_last_log_index),
+        ),
+        (
+            "rabbitmq_raft_log_last_applied_index",
+            "Raft log last applied index",
+            index(snapshot.raft_last_applied_index),
+        ),
+        (
+            "rabbitmq_raft_log_snapshot_index",
+            "Raft log snapshot index",
+            index(snapshot.raft_snapshot_index),
+        ),
+        (
+            "warren_raft_log_purged_index",
+            "Last Raft log index purged behind a snapshot",
+            index(snapshot.raft_purged_index),
+        ),
+        (
+            "warren_raft_is_leader",
+            "1 if this node is the Raft leader",
+            u64::from(snapshot.raft_is_leader),
+        ),
+        (
+            "warren_store_bytes",
+            "Bytes the Raft log, metadata and snapshot take on disk",
+            snapshot.store_bytes,
+        ),
+    ];
     if let Some(available) = snapshot.disk_available_bytes {
-        w.gauge(
+        gauges.push((
             "rabbitmq_disk_space_available_bytes",
             "Disk space available in bytes",
             available,
-        );
+        ));
     }
-    w.gauge(
-        "rabbitmq_disk_space_available_limit_bytes",
-        "Free disk space low watermark in bytes",
-        snapshot.disk_limit_bytes,
-    );
-    w.gauge(
-        "rabbitmq_alarms_free_disk_space_watermark",
-        "is 1 if free disk space watermark alarm is in effect",
-        u64::from(snapshot.disk_alarm),
-    );
-    w.gauge(
-        "rabbitmq_raft_term_total",
-        "Current Raft term number",
-        snapshot.raft_term,
-    );
-    let index = |i: Option<u64>| i.unwrap_or(0);
-    w.gauge(
-        "rabbitmq_raft_log_last_written_index",
-        "Raft log last written index",
-        index(snapshot.raft_last_log_index),
-    );
-    w.gauge(
-        "rabbitmq_raft_log_last_applied_index",
-        "Raft log last applied index",
-        index(snapshot.raft_last_applied_index),
-    );
-    w.gauge(
-        "rabbitmq_raft_log_snapshot_index",
-        "Raft log snapshot index",
-        index(snapshot.raft_snapshot_index),
-    );
-    w.gauge(
-        "warren_raft_log_purged_index",
-        "Last Raft log index purged behind a snapshot",
-        index(snapshot.raft_purged_index),
-    );
-    w.gauge(
-        "warren_raft_is_leader",
-        "1 if this node is the Raft leader",
-        u64::from(snapshot.raft_is_leader),
-    );
-    w.gauge(
-        "warren_store_bytes",
-        "Bytes the Raft log, metadata and snapshot take on disk",
-        snapshot.store_bytes,
-    );
+    for (name, help, value) in gauges {
+        w.gauge(name, help, value);
+    }
     if per_object {
         render_per_queue(&mut w, queues);
     }

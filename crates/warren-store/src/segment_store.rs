@@ -138,6 +138,14 @@ fn parse_segment_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// The `(payload length, crc, index)` of a record header.
+fn decode_header(header: &[u8]) -> (u32, u32, u64) {
+    let word = |at: usize| u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    let mut index = [0u8; 8];
+    index.copy_from_slice(&header[8..16]);
+    (word(0), word(4), u64::from_le_bytes(index))
+}
+
 fn crc(index: u64, payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&index.to_le_bytes());
@@ -467,11 +475,7 @@ fn scan_segment(
     while offset + RECORD_HEADER <= file_len {
         file.read_exact_at(&mut header, offset)
             .map_err(io_err("read log segment"))?;
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-        let sum = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        let mut index_bytes = [0u8; 8];
-        index_bytes.copy_from_slice(&header[8..16]);
-        let entry_index = u64::from_le_bytes(index_bytes);
+        let (len, sum, entry_index) = decode_header(&header);
         let end = offset + RECORD_HEADER + u64::from(len);
         if end > file_len {
             break;
@@ -512,11 +516,7 @@ fn read_record(file: &dyn VfsFile, entry_index: u64, loc: Location) -> Result<Ve
     file.read_exact_at(&mut record, loc.offset)
         .map_err(io_err("read log"))?;
     let (header, payload) = record.split_at(RECORD_HEADER as usize);
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-    let sum = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    let mut index_bytes = [0u8; 8];
-    index_bytes.copy_from_slice(&header[8..16]);
-    let found = u64::from_le_bytes(index_bytes);
+    let (len, sum, found) = decode_header(header);
     if len != loc.payload_len || found != entry_index || crc(found, payload) != sum {
         return Err(StoreError::io(
             "read log",
