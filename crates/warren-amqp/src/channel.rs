@@ -163,6 +163,8 @@ pub struct ChannelSlot {
     pub draining: bool,
     pub confirm: bool,
     pub next_confirm_seq: u64,
+    /// The number of the last message sent to the core in parts.
+    pub next_staged_body: u64,
     pub content: Option<PartialContent>,
     /// For methods that name the queue as "": the last queue declared here.
     pub last_queue: Option<QueueName>,
@@ -176,6 +178,7 @@ impl Default for ChannelSlot {
             draining: false,
             confirm: false,
             next_confirm_seq: 1,
+            next_staged_body: 0,
             content: None,
             last_queue: None,
         }

@@ -395,9 +395,13 @@ impl Connection {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut alarm = self.frontend.alarms.subscribe();
         loop {
-            // While an alarm holds a publishing connection, what it sent
-            // waits in `inbuf` undecoded.
-            while !(self.publishes && *alarm.borrow()) {
+            // An alarm holds a publishing connection at its next
+            // `basic.publish`: that frame and what follows wait in `inbuf`.
+            // Everything before it is handled — acks, and the rest of a
+            // content already started (whose partly received body counts
+            // toward the memory alarm, so it must be able to finish).
+            let held = self.publishes && *alarm.borrow_and_update();
+            while !(held && self.next_frame_is_publish()) {
                 let Some(frame) = self.decode()? else {
                     break;
                 };
@@ -410,12 +414,10 @@ impl Connection {
                     self.flush().await?;
                 }
             }
-            // The memory alarm holds the socket of a publishing connection:
-            // frames already read are handled, at most `HELD_READ_BYTES`
-            // more are read (and not handled), so that a client that goes
-            // away while held is noticed (its partly received body may be
-            // what holds the alarm on).
-            let hold = self.publishes && *alarm.borrow_and_update();
+            // Held, at most `HELD_READ_BYTES` more are read (and not
+            // handled), so that a client that goes away is noticed. A change
+            // of the alarm since `held` was read wakes `changed` below.
+            let hold = self.publishes && *alarm.borrow();
             self.set_blocked(hold);
             self.flush().await?;
             self.inbuf.reserve(64 * 1024);
@@ -470,6 +472,13 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Whether `inbuf` starts with a `basic.publish` method frame (type 1,
+    /// class 60, method 40: bytes 0, 7–8 and 9–10 of the frame).
+    fn next_frame_is_publish(&self) -> bool {
+        let b = &self.inbuf;
+        b.len() >= 11 && b[0] == 1 && b[7..9] == 60u16.to_be_bytes() && b[9..11] == 40u16.to_be_bytes()
     }
 
     /// Enters or leaves the blocked state; tells a client that asked for
@@ -1099,13 +1108,23 @@ impl Connection {
         // (warren_core::staged); their replies carry nothing to tell.
         let mut parts = 0u32;
         let mut staged_bytes = 0u64;
+        let staged_body = if body.len() > STAGED_PART_BYTES {
+            let slot = self.slot(ch);
+            slot.next_staged_body += 1;
+            slot.next_staged_body
+        } else {
+            0
+        };
         while body.len() > STAGED_PART_BYTES {
             let part = body.split_to(STAGED_PART_BYTES);
             staged_bytes += part.len() as u64;
-            let first = parts == 0;
+            let command = Command::StageBody {
+                body: staged_body,
+                index: parts,
+                part,
+            };
             parts += 1;
-            self.submit(ch, Pending::Discard, Command::StageBody { part, first })
-                .await?;
+            self.submit(ch, Pending::Discard, command).await?;
         }
         let message = Arc::new(Message {
             exchange: ExchangeName::new(content.exchange),
@@ -1125,6 +1144,7 @@ impl Connection {
                 vhost,
                 mandatory: content.mandatory,
                 message,
+                body: staged_body,
                 parts,
                 staged_bytes,
             }

@@ -73,9 +73,12 @@ impl Alarms {
     }
 
     fn set(&self, alarm: &AtomicBool, on: bool) {
-        alarm.store(on, Ordering::Relaxed);
-        let any = self.memory_on() || self.disk_on();
+        alarm.store(on, Ordering::SeqCst);
+        // Read both alarms under the watch's lock: the memory check and the
+        // disk watch run in different tasks, and whichever sets last must
+        // publish what both say now.
         self.blocked.send_if_modified(|blocked| {
+            let any = self.memory.load(Ordering::SeqCst) || self.disk.load(Ordering::SeqCst);
             let changed = *blocked != any;
             *blocked = any;
             changed

@@ -424,8 +424,9 @@ mod tests {
             requests: vec![warren_core::Request {
                 origin: Some(channel),
                 command: Command::StageBody {
+                    body: 1,
+                    index: 0,
                     part: bytes::Bytes::from_static(b"part"),
-                    first: true,
                 },
             }],
         };

@@ -216,14 +216,15 @@ impl Broker {
                 mandatory,
                 message,
             } => self.publish(ctx, vhost, *mandatory, message),
-            Command::StageBody { part, first } => {
+            Command::StageBody { body, index, part } => {
                 let channel = ctx.origin?;
-                self.stage_body(channel, part, *first)
+                self.stage_body(channel, *body, *index, part)
             }
             Command::PublishStaged {
                 vhost,
                 mandatory,
                 message,
+                body,
                 parts,
                 staged_bytes,
             } => {
@@ -232,6 +233,7 @@ impl Broker {
                     vhost,
                     mandatory: *mandatory,
                     message,
+                    body: *body,
                     parts: *parts,
                     staged_bytes: *staged_bytes,
                 };

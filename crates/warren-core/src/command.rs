@@ -218,18 +218,21 @@ pub enum Command {
     },
     // New variants go last: entries in logs written by earlier builds are
     // decoded by variant index.
-    /// A part of a message body too large for one Raft entry
-    /// ([`crate::staged`]); `first` starts a new body.
+    /// Part `index` of the body of message `body` (a number the channel
+    /// gives each message it sends in parts) too large for one Raft entry
+    /// ([`crate::staged`]).
     StageBody {
+        body: u64,
+        index: u32,
         part: bytes::Bytes,
-        first: bool,
     },
-    /// The end of a body sent in parts: `message` carries the last part,
-    /// `parts` parts of `staged_bytes` bytes were staged before it.
+    /// The end of body `body`: `message` carries the last part, `parts`
+    /// parts of `staged_bytes` bytes were staged before it.
     PublishStaged {
         vhost: VHost,
         mandatory: bool,
         message: Arc<Message>,
+        body: u64,
         parts: u32,
         staged_bytes: u64,
     },

@@ -6,12 +6,15 @@
 //! followers past their election timeout. The front end therefore sends a
 //! body larger than a part as `StageBody` commands (each its own entry)
 //! followed by `PublishStaged`, which carries the last part and how many
-//! parts and bytes came before it. Apply collects the parts per channel —
-//! a channel carries one content at a time and its commands are applied
-//! in order — and publishes the whole message when the count and size
-//! match. If a part was lost (its batch failed while the leader changed),
-//! they do not, and the publish is rejected (a nack) rather than stored
-//! with a hole; the next message's first part starts afresh.
+//! parts and bytes came before it. Every part names its message (a number
+//! the channel counts up) and its index. Apply collects the parts per
+//! channel — a channel carries one content at a time and its commands are
+//! applied in order — and publishes the whole message only if every part
+//! of that message arrived, in order. If one was lost (its batch failed
+//! while the leader changed), the publish is rejected (a nack) rather than
+//! stored with a hole or with another message's part: a part that does not
+//! follow the one before (another message, or a gap) spoils what was
+//! staged until the next message's part 0.
 //!
 //! The parts are replicated state: they travel in snapshots beside the
 //! broker (warren-cluster's `Replicated`), so a follower that installs a
@@ -32,8 +35,12 @@ use crate::message::Message;
 /// The parts of one body received so far on a channel.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StagedBody {
+    /// The message they belong to.
+    pub body: u64,
     pub parts: Vec<Bytes>,
     pub bytes: u64,
+    /// A part went missing: the message cannot be completed.
+    pub spoiled: bool,
 }
 
 /// Every channel's body in progress.
@@ -45,20 +52,36 @@ pub(crate) struct StagedEnd<'a> {
     pub mandatory: bool,
     /// Carries the last part as its body.
     pub message: &'a Message,
+    pub body: u64,
     pub parts: u32,
     pub staged_bytes: u64,
 }
 
 impl Broker {
-    /// `StageBody`: adds `part` to `channel`'s body in progress (`first`
-    /// drops whatever an earlier, unfinished message left).
-    pub(crate) fn stage_body(&mut self, channel: ChannelId, part: &Bytes, first: bool) -> Result<Outcome, CoreError> {
+    /// `StageBody`: adds part `index` of message `body` to `channel`'s
+    /// body in progress. Part 0 starts a new body; any other part must
+    /// follow the last one of the same message, or the body is spoiled.
+    pub(crate) fn stage_body(
+        &mut self,
+        channel: ChannelId,
+        body: u64,
+        index: u32,
+        part: &Bytes,
+    ) -> Result<Outcome, CoreError> {
         let staged = self.staged.entry(channel).or_default();
-        if first {
-            *staged = StagedBody::default();
+        if index == 0 {
+            *staged = StagedBody {
+                body,
+                ..StagedBody::default()
+            };
+        } else if staged.body != body || staged.parts.len() != index as usize {
+            staged.body = body;
+            staged.spoiled = true;
         }
-        staged.bytes += part.len() as u64;
-        staged.parts.push(part.clone());
+        if !staged.spoiled {
+            staged.bytes += part.len() as u64;
+            staged.parts.push(part.clone());
+        }
         Ok(Outcome::Done)
     }
 
@@ -79,11 +102,16 @@ impl Broker {
             vhost,
             mandatory,
             message,
+            body,
             parts,
             staged_bytes,
         } = *end;
         let staged = self.staged.remove(&channel).unwrap_or_default();
-        if staged.parts.len() != parts as usize || staged.bytes != staged_bytes {
+        let complete = !staged.spoiled
+            && (parts == 0 || staged.body == body)
+            && staged.parts.len() == parts as usize
+            && staged.bytes == staged_bytes;
+        if !complete {
             return Ok(Outcome::Published {
                 routed: false,
                 rejected: true,

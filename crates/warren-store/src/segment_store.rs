@@ -77,6 +77,9 @@ impl Default for SegmentConfig {
     }
 }
 
+/// Entries found in the index: index, where its record is, its file.
+type Located = Vec<(u64, Location, Arc<dyn VfsFile>)>;
+
 /// Where an entry's record is.
 #[derive(Clone, Copy, Debug)]
 struct Location {
@@ -99,6 +102,9 @@ struct Index {
     segments: BTreeMap<u64, Segment>,
     entries: BTreeMap<u64, Location>,
     meta: BTreeMap<String, Vec<u8>>,
+    /// Bumped whenever entries are cut or their files removed: a reader
+    /// that saw it change while reading may hold a mix of two logs.
+    generation: u64,
 }
 
 /// A [`LogStore`] on segment files of its own, through a [`Vfs`].
@@ -112,6 +118,10 @@ pub struct SegmentStore {
     index: Mutex<Index>,
     /// The directory lock (real file systems only); released on drop.
     _lock: Option<std::fs::File>,
+    /// A write or sync failed: what is on disk past the last good sync is
+    /// unknown, so nothing more is written (the node stops on the error
+    /// and a restart reads what is there).
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for SegmentStore {
@@ -241,6 +251,18 @@ impl SegmentStore {
     pub fn open_on(vfs: Arc<dyn Vfs>, data_dir: &Path, config: &SegmentConfig) -> Result<Self, StoreError> {
         let log_dir = data_dir.join(LOG_DIR);
         vfs.create_dir_all(&log_dir).map_err(io_err("create log directory"))?;
+        // The new directories' names must be durable too, or a power cut
+        // could take the whole store with them.
+        vfs.sync_dir(data_dir).map_err(io_err("sync data directory"))?;
+        if let Some(parent) = data_dir.parent() {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            vfs.sync_dir(parent)
+                .map_err(io_err("sync the data directory's parent"))?;
+        }
         check_or_write_version(&*vfs, data_dir)?;
         let store = Self {
             vfs,
@@ -250,6 +272,7 @@ impl SegmentStore {
             writing: Mutex::new(()),
             index: Mutex::new(Index::default()),
             _lock: None,
+            failed: std::sync::atomic::AtomicBool::new(false),
         };
         store.recover()?;
         Ok(store)
@@ -263,6 +286,21 @@ impl SegmentStore {
 
     fn writing(&self) -> MutexGuard<'_, ()> {
         self.writing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The writing lock, unless an earlier write failed.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] once a write or sync has failed.
+    fn writable(&self) -> Result<MutexGuard<'_, ()>, StoreError> {
+        let guard = self.writing();
+        if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::io(
+                "write",
+                "an earlier write failed; the store takes no more",
+            ));
+        }
+        Ok(guard)
     }
 
     /// Reads the metadata and every segment, cutting a torn tail.
@@ -378,6 +416,7 @@ impl SegmentStore {
                 .remove_file(&self.log_dir.join(segment_name(*first)))
                 .map_err(io_err("remove log segment"))?;
             let mut index = self.index();
+            index.generation += 1;
             index.segments.remove(first);
             index.entries.retain(|_, loc| loc.segment != *first);
         }
@@ -413,14 +452,16 @@ impl SegmentStore {
         Ok((first, file, 0))
     }
 
-    /// The locations (and files) of the entries in `start..end_exclusive`.
-    fn locate(&self, start: u64, end_exclusive: u64) -> Vec<(u64, Location, Arc<dyn VfsFile>)> {
+    /// The locations (and files) of the entries in `start..end_exclusive`,
+    /// with the index's generation at that moment.
+    fn locate(&self, start: u64, end_exclusive: u64) -> (u64, Located) {
         let index = self.index();
-        index
+        let located = index
             .entries
             .range(start..end_exclusive)
             .filter_map(|(i, loc)| index.segments.get(&loc.segment).map(|s| (*i, *loc, s.file.clone())))
-            .collect()
+            .collect();
+        (index.generation, located)
     }
 
     /// `truncate_from` under the writing lock.
@@ -434,6 +475,7 @@ impl SegmentStore {
             (*cut, later)
         };
         self.remove_segments(&later)?;
+        self.index().generation += 1;
         let file = self
             .index()
             .segments
@@ -443,6 +485,7 @@ impl SegmentStore {
         file.set_len(cut.offset).map_err(io_err("truncate log"))?;
         file.sync_data().map_err(io_err("truncate log"))?;
         let mut index = self.index();
+        index.generation += 1;
         index.entries.split_off(&from);
         let last_in_segment = index
             .entries
@@ -501,6 +544,17 @@ fn scan_segment(
         offset = end;
     }
     Ok((offset, segment_last))
+}
+
+/// Reads every located record, in order.
+///
+/// # Errors
+/// As [`read_record`], at the first record that fails.
+fn read_located(located: Located) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    located
+        .into_iter()
+        .map(|(entry_index, loc, file)| Ok((entry_index, read_record(&*file, entry_index, loc)?)))
+        .collect()
 }
 
 /// Reads the record of `entry_index` at `loc` and checks that it is that
@@ -593,7 +647,7 @@ impl LogStore for SegmentStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let _writing = self.writing();
+        let _writing = self.writable()?;
         let mut sorted: Vec<&(u64, Vec<u8>)> = entries.iter().collect();
         sorted.sort_by_key(|(index, _)| *index);
         sorted.dedup_by_key(|(index, _)| *index);
@@ -630,8 +684,10 @@ impl LogStore for SegmentStore {
         }
         let written = file.write_all_at(&buffer, start).and_then(|()| file.sync_data());
         if let Err(e) = written {
-            // Leave the segment as it was; what the failed write left past
-            // `start` is cut at the next open if this does not take.
+            // What the failed write left past `start` is unknown: take no
+            // more writes (the node stops on this error), and let the next
+            // open read the segment as it is.
+            self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = file.set_len(start);
             return Err(StoreError::io("append", e));
         }
@@ -648,41 +704,18 @@ impl LogStore for SegmentStore {
         if start >= end_exclusive {
             return Ok(Vec::new());
         }
-        let wanted = self.locate(start, end_exclusive);
-        let mut out = Vec::with_capacity(wanted.len());
-        for (entry_index, loc, file) in wanted {
-            match read_record(&*file, entry_index, loc) {
-                Ok(payload) => out.push((entry_index, payload)),
-                Err(first_error) => {
-                    // A truncation (and perhaps a new append) may have
-                    // changed the log since `locate`: wait for the mutation
-                    // in progress to finish, then look again. Gone: the
-                    // read saw the log as it is now, up to here. Still
-                    // there: read it once more, and an error then is real.
-                    let again = {
-                        let _writing = self.writing();
-                        let again = self.locate(entry_index, entry_index.saturating_add(1));
-                        again
-                            .into_iter()
-                            .next()
-                            .map(|(_, loc, file)| read_record(&*file, entry_index, loc))
-                    };
-                    match again {
-                        None => break,
-                        Some(Ok(payload)) => out.push((entry_index, payload)),
-                        Some(Err(e)) => {
-                            tracing::error!(entry_index, %first_error, error = %e, "log entry unreadable");
-                            return Err(e);
-                        }
-                    }
-                    // What follows was located before the change: start over.
-                    let rest = self.range(entry_index.saturating_add(1), end_exclusive)?;
-                    out.extend(rest);
-                    break;
-                }
+        let (generation, wanted) = self.locate(start, end_exclusive);
+        if let Ok(read) = read_located(wanted) {
+            if self.index().generation == generation {
+                return Ok(read);
             }
         }
-        Ok(out)
+        // The log was cut (and perhaps rewritten) while we read, without a
+        // lock: what we have may mix two logs, or a record moved under us.
+        // Read again with mutations held off; an error now is real.
+        let _writing = self.writing();
+        let (_, wanted) = self.locate(start, end_exclusive);
+        read_located(wanted).inspect_err(|e| tracing::error!(start, end_exclusive, error = %e, "log unreadable"))
     }
 
     fn first_index(&self) -> Result<Option<u64>, StoreError> {
@@ -697,12 +730,12 @@ impl LogStore for SegmentStore {
     }
 
     fn truncate_from(&self, from: u64) -> Result<(), StoreError> {
-        let _writing = self.writing();
+        let _writing = self.writable()?;
         self.truncate_locked(from)
     }
 
     fn purge_through(&self, through: u64) -> Result<(), StoreError> {
-        let _writing = self.writing();
+        let _writing = self.writable()?;
         let current = purged_through(&self.index().meta);
         if current.is_some_and(|p| p >= through) {
             return Ok(());
@@ -725,7 +758,7 @@ impl LogStore for SegmentStore {
     }
 
     fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let _writing = self.writing();
+        let _writing = self.writable()?;
         let mut meta = self.index().meta.clone();
         meta.insert(key.to_owned(), value.to_vec());
         self.write_meta(&meta)?;
@@ -738,7 +771,7 @@ impl LogStore for SegmentStore {
     }
 
     fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
-        let _writing = self.writing();
+        let _writing = self.writable()?;
         let mut meta = self.index().meta.clone();
         if meta.remove(key).is_none() {
             return Ok(());
@@ -760,7 +793,7 @@ impl LogStore for SegmentStore {
     }
 
     fn put_snapshot(&self, parts: &[&[u8]]) -> Result<(), StoreError> {
-        let _writing = self.writing();
+        let _writing = self.writable()?;
         let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
         all.push(&[SEGMENT_FORMAT_VERSION]);
         all.extend_from_slice(parts);

@@ -219,16 +219,17 @@ fn request(layout: [QueueLayout; 3]) -> impl Strategy<Value = Request> {
                 arguments: FieldTable::default(),
             }
         }),
-        1 => (0..4usize, any::<bool>(), 0..3usize).prop_map(|(c, first, size)| Request {
+        1 => (0..4usize, 0..2u64, 0..3u32, 0..3usize).prop_map(|(c, body, index, size)| Request {
             origin: Some(channel(c)),
-            command: Command::StageBody { part: Bytes::from("s".repeat(size)), first },
+            command: Command::StageBody { body, index, part: Bytes::from("s".repeat(size)) },
         }),
-        1 => (0..4usize, 0..QUEUES.len(), 0..3u32, 0..6u64, any::<bool>()).prop_map(|(c, q, parts, staged_bytes, mandatory)| Request {
+        1 => (0..4usize, 0..QUEUES.len(), 0..2u64, 0..3u32, 0..6u64, any::<bool>()).prop_map(|(c, q, body, parts, staged_bytes, mandatory)| Request {
             origin: Some(channel(c)),
             command: Command::PublishStaged {
                 vhost: root(),
                 mandatory,
                 message: Arc::new(message("", QUEUES[q], "t")),
+                body,
                 parts,
                 staged_bytes,
             },
@@ -700,6 +701,7 @@ impl Ledger {
         let staged_whole: Option<Arc<crate::Message>> = match &request.command {
             Command::PublishStaged {
                 message,
+                body,
                 parts,
                 staged_bytes,
                 ..
@@ -709,7 +711,8 @@ impl Ledger {
                     .origin
                     .and_then(|o| pre.staged_bodies().get(&o).cloned())
                     .unwrap_or_default();
-                if s.parts.len() == *parts as usize && s.bytes == *staged_bytes {
+                let same_body = *parts == 0 || s.body == *body;
+                if !s.spoiled && same_body && s.parts.len() == *parts as usize && s.bytes == *staged_bytes {
                     let mut body = Vec::new();
                     for part in &s.parts {
                         body.extend_from_slice(part);
