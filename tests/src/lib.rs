@@ -134,6 +134,20 @@ pub fn ensure_warren_built() -> anyhow::Result<PathBuf> {
         .map_err(|e| anyhow!(e))
 }
 
+/// `--config DIR/warren.toml` after writing `config_toml` there; nothing
+/// without a config.
+///
+/// # Errors
+/// The file cannot be written.
+pub fn config_args(dir: &Path, config_toml: Option<&str>) -> anyhow::Result<Vec<std::ffi::OsString>> {
+    let Some(toml) = config_toml else {
+        return Ok(Vec::new());
+    };
+    let path = dir.join("warren.toml");
+    std::fs::write(&path, toml).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(vec!["--config".into(), path.into_os_string()])
+}
+
 /// Everything the broker printed, shared with the reader threads.
 type LogBuffer = Arc<Mutex<Vec<String>>>;
 
@@ -171,12 +185,7 @@ impl WarrenProcess {
             .context("cannot create a temporary dir")?;
         let data_dir = root.path().join("data");
         let mut extra_args = Vec::new();
-        if let Some(toml) = config_toml {
-            let path = root.path().join("warren.toml");
-            std::fs::write(&path, toml).with_context(|| format!("cannot write {}", path.display()))?;
-            extra_args.push("--config".into());
-            extra_args.push(path.into_os_string());
-        }
+        extra_args.extend(config_args(root.path(), config_toml)?);
         let mut process = Self::start_with_args(&data_dir, extra_args)?;
         process._temp_dir = Some(Arc::new(root));
         Ok(process)
@@ -237,12 +246,7 @@ impl WarrenProcess {
             .context("cannot create a temporary dir")?;
         let data_dir = root.path().join("data");
         let mut extra_args: Vec<std::ffi::OsString> = vec!["--node-id".into(), node_id.to_string().into()];
-        if let Some(toml) = config_toml {
-            let path = root.path().join("warren.toml");
-            std::fs::write(&path, toml).with_context(|| format!("cannot write {}", path.display()))?;
-            extra_args.push("--config".into());
-            extra_args.push(path.into_os_string());
-        }
+        extra_args.extend(config_args(root.path(), config_toml)?);
         if let Some(join) = join {
             extra_args.push("--join".into());
             extra_args.push(join.to_string().into());

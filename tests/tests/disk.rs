@@ -68,9 +68,8 @@ fn run_mount(args: &[&str], target: &Path) -> anyhow::Result<()> {
 }
 
 fn start_on(tmpfs: &Tmpfs, config_toml: &str) -> anyhow::Result<WarrenProcess> {
-    let config = tmpfs.dir.path().join("warren.toml");
-    std::fs::write(&config, config_toml)?;
-    WarrenProcess::start_with_args(tmpfs.path(), vec!["--config".into(), config.into_os_string()])
+    let args = warren_e2e::config_args(tmpfs.dir.path(), Some(config_toml))?;
+    WarrenProcess::start_with_args(tmpfs.path(), args)
 }
 
 fn persistent() -> BasicProperties {

@@ -16,6 +16,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
+use warren_core::staged::StagedPublish;
 use warren_core::{
     reply_code, ChannelId, Command, ConnectionId, ConsumerTag, CoreError, DeliveryTag, Effect, ExchangeKind,
     ExchangeName, Message, Outcome, QueueName, Request, UserName, VHost,
@@ -1140,14 +1141,14 @@ impl Connection {
                 message,
             }
         } else {
-            Command::PublishStaged {
+            Command::PublishStaged(StagedPublish {
                 vhost,
                 mandatory: content.mandatory,
                 message,
                 body: staged_body,
                 parts,
                 staged_bytes,
-            }
+            })
         };
         self.submit(ch, Pending::Publish { confirm_seq }, command).await
     }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::wall_clock_ms;
+use warren_core::staged::StagedPublish;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Raft, ServerState};
@@ -336,7 +337,7 @@ enum Forwarded {
 fn request_bytes(request: &Request) -> u64 {
     const OTHER: u64 = 128;
     match &request.command {
-        Command::Publish { message, .. } | Command::PublishStaged { message, .. } => {
+        Command::Publish { message, .. } | Command::PublishStaged(StagedPublish { message, .. }) => {
             OTHER + message.body_len() + message.routing_key.len() as u64
         }
         Command::StageBody { part, .. } => OTHER + part.len() as u64,

@@ -220,24 +220,9 @@ impl Broker {
                 let channel = ctx.origin?;
                 self.stage_body(channel, *body, *index, part)
             }
-            Command::PublishStaged {
-                vhost,
-                mandatory,
-                message,
-                body,
-                parts,
-                staged_bytes,
-            } => {
+            Command::PublishStaged(end) => {
                 let channel = ctx.origin?;
-                let end = crate::staged::StagedEnd {
-                    vhost,
-                    mandatory: *mandatory,
-                    message,
-                    body: *body,
-                    parts: *parts,
-                    staged_bytes: *staged_bytes,
-                };
-                self.publish_staged(ctx, channel, &end)
+                self.publish_staged(ctx, channel, end)
             }
             Command::Qos { prefetch_count, global } => {
                 let channel = ctx.origin?;
@@ -469,7 +454,7 @@ fn command_vhost(command: &Command) -> Option<&VHost> {
         | Command::PurgeQueue { vhost, .. }
         | Command::DeleteQueue { vhost, .. }
         | Command::Publish { vhost, .. }
-        | Command::PublishStaged { vhost, .. }
+        | Command::PublishStaged(crate::staged::StagedPublish { vhost, .. })
         | Command::Consume { vhost, .. }
         | Command::Get { vhost, .. } => Some(vhost),
         _ => None,

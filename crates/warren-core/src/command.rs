@@ -226,14 +226,6 @@ pub enum Command {
         index: u32,
         part: bytes::Bytes,
     },
-    /// The end of body `body`: `message` carries the last part, `parts`
-    /// parts of `staged_bytes` bytes were staged before it.
-    PublishStaged {
-        vhost: VHost,
-        mandatory: bool,
-        message: Arc<Message>,
-        body: u64,
-        parts: u32,
-        staged_bytes: u64,
-    },
+    /// The end of a body sent in parts.
+    PublishStaged(crate::staged::StagedPublish),
 }

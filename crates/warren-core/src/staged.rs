@@ -46,12 +46,13 @@ pub struct StagedBody {
 /// Every channel's body in progress.
 pub type StagedBodies = BTreeMap<ChannelId, StagedBody>;
 
-/// The fields of a `PublishStaged`.
-pub(crate) struct StagedEnd<'a> {
-    pub vhost: &'a VHost,
+/// A `PublishStaged`: the end of body `body`. `message` carries the last
+/// part; `parts` parts of `staged_bytes` bytes were staged before it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StagedPublish {
+    pub vhost: VHost,
     pub mandatory: bool,
-    /// Carries the last part as its body.
-    pub message: &'a Message,
+    pub message: Arc<Message>,
     pub body: u64,
     pub parts: u32,
     pub staged_bytes: u64,
@@ -85,32 +86,23 @@ impl Broker {
         Ok(Outcome::Done)
     }
 
-    /// `PublishStaged`: `end.message` carries the last part; with the
-    /// `end.parts` parts and `end.staged_bytes` bytes staged before it on
-    /// `channel`, it is published as one message.
+    /// `PublishStaged`: with the parts staged on `channel`, `end` is
+    /// published as one message.
     ///
     /// # Errors
-    /// As [`Broker::publish`]. A count or size that does not match what
-    /// was staged is not an error: the publish is rejected (nacked).
+    /// As [`Broker::publish`]. Parts that do not make up `end`'s body are
+    /// not an error: the publish is rejected (nacked).
     pub(crate) fn publish_staged(
         &mut self,
         ctx: &mut Ctx<'_>,
         channel: ChannelId,
-        end: &StagedEnd<'_>,
+        end: &StagedPublish,
     ) -> Result<Outcome, CoreError> {
-        let StagedEnd {
-            vhost,
-            mandatory,
-            message,
-            body,
-            parts,
-            staged_bytes,
-        } = *end;
         let staged = self.staged.remove(&channel).unwrap_or_default();
         let complete = !staged.spoiled
-            && (parts == 0 || staged.body == body)
-            && staged.parts.len() == parts as usize
-            && staged.bytes == staged_bytes;
+            && (end.parts == 0 || staged.body == end.body)
+            && staged.parts.len() == end.parts as usize
+            && staged.bytes == end.staged_bytes;
         if !complete {
             return Ok(Outcome::Published {
                 routed: false,
@@ -118,16 +110,17 @@ impl Broker {
                 returned: None,
             });
         }
-        let mut body = BytesMut::with_capacity(usize::try_from(staged.bytes).unwrap_or(0) + message.body.len());
+        let last = &end.message.body;
+        let mut body = BytesMut::with_capacity(usize::try_from(staged.bytes).unwrap_or(0) + last.len());
         for part in &staged.parts {
             body.extend_from_slice(part);
         }
-        body.extend_from_slice(&message.body);
+        body.extend_from_slice(last);
         let whole = Message {
             body: body.freeze(),
-            ..message.clone()
+            ..(*end.message).clone()
         };
-        self.publish(ctx, vhost, mandatory, &Arc::new(whole))
+        self.publish(ctx, &end.vhost, end.mandatory, &Arc::new(whole))
     }
 
     /// Forgets the bodies in progress on `channel` (it closed).

@@ -911,49 +911,45 @@ mod tests {
         ));
     }
 
-    /// A reader racing a truncation and re-append sees the log before or
-    /// after it, never an error or another entry's bytes (a replication
-    /// task of a deposed leader reads while its log is cut).
+    /// A reader racing truncations and re-appends sees one version of the
+    /// log, never a mix (a replication task of a deposed leader reads while
+    /// its log is cut). Every round rewrites entries 20..=50 with records of
+    /// the same length at the same offsets, tagged with the round, so only
+    /// the generation check can tell an old record from a new one. A stress
+    /// test: a read straddling a whole truncate + append is rare, and with
+    /// the generation check removed this passed 3 runs of 3 (2026-12-03);
+    /// it does catch short reads and holes (it failed without the re-read).
     #[test]
-    fn reads_racing_truncations_see_a_consistent_log() {
+    fn reads_racing_truncations_see_one_version_of_the_log() {
+        let version = |round: u64, index: u64| format!("r{round:04}-{index:03}").into_bytes();
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(SegmentStore::open(dir.path(), &small_segments()).expect("open"));
         store
-            .append(&(1..=50).map(|i| (i, payload(i))).collect::<Vec<_>>())
+            .append(&(1..=50).map(|i| (i, version(0, i))).collect::<Vec<_>>())
             .expect("append");
         let reader = {
             let store = store.clone();
             std::thread::spawn(move || {
-                for _ in 0..2000 {
+                for _ in 0..3000 {
                     let read = store.range(1, 51).expect("a read never fails");
-                    for (i, (index, bytes)) in read.iter().enumerate() {
+                    for (i, (index, _)) in read.iter().enumerate() {
                         assert_eq!(*index, i as u64 + 1, "a prefix without holes");
-                        assert!(
-                            *bytes == payload(*index) || *bytes == format!("new-{index}").into_bytes(),
-                            "entry {index} is one of its versions"
-                        );
                     }
+                    let rounds: std::collections::BTreeSet<&[u8]> = read
+                        .iter()
+                        .filter(|(index, _)| *index >= 20)
+                        .map(|(_, bytes)| &bytes[..5])
+                        .collect();
+                    assert!(rounds.len() <= 1, "entries of two versions in one read: {rounds:?}");
                 }
             })
         };
-        for round in 0..200u64 {
-            let from = 20 + round % 25;
-            store.truncate_from(from).expect("truncate");
-            let new: Vec<(u64, Vec<u8>)> = (from..=50)
-                .map(|i| {
-                    (
-                        i,
-                        if round % 2 == 0 {
-                            format!("new-{i}").into_bytes()
-                        } else {
-                            payload(i)
-                        },
-                    )
-                })
-                .collect();
+        for round in 1..=300u64 {
+            store.truncate_from(20).expect("truncate");
+            let new: Vec<(u64, Vec<u8>)> = (20..=50).map(|i| (i, version(round, i))).collect();
             store.append(&new).expect("append");
         }
-        reader.join().expect("the reader saw a consistent log");
+        reader.join().expect("the reader saw one version each time");
     }
 
     /// Every write the store acknowledged survives a power cut at any

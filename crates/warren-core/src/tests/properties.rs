@@ -225,14 +225,14 @@ fn request(layout: [QueueLayout; 3]) -> impl Strategy<Value = Request> {
         }),
         1 => (0..4usize, 0..QUEUES.len(), 0..2u64, 0..3u32, 0..6u64, any::<bool>()).prop_map(|(c, q, body, parts, staged_bytes, mandatory)| Request {
             origin: Some(channel(c)),
-            command: Command::PublishStaged {
+            command: Command::PublishStaged(crate::staged::StagedPublish {
                 vhost: root(),
                 mandatory,
                 message: Arc::new(message("", QUEUES[q], "t")),
                 body,
                 parts,
                 staged_bytes,
-            },
+            }),
         }),
         2 => Just(Request { origin: None, command: Command::Tick }),
         1 => prop_oneof![
@@ -699,13 +699,13 @@ impl Ledger {
         // A staged publish is the whole message when its parts all came,
         // and a plain rejection (no ids, nothing routed) when they did not.
         let staged_whole: Option<Arc<crate::Message>> = match &request.command {
-            Command::PublishStaged {
+            Command::PublishStaged(crate::staged::StagedPublish {
                 message,
                 body,
                 parts,
                 staged_bytes,
                 ..
-            } => {
+            }) => {
                 // None staged counts as zero parts of zero bytes, as in apply.
                 let s = request
                     .origin
@@ -738,7 +738,7 @@ impl Ledger {
         };
         let publish = match &request.command {
             Command::Publish { message, .. } => Some(message),
-            Command::PublishStaged { .. } => staged_whole.as_ref(),
+            Command::PublishStaged(_) => staged_whole.as_ref(),
             _ => None,
         };
         if let (Some(message), Some(Ok(Outcome::Published { routed, rejected, .. }))) = (publish, &reply) {

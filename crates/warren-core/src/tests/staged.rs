@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::staged::StagedPublish;
 use crate::test_support::*;
 use crate::{Command, Message, Outcome};
 
@@ -16,8 +17,8 @@ fn stage(body: u64, index: u32, part: &str) -> Command {
     }
 }
 
-fn publish_staged(queue: &str, body: u64, last: &str, parts: u32, staged_bytes: u64) -> Command {
-    Command::PublishStaged {
+fn staged_end(queue: &str, body: u64, last: &str, parts: u32, staged_bytes: u64) -> StagedPublish {
+    StagedPublish {
         vhost: root(),
         mandatory: false,
         message: Arc::new(message("", queue, last)),
@@ -25,6 +26,10 @@ fn publish_staged(queue: &str, body: u64, last: &str, parts: u32, staged_bytes: 
         parts,
         staged_bytes,
     }
+}
+
+fn publish_staged(queue: &str, body: u64, last: &str, parts: u32, staged_bytes: u64) -> Command {
+    Command::PublishStaged(staged_end(queue, body, last, parts, staged_bytes))
 }
 
 fn rejected() -> Outcome {
@@ -158,14 +163,10 @@ fn a_mandatory_unroutable_staged_message_is_returned_whole() {
     let mut h = Harness::new();
     let c = chan(1, 1);
     h.ok(c, stage(1, 0, "ab"));
-    let command = Command::PublishStaged {
-        vhost: root(),
+    let command = Command::PublishStaged(StagedPublish {
         mandatory: true,
-        message: Arc::new(message("", "nowhere", "c")),
-        body: 1,
-        parts: 1,
-        staged_bytes: 2,
-    };
+        ..staged_end("nowhere", 1, "c", 1, 2)
+    });
     match h.call(c, command) {
         Ok(Outcome::Published {
             routed: false,
