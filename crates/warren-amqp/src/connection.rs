@@ -1131,7 +1131,7 @@ impl Connection {
             exchange: ExchangeName::new(content.exchange),
             routing_key: content.routing_key,
             properties,
-            body,
+            body: body.into(),
         });
         let vhost = self.vhost.clone();
         let command = if parts == 0 {
@@ -1197,7 +1197,7 @@ impl Connection {
                         routing_key: short(&message.routing_key),
                     };
                     self.send_method(channel.channel, AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)));
-                    self.send_content(channel.channel, &message);
+                    self.send_content(channel.channel, &message)?;
                 }
                 Effect::CancelConsumer { channel, consumer_tag } => {
                     if self.cancel_notify && self.accepts_deliveries(channel.channel) {
@@ -1281,7 +1281,7 @@ impl Connection {
                         routing_key: short(&message.routing_key),
                     };
                     self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::Return(ret)));
-                    self.send_content(ch, &message);
+                    self.send_content(ch, &message)?;
                 }
                 if let Some(seq) = confirm_seq {
                     self.send_confirm(ch, seq, !rejected);
@@ -1392,7 +1392,7 @@ impl Connection {
                     message_count,
                 };
                 self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::GetOk(ok)));
-                self.send_content(ch, &message);
+                self.send_content(ch, &message)?;
             }
             (Pending::Get, Outcome::GetEmpty) => {
                 self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})));
@@ -1561,11 +1561,24 @@ impl Connection {
         self.send_frame(&AMQPFrame::Method(ch, method));
     }
 
-    fn send_content(&mut self, ch: u16, message: &Message) {
+    /// Sends `message`'s header and body frames.
+    ///
+    /// # Errors
+    /// 541 if the body is not in memory: the state machine reads every body
+    /// back before it hands a message to a connection, so that is a bug.
+    fn send_content(&mut self, ch: u16, message: &Message) -> Result<(), AmqpError> {
+        let Some(body) = message.body.inline() else {
+            tracing::error!(conn = ?self.id, body = ?message.body, "a message reached a connection without its body");
+            return Err(AmqpError::connection(
+                reply_code::INTERNAL_ERROR,
+                "INTERNAL_ERROR - a message body was not read back from the store",
+            ));
+        };
         let properties = properties_to_wire(&message.properties);
-        if let Err(e) = warren_wire::encode_content(ch, 60, &properties, &message.body, self.frame_max, &mut self.out) {
+        if let Err(e) = warren_wire::encode_content(ch, 60, &properties, body, self.frame_max, &mut self.out) {
             warn!(conn = ?self.id, error = %e, "could not encode content");
         }
+        Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), AmqpError> {

@@ -185,7 +185,7 @@ pub fn alarm_on(on: bool, estimate: u64, watermark: u64) -> bool {
 /// sets the memory alarm of `alarms` accordingly; logs each change as
 /// RabbitMQ does.
 pub(crate) fn check(node: &Node, watermark: u64, receiving: u64, alarms: &Alarms) {
-    let (messages, body_bytes) = node.read(warren_core::Broker::held_backlog);
+    let (messages, body_bytes) = node.held_backlog();
     let estimate = backlog_estimate(messages, body_bytes).saturating_add(receiving);
     let was = alarms.memory_on();
     let on = alarm_on(was, estimate, watermark);

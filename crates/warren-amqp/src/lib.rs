@@ -124,6 +124,11 @@ pub async fn serve(listener: TcpListener, frontend: Arc<Frontend>, shutdown: imp
         _ => None,
     };
     let watermark = frontend.config.queued_bytes_high_watermark;
+    if watermark != 0 {
+        // The alarm counts the body cache, which does not shrink when
+        // queues drain: kept to a quarter of the watermark, it can clear.
+        frontend.node.limit_body_cache(watermark / 4);
+    }
     let mut memory_check = tokio::time::interval(flow::CHECK_EVERY);
     memory_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

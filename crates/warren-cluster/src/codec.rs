@@ -6,7 +6,14 @@ use serde::Serialize;
 
 /// Version of the encoding of log entries, votes and snapshots. Bump it
 /// (and keep a decoder for the old one) when a stored type changes shape.
-pub(crate) const CODEC_VERSION: u8 = 1;
+///
+/// Version 2: a message body is a tagged [`warren_core::Body`] (in memory,
+/// or a handle into the node's body store). Version 1 values, where a body
+/// was its bytes, still decode.
+pub(crate) const CODEC_VERSION: u8 = 2;
+
+/// The version whose bodies were plain bytes.
+const LEGACY_VERSION: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CodecError {
@@ -30,7 +37,26 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError>
     match bytes.split_first() {
         None => Err(CodecError::Empty),
         Some((&CODEC_VERSION, rest)) => Ok(bincode::deserialize(rest)?),
+        Some((&LEGACY_VERSION, rest)) => Ok(warren_core::with_legacy_bodies(|| bincode::deserialize(rest))?),
         Some((&found, _)) => Err(CodecError::UnsupportedVersion { found }),
+    }
+}
+
+/// Writes the encoding of `value` (as [`encode`]) to `out`.
+pub(crate) fn encode_into<T: Serialize>(value: &T, out: &mut impl std::io::Write) -> Result<(), CodecError> {
+    out.write_all(&[CODEC_VERSION])
+        .map_err(|e| CodecError::Bincode(Box::new(bincode::ErrorKind::Io(e))))?;
+    bincode::serialize_into(out, value)?;
+    Ok(())
+}
+
+/// Reads a value of the current version (as [`decode`]) from `input`.
+pub(crate) fn decode_from<T: DeserializeOwned>(input: &mut impl std::io::Read) -> Result<T, CodecError> {
+    let mut version = [0u8; 1];
+    input.read_exact(&mut version).map_err(|_| CodecError::Empty)?;
+    match version[0] {
+        CODEC_VERSION => Ok(bincode::deserialize_from(input)?),
+        found => Err(CodecError::UnsupportedVersion { found }),
     }
 }
 

@@ -563,6 +563,29 @@ impl Node {
         f(&self.inner.shared.read().broker)
     }
 
+    /// Messages this node holds (ready, or delivered and not acked) and
+    /// the bytes of bodies it holds in memory: with a body store, the
+    /// bodies in its cache and those still arriving in parts; without,
+    /// every held body.
+    pub fn held_backlog(&self) -> (u64, u64) {
+        let bodies = self.inner.store.bodies();
+        let (messages, bytes) = self.read(|broker| broker.held_backlog_with(bodies.is_some()));
+        (messages, bytes + bodies.map_or(0, |b| b.cached_bytes()))
+    }
+
+    /// Keeps the body store's cache to at most `bytes`.
+    pub fn limit_body_cache(&self, bytes: u64) {
+        if let Some(bodies) = self.inner.store.bodies() {
+            bodies.limit_cache(bytes);
+        }
+    }
+
+    /// The body store's segment files and their bytes on disk, if the
+    /// node keeps bodies on disk.
+    pub fn body_store_usage(&self) -> Option<(usize, u64)> {
+        self.inner.store.bodies().map(|b| b.disk_usage())
+    }
+
     /// Runs `f` on a state at least as new as every entry committed before
     /// this call (openraft's linearizable read: the leader confirms its
     /// leadership with a quorum, then waits until it has applied that far).

@@ -1,7 +1,8 @@
 //! openraft's state machine: the broker, the last applied log id, the
 //! membership, and snapshots of them.
 
-use std::io::Cursor;
+use std::collections::BTreeSet;
+use std::io::{BufReader, BufWriter, Read, Seek, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -13,10 +14,10 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use warren_core::staged::StagedBodies;
-use warren_core::{Broker, Command, NodeId};
-use warren_store::LogStore;
+use warren_core::{Body, BodyCodec, Broker, Command, Effect, Message, NodeId, Outcome, StoredBody};
+use warren_store::{BodyRef, BodyStore, LogStore, StoreError};
 
-use crate::codec::{decode, encode};
+use crate::codec::{decode, decode_from, encode, encode_into};
 use crate::effect_sink::EffectSink;
 use crate::log_store::run_blocking;
 use crate::sessions::Sessions;
@@ -115,6 +116,8 @@ struct StoredSnapshot {
 pub struct StateMachine {
     shared: Arc<Shared>,
     store: Arc<dyn LogStore>,
+    /// Where queued bodies go, if the store has a body store.
+    bodies: Option<Arc<BodyStore>>,
     sink: Arc<dyn EffectSink>,
     node: NodeId,
     tracker: Arc<ProposalTracker>,
@@ -124,6 +127,7 @@ pub struct StateMachine {
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
     store: Arc<dyn LogStore>,
+    bodies: Option<Arc<BodyStore>>,
 }
 
 impl StateMachine {
@@ -176,6 +180,7 @@ impl StateMachine {
         });
         Ok(Self {
             shared,
+            bodies: store.bodies(),
             store,
             sink,
             node: NodeId(tracker.node),
@@ -233,10 +238,17 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
         // Clone under the read lock (messages are `Arc`s, so this is cheap
         // next to encoding); encode and store while apply continues.
-        let (replicated, last_applied, membership) = {
+        // Sealing the body segment under the lock (apply writes bodies
+        // under the write lock) puts every body this state refers to in a
+        // segment up to `sealed`, and every later one after it.
+        let (replicated, last_applied, membership, sealed) = {
             let state = self.shared.read();
+            let sealed = match &self.bodies {
+                Some(bodies) => Some(bodies.seal().map_err(|e| StorageIOError::write_snapshot(None, &e))?),
+                None => None,
+            };
             let replicated = Replicated::new(&state.broker, &state.sessions);
-            (replicated, state.last_applied, state.membership.clone())
+            (replicated, state.last_applied, state.membership.clone(), sealed)
         };
         let millis = crate::clock::wall_clock_ms();
         let snapshot_id = match last_applied {
@@ -249,9 +261,21 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot_id,
         };
         let store = self.store.clone();
+        let bodies = self.bodies.clone();
         let stored = run_blocking(move || -> Result<StoredSnapshot, StorageError<u64>> {
-            let data = encode(&replicated).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+            let write_err = |e: &(dyn std::error::Error + 'static)| {
+                StorageIOError::write_snapshot(Some(meta.signature()), openraft::AnyError::from_dyn(e, None))
+            };
+            // The log up to this snapshot goes once it is saved: the bodies
+            // it held must be on stable storage first.
+            if let Some(bodies) = &bodies {
+                bodies.sync().map_err(|e| write_err(&e))?;
+            }
+            let data = encode(&replicated).map_err(|e| write_err(&e))?;
             save_snapshot(&*store, &meta, &data)?;
+            if let (Some(bodies), Some(sealed)) = (&bodies, sealed) {
+                collect_bodies(bodies, sealed, &replicated.broker).map_err(|e| write_err(&e))?;
+            }
             Ok(StoredSnapshot { meta, data })
         })
         .await??;
@@ -259,11 +283,117 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         self.shared
             .snapshot_bytes
             .store(as_u64(stored.data.len()), Ordering::Relaxed);
+        // openraft keeps only the metadata of a snapshot it built; a
+        // follower that needs it gets `get_current_snapshot`'s file.
+        let file = scratch_file(&*self.store).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         Ok(Snapshot {
             meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            snapshot: Box::new(file),
         })
     }
+}
+
+/// Deletes the body segments up to `sealed` that no message of `broker`
+/// (the state of the snapshot just saved) refers to. A message published
+/// later has its body in a later segment; one that dies later stays dead.
+fn collect_bodies(bodies: &BodyStore, sealed: u32, broker: &Broker) -> Result<(), StoreError> {
+    let live: BTreeSet<u32> = broker
+        .held_bodies()
+        .filter_map(|body| match body {
+            Body::Stored(stored) => Some(stored.segment),
+            Body::Inline(_) => None,
+        })
+        .collect();
+    let removed = bodies.retain(sealed, &live)?;
+    if removed > 0 {
+        tracing::debug!(removed, through = sealed, "body segments deleted");
+    }
+    Ok(())
+}
+
+/// An empty file, deleted when closed, for a snapshot on its way in or out.
+fn scratch_file(store: &dyn LogStore) -> std::io::Result<tokio::fs::File> {
+    let file = match store.scratch_dir() {
+        Some(dir) => tempfile::tempfile_in(dir)?,
+        None => tempfile::tempfile()?,
+    };
+    Ok(tokio::fs::File::from_std(file))
+}
+
+/// A node's body store as the snapshot codec sees it.
+struct StoreCodec(Arc<BodyStore>);
+
+fn to_ref(at: &StoredBody) -> BodyRef {
+    BodyRef {
+        segment: at.segment,
+        offset: at.offset,
+        len: at.len,
+    }
+}
+
+impl BodyCodec for StoreCodec {
+    fn load(&self, at: &StoredBody) -> Result<bytes::Bytes, String> {
+        self.0.read(&to_ref(at)).map_err(|e| e.to_string())
+    }
+
+    fn store(&self, body: &bytes::Bytes) -> Result<StoredBody, String> {
+        let at = self.0.append(body).map_err(|e| e.to_string())?;
+        Ok(StoredBody {
+            segment: at.segment,
+            offset: at.offset,
+            len: at.len,
+        })
+    }
+}
+
+/// Runs `f` with bodies made portable through `bodies` (read from it when
+/// encoding, written to it when decoding), if there is a body store.
+fn portable<R>(bodies: Option<&Arc<BodyStore>>, f: impl FnOnce() -> R) -> R {
+    match bodies {
+        Some(bodies) => warren_core::with_body_codec(std::rc::Rc::new(StoreCodec(bodies.clone())), f),
+        None => f(),
+    }
+}
+
+/// `message` with its body read back from the node's store.
+fn resolve(bodies: &BodyStore, message: &mut Arc<Message>) -> Result<(), StoreError> {
+    if let Body::Stored(at) = &message.body {
+        let bytes = bodies.read(&to_ref(at))?;
+        *message = Arc::new(Message {
+            body: Body::Inline(bytes),
+            ..(**message).clone()
+        });
+    }
+    Ok(())
+}
+
+/// Reads back the bodies of the messages that `effects` hand to this
+/// node's connections (deliveries, gets, returns): the front end sends
+/// bytes. Done under the state lock, before a snapshot can let the body's
+/// segment go.
+fn resolve_bodies(bodies: &BodyStore, own: NodeId, effects: &mut [Effect]) -> Result<(), StoreError> {
+    for effect in effects.iter_mut() {
+        if effect.channel().conn.node != own {
+            continue;
+        }
+        match effect {
+            Effect::Deliver { message, .. }
+            | Effect::Reply {
+                outcome: Ok(Outcome::GetOk { message, .. }),
+                ..
+            }
+            | Effect::Reply {
+                outcome:
+                    Ok(Outcome::Published {
+                        returned: Some(message),
+                        ..
+                    }),
+                ..
+            } => resolve(bodies, message)?,
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -301,7 +431,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         duplicate = true;
                     }
                     EntryPayload::Normal(proposal) => {
-                        state.broker.apply(&proposal.batch, &mut effects);
+                        let state = &mut *state;
+                        match &self.bodies {
+                            Some(bodies) => {
+                                let mut failed = None;
+                                let mut spill = |body: &bytes::Bytes| match bodies.append(body) {
+                                    Ok(at) => Some(StoredBody {
+                                        segment: at.segment,
+                                        offset: at.offset,
+                                        len: at.len,
+                                    }),
+                                    Err(e) => {
+                                        failed.get_or_insert(e);
+                                        None
+                                    }
+                                };
+                                state
+                                    .broker
+                                    .apply_spilling(&proposal.batch, &mut effects, Some(&mut spill));
+                                if let Some(e) = failed {
+                                    return Err(StorageIOError::apply(entry.log_id, &e).into());
+                                }
+                                resolve_bodies(bodies, self.node, &mut effects)
+                                    .map_err(|e| StorageIOError::apply(entry.log_id, &e))?;
+                            }
+                            None => state.broker.apply(&proposal.batch, &mut effects),
+                        }
                         if proposal
                             .batch
                             .requests
@@ -346,43 +501,58 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             shared: self.shared.clone(),
             store: self.store.clone(),
+            bodies: self.bodies.clone(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError<u64>> {
+        let file = scratch_file(&*self.store).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<u64>> {
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: snapshot.into_inner(),
-        };
+        let file = snapshot.into_std().await;
         let store = self.store.clone();
-        let (replicated, stored) = run_blocking(
-            move || -> Result<((Broker, Sessions), StoredSnapshot), StorageError<u64>> {
-                let replicated = decode_replicated(&stored.data)
-                    .map_err(|e| StorageIOError::read_snapshot(Some(stored.meta.signature()), &e))?;
-                save_snapshot(&*store, &stored.meta, &stored.data)?;
-                Ok((replicated, stored))
-            },
-        )
-        .await??;
+        let bodies = self.bodies.clone();
+        let owned_meta = meta.clone();
+        let (broker, sessions, data_len) =
+            run_blocking(move || -> Result<(Broker, Sessions, usize), StorageError<u64>> {
+                let meta = owned_meta;
+                let read_err = |e: &(dyn std::error::Error + 'static)| {
+                    StorageIOError::read_snapshot(Some(meta.signature()), openraft::AnyError::from_dyn(e, None))
+                };
+                let write_err = |e: &(dyn std::error::Error + 'static)| {
+                    StorageIOError::write_snapshot(Some(meta.signature()), openraft::AnyError::from_dyn(e, None))
+                };
+                // Every body arrives with its message and goes to this
+                // node's store as it is decoded: the snapshot is never
+                // whole in memory.
+                let (broker, sessions) = read_transfer(file, bodies.as_ref()).map_err(|e| read_err(&*e))?;
+                if let Some(bodies) = &bodies {
+                    bodies.sync().map_err(|e| write_err(&e))?;
+                }
+                let data = encode(&Replicated::new(&broker, &sessions)).map_err(|e| write_err(&e))?;
+                save_snapshot(&*store, &meta, &data)?;
+                if let Some(bodies) = &bodies {
+                    let sealed = bodies.seal().map_err(|e| write_err(&e))?;
+                    collect_bodies(bodies, sealed, &broker).map_err(|e| write_err(&e))?;
+                }
+                Ok((broker, sessions, data.len()))
+            })
+            .await??;
         {
             let mut state = self.shared.write();
-            state.broker = replicated.0;
-            state.sessions = replicated.1;
-            state.last_applied = stored.meta.last_log_id;
-            state.membership = stored.meta.last_membership;
+            state.broker = broker;
+            state.sessions = sessions;
+            state.last_applied = meta.last_log_id;
+            state.membership = meta.last_membership.clone();
         }
         tracing::info!(snapshot = %meta, "snapshot installed");
-        self.shared
-            .snapshot_bytes
-            .store(as_u64(stored.data.len()), Ordering::Relaxed);
+        self.shared.snapshot_bytes.store(as_u64(data_len), Ordering::Relaxed);
         // The entries the snapshot covers are not applied one by one here,
         // so their replies would never come: answer what is in flight now.
         self.tracker
@@ -396,11 +566,78 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
         let store = self.store.clone();
-        let stored = run_blocking(move || load_snapshot(&*store)).await??;
-        Ok(stored.map(|stored| Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+        let bodies = self.bodies.clone();
+        let written = run_blocking(
+            move || -> Result<Option<(SnapshotMeta<u64, BasicNode>, std::fs::File)>, StorageError<u64>> {
+                // The bodies this snapshot refers to stay until it is copied.
+                let _pinned = bodies.as_ref().map(|b| b.pin());
+                let Some(stored) = load_snapshot(&*store)? else {
+                    return Ok(None);
+                };
+                let signature = Some(stored.meta.signature());
+                let file = write_transfer(&*store, &stored.data, bodies.as_ref())
+                    .map_err(|e| StorageIOError::read_snapshot(signature, openraft::AnyError::from_dyn(&*e, None)))?;
+                Ok(Some((stored.meta, file)))
+            },
+        )
+        .await??;
+        Ok(written.map(|(meta, file)| Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         }))
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The snapshot `data` (as stored: bodies as handles into this node's
+/// store) in the form another node can install: a file with every body's
+/// bytes in place of its handle, written as it is read.
+fn write_transfer(
+    store: &dyn LogStore,
+    data: &[u8],
+    bodies: Option<&Arc<BodyStore>>,
+) -> Result<std::fs::File, BoxError> {
+    let mut file = match store.scratch_dir() {
+        Some(dir) => tempfile::tempfile_in(dir)?,
+        None => tempfile::tempfile()?,
+    };
+    match bodies {
+        None => file.write_all(data)?,
+        Some(_) => {
+            let (broker, sessions) = decode_replicated(data)?;
+            let mut out = BufWriter::with_capacity(1 << 20, &mut file);
+            portable(bodies, || encode_into(&Replicated::new(&broker, &sessions), &mut out))?;
+            out.flush()?;
+        }
+    }
+    file.rewind()?;
+    Ok(file)
+}
+
+/// Decodes a snapshot received from another node, writing its bodies to
+/// `bodies` as they come. A snapshot of an older encoding is read whole.
+fn read_transfer(mut file: std::fs::File, bodies: Option<&Arc<BodyStore>>) -> Result<(Broker, Sessions), BoxError> {
+    file.rewind()?;
+    let streamed = {
+        let mut input = BufReader::with_capacity(1 << 20, &mut file);
+        portable(bodies, || decode_from::<Replicated>(&mut input))
+    };
+    match streamed {
+        Ok(replicated) => {
+            let mut broker = replicated.broker;
+            broker.set_staged_bodies(replicated.staged);
+            Ok((broker, replicated.sessions))
+        }
+        Err(streaming_error) => {
+            file.rewind()?;
+            let mut data = Vec::new();
+            file.read_to_end(&mut data)?;
+            match decode_replicated(&data) {
+                Ok(decoded) => Ok(decoded),
+                Err(_) => Err(Box::new(streaming_error)),
+            }
+        }
     }
 }
 

@@ -1,20 +1,19 @@
 //! openraft's type configuration for Warren.
 
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
 use warren_core::Batch;
 
 openraft::declare_raft_types!(
     /// Warren's Raft types: a log entry carries a [`Proposal`], the response
-    /// is `()` (outcomes travel as effects), nodes are `BasicNode { addr }`.
+    /// is `()` (outcomes travel as effects), nodes are `BasicNode { addr }`,
+    /// a snapshot travels as a file (it carries every queued body).
     pub TypeConfig:
         D = Proposal,
         R = (),
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

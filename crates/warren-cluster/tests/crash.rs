@@ -115,7 +115,7 @@ fn crash_child_publishes_until_killed() {
                         delivery_mode: Some(2),
                         ..Properties::default()
                     },
-                    body: Bytes::from(format!("message {sent}")),
+                    body: Bytes::from(format!("message {sent}")).into(),
                 };
                 let publish = Command::Publish {
                     vhost: VHost::from("/"),

@@ -104,7 +104,7 @@ fn publish(queue: &str, body: &str) -> Command {
                 delivery_mode: Some(2),
                 ..Properties::default()
             },
-            body: Bytes::from(body.to_owned()),
+            body: Bytes::from(body.to_owned()).into(),
         }),
     }
 }

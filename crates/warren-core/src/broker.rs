@@ -80,7 +80,14 @@ pub(crate) struct Ctx<'a> {
     /// Effects that must follow the request's reply (direct reply-to
     /// deliveries made while handling a publish).
     pub after_reply: Vec<Effect>,
+    /// Moves a routed body to the node's body store (see
+    /// [`Broker::apply_spilling`]); `None` keeps bodies in memory.
+    pub spill: Option<&'a mut Spill<'a>>,
 }
+
+/// Writes a body to the node's body store and returns its handle, or
+/// `None` to keep it in memory (the store failed: the caller finds out).
+pub type Spill<'s> = dyn FnMut(&bytes::Bytes) -> Option<crate::message::StoredBody> + 's;
 
 impl Ctx<'_> {
     /// Marks a queue for a dispatch pass once the request is answered.
@@ -112,6 +119,14 @@ impl Broker {
 
     /// Applies every request of `batch` in order, appending effects.
     pub fn apply(&mut self, batch: &Batch, effects: &mut Vec<Effect>) {
+        self.apply_spilling(batch, effects, None);
+    }
+
+    /// [`Broker::apply`], moving the body of every message that reaches a
+    /// queue to the node's body store through `spill`: the queues then hold
+    /// its handle, not its bytes. The same commands give the same state
+    /// and effects with or without it, but for where bodies are.
+    pub fn apply_spilling(&mut self, batch: &Batch, effects: &mut Vec<Effect>, mut spill: Option<&mut Spill<'_>>) {
         for request in &batch.requests {
             let mut ctx = Ctx {
                 now_ms: batch.now_ms,
@@ -120,6 +135,10 @@ impl Broker {
                 dirty: BTreeSet::new(),
                 dead_letters: VecDeque::new(),
                 after_reply: Vec::new(),
+                spill: match spill.as_mut() {
+                    Some(spill) => Some(&mut **spill),
+                    None => None,
+                },
             };
             let outcome = self.execute(&mut ctx, &request.command);
             if let (Some(channel), Some(outcome)) = (request.origin, outcome) {
@@ -385,13 +404,21 @@ impl Broker {
     /// in parts): what the memory
     /// high-watermark watches (issue 9). O(queues + unacked deliveries).
     pub fn held_backlog(&self) -> (u64, u64) {
+        self.held_backlog_with(false)
+    }
+
+    /// [`Broker::held_backlog`] for a node that keeps queued bodies in its
+    /// body store (`bodies_on_disk`): then only bodies still arriving in
+    /// parts count as body bytes in memory.
+    pub fn held_backlog_with(&self, bodies_on_disk: bool) -> (u64, u64) {
         let (ready, ready_bytes) = self.ready_backlog();
+        let ready_bytes = if bodies_on_disk { 0 } else { ready_bytes };
         self.channels
             .values()
             .flat_map(|channel| channel.unacked.values())
             .fold(
                 (ready, ready_bytes + self.staged_bytes()),
-                |(messages, bytes), unacked| (messages + 1, bytes + unacked.entry.message.body_len()),
+                |(messages, bytes), unacked| (messages + 1, bytes + unacked.entry.message.body.inline_len()),
             )
     }
 
@@ -409,6 +436,23 @@ impl Broker {
             .fold((0, 0), |(messages, bytes), queue| {
                 (messages + queue.ready.len() as u64, bytes + queue.ready_bytes)
             })
+    }
+
+    /// The body of every message the broker holds: ready in a queue, or
+    /// delivered and awaiting an ack. (Bodies arriving in parts are in
+    /// memory and not among them.)
+    pub fn held_bodies(&self) -> impl Iterator<Item = &crate::message::Body> {
+        let ready = self
+            .vhosts
+            .values()
+            .flat_map(|vhost| vhost.queues.values())
+            .flat_map(|queue| queue.ready.iter());
+        let unacked = self
+            .channels
+            .values()
+            .flat_map(|channel| channel.unacked.values())
+            .map(|unacked| &unacked.entry);
+        ready.chain(unacked).map(|entry| &entry.message.body)
     }
 
     /// Every queue, sorted by vhost and name.

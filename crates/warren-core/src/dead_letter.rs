@@ -243,7 +243,7 @@ mod tests {
                 expiration: Some("500".into()),
                 ..Properties::default()
             },
-            body: Bytes::from_static(b"x"),
+            body: Bytes::from_static(b"x").into(),
         }
     }
 

@@ -71,7 +71,7 @@ pub use error::{reply_code, CoreError};
 pub use ids::{
     ChannelId, ConnectionId, ConsumerTag, DeliveryTag, ExchangeName, MessageId, NodeId, QueueName, UserName, VHost,
 };
-pub use message::{Message, Properties};
+pub use message::{with_body_codec, with_legacy_bodies, Body, BodyCodec, Message, Properties, StoredBody};
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,5 @@
 //! A message as the core keeps it: where it was published, its content
-//! properties and its body.
+//! properties and its body (in memory, or in the node's body store).
 
 use amq_protocol_types::FieldTable;
 use bytes::Bytes;
@@ -43,12 +43,169 @@ pub struct Message {
     pub exchange: ExchangeName,
     pub routing_key: String,
     pub properties: Properties,
-    pub body: Bytes,
+    pub body: Body,
 }
 
 impl Message {
     /// Bytes counted against `x-max-length-bytes` (the body, as RabbitMQ counts).
     pub fn body_len(&self) -> u64 {
-        self.body.len() as u64
+        self.body.len()
+    }
+}
+
+/// Where a message's body is: in memory, or in this node's body store.
+///
+/// A body arrives in memory (in a publish command); applying the publish
+/// moves it to the node's body store when the node has one, and the queues
+/// keep only its [`StoredBody`] handle (issue 9, ADR 0014). The handle is
+/// node-local: each node writes the bodies it applies to its own store.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Body {
+    Inline(Bytes),
+    Stored(StoredBody),
+}
+
+/// A body in a node's body store: its segment file, the offset of its
+/// record there, and its length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StoredBody {
+    pub segment: u32,
+    pub offset: u32,
+    pub len: u32,
+}
+
+impl Body {
+    /// Its length in bytes, wherever it is.
+    pub fn len(&self) -> u64 {
+        match self {
+            Body::Inline(bytes) => bytes.len() as u64,
+            Body::Stored(stored) => u64::from(stored.len),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes, if they are in memory.
+    pub fn inline(&self) -> Option<&Bytes> {
+        match self {
+            Body::Inline(bytes) => Some(bytes),
+            Body::Stored(_) => None,
+        }
+    }
+
+    /// Its length if it is held in memory, else 0.
+    pub fn inline_len(&self) -> u64 {
+        self.inline().map_or(0, |bytes| bytes.len() as u64)
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(bytes: Bytes) -> Self {
+        Body::Inline(bytes)
+    }
+}
+
+impl From<&'static [u8]> for Body {
+    fn from(bytes: &'static [u8]) -> Self {
+        Body::Inline(Bytes::from_static(bytes))
+    }
+}
+
+/// Reads and writes a node's body store while a snapshot is encoded for,
+/// or decoded from, another node (see [`with_body_codec`]).
+pub trait BodyCodec {
+    /// The bytes of a body in this node's store.
+    ///
+    /// # Errors
+    /// The store cannot read it; the text says why.
+    fn load(&self, at: &StoredBody) -> Result<Bytes, String>;
+
+    /// Puts a body that arrived from another node into this node's store.
+    ///
+    /// # Errors
+    /// The store cannot write it; the text says why.
+    fn store(&self, body: &Bytes) -> Result<StoredBody, String>;
+}
+
+thread_local! {
+    static CODEC: std::cell::RefCell<Option<std::rc::Rc<dyn BodyCodec>>> = const { std::cell::RefCell::new(None) };
+    static LEGACY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (an encode or decode on this thread) with bodies made portable
+/// through `codec`: a stored body is encoded as its bytes, read from the
+/// store, and a body decoded from bytes is written to the store. This is how
+/// a snapshot travels to another node, whose store is not this one's.
+pub fn with_body_codec<R>(codec: std::rc::Rc<dyn BodyCodec>, f: impl FnOnce() -> R) -> R {
+    let previous = CODEC.with(|slot| slot.replace(Some(codec)));
+    let result = f();
+    CODEC.with(|slot| slot.replace(previous));
+    result
+}
+
+/// Runs `f` (a decode on this thread) reading bodies in the encoding of
+/// codec version 1, where a body was its bytes with no variant tag.
+pub fn with_legacy_bodies<R>(f: impl FnOnce() -> R) -> R {
+    let previous = LEGACY.with(|flag| flag.replace(true));
+    let result = f();
+    LEGACY.with(|flag| flag.set(previous));
+    result
+}
+
+fn current_codec() -> Option<std::rc::Rc<dyn BodyCodec>> {
+    CODEC.with(|slot| slot.borrow().clone())
+}
+
+/// The encoded form: a variant tag, then the bytes or the handle.
+#[derive(Serialize)]
+enum BodyRef<'a> {
+    Inline(&'a Bytes),
+    Stored(&'a StoredBody),
+}
+
+#[derive(Deserialize)]
+enum BodyRepr {
+    Inline(Bytes),
+    Stored(StoredBody),
+}
+
+impl Serialize for Body {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Body::Inline(bytes) => BodyRef::Inline(bytes).serialize(serializer),
+            Body::Stored(stored) => match current_codec() {
+                Some(codec) => {
+                    let bytes = codec.load(stored).map_err(serde::ser::Error::custom)?;
+                    BodyRef::Inline(&bytes).serialize(serializer)
+                }
+                None => BodyRef::Stored(stored).serialize(serializer),
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Body {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let bytes = if LEGACY.with(std::cell::Cell::get) {
+            Bytes::deserialize(deserializer)?
+        } else {
+            match BodyRepr::deserialize(deserializer)? {
+                BodyRepr::Inline(bytes) => bytes,
+                BodyRepr::Stored(stored) => {
+                    if current_codec().is_some() {
+                        return Err(serde::de::Error::custom(
+                            "a body handle of another node's store (a snapshot must carry bodies)",
+                        ));
+                    }
+                    return Ok(Body::Stored(stored));
+                }
+            }
+        };
+        match current_codec() {
+            Some(codec) => codec.store(&bytes).map(Body::Stored).map_err(serde::de::Error::custom),
+            None => Ok(Body::Inline(bytes)),
+        }
     }
 }

@@ -10,7 +10,7 @@ use crate::effect::Outcome;
 use crate::error::CoreError;
 use crate::fail;
 use crate::ids::{QueueName, VHost};
-use crate::message::Message;
+use crate::message::{Body, Message};
 use crate::queue_args::Overflow;
 use crate::reply_to::parse_reply_address;
 
@@ -95,6 +95,11 @@ impl Broker {
             }
         }
         let targets = vh.route(&message.exchange, message);
+        let message = &if targets.is_empty() {
+            Arc::clone(message)
+        } else {
+            spill(ctx, message)
+        };
         let mut rejected = false;
         for queue in &targets {
             rejected |= self.enqueue(ctx, vhost, queue, Arc::clone(message), ttl_ms) == Enqueued::Rejected;
@@ -152,6 +157,21 @@ impl Broker {
             .extend(dead_letters(vhost, queue, dropped, DeathReason::MaxLen));
         ctx.touch(vhost, name);
         Enqueued::Accepted
+    }
+}
+
+/// `message` with its body moved to the node's body store, if the node has
+/// one and the body is in memory.
+fn spill(ctx: &mut Ctx<'_>, message: &Arc<Message>) -> Arc<Message> {
+    let (Some(spill), Some(bytes)) = (ctx.spill.as_deref_mut(), message.body.inline()) else {
+        return Arc::clone(message);
+    };
+    match spill(bytes) {
+        Some(stored) => Arc::new(Message {
+            body: Body::Stored(stored),
+            ..(**message).clone()
+        }),
+        None => Arc::clone(message),
     }
 }
 

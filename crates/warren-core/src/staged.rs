@@ -30,7 +30,7 @@ use crate::broker::{Broker, Ctx};
 use crate::effect::Outcome;
 use crate::error::CoreError;
 use crate::ids::{ChannelId, ConnectionId, VHost};
-use crate::message::Message;
+use crate::message::{Body, Message};
 
 /// The parts of one body received so far on a channel.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -110,14 +110,14 @@ impl Broker {
                 returned: None,
             });
         }
-        let last = &end.message.body;
+        let last: &[u8] = end.message.body.inline().map_or(&[], |bytes| bytes);
         let mut body = BytesMut::with_capacity(usize::try_from(staged.bytes).unwrap_or(0) + last.len());
         for part in &staged.parts {
             body.extend_from_slice(part);
         }
         body.extend_from_slice(last);
         let whole = Message {
-            body: body.freeze(),
+            body: Body::Inline(body.freeze()),
             ..(*end.message).clone()
         };
         self.publish(ctx, &end.vhost, end.mandatory, &Arc::new(whole))

@@ -55,13 +55,21 @@ pub fn int(value: i32) -> AMQPValue {
     AMQPValue::LongInt(value)
 }
 
+/// A body's bytes as text (lossy), or where it is stored.
+pub fn body_text(body: &crate::message::Body) -> String {
+    match body {
+        crate::message::Body::Inline(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        crate::message::Body::Stored(stored) => format!("<stored {stored:?}>"),
+    }
+}
+
 /// A message for `exchange` / `routing_key` with body `body`.
 pub fn message(exchange: &str, routing_key: &str, body: &str) -> Message {
     Message {
         exchange: ExchangeName::from(exchange),
         routing_key: routing_key.to_owned(),
         properties: Properties::default(),
-        body: Bytes::copy_from_slice(body.as_bytes()),
+        body: Bytes::copy_from_slice(body.as_bytes()).into(),
     }
 }
 
@@ -282,7 +290,7 @@ pub fn deliveries(effects: &[Effect]) -> Vec<(ChannelId, String, u64, bool, Stri
                 consumer_tag.as_str().to_owned(),
                 delivery_tag.0,
                 *redelivered,
-                String::from_utf8_lossy(&message.body).into_owned(),
+                body_text(&message.body),
             )),
             _ => None,
         })
@@ -323,7 +331,7 @@ impl Harness {
     pub fn drain(&mut self, origin: ChannelId, name: &str) -> Vec<String> {
         let mut bodies = Vec::new();
         while let Ok(Outcome::GetOk { message, .. }) = self.call(origin, get(name, true)) {
-            bodies.push(String::from_utf8_lossy(&message.body).into_owned());
+            bodies.push(body_text(&message.body));
         }
         bodies
     }

@@ -5,7 +5,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Version of the payload encoding. Bump it when a payload type changes shape.
-pub const PAYLOAD_VERSION: u8 = 1;
+///
+/// Version 2: message bodies are tagged ([`warren_core::Body`]).
+pub const PAYLOAD_VERSION: u8 = 2;
 
 /// Why a payload could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]

@@ -162,7 +162,7 @@ fn publish(queue: &str, body: &str) -> Command {
             exchange: ExchangeName::default_exchange(),
             routing_key: queue.to_owned(),
             properties: Properties::default(),
-            body: Bytes::from(body.to_owned()),
+            body: Bytes::from(body.to_owned()).into(),
         }),
     }
 }

@@ -8,6 +8,9 @@
 //! thread. No `sled::` type crosses this crate's boundary, so the engine can
 //! be replaced if measurements demand.
 //!
+//! Queued message bodies live beside the log in a [`BodyStore`] (the
+//! segment engine has one; the others keep bodies in memory).
+//!
 //! Engines: [`SegmentStore`] (on disk, Warren's own segment files with an
 //! fdatasync behind every durable write; the default for new data
 //! directories), [`SledStore`] (on disk; data directories written before
@@ -19,6 +22,7 @@
 //! sort), every stored value starts with [`FORMAT_VERSION`], and the data
 //! directory holds a `VERSION` file.
 
+mod body_store;
 pub mod conformance;
 mod error;
 mod log_store;
@@ -27,6 +31,7 @@ mod segment_store;
 mod sled_store;
 pub mod vfs;
 
+pub use body_store::{BodyConfig, BodyRef, BodyStore, BODY_DIR};
 pub use error::StoreError;
 pub use log_store::{LogStore, SNAPSHOT_META_KEY};
 pub use mem_store::MemStore;

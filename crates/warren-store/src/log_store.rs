@@ -93,6 +93,20 @@ pub trait LogStore: Send + Sync + 'static {
     fn get_snapshot(&self) -> Result<Option<Vec<u8>>, StoreError> {
         self.get_meta(SNAPSHOT_META_KEY)
     }
+
+    /// The store that keeps this node's queued message bodies on disk, if
+    /// the engine has one; without, bodies stay in memory (and in every
+    /// snapshot).
+    fn bodies(&self) -> Option<std::sync::Arc<crate::BodyStore>> {
+        None
+    }
+
+    /// A directory on the real file system for short-lived files (a
+    /// snapshot being sent or received), if the engine has one; else the
+    /// system's temporary directory serves.
+    fn scratch_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 /// The metadata key of the snapshot in engines that keep it there (and in

@@ -63,6 +63,8 @@ pub struct SegmentConfig {
     /// A segment is closed and a new one started once it holds this many
     /// bytes (a batch is never split, so a segment may exceed it).
     pub segment_bytes: u64,
+    /// The body store's segments and cache.
+    pub bodies: crate::BodyConfig,
     /// How long to retry while another store in this process still holds
     /// the directory's lock (a node being restarted in a test).
     pub lock_retry_for: Duration,
@@ -72,6 +74,7 @@ impl Default for SegmentConfig {
     fn default() -> Self {
         Self {
             segment_bytes: 64 * 1024 * 1024,
+            bodies: crate::BodyConfig::default(),
             lock_retry_for: Duration::from_secs(5),
         }
     }
@@ -122,6 +125,8 @@ pub struct SegmentStore {
     /// unknown, so nothing more is written (the node stops on the error
     /// and a restart reads what is there).
     failed: std::sync::atomic::AtomicBool,
+    /// Queued message bodies (`bodies/`).
+    bodies: Arc<crate::BodyStore>,
 }
 
 impl std::fmt::Debug for SegmentStore {
@@ -264,6 +269,7 @@ impl SegmentStore {
                 .map_err(io_err("sync the data directory's parent"))?;
         }
         check_or_write_version(&*vfs, data_dir)?;
+        let bodies = Arc::new(crate::BodyStore::open(vfs.clone(), data_dir, &config.bodies)?);
         let store = Self {
             vfs,
             dir: data_dir.to_path_buf(),
@@ -273,6 +279,7 @@ impl SegmentStore {
             index: Mutex::new(Index::default()),
             _lock: None,
             failed: std::sync::atomic::AtomicBool::new(false),
+            bodies,
         };
         store.recover()?;
         Ok(store)
@@ -643,6 +650,15 @@ fn lock_with_retry(data_dir: &Path, retry_for: Duration) -> Result<std::fs::File
 }
 
 impl LogStore for SegmentStore {
+    fn bodies(&self) -> Option<Arc<crate::BodyStore>> {
+        Some(self.bodies.clone())
+    }
+
+    fn scratch_dir(&self) -> Option<PathBuf> {
+        // Only a store on the real file system holds the directory lock.
+        self._lock.is_some().then(|| self.dir.clone())
+    }
+
     fn append(&self, entries: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());

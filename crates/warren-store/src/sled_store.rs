@@ -181,6 +181,10 @@ fn decode_entry(key: &[u8], value: &[u8]) -> Result<(u64, Vec<u8>), StoreError> 
 }
 
 impl LogStore for SledStore {
+    fn scratch_dir(&self) -> Option<std::path::PathBuf> {
+        Some(self.dir.clone())
+    }
+
     fn append(&self, entries: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());

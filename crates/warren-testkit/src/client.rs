@@ -178,14 +178,14 @@ pub fn publish(queue: &QueueName, id: MsgId) -> Command {
                 delivery_mode: Some(2),
                 ..Properties::default()
             },
-            body: Bytes::from(id.to_string()),
+            body: Bytes::from(id.to_string()).into(),
         }),
     }
 }
 
 /// The id in a test message's body.
 pub fn message_id(message: &Message) -> Option<MsgId> {
-    std::str::from_utf8(&message.body).ok()?.parse().ok()
+    std::str::from_utf8(message.body.inline()?).ok()?.parse().ok()
 }
 
 /// Opens a connection on `node` or, if it is not running, the next

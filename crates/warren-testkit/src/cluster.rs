@@ -548,6 +548,12 @@ async fn open_segments(fs: &PowerCutFs, node_id: u64) -> Result<Arc<dyn LogStore
     let fs = fs.clone();
     let config = SegmentConfig {
         segment_bytes: POWER_CUT_SEGMENT_BYTES,
+        // Small body segments and cache, so deliveries read bodies back
+        // from the (power-cut) disk and segments come and go.
+        bodies: warren_store::BodyConfig {
+            segment_bytes: POWER_CUT_SEGMENT_BYTES,
+            cache_bytes: 1024,
+        },
         ..SegmentConfig::default()
     };
     let dir = std::path::PathBuf::from(format!("/node-{node_id}"));

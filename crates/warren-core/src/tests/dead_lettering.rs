@@ -99,7 +99,12 @@ fn overflowed_messages_are_dead_lettered_as_maxlen() {
     h.ok(c, publish("", "work", "old"));
     h.ok(c, publish("", "work", "new"));
     let dead = take(&mut h, "dead");
-    assert_eq!(dead.iter().map(|m| &m.body[..]).collect::<Vec<_>>(), [&b"old"[..]]);
+    assert_eq!(
+        dead.iter()
+            .map(|m| m.body.inline().map(|b| &b[..]).unwrap_or_default())
+            .collect::<Vec<_>>(),
+        [&b"old"[..]]
+    );
     assert_eq!(deaths(&dead[0])[0].inner().get("reason"), Some(&text("maxlen")));
 }
 
@@ -121,7 +126,9 @@ fn requeues_past_the_length_limit_drop_the_head_at_once() {
     assert_eq!(h.summary("work").messages_ready, 2);
     let dead = take(&mut h, "dead");
     assert_eq!(
-        dead.iter().map(|m| &m.body[..]).collect::<Vec<_>>(),
+        dead.iter()
+            .map(|m| m.body.inline().map(|b| &b[..]).unwrap_or_default())
+            .collect::<Vec<_>>(),
         [&b"1"[..], &b"2"[..]]
     );
     assert_eq!(deaths(&dead[0])[0].inner().get("reason"), Some(&text("maxlen")));
@@ -134,7 +141,9 @@ fn requeues_past_the_length_limit_drop_the_head_at_once() {
     assert_eq!(h.drain(c, "work"), ["5", "6"]);
     let dead = take(&mut h, "dead");
     assert_eq!(
-        dead.iter().map(|m| &m.body[..]).collect::<Vec<_>>(),
+        dead.iter()
+            .map(|m| m.body.inline().map(|b| &b[..]).unwrap_or_default())
+            .collect::<Vec<_>>(),
         [&b"3"[..], &b"4"[..]]
     );
 }
@@ -154,7 +163,10 @@ fn reject_publish_dlx_dead_letters_the_refused_message() {
         }
     );
     assert_eq!(
-        take(&mut h, "dead").iter().map(|m| m.body.to_vec()).collect::<Vec<_>>(),
+        take(&mut h, "dead")
+            .iter()
+            .map(|m| m.body.inline().map(|b| b.to_vec()).unwrap_or_default())
+            .collect::<Vec<_>>(),
         [b"refused".to_vec()]
     );
     assert_eq!(h.drain(c, "work"), ["kept"]);

@@ -323,15 +323,15 @@ fn stamp_publishes(batch: &mut Batch, next_stamp: &mut u64) {
     for request in &mut batch.requests {
         if let Command::Publish { message, .. } = &mut request.command {
             let mut stamped = (**message).clone();
-            let stamp = format!("m{next_stamp}.{}", "x".repeat(stamped.body.len()));
+            let stamp = format!("m{next_stamp}.{}", "x".repeat(stamped.body.len() as usize));
             *next_stamp += 1;
-            stamped.body = Bytes::from(stamp);
+            stamped.body = Bytes::from(stamp).into();
             *message = Arc::new(stamped);
         }
     }
 }
 
-type Body = Bytes;
+type Body = crate::message::Body;
 
 /// `(queue, incarnation)`: where a message was routed or delivered from.
 type QueueRef = (QueueName, u64);
@@ -717,9 +717,9 @@ impl Ledger {
                     for part in &s.parts {
                         body.extend_from_slice(part);
                     }
-                    body.extend_from_slice(&message.body);
+                    body.extend_from_slice(message.body.inline().expect("bodies stay in memory here"));
                     Some(Arc::new(crate::Message {
-                        body: Bytes::from(body),
+                        body: Bytes::from(body).into(),
                         ..(**message).clone()
                     }))
                 } else {

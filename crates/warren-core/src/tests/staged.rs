@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use crate::staged::StagedPublish;
 use crate::test_support::*;
-use crate::{Command, Message, Outcome};
+use crate::{Body, Command, Message, Outcome};
 
 /// Part `index` of message `body`.
 fn stage(body: u64, index: u32, part: &str) -> Command {
@@ -174,7 +174,7 @@ fn a_mandatory_unroutable_staged_message_is_returned_whole() {
             ..
         }) => {
             let returned: &Message = &returned;
-            assert_eq!(&returned.body[..], b"abc");
+            assert_eq!(returned.body, Body::from(&b"abc"[..]));
         }
         other => panic!("{other:?}"),
     }
