@@ -73,6 +73,32 @@ mod tests {
     }
 
     #[test]
+    fn version_1_values_with_plain_bodies_still_decode() {
+        /// A message as version 1 encoded it: the body was its bytes.
+        #[derive(Serialize)]
+        struct MessageV1 {
+            exchange: String,
+            routing_key: String,
+            properties: warren_core::Properties,
+            body: bytes::Bytes,
+        }
+        let old = MessageV1 {
+            exchange: "amq.direct".to_owned(),
+            routing_key: "k".to_owned(),
+            properties: warren_core::Properties::default(),
+            body: bytes::Bytes::from_static(b"body \xe2\x9c\x93"),
+        };
+        let mut encoded = vec![LEGACY_VERSION];
+        bincode::serialize_into(&mut encoded, &(7u64, &old)).expect("encode");
+        let (n, decoded): (u64, warren_core::Message) = decode(&encoded).expect("decode version 1");
+        assert_eq!(n, 7);
+        assert_eq!(decoded.routing_key, "k");
+        assert_eq!(decoded.body, warren_core::Body::Inline(old.body.clone()));
+        let again: (u64, warren_core::Message) = decode(&encode(&(7u64, &decoded)).expect("encode")).expect("decode");
+        assert_eq!(again.1, decoded, "and the current version round-trips it");
+    }
+
+    #[test]
     fn unknown_versions_are_refused() {
         let mut encoded = encode(&1u32).expect("encode");
         encoded[0] = 200;

@@ -568,7 +568,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let store = self.store.clone();
         let bodies = self.bodies.clone();
         let written = run_blocking(
-            move || -> Result<Option<(SnapshotMeta<u64, BasicNode>, std::fs::File)>, StorageError<u64>> {
+            move || -> Result<Option<Transfer>, StorageError<u64>> {
                 // The bodies this snapshot refers to stay until it is copied.
                 let _pinned = bodies.as_ref().map(|b| b.pin());
                 let Some(stored) = load_snapshot(&*store)? else {
@@ -589,6 +589,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A snapshot's metadata and its copy for another node.
+type Transfer = (SnapshotMeta<u64, BasicNode>, std::fs::File);
 
 /// The snapshot `data` (as stored: bodies as handles into this node's
 /// store) in the form another node can install: a file with every body's

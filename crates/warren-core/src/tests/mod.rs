@@ -3,6 +3,7 @@
 //! every batch.
 
 mod basics;
+mod bodies;
 mod consumers;
 mod dead_lettering;
 mod empty_keys;

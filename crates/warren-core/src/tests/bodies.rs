@@ -1,0 +1,90 @@
+//! `Broker::apply_spilling`: the bodies of routed messages go to the node's
+//! body store, and nothing else changes.
+
+use bytes::Bytes;
+
+use crate::test_support::*;
+use crate::{Batch, Body, Broker, Request, StoredBody};
+
+#[test]
+fn routed_bodies_are_spilled_and_everything_else_is_alike() {
+    let origin = chan(1, 1);
+    let commands = vec![
+        declare_queue("q"),
+        declare_queue("other"),
+        declare_exchange("fan", crate::ExchangeKind::Fanout),
+        bind("q", "fan", ""),
+        bind("other", "fan", ""),
+        publish("", "q", "to q"),
+        publish("", "nowhere", "unroutable"),
+        publish("", "q", ""),
+        publish("fan", "", "to both ✓"),
+        get("q", false),
+        nack(1, false, true),
+        get("q", true),
+    ];
+    let mut plain = Broker::new();
+    let mut spilled = Broker::new();
+    let mut store: Vec<Bytes> = Vec::new();
+    for (i, command) in commands.into_iter().enumerate() {
+        let batch = Batch {
+            now_ms: 1_000 + i as u64,
+            requests: vec![Request {
+                origin: Some(origin),
+                command,
+            }],
+        };
+        let (mut plain_effects, mut spilled_effects) = (Vec::new(), Vec::new());
+        plain.apply(&batch, &mut plain_effects);
+        let mut spill = |bytes: &Bytes| {
+            store.push(bytes.clone());
+            Some(StoredBody {
+                segment: 0,
+                offset: u32::try_from(store.len() - 1).expect("few"),
+                len: u32::try_from(bytes.len()).expect("small"),
+            })
+        };
+        spilled.apply_spilling(&batch, &mut spilled_effects, Some(&mut spill));
+        assert_eq!(
+            plain_effects.len(),
+            spilled_effects.len(),
+            "same effects for command {i}"
+        );
+    }
+    assert_eq!(
+        store,
+        [&b"to q"[..], b"", "to both ✓".as_bytes()],
+        "each routed body once (a fanout to two queues too); not the unroutable one"
+    );
+    assert_eq!(plain.queue_summaries(), spilled.queue_summaries());
+    assert!(spilled.held_bodies().count() >= 3);
+    assert!(
+        spilled.held_bodies().all(|body| matches!(body, Body::Stored(_))),
+        "no held body is in memory"
+    );
+    let (messages, bytes) = plain.held_backlog();
+    assert!(bytes > 0);
+    assert_eq!(
+        spilled.held_backlog_with(true),
+        (messages, 0),
+        "and none is counted as memory"
+    );
+}
+
+#[test]
+fn a_store_that_fails_leaves_the_body_in_memory() {
+    let origin = chan(1, 1);
+    let mut broker = Broker::new();
+    for command in [declare_queue("q"), publish("", "q", "kept")] {
+        let batch = Batch {
+            now_ms: 1,
+            requests: vec![Request {
+                origin: Some(origin),
+                command,
+            }],
+        };
+        broker.apply_spilling(&batch, &mut Vec::new(), Some(&mut |_: &Bytes| None));
+    }
+    let bodies: Vec<&Body> = broker.held_bodies().collect();
+    assert_eq!(bodies, [&Body::Inline(Bytes::from_static(b"kept"))]);
+}
