@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# A backlog with no consumer, Warren and RabbitMQ side by side (issue 9's
-# first target, at a size this machine can run quickly): COUNT persistent
-# messages of SIZE bytes published with confirms (256 in flight) to a
-# durable queue on one fresh node. Reports, per broker: the confirm rate,
-# peak RSS while filling (sampled every 0.5 s) and the data directory's
-# size once filled. (The drain of the backlog is not measured here: the
-# load tool counts only the messages of its own run.)
+# A backlog, Warren and RabbitMQ side by side (issue 9's targets, at a size
+# this machine runs in minutes): COUNT persistent messages of SIZE bytes
+# published with confirms (256 in flight) to a durable queue on one fresh
+# node with no consumer; then the node is killed (-9) and started again on
+# its data, and one consumer (manual ack of every message, prefetch 100)
+# drains the backlog. Reports, per broker:
+#   fill_rate        confirms/s while filling
+#   fill_peak_mib    peak RSS while filling (sampled every 0.5 s)
+#   disk_mib         the data directory once filled
+#   first_ms         restart: from starting the consumer (it retries the
+#                    connection while the node starts) to the first delivery
+#   drain_rate       deliveries/s from the first to the last
+#   drain_peak_mib   peak RSS from the restart to the end of the drain
+# RabbitMQ 3.10.8 runs twice: a classic durable queue and a quorum queue.
 #
 #   benches/scripts/backlog.sh [COUNT] [SIZE]        (1000000 1024)
 #
-# Needs the release binaries (warren, warren-perf) and installs Debian's
-# rabbitmq-server if missing. Not part of CI.
+# Needs the release binaries (warren, warren-perf, warren-drain) and
+# installs Debian's rabbitmq-server if missing. Not part of CI.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 COUNT=${1:-1000000}; SIZE=${2:-1024}
@@ -22,33 +29,79 @@ cleanup() { [ -n "$wpid" ] && kill "$wpid" 2>/dev/null; "$rmq" stop 5832 "$W/rmq
 trap cleanup EXIT
 
 rss_kib() { awk '/^VmRSS/{print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+sample() { ( while kill -0 "$1" 2>/dev/null; do rss_kib "$1"; sleep 0.5; done ) > "$2" & echo $!; }
+peak_mib() { echo $(( $(sort -n "$1" | tail -1) / 1024 )); }
 
-# run BROKER PID PORT DATADIR
-run() {
-  local broker=$1 pid=$2 port=$3 dir=$4 peak=0 sampler
-  ( while kill -0 "$pid" 2>/dev/null; do echo "$(rss_kib "$pid")"; sleep 0.5; done ) > "$W/rss-$broker" &
-  sampler=$!
+# fill LABEL PID PORT [QUEUE_TYPE]
+fill() {
+  local label=$1 pid=$2 port=$3 qtype=${4:-} sampler
+  sampler=$(sample "$pid" "$W/rss-fill-$label")
   "$B/warren-perf" --uri "amqp://guest:guest@127.0.0.1:$port/%2f" --queue backlog --durable --persistent \
-    --confirm 256 --consumers 0 --count "$COUNT" --size "$SIZE" > "$W/fill-$broker.json" 2>/dev/null
+    ${qtype:+--queue-type "$qtype"} --confirm 256 --consumers 0 --count "$COUNT" --size "$SIZE" \
+    > "$W/fill-$label.json" 2>/dev/null
   kill "$sampler" 2>/dev/null || true
-  peak=$(sort -n "$W/rss-$broker" | tail -1)
-  local disk; disk=$(du -sk "$dir" | cut -f1)
-  jq -c --arg broker "$broker" --argjson peak "$peak" --argjson disk "$disk" --argjson count "$COUNT" --argjson size "$SIZE" \
-    '{broker: $broker, count: $count, size: $size, confirmed, confirm_rate: (.confirm_rate|floor),
-      peak_rss_mib: ($peak/1024|floor), disk_mib: ($disk/1024|floor)}' \
-    <(head -1 "$W/fill-$broker.json")
 }
 
-# The memory alarm off: with bodies in memory it would block the publisher
-# near a twentieth of RAM (a 1 M x 1 KiB backlog passes it on 24 GiB).
-printf 'queued_bytes_high_watermark = 0\n' > "$W/warren.toml"
-"$B/warren" --config "$W/warren.toml" --data-dir "$W/warren" --amqp-listen 127.0.0.1:5731 \
-  --cluster-listen 127.0.0.1:27731 --prometheus-listen 127.0.0.1:0 > "$W/warren.log" 2>&1 &
-wpid=$!
-sleep 1.5
-run warren "$wpid" 5731 "$W/warren"
-kill "$wpid"; wait "$wpid" 2>/dev/null || true; wpid=""
+# drain LABEL PID PORT (the node was just started)
+drain() {
+  local label=$1 pid=$2 port=$3 sampler
+  sampler=$(sample "$pid" "$W/rss-drain-$label")
+  "$B/warren-drain" --uri "amqp://guest:guest@127.0.0.1:$port/%2f" --queue backlog --count "$COUNT" \
+    --prefetch 100 --idle-timeout 300 > "$W/drain-$label.json"
+  kill "$sampler" 2>/dev/null || true
+}
 
-"$rmq" start 5832 "$W/rmq" >/dev/null
-rpid=$("$rmq" pid 5832 "$W/rmq")
-run rabbitmq "$rpid" 5832 "$W/rmq/mnesia"
+# report LABEL DATADIR_DISK_KIB
+report() {
+  local label=$1 disk=$2
+  jq -c -n --arg broker "$label" --argjson count "$COUNT" --argjson size "$SIZE" \
+    --argjson fillpeak "$(peak_mib "$W/rss-fill-$label")" --argjson drainpeak "$(peak_mib "$W/rss-drain-$label")" \
+    --argjson disk "$disk" --slurpfile fill "$W/fill-$label.json" --slurpfile drain "$W/drain-$label.json" \
+    '{broker: $broker, count: $count, size: $size, confirmed: $fill[0].confirmed,
+      fill_rate: ($fill[0].confirm_rate|floor), fill_peak_mib: $fillpeak, disk_mib: ($disk/1024|floor),
+      first_ms: $drain[0].first_delivery_ms, consumed: $drain[0].consumed,
+      drain_rate: ($drain[0].consume_rate|floor), drain_peak_mib: $drainpeak}'
+}
+
+start_warren() {
+  "$B/warren" --data-dir "$W/warren" --amqp-listen 127.0.0.1:5731 \
+    --cluster-listen 127.0.0.1:27731 --prometheus-listen 127.0.0.1:0 >> "$W/warren.log" 2>&1 &
+  wpid=$!
+}
+
+start_warren
+sleep 1.5
+fill warren "$wpid" 5731
+sleep 1
+disk=$(du -sk "$W/warren" | cut -f1)
+kill -9 "$wpid"; wait "$wpid" 2>/dev/null || true
+start_warren
+drain warren "$wpid" 5731
+kill "$wpid"; wait "$wpid" 2>/dev/null || true; wpid=""
+report warren "$disk"
+
+for qtype in classic quorum; do
+  rm -rf "$W/rmq"
+  "$rmq" start 5832 "$W/rmq" >/dev/null
+  rpid=$("$rmq" pid 5832 "$W/rmq")
+  fill "rabbitmq-$qtype" "$rpid" 5832 "$qtype"
+  sleep 1
+  disk=$(du -sk "$W/rmq/mnesia" | cut -f1)
+  kill -9 "$rpid"; sleep 1; rm -f "$W/rmq/pid"
+  "$rmq" start 5832 "$W/rmq" >/dev/null &
+  starter=$!
+  # The consumer starts with the node and retries its connection until
+  # the node listens; RSS is sampled once the node wrote its pid.
+  "$B/warren-drain" --uri "amqp://guest:guest@127.0.0.1:5832/%2f" --queue backlog --count "$COUNT" \
+    --prefetch 100 --idle-timeout 300 > "$W/drain-rabbitmq-$qtype.json" &
+  drainer=$!
+  for _ in $(seq 1 600); do [ -s "$W/rmq/pid" ] && break; sleep 0.1; done
+  rpid=$("$rmq" pid 5832 "$W/rmq")
+  sampler=$(sample "$rpid" "$W/rss-drain-rabbitmq-$qtype")
+  wait "$drainer"
+  kill "$sampler" 2>/dev/null || true
+  wait "$starter" 2>/dev/null || true
+  "$rmq" stop 5832 "$W/rmq" >/dev/null 2>&1 || true
+  report "rabbitmq-$qtype" "$disk"
+done
+rm -rf "$W"

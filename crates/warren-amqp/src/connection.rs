@@ -1130,7 +1130,7 @@ impl Connection {
         let message = Arc::new(Message {
             exchange: ExchangeName::new(content.exchange),
             routing_key: content.routing_key,
-            properties,
+            properties: Arc::new(properties),
             body: body.into(),
         });
         let vhost = self.vhost.clone();

@@ -14,7 +14,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use warren_core::staged::StagedBodies;
-use warren_core::{Body, BodyCodec, Broker, Command, Effect, Message, NodeId, Outcome, StoredBody};
+use warren_core::{Body, BodyCodec, Broker, Command, Effect, Message, NodeId, Outcome, Properties, StoredBody};
 use warren_store::{BodyRef, BodyStore, LogStore, StoreError};
 
 use crate::codec::{decode, decode_from, encode, encode_into};
@@ -118,6 +118,9 @@ pub struct StateMachine {
     store: Arc<dyn LogStore>,
     /// Where queued bodies go, if the store has a body store.
     bodies: Option<Arc<BodyStore>>,
+    /// The properties of the last message spilled, shared by the next ones
+    /// that have the same (a publisher's messages usually do).
+    shared_properties: Option<Arc<Properties>>,
     sink: Arc<dyn EffectSink>,
     node: NodeId,
     tracker: Arc<ProposalTracker>,
@@ -181,6 +184,7 @@ impl StateMachine {
         Ok(Self {
             shared,
             bodies: store.bodies(),
+            shared_properties: None,
             store,
             sink,
             node: NodeId(tracker.node),
@@ -355,6 +359,29 @@ fn portable<R>(bodies: Option<&Arc<BodyStore>>, f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// `message` as the node keeps it once its body is at `at` in the body
+/// store: the handle in place of the bytes, and the properties of the
+/// previous message if they are the same.
+fn kept_message(message: &Message, at: BodyRef, shared: &mut Option<Arc<Properties>>) -> Message {
+    let properties = match shared {
+        Some(previous) if **previous == *message.properties => previous.clone(),
+        _ => {
+            *shared = Some(message.properties.clone());
+            message.properties.clone()
+        }
+    };
+    Message {
+        exchange: message.exchange.clone(),
+        routing_key: message.routing_key.clone(),
+        properties,
+        body: Body::Stored(StoredBody {
+            segment: at.segment,
+            offset: at.offset,
+            len: at.len,
+        }),
+    }
+}
+
 /// `message` with its body read back from the node's store.
 fn resolve(bodies: &BodyStore, message: &mut Arc<Message>) -> Result<(), StoreError> {
     if let Body::Stored(at) = &message.body {
@@ -435,15 +462,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         match &self.bodies {
                             Some(bodies) => {
                                 let mut failed = None;
-                                let mut spill = |body: &bytes::Bytes| match bodies.append(body) {
-                                    Ok(at) => Some(StoredBody {
-                                        segment: at.segment,
-                                        offset: at.offset,
-                                        len: at.len,
-                                    }),
-                                    Err(e) => {
-                                        failed.get_or_insert(e);
-                                        None
+                                let shared = &mut self.shared_properties;
+                                let mut spill = |message: &Message| {
+                                    let body = message.body.inline()?;
+                                    match bodies.append(body) {
+                                        Ok(at) => Some(kept_message(message, at, shared)),
+                                        Err(e) => {
+                                            failed.get_or_insert(e);
+                                            None
+                                        }
                                     }
                                 };
                                 state
@@ -567,19 +594,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
         let store = self.store.clone();
         let bodies = self.bodies.clone();
-        let written = run_blocking(
-            move || -> Result<Option<Transfer>, StorageError<u64>> {
-                // The bodies this snapshot refers to stay until it is copied.
-                let _pinned = bodies.as_ref().map(|b| b.pin());
-                let Some(stored) = load_snapshot(&*store)? else {
-                    return Ok(None);
-                };
-                let signature = Some(stored.meta.signature());
-                let file = write_transfer(&*store, &stored.data, bodies.as_ref())
-                    .map_err(|e| StorageIOError::read_snapshot(signature, openraft::AnyError::from_dyn(&*e, None)))?;
-                Ok(Some((stored.meta, file)))
-            },
-        )
+        let written = run_blocking(move || -> Result<Option<Transfer>, StorageError<u64>> {
+            // The bodies this snapshot refers to stay until it is copied.
+            let _pinned = bodies.as_ref().map(|b| b.pin());
+            let Some(stored) = load_snapshot(&*store)? else {
+                return Ok(None);
+            };
+            let signature = Some(stored.meta.signature());
+            let file = write_transfer(&*store, &stored.data, bodies.as_ref())
+                .map_err(|e| StorageIOError::read_snapshot(signature, openraft::AnyError::from_dyn(&*e, None)))?;
+            Ok(Some((stored.meta, file)))
+        })
         .await??;
         Ok(written.map(|(meta, file)| Snapshot {
             meta,
@@ -673,6 +698,45 @@ mod tests {
         broker.apply(&batch, &mut Vec::new());
         assert_eq!(broker.staged_bodies().len(), 1);
         broker
+    }
+
+    #[test]
+    fn spilled_messages_share_equal_properties() {
+        let at = BodyRef {
+            segment: 3,
+            offset: 8,
+            len: 4,
+        };
+        let persistent = |key: &str| Message {
+            exchange: warren_core::ExchangeName::from(""),
+            routing_key: key.to_owned(),
+            properties: Arc::new(Properties {
+                delivery_mode: Some(2),
+                ..Properties::default()
+            }),
+            body: Body::Inline(bytes::Bytes::from_static(b"body")),
+        };
+        let mut shared = None;
+        let first = kept_message(&persistent("a"), at, &mut shared);
+        let second = kept_message(&persistent("b"), at, &mut shared);
+        assert!(Arc::ptr_eq(&first.properties, &second.properties), "one copy");
+        assert_eq!(second.routing_key, "b");
+        assert_eq!(
+            second.body,
+            Body::Stored(StoredBody {
+                segment: 3,
+                offset: 8,
+                len: 4
+            })
+        );
+        let mut other = persistent("c");
+        Arc::make_mut(&mut other.properties).priority = Some(1);
+        let third = kept_message(&other, at, &mut shared);
+        assert!(
+            !Arc::ptr_eq(&third.properties, &second.properties),
+            "other properties, another copy"
+        );
+        assert_eq!(third.properties.priority, Some(1));
     }
 
     #[test]

@@ -111,10 +111,10 @@ fn crash_child_publishes_until_killed() {
                 let message = Message {
                     exchange: ExchangeName::default_exchange(),
                     routing_key: QUEUE.to_owned(),
-                    properties: Properties {
+                    properties: std::sync::Arc::new(Properties {
                         delivery_mode: Some(2),
                         ..Properties::default()
-                    },
+                    }),
                     body: Bytes::from(format!("message {sent}")).into(),
                 };
                 let publish = Command::Publish {

@@ -100,10 +100,10 @@ fn publish(queue: &str, body: &str) -> Command {
         message: Arc::new(Message {
             exchange: ExchangeName::default_exchange(),
             routing_key: queue.to_owned(),
-            properties: Properties {
+            properties: std::sync::Arc::new(Properties {
                 delivery_mode: Some(2),
                 ..Properties::default()
-            },
+            }),
             body: Bytes::from(body.to_owned()).into(),
         }),
     }

@@ -85,9 +85,12 @@ pub(crate) struct Ctx<'a> {
     pub spill: Option<&'a mut Spill<'a>>,
 }
 
-/// Writes a body to the node's body store and returns its handle, or
-/// `None` to keep it in memory (the store failed: the caller finds out).
-pub type Spill<'s> = dyn FnMut(&bytes::Bytes) -> Option<crate::message::StoredBody> + 's;
+/// Given a routed message whose body is in memory, writes the body to the
+/// node's body store and returns the message as the node keeps it (the
+/// body's handle in place of its bytes, and possibly properties shared with
+/// earlier messages); `None` keeps it as it is (the store failed: the
+/// caller finds out).
+pub type Spill<'s> = dyn FnMut(&crate::message::Message) -> Option<crate::message::Message> + 's;
 
 impl Ctx<'_> {
     /// Marks a queue for a dispatch pass once the request is answered.

@@ -163,7 +163,7 @@ fn new_death_entry(original: &Message, queue: &QueueName, reason: DeathReason, n
 /// does not expire again.
 fn dead_lettered_message(dead: &DeadLetter, now_ms: u64) -> Message {
     let original = &dead.message;
-    let mut properties = original.properties.clone();
+    let mut properties = (*original.properties).clone();
     properties.headers = Some(record_death(
         original.properties.headers.as_ref(),
         original,
@@ -175,7 +175,7 @@ fn dead_lettered_message(dead: &DeadLetter, now_ms: u64) -> Message {
     Message {
         exchange: dead.exchange.clone(),
         routing_key: dead.routing_key.clone().unwrap_or_else(|| original.routing_key.clone()),
-        properties,
+        properties: Arc::new(properties),
         body: original.body.clone(),
     }
 }
@@ -239,10 +239,10 @@ mod tests {
         Message {
             exchange: ExchangeName::from("ex"),
             routing_key: "rk".into(),
-            properties: Properties {
+            properties: Arc::new(Properties {
                 expiration: Some("500".into()),
                 ..Properties::default()
-            },
+            }),
             body: Bytes::from_static(b"x").into(),
         }
     }

@@ -42,7 +42,9 @@ pub struct Message {
     /// The exchange it was published to (or dead-lettered through).
     pub exchange: ExchangeName,
     pub routing_key: String,
-    pub properties: Properties,
+    /// Shared: a node keeps one copy for a run of messages published with
+    /// the same properties (encoded like a plain `Properties`).
+    pub properties: std::sync::Arc<Properties>,
     pub body: Body,
 }
 

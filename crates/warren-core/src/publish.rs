@@ -10,7 +10,7 @@ use crate::effect::Outcome;
 use crate::error::CoreError;
 use crate::fail;
 use crate::ids::{QueueName, VHost};
-use crate::message::{Body, Message};
+use crate::message::Message;
 use crate::queue_args::Overflow;
 use crate::reply_to::parse_reply_address;
 
@@ -163,14 +163,11 @@ impl Broker {
 /// `message` with its body moved to the node's body store, if the node has
 /// one and the body is in memory.
 fn spill(ctx: &mut Ctx<'_>, message: &Arc<Message>) -> Arc<Message> {
-    let (Some(spill), Some(bytes)) = (ctx.spill.as_deref_mut(), message.body.inline()) else {
+    let (Some(spill), Some(_)) = (ctx.spill.as_deref_mut(), message.body.inline()) else {
         return Arc::clone(message);
     };
-    match spill(bytes) {
-        Some(stored) => Arc::new(Message {
-            body: Body::Stored(stored),
-            ..(**message).clone()
-        }),
+    match spill(message) {
+        Some(kept) => Arc::new(kept),
         None => Arc::clone(message),
     }
 }

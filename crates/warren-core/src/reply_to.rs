@@ -94,7 +94,7 @@ impl Broker {
             ));
         };
         let mut rewritten = (**message).clone();
-        rewritten.properties.reply_to = Some(reply_address(origin));
+        Arc::make_mut(&mut rewritten.properties).reply_to = Some(reply_address(origin));
         Ok(Arc::new(rewritten))
     }
 

@@ -68,7 +68,7 @@ pub fn message(exchange: &str, routing_key: &str, body: &str) -> Message {
     Message {
         exchange: ExchangeName::from(exchange),
         routing_key: routing_key.to_owned(),
-        properties: Properties::default(),
+        properties: Arc::default(),
         body: Bytes::copy_from_slice(body.as_bytes()).into(),
     }
 }

@@ -161,7 +161,7 @@ fn publish(queue: &str, body: &str) -> Command {
         message: Arc::new(Message {
             exchange: ExchangeName::default_exchange(),
             routing_key: queue.to_owned(),
-            properties: Properties::default(),
+            properties: Properties::default().into(),
             body: Bytes::from(body.to_owned()).into(),
         }),
     }

@@ -174,10 +174,10 @@ pub fn publish(queue: &QueueName, id: MsgId) -> Command {
         message: Arc::new(Message {
             exchange: ExchangeName::default_exchange(),
             routing_key: queue.as_str().to_owned(),
-            properties: Properties {
+            properties: std::sync::Arc::new(Properties {
                 delivery_mode: Some(2),
                 ..Properties::default()
-            },
+            }),
             body: Bytes::from(id.to_string()).into(),
         }),
     }

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use crate::test_support::*;
-use crate::{Batch, Body, Broker, Request, StoredBody};
+use crate::{Batch, Body, Broker, Message, Request, StoredBody};
 
 #[test]
 fn routed_bodies_are_spilled_and_everything_else_is_alike() {
@@ -36,12 +36,16 @@ fn routed_bodies_are_spilled_and_everything_else_is_alike() {
         };
         let (mut plain_effects, mut spilled_effects) = (Vec::new(), Vec::new());
         plain.apply(&batch, &mut plain_effects);
-        let mut spill = |bytes: &Bytes| {
+        let mut spill = |message: &Message| {
+            let bytes = message.body.inline().expect("in memory").clone();
             store.push(bytes.clone());
-            Some(StoredBody {
-                segment: 0,
-                offset: u32::try_from(store.len() - 1).expect("few"),
-                len: u32::try_from(bytes.len()).expect("small"),
+            Some(Message {
+                body: Body::Stored(StoredBody {
+                    segment: 0,
+                    offset: u32::try_from(store.len() - 1).expect("few"),
+                    len: u32::try_from(bytes.len()).expect("small"),
+                }),
+                ..message.clone()
             })
         };
         spilled.apply_spilling(&batch, &mut spilled_effects, Some(&mut spill));
@@ -83,7 +87,7 @@ fn a_store_that_fails_leaves_the_body_in_memory() {
                 command,
             }],
         };
-        broker.apply_spilling(&batch, &mut Vec::new(), Some(&mut |_: &Bytes| None));
+        broker.apply_spilling(&batch, &mut Vec::new(), Some(&mut |_: &Message| None));
     }
     let bodies: Vec<&Body> = broker.held_bodies().collect();
     assert_eq!(bodies, [&Body::Inline(Bytes::from_static(b"kept"))]);

@@ -48,12 +48,12 @@ fn headers_exchange_matches_all_or_any() {
         ),
     );
     let mut only_a = message("x", "", "m");
-    only_a.properties.headers = Some(table(&[("a", text("1"))]));
+    std::sync::Arc::make_mut(&mut only_a.properties).headers = Some(table(&[("a", text("1"))]));
     h.ok(c, publish_message(only_a));
     assert!(h.drain(c, "all").is_empty());
     assert_eq!(h.drain(c, "any"), ["m"]);
     let mut both = message("x", "", "m2");
-    both.properties.headers = Some(table(&[("a", text("1")), ("b", text("2"))]));
+    std::sync::Arc::make_mut(&mut both.properties).headers = Some(table(&[("a", text("1")), ("b", text("2"))]));
     h.ok(c, publish_message(both));
     assert_eq!(h.drain(c, "all"), ["m2"]);
     assert_eq!(h.drain(c, "any"), ["m2"]);
@@ -370,7 +370,7 @@ fn integer_header_values_match_across_widths() {
         bind_with("q", "amq.match", "", table(&[("n", AMQPValue::ShortShortUInt(7))])),
     );
     let mut m = message("amq.match", "", "m");
-    m.properties.headers = Some(table(&[("n", AMQPValue::LongLongInt(7))]));
+    std::sync::Arc::make_mut(&mut m.properties).headers = Some(table(&[("n", AMQPValue::LongLongInt(7))]));
     h.ok(c, publish_message(m));
     assert_eq!(h.drain(c, "q"), ["m"]);
 }

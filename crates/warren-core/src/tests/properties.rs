@@ -156,8 +156,8 @@ fn request(layout: [QueueLayout; 3]) -> impl Strategy<Value = Request> {
         8 => (ch.clone(), 0..EXCHANGES.len(), 0..KEYS.len(), any::<bool>(), prop::option::weighted(0.15, 0..8u8), 0..4usize).prop_map(
             |(c, x, k, mandatory, expiration, size)| {
                 let mut m = message(EXCHANGES[x], KEYS[k], &"x".repeat(size));
-                m.properties.expiration = expiration.map(|e| e.to_string());
-                m.properties.priority = Some(size as u8 * 2);
+                std::sync::Arc::make_mut(&mut m.properties).expiration = expiration.map(|e| e.to_string());
+                std::sync::Arc::make_mut(&mut m.properties).priority = Some(size as u8 * 2);
                 Request { origin: Some(channel(c)), command: Command::Publish { vhost: root(), mandatory, message: Arc::new(m) } }
             }
         ),

@@ -335,17 +335,17 @@ fn message_expiration_and_queue_ttl_take_the_smaller() {
     let c = chan(1, 1);
     h.ok(c, declare_queue_with("q", table(&[("x-message-ttl", int(1000))])));
     let mut short = message("", "q", "short");
-    short.properties.expiration = Some("10".into());
+    std::sync::Arc::make_mut(&mut short.properties).expiration = Some("10".into());
     h.ok(c, publish_message(short));
     let mut long = message("", "q", "long");
-    long.properties.expiration = Some("5000".into());
+    std::sync::Arc::make_mut(&mut long.properties).expiration = Some("5000".into());
     h.ok(c, publish_message(long));
     assert_eq!(h.broker.next_expiry_ms(), Some(h.now_ms + 10));
     h.now_ms += 20;
     // Expired messages at the head are skipped by get.
     assert_eq!(h.drain(c, "q"), ["long"]);
     let mut bad = message("", "q", "bad");
-    bad.properties.expiration = Some("soon".into());
+    std::sync::Arc::make_mut(&mut bad.properties).expiration = Some("soon".into());
     assert!(matches!(
         h.call(c, publish_message(bad)),
         Err(CoreError::PreconditionFailed(_))
@@ -423,7 +423,7 @@ fn priority_queue_delivers_higher_priorities_first() {
     h.ok(c, declare_queue_with("q", table(&[("x-max-priority", int(5))])));
     for (body, priority) in [("low", None), ("high", Some(9)), ("mid", Some(3)), ("high2", Some(5))] {
         let mut m = message("", "q", body);
-        m.properties.priority = priority;
+        std::sync::Arc::make_mut(&mut m.properties).priority = priority;
         h.ok(c, publish_message(m));
     }
     h.ok(c, get("q", false)); // "high" (capped at 5), tag 1
@@ -438,7 +438,7 @@ fn priorities_are_ignored_without_x_max_priority() {
     h.ok(c, declare_queue("q"));
     for (body, priority) in [("first", None), ("second", Some(9))] {
         let mut m = message("", "q", body);
-        m.properties.priority = priority;
+        std::sync::Arc::make_mut(&mut m.properties).priority = priority;
         h.ok(c, publish_message(m));
     }
     assert_eq!(h.drain(c, "q"), ["first", "second"]);

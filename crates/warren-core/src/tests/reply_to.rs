@@ -17,7 +17,7 @@ fn direct_reply_to_round_trip() {
     );
     h.ok(client, consume("amq.rabbitmq.reply-to", "replies", true));
     let mut request = message("", "rpc", "ping");
-    request.properties.reply_to = Some("amq.rabbitmq.reply-to".into());
+    std::sync::Arc::make_mut(&mut request.properties).reply_to = Some("amq.rabbitmq.reply-to".into());
     let effects = h.run(Some(client), publish_message(request));
     let Some(Effect::Deliver { message, .. }) = effects.iter().find(|e| matches!(e, Effect::Deliver { .. })) else {
         panic!("request not delivered: {effects:?}");
@@ -51,7 +51,7 @@ fn reply_to_request_without_reply_consumer_is_406() {
     let c = chan(1, 1);
     h.ok(c, declare_queue("rpc"));
     let mut request = message("", "rpc", "ping");
-    request.properties.reply_to = Some("amq.rabbitmq.reply-to".into());
+    std::sync::Arc::make_mut(&mut request.properties).reply_to = Some("amq.rabbitmq.reply-to".into());
     assert_eq!(
         h.call(c, publish_message(request)),
         Err(CoreError::PreconditionFailed(
