@@ -46,8 +46,8 @@ fn declare_durable_queue() -> Command {
 /// A batch of `n` persistent 1 KiB publishes to [`QUEUE`].
 fn publish_batch(n: usize) -> Batch {
     let mut msg = message("", QUEUE, &"x".repeat(1024));
-    msg.properties.delivery_mode = Some(2);
-    msg.properties.content_type = Some("application/json".to_owned());
+    std::sync::Arc::make_mut(&mut msg.properties).delivery_mode = Some(2);
+    std::sync::Arc::make_mut(&mut msg.properties).content_type = Some("application/json".to_owned());
     common::batch(publisher(), (0..n).map(|_| publish_message(msg.clone())))
 }
 

@@ -73,7 +73,7 @@ impl Kind {
             Self::Direct => (format!("orders.{target}"), None),
         };
         let mut msg = message(self.exchange(), &routing_key, &"x".repeat(256));
-        msg.properties.headers = headers;
+        std::sync::Arc::make_mut(&mut msg.properties).headers = headers;
         warren_core::test_support::publish_message(msg)
     }
 }

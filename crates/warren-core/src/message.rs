@@ -43,9 +43,37 @@ pub struct Message {
     pub exchange: ExchangeName,
     pub routing_key: String,
     /// Shared: a node keeps one copy for a run of messages published with
-    /// the same properties (encoded like a plain `Properties`).
+    /// the same properties (encoded like a plain `Properties`; decoding
+    /// shares them too, see [`shared_properties`]).
+    #[serde(deserialize_with = "shared_properties")]
     pub properties: std::sync::Arc<Properties>,
     pub body: Body,
+}
+
+thread_local! {
+    /// The properties decoded last on this thread.
+    static LAST_PROPERTIES: std::cell::RefCell<Option<std::sync::Arc<Properties>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Decodes properties, sharing the copy decoded just before on this thread
+/// when they are equal: a snapshot or a log of a publisher's messages then
+/// holds their properties once, not once a message.
+fn shared_properties<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<std::sync::Arc<Properties>, D::Error> {
+    let decoded = Properties::deserialize(deserializer)?;
+    Ok(LAST_PROPERTIES.with(|last| {
+        let mut last = last.borrow_mut();
+        match last.as_ref() {
+            Some(previous) if **previous == decoded => previous.clone(),
+            _ => {
+                let fresh = std::sync::Arc::new(decoded);
+                *last = Some(fresh.clone());
+                fresh
+            }
+        }
+    }))
 }
 
 impl Message {
@@ -208,6 +236,47 @@ impl<'de> Deserialize<'de> for Body {
         match current_codec() {
             Some(codec) => codec.store(&bytes).map(Body::Stored).map_err(serde::de::Error::custom),
             None => Ok(Body::Inline(bytes)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(key: &str, priority: Option<u8>) -> Message {
+        Message {
+            exchange: ExchangeName::from(""),
+            routing_key: key.to_owned(),
+            properties: std::sync::Arc::new(Properties {
+                delivery_mode: Some(2),
+                priority,
+                ..Properties::default()
+            }),
+            body: Body::Inline(Bytes::from_static(b"b")),
+        }
+    }
+
+    #[test]
+    fn decoded_messages_share_equal_properties() {
+        let messages = vec![message("a", None), message("b", None), message("c", Some(3))];
+        let encoded = bincode::serialize(&messages).expect("encode");
+        let decoded: Vec<Message> = bincode::deserialize(&encoded).expect("decode");
+        assert_eq!(decoded, messages);
+        assert!(std::sync::Arc::ptr_eq(&decoded[0].properties, &decoded[1].properties));
+        assert!(!std::sync::Arc::ptr_eq(&decoded[1].properties, &decoded[2].properties));
+    }
+
+    #[test]
+    fn stored_and_inline_bodies_round_trip() {
+        let stored = Body::Stored(StoredBody {
+            segment: 1,
+            offset: 2,
+            len: 3,
+        });
+        for body in [Body::Inline(Bytes::new()), Body::Inline(Bytes::from("ü")), stored] {
+            let encoded = bincode::serialize(&body).expect("encode");
+            assert_eq!(bincode::deserialize::<Body>(&encoded).expect("decode"), body);
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::command::{Batch, Command, ExchangeKind, Request};
 use crate::effect::{Effect, Outcome};
 use crate::error::CoreError;
 use crate::ids::{ChannelId, ConnectionId, ConsumerTag, DeliveryTag, ExchangeName, NodeId, QueueName, VHost};
-use crate::message::{Message, Properties};
+use crate::message::Message;
 
 /// Connection `seq` on node 1, boot 1.
 pub fn conn(seq: u64) -> ConnectionId {
