@@ -47,6 +47,10 @@ pub const CLUSTER_LISTENING_PREFIX: &str = "warren: cluster listening on ";
 /// listener is bound.
 pub const PROMETHEUS_LISTENING_PREFIX: &str = "warren: prometheus listening on ";
 
+/// The line prefix the server prints on stdout once its management API
+/// listener is bound.
+pub const HTTP_LISTENING_PREFIX: &str = "warren: http listening on ";
+
 /// How long a broker may take to print its listening line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -386,6 +390,16 @@ impl WarrenProcess {
         let logs = self.logs.lock().ok()?;
         logs.iter().rev().find_map(|line| {
             let (_, addr) = line.split_once(PROMETHEUS_LISTENING_PREFIX)?;
+            addr.trim().parse().ok()
+        })
+    }
+
+    /// The address of the management API, from the broker's `warren: http
+    /// listening on` line (the latest generation's).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        let logs = self.logs.lock().ok()?;
+        logs.iter().rev().find_map(|line| {
+            let (_, addr) = line.split_once(HTTP_LISTENING_PREFIX)?;
             addr.trim().parse().ok()
         })
     }

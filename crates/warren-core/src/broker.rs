@@ -394,6 +394,17 @@ impl Broker {
         self.users.get(name)
     }
 
+    /// Every user, by name.
+    pub fn users(&self) -> impl Iterator<Item = &User> {
+        self.users.values()
+    }
+
+    /// Every vhost and what it holds (read-only: for listings such as the
+    /// management API).
+    pub fn vhosts(&self) -> &BTreeMap<VHost, crate::vhost::VHostState> {
+        &self.vhosts
+    }
+
     pub fn has_users(&self) -> bool {
         !self.users.is_empty()
     }

@@ -45,7 +45,7 @@ mod dead_letter;
 mod dispatch;
 pub mod effect;
 pub mod error;
-mod exchange;
+pub mod exchange;
 mod exchange_ops;
 mod fail;
 pub mod headers;
@@ -54,15 +54,15 @@ mod invariants;
 mod lifecycle;
 pub mod message;
 mod publish;
-mod queue;
-mod queue_args;
+pub mod queue;
+pub mod queue_args;
 mod queue_ops;
 pub mod reply_to;
 pub mod staged;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
 pub mod topic;
-mod vhost;
+pub mod vhost;
 
 pub use broker::{Broker, QueueSummary, User};
 pub use command::{Batch, Command, ExchangeKind, Request};

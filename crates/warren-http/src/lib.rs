@@ -1,11 +1,13 @@
-//! `warren-http`: the HTTP endpoints of a node. Today: Prometheus metrics
-//! on their own listener (`--prometheus-listen`, default `0.0.0.0:15692`,
-//! as rabbitmq_prometheus), `/metrics` and `/metrics/per-object`. The
-//! management API and UI of issue 10 are to come here too.
+//! `warren-http`: the HTTP endpoints of a node: Prometheus metrics on their
+//! own listener (`--prometheus-listen`, default `0.0.0.0:15692`, as
+//! rabbitmq_prometheus), `/metrics` and `/metrics/per-object`; and the
+//! management API on `--http-listen` (default `0.0.0.0:15672`), its read
+//! side for now ([`api`]). The UI of issue 10 is to come here too.
 //!
 //! It sits on top: it reads the node (`warren-cluster`) and the AMQP front
 //! end (`warren-amqp`) and changes nothing.
 
+pub mod api;
 pub mod prometheus;
 
 use std::future::Future;
@@ -28,6 +30,10 @@ pub struct Sources {
     pub frontend: Arc<Frontend>,
     pub data_dir: PathBuf,
     pub version: String,
+    /// When the node started (the API's `uptime`).
+    pub started: std::time::Instant,
+    /// The node's listeners by protocol (`amqp`, `http`, `prometheus`, `clustering`).
+    pub listeners: Vec<(String, std::net::SocketAddr)>,
 }
 
 /// The Prometheus text format's content type.
@@ -48,6 +54,21 @@ pub async fn serve_prometheus(
         .route("/metrics/per-object", get(per_object))
         .with_state(Arc::new(sources));
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+/// Serves the management API ([`api`]) on `listener` until `shutdown`
+/// completes.
+///
+/// # Errors
+/// The HTTP server failed.
+pub async fn serve_api(
+    listener: TcpListener,
+    sources: Sources,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, api::router(Arc::new(sources)))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn aggregated(State(sources): State<Arc<Sources>>) -> impl IntoResponse {
@@ -96,6 +117,8 @@ pub async fn snapshot(sources: &Sources) -> MetricsSnapshot {
         raft_purged_index: status.purged_index,
         raft_is_leader: status.is_leader,
         store_bytes: node.store_size_on_disk().await,
+        body_store: node.body_store_usage(),
+        body_memory_bytes: node.held_backlog().1,
     }
 }
 

@@ -40,6 +40,12 @@ pub struct MetricsSnapshot {
     pub raft_purged_index: Option<u64>,
     pub raft_is_leader: bool,
     pub store_bytes: u64,
+    /// The body store's segment files and their bytes, if the node keeps
+    /// queued bodies on disk.
+    pub body_store: Option<(usize, u64)>,
+    /// Bytes of bodies held in memory (the body cache, bodies arriving in
+    /// parts, or every held body without a body store).
+    pub body_memory_bytes: u64,
 }
 
 /// The label set every RabbitMQ series joins on through
@@ -214,7 +220,24 @@ pub fn render(snapshot: &MetricsSnapshot, per_object: bool) -> String {
             "Bytes the Raft log, metadata and snapshot take on disk",
             snapshot.store_bytes,
         ),
+        (
+            "warren_body_memory_bytes",
+            "Bytes of message bodies held in memory (body cache, bodies arriving in parts)",
+            snapshot.body_memory_bytes,
+        ),
     ];
+    if let Some((segments, bytes)) = snapshot.body_store {
+        gauges.push((
+            "warren_body_store_bytes",
+            "Bytes the body store's segment files take on disk",
+            bytes,
+        ));
+        gauges.push((
+            "warren_body_store_segments",
+            "Segment files of the body store",
+            segments as u64,
+        ));
+    }
     if let Some(available) = snapshot.disk_available_bytes {
         gauges.push((
             "rabbitmq_disk_space_available_bytes",
@@ -300,9 +323,12 @@ mod tests {
             queues: vec![queue("/", "a", 3, 1, 1), queue("/", "b", 4, 0, 2)],
             connections: 5,
             raft_term: 7,
+            body_store: Some((3, 4096)),
             ..MetricsSnapshot::default()
         };
         let text = render(&snapshot, false);
+        assert_eq!(value_of(&text, "warren_body_store_bytes"), Some(4096));
+        assert_eq!(value_of(&text, "warren_body_store_segments"), Some(3));
         assert_eq!(value_of(&text, "rabbitmq_queues"), Some(2));
         assert_eq!(value_of(&text, "rabbitmq_queue_messages_ready"), Some(7));
         assert_eq!(value_of(&text, "rabbitmq_queue_messages"), Some(8));

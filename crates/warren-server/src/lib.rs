@@ -37,6 +37,7 @@ pub use config::{advertise_for, join_targets, node_id_from_hostname, Config, Ser
 /// node start) cannot be committed, or the Raft node stopped on a fatal
 /// error while serving (a log write failed: disk full, I/O error).
 pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let started_at = std::time::Instant::now();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let boot: u64 = rand::random();
@@ -142,29 +143,54 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         ..AmqpConfig::default()
     };
     let frontend = Arc::new(Frontend::new(node_id, boot, node.clone(), registry, amqp_config));
-    let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
-    match TcpListener::bind(config.prometheus_listen).await {
-        Ok(listener) => {
-            let metrics_addr = listener.local_addr()?;
-            let sources = warren_http::Sources {
-                frontend: frontend.clone(),
-                data_dir: config.data_dir.clone(),
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-            };
-            tokio::spawn(async move {
-                let stopped = async {
-                    let _ = metrics_stopped.await;
-                };
-                if let Err(e) = warren_http::serve_prometheus(listener, sources, stopped).await {
-                    tracing::warn!(error = %e, "the Prometheus listener failed");
-                }
-            });
-            info!(%metrics_addr, "prometheus listening");
-            println!("warren: prometheus listening on {metrics_addr}");
+    // Several nodes on one host (tests, benchmarks, a laptop cluster) share
+    // the default HTTP ports: the first gets them, the others run without.
+    let metrics_listener = bind_or_warn(config.prometheus_listen, "Prometheus metrics").await;
+    let api_listener = bind_or_warn(config.http_listen, "management API").await;
+    let mut listeners = vec![
+        ("amqp".to_owned(), amqp_listener.local_addr()?),
+        ("clustering".to_owned(), cluster_addr),
+    ];
+    for (protocol, listener) in [("prometheus", &metrics_listener), ("http", &api_listener)] {
+        if let Some(listener) = listener {
+            listeners.push((protocol.to_owned(), listener.local_addr()?));
         }
-        // Several nodes on one host (tests, benchmarks, a laptop cluster)
-        // share the default port: the first gets it, the others run on.
-        Err(e) => tracing::warn!(addr = %config.prometheus_listen, error = %e, "no Prometheus metrics: cannot bind"),
+    }
+    let sources = warren_http::Sources {
+        frontend: frontend.clone(),
+        data_dir: config.data_dir.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started: started_at,
+        listeners,
+    };
+    let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
+    if let Some(listener) = metrics_listener {
+        let metrics_addr = listener.local_addr()?;
+        let sources = sources.clone();
+        tokio::spawn(async move {
+            let stopped = async {
+                let _ = metrics_stopped.await;
+            };
+            if let Err(e) = warren_http::serve_prometheus(listener, sources, stopped).await {
+                tracing::warn!(error = %e, "the Prometheus listener failed");
+            }
+        });
+        info!(%metrics_addr, "prometheus listening");
+        println!("warren: prometheus listening on {metrics_addr}");
+    }
+    let (stop_api, api_stopped) = oneshot::channel::<()>();
+    if let Some(listener) = api_listener {
+        let api_addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let stopped = async {
+                let _ = api_stopped.await;
+            };
+            if let Err(e) = warren_http::serve_api(listener, sources, stopped).await {
+                tracing::warn!(error = %e, "the management API listener failed");
+            }
+        });
+        info!(%api_addr, "management API listening");
+        println!("warren: http listening on {api_addr}");
     }
     let addr = amqp_listener.local_addr()?;
     info!(node = node_id.0, %addr, data_dir = %config.data_dir.display(), "node ready");
@@ -184,12 +210,25 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
 
     info!("shutting down");
     let _ = stop_metrics.send(());
+    let _ = stop_api.send(());
     node.shutdown().await.context("stopping the Raft node")?;
     let _ = stop_cluster.send(());
     if let Ok(Err(e)) = cluster_server.await {
         tracing::warn!(error = %e, "the cluster listener failed");
     }
     Ok(())
+}
+
+/// Binds `addr`, or logs why not (`what` says which listener) and returns
+/// `None`: the node runs on without it.
+async fn bind_or_warn(addr: std::net::SocketAddr, what: &str) -> Option<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Some(listener),
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "no {what}: cannot bind");
+            None
+        }
+    }
 }
 
 async fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {

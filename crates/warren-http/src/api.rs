@@ -1,0 +1,749 @@
+//! The management HTTP API on `--http-listen` (default `0.0.0.0:15672`):
+//! the read side of RabbitMQ's API (issue 10, item 2, in part), so that
+//! tools which read `/api/queues` and friends work against any node.
+//!
+//! - HTTP Basic against the broker's users (RabbitMQ's password hashes);
+//!   a user needs one of the tags `administrator`, `monitoring`,
+//!   `policymaker` or `management`, and `/api/users` needs
+//!   `administrator`, as in RabbitMQ (401 with RabbitMQ's reasons).
+//! - JSON shaped as RabbitMQ 3.x's, `%2F` for the vhost `/`, pagination
+//!   with `page`, `page_size` and `name` (substring; `use_regex=true` is
+//!   refused with 400: no regex engine yet).
+//! - Counts come from this node's replica of the state: on a follower they
+//!   may lag the leader by the entries not yet applied (milliseconds).
+//! - Not here yet: writes (PUT/DELETE/POST), message rates and
+//!   `message_stats` (no statistics are kept yet), connections, channels,
+//!   consumers, permissions, policies, definitions.
+
+use std::sync::Arc;
+
+use amq_protocol_types::{AMQPValue, FieldTable};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use serde_json::{json, Value};
+use warren_core::{Broker, QueueName, User, UserName, VHost};
+
+use crate::Sources;
+
+/// Tags that may use the management API.
+const MANAGEMENT_TAGS: [&str; 4] = ["administrator", "monitoring", "policymaker", "management"];
+
+/// The page size RabbitMQ uses when `page` is given without `page_size`.
+const DEFAULT_PAGE_SIZE: usize = 100;
+/// RabbitMQ's largest `page_size`.
+const MAX_PAGE_SIZE: usize = 500;
+
+/// The API's routes, for [`crate::serve_api`].
+pub fn router(sources: Arc<Sources>) -> Router {
+    Router::new()
+        .route("/api/overview", get(overview))
+        .route("/api/whoami", get(whoami))
+        .route("/api/nodes", get(nodes))
+        .route("/api/nodes/{name}", get(node))
+        .route("/api/vhosts", get(vhosts))
+        .route("/api/vhosts/{vhost}", get(vhost))
+        .route("/api/queues", get(queues))
+        .route("/api/queues/{vhost}", get(queues_in))
+        .route("/api/queues/{vhost}/{name}", get(queue))
+        .route("/api/exchanges", get(exchanges))
+        .route("/api/exchanges/{vhost}", get(exchanges_in))
+        .route("/api/exchanges/{vhost}/{name}", get(exchange))
+        .route("/api/bindings", get(bindings))
+        .route("/api/bindings/{vhost}", get(bindings_in))
+        .route("/api/users", get(users))
+        .route("/api/health/checks/alarms", get(alarms))
+        .route("/api/health/checks/local-alarms", get(alarms))
+        .fallback(not_found)
+        .with_state(sources)
+}
+
+/// An API error: a status and RabbitMQ's `{"error", "reason"}` body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: &'static str,
+    reason: String,
+}
+
+impl ApiError {
+    fn unauthorized(reason: &str) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            error: "not_authorized",
+            reason: reason.to_owned(),
+        }
+    }
+
+    fn not_found() -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            error: "Object Not Found",
+            reason: "Not Found".to_owned(),
+        }
+    }
+
+    fn bad_request(reason: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            error: "bad_request",
+            reason: reason.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({"error": self.error, "reason": self.reason}));
+        if self.status == StatusCode::UNAUTHORIZED {
+            let challenge = [(header::WWW_AUTHENTICATE, "Basic realm=\"RabbitMQ Management\"")];
+            return (self.status, challenge, body).into_response();
+        }
+        (self.status, body).into_response()
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+/// The user of a request's `Authorization: Basic …`, if the password is
+/// right and the user may use the API.
+fn authenticate(sources: &Sources, headers: &HeaderMap) -> Result<User, ApiError> {
+    let credentials = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Basic "))
+        .and_then(|encoded| base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok())
+        .and_then(|decoded| String::from_utf8(decoded).ok())
+        .ok_or_else(|| ApiError::unauthorized("Not_Authorized"))?;
+    let (name, password) = credentials
+        .split_once(':')
+        .ok_or_else(|| ApiError::unauthorized("Not_Authorized"))?;
+    let user = sources
+        .frontend
+        .node
+        .read(|broker| broker.user(&UserName::new(name.to_owned())).cloned())
+        .filter(|user| warren_amqp::password::verify_password(&user.password_hash, password))
+        .ok_or_else(|| ApiError::unauthorized("Login failed"))?;
+    if !user.tags.iter().any(|tag| MANAGEMENT_TAGS.contains(&tag.as_str())) {
+        return Err(ApiError::unauthorized("Not management user"));
+    }
+    Ok(user)
+}
+
+fn node_name(sources: &Sources) -> String {
+    format!("warren@node-{}", sources.frontend.node_id.0)
+}
+
+/// `page`, `page_size`, `name`, `use_regex`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Paging {
+    page: Option<String>,
+    page_size: Option<String>,
+    name: Option<String>,
+    use_regex: Option<String>,
+}
+
+/// `items` as RabbitMQ returns them: the whole list, or with `page` the
+/// page object (`items`, `page`, `page_count`, `page_size`, counts).
+fn paged(items: Vec<Value>, paging: &Paging) -> ApiResult {
+    if paging.use_regex.as_deref() == Some("true") {
+        return Err(ApiError::bad_request("use_regex is not supported by this broker"));
+    }
+    let total_count = items.len();
+    let filtered: Vec<Value> = match paging.name.as_deref().filter(|n| !n.is_empty()) {
+        Some(pattern) => items
+            .into_iter()
+            .filter(|item| item["name"].as_str().is_some_and(|name| name.contains(pattern)))
+            .collect(),
+        None => items,
+    };
+    let Some(page) = &paging.page else {
+        return Ok(Json(Value::Array(filtered)));
+    };
+    let page: usize = page
+        .parse()
+        .ok()
+        .filter(|p| *p >= 1)
+        .ok_or_else(|| ApiError::bad_request(format!("page must be a positive integer, got {page:?}")))?;
+    let page_size: usize = match &paging.page_size {
+        None => DEFAULT_PAGE_SIZE,
+        Some(size) => size
+            .parse()
+            .ok()
+            .filter(|s| (1..=MAX_PAGE_SIZE).contains(s))
+            .ok_or_else(|| ApiError::bad_request(format!("page_size must be 1 to {MAX_PAGE_SIZE}, got {size:?}")))?,
+    };
+    let filtered_count = filtered.len();
+    let page_count = filtered_count.div_ceil(page_size).max(1);
+    if page > page_count {
+        return Err(ApiError::bad_request(format!(
+            "page {page} out of range: there are {page_count} pages"
+        )));
+    }
+    let items: Vec<Value> = filtered
+        .into_iter()
+        .skip((page - 1) * page_size)
+        .take(page_size)
+        .collect();
+    Ok(Json(json!({
+        "filtered_count": filtered_count,
+        "item_count": items.len(),
+        "items": items,
+        "page": page,
+        "page_count": page_count,
+        "page_size": page_size,
+        "total_count": total_count,
+    })))
+}
+
+/// An AMQP field value as RabbitMQ's API shows it.
+fn amqp_value(value: &AMQPValue) -> Value {
+    match value {
+        AMQPValue::Boolean(b) => json!(b),
+        AMQPValue::ShortShortInt(v) => json!(v),
+        AMQPValue::ShortShortUInt(v) => json!(v),
+        AMQPValue::ShortInt(v) => json!(v),
+        AMQPValue::ShortUInt(v) => json!(v),
+        AMQPValue::LongInt(v) => json!(v),
+        AMQPValue::LongUInt(v) => json!(v),
+        AMQPValue::LongLongInt(v) => json!(v),
+        AMQPValue::Float(v) => json!(v),
+        AMQPValue::Double(v) => json!(v),
+        AMQPValue::DecimalValue(d) => json!(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
+        AMQPValue::ShortString(s) => json!(s.as_str()),
+        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::ByteArray(bytes) => json!(String::from_utf8_lossy(bytes.as_slice())),
+        AMQPValue::FieldArray(array) => Value::Array(array.as_slice().iter().map(amqp_value).collect()),
+        AMQPValue::Timestamp(t) => json!(t),
+        AMQPValue::FieldTable(table) => table_json(table),
+        AMQPValue::Void => Value::Null,
+    }
+}
+
+/// A field table as a JSON object (RabbitMQ shows an empty one as `{}`).
+fn table_json(table: &FieldTable) -> Value {
+    Value::Object(
+        table
+            .inner()
+            .iter()
+            .map(|(key, value)| (key.as_str().to_owned(), amqp_value(value)))
+            .collect(),
+    )
+}
+
+fn queue_json(node: &str, vhost: &VHost, queue: &warren_core::queue::Queue) -> Value {
+    let ready = queue.ready.len() as u64;
+    let unacked = queue.unacked;
+    let kind = match queue.arguments.inner().get("x-queue-type") {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.as_str().to_owned(),
+        _ => "classic".to_owned(),
+    };
+    json!({
+        "name": queue.name.as_str(),
+        "vhost": vhost.as_str(),
+        "type": kind,
+        "durable": queue.durable,
+        "auto_delete": queue.auto_delete,
+        "exclusive": queue.exclusive_owner.is_some(),
+        "arguments": table_json(&queue.arguments),
+        "node": node,
+        "state": "running",
+        "messages": ready + unacked,
+        "messages_ready": ready,
+        "messages_unacknowledged": unacked,
+        "message_bytes_ready": queue.ready_bytes,
+        // rabbitmq_http_client reads it as a u16.
+        "consumers": queue.consumers.len().min(usize::from(u16::MAX)),
+    })
+}
+
+fn exchange_json(vhost: &VHost, exchange: &warren_core::exchange::Exchange) -> Value {
+    json!({
+        "name": exchange.name.as_str(),
+        "vhost": vhost.as_str(),
+        "type": exchange.kind.as_str(),
+        "durable": exchange.durable,
+        "auto_delete": exchange.auto_delete,
+        "internal": exchange.internal,
+        "arguments": table_json(&exchange.arguments),
+        "user_who_performed_action": "",
+    })
+}
+
+/// RabbitMQ's `properties_key` of a binding: the routing key (`~` for an
+/// empty one) when there are no arguments, else the key, `~` and a hash of
+/// the arguments.
+fn properties_key(routing_key: &str, arguments: &FieldTable) -> String {
+    if arguments.inner().is_empty() {
+        return if routing_key.is_empty() {
+            "~".to_owned()
+        } else {
+            routing_key.to_owned()
+        };
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&format!("{arguments:?}"), &mut hasher);
+    format!("{routing_key}~{:x}", std::hash::Hasher::finish(&hasher))
+}
+
+fn bindings_of(vhost: &VHost, state: &warren_core::vhost::VHostState) -> Vec<Value> {
+    let mut out = Vec::new();
+    // Every queue's implicit binding to the default exchange, as RabbitMQ lists it.
+    for queue in state.queues.values() {
+        out.push(json!({
+            "source": "",
+            "vhost": vhost.as_str(),
+            "destination": queue.name.as_str(),
+            "destination_type": "queue",
+            "routing_key": queue.name.as_str(),
+            "arguments": {},
+            "properties_key": queue.name.as_str(),
+        }));
+    }
+    for exchange in state.exchanges.values() {
+        for binding in &exchange.bindings {
+            let (destination, kind) = match &binding.destination {
+                warren_core::exchange::Destination::Queue(q) => (q.as_str().to_owned(), "queue"),
+                warren_core::exchange::Destination::Exchange(x) => (x.as_str().to_owned(), "exchange"),
+            };
+            out.push(json!({
+                "source": exchange.name.as_str(),
+                "vhost": vhost.as_str(),
+                "destination": destination,
+                "destination_type": kind,
+                "routing_key": binding.routing_key,
+                "arguments": table_json(&binding.arguments),
+                "properties_key": properties_key(&binding.routing_key, &binding.arguments),
+            }));
+        }
+    }
+    out
+}
+
+fn vhost_json(vhost: &VHost, state: &warren_core::vhost::VHostState) -> Value {
+    let (ready, unacked) = state
+        .queues
+        .values()
+        .fold((0u64, 0u64), |(r, u), q| (r + q.ready.len() as u64, u + q.unacked));
+    json!({
+        "name": vhost.as_str(),
+        "description": "",
+        "tags": [],
+        "metadata": {"description": "", "tags": []},
+        "default_queue_type": "classic",
+        "tracing": false,
+        "messages": ready + unacked,
+        "messages_ready": ready,
+        "messages_unacknowledged": unacked,
+    })
+}
+
+/// Reads `f` of the broker on this node's replica.
+fn read<R>(sources: &Sources, f: impl FnOnce(&Broker) -> R) -> R {
+    sources.frontend.node.read(f)
+}
+
+async fn whoami(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> ApiResult {
+    let user = authenticate(&sources, &headers)?;
+    Ok(Json(json!({"name": user.name.as_str(), "tags": user.tags})))
+}
+
+async fn overview(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> ApiResult {
+    authenticate(&sources, &headers)?;
+    let node = node_name(&sources);
+    let (queues, exchanges, consumers, ready, unacked) = read(&sources, |broker| {
+        let mut totals = (0usize, 0usize, 0usize, 0u64, 0u64);
+        for state in broker.vhosts().values() {
+            totals.0 += state.queues.len();
+            totals.1 += state.exchanges.len() + 1;
+            for queue in state.queues.values() {
+                totals.2 += queue.consumers.len();
+                totals.3 += queue.ready.len() as u64;
+                totals.4 += queue.unacked;
+            }
+        }
+        totals
+    });
+    let connections = sources.frontend.registry.len();
+    let channels = read(&sources, |broker| broker.channel_count_of(sources.frontend.node_id));
+    Ok(Json(json!({
+        "management_version": sources.version,
+        "rabbitmq_version": sources.version,
+        "product_name": "Warren",
+        "product_version": sources.version,
+        "cluster_name": "warren",
+        "erlang_version": "",
+        "erlang_full_version": "",
+        "node": node,
+        "statistics_db_event_queue": 0,
+        // No statistics are kept yet (issue 10, item 3): no rates, no churn.
+        "churn_rates": {},
+        "message_stats": {},
+        "object_totals": {
+            "connections": connections,
+            "channels": channels,
+            "exchanges": exchanges,
+            "queues": queues,
+            "consumers": consumers,
+        },
+        "queue_totals": {
+            "messages": ready + unacked,
+            "messages_ready": ready,
+            "messages_unacknowledged": unacked,
+        },
+        "listeners": listeners(&sources),
+        "contexts": [],
+    })))
+}
+
+/// The listeners of this node RabbitMQ's way (`node`, `protocol`, `port`,
+/// `ip_address`).
+fn listeners(sources: &Sources) -> Value {
+    let node = node_name(sources);
+    let listeners: Vec<Value> = sources
+        .listeners
+        .iter()
+        .map(|(protocol, addr)| {
+            json!({"node": node, "protocol": protocol, "port": addr.port(), "ip_address": addr.ip().to_string()})
+        })
+        .collect();
+    Value::Array(listeners)
+}
+
+/// The soft limit of open files, from `/proc/self/limits` (0 if unknown).
+fn open_files_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("Max open files"))
+                .and_then(|line| line.split_whitespace().nth(3).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn node_json(sources: &Sources) -> Value {
+    let status = sources.frontend.node.metrics();
+    // Milliseconds, a u32 for rabbitmq_http_client: capped at ~49 days.
+    let uptime_ms = u32::try_from(sources.started.elapsed().as_millis()).unwrap_or(u32::MAX);
+    json!({
+        "name": node_name(sources),
+        "type": "disc",
+        "running": true,
+        "being_drained": false,
+        "uptime": uptime_ms,
+        "os_pid": std::process::id(),
+        "processors": std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        "fd_total": open_files_limit(),
+        // Erlang's run queue and process count: not applicable to Warren.
+        "run_queue": 0,
+        "proc_total": 0,
+        "mem_limit": sources.frontend.config.queued_bytes_high_watermark,
+        "mem_alarm": sources.frontend.alarms.memory_on(),
+        "disk_free_limit": sources.frontend.config.disk_free_limit,
+        "disk_free_alarm": sources.frontend.alarms.disk_on(),
+        "rates_mode": "none",
+        "enabled_plugins": [],
+        "rabbitmq_version": sources.version,
+        "raft": {
+            "term": status.term,
+            "leader": status.is_leader,
+            "last_applied": status.last_applied,
+        },
+    })
+}
+
+async fn nodes(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> ApiResult {
+    authenticate(&sources, &headers)?;
+    Ok(Json(json!([node_json(&sources)])))
+}
+
+async fn node(State(sources): State<Arc<Sources>>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+    authenticate(&sources, &headers)?;
+    if name != node_name(&sources) {
+        return Err(ApiError::not_found());
+    }
+    Ok(Json(node_json(&sources)))
+}
+
+async fn vhosts(State(sources): State<Arc<Sources>>, headers: HeaderMap, Query(paging): Query<Paging>) -> ApiResult {
+    authenticate(&sources, &headers)?;
+    let items = read(&sources, |broker| {
+        broker
+            .vhosts()
+            .iter()
+            .map(|(vhost, state)| vhost_json(vhost, state))
+            .collect()
+    });
+    paged(items, &paging)
+}
+
+async fn vhost(State(sources): State<Arc<Sources>>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+    authenticate(&sources, &headers)?;
+    let vhost = VHost::new(name);
+    read(&sources, |broker| {
+        broker.vhosts().get(&vhost).map(|state| vhost_json(&vhost, state))
+    })
+    .map(Json)
+    .ok_or_else(ApiError::not_found)
+}
+
+/// Queues of `only` (or of every vhost).
+fn queue_list(sources: &Sources, only: Option<&VHost>) -> Result<Vec<Value>, ApiError> {
+    let node = node_name(sources);
+    read(sources, |broker| {
+        if only.is_some_and(|vhost| !broker.has_vhost(vhost)) {
+            return Err(ApiError::not_found());
+        }
+        Ok(broker
+            .vhosts()
+            .iter()
+            .filter(|(vhost, _)| only.is_none_or(|o| o == *vhost))
+            .flat_map(|(vhost, state)| state.queues.values().map(|q| queue_json(&node, vhost, q)))
+            .collect())
+    })
+}
+
+async fn queues(State(sources): State<Arc<Sources>>, headers: HeaderMap, Query(paging): Query<Paging>) -> ApiResult {
+    authenticate(&sources, &headers)?;
+    paged(queue_list(&sources, None)?, &paging)
+}
+
+async fn queues_in(
+    State(sources): State<Arc<Sources>>,
+    headers: HeaderMap,
+    Path(vhost): Path<String>,
+    Query(paging): Query<Paging>,
+) -> ApiResult {
+    authenticate(&sources, &headers)?;
+    paged(queue_list(&sources, Some(&VHost::new(vhost)))?, &paging)
+}
+
+async fn queue(
+    State(sources): State<Arc<Sources>>,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    authenticate(&sources, &headers)?;
+    let node = node_name(&sources);
+    let vhost = VHost::new(vhost);
+    let name = QueueName::new(name);
+    read(&sources, |broker| {
+        broker
+            .vhosts()
+            .get(&vhost)
+            .and_then(|state| state.queues.get(&name))
+            .map(|q| queue_json(&node, &vhost, q))
+    })
+    .map(Json)
+    .ok_or_else(ApiError::not_found)
+}
+
+fn exchange_list(sources: &Sources, only: Option<&VHost>) -> Result<Vec<Value>, ApiError> {
+    read(sources, |broker| {
+        if only.is_some_and(|vhost| !broker.has_vhost(vhost)) {
+            return Err(ApiError::not_found());
+        }
+        let mut out = Vec::new();
+        for (vhost, state) in broker.vhosts() {
+            if only.is_some_and(|o| o != vhost) {
+                continue;
+            }
+            // The default exchange, which the state does not hold.
+            out.push(json!({
+                "name": "",
+                "vhost": vhost.as_str(),
+                "type": "direct",
+                "durable": true,
+                "auto_delete": false,
+                "internal": false,
+                "arguments": {},
+                "user_who_performed_action": "rmq-internal",
+            }));
+            out.extend(state.exchanges.values().map(|x| exchange_json(vhost, x)));
+        }
+        Ok(out)
+    })
+}
+
+async fn exchanges(State(sources): State<Arc<Sources>>, headers: HeaderMap, Query(paging): Query<Paging>) -> ApiResult {
+    authenticate(&sources, &headers)?;
+    paged(exchange_list(&sources, None)?, &paging)
+}
+
+async fn exchanges_in(
+    State(sources): State<Arc<Sources>>,
+    headers: HeaderMap,
+    Path(vhost): Path<String>,
+    Query(paging): Query<Paging>,
+) -> ApiResult {
+    authenticate(&sources, &headers)?;
+    paged(exchange_list(&sources, Some(&VHost::new(vhost)))?, &paging)
+}
+
+async fn exchange(
+    State(sources): State<Arc<Sources>>,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    authenticate(&sources, &headers)?;
+    let vhost = VHost::new(vhost);
+    exchange_list(&sources, Some(&vhost))?
+        .into_iter()
+        .find(|x| x["name"] == name.as_str())
+        .map(Json)
+        .ok_or_else(ApiError::not_found)
+}
+
+fn binding_list(sources: &Sources, only: Option<&VHost>) -> Result<Vec<Value>, ApiError> {
+    read(sources, |broker| {
+        if only.is_some_and(|vhost| !broker.has_vhost(vhost)) {
+            return Err(ApiError::not_found());
+        }
+        Ok(broker
+            .vhosts()
+            .iter()
+            .filter(|(vhost, _)| only.is_none_or(|o| o == *vhost))
+            .flat_map(|(vhost, state)| bindings_of(vhost, state))
+            .collect())
+    })
+}
+
+async fn bindings(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> ApiResult {
+    authenticate(&sources, &headers)?;
+    Ok(Json(Value::Array(binding_list(&sources, None)?)))
+}
+
+async fn bindings_in(State(sources): State<Arc<Sources>>, headers: HeaderMap, Path(vhost): Path<String>) -> ApiResult {
+    authenticate(&sources, &headers)?;
+    Ok(Json(Value::Array(binding_list(&sources, Some(&VHost::new(vhost)))?)))
+}
+
+async fn users(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> ApiResult {
+    let user = authenticate(&sources, &headers)?;
+    if !user.tags.iter().any(|tag| tag == "administrator") {
+        return Err(ApiError::unauthorized("Not administrator user"));
+    }
+    let items: Vec<Value> = read(&sources, |broker| {
+        broker
+            .users()
+            .map(|u| {
+                json!({
+                    "name": u.name.as_str(),
+                    "password_hash": u.password_hash,
+                    "hashing_algorithm": "rabbit_password_hashing_sha256",
+                    "tags": u.tags,
+                    "limits": {},
+                })
+            })
+            .collect()
+    });
+    Ok(Json(Value::Array(items)))
+}
+
+/// `GET /api/health/checks/alarms` (and `local-alarms`): 200 `{"status":
+/// "ok"}` without an alarm, 503 `{"status": "failed", "reason", "alarms"}`
+/// with one, as RabbitMQ.
+async fn alarms(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authenticate(&sources, &headers)?;
+    let node = node_name(&sources);
+    let mut alarms = Vec::new();
+    if sources.frontend.alarms.memory_on() {
+        alarms.push(json!({"node": node, "resource": "memory"}));
+    }
+    if sources.frontend.alarms.disk_on() {
+        alarms.push(json!({"node": node, "resource": "disk"}));
+    }
+    if alarms.is_empty() {
+        return Ok(Json(json!({"status": "ok"})).into_response());
+    }
+    let body = json!({"status": "failed", "reason": "There are alarms in effect in the cluster", "alarms": alarms});
+    Ok((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_follow_rabbitmq() {
+        let items: Vec<Value> = (0..7).map(|i| json!({"name": format!("q{i}")})).collect();
+        let all = paged(items.clone(), &Paging::default()).expect("list");
+        assert_eq!(all.0.as_array().map(Vec::len), Some(7), "no page: the whole list");
+        let paging = Paging {
+            page: Some("2".into()),
+            page_size: Some("3".into()),
+            ..Paging::default()
+        };
+        let page = paged(items.clone(), &paging).expect("page").0;
+        assert_eq!(page["page_count"], 3);
+        assert_eq!(page["item_count"], 3);
+        assert_eq!(page["items"][0]["name"], "q3");
+        assert_eq!(page["total_count"], 7);
+        let filtered = Paging {
+            page: Some("1".into()),
+            name: Some("q6".into()),
+            ..Paging::default()
+        };
+        let page = paged(items.clone(), &filtered).expect("filtered").0;
+        assert_eq!(page["filtered_count"], 1);
+        for bad in [
+            Paging {
+                page: Some("0".into()),
+                ..Paging::default()
+            },
+            Paging {
+                page: Some("x".into()),
+                ..Paging::default()
+            },
+            Paging {
+                page: Some("1".into()),
+                page_size: Some("501".into()),
+                ..Paging::default()
+            },
+            Paging {
+                page: Some("9".into()),
+                ..Paging::default()
+            },
+            Paging {
+                use_regex: Some("true".into()),
+                ..Paging::default()
+            },
+        ] {
+            let error = paged(items.clone(), &bad).expect_err("refused");
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn field_tables_become_json_objects() {
+        let mut table = FieldTable::default();
+        table.insert("x-max-length".into(), AMQPValue::LongInt(10));
+        table.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        table.insert("ü".into(), AMQPValue::Boolean(true));
+        assert_eq!(
+            table_json(&table),
+            json!({"x-max-length": 10, "x-queue-type": "quorum", "ü": true})
+        );
+        assert_eq!(table_json(&FieldTable::default()), json!({}));
+        assert_eq!(properties_key("", &FieldTable::default()), "~");
+        assert_eq!(properties_key("k", &FieldTable::default()), "k");
+        assert!(properties_key("k", &table).starts_with("k~"));
+    }
+
+    #[test]
+    fn errors_carry_rabbitmq_s_json_and_the_basic_challenge() {
+        let response = ApiError::unauthorized("Login failed").into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(response.headers().get(header::WWW_AUTHENTICATE).is_some());
+        assert_eq!(ApiError::not_found().into_response().status(), StatusCode::NOT_FOUND);
+    }
+}

@@ -1,0 +1,230 @@
+//! The management API's read side against the real binary (issue 10, item 2
+//! in part): RabbitMQ's JSON for overview, whoami, vhosts, queues,
+//! exchanges, bindings, users and the alarms check; HTTP Basic against the
+//! broker's users; RabbitMQ's 401 / 404 / 400 answers as JSON; the same
+//! answers through a follower of a three-node cluster.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use lapin::options::{ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warren_e2e::{connect, eventually, within, WarrenProcess};
+
+/// `guest:guest`, the default user (tag `administrator`).
+const GUEST: &str = "Z3Vlc3Q6Z3Vlc3Q=";
+
+/// A response: status code, lower-cased head, body.
+struct Reply {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> anyhow::Result<Value> {
+        serde_json::from_str(&self.body).with_context(|| format!("not JSON: {:?}", self.body))
+    }
+}
+
+/// `GET path` with `Authorization: Basic auth` (none if empty).
+async fn get(addr: SocketAddr, path: &str, auth: &str) -> anyhow::Result<Reply> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let authorization = if auth.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: Basic {auth}\r\n")
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    within("HTTP response", stream.read_to_end(&mut response)).await?;
+    let response = String::from_utf8(response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("no end of headers")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .context("no status")?;
+    Ok(Reply {
+        status,
+        head: head.to_ascii_lowercase(),
+        body: body.to_owned(),
+    })
+}
+
+async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<Value> {
+    let reply = get(addr, path, GUEST).await?;
+    anyhow::ensure!(reply.status == 200, "GET {path}: {} {}", reply.status, reply.body);
+    anyhow::ensure!(
+        reply.head.contains("content-type: application/json"),
+        "GET {path}: {}",
+        reply.head
+    );
+    reply.json()
+}
+
+fn api_addr(broker: &WarrenProcess) -> anyhow::Result<SocketAddr> {
+    broker.http_addr().context("the broker printed no http address")
+}
+
+/// A durable queue `api-q` (x-max-length 10) with 3 messages, bound to
+/// `amq.topic` with `a.#`.
+async fn declare_and_fill(uri: &str) -> anyhow::Result<()> {
+    let conn = connect(uri).await?;
+    let ch = within("channel.open", conn.create_channel()).await?;
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongInt(10));
+    within(
+        "queue.declare",
+        ch.queue_declare("api-q".into(), QueueDeclareOptions::durable(), arguments),
+    )
+    .await?;
+    within(
+        "queue.bind",
+        ch.queue_bind(
+            "api-q".into(),
+            "amq.topic".into(),
+            "a.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default())).await?;
+    for i in 0..3 {
+        let confirm = within(
+            "basic.publish",
+            ch.basic_publish(
+                "".into(),
+                "api-q".into(),
+                Default::default(),
+                format!("m{i}").as_bytes(),
+                BasicProperties::default(),
+            ),
+        )
+        .await?;
+        anyhow::ensure!(within("confirm", confirm).await?.is_ack());
+    }
+    within("connection.close", conn.close(200, "bye".into())).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_rabbitmq_s_reads_and_refuses_what_rabbitmq_refuses() -> anyhow::Result<()> {
+    let broker = warren_e2e::start_broker().await?;
+    declare_and_fill(&broker.amqp_uri()).await?;
+    let api = api_addr(&broker)?;
+
+    let whoami = get_json(api, "/api/whoami").await?;
+    assert_eq!(whoami["name"], "guest");
+    assert_eq!(whoami["tags"], serde_json::json!(["administrator"]));
+
+    let overview = get_json(api, "/api/overview").await?;
+    assert_eq!(overview["queue_totals"]["messages_ready"], 3, "{overview}");
+    assert_eq!(overview["object_totals"]["queues"], 1);
+    assert!(overview["node"].as_str().is_some_and(|n| n.starts_with("warren@")));
+
+    let queue = get_json(api, "/api/queues/%2F/api-q").await?;
+    for (field, expected) in [
+        ("name", serde_json::json!("api-q")),
+        ("vhost", serde_json::json!("/")),
+        ("type", serde_json::json!("classic")),
+        ("durable", serde_json::json!(true)),
+        ("auto_delete", serde_json::json!(false)),
+        ("exclusive", serde_json::json!(false)),
+        ("arguments", serde_json::json!({"x-max-length": 10})),
+        ("messages", serde_json::json!(3)),
+        ("messages_ready", serde_json::json!(3)),
+        ("messages_unacknowledged", serde_json::json!(0)),
+        ("consumers", serde_json::json!(0)),
+    ] {
+        assert_eq!(queue[field], expected, "queue field {field}: {queue}");
+    }
+    let listed = get_json(api, "/api/queues").await?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    let page = get_json(api, "/api/queues/%2F?page=1&page_size=1&name=api").await?;
+    assert_eq!(page["items"][0]["name"], "api-q");
+    assert_eq!(page["page_count"], 1);
+    assert_eq!(page["filtered_count"], 1);
+
+    let vhosts = get_json(api, "/api/vhosts").await?;
+    assert_eq!(vhosts[0]["name"], "/");
+    let exchanges = get_json(api, "/api/exchanges/%2F").await?;
+    let names: Vec<&str> = exchanges
+        .as_array()
+        .context("a list")?
+        .iter()
+        .filter_map(|x| x["name"].as_str())
+        .collect();
+    assert!(names.contains(&"") && names.contains(&"amq.topic"), "{names:?}");
+    let topic = get_json(api, "/api/exchanges/%2F/amq.topic").await?;
+    assert_eq!(topic["type"], "topic");
+    let bindings = get_json(api, "/api/bindings/%2F").await?;
+    assert!(
+        bindings
+            .as_array()
+            .context("a list")?
+            .iter()
+            .any(|b| b["source"] == "amq.topic"
+                && b["destination"] == "api-q"
+                && b["destination_type"] == "queue"
+                && b["routing_key"] == "a.#"),
+        "{bindings}"
+    );
+    let users = get_json(api, "/api/users").await?;
+    assert_eq!(users[0]["name"], "guest");
+    assert_eq!(get_json(api, "/api/health/checks/alarms").await?["status"], "ok");
+
+    // What RabbitMQ refuses, and how.
+    for auth in ["", "Z3Vlc3Q6d3Jvbmc=", "bm90LWJhc2U2NA"] {
+        let reply = get(api, "/api/queues", auth).await?;
+        assert_eq!(reply.status, 401, "auth {auth:?}: {}", reply.body);
+        assert!(reply.head.contains("www-authenticate: basic"), "{}", reply.head);
+        assert_eq!(reply.json()?["error"], "not_authorized");
+    }
+    for missing in [
+        "/api/queues/%2F/nope",
+        "/api/queues/no-such-vhost",
+        "/api/vhosts/no-such-vhost",
+        "/api/exchanges/%2F/nope",
+        "/api/no-such-endpoint",
+    ] {
+        let reply = get(api, missing, GUEST).await?;
+        assert_eq!(reply.status, 404, "{missing}: {}", reply.body);
+        assert_eq!(reply.json()?["error"], "Object Not Found", "{missing}");
+    }
+    for bad in [
+        "/api/queues?page=0",
+        "/api/queues?page=1&page_size=100000",
+        "/api/queues?use_regex=true&name=.*",
+    ] {
+        let reply = get(api, bad, GUEST).await?;
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
+        assert!(reply.json()?["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_answers_for_the_cluster() -> anyhow::Result<()> {
+    let nodes = warren_e2e::ops::start_three_nodes().await?;
+    declare_and_fill(&nodes[0].amqp_uri()).await?;
+    let follower = api_addr(&nodes[2])?;
+    let queue = eventually(
+        "the queue seen through node 3",
+        Duration::from_secs(20),
+        || async move {
+            let reply = get(follower, "/api/queues/%2F/api-q", GUEST).await?;
+            Ok((reply.status == 200).then_some(reply.json()?))
+        },
+    )
+    .await?;
+    assert_eq!(queue["messages_ready"], 3, "{queue}");
+    assert_eq!(queue["durable"], true);
+    Ok(())
+}
