@@ -15,6 +15,7 @@
 # RabbitMQ 3.10.8 runs twice: a classic durable queue and a quorum queue.
 #
 #   benches/scripts/backlog.sh [COUNT] [SIZE]        (1000000 1024)
+#   WARREN_ONLY=1 benches/scripts/backlog.sh ...      (skip RabbitMQ)
 #
 # Needs the release binaries (warren, warren-perf, warren-drain) and
 # installs Debian's rabbitmq-server if missing. Not part of CI.
@@ -80,6 +81,7 @@ drain warren "$wpid" 5731
 kill "$wpid"; wait "$wpid" 2>/dev/null || true; wpid=""
 report warren "$disk"
 
+[ -n "${WARREN_ONLY:-}" ] && { rm -rf "$W"; exit 0; }
 for qtype in classic quorum; do
   rm -rf "$W/rmq"
   "$rmq" start 5832 "$W/rmq" >/dev/null

@@ -47,13 +47,13 @@ pub fn router(sources: Arc<Sources>) -> Router {
         .route("/api/vhosts", get(vhosts))
         .route("/api/vhosts/{vhost}", get(vhost))
         .route("/api/queues", get(queues))
-        .route("/api/queues/{vhost}", get(queues_in))
+        .route("/api/queues/{vhost}", get(queues))
         .route("/api/queues/{vhost}/{name}", get(queue))
         .route("/api/exchanges", get(exchanges))
-        .route("/api/exchanges/{vhost}", get(exchanges_in))
+        .route("/api/exchanges/{vhost}", get(exchanges))
         .route("/api/exchanges/{vhost}/{name}", get(exchange))
         .route("/api/bindings", get(bindings))
-        .route("/api/bindings/{vhost}", get(bindings_in))
+        .route("/api/bindings/{vhost}", get(bindings))
         .route("/api/users", get(users))
         .route("/api/health/checks/alarms", get(alarms))
         .route("/api/health/checks/local-alarms", get(alarms))
@@ -496,9 +496,13 @@ async fn vhost(State(sources): State<Arc<Sources>>, headers: HeaderMap, Path(nam
     .ok_or_else(ApiError::not_found)
 }
 
-/// Queues of `only` (or of every vhost).
-fn queue_list(sources: &Sources, only: Option<&VHost>) -> Result<Vec<Value>, ApiError> {
-    let node = node_name(sources);
+/// What `json` makes of every vhost's state (or of `only`'s: 404 if
+/// there is no such vhost), on this node's replica.
+fn per_vhost(
+    sources: &Sources,
+    only: Option<&VHost>,
+    json: impl Fn(&VHost, &warren_core::vhost::VHostState) -> Vec<Value>,
+) -> Result<Vec<Value>, ApiError> {
     read(sources, |broker| {
         if only.is_some_and(|vhost| !broker.has_vhost(vhost)) {
             return Err(ApiError::not_found());
@@ -507,24 +511,28 @@ fn queue_list(sources: &Sources, only: Option<&VHost>) -> Result<Vec<Value>, Api
             .vhosts()
             .iter()
             .filter(|(vhost, _)| only.is_none_or(|o| o == *vhost))
-            .flat_map(|(vhost, state)| state.queues.values().map(|q| queue_json(&node, vhost, q)))
+            .flat_map(|(vhost, state)| json(vhost, state))
             .collect())
     })
 }
 
-async fn queues(State(sources): State<Arc<Sources>>, headers: HeaderMap, Query(paging): Query<Paging>) -> ApiResult {
-    authenticate(&sources, &headers)?;
-    paged(queue_list(&sources, None)?, &paging)
+fn queue_list(sources: &Sources, only: Option<&VHost>) -> Result<Vec<Value>, ApiError> {
+    let node = node_name(sources);
+    per_vhost(sources, only, |vhost, state| {
+        state.queues.values().map(|q| queue_json(&node, vhost, q)).collect()
+    })
 }
 
-async fn queues_in(
+/// `GET /api/queues` and `/api/queues/{vhost}`.
+async fn queues(
     State(sources): State<Arc<Sources>>,
     headers: HeaderMap,
-    Path(vhost): Path<String>,
+    vhost: Option<Path<String>>,
     Query(paging): Query<Paging>,
 ) -> ApiResult {
     authenticate(&sources, &headers)?;
-    paged(queue_list(&sources, Some(&VHost::new(vhost)))?, &paging)
+    let only = vhost.map(|Path(vhost)| VHost::new(vhost));
+    paged(queue_list(&sources, only.as_ref())?, &paging)
 }
 
 async fn queue(
@@ -547,46 +555,38 @@ async fn queue(
     .ok_or_else(ApiError::not_found)
 }
 
-fn exchange_list(sources: &Sources, only: Option<&VHost>) -> Result<Vec<Value>, ApiError> {
-    read(sources, |broker| {
-        if only.is_some_and(|vhost| !broker.has_vhost(vhost)) {
-            return Err(ApiError::not_found());
-        }
-        let mut out = Vec::new();
-        for (vhost, state) in broker.vhosts() {
-            if only.is_some_and(|o| o != vhost) {
-                continue;
-            }
-            // The default exchange, which the state does not hold.
-            out.push(json!({
-                "name": "",
-                "vhost": vhost.as_str(),
-                "type": "direct",
-                "durable": true,
-                "auto_delete": false,
-                "internal": false,
-                "arguments": {},
-                "user_who_performed_action": "rmq-internal",
-            }));
-            out.extend(state.exchanges.values().map(|x| exchange_json(vhost, x)));
-        }
-        Ok(out)
+/// The default exchange of `vhost`, which the state does not hold.
+fn default_exchange_json(vhost: &VHost) -> Value {
+    json!({
+        "name": "",
+        "vhost": vhost.as_str(),
+        "type": "direct",
+        "durable": true,
+        "auto_delete": false,
+        "internal": false,
+        "arguments": {},
+        "user_who_performed_action": "rmq-internal",
     })
 }
 
-async fn exchanges(State(sources): State<Arc<Sources>>, headers: HeaderMap, Query(paging): Query<Paging>) -> ApiResult {
-    authenticate(&sources, &headers)?;
-    paged(exchange_list(&sources, None)?, &paging)
+fn exchange_list(sources: &Sources, only: Option<&VHost>) -> Result<Vec<Value>, ApiError> {
+    per_vhost(sources, only, |vhost, state| {
+        std::iter::once(default_exchange_json(vhost))
+            .chain(state.exchanges.values().map(|x| exchange_json(vhost, x)))
+            .collect()
+    })
 }
 
-async fn exchanges_in(
+/// `GET /api/exchanges` and `/api/exchanges/{vhost}`.
+async fn exchanges(
     State(sources): State<Arc<Sources>>,
     headers: HeaderMap,
-    Path(vhost): Path<String>,
+    vhost: Option<Path<String>>,
     Query(paging): Query<Paging>,
 ) -> ApiResult {
     authenticate(&sources, &headers)?;
-    paged(exchange_list(&sources, Some(&VHost::new(vhost)))?, &paging)
+    let only = vhost.map(|Path(vhost)| VHost::new(vhost));
+    paged(exchange_list(&sources, only.as_ref())?, &paging)
 }
 
 async fn exchange(
@@ -603,28 +603,11 @@ async fn exchange(
         .ok_or_else(ApiError::not_found)
 }
 
-fn binding_list(sources: &Sources, only: Option<&VHost>) -> Result<Vec<Value>, ApiError> {
-    read(sources, |broker| {
-        if only.is_some_and(|vhost| !broker.has_vhost(vhost)) {
-            return Err(ApiError::not_found());
-        }
-        Ok(broker
-            .vhosts()
-            .iter()
-            .filter(|(vhost, _)| only.is_none_or(|o| o == *vhost))
-            .flat_map(|(vhost, state)| bindings_of(vhost, state))
-            .collect())
-    })
-}
-
-async fn bindings(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> ApiResult {
+/// `GET /api/bindings` and `/api/bindings/{vhost}`.
+async fn bindings(State(sources): State<Arc<Sources>>, headers: HeaderMap, vhost: Option<Path<String>>) -> ApiResult {
     authenticate(&sources, &headers)?;
-    Ok(Json(Value::Array(binding_list(&sources, None)?)))
-}
-
-async fn bindings_in(State(sources): State<Arc<Sources>>, headers: HeaderMap, Path(vhost): Path<String>) -> ApiResult {
-    authenticate(&sources, &headers)?;
-    Ok(Json(Value::Array(binding_list(&sources, Some(&VHost::new(vhost)))?)))
+    let only = vhost.map(|Path(vhost)| VHost::new(vhost));
+    Ok(Json(Value::Array(per_vhost(&sources, only.as_ref(), bindings_of)?)))
 }
 
 async fn users(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> ApiResult {

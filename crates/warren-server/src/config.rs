@@ -42,7 +42,8 @@ pub struct ServerArgs {
     /// one is refused. The default is for laptops only: change it.
     #[arg(long, env = "WARREN_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
-    /// Management API (a later issue).
+    /// The management HTTP API, its read side (default 0.0.0.0:15672). If
+    /// the address is taken the node logs it and runs without it.
     #[arg(long, env = "WARREN_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
     /// Prometheus metrics, `/metrics` and `/metrics/per-object` (default
