@@ -210,6 +210,62 @@ async fn the_api_answers_rabbitmq_s_reads_and_refuses_what_rabbitmq_refuses() ->
     Ok(())
 }
 
+// rabbitmq_http_client 0.93 (the library of rabbitmqadmin v2) reads every
+// endpoint of the read side: it deserializes strictly, so a missing or
+// mistyped field fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmqadmin_s_client_library_reads_every_endpoint() -> anyhow::Result<()> {
+    let broker = warren_e2e::start_broker().await?;
+    declare_and_fill(&broker.amqp_uri()).await?;
+    let endpoint = format!("http://{}/api", api_addr(&broker)?);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        use rabbitmq_http_client::blocking_api::ClientBuilder;
+        let client = ClientBuilder::new()
+            .with_endpoint(endpoint.as_str())
+            .with_basic_auth_credentials("guest", "guest")
+            .build()?;
+        let queue = client.get_queue_info("/", "api-q")?;
+        assert_eq!((queue.name.as_str(), queue.queue_type.as_str()), ("api-q", "classic"));
+        assert!(queue.durable && !queue.exclusive && !queue.auto_delete);
+        assert_eq!((queue.message_count, queue.unacknowledged_message_count), (3, 0));
+        assert_eq!(client.list_queues()?.len(), 1);
+        assert_eq!(client.list_queues_in("/")?.len(), 1);
+        let overview = client.overview()?;
+        assert!(overview.node.starts_with("warren@"), "{overview:?}");
+        let nodes = client.list_nodes()?;
+        assert_eq!(nodes.len(), 1);
+        assert!(!nodes[0].has_memory_alarm_in_effect && !nodes[0].has_free_disk_space_alarm_in_effect);
+        assert_eq!(client.get_node_info(&nodes[0].name)?.name, nodes[0].name);
+        assert_eq!(client.list_vhosts()?.len(), 1);
+        assert_eq!(client.get_vhost("/")?.name, "/");
+        let exchanges = client.list_exchanges()?;
+        assert!(exchanges
+            .iter()
+            .any(|x| x.name == "amq.topic" && x.exchange_type == "topic"));
+        assert_eq!(client.get_exchange_info("/", "amq.topic")?.name, "amq.topic");
+        let bindings = client.list_bindings_in("/")?;
+        assert!(bindings
+            .iter()
+            .any(|b| b.source == "amq.topic" && b.routing_key == "a.#"));
+        assert_eq!(client.current_user()?.name, "guest");
+        assert_eq!(client.list_users()?.len(), 1);
+        client.health_check_cluster_wide_alarms()?;
+        client.health_check_local_alarms()?;
+        assert!(
+            client.get_queue_info("/", "missing").is_err(),
+            "a missing queue is an error"
+        );
+        let wrong = ClientBuilder::new()
+            .with_endpoint(endpoint.as_str())
+            .with_basic_auth_credentials("guest", "wrong")
+            .build()?;
+        assert!(wrong.list_queues().is_err(), "a wrong password is refused");
+        Ok(())
+    })
+    .await??;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_answers_for_the_cluster() -> anyhow::Result<()> {
     let nodes = warren_e2e::ops::start_three_nodes().await?;

@@ -442,7 +442,7 @@ fn node_json(sources: &Sources) -> Value {
         "uptime": uptime_ms,
         "os_pid": std::process::id(),
         "processors": std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
-        "fd_total": open_files_limit(),
+        "fd_total": open_files_limit().min(u64::from(u32::MAX)),
         // Erlang's run queue and process count: not applicable to Warren.
         "run_queue": 0,
         "proc_total": 0,
