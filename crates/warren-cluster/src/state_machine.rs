@@ -43,6 +43,16 @@ pub(crate) struct Shared {
     /// Bytes of the newest snapshot built, installed or loaded (the
     /// size-based snapshot trigger waits for at least this much new log).
     pub(crate) snapshot_bytes: AtomicU64,
+    /// Held for the whole of building or installing a snapshot: openraft
+    /// builds in a task of its own, and a build that overlapped an install
+    /// could save the older state over the newer, or delete the body
+    /// segments the install had just written (they are not in the older
+    /// state).
+    snapshots: Arc<tokio::sync::Mutex<()>>,
+    /// Set (under the write lock) when an apply failed after changing the
+    /// broker: the state holds part of an entry it does not count as
+    /// applied, and must never be saved as a snapshot. The node stops.
+    poisoned: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -180,6 +190,8 @@ impl StateMachine {
             applied: Notify::new(),
             last_tick_ms: AtomicU64::new(0),
             snapshot_bytes: AtomicU64::new(as_u64(snapshot_bytes)),
+            snapshots: Arc::new(tokio::sync::Mutex::new(())),
+            poisoned: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Self {
             shared,
@@ -240,6 +252,7 @@ fn snapshot_header(meta: &SnapshotMeta<u64, BasicNode>, data_len: usize) -> Resu
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+        let exclusive = self.shared.snapshots.clone().lock_owned().await;
         // Clone under the read lock (messages are `Arc`s, so this is cheap
         // next to encoding); encode and store while apply continues.
         // Sealing the body segment under the lock (apply writes bodies
@@ -247,6 +260,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // segment up to `sealed`, and every later one after it.
         let (replicated, last_applied, membership, sealed) = {
             let state = self.shared.read();
+            if self.shared.poisoned.load(Ordering::SeqCst) {
+                return Err(StorageIOError::write_snapshot(
+                    None,
+                    openraft::AnyError::error("an apply failed part way: this state is not saved"),
+                )
+                .into());
+            }
             let sealed = match &self.bodies {
                 Some(bodies) => Some(bodies.seal().map_err(|e| StorageIOError::write_snapshot(None, &e))?),
                 None => None,
@@ -267,6 +287,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let store = self.store.clone();
         let bodies = self.bodies.clone();
         let stored = run_blocking(move || -> Result<StoredSnapshot, StorageError<u64>> {
+            let _exclusive = exclusive;
             let write_err = |e: &(dyn std::error::Error + 'static)| {
                 StorageIOError::write_snapshot(Some(meta.signature()), openraft::AnyError::from_dyn(e, None))
             };
@@ -364,7 +385,7 @@ fn portable<R>(bodies: Option<&Arc<BodyStore>>, f: impl FnOnce() -> R) -> R {
 /// previous message if they are the same.
 fn kept_message(message: &Message, at: BodyRef, shared: &mut Option<Arc<Properties>>) -> Message {
     let properties = match shared {
-        Some(previous) if **previous == *message.properties => previous.clone(),
+        Some(previous) if previous.identical(&message.properties) => previous.clone(),
         _ => {
             *shared = Some(message.properties.clone());
             message.properties.clone()
@@ -476,11 +497,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 state
                                     .broker
                                     .apply_spilling(&proposal.batch, &mut effects, Some(&mut spill));
-                                if let Some(e) = failed {
+                                let resolved = match failed {
+                                    Some(e) => Err(e),
+                                    None => resolve_bodies(bodies, self.node, &mut effects),
+                                };
+                                if let Err(e) = resolved {
+                                    self.shared.poisoned.store(true, Ordering::SeqCst);
                                     return Err(StorageIOError::apply(entry.log_id, &e).into());
                                 }
-                                resolve_bodies(bodies, self.node, &mut effects)
-                                    .map_err(|e| StorageIOError::apply(entry.log_id, &e))?;
                             }
                             None => state.broker.apply(&proposal.batch, &mut effects),
                         }
@@ -542,6 +566,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<u64, BasicNode>,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<u64>> {
+        let _exclusive = self.shared.snapshots.clone().lock_owned().await;
         let file = snapshot.into_std().await;
         let store = self.store.clone();
         let bodies = self.bodies.clone();

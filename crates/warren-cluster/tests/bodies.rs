@@ -255,3 +255,31 @@ async fn a_restart_reads_the_bodies_of_its_snapshot_and_of_the_entries_after_it(
     sm.apply(vec![after_snapshot]).await.expect("replay");
     drain_and_check(&mut sm, &sink, 1, 4, 0..MESSAGES).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_cannot_be_read_stops_apply_and_no_snapshot_saves_the_half_applied_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path());
+    let (mut sm, _sink) = open(1, &store).await;
+    let origin = channel_on(1);
+    sm.apply(vec![
+        entry(1, origin, vec![declare_queue("q")]),
+        entry(2, origin, publishes(0..3)),
+    ])
+    .await
+    .expect("apply publishes");
+    // Damage every body segment on disk (the cache holds nothing).
+    for file in std::fs::read_dir(dir.path().join("bodies")).expect("bodies/") {
+        let path = file.expect("entry").path();
+        let mut bytes = std::fs::read(&path).expect("read");
+        for byte in bytes.iter_mut().skip(8) {
+            *byte ^= 0x5a;
+        }
+        std::fs::write(&path, bytes).expect("damage");
+    }
+    let failed = sm.apply(vec![entry(3, origin, vec![get("q", true)])]).await;
+    assert!(failed.is_err(), "a body read back wrong is a storage error, not a wrong delivery");
+    let built = sm.get_snapshot_builder().await.build_snapshot().await;
+    assert!(built.is_err(), "the half-applied state is never saved");
+    assert!(store.get_snapshot().expect("read").is_none(), "no snapshot on disk");
+}

@@ -30,6 +30,13 @@ pub struct Properties {
 }
 
 impl Properties {
+    /// Equal, and with every floating-point header bit for bit the same
+    /// (`==` holds `-0.0` and `0.0` equal): only then may two messages
+    /// share one copy.
+    pub fn identical(&self, other: &Properties) -> bool {
+        self == other && headers_identical(self.headers.as_ref(), other.headers.as_ref())
+    }
+
     /// `delivery_mode = 2`.
     pub fn is_persistent(&self) -> bool {
         self.delivery_mode == Some(2)
@@ -50,6 +57,39 @@ pub struct Message {
     pub body: Body,
 }
 
+fn headers_identical(a: Option<&FieldTable>, b: Option<&FieldTable>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => tables_identical(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+fn tables_identical(a: &FieldTable, b: &FieldTable) -> bool {
+    a.inner().len() == b.inner().len()
+        && a.inner()
+            .iter()
+            .zip(b.inner().iter())
+            .all(|((ka, va), (kb, vb))| ka == kb && values_identical(va, vb))
+}
+
+fn values_identical(a: &amq_protocol_types::AMQPValue, b: &amq_protocol_types::AMQPValue) -> bool {
+    use amq_protocol_types::AMQPValue;
+    match (a, b) {
+        (AMQPValue::Float(x), AMQPValue::Float(y)) => x.to_bits() == y.to_bits(),
+        (AMQPValue::Double(x), AMQPValue::Double(y)) => x.to_bits() == y.to_bits(),
+        (AMQPValue::FieldTable(x), AMQPValue::FieldTable(y)) => tables_identical(x, y),
+        (AMQPValue::FieldArray(x), AMQPValue::FieldArray(y)) => {
+            x.as_slice().len() == y.as_slice().len()
+                && x.as_slice()
+                    .iter()
+                    .zip(y.as_slice())
+                    .all(|(x, y)| values_identical(x, y))
+        }
+        _ => a == b,
+    }
+}
+
 thread_local! {
     /// The properties decoded last on this thread.
     static LAST_PROPERTIES: std::cell::RefCell<Option<std::sync::Arc<Properties>>> =
@@ -66,7 +106,7 @@ fn shared_properties<'de, D: serde::Deserializer<'de>>(
     Ok(LAST_PROPERTIES.with(|last| {
         let mut last = last.borrow_mut();
         match last.as_ref() {
-            Some(previous) if **previous == decoded => previous.clone(),
+            Some(previous) if previous.identical(&decoded) => previous.clone(),
             _ => {
                 let fresh = std::sync::Arc::new(decoded);
                 *last = Some(fresh.clone());
@@ -169,19 +209,30 @@ thread_local! {
 /// store, and a body decoded from bytes is written to the store. This is how
 /// a snapshot travels to another node, whose store is not this one's.
 pub fn with_body_codec<R>(codec: std::rc::Rc<dyn BodyCodec>, f: impl FnOnce() -> R) -> R {
-    let previous = CODEC.with(|slot| slot.replace(Some(codec)));
-    let result = f();
-    CODEC.with(|slot| slot.replace(previous));
-    result
+    /// Puts the previous codec back, also when `f` panics.
+    struct Restore(Option<std::rc::Rc<dyn BodyCodec>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            CODEC.with(|slot| slot.replace(previous));
+        }
+    }
+    let _restore = Restore(CODEC.with(|slot| slot.replace(Some(codec))));
+    f()
 }
 
 /// Runs `f` (a decode on this thread) reading bodies in the encoding of
 /// codec version 1, where a body was its bytes with no variant tag.
 pub fn with_legacy_bodies<R>(f: impl FnOnce() -> R) -> R {
-    let previous = LEGACY.with(|flag| flag.replace(true));
-    let result = f();
-    LEGACY.with(|flag| flag.set(previous));
-    result
+    /// Puts the previous flag back, also when `f` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LEGACY.with(|flag| flag.set(self.0));
+        }
+    }
+    let _restore = Restore(LEGACY.with(|flag| flag.replace(true)));
+    f()
 }
 
 fn current_codec() -> Option<std::rc::Rc<dyn BodyCodec>> {
@@ -265,6 +316,33 @@ mod tests {
         assert_eq!(decoded, messages);
         assert!(std::sync::Arc::ptr_eq(&decoded[0].properties, &decoded[1].properties));
         assert!(!std::sync::Arc::ptr_eq(&decoded[1].properties, &decoded[2].properties));
+    }
+
+    #[test]
+    fn properties_that_differ_only_in_a_float_s_sign_are_not_shared() {
+        use amq_protocol_types::AMQPValue;
+        let with_header = |value: f64| {
+            let mut table = FieldTable::default();
+            table.insert("x".into(), AMQPValue::Double(value));
+            Properties {
+                headers: Some(table),
+                ..Properties::default()
+            }
+        };
+        assert_eq!(with_header(0.0), with_header(-0.0), "== holds them equal");
+        assert!(!with_header(0.0).identical(&with_header(-0.0)));
+        assert!(with_header(1.5).identical(&with_header(1.5)));
+        let mut messages = vec![message("a", None), message("b", None)];
+        messages[0].properties = std::sync::Arc::new(with_header(0.0));
+        messages[1].properties = std::sync::Arc::new(with_header(-0.0));
+        let decoded: Vec<Message> =
+            bincode::deserialize(&bincode::serialize(&messages).expect("encode")).expect("decode");
+        assert!(!std::sync::Arc::ptr_eq(&decoded[0].properties, &decoded[1].properties));
+        let sign = |m: &Message| match m.properties.headers.as_ref().and_then(|h| h.inner().get("x")) {
+            Some(AMQPValue::Double(v)) => v.is_sign_negative(),
+            _ => false,
+        };
+        assert!(!sign(&decoded[0]) && sign(&decoded[1]), "each keeps its own sign");
     }
 
     #[test]
