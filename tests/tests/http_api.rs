@@ -249,6 +249,19 @@ async fn rabbitmqadmin_s_client_library_reads_every_endpoint() -> anyhow::Result
             .any(|b| b.source == "amq.topic" && b.routing_key == "a.#"));
         assert_eq!(client.current_user()?.name, "guest");
         assert_eq!(client.list_users()?.len(), 1);
+        let definitions = client.export_cluster_wide_definitions_as_data()?;
+        assert!(definitions.queues.iter().any(|q| q.name == "api-q" && q.durable));
+        assert!(definitions
+            .bindings
+            .iter()
+            .any(|b| b.source == "amq.topic" && b.destination == "api-q" && b.routing_key == "a.#"));
+        assert!(definitions
+            .exchanges
+            .iter()
+            .all(|x| !x.name.is_empty() && !x.name.starts_with("amq.")));
+        assert_eq!(definitions.users.len(), 1);
+        assert_eq!(definitions.virtual_hosts.len(), 1);
+        assert_eq!(definitions.permissions.len(), 1, "guest on /");
         client.health_check_cluster_wide_alarms()?;
         client.health_check_local_alarms()?;
         assert!(

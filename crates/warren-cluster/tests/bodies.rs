@@ -278,7 +278,10 @@ async fn a_body_that_cannot_be_read_stops_apply_and_no_snapshot_saves_the_half_a
         std::fs::write(&path, bytes).expect("damage");
     }
     let failed = sm.apply(vec![entry(3, origin, vec![get("q", true)])]).await;
-    assert!(failed.is_err(), "a body read back wrong is a storage error, not a wrong delivery");
+    assert!(
+        failed.is_err(),
+        "a body read back wrong is a storage error, not a wrong delivery"
+    );
     let built = sm.get_snapshot_builder().await.build_snapshot().await;
     assert!(built.is_err(), "the half-applied state is never saved");
     assert!(store.get_snapshot().expect("read").is_none(), "no snapshot on disk");

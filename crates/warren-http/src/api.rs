@@ -55,6 +55,7 @@ pub fn router(sources: Arc<Sources>) -> Router {
         .route("/api/bindings", get(bindings))
         .route("/api/bindings/{vhost}", get(bindings))
         .route("/api/users", get(users))
+        .route("/api/definitions", get(definitions))
         .route("/api/health/checks/alarms", get(alarms))
         .route("/api/health/checks/local-alarms", get(alarms))
         .fallback(not_found)
@@ -615,21 +616,104 @@ async fn users(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> ApiRe
     if !user.tags.iter().any(|tag| tag == "administrator") {
         return Err(ApiError::unauthorized("Not administrator user"));
     }
-    let items: Vec<Value> = read(&sources, |broker| {
-        broker
-            .users()
-            .map(|u| {
-                json!({
-                    "name": u.name.as_str(),
-                    "password_hash": u.password_hash,
-                    "hashing_algorithm": "rabbit_password_hashing_sha256",
-                    "tags": u.tags,
-                    "limits": {},
-                })
-            })
-            .collect()
-    });
+    let items: Vec<Value> = read(&sources, |broker| broker.users().map(user_json).collect());
     Ok(Json(Value::Array(items)))
+}
+
+/// `GET /api/definitions` (administrators): the topology in RabbitMQ's
+/// definitions format, importable into RabbitMQ. Exclusive queues, the
+/// default exchange, the `amq.*` exchanges and the default exchange's
+/// implicit bindings are left out, as RabbitMQ does. Warren has no
+/// permissions yet and lets every user do everything, which the export
+/// says as `.*` permissions for every user on every vhost.
+async fn definitions(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> ApiResult {
+    let user = authenticate(&sources, &headers)?;
+    if !user.tags.iter().any(|tag| tag == "administrator") {
+        return Err(ApiError::unauthorized("Not administrator user"));
+    }
+    let exported = read(&sources, |broker| {
+        let users: Vec<Value> = broker.users().map(user_json).collect();
+        let mut vhosts = Vec::new();
+        let mut permissions = Vec::new();
+        let mut queues = Vec::new();
+        let mut exchanges = Vec::new();
+        let mut bindings = Vec::new();
+        for (vhost, state) in broker.vhosts() {
+            vhosts.push(json!({
+                "name": vhost.as_str(),
+                "description": "",
+                "tags": [],
+                "metadata": {"description": "", "tags": []},
+            }));
+            for user in broker.users() {
+                permissions.push(json!({
+                    "user": user.name.as_str(),
+                    "vhost": vhost.as_str(),
+                    "configure": ".*",
+                    "write": ".*",
+                    "read": ".*",
+                }));
+            }
+            for queue in state.queues.values().filter(|q| q.exclusive_owner.is_none()) {
+                queues.push(json!({
+                    "name": queue.name.as_str(),
+                    "vhost": vhost.as_str(),
+                    "durable": queue.durable,
+                    "auto_delete": queue.auto_delete,
+                    "arguments": table_json(&queue.arguments),
+                }));
+            }
+            for exchange in state
+                .exchanges
+                .values()
+                .filter(|x| !x.name.as_str().starts_with("amq."))
+            {
+                let mut json = exchange_json(vhost, exchange);
+                if let Some(object) = json.as_object_mut() {
+                    object.remove("user_who_performed_action");
+                }
+                exchanges.push(json);
+            }
+            bindings.extend(
+                bindings_of(vhost, state)
+                    .into_iter()
+                    .filter(|b| b["source"] != "")
+                    .map(|mut b| {
+                        if let Some(object) = b.as_object_mut() {
+                            object.remove("properties_key");
+                        }
+                        b
+                    }),
+            );
+        }
+        json!({
+            "rabbit_version": sources.version,
+            "rabbitmq_version": sources.version,
+            "product_name": "Warren",
+            "product_version": sources.version,
+            "users": users,
+            "vhosts": vhosts,
+            "permissions": permissions,
+            "topic_permissions": [],
+            "parameters": [],
+            "global_parameters": [],
+            "policies": [],
+            "queues": queues,
+            "exchanges": exchanges,
+            "bindings": bindings,
+        })
+    });
+    Ok(Json(exported))
+}
+
+fn user_json(user: &User) -> Value {
+    json!({
+        "name": user.name.as_str(),
+        "password_hash": user.password_hash,
+        "hashing_algorithm": "rabbit_password_hashing_sha256",
+        "tags": user.tags,
+        "limits": {},
+    })
 }
 
 /// `GET /api/health/checks/alarms` (and `local-alarms`): 200 `{"status":
