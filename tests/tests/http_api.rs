@@ -33,13 +33,22 @@ impl Reply {
 
 /// `GET path` with `Authorization: Basic auth` (none if empty).
 async fn get(addr: SocketAddr, path: &str, auth: &str) -> anyhow::Result<Reply> {
+    request(addr, "GET", path, auth, "").await
+}
+
+/// `METHOD path` with `Authorization: Basic auth` (none if empty) and a
+/// JSON `body` (none if empty).
+async fn request(addr: SocketAddr, method: &str, path: &str, auth: &str, body: &str) -> anyhow::Result<Reply> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     let authorization = if auth.is_empty() {
         String::new()
     } else {
         format!("Authorization: Basic {auth}\r\n")
     };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Connection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
     within("HTTP response", stream.read_to_end(&mut response)).await?;
@@ -268,6 +277,14 @@ async fn rabbitmqadmin_s_client_library_reads_every_endpoint() -> anyhow::Result
             client.get_queue_info("/", "missing").is_err(),
             "a missing queue is an error"
         );
+        let params = rabbitmq_http_client::requests::QueueParams::new_durable_classic_queue("from-admin", None);
+        client.declare_queue("/", &params)?;
+        assert!(client.get_queue_info("/", "from-admin")?.durable);
+        client.purge_queue("/", "api-q")?;
+        assert_eq!(client.get_queue_info("/", "api-q")?.message_count, 0);
+        client.delete_queue("/", "from-admin", false)?;
+        assert!(client.get_queue_info("/", "from-admin").is_err());
+        client.delete_queue("/", "from-admin", true)?;
         let wrong = ClientBuilder::new()
             .with_endpoint(endpoint.as_str())
             .with_basic_auth_credentials("guest", "wrong")
@@ -276,6 +293,79 @@ async fn rabbitmqadmin_s_client_library_reads_every_endpoint() -> anyhow::Result
         Ok(())
     })
     .await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_are_declared_purged_and_deleted_over_the_api_as_rabbitmq_s() -> anyhow::Result<()> {
+    let broker = warren_e2e::start_broker().await?;
+    declare_and_fill(&broker.amqp_uri()).await?;
+    let api = api_addr(&broker)?;
+    let put = |path: &'static str, body: &'static str| request(api, "PUT", path, GUEST, body);
+    let delete = |path: &'static str| request(api, "DELETE", path, GUEST, "");
+
+    let created = put(
+        "/api/queues/%2F/made",
+        r#"{"durable":true,"arguments":{"x-max-length":5}}"#,
+    )
+    .await?;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let queue = get_json(api, "/api/queues/%2F/made").await?;
+    assert_eq!(
+        (queue["durable"].clone(), queue["arguments"].clone()),
+        (serde_json::json!(true), serde_json::json!({"x-max-length": 5}))
+    );
+    let again = put(
+        "/api/queues/%2F/made",
+        r#"{"durable":true,"arguments":{"x-max-length":5}}"#,
+    )
+    .await?;
+    assert_eq!(again.status, 204, "the same declaration again: {}", again.body);
+    let defaults = put("/api/queues/%2F/defaults", "").await?;
+    assert_eq!(defaults.status, 201, "{}", defaults.body);
+    assert_eq!(
+        get_json(api, "/api/queues/%2F/defaults").await?["durable"],
+        true,
+        "durable by default"
+    );
+
+    // Refusals: RabbitMQ's codes, a JSON reason.
+    let inequivalent = put("/api/queues/%2F/made", r#"{"durable":false}"#).await?;
+    assert_eq!(inequivalent.status, 400, "{}", inequivalent.body);
+    assert!(inequivalent.json()?["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("PRECONDITION_FAILED")));
+    for (path, body) in [
+        ("/api/queues/%2F/bad-json", "{not json"),
+        ("/api/queues/%2F/bad-args", r#"{"arguments":[1,2]}"#),
+        ("/api/queues/%2F/bad-flag", r#"{"durable":"yes"}"#),
+        ("/api/queues/%2F/bad-arg", r#"{"arguments":{"x-max-length":"ten"}}"#),
+    ] {
+        let reply = request(api, "PUT", path, GUEST, body).await?;
+        assert_eq!(reply.status, 400, "{path} {body}: {}", reply.body);
+        assert_eq!(reply.json()?["error"], "bad_request");
+    }
+    let no_vhost = put("/api/queues/nowhere/q", "{}").await?;
+    assert_eq!(no_vhost.status, 404, "{}", no_vhost.body);
+    let unauthenticated = request(api, "PUT", "/api/queues/%2F/x", "", "{}").await?;
+    assert_eq!(unauthenticated.status, 401);
+
+    // Purge and delete.
+    let not_empty = delete("/api/queues/%2F/api-q?if-empty=true").await?;
+    assert_eq!(not_empty.status, 400, "{}", not_empty.body);
+    let purged = delete("/api/queues/%2F/api-q/contents").await?;
+    assert_eq!(purged.status, 204, "{}", purged.body);
+    assert_eq!(get_json(api, "/api/queues/%2F/api-q").await?["messages"], 0);
+    let deleted = delete("/api/queues/%2F/api-q?if-empty=true").await?;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    assert_eq!(get(api, "/api/queues/%2F/api-q", GUEST).await?.status, 404);
+    assert_eq!(delete("/api/queues/%2F/api-q").await?.status, 404, "already gone");
+    assert_eq!(delete("/api/queues/%2F/api-q/contents").await?.status, 404);
+
+    // What the API did is what AMQP sees.
+    let conn = connect(&broker.amqp_uri()).await?;
+    let ch = within("channel.open", conn.create_channel()).await?;
+    assert_eq!(warren_e2e::amqp::message_count(&ch, "made").await?, 0);
     Ok(())
 }
 
@@ -295,5 +385,14 @@ async fn a_follower_answers_for_the_cluster() -> anyhow::Result<()> {
     .await?;
     assert_eq!(queue["messages_ready"], 3, "{queue}");
     assert_eq!(queue["durable"], true);
+    // A write through the follower goes through Raft like any command.
+    let created = request(follower, "PUT", "/api/queues/%2F/via-follower", GUEST, "{}").await?;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let leader = api_addr(&nodes[0])?;
+    eventually("the queue seen through node 1", Duration::from_secs(20), || async move {
+        let reply = get(leader, "/api/queues/%2F/via-follower", GUEST).await?;
+        Ok((reply.status == 200).then_some(()))
+    })
+    .await?;
     Ok(())
 }

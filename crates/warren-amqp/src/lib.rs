@@ -28,7 +28,7 @@ use warren_cluster::{Node, Proposer};
 use warren_core::NodeId;
 
 pub use error::AmqpError;
-pub use registry::Registry;
+pub use registry::{EffectBatch, Registry};
 
 /// Front-end settings.
 #[derive(Clone, Debug)]
@@ -91,6 +91,12 @@ pub struct Frontend {
 }
 
 impl Frontend {
+    /// The sequence number of a new connection of this node (the AMQP
+    /// listener's, or the management API's short-lived ones).
+    pub fn next_connection_seq(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
     pub fn new(node_id: NodeId, boot: u64, node: Node, registry: Arc<Registry>, config: AmqpConfig) -> Self {
         let proposer = node.proposer();
         Self {
@@ -143,7 +149,7 @@ pub async fn serve(listener: TcpListener, frontend: Arc<Frontend>, shutdown: imp
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let seq = frontend.next_connection.fetch_add(1, Ordering::Relaxed);
+                    let seq = frontend.next_connection_seq();
                     tokio::spawn(connection::serve_connection(stream, peer, frontend.clone(), seq));
                 }
                 Err(e) => {

@@ -11,7 +11,9 @@
 //!   refused with 400: no regex engine yet).
 //! - Counts come from this node's replica of the state: on a follower they
 //!   may lag the leader by the entries not yet applied (milliseconds).
-//! - Not here yet: writes (PUT/DELETE/POST), message rates and
+//! - Writes: declaring, deleting and purging a queue (each a command
+//!   through Raft, as a short-lived connection of this node).
+//! - Not here yet: the other writes, message rates and
 //!   `message_stats` (no statistics are kept yet), connections, channels,
 //!   consumers, permissions, policies, definitions.
 
@@ -25,7 +27,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine;
 use serde_json::{json, Value};
-use warren_core::{Broker, QueueName, User, UserName, VHost};
+use warren_core::{
+    Broker, ChannelId, Command, ConnectionId, CoreError, Effect, Outcome, QueueName, Request, User, UserName, VHost,
+};
 
 use crate::Sources;
 
@@ -48,7 +52,14 @@ pub fn router(sources: Arc<Sources>) -> Router {
         .route("/api/vhosts/{vhost}", get(vhost))
         .route("/api/queues", get(queues))
         .route("/api/queues/{vhost}", get(queues))
-        .route("/api/queues/{vhost}/{name}", get(queue))
+        .route(
+            "/api/queues/{vhost}/{name}",
+            get(queue).put(declare_queue).delete(delete_queue),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/contents",
+            axum::routing::delete(purge_queue),
+        )
         .route("/api/exchanges", get(exchanges))
         .route("/api/exchanges/{vhost}", get(exchanges))
         .route("/api/exchanges/{vhost}/{name}", get(exchange))
@@ -84,6 +95,29 @@ impl ApiError {
             status: StatusCode::NOT_FOUND,
             error: "Object Not Found",
             reason: "Not Found".to_owned(),
+        }
+    }
+
+    fn unavailable(reason: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error: "unavailable",
+            reason: reason.into(),
+        }
+    }
+
+    /// The core's refusal as RabbitMQ's API answers it.
+    fn from_core(error: &CoreError) -> Self {
+        let (status, kind) = match error.reply_code() {
+            404 => (StatusCode::NOT_FOUND, "Object Not Found"),
+            403 => (StatusCode::FORBIDDEN, "access_refused"),
+            code if code < 500 => (StatusCode::BAD_REQUEST, "bad_request"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        };
+        Self {
+            status,
+            error: kind,
+            reason: error.to_string(),
         }
     }
 
@@ -734,6 +768,221 @@ async fn alarms(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> Resu
     }
     let body = json!({"status": "failed", "reason": "There are alarms in effect in the cluster", "alarms": alarms});
     Ok((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response())
+}
+
+/// How long a write waits for the core's answer.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs `command` as a short-lived connection of this node (a connection
+/// id of its own, so clients' exclusive queues stay out of reach): submits
+/// it through Raft, waits for the core's reply, then closes the connection.
+async fn execute(sources: &Sources, command: Command) -> Result<Outcome, ApiError> {
+    let frontend = &sources.frontend;
+    let conn = ConnectionId {
+        node: frontend.node_id,
+        boot: frontend.boot,
+        seq: frontend.next_connection_seq(),
+    };
+    let origin = ChannelId { conn, channel: 1 };
+    let mut effects = frontend.registry.register(conn);
+    let request = Request {
+        origin: Some(origin),
+        command,
+    };
+    let outcome = match frontend.proposer.submit(request).await {
+        Err(_) => Err(ApiError::unavailable("the node is shutting down")),
+        Ok(()) => match tokio::time::timeout(WRITE_TIMEOUT, reply_to(&mut effects, origin)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(ApiError::unavailable("no answer from the cluster within 30 s")),
+        },
+    };
+    frontend.registry.unregister(conn);
+    let close = Request {
+        origin: None,
+        command: Command::CloseConnection { conn },
+    };
+    if frontend.proposer.submit(close).await.is_err() {
+        tracing::warn!(
+            ?conn,
+            "could not propose the close of an API connection: node shutting down"
+        );
+    }
+    outcome
+}
+
+/// The core's reply to `origin`, from the connection's effect stream.
+async fn reply_to(
+    effects: &mut tokio::sync::mpsc::UnboundedReceiver<warren_amqp::EffectBatch>,
+    origin: ChannelId,
+) -> Result<Outcome, ApiError> {
+    while let Some(batch) = effects.recv().await {
+        for effect in batch {
+            if let Effect::Reply { channel, outcome } = effect {
+                if channel == origin {
+                    return outcome.map_err(|e| ApiError::from_core(&e));
+                }
+            }
+        }
+    }
+    Err(ApiError::unavailable(
+        "the node dropped its connections (declared down, or it installed a snapshot): the outcome is unknown",
+    ))
+}
+
+/// A JSON value as an AMQP field value, as RabbitMQ's API reads arguments.
+fn json_value(value: &Value) -> AMQPValue {
+    match value {
+        Value::Null => AMQPValue::Void,
+        Value::Bool(b) => AMQPValue::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => AMQPValue::LongLongInt(i),
+            None => AMQPValue::Double(n.as_f64().unwrap_or_default()),
+        },
+        Value::String(s) => AMQPValue::LongString(s.as_str().into()),
+        Value::Array(items) => AMQPValue::FieldArray(items.iter().map(json_value).collect::<Vec<_>>().into()),
+        Value::Object(_) => AMQPValue::FieldTable(json_table(value)),
+    }
+}
+
+fn json_table(value: &Value) -> FieldTable {
+    let mut table = FieldTable::default();
+    if let Value::Object(object) = value {
+        for (key, value) in object {
+            table.insert(key.as_str().into(), json_value(value));
+        }
+    }
+    table
+}
+
+/// A request body as a JSON object (an empty body is `{}`).
+fn json_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(other) => Err(ApiError::bad_request(format!("expected a JSON object, got {other}"))),
+        Err(e) => Err(ApiError::bad_request(format!("malformed JSON: {e}"))),
+    }
+}
+
+/// A boolean field of a request body, with its default.
+fn flag(body: &serde_json::Map<String, Value>, name: &str, default: bool) -> Result<bool, ApiError> {
+    match body.get(name) {
+        None => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "{name} must be true or false, got {other}"
+        ))),
+    }
+}
+
+/// `PUT /api/queues/{vhost}/{name}`: declares a queue (`durable` true by
+/// default, as RabbitMQ's API); 201 if it is new, 204 if it existed with
+/// the same properties, 400 with the core's text if not.
+async fn declare_queue(
+    State(sources): State<Arc<Sources>>,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    authenticate(&sources, &headers)?;
+    let body = json_body(&body)?;
+    let arguments = match body.get("arguments") {
+        None | Some(Value::Null) => FieldTable::default(),
+        Some(value @ Value::Object(_)) => json_table(value),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "arguments must be an object, got {other}"
+            )))
+        }
+    };
+    let vhost = VHost::new(vhost);
+    let name = QueueName::new(name);
+    if !read(&sources, |broker| broker.has_vhost(&vhost)) {
+        return Err(ApiError::not_found());
+    }
+    if name.as_str().is_empty() {
+        return Err(ApiError::bad_request("a queue declared over the API needs a name"));
+    }
+    let existed = read(&sources, |broker| {
+        broker
+            .vhosts()
+            .get(&vhost)
+            .is_some_and(|state| state.queues.contains_key(&name))
+    });
+    let command = Command::DeclareQueue {
+        vhost,
+        name,
+        passive: false,
+        durable: flag(&body, "durable", true)?,
+        exclusive: false,
+        auto_delete: flag(&body, "auto_delete", false)?,
+        arguments,
+    };
+    execute(&sources, command).await?;
+    Ok(if existed {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::CREATED
+    })
+}
+
+/// `if-unused` / `if-empty` of a queue deletion.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct DeleteConditions {
+    #[serde(rename = "if-unused")]
+    if_unused: Option<String>,
+    #[serde(rename = "if-empty")]
+    if_empty: Option<String>,
+}
+
+/// `DELETE /api/queues/{vhost}/{name}` (`?if-unused=true`, `?if-empty=true`):
+/// 204, or 404 for a missing queue, 400 when a condition does not hold.
+async fn delete_queue(
+    State(sources): State<Arc<Sources>>,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(conditions): Query<DeleteConditions>,
+) -> Result<StatusCode, ApiError> {
+    authenticate(&sources, &headers)?;
+    let vhost = VHost::new(vhost);
+    let name = QueueName::new(name);
+    if !read(&sources, |broker| {
+        broker
+            .vhosts()
+            .get(&vhost)
+            .is_some_and(|state| state.queues.contains_key(&name))
+    }) {
+        return Err(ApiError::not_found());
+    }
+    let command = Command::DeleteQueue {
+        vhost,
+        queue: name,
+        if_unused: conditions.if_unused.as_deref() == Some("true"),
+        if_empty: conditions.if_empty.as_deref() == Some("true"),
+    };
+    execute(&sources, command).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/queues/{vhost}/{name}/contents`: purges the queue; 204.
+async fn purge_queue(
+    State(sources): State<Arc<Sources>>,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    authenticate(&sources, &headers)?;
+    let vhost = VHost::new(vhost);
+    if !read(&sources, |broker| broker.has_vhost(&vhost)) {
+        return Err(ApiError::not_found());
+    }
+    let command = Command::PurgeQueue {
+        vhost,
+        queue: QueueName::new(name),
+    };
+    execute(&sources, command).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! `warren-http`: the HTTP endpoints of a node: Prometheus metrics on their
 //! own listener (`--prometheus-listen`, default `0.0.0.0:15692`, as
 //! rabbitmq_prometheus), `/metrics` and `/metrics/per-object`; and the
-//! management API on `--http-listen` (default `0.0.0.0:15672`), its read
-//! side for now ([`api`]). The UI of issue 10 is to come here too.
+//! management API on `--http-listen` (default `0.0.0.0:15672`): its reads
+//! and a queue's declare, delete and purge for now ([`api`]). The UI of issue 10 is to come here too.
 //!
 //! It sits on top: it reads the node (`warren-cluster`) and the AMQP front
 //! end (`warren-amqp`) and changes nothing.
