@@ -389,10 +389,14 @@ async fn a_follower_answers_for_the_cluster() -> anyhow::Result<()> {
     let created = request(follower, "PUT", "/api/queues/%2F/via-follower", GUEST, "{}").await?;
     assert_eq!(created.status, 201, "{}", created.body);
     let leader = api_addr(&nodes[0])?;
-    eventually("the queue seen through node 1", Duration::from_secs(20), || async move {
-        let reply = get(leader, "/api/queues/%2F/via-follower", GUEST).await?;
-        Ok((reply.status == 200).then_some(()))
-    })
+    eventually(
+        "the queue seen through node 1",
+        Duration::from_secs(20),
+        || async move {
+            let reply = get(leader, "/api/queues/%2F/via-follower", GUEST).await?;
+            Ok((reply.status == 200).then_some(()))
+        },
+    )
     .await?;
     Ok(())
 }

@@ -829,6 +829,27 @@ async fn reply_to(
     ))
 }
 
+/// The vhost named `name`, or 404 if there is none (the core would answer
+/// 530 NOT_ALLOWED, an AMQP connection error).
+fn require_vhost(sources: &Sources, name: String) -> Result<VHost, ApiError> {
+    let vhost = VHost::new(name);
+    if read(sources, |broker| broker.has_vhost(&vhost)) {
+        Ok(vhost)
+    } else {
+        Err(ApiError::not_found())
+    }
+}
+
+/// Whether queue `name` exists in `vhost` on this node's replica.
+fn queue_exists(sources: &Sources, vhost: &VHost, name: &QueueName) -> bool {
+    read(sources, |broker| {
+        broker
+            .vhosts()
+            .get(vhost)
+            .is_some_and(|state| state.queues.contains_key(name))
+    })
+}
+
 /// A JSON value as an AMQP field value, as RabbitMQ's API reads arguments.
 fn json_value(value: &Value) -> AMQPValue {
     match value {
@@ -897,20 +918,12 @@ async fn declare_queue(
             )))
         }
     };
-    let vhost = VHost::new(vhost);
+    let vhost = require_vhost(&sources, vhost)?;
     let name = QueueName::new(name);
-    if !read(&sources, |broker| broker.has_vhost(&vhost)) {
-        return Err(ApiError::not_found());
-    }
     if name.as_str().is_empty() {
         return Err(ApiError::bad_request("a queue declared over the API needs a name"));
     }
-    let existed = read(&sources, |broker| {
-        broker
-            .vhosts()
-            .get(&vhost)
-            .is_some_and(|state| state.queues.contains_key(&name))
-    });
+    let existed = queue_exists(&sources, &vhost, &name);
     let command = Command::DeclareQueue {
         vhost,
         name,
@@ -948,12 +961,7 @@ async fn delete_queue(
     authenticate(&sources, &headers)?;
     let vhost = VHost::new(vhost);
     let name = QueueName::new(name);
-    if !read(&sources, |broker| {
-        broker
-            .vhosts()
-            .get(&vhost)
-            .is_some_and(|state| state.queues.contains_key(&name))
-    }) {
+    if !queue_exists(&sources, &vhost, &name) {
         return Err(ApiError::not_found());
     }
     let command = Command::DeleteQueue {
@@ -973,10 +981,7 @@ async fn purge_queue(
     Path((vhost, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     authenticate(&sources, &headers)?;
-    let vhost = VHost::new(vhost);
-    if !read(&sources, |broker| broker.has_vhost(&vhost)) {
-        return Err(ApiError::not_found());
-    }
+    let vhost = require_vhost(&sources, vhost)?;
     let command = Command::PurgeQueue {
         vhost,
         queue: QueueName::new(name),
