@@ -258,6 +258,18 @@ async fn rabbitmqadmin_s_client_library_reads_every_endpoint() -> anyhow::Result
             .any(|b| b.source == "amq.topic" && b.routing_key == "a.#"));
         assert_eq!(client.current_user()?.name, "guest");
         assert_eq!(client.list_users()?.len(), 1);
+        let to_queue = client.list_queue_bindings("/", "api-q")?;
+        assert_eq!(
+            to_queue.len(),
+            2,
+            "the default exchange's and amq.topic's: {to_queue:?}"
+        );
+        let from_topic = client.list_exchange_bindings_with_source("/", "amq.topic")?;
+        assert!(from_topic.iter().all(|b| b.source == "amq.topic") && from_topic.len() == 1);
+        assert!(client
+            .list_exchange_bindings_with_destination("/", "amq.topic")?
+            .is_empty());
+        assert!(client.list_queue_bindings("/", "missing").is_err());
         let definitions = client.export_cluster_wide_definitions_as_data()?;
         assert!(definitions.queues.iter().any(|q| q.name == "api-q" && q.durable));
         assert!(definitions

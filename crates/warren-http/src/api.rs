@@ -60,6 +60,8 @@ pub fn router(sources: Arc<Sources>) -> Router {
             "/api/queues/{vhost}/{name}/contents",
             axum::routing::delete(purge_queue),
         )
+        .route("/api/queues/{vhost}/{name}/bindings", get(queue_bindings))
+        .route("/api/exchanges/{vhost}/{name}/bindings/{side}", get(exchange_bindings))
         .route("/api/exchanges", get(exchanges))
         .route("/api/exchanges/{vhost}", get(exchanges))
         .route("/api/exchanges/{vhost}/{name}", get(exchange))
@@ -636,6 +638,64 @@ async fn exchange(
         .find(|x| x["name"] == name.as_str())
         .map(Json)
         .ok_or_else(ApiError::not_found)
+}
+
+/// The bindings of `vhost` that `keep` selects, or 404 if the vhost is
+/// missing or `exists` (the object the path names) is false.
+fn bindings_where(
+    sources: &Sources,
+    vhost: &VHost,
+    exists: impl Fn(&warren_core::vhost::VHostState) -> bool,
+    keep: impl Fn(&Value) -> bool,
+) -> ApiResult {
+    let selected = read(sources, |broker| {
+        let state = broker.vhosts().get(vhost).filter(|state| exists(state))?;
+        Some(
+            bindings_of(vhost, state)
+                .into_iter()
+                .filter(|b| keep(b))
+                .collect::<Vec<_>>(),
+        )
+    });
+    selected.map(|b| Json(Value::Array(b))).ok_or_else(ApiError::not_found)
+}
+
+/// `GET /api/queues/{vhost}/{name}/bindings`: every binding to the queue,
+/// its default-exchange binding included.
+async fn queue_bindings(
+    State(sources): State<Arc<Sources>>,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    authenticate(&sources, &headers)?;
+    let vhost = VHost::new(vhost);
+    let queue = QueueName::new(name);
+    bindings_where(
+        &sources,
+        &vhost,
+        |state| state.queues.contains_key(&queue),
+        |b| b["destination_type"] == "queue" && b["destination"] == queue.as_str(),
+    )
+}
+
+/// `GET /api/exchanges/{vhost}/{name}/bindings/source` (bindings from the
+/// exchange) and `…/destination` (exchange-to-exchange bindings to it).
+async fn exchange_bindings(
+    State(sources): State<Arc<Sources>>,
+    headers: HeaderMap,
+    Path((vhost, name, side)): Path<(String, String, String)>,
+) -> ApiResult {
+    authenticate(&sources, &headers)?;
+    let vhost = VHost::new(vhost);
+    let exchange = warren_core::ExchangeName::new(name);
+    let exists = |state: &warren_core::vhost::VHostState| state.exchanges.contains_key(&exchange);
+    match side.as_str() {
+        "source" => bindings_where(&sources, &vhost, exists, |b| b["source"] == exchange.as_str()),
+        "destination" => bindings_where(&sources, &vhost, exists, |b| {
+            b["destination_type"] == "exchange" && b["destination"] == exchange.as_str()
+        }),
+        _ => Err(ApiError::not_found()),
+    }
 }
 
 /// `GET /api/bindings` and `/api/bindings/{vhost}`.
