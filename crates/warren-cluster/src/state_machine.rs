@@ -356,6 +356,16 @@ fn to_ref(at: &StoredBody) -> BodyRef {
     }
 }
 
+/// The core's form of a body store handle (the core does not know the
+/// store, the store does not know the core).
+fn to_stored(at: BodyRef) -> StoredBody {
+    StoredBody {
+        segment: at.segment,
+        offset: at.offset,
+        len: at.len,
+    }
+}
+
 impl BodyCodec for StoreCodec {
     fn load(&self, at: &StoredBody) -> Result<bytes::Bytes, String> {
         self.0.read(&to_ref(at)).map_err(|e| e.to_string())
@@ -363,11 +373,7 @@ impl BodyCodec for StoreCodec {
 
     fn store(&self, body: &bytes::Bytes) -> Result<StoredBody, String> {
         let at = self.0.append(body).map_err(|e| e.to_string())?;
-        Ok(StoredBody {
-            segment: at.segment,
-            offset: at.offset,
-            len: at.len,
-        })
+        Ok(to_stored(at))
     }
 }
 
@@ -395,11 +401,7 @@ fn kept_message(message: &Message, at: BodyRef, shared: &mut Option<Arc<Properti
         exchange: message.exchange.clone(),
         routing_key: message.routing_key.clone(),
         properties,
-        body: Body::Stored(StoredBody {
-            segment: at.segment,
-            offset: at.offset,
-            len: at.len,
-        }),
+        body: Body::Stored(to_stored(at)),
     }
 }
 

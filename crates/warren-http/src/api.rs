@@ -41,7 +41,7 @@ const DEFAULT_PAGE_SIZE: usize = 100;
 /// RabbitMQ's largest `page_size`.
 const MAX_PAGE_SIZE: usize = 500;
 
-/// The API's routes, for [`crate::serve_api`].
+/// The API's routes, for [`crate::serve`].
 pub fn router(sources: Arc<Sources>) -> Router {
     Router::new()
         .route("/api/overview", get(overview))

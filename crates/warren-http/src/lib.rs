@@ -39,36 +39,34 @@ pub struct Sources {
 /// The Prometheus text format's content type.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Serves `/metrics` and `/metrics/per-object` on `listener` until
-/// `shutdown` completes.
-///
-/// # Errors
-/// The HTTP server failed.
-pub async fn serve_prometheus(
-    listener: TcpListener,
-    sources: Sources,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let router = Router::new()
-        .route("/metrics", get(aggregated))
-        .route("/metrics/per-object", get(per_object))
-        .with_state(Arc::new(sources));
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+/// What a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoints {
+    /// `/metrics` and `/metrics/per-object` (`--prometheus-listen`).
+    Prometheus,
+    /// The management API, [`api`] (`--http-listen`).
+    Api,
 }
 
-/// Serves the management API ([`api`]) on `listener` until `shutdown`
-/// completes.
+/// Serves `endpoints` on `listener` until `shutdown` completes.
 ///
 /// # Errors
 /// The HTTP server failed.
-pub async fn serve_api(
+pub async fn serve(
+    endpoints: Endpoints,
     listener: TcpListener,
     sources: Sources,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, api::router(Arc::new(sources)))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let sources = Arc::new(sources);
+    let router = match endpoints {
+        Endpoints::Prometheus => Router::new()
+            .route("/metrics", get(aggregated))
+            .route("/metrics/per-object", get(per_object))
+            .with_state(sources),
+        Endpoints::Api => api::router(sources),
+    };
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
 async fn aggregated(State(sources): State<Arc<Sources>>) -> impl IntoResponse {

@@ -163,34 +163,22 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         started: started_at,
         listeners,
     };
-    let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
+    let mut stop_http = Vec::new();
     if let Some(listener) = metrics_listener {
-        let metrics_addr = listener.local_addr()?;
-        let sources = sources.clone();
-        tokio::spawn(async move {
-            let stopped = async {
-                let _ = metrics_stopped.await;
-            };
-            if let Err(e) = warren_http::serve_prometheus(listener, sources, stopped).await {
-                tracing::warn!(error = %e, "the Prometheus listener failed");
-            }
-        });
-        info!(%metrics_addr, "prometheus listening");
-        println!("warren: prometheus listening on {metrics_addr}");
+        stop_http.push(spawn_http(
+            warren_http::Endpoints::Prometheus,
+            listener,
+            sources.clone(),
+            "warren: prometheus listening on",
+        )?);
     }
-    let (stop_api, api_stopped) = oneshot::channel::<()>();
     if let Some(listener) = api_listener {
-        let api_addr = listener.local_addr()?;
-        tokio::spawn(async move {
-            let stopped = async {
-                let _ = api_stopped.await;
-            };
-            if let Err(e) = warren_http::serve_api(listener, sources, stopped).await {
-                tracing::warn!(error = %e, "the management API listener failed");
-            }
-        });
-        info!(%api_addr, "management API listening");
-        println!("warren: http listening on {api_addr}");
+        stop_http.push(spawn_http(
+            warren_http::Endpoints::Api,
+            listener,
+            sources,
+            "warren: http listening on",
+        )?);
     }
     let addr = amqp_listener.local_addr()?;
     info!(node = node_id.0, %addr, data_dir = %config.data_dir.display(), "node ready");
@@ -209,14 +197,38 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
     }
 
     info!("shutting down");
-    let _ = stop_metrics.send(());
-    let _ = stop_api.send(());
+    for stop in stop_http {
+        let _ = stop.send(());
+    }
     node.shutdown().await.context("stopping the Raft node")?;
     let _ = stop_cluster.send(());
     if let Ok(Err(e)) = cluster_server.await {
         tracing::warn!(error = %e, "the cluster listener failed");
     }
     Ok(())
+}
+
+/// Serves `endpoints` on `listener` in a task of its own; prints `line`
+/// and the address (the tests read it). Returns what stops it.
+fn spawn_http(
+    endpoints: warren_http::Endpoints,
+    listener: TcpListener,
+    sources: warren_http::Sources,
+    line: &str,
+) -> anyhow::Result<oneshot::Sender<()>> {
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        if let Err(e) = warren_http::serve(endpoints, listener, sources, stopped).await {
+            tracing::warn!(?endpoints, error = %e, "an HTTP listener failed");
+        }
+    });
+    info!(?endpoints, %addr, "HTTP listening");
+    println!("{line} {addr}");
+    Ok(stop)
 }
 
 /// Binds `addr`, or logs why not (`what` says which listener) and returns
