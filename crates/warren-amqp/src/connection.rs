@@ -16,6 +16,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
+use warren_core::access::{Perm, ResourceKind};
 use warren_core::staged::StagedPublish;
 use warren_core::{
     reply_code, ChannelId, Command, ConnectionId, ConsumerTag, CoreError, DeliveryTag, Effect, ExchangeKind,
@@ -25,6 +26,7 @@ use warren_wire::protocol::{basic, channel, confirm, connection, exchange, queue
 use warren_wire::types::{AMQPValue, FieldTable, LongString};
 use warren_wire::{AMQPFrame, WireError};
 
+use crate::access::{AccessCache, Subject};
 use crate::channel::{ChannelSlot, ChannelState, HeldBytes, PartialContent, Pending};
 use crate::convert::{long, properties_from_wire, properties_to_wire, short};
 use crate::error::AmqpError;
@@ -78,6 +80,7 @@ pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, fronte
         client_closing: false,
         closed: false,
         confirms_due: Vec::new(),
+        access: AccessCache::default(),
     };
     let result = conn.run().await;
     match &result {
@@ -127,6 +130,8 @@ struct Connection {
     closed: bool,
     /// Publisher-confirm acks not yet written, one run per channel.
     confirms_due: Vec<ConfirmRun>,
+    /// Access checks already passed (see [`crate::access`]).
+    access: AccessCache,
 }
 
 /// Consecutive publisher confirms (acks) of one channel, held back to go
@@ -227,6 +232,14 @@ impl Connection {
                 format!("NOT_ALLOWED - vhost {vhost} not found"),
                 (10, 40),
             ));
+        }
+        if !self
+            .frontend
+            .node
+            .read(|broker| broker.access().may_open(&self.user, &vhost))
+        {
+            let refused = warren_core::access::vhost_refused(&self.user, &vhost);
+            return Err(AmqpError::connection_for(refused.reply_code(), refused.to_string(), (10, 40)));
         }
         self.vhost = vhost;
         self.send_method(
@@ -745,6 +758,25 @@ impl Connection {
                         ))
                     }
                 };
+                let name = m.exchange.as_str();
+                if name.is_empty() {
+                    // The default exchange is refused by the core, first.
+                } else if m.passive {
+                    self.authorize_any(ch, (40, 10), ResourceKind::Exchange, name)?;
+                } else {
+                    self.authorize(ch, (40, 10), &[(ResourceKind::Exchange, name, Perm::Configure)])?;
+                    let alternate = new_exchange_alternate(&self.frontend.node, &vhost, name, &m.arguments);
+                    if let Some(alternate) = alternate {
+                        self.authorize(
+                            ch,
+                            (40, 10),
+                            &[
+                                (ResourceKind::Exchange, name, Perm::Read),
+                                (ResourceKind::Exchange, &alternate, Perm::Write),
+                            ],
+                        )?;
+                    }
+                }
                 let command = Command::DeclareExchange {
                     vhost,
                     name: ExchangeName::new(m.exchange.as_str()),
@@ -759,6 +791,12 @@ impl Connection {
                     .await
             }
             exchange::AMQPMethod::Delete(m) => {
+                let name = m.exchange.as_str();
+                // The default and `amq.*` exchanges are refused by the core,
+                // first, with their own texts.
+                if !name.is_empty() && !name.starts_with("amq.") {
+                    self.authorize(ch, (40, 20), &[(ResourceKind::Exchange, name, Perm::Configure)])?;
+                }
                 let command = Command::DeleteExchange {
                     vhost,
                     name: ExchangeName::new(m.exchange.as_str()),
@@ -768,6 +806,14 @@ impl Connection {
                     .await
             }
             exchange::AMQPMethod::Bind(m) => {
+                self.authorize(
+                    ch,
+                    (40, 30),
+                    &[
+                        (ResourceKind::Exchange, m.destination.as_str(), Perm::Write),
+                        (ResourceKind::Exchange, m.source.as_str(), Perm::Read),
+                    ],
+                )?;
                 let command = Command::BindExchange {
                     vhost,
                     destination: ExchangeName::new(m.destination.as_str()),
@@ -779,6 +825,14 @@ impl Connection {
                     .await
             }
             exchange::AMQPMethod::Unbind(m) => {
+                self.authorize(
+                    ch,
+                    (40, 40),
+                    &[
+                        (ResourceKind::Exchange, m.destination.as_str(), Perm::Write),
+                        (ResourceKind::Exchange, m.source.as_str(), Perm::Read),
+                    ],
+                )?;
                 let command = Command::UnbindExchange {
                     vhost,
                     destination: ExchangeName::new(m.destination.as_str()),
@@ -801,6 +855,22 @@ impl Connection {
                 } else {
                     QueueName::new(m.queue.as_str())
                 };
+                if m.passive {
+                    self.authorize_any(ch, (50, 10), ResourceKind::Queue, name.as_str())?;
+                } else {
+                    self.authorize(ch, (50, 10), &[(ResourceKind::Queue, name.as_str(), Perm::Configure)])?;
+                    let dead_letter = new_queue_dead_letter_exchange(&self.frontend.node, &vhost, &name, &m.arguments);
+                    if let Some(exchange) = dead_letter {
+                        self.authorize(
+                            ch,
+                            (50, 10),
+                            &[
+                                (ResourceKind::Queue, name.as_str(), Perm::Read),
+                                (ResourceKind::Exchange, &exchange, Perm::Write),
+                            ],
+                        )?;
+                    }
+                }
                 self.slot(ch).last_queue = Some(name.clone());
                 let command = Command::DeclareQueue {
                     vhost,
@@ -817,6 +887,14 @@ impl Connection {
             queue::AMQPMethod::Bind(m) => {
                 let (queue, routing_key) =
                     self.resolve_binding(ch, m.queue.as_str(), m.routing_key.as_str(), (50, 20))?;
+                self.authorize(
+                    ch,
+                    (50, 20),
+                    &[
+                        (ResourceKind::Queue, queue.as_str(), Perm::Write),
+                        (ResourceKind::Exchange, m.exchange.as_str(), Perm::Read),
+                    ],
+                )?;
                 let command = Command::BindQueue {
                     vhost,
                     queue,
@@ -829,6 +907,14 @@ impl Connection {
             queue::AMQPMethod::Unbind(m) => {
                 let (queue, routing_key) =
                     self.resolve_binding(ch, m.queue.as_str(), m.routing_key.as_str(), (50, 50))?;
+                self.authorize(
+                    ch,
+                    (50, 50),
+                    &[
+                        (ResourceKind::Queue, queue.as_str(), Perm::Write),
+                        (ResourceKind::Exchange, m.exchange.as_str(), Perm::Read),
+                    ],
+                )?;
                 let command = Command::UnbindQueue {
                     vhost,
                     queue,
@@ -840,6 +926,7 @@ impl Connection {
             }
             queue::AMQPMethod::Purge(m) => {
                 let queue = self.resolve_queue(ch, m.queue.as_str(), (50, 30))?;
+                self.authorize(ch, (50, 30), &[(ResourceKind::Queue, queue.as_str(), Perm::Read)])?;
                 self.submit(
                     ch,
                     Pending::QueuePurge { nowait: m.nowait },
@@ -849,6 +936,7 @@ impl Connection {
             }
             queue::AMQPMethod::Delete(m) => {
                 let queue = self.resolve_queue(ch, m.queue.as_str(), (50, 40))?;
+                self.authorize(ch, (50, 40), &[(ResourceKind::Queue, queue.as_str(), Perm::Configure)])?;
                 let command = Command::DeleteQueue {
                     vhost,
                     queue,
@@ -892,6 +980,7 @@ impl Connection {
             }
             basic::AMQPMethod::Consume(m) => {
                 let queue = self.resolve_queue(ch, m.queue.as_str(), (60, 20))?;
+                self.authorize(ch, (60, 20), &[(ResourceKind::Queue, queue.as_str(), Perm::Read)])?;
                 let tag = if m.consumer_tag.as_str().is_empty() {
                     generated_consumer_tag()
                 } else {
@@ -915,6 +1004,7 @@ impl Connection {
             }
             basic::AMQPMethod::Get(m) => {
                 let queue = self.resolve_queue(ch, m.queue.as_str(), (60, 70))?;
+                self.authorize(ch, (60, 70), &[(ResourceKind::Queue, queue.as_str(), Perm::Read)])?;
                 self.submit(
                     ch,
                     Pending::Get,
@@ -974,6 +1064,39 @@ impl Connection {
             }
             other => Err(not_from_client(AMQPClass::Basic(other))),
         }
+    }
+
+    /// Checks the connection's user may do each of `checks` in its vhost.
+    ///
+    /// # Errors
+    /// 403 ACCESS_REFUSED on the channel, for the first check refused.
+    fn authorize(&mut self, ch: u16, ids: (u16, u16), checks: &[(ResourceKind, &str, Perm)]) -> Result<(), AmqpError> {
+        let subject = Subject {
+            node: &self.frontend.node,
+            user: &self.user,
+            vhost: &self.vhost,
+        };
+        for &(kind, name, perm) in checks {
+            self.access
+                .check(&subject, kind, name, perm)
+                .map_err(|e| AmqpError::channel(ch, e.reply_code(), e.to_string(), ids))?;
+        }
+        Ok(())
+    }
+
+    /// Checks the user has any permission on the resource (passive declares).
+    ///
+    /// # Errors
+    /// 403 ACCESS_REFUSED on the channel.
+    fn authorize_any(&mut self, ch: u16, ids: (u16, u16), kind: ResourceKind, name: &str) -> Result<(), AmqpError> {
+        let subject = Subject {
+            node: &self.frontend.node,
+            user: &self.user,
+            vhost: &self.vhost,
+        };
+        self.access
+            .check_any(&subject, kind, name)
+            .map_err(|e| AmqpError::channel(ch, e.reply_code(), e.to_string(), ids))
     }
 
     /// The queue a method names; "" means the last queue declared on the
@@ -1098,6 +1221,7 @@ impl Connection {
                 ));
             }
         }
+        self.authorize(ch, (60, 40), &[(ResourceKind::Exchange, &content.exchange, Perm::Write)])?;
         let slot = self.slot(ch);
         let confirm_seq = slot.confirm.then(|| {
             let seq = slot.next_confirm_seq;
@@ -1620,6 +1744,41 @@ fn client_capability(client_properties: &FieldTable, name: &str) -> bool {
         return false;
     };
     matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)))
+}
+
+/// The `alternate-exchange` of an exchange about to be created (RabbitMQ
+/// checks it only then): `None` if the exchange exists on this replica or
+/// names none.
+fn new_exchange_alternate(node: &warren_cluster::Node, vhost: &VHost, name: &str, arguments: &FieldTable) -> Option<String> {
+    let alternate = string_argument(arguments, "alternate-exchange")?;
+    let exists = node.read(|broker| {
+        broker
+            .vhosts()
+            .get(vhost)
+            .is_some_and(|v| v.exchanges.contains_key(&ExchangeName::new(name)))
+    });
+    (!exists).then_some(alternate)
+}
+
+/// The `x-dead-letter-exchange` of a queue about to be created, as
+/// [`new_exchange_alternate`].
+fn new_queue_dead_letter_exchange(
+    node: &warren_cluster::Node,
+    vhost: &VHost,
+    name: &QueueName,
+    arguments: &FieldTable,
+) -> Option<String> {
+    let exchange = string_argument(arguments, "x-dead-letter-exchange")?;
+    let exists = node.read(|broker| broker.vhosts().get(vhost).is_some_and(|v| v.queues.contains_key(name)));
+    (!exists).then_some(exchange)
+}
+
+fn string_argument(arguments: &FieldTable, key: &str) -> Option<String> {
+    match arguments.inner().get(key)? {
+        AMQPValue::LongString(value) => Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+        AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
+        _ => None,
+    }
 }
 
 fn expected(what: &str) -> AmqpError {

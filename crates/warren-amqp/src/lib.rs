@@ -7,6 +7,7 @@
 //! it writes back to the client. It sits above `warren-cluster` (proposer,
 //! local replica reads) and `warren-wire` (frames), beside nothing.
 
+mod access;
 mod channel;
 mod connection;
 mod convert;
@@ -25,7 +26,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 use warren_cluster::{Node, Proposer};
-use warren_core::NodeId;
+use warren_core::{ChannelId, Command, ConnectionId, CoreError, Effect, NodeId, Outcome, Request};
 
 pub use error::AmqpError;
 pub use registry::{EffectBatch, Registry};
@@ -90,7 +91,63 @@ pub struct Frontend {
     next_connection: AtomicU64,
 }
 
+/// Why [`Frontend::execute`] has no outcome to give.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError {
+    /// The command was applied and refused.
+    #[error("{0}")]
+    Refused(CoreError),
+    /// The node is shutting down, or no answer came: the command may or
+    /// may not have been applied.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// How long [`Frontend::execute`] waits for the cluster to answer.
+pub const EXECUTE_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Frontend {
+    /// Runs `command` as a short-lived connection of this node (a
+    /// connection id of its own, so clients' exclusive queues stay out of
+    /// reach): submits it through the proposer, waits for the core's
+    /// reply, then closes the connection (through Raft, as any other).
+    /// For the management API and `warren ctl`.
+    ///
+    /// # Errors
+    /// The core refused the command, or the node could not get an answer.
+    pub async fn execute(&self, command: Command) -> Result<Outcome, ExecuteError> {
+        let conn = ConnectionId {
+            node: self.node_id,
+            boot: self.boot,
+            seq: self.next_connection_seq(),
+        };
+        let origin = ChannelId { conn, channel: 1 };
+        let mut effects = self.registry.register(conn);
+        let request = Request {
+            origin: Some(origin),
+            command,
+        };
+        let outcome = match self.proposer.submit(request).await {
+            Err(_) => Err(ExecuteError::Unavailable("the node is shutting down".to_owned())),
+            Ok(()) => match tokio::time::timeout(EXECUTE_TIMEOUT, reply_to(&mut effects, origin)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(ExecuteError::Unavailable(format!(
+                    "no answer from the cluster within {} s",
+                    EXECUTE_TIMEOUT.as_secs()
+                ))),
+            },
+        };
+        self.registry.unregister(conn);
+        let close = Request {
+            origin: None,
+            command: Command::CloseConnection { conn },
+        };
+        if self.proposer.submit(close).await.is_err() {
+            warn!(?conn, "could not propose the close of a short-lived connection: node shutting down");
+        }
+        outcome
+    }
+
     /// The sequence number of a new connection of this node (the AMQP
     /// listener's, or the management API's short-lived ones).
     pub fn next_connection_seq(&self) -> u64 {
@@ -160,6 +217,26 @@ pub async fn serve(listener: TcpListener, frontend: Arc<Frontend>, shutdown: imp
             }
         }
     }
+}
+
+/// The core's reply to `origin`, from the connection's effect stream.
+async fn reply_to(
+    effects: &mut tokio::sync::mpsc::UnboundedReceiver<EffectBatch>,
+    origin: ChannelId,
+) -> Result<Outcome, ExecuteError> {
+    while let Some(batch) = effects.recv().await {
+        for effect in batch {
+            if let Effect::Reply { channel, outcome } = effect {
+                if channel == origin {
+                    return outcome.map_err(ExecuteError::Refused);
+                }
+            }
+        }
+    }
+    Err(ExecuteError::Unavailable(
+        "the node dropped its connections (declared down, or it installed a snapshot): the outcome is unknown"
+            .to_owned(),
+    ))
 }
 
 /// Aborts its task when dropped.

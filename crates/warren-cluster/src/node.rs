@@ -563,6 +563,13 @@ impl Node {
         f(&self.inner.shared.read().broker)
     }
 
+    /// A number that moves whenever this replica's users or permissions
+    /// may have changed: access checks cached under one value hold until
+    /// it moves.
+    pub fn access_epoch(&self) -> u64 {
+        self.inner.shared.access_epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Messages this node holds (ready, or delivered and not acked) and
     /// the bytes of bodies it holds in memory: with a body store, the
     /// bodies in its cache and those still arriving in parts; without,

@@ -13,6 +13,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+use warren_core::access::Access;
 use warren_core::staged::StagedBodies;
 use warren_core::{Body, BodyCodec, Broker, Command, Effect, Message, NodeId, Outcome, Properties, StoredBody};
 use warren_store::{BodyRef, BodyStore, LogStore, StoreError};
@@ -53,6 +54,9 @@ pub(crate) struct Shared {
     /// broker: the state holds part of an entry it does not count as
     /// applied, and must never be saved as a snapshot. The node stops.
     poisoned: std::sync::atomic::AtomicBool,
+    /// Bumped after every applied change of users or permissions and every
+    /// snapshot installed: front ends cache access checks until it moves.
+    pub(crate) access_epoch: AtomicU64,
 }
 
 impl Shared {
@@ -68,10 +72,20 @@ impl Shared {
 }
 
 /// What a snapshot's data holds: the state every replica computes alike.
-/// The bodies arriving in parts (`warren_core::staged`) travel beside the
-/// broker, whose own encoding does not hold them.
+/// The bodies arriving in parts (`warren_core::staged`) and the users'
+/// permissions travel beside the broker, whose own encoding does not hold
+/// them.
 #[derive(Serialize, Deserialize)]
 struct Replicated {
+    broker: Broker,
+    sessions: Sessions,
+    staged: StagedBodies,
+    access: Access,
+}
+
+/// A snapshot's data before permissions.
+#[derive(Deserialize)]
+struct ReplicatedV2 {
     broker: Broker,
     sessions: Sessions,
     staged: StagedBodies,
@@ -90,22 +104,33 @@ impl Replicated {
             broker: broker.clone(),
             sessions: sessions.clone(),
             staged: broker.staged_bodies().clone(),
+            access: broker.access().clone(),
         }
+    }
+
+    fn into_parts(self) -> (Broker, Sessions) {
+        let mut broker = self.broker;
+        broker.set_staged_bodies(self.staged);
+        broker.set_access(self.access);
+        (broker, self.sessions)
     }
 }
 
-/// Decodes a snapshot's data into the broker (with its staged bodies) and
-/// the sessions. Snapshots written before staged bodies hold the broker
-/// and sessions; those before sessions, the broker alone.
+/// Decodes a snapshot's data into the broker (with its staged bodies and
+/// permissions) and the sessions. Snapshots written before permissions
+/// hold no grants (the node initializes them when it starts); those
+/// before staged bodies hold the broker and sessions; those before
+/// sessions, the broker alone.
 fn decode_replicated(data: &[u8]) -> Result<(Broker, Sessions), crate::codec::CodecError> {
     let error = match decode::<Replicated>(data) {
-        Ok(replicated) => {
-            let mut broker = replicated.broker;
-            broker.set_staged_bodies(replicated.staged);
-            return Ok((broker, replicated.sessions));
-        }
+        Ok(replicated) => return Ok(replicated.into_parts()),
         Err(error) => error,
     };
+    if let Ok(v2) = decode::<ReplicatedV2>(data) {
+        let mut broker = v2.broker;
+        broker.set_staged_bodies(v2.staged);
+        return Ok((broker, v2.sessions));
+    }
     if let Ok(v1) = decode::<ReplicatedV1>(data) {
         return Ok((v1.broker, v1.sessions));
     }
@@ -192,6 +217,7 @@ impl StateMachine {
             snapshot_bytes: AtomicU64::new(as_u64(snapshot_bytes)),
             snapshots: Arc::new(tokio::sync::Mutex::new(())),
             poisoned: std::sync::atomic::AtomicBool::new(false),
+            access_epoch: AtomicU64::new(0),
         });
         Ok(Self {
             shared,
@@ -466,6 +492,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut effects = Vec::new();
             let mut tick_ms = None;
             let mut duplicate = false;
+            let mut access_changed = false;
             {
                 let mut state = self.shared.write();
                 match &entry.payload {
@@ -518,6 +545,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         {
                             tick_ms = Some(proposal.batch.now_ms);
                         }
+                        access_changed = proposal.batch.requests.iter().any(|r| r.command.changes_access());
                     }
                     EntryPayload::Membership(membership) => {
                         state.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
@@ -543,6 +571,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             if let Some(now_ms) = tick_ms {
                 self.shared.last_tick_ms.fetch_max(now_ms, Ordering::Relaxed);
+            }
+            if access_changed {
+                self.shared.access_epoch.fetch_add(1, Ordering::SeqCst);
             }
             responses.push(());
         }
@@ -605,6 +636,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             state.last_applied = meta.last_log_id;
             state.membership = meta.last_membership.clone();
         }
+        self.shared.access_epoch.fetch_add(1, Ordering::SeqCst);
         tracing::info!(snapshot = %meta, "snapshot installed");
         self.shared.snapshot_bytes.store(as_u64(data_len), Ordering::Relaxed);
         // The entries the snapshot covers are not applied one by one here,
@@ -679,11 +711,7 @@ fn read_transfer(mut file: std::fs::File, bodies: Option<&Arc<BodyStore>>) -> Re
         portable(bodies, || decode_from::<Replicated>(&mut input))
     };
     match streamed {
-        Ok(replicated) => {
-            let mut broker = replicated.broker;
-            broker.set_staged_bodies(replicated.staged);
-            Ok((broker, replicated.sessions))
-        }
+        Ok(replicated) => Ok(replicated.into_parts()),
         Err(streaming_error) => {
             file.rewind()?;
             let mut data = Vec::new();
@@ -772,6 +800,64 @@ mod tests {
         let data = encode(&Replicated::new(&broker, &Sessions::default())).expect("encode");
         let (decoded, _) = decode_replicated(&data).expect("decode");
         assert_eq!(decoded, broker, "the staged parts came back with the broker");
+    }
+
+    /// A broker with staged parts, a user and a grant to it.
+    fn broker_with_grants() -> Broker {
+        let mut broker = broker_with_staged_parts();
+        let user = warren_core::UserName::from("bob");
+        let requests = [
+            Command::PutUser {
+                name: user.clone(),
+                password_hash: "hash".into(),
+                tags: Vec::new(),
+            },
+            Command::SetPermissions {
+                user,
+                vhost: warren_core::VHost::from("/"),
+                configure: "^bob".into(),
+                write: ".*".into(),
+                read: String::new(),
+            },
+        ]
+        .map(|command| warren_core::Request { origin: None, command });
+        let batch = warren_core::Batch {
+            now_ms: 1,
+            requests: requests.into(),
+        };
+        broker.apply(&batch, &mut Vec::new());
+        assert_eq!(broker.access().permissions().count(), 1);
+        broker
+    }
+
+    #[test]
+    fn snapshots_carry_permissions() {
+        let broker = broker_with_grants();
+        let data = encode(&Replicated::new(&broker, &Sessions::default())).expect("encode");
+        let (decoded, _) = decode_replicated(&data).expect("decode");
+        assert_eq!(decoded.access(), broker.access());
+        assert_eq!(decoded, broker);
+    }
+
+    #[test]
+    fn snapshots_written_before_permissions_still_decode_without_grants() {
+        #[derive(Serialize)]
+        struct V2<'a> {
+            broker: &'a Broker,
+            sessions: &'a Sessions,
+            staged: &'a StagedBodies,
+        }
+        let broker = broker_with_grants();
+        let data = encode(&V2 {
+            broker: &broker,
+            sessions: &Sessions::default(),
+            staged: broker.staged_bodies(),
+        })
+        .expect("encode");
+        let (decoded, _) = decode_replicated(&data).expect("decode the old layout");
+        assert_eq!(decoded.staged_bodies(), broker.staged_bodies());
+        assert!(decoded.access().permissions().next().is_none());
+        assert!(!decoded.access().is_initialized(), "the node initializes it when it starts");
     }
 
     #[test]

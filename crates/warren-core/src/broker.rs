@@ -63,6 +63,9 @@ pub struct Broker {
     /// the broker.
     #[serde(skip)]
     pub(crate) staged: crate::staged::StagedBodies,
+    /// Users' permissions. Beside the broker in snapshots, as `staged`.
+    #[serde(skip)]
+    pub(crate) access: crate::access::Access,
 }
 
 /// A queue's key across vhosts.
@@ -117,6 +120,7 @@ impl Broker {
             next_message_id: 1,
             next_uid: 1,
             staged: crate::staged::StagedBodies::new(),
+            access: crate::access::Access::default(),
         }
     }
 
@@ -336,6 +340,22 @@ impl Broker {
             }
             Command::DeleteUser { name } => {
                 self.users.remove(name);
+                self.access.forget_user(name);
+                Ok(Outcome::Done)
+            }
+            Command::SetPermissions {
+                user,
+                vhost,
+                configure,
+                write,
+                read,
+            } => self.set_permissions(user, vhost, [configure, write, read]),
+            Command::ClearPermissions { user, vhost } => {
+                self.access.clear(user, vhost);
+                Ok(Outcome::Done)
+            }
+            Command::InitAccess => {
+                self.init_access();
                 Ok(Outcome::Done)
             }
         };
@@ -403,6 +423,56 @@ impl Broker {
     /// management API).
     pub fn vhosts(&self) -> &BTreeMap<VHost, crate::vhost::VHostState> {
         &self.vhosts
+    }
+
+    /// Users' permissions.
+    pub fn access(&self) -> &crate::access::Access {
+        &self.access
+    }
+
+    /// Restores the permissions from a snapshot.
+    pub fn set_access(&mut self, access: crate::access::Access) {
+        self.access = access;
+    }
+
+    fn set_permissions(
+        &mut self,
+        user: &UserName,
+        vhost: &VHost,
+        [configure, write, read]: [&String; 3],
+    ) -> Result<Outcome, CoreError> {
+        use crate::access::{Pattern, Permission};
+        if !self.users.contains_key(user) {
+            return Err(CoreError::NotFound(format!("no user '{user}'")));
+        }
+        if !self.vhosts.contains_key(vhost) {
+            return Err(CoreError::NotFound(format!("no vhost '{vhost}'")));
+        }
+        let parse = |source: &String| {
+            Pattern::parse(source)
+                .map_err(|e| CoreError::PreconditionFailed(format!("invalid regular expression '{source}': {e}")))
+        };
+        let permission = Permission {
+            configure: parse(configure)?,
+            write: parse(write)?,
+            read: parse(read)?,
+        };
+        self.access.set(user.clone(), vhost.clone(), permission);
+        Ok(Outcome::Done)
+    }
+
+    /// Every user gets full permissions on every vhost, once.
+    fn init_access(&mut self) {
+        if self.access.is_initialized() {
+            return;
+        }
+        for user in self.users.keys() {
+            for vhost in self.vhosts.keys() {
+                self.access
+                    .set(user.clone(), vhost.clone(), crate::access::Permission::full());
+            }
+        }
+        self.access.mark_initialized();
     }
 
     pub fn has_users(&self) -> bool {

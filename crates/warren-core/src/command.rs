@@ -29,6 +29,22 @@ pub struct Request {
     pub command: Command,
 }
 
+impl Command {
+    /// Whether applying it may change who may do what (users,
+    /// permissions, vhosts): caches of access checks are dropped after it.
+    pub fn changes_access(&self) -> bool {
+        matches!(
+            self,
+            Command::PutUser { .. }
+                | Command::DeleteUser { .. }
+                | Command::SetPermissions { .. }
+                | Command::ClearPermissions { .. }
+                | Command::InitAccess
+                | Command::DeleteVHost { .. }
+        )
+    }
+}
+
 /// The kind of an exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ExchangeKind {
@@ -228,4 +244,22 @@ pub enum Command {
     },
     /// The end of a body sent in parts.
     PublishStaged(crate::staged::StagedPublish),
+    /// Grants (or replaces) `user`'s permissions in `vhost`: regular
+    /// expressions over resource names ([`crate::access`]), checked by
+    /// whoever submits it.
+    SetPermissions {
+        user: UserName,
+        vhost: VHost,
+        configure: String,
+        write: String,
+        read: String,
+    },
+    ClearPermissions {
+        user: UserName,
+        vhost: VHost,
+    },
+    /// Submitted once by a node that finds permissions uninitialized (a
+    /// fresh cluster, or one from a build before permissions): every user
+    /// gets full permissions on every vhost, as every user had before.
+    InitAccess,
 }

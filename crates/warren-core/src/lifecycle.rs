@@ -136,6 +136,7 @@ impl Broker {
             self.remove_queue(ctx, vhost, &queue);
         }
         self.vhosts.remove(vhost);
+        self.access.forget_vhost(vhost);
         Ok(Outcome::Done)
     }
 }

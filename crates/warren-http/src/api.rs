@@ -28,7 +28,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use serde_json::{json, Value};
 use warren_core::{
-    Broker, ChannelId, Command, ConnectionId, CoreError, Effect, Outcome, QueueName, Request, User, UserName, VHost,
+    Broker, Command, CoreError, Outcome, QueueName, User, UserName, VHost,
 };
 
 use crate::Sources;
@@ -830,63 +830,12 @@ async fn alarms(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> Resu
     Ok((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response())
 }
 
-/// How long a write waits for the core's answer.
-const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Runs `command` as a short-lived connection of this node (a connection
-/// id of its own, so clients' exclusive queues stay out of reach): submits
-/// it through Raft, waits for the core's reply, then closes the connection.
+/// Runs `command` through [`Frontend::execute`](warren_amqp::Frontend::execute).
 async fn execute(sources: &Sources, command: Command) -> Result<Outcome, ApiError> {
-    let frontend = &sources.frontend;
-    let conn = ConnectionId {
-        node: frontend.node_id,
-        boot: frontend.boot,
-        seq: frontend.next_connection_seq(),
-    };
-    let origin = ChannelId { conn, channel: 1 };
-    let mut effects = frontend.registry.register(conn);
-    let request = Request {
-        origin: Some(origin),
-        command,
-    };
-    let outcome = match frontend.proposer.submit(request).await {
-        Err(_) => Err(ApiError::unavailable("the node is shutting down")),
-        Ok(()) => match tokio::time::timeout(WRITE_TIMEOUT, reply_to(&mut effects, origin)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(ApiError::unavailable("no answer from the cluster within 30 s")),
-        },
-    };
-    frontend.registry.unregister(conn);
-    let close = Request {
-        origin: None,
-        command: Command::CloseConnection { conn },
-    };
-    if frontend.proposer.submit(close).await.is_err() {
-        tracing::warn!(
-            ?conn,
-            "could not propose the close of an API connection: node shutting down"
-        );
-    }
-    outcome
-}
-
-/// The core's reply to `origin`, from the connection's effect stream.
-async fn reply_to(
-    effects: &mut tokio::sync::mpsc::UnboundedReceiver<warren_amqp::EffectBatch>,
-    origin: ChannelId,
-) -> Result<Outcome, ApiError> {
-    while let Some(batch) = effects.recv().await {
-        for effect in batch {
-            if let Effect::Reply { channel, outcome } = effect {
-                if channel == origin {
-                    return outcome.map_err(|e| ApiError::from_core(&e));
-                }
-            }
-        }
-    }
-    Err(ApiError::unavailable(
-        "the node dropped its connections (declared down, or it installed a snapshot): the outcome is unknown",
-    ))
+    sources.frontend.execute(command).await.map_err(|e| match e {
+        warren_amqp::ExecuteError::Refused(error) => ApiError::from_core(&error),
+        warren_amqp::ExecuteError::Unavailable(reason) => ApiError::unavailable(reason),
+    })
 }
 
 /// The vhost named `name`, or 404 if there is none (the core would answer

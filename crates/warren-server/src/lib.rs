@@ -108,12 +108,34 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         let vhost = VHost::new(name.clone());
         if !node.read(|broker| broker.has_vhost(&vhost)) {
             info!(%vhost, "creating configured vhost");
-            let command = Command::DeclareVHost { vhost };
-            proposer
-                .submit(Request { origin: None, command })
-                .await
-                .context("proposing a vhost")?;
+            // The default user may use the vhosts the configuration names
+            // (as RabbitMQ's default user may use its default vhost).
+            let grant = Command::SetPermissions {
+                user: UserName::new(config.default_user.clone()),
+                vhost: vhost.clone(),
+                configure: ".*".to_owned(),
+                write: ".*".to_owned(),
+                read: ".*".to_owned(),
+            };
+            for command in [Command::DeclareVHost { vhost }, grant] {
+                proposer
+                    .submit(Request { origin: None, command })
+                    .await
+                    .context("proposing a vhost")?;
+            }
         }
+    }
+    if !node.read(|broker| broker.access().is_initialized()) {
+        // A fresh cluster, or one written by a build without permissions,
+        // where every user could do everything: they keep that.
+        info!("initializing permissions: every user gets full access to every vhost");
+        proposer
+            .submit(Request {
+                origin: None,
+                command: Command::InitAccess,
+            })
+            .await
+            .context("proposing the initial permissions")?;
     }
     // Removes what a restart of this node loses: connections, consumers and
     // exclusive queues of its earlier runs, its non-durable queues.
@@ -127,7 +149,9 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         .context("proposing node start")?;
     let vhosts: Vec<VHost> = config.vhosts.iter().map(|v| VHost::new(v.clone())).collect();
     wait_until(Duration::from_secs(30), || {
-        node.read(|broker| broker.has_users() && vhosts.iter().all(|v| broker.has_vhost(v)))
+        node.read(|broker| {
+            broker.has_users() && broker.access().is_initialized() && vhosts.iter().all(|v| broker.has_vhost(v))
+        })
     })
     .await
     .context("the default user and vhosts were not committed in time")?;

@@ -2,6 +2,7 @@
 //! through `test_support::Harness`, which checks the invariants after
 //! every batch.
 
+mod access;
 mod basics;
 mod bodies;
 mod consumers;

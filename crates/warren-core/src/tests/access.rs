@@ -1,0 +1,123 @@
+//! Users' permissions as replicated state: grants, their removal with the
+//! user or the vhost, and the one-time initialization.
+
+use crate::access::{Perm, ResourceKind};
+use crate::command::Command;
+use crate::error::CoreError;
+use crate::ids::{UserName, VHost};
+use crate::test_support::{chan, Harness};
+
+fn put_user(h: &mut Harness, name: &str) {
+    h.run(
+        None,
+        Command::PutUser {
+            name: UserName::from(name),
+            password_hash: "hash".into(),
+            tags: Vec::new(),
+        },
+    );
+}
+
+fn set_permissions(user: &str, vhost: &str, patterns: [&str; 3]) -> Command {
+    let [configure, write, read] = patterns.map(str::to_owned);
+    Command::SetPermissions {
+        user: UserName::from(user),
+        vhost: VHost::from(vhost),
+        configure,
+        write,
+        read,
+    }
+}
+
+fn may(h: &Harness, user: &str, vhost: &str, name: &str, perm: Perm) -> bool {
+    h.broker
+        .access()
+        .check(&UserName::from(user), &VHost::from(vhost), ResourceKind::Queue, name, perm)
+        .is_ok()
+}
+
+#[test]
+fn permissions_are_granted_replaced_and_cleared() {
+    let mut h = Harness::new();
+    put_user(&mut h, "bob");
+    let c = chan(1, 1);
+    h.ok(c, set_permissions("bob", "/", ["^bob\\.", "", ".*"]));
+    assert!(may(&h, "bob", "/", "bob.jobs", Perm::Configure));
+    assert!(!may(&h, "bob", "/", "jobs", Perm::Configure));
+    assert!(!may(&h, "bob", "/", "bob.jobs", Perm::Write));
+    h.ok(c, set_permissions("bob", "/", ["", ".*", ""]));
+    assert!(!may(&h, "bob", "/", "bob.jobs", Perm::Configure), "replaced");
+    assert!(may(&h, "bob", "/", "bob.jobs", Perm::Write));
+    h.ok(
+        c,
+        Command::ClearPermissions {
+            user: UserName::from("bob"),
+            vhost: VHost::from("/"),
+        },
+    );
+    assert!(!h.broker.access().may_open(&UserName::from("bob"), &VHost::from("/")));
+}
+
+#[test]
+fn grants_to_unknown_users_or_vhosts_and_bad_patterns_are_refused() {
+    let mut h = Harness::new();
+    put_user(&mut h, "bob");
+    let c = chan(1, 1);
+    assert_eq!(
+        h.call(c, set_permissions("nobody", "/", [".*"; 3])),
+        Err(CoreError::NotFound("no user 'nobody'".into()))
+    );
+    assert_eq!(
+        h.call(c, set_permissions("bob", "nowhere", [".*"; 3])),
+        Err(CoreError::NotFound("no vhost 'nowhere'".into()))
+    );
+    let bad = h.call(c, set_permissions("bob", "/", [".*", "(", ".*"]));
+    assert!(matches!(bad, Err(CoreError::PreconditionFailed(_))), "{bad:?}");
+    assert!(h.broker.access().permissions().next().is_none(), "nothing stored");
+}
+
+#[test]
+fn deleting_a_user_or_a_vhost_drops_its_grants() {
+    let mut h = Harness::new();
+    put_user(&mut h, "bob");
+    put_user(&mut h, "alice");
+    h.run(None, Command::DeclareVHost { vhost: VHost::from("v") });
+    let c = chan(1, 1);
+    for (user, vhost) in [("bob", "/"), ("bob", "v"), ("alice", "v")] {
+        h.ok(c, set_permissions(user, vhost, [".*"; 3]));
+    }
+    h.run(None, Command::DeleteVHost { vhost: VHost::from("v") });
+    let left: Vec<_> = h.broker.access().permissions().map(|(u, v, _)| (u.to_string(), v.to_string())).collect();
+    assert_eq!(left, vec![("bob".to_owned(), "/".to_owned())]);
+    h.run(None, Command::DeleteUser { name: UserName::from("bob") });
+    assert!(h.broker.access().permissions().next().is_none());
+    h.run(None, Command::DeclareVHost { vhost: VHost::from("v") });
+    assert!(
+        !h.broker.access().may_open(&UserName::from("alice"), &VHost::from("v")),
+        "a vhost of the same name starts without grants"
+    );
+}
+
+#[test]
+fn init_access_grants_every_user_every_vhost_once() {
+    let mut h = Harness::new();
+    put_user(&mut h, "guest");
+    h.run(None, Command::DeclareVHost { vhost: VHost::from("v") });
+    assert!(!h.broker.access().is_initialized());
+    h.run(None, Command::InitAccess);
+    assert!(h.broker.access().is_initialized());
+    for vhost in ["/", "v"] {
+        assert!(may(&h, "guest", vhost, "anything", Perm::Configure));
+    }
+    h.ok(
+        chan(1, 1),
+        Command::ClearPermissions {
+            user: UserName::from("guest"),
+            vhost: VHost::from("v"),
+        },
+    );
+    put_user(&mut h, "late");
+    h.run(None, Command::InitAccess);
+    assert!(!may(&h, "guest", "v", "anything", Perm::Read), "a second run grants nothing");
+    assert!(!may(&h, "late", "/", "anything", Perm::Read));
+}
