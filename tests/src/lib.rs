@@ -17,6 +17,7 @@
 //! Nothing here asserts on wall-clock durations: timeouts only turn a hang into
 //! a failure with the broker's log attached.
 
+pub mod http;
 pub mod load;
 pub mod ops;
 pub mod python;

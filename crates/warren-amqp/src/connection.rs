@@ -239,7 +239,11 @@ impl Connection {
             .read(|broker| broker.access().may_open(&self.user, &vhost))
         {
             let refused = warren_core::access::vhost_refused(&self.user, &vhost);
-            return Err(AmqpError::connection_for(refused.reply_code(), refused.to_string(), (10, 40)));
+            return Err(AmqpError::connection_for(
+                refused.reply_code(),
+                refused.to_string(),
+                (10, 40),
+            ));
         }
         self.vhost = vhost;
         self.send_method(
@@ -1221,7 +1225,11 @@ impl Connection {
                 ));
             }
         }
-        self.authorize(ch, (60, 40), &[(ResourceKind::Exchange, &content.exchange, Perm::Write)])?;
+        self.authorize(
+            ch,
+            (60, 40),
+            &[(ResourceKind::Exchange, &content.exchange, Perm::Write)],
+        )?;
         let slot = self.slot(ch);
         let confirm_seq = slot.confirm.then(|| {
             let seq = slot.next_confirm_seq;
@@ -1749,7 +1757,12 @@ fn client_capability(client_properties: &FieldTable, name: &str) -> bool {
 /// The `alternate-exchange` of an exchange about to be created (RabbitMQ
 /// checks it only then): `None` if the exchange exists on this replica or
 /// names none.
-fn new_exchange_alternate(node: &warren_cluster::Node, vhost: &VHost, name: &str, arguments: &FieldTable) -> Option<String> {
+fn new_exchange_alternate(
+    node: &warren_cluster::Node,
+    vhost: &VHost,
+    name: &str,
+    arguments: &FieldTable,
+) -> Option<String> {
     let alternate = string_argument(arguments, "alternate-exchange")?;
     let exists = node.read(|broker| {
         broker

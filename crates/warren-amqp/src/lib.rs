@@ -143,7 +143,10 @@ impl Frontend {
             command: Command::CloseConnection { conn },
         };
         if self.proposer.submit(close).await.is_err() {
-            warn!(?conn, "could not propose the close of a short-lived connection: node shutting down");
+            warn!(
+                ?conn,
+                "could not propose the close of a short-lived connection: node shutting down"
+            );
         }
         outcome
     }

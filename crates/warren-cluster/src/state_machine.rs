@@ -857,7 +857,10 @@ mod tests {
         let (decoded, _) = decode_replicated(&data).expect("decode the old layout");
         assert_eq!(decoded.staged_bodies(), broker.staged_bodies());
         assert!(decoded.access().permissions().next().is_none());
-        assert!(!decoded.access().is_initialized(), "the node initializes it when it starts");
+        assert!(
+            !decoded.access().is_initialized(),
+            "the node initializes it when it starts"
+        );
     }
 
     #[test]

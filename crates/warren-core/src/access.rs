@@ -343,7 +343,10 @@ mod tests {
         let error = access
             .check_any(&UserName::from("bob"), &VHost::from("/"), ResourceKind::Queue, "other")
             .unwrap_err();
-        assert!(error.to_string().starts_with("ACCESS_REFUSED - configure access"), "{error}");
+        assert!(
+            error.to_string().starts_with("ACCESS_REFUSED - configure access"),
+            "{error}"
+        );
     }
 
     #[test]

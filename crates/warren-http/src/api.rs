@@ -27,9 +27,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine;
 use serde_json::{json, Value};
-use warren_core::{
-    Broker, Command, CoreError, Outcome, QueueName, User, UserName, VHost,
-};
+use warren_core::access::{Perm, ResourceKind};
+use warren_core::{Broker, Command, CoreError, Outcome, QueueName, User, UserName, VHost};
 
 use crate::Sources;
 
@@ -49,7 +48,12 @@ pub fn router(sources: Arc<Sources>) -> Router {
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{name}", get(node))
         .route("/api/vhosts", get(vhosts))
-        .route("/api/vhosts/{vhost}", get(vhost))
+        .route(
+            "/api/vhosts/{vhost}",
+            get(vhost)
+                .put(crate::users::put_vhost)
+                .delete(crate::users::delete_vhost),
+        )
         .route("/api/queues", get(queues))
         .route("/api/queues/{vhost}", get(queues))
         .route(
@@ -71,6 +75,7 @@ pub fn router(sources: Arc<Sources>) -> Router {
         .route("/api/definitions", get(definitions))
         .route("/api/health/checks/alarms", get(alarms))
         .route("/api/health/checks/local-alarms", get(alarms))
+        .merge(crate::users::routes())
         .fallback(not_found)
         .with_state(sources)
 }
@@ -84,7 +89,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn unauthorized(reason: &str) -> Self {
+    pub(crate) fn unauthorized(reason: &str) -> Self {
         Self {
             status: StatusCode::UNAUTHORIZED,
             error: "not_authorized",
@@ -92,7 +97,7 @@ impl ApiError {
         }
     }
 
-    fn not_found() -> Self {
+    pub(crate) fn not_found() -> Self {
         Self {
             status: StatusCode::NOT_FOUND,
             error: "Object Not Found",
@@ -109,7 +114,7 @@ impl ApiError {
     }
 
     /// The core's refusal as RabbitMQ's API answers it.
-    fn from_core(error: &CoreError) -> Self {
+    pub(crate) fn from_core(error: &CoreError) -> Self {
         let (status, kind) = match error.reply_code() {
             404 => (StatusCode::NOT_FOUND, "Object Not Found"),
             403 => (StatusCode::FORBIDDEN, "access_refused"),
@@ -123,7 +128,7 @@ impl ApiError {
         }
     }
 
-    fn bad_request(reason: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(reason: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             error: "bad_request",
@@ -151,7 +156,7 @@ async fn not_found() -> ApiError {
 
 /// The user of a request's `Authorization: Basic …`, if the password is
 /// right and the user may use the API.
-fn authenticate(sources: &Sources, headers: &HeaderMap) -> Result<User, ApiError> {
+pub(crate) fn authenticate(sources: &Sources, headers: &HeaderMap) -> Result<User, ApiError> {
     let credentials = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -189,7 +194,7 @@ pub struct Paging {
 
 /// `items` as RabbitMQ returns them: the whole list, or with `page` the
 /// page object (`items`, `page`, `page_count`, `page_size`, counts).
-fn paged(items: Vec<Value>, paging: &Paging) -> ApiResult {
+pub(crate) fn paged(items: Vec<Value>, paging: &Paging) -> ApiResult {
     if paging.use_regex.as_deref() == Some("true") {
         return Err(ApiError::bad_request("use_regex is not supported by this broker"));
     }
@@ -384,7 +389,7 @@ fn vhost_json(vhost: &VHost, state: &warren_core::vhost::VHostState) -> Value {
 }
 
 /// Reads `f` of the broker on this node's replica.
-fn read<R>(sources: &Sources, f: impl FnOnce(&Broker) -> R) -> R {
+pub(crate) fn read<R>(sources: &Sources, f: impl FnOnce(&Broker) -> R) -> R {
     sources.frontend.node.read(f)
 }
 
@@ -512,11 +517,12 @@ async fn node(State(sources): State<Arc<Sources>>, headers: HeaderMap, Path(name
 }
 
 async fn vhosts(State(sources): State<Arc<Sources>>, headers: HeaderMap, Query(paging): Query<Paging>) -> ApiResult {
-    authenticate(&sources, &headers)?;
+    let viewer = authenticate(&sources, &headers)?;
     let items = read(&sources, |broker| {
         broker
             .vhosts()
             .iter()
+            .filter(|(vhost, _)| sees(broker, &viewer, vhost))
             .map(|(vhost, state)| vhost_json(vhost, state))
             .collect()
     });
@@ -524,38 +530,86 @@ async fn vhosts(State(sources): State<Arc<Sources>>, headers: HeaderMap, Query(p
 }
 
 async fn vhost(State(sources): State<Arc<Sources>>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
-    authenticate(&sources, &headers)?;
+    let viewer = authenticate(&sources, &headers)?;
     let vhost = VHost::new(name);
     read(&sources, |broker| {
-        broker.vhosts().get(&vhost).map(|state| vhost_json(&vhost, state))
+        check_vhost(broker, &viewer, &vhost)?;
+        broker
+            .vhosts()
+            .get(&vhost)
+            .map(|state| Json(vhost_json(&vhost, state)))
+            .ok_or_else(ApiError::not_found)
     })
-    .map(Json)
-    .ok_or_else(ApiError::not_found)
 }
 
 /// What `json` makes of every vhost's state (or of `only`'s: 404 if
 /// there is no such vhost), on this node's replica.
+/// Whether `viewer` may see what is in `vhost`: monitoring users and
+/// administrators see every vhost, other management users those where
+/// they have permissions (as in RabbitMQ).
+fn sees(broker: &Broker, viewer: &User, vhost: &VHost) -> bool {
+    viewer
+        .tags
+        .iter()
+        .any(|tag| tag == "administrator" || tag == "monitoring")
+        || broker.access().may_open(&viewer.name, vhost)
+}
+
+/// 404 for a missing vhost, 401 for one `viewer` may not see.
+fn check_vhost(broker: &Broker, viewer: &User, vhost: &VHost) -> Result<(), ApiError> {
+    if !broker.has_vhost(vhost) {
+        Err(ApiError::not_found())
+    } else if !sees(broker, viewer, vhost) {
+        Err(ApiError::unauthorized("User not authorised to access virtual host"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks `viewer` may do `perm` on the named resource, as an AMQP client
+/// of theirs would be checked; 401 with the refusal's text if not (as
+/// RabbitMQ's API answers an operation its channel was refused).
+fn authorize(
+    sources: &Sources,
+    viewer: &User,
+    vhost: &VHost,
+    kind: ResourceKind,
+    name: &str,
+    perm: Perm,
+) -> Result<(), ApiError> {
+    read(sources, |broker| {
+        broker.access().check(&viewer.name, vhost, kind, name, perm)
+    })
+    .map_err(|refused| ApiError::unauthorized(&refused.to_string()))
+}
+
+/// [`check_vhost`] on this node's replica.
+pub(crate) fn require_visible(sources: &Sources, viewer: &User, vhost: &VHost) -> Result<(), ApiError> {
+    read(sources, |broker| check_vhost(broker, viewer, vhost))
+}
+
 fn per_vhost(
     sources: &Sources,
+    viewer: &User,
     only: Option<&VHost>,
     json: impl Fn(&VHost, &warren_core::vhost::VHostState) -> Vec<Value>,
 ) -> Result<Vec<Value>, ApiError> {
     read(sources, |broker| {
-        if only.is_some_and(|vhost| !broker.has_vhost(vhost)) {
-            return Err(ApiError::not_found());
+        if let Some(vhost) = only {
+            check_vhost(broker, viewer, vhost)?;
         }
         Ok(broker
             .vhosts()
             .iter()
-            .filter(|(vhost, _)| only.is_none_or(|o| o == *vhost))
+            .filter(|(vhost, _)| only.is_none_or(|o| o == *vhost) && sees(broker, viewer, vhost))
             .flat_map(|(vhost, state)| json(vhost, state))
             .collect())
     })
 }
 
-fn queue_list(sources: &Sources, only: Option<&VHost>) -> Result<Vec<Value>, ApiError> {
+fn queue_list(sources: &Sources, viewer: &User, only: Option<&VHost>) -> Result<Vec<Value>, ApiError> {
     let node = node_name(sources);
-    per_vhost(sources, only, |vhost, state| {
+    per_vhost(sources, viewer, only, |vhost, state| {
         state.queues.values().map(|q| queue_json(&node, vhost, q)).collect()
     })
 }
@@ -567,9 +621,9 @@ async fn queues(
     vhost: Option<Path<String>>,
     Query(paging): Query<Paging>,
 ) -> ApiResult {
-    authenticate(&sources, &headers)?;
+    let viewer = authenticate(&sources, &headers)?;
     let only = vhost.map(|Path(vhost)| VHost::new(vhost));
-    paged(queue_list(&sources, only.as_ref())?, &paging)
+    paged(queue_list(&sources, &viewer, only.as_ref())?, &paging)
 }
 
 async fn queue(
@@ -577,10 +631,11 @@ async fn queue(
     headers: HeaderMap,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
-    authenticate(&sources, &headers)?;
+    let viewer = authenticate(&sources, &headers)?;
     let node = node_name(&sources);
     let vhost = VHost::new(vhost);
     let name = QueueName::new(name);
+    require_visible(&sources, &viewer, &vhost)?;
     read(&sources, |broker| {
         broker
             .vhosts()
@@ -606,8 +661,8 @@ fn default_exchange_json(vhost: &VHost) -> Value {
     })
 }
 
-fn exchange_list(sources: &Sources, only: Option<&VHost>) -> Result<Vec<Value>, ApiError> {
-    per_vhost(sources, only, |vhost, state| {
+fn exchange_list(sources: &Sources, viewer: &User, only: Option<&VHost>) -> Result<Vec<Value>, ApiError> {
+    per_vhost(sources, viewer, only, |vhost, state| {
         std::iter::once(default_exchange_json(vhost))
             .chain(state.exchanges.values().map(|x| exchange_json(vhost, x)))
             .collect()
@@ -621,9 +676,9 @@ async fn exchanges(
     vhost: Option<Path<String>>,
     Query(paging): Query<Paging>,
 ) -> ApiResult {
-    authenticate(&sources, &headers)?;
+    let viewer = authenticate(&sources, &headers)?;
     let only = vhost.map(|Path(vhost)| VHost::new(vhost));
-    paged(exchange_list(&sources, only.as_ref())?, &paging)
+    paged(exchange_list(&sources, &viewer, only.as_ref())?, &paging)
 }
 
 async fn exchange(
@@ -631,9 +686,9 @@ async fn exchange(
     headers: HeaderMap,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
-    authenticate(&sources, &headers)?;
+    let viewer = authenticate(&sources, &headers)?;
     let vhost = VHost::new(vhost);
-    exchange_list(&sources, Some(&vhost))?
+    exchange_list(&sources, &viewer, Some(&vhost))?
         .into_iter()
         .find(|x| x["name"] == name.as_str())
         .map(Json)
@@ -644,10 +699,12 @@ async fn exchange(
 /// missing or `exists` (the object the path names) is false.
 fn bindings_where(
     sources: &Sources,
+    viewer: &User,
     vhost: &VHost,
     exists: impl Fn(&warren_core::vhost::VHostState) -> bool,
     keep: impl Fn(&Value) -> bool,
 ) -> ApiResult {
+    require_visible(sources, viewer, vhost)?;
     let selected = read(sources, |broker| {
         let state = broker.vhosts().get(vhost).filter(|state| exists(state))?;
         Some(
@@ -667,11 +724,12 @@ async fn queue_bindings(
     headers: HeaderMap,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
-    authenticate(&sources, &headers)?;
+    let viewer = authenticate(&sources, &headers)?;
     let vhost = VHost::new(vhost);
     let queue = QueueName::new(name);
     bindings_where(
         &sources,
+        &viewer,
         &vhost,
         |state| state.queues.contains_key(&queue),
         |b| b["destination_type"] == "queue" && b["destination"] == queue.as_str(),
@@ -685,13 +743,13 @@ async fn exchange_bindings(
     headers: HeaderMap,
     Path((vhost, name, side)): Path<(String, String, String)>,
 ) -> ApiResult {
-    authenticate(&sources, &headers)?;
+    let viewer = authenticate(&sources, &headers)?;
     let vhost = VHost::new(vhost);
     let exchange = warren_core::ExchangeName::new(name);
     let exists = |state: &warren_core::vhost::VHostState| state.exchanges.contains_key(&exchange);
     match side.as_str() {
-        "source" => bindings_where(&sources, &vhost, exists, |b| b["source"] == exchange.as_str()),
-        "destination" => bindings_where(&sources, &vhost, exists, |b| {
+        "source" => bindings_where(&sources, &viewer, &vhost, exists, |b| b["source"] == exchange.as_str()),
+        "destination" => bindings_where(&sources, &viewer, &vhost, exists, |b| {
             b["destination_type"] == "exchange" && b["destination"] == exchange.as_str()
         }),
         _ => Err(ApiError::not_found()),
@@ -700,16 +758,18 @@ async fn exchange_bindings(
 
 /// `GET /api/bindings` and `/api/bindings/{vhost}`.
 async fn bindings(State(sources): State<Arc<Sources>>, headers: HeaderMap, vhost: Option<Path<String>>) -> ApiResult {
-    authenticate(&sources, &headers)?;
+    let viewer = authenticate(&sources, &headers)?;
     let only = vhost.map(|Path(vhost)| VHost::new(vhost));
-    Ok(Json(Value::Array(per_vhost(&sources, only.as_ref(), bindings_of)?)))
+    Ok(Json(Value::Array(per_vhost(
+        &sources,
+        &viewer,
+        only.as_ref(),
+        bindings_of,
+    )?)))
 }
 
 async fn users(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> ApiResult {
-    let user = authenticate(&sources, &headers)?;
-    if !user.tags.iter().any(|tag| tag == "administrator") {
-        return Err(ApiError::unauthorized("Not administrator user"));
-    }
+    crate::users::administrator(&sources, &headers)?;
     let items: Vec<Value> = read(&sources, |broker| broker.users().map(user_json).collect());
     Ok(Json(Value::Array(items)))
 }
@@ -717,18 +777,12 @@ async fn users(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> ApiRe
 /// `GET /api/definitions` (administrators): the topology in RabbitMQ's
 /// definitions format, importable into RabbitMQ. Exclusive queues, the
 /// default exchange, the `amq.*` exchanges and the default exchange's
-/// implicit bindings are left out, as RabbitMQ does. Warren has no
-/// permissions yet and lets every user do everything, which the export
-/// says as `.*` permissions for every user on every vhost.
+/// implicit bindings are left out, as RabbitMQ does.
 async fn definitions(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> ApiResult {
-    let user = authenticate(&sources, &headers)?;
-    if !user.tags.iter().any(|tag| tag == "administrator") {
-        return Err(ApiError::unauthorized("Not administrator user"));
-    }
+    crate::users::administrator(&sources, &headers)?;
     let exported = read(&sources, |broker| {
         let users: Vec<Value> = broker.users().map(user_json).collect();
         let mut vhosts = Vec::new();
-        let mut permissions = Vec::new();
         let mut queues = Vec::new();
         let mut exchanges = Vec::new();
         let mut bindings = Vec::new();
@@ -739,15 +793,6 @@ async fn definitions(State(sources): State<Arc<Sources>>, headers: HeaderMap) ->
                 "tags": [],
                 "metadata": {"description": "", "tags": []},
             }));
-            for user in broker.users() {
-                permissions.push(json!({
-                    "user": user.name.as_str(),
-                    "vhost": vhost.as_str(),
-                    "configure": ".*",
-                    "write": ".*",
-                    "read": ".*",
-                }));
-            }
             for queue in state.queues.values().filter(|q| q.exclusive_owner.is_none()) {
                 queues.push(json!({
                     "name": queue.name.as_str(),
@@ -780,6 +825,11 @@ async fn definitions(State(sources): State<Arc<Sources>>, headers: HeaderMap) ->
                     }),
             );
         }
+        let permissions: Vec<Value> = broker
+            .access()
+            .permissions()
+            .map(|(user, vhost, permission)| crate::users::permission_json(user, vhost, permission))
+            .collect();
         json!({
             "rabbit_version": sources.version,
             "rabbitmq_version": sources.version,
@@ -800,7 +850,7 @@ async fn definitions(State(sources): State<Arc<Sources>>, headers: HeaderMap) ->
     Ok(Json(exported))
 }
 
-fn user_json(user: &User) -> Value {
+pub(crate) fn user_json(user: &User) -> Value {
     json!({
         "name": user.name.as_str(),
         "password_hash": user.password_hash,
@@ -831,7 +881,7 @@ async fn alarms(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> Resu
 }
 
 /// Runs `command` through [`Frontend::execute`](warren_amqp::Frontend::execute).
-async fn execute(sources: &Sources, command: Command) -> Result<Outcome, ApiError> {
+pub(crate) async fn execute(sources: &Sources, command: Command) -> Result<Outcome, ApiError> {
     sources.frontend.execute(command).await.map_err(|e| match e {
         warren_amqp::ExecuteError::Refused(error) => ApiError::from_core(&error),
         warren_amqp::ExecuteError::Unavailable(reason) => ApiError::unavailable(reason),
@@ -840,7 +890,7 @@ async fn execute(sources: &Sources, command: Command) -> Result<Outcome, ApiErro
 
 /// The vhost named `name`, or 404 if there is none (the core would answer
 /// 530 NOT_ALLOWED, an AMQP connection error).
-fn require_vhost(sources: &Sources, name: String) -> Result<VHost, ApiError> {
+pub(crate) fn require_vhost(sources: &Sources, name: String) -> Result<VHost, ApiError> {
     let vhost = VHost::new(name);
     if read(sources, |broker| broker.has_vhost(&vhost)) {
         Ok(vhost)
@@ -885,7 +935,7 @@ fn json_table(value: &Value) -> FieldTable {
 }
 
 /// A request body as a JSON object (an empty body is `{}`).
-fn json_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
+pub(crate) fn json_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Map::new());
     }
@@ -916,7 +966,7 @@ async fn declare_queue(
     Path((vhost, name)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
-    authenticate(&sources, &headers)?;
+    let viewer = authenticate(&sources, &headers)?;
     let body = json_body(&body)?;
     let arguments = match body.get("arguments") {
         None | Some(Value::Null) => FieldTable::default(),
@@ -932,6 +982,14 @@ async fn declare_queue(
     if name.as_str().is_empty() {
         return Err(ApiError::bad_request("a queue declared over the API needs a name"));
     }
+    authorize(
+        &sources,
+        &viewer,
+        &vhost,
+        ResourceKind::Queue,
+        name.as_str(),
+        Perm::Configure,
+    )?;
     let existed = queue_exists(&sources, &vhost, &name);
     let command = Command::DeclareQueue {
         vhost,
@@ -967,12 +1025,20 @@ async fn delete_queue(
     Path((vhost, name)): Path<(String, String)>,
     Query(conditions): Query<DeleteConditions>,
 ) -> Result<StatusCode, ApiError> {
-    authenticate(&sources, &headers)?;
+    let viewer = authenticate(&sources, &headers)?;
     let vhost = VHost::new(vhost);
     let name = QueueName::new(name);
     if !queue_exists(&sources, &vhost, &name) {
         return Err(ApiError::not_found());
     }
+    authorize(
+        &sources,
+        &viewer,
+        &vhost,
+        ResourceKind::Queue,
+        name.as_str(),
+        Perm::Configure,
+    )?;
     let command = Command::DeleteQueue {
         vhost,
         queue: name,
@@ -989,8 +1055,9 @@ async fn purge_queue(
     headers: HeaderMap,
     Path((vhost, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    authenticate(&sources, &headers)?;
+    let viewer = authenticate(&sources, &headers)?;
     let vhost = require_vhost(&sources, vhost)?;
+    authorize(&sources, &viewer, &vhost, ResourceKind::Queue, &name, Perm::Read)?;
     let command = Command::PurgeQueue {
         vhost,
         queue: QueueName::new(name),

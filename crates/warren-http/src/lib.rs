@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod prometheus;
+mod users;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -32,7 +32,13 @@ fn set_permissions(user: &str, vhost: &str, patterns: [&str; 3]) -> Command {
 fn may(h: &Harness, user: &str, vhost: &str, name: &str, perm: Perm) -> bool {
     h.broker
         .access()
-        .check(&UserName::from(user), &VHost::from(vhost), ResourceKind::Queue, name, perm)
+        .check(
+            &UserName::from(user),
+            &VHost::from(vhost),
+            ResourceKind::Queue,
+            name,
+            perm,
+        )
         .is_ok()
 }
 
@@ -81,17 +87,42 @@ fn deleting_a_user_or_a_vhost_drops_its_grants() {
     let mut h = Harness::new();
     put_user(&mut h, "bob");
     put_user(&mut h, "alice");
-    h.run(None, Command::DeclareVHost { vhost: VHost::from("v") });
+    h.run(
+        None,
+        Command::DeclareVHost {
+            vhost: VHost::from("v"),
+        },
+    );
     let c = chan(1, 1);
     for (user, vhost) in [("bob", "/"), ("bob", "v"), ("alice", "v")] {
         h.ok(c, set_permissions(user, vhost, [".*"; 3]));
     }
-    h.run(None, Command::DeleteVHost { vhost: VHost::from("v") });
-    let left: Vec<_> = h.broker.access().permissions().map(|(u, v, _)| (u.to_string(), v.to_string())).collect();
+    h.run(
+        None,
+        Command::DeleteVHost {
+            vhost: VHost::from("v"),
+        },
+    );
+    let left: Vec<_> = h
+        .broker
+        .access()
+        .permissions()
+        .map(|(u, v, _)| (u.to_string(), v.to_string()))
+        .collect();
     assert_eq!(left, vec![("bob".to_owned(), "/".to_owned())]);
-    h.run(None, Command::DeleteUser { name: UserName::from("bob") });
+    h.run(
+        None,
+        Command::DeleteUser {
+            name: UserName::from("bob"),
+        },
+    );
     assert!(h.broker.access().permissions().next().is_none());
-    h.run(None, Command::DeclareVHost { vhost: VHost::from("v") });
+    h.run(
+        None,
+        Command::DeclareVHost {
+            vhost: VHost::from("v"),
+        },
+    );
     assert!(
         !h.broker.access().may_open(&UserName::from("alice"), &VHost::from("v")),
         "a vhost of the same name starts without grants"
@@ -102,7 +133,12 @@ fn deleting_a_user_or_a_vhost_drops_its_grants() {
 fn init_access_grants_every_user_every_vhost_once() {
     let mut h = Harness::new();
     put_user(&mut h, "guest");
-    h.run(None, Command::DeclareVHost { vhost: VHost::from("v") });
+    h.run(
+        None,
+        Command::DeclareVHost {
+            vhost: VHost::from("v"),
+        },
+    );
     assert!(!h.broker.access().is_initialized());
     h.run(None, Command::InitAccess);
     assert!(h.broker.access().is_initialized());
@@ -118,6 +154,9 @@ fn init_access_grants_every_user_every_vhost_once() {
     );
     put_user(&mut h, "late");
     h.run(None, Command::InitAccess);
-    assert!(!may(&h, "guest", "v", "anything", Perm::Read), "a second run grants nothing");
+    assert!(
+        !may(&h, "guest", "v", "anything", Perm::Read),
+        "a second run grants nothing"
+    );
     assert!(!may(&h, "late", "/", "anything", Perm::Read));
 }
