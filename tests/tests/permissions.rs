@@ -337,3 +337,162 @@ async fn the_api_shows_a_management_user_only_its_vhosts_and_refuses_bad_grants(
     assert_eq!(bobs, serde_json::json!([]));
     Ok(())
 }
+
+/// The connection a `list-connections` line names, if it is `user`'s.
+fn connection_of(listing: &str, user: &str) -> Option<String> {
+    listing.lines().skip(1).find_map(|line| {
+        let (name, rest) = line.split_once("  ")?;
+        rest.split_whitespace()
+            .nth(2)
+            .filter(|u| *u == user)
+            .map(|_| name.trim().to_owned())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_manages_users_vhosts_and_grants_through_a_follower_and_closes_connections() -> anyhow::Result<()> {
+    use warren_e2e::ops::{cluster_addr, cluster_status, ctl, ctl_ok, start_three_nodes};
+    let nodes = start_three_nodes().await?;
+    // Nodes 1, 2, 3 in order: ask one that is not the leader.
+    let leader = cluster_status(cluster_addr(&nodes[0])?)
+        .await?
+        .leader
+        .context("no leader")?;
+    let follower = nodes
+        .iter()
+        .zip(1u64..)
+        .find(|(_, id)| *id != leader)
+        .map(|(node, _)| node)
+        .context("no follower")?;
+    let server = cluster_addr(follower)?;
+
+    assert!(ctl_ok(server, &["add-user", "carol", "s3cret"])
+        .await?
+        .contains("user 'carol' added"));
+    let again = ctl(server, None, &["add-user", "carol", "x"]).await?;
+    assert!(
+        !again.success && again.stderr.contains("already exists"),
+        "{}",
+        again.stderr
+    );
+    ctl_ok(server, &["set-user-tags", "carol", "monitoring"]).await?;
+    ctl_ok(server, &["add-vhost", "team"]).await?;
+    let bad = ctl(
+        server,
+        None,
+        &["set-permissions", "-p", "team", "carol", "(", ".*", ".*"],
+    )
+    .await?;
+    assert!(
+        !bad.success && bad.stderr.contains("not a regular expression"),
+        "{}",
+        bad.stderr
+    );
+    let nobody = ctl(
+        server,
+        None,
+        &["set-permissions", "-p", "team", "nobody", ".*", ".*", ".*"],
+    )
+    .await?;
+    assert!(
+        !nobody.success && nobody.stderr.contains("no user 'nobody'"),
+        "{}",
+        nobody.stderr
+    );
+    let nowhere = ctl(server, None, &["list-exchanges", "-p", "nowhere"]).await?;
+    assert!(
+        !nowhere.success && nowhere.stderr.contains("no vhost 'nowhere'"),
+        "{}",
+        nowhere.stderr
+    );
+    ctl_ok(
+        server,
+        &["set-permissions", "-p", "team", "carol", "^carol", ".*", ".*"],
+    )
+    .await?;
+
+    let users = ctl_ok(server, &["list-users"]).await?;
+    assert!(
+        users
+            .lines()
+            .any(|l| l.starts_with("carol") && l.contains("[monitoring]")),
+        "{users}"
+    );
+    let vhosts = ctl_ok(server, &["list-vhosts"]).await?;
+    assert!(vhosts.lines().any(|l| l.trim() == "team"), "{vhosts}");
+    let grants = ctl_ok(server, &["list-permissions", "-p", "team"]).await?;
+    assert!(
+        grants
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["carol", "^carol", ".*", ".*"]),
+        "{grants}"
+    );
+
+    // carol connects to another node, declares and consumes in team.
+    let uri = format!("amqp://carol:s3cret@127.0.0.1:{}/team", nodes[2].amqp_port());
+    let carol = connect(&uri).await?;
+    let ch = channel(&carol).await?;
+    within("declare carol.q", declare(&ch, "carol.q")).await?;
+    // Kept: lapin cancels a consumer it drops.
+    let _consumer = within(
+        "consume",
+        ch.basic_consume(
+            "carol.q".into(),
+            "tag-1".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    let other = channel(&carol).await?;
+    let refused = declare(&other, "other").await.err().context("declared other")?;
+    assert_eq!(reply_code(&refused), Some(403));
+
+    // Node 3 applied what carol did before answering her.
+    let carols_node = cluster_addr(&nodes[2])?;
+    let bindings = ctl_ok(carols_node, &["list-bindings", "-p", "team"]).await?;
+    assert!(
+        bindings
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["\"\"", "carol.q", "queue", "carol.q"]),
+        "{bindings}"
+    );
+    let exchanges = ctl_ok(carols_node, &["list-exchanges", "-p", "team"]).await?;
+    assert!(exchanges.lines().any(|l| l.starts_with("amq.topic")), "{exchanges}");
+    let consumers = ctl_ok(carols_node, &["list-consumers", "-p", "team"]).await?;
+    assert!(
+        consumers
+            .lines()
+            .any(|l| l.starts_with("carol.q") && l.contains("tag-1")),
+        "{consumers}"
+    );
+
+    // Connections of every member; close carol's (on node 3) from node 1.
+    let listing = ctl_ok(cluster_addr(&nodes[0])?, &["list-connections"]).await?;
+    let name = connection_of(&listing, "carol").with_context(|| format!("no connection of carol in\n{listing}"))?;
+    ctl_ok(cluster_addr(&nodes[0])?, &["close-connection", &name, "go away"]).await?;
+    warren_e2e::eventually(
+        "carol's connection closes",
+        std::time::Duration::from_secs(10),
+        || async { Ok((!carol.status().connected()).then_some(())) },
+    )
+    .await?;
+    let listing = ctl_ok(cluster_addr(&nodes[1])?, &["list-connections"]).await?;
+    assert!(connection_of(&listing, "carol").is_none(), "{listing}");
+    let missing = ctl(server, None, &["close-connection", "no such", "x"]).await?;
+    assert!(!missing.success, "{}", missing.stdout);
+
+    ctl_ok(server, &["clear-permissions", "-p", "team", "carol"]).await?;
+    let refused = connect(&uri).await.err().context("carol connected without a grant")?;
+    assert_eq!(reply_code_any(&refused), Some(530), "{refused:#}");
+    ctl_ok(server, &["change-password", "carol", "other"]).await?;
+    ctl_ok(server, &["delete-vhost", "team"]).await?;
+    ctl_ok(server, &["delete-user", "carol"]).await?;
+    let gone = ctl(server, None, &["delete-user", "carol"]).await?;
+    assert!(
+        !gone.success && gone.stderr.contains("no user 'carol'"),
+        "{}",
+        gone.stderr
+    );
+    Ok(())
+}

@@ -51,6 +51,7 @@ const CLOSE_OK_WAIT: Duration = Duration::from_secs(1);
 /// whatever happens, the connection's state in the core is closed after it.
 pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, frontend: Arc<Frontend>, seq: u64) {
     let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
     let id = ConnectionId {
         node: frontend.node_id,
         boot: frontend.boot,
@@ -60,6 +61,7 @@ pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, fronte
     let mut conn = Connection {
         id,
         peer,
+        local,
         frontend: frontend.clone(),
         reader,
         writer,
@@ -102,6 +104,8 @@ pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, fronte
 struct Connection {
     id: ConnectionId,
     peer: SocketAddr,
+    /// This end of the socket, for the connection's name.
+    local: String,
     frontend: Arc<Frontend>,
     reader: OwnedReadHalf,
     writer: OwnedWriteHalf,
@@ -151,7 +155,15 @@ impl Connection {
         };
         let outcome = match outcome {
             Ok(()) => {
-                let mut effects = self.frontend.registry.register(self.id);
+                let info = crate::registry::ClientInfo {
+                    name: format!("{} -> {}", self.peer, self.local),
+                    user: self.user.to_string(),
+                    vhost: self.vhost.to_string(),
+                    connected_at_ms: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                };
+                let mut effects = self.frontend.registry.register_client(self.id, info);
                 self.registered = true;
                 self.main_loop(&mut effects).await
             }
@@ -444,6 +456,12 @@ impl Connection {
             tokio::select! {
                 batch = effects.recv() => {
                     let Some(batch) = batch else {
+                        if let Some(reason) = self.frontend.registry.forced_reason(self.id) {
+                            return Err(AmqpError::connection(
+                                reply_code::CONNECTION_FORCED,
+                                format!("CONNECTION_FORCED - {reason}"),
+                            ));
+                        }
                         // The registry let go of this connection: the
                         // cluster declared this node down, or the node
                         // caught up from a snapshot (see

@@ -29,7 +29,7 @@ use warren_cluster::{Node, Proposer};
 use warren_core::{ChannelId, Command, ConnectionId, CoreError, Effect, NodeId, Outcome, Request};
 
 pub use error::AmqpError;
-pub use registry::{EffectBatch, Registry};
+pub use registry::{ClientInfo, EffectBatch, Registry};
 
 /// Front-end settings.
 #[derive(Clone, Debug)]

@@ -14,11 +14,28 @@ use warren_core::{ConnectionId, Effect};
 /// Effects for one connection, in apply order.
 pub type EffectBatch = Vec<Effect>;
 
+/// What `list-connections` shows of an AMQP client's connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// RabbitMQ's connection name: `peer -> local`.
+    pub name: String,
+    pub user: String,
+    pub vhost: String,
+    /// Milliseconds since the Unix epoch.
+    pub connected_at_ms: u64,
+}
+
 /// Live connections of this node.
 #[derive(Default)]
 pub struct Registry {
     // A std Mutex: held only to look up senders, never across an await.
     connections: Mutex<HashMap<ConnectionId, mpsc::UnboundedSender<EffectBatch>>>,
+    /// AMQP clients among them (the management API's short-lived
+    /// connections have none).
+    clients: Mutex<HashMap<ConnectionId, ClientInfo>>,
+    /// Why connections closed by an operator were closed, until each
+    /// connection reads it.
+    forced: Mutex<HashMap<ConnectionId, String>>,
 }
 
 impl Registry {
@@ -37,8 +54,48 @@ impl Registry {
         rx
     }
 
+    /// [`Registry::register`] for an AMQP client, listed by
+    /// [`Registry::clients`] until it is unregistered.
+    pub fn register_client(&self, id: ConnectionId, info: ClientInfo) -> mpsc::UnboundedReceiver<EffectBatch> {
+        lock(&self.clients).insert(id, info);
+        self.register(id)
+    }
+
     pub fn unregister(&self, id: ConnectionId) {
         self.lock().remove(&id);
+        lock(&self.clients).remove(&id);
+        lock(&self.forced).remove(&id);
+    }
+
+    /// The AMQP clients connected to this node, by connection id.
+    pub fn clients(&self) -> Vec<(ConnectionId, ClientInfo)> {
+        let mut clients: Vec<_> = lock(&self.clients)
+            .iter()
+            .map(|(id, info)| (*id, info.clone()))
+            .collect();
+        clients.sort_by_key(|(id, _)| id.seq);
+        clients
+    }
+
+    /// Closes the client connection named `name` (320 CONNECTION_FORCED
+    /// with `reason`); false if this node has none of that name.
+    pub fn close_client(&self, name: &str, reason: &str) -> bool {
+        let found = lock(&self.clients)
+            .iter()
+            .find(|(_, info)| info.name == name)
+            .map(|(id, _)| *id);
+        let Some(id) = found else {
+            return false;
+        };
+        lock(&self.forced).insert(id, reason.to_owned());
+        // The connection sees its effect stream end and reads the reason.
+        self.lock().remove(&id);
+        true
+    }
+
+    /// Why an operator closed connection `id`, if one did.
+    pub fn forced_reason(&self, id: ConnectionId) -> Option<String> {
+        lock(&self.forced).remove(&id)
     }
 
     pub fn len(&self) -> usize {
@@ -87,6 +144,11 @@ impl EffectSink for Registry {
             );
         }
     }
+}
+
+/// Locks one of the registry's maps; a poisoned map is still a valid map.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn send(connections: &HashMap<ConnectionId, mpsc::UnboundedSender<EffectBatch>>, id: ConnectionId, batch: EffectBatch) {

@@ -425,6 +425,13 @@ impl Broker {
         &self.vhosts
     }
 
+    /// Every consumer, by channel then tag.
+    pub fn consumers(&self) -> impl Iterator<Item = (ChannelId, &crate::ids::ConsumerTag, &crate::consumer::Consumer)> {
+        self.channels
+            .iter()
+            .flat_map(|(id, channel)| channel.consumers.iter().map(move |(tag, c)| (*id, tag, c)))
+    }
+
     /// Users' permissions.
     pub fn access(&self) -> &crate::access::Access {
         &self.access

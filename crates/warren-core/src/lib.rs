@@ -41,7 +41,7 @@ pub mod broker;
 mod channel;
 pub mod command;
 mod consume;
-mod consumer;
+pub mod consumer;
 mod dead_letter;
 mod dispatch;
 pub mod effect;

@@ -30,7 +30,9 @@ pub mod pb {
 }
 
 pub use network::{GrpcClient, GrpcNetwork, NetworkConfig};
-pub use service::{serve, ClusterService, ServiceConfig};
+pub use service::{serve, AdminError, AdminHandler, AdminTable, ClusterService, ServiceConfig};
+/// For implementing [`AdminHandler`] outside this crate.
+pub use tonic::async_trait;
 
 /// The Raft group every request addresses while there is one group.
 pub const DEFAULT_GROUP: u64 = 0;

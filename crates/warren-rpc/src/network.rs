@@ -132,6 +132,26 @@ impl GrpcNetwork {
         Ok(reply.into_inner())
     }
 
+    /// Runs the admin command `verb` on the node at `addr`.
+    ///
+    /// # Errors
+    /// The call failed (the node's reason: an unknown user, a bad pattern,
+    /// a wrong secret) or timed out.
+    pub async fn admin(&self, addr: &str, verb: &str, args: Vec<String>) -> Result<pb::AdminReply, PeerError> {
+        let mut client = self.client(addr).map_err(|e| PeerError::Failed(e.to_string()))?;
+        let request = pb::AdminRequest {
+            header: Some(self.header()),
+            verb: verb.to_owned(),
+            args,
+        };
+        // A change waits for Raft: as long as a membership change may.
+        let reply = tokio::time::timeout(self.config.join_timeout, client.admin(request))
+            .await
+            .map_err(|_| PeerError::Failed(format!("{verb} on {addr}: timed out")))?
+            .map_err(|status| PeerError::Failed(status.message().to_owned()))?;
+        Ok(reply.into_inner())
+    }
+
     /// Asks the node at `addr` to remove `node_id` from the cluster.
     ///
     /// # Errors

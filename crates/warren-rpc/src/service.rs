@@ -33,16 +33,68 @@ impl Default for ServiceConfig {
     }
 }
 
+/// A table `warren ctl` prints: column names, rows, and a line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdminTable {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    pub message: String,
+}
+
+/// Why an admin command failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    /// Unknown verb, wrong arguments, a bad pattern.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The user, vhost or connection named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The cluster refused or could not answer.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What answers `Admin` requests (the server provides it: it has the
+/// AMQP front end, whose short-lived connections submit the changes).
+#[tonic::async_trait]
+pub trait AdminHandler: Send + Sync + 'static {
+    async fn admin(&self, verb: &str, args: &[String]) -> Result<AdminTable, AdminError>;
+}
+
 /// The `WarrenCluster` service of one node.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClusterService {
     node: Node,
     config: ServiceConfig,
+    admin: Option<std::sync::Arc<dyn AdminHandler>>,
+}
+
+impl std::fmt::Debug for ClusterService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterService")
+            .field("node", &self.node)
+            .field("config", &self.config)
+            .field("admin", &self.admin.is_some())
+            .finish()
+    }
 }
 
 impl ClusterService {
     pub fn new(node: Node, config: ServiceConfig) -> Self {
-        Self { node, config }
+        Self {
+            node,
+            config,
+            admin: None,
+        }
+    }
+
+    /// Answers `Admin` requests with `handler` (without one they get
+    /// `UNIMPLEMENTED`).
+    #[must_use]
+    pub fn with_admin(mut self, handler: std::sync::Arc<dyn AdminHandler>) -> Self {
+        self.admin = Some(handler);
+        self
     }
 
     /// The tonic server wrapper, with Warren's message size limits.
@@ -199,6 +251,25 @@ impl WarrenCluster for ClusterService {
             last_applied,
             queues,
         }))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(verb = %request.get_ref().verb))]
+    async fn admin(&self, request: Request<pb::AdminRequest>) -> Result<Response<pb::AdminReply>, Status> {
+        let request = request.into_inner();
+        self.check(request.header.as_ref())?;
+        let Some(handler) = &self.admin else {
+            return Err(Status::unimplemented("this node answers no admin commands"));
+        };
+        match handler.admin(&request.verb, &request.args).await {
+            Ok(table) => Ok(Response::new(pb::AdminReply {
+                columns: table.columns,
+                rows: table.rows.into_iter().map(|cells| pb::AdminRow { cells }).collect(),
+                message: table.message,
+            })),
+            Err(AdminError::BadRequest(reason)) => Err(Status::invalid_argument(reason)),
+            Err(AdminError::NotFound(reason)) => Err(Status::not_found(reason)),
+            Err(AdminError::Failed(reason)) => Err(Status::failed_precondition(reason)),
+        }
     }
 
     async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use warren_cluster::{PeerError, Peers as _};
-use warren_rpc::pb::{ListQueuesReply, StatusReply};
+use warren_rpc::pb::{AdminReply, ListQueuesReply, StatusReply};
 use warren_rpc::{GrpcNetwork, NetworkConfig};
 
 /// What `warren ctl` does.
@@ -25,6 +25,12 @@ pub enum CtlCommand {
     /// The queues of the replica asked, optionally of one vhost only.
     ListQueues {
         vhost: Option<String>,
+    },
+    /// One of the rabbitmqctl-style commands a node answers
+    /// ([`crate::admin`]): users, vhosts, permissions, listings.
+    Admin {
+        verb: String,
+        args: Vec<String>,
     },
 }
 
@@ -70,6 +76,50 @@ pub async fn run(server: &str, secret: Option<String>, command: CtlCommand) -> a
                 .await
                 .with_context(|| format!("removing node {node_id}"))?;
             println!("node {node_id} removed (membership at log index {index})");
+            Ok(())
+        }
+        CtlCommand::Admin { verb, args } if verb == "list-connections" => {
+            // Each node knows only its own connections: ask every member.
+            let status = network
+                .status(server)
+                .await
+                .with_context(|| format!("asking {server} for the members"))?;
+            let mut merged: Option<AdminReply> = None;
+            for member in &status.members {
+                match network.admin(&member.addr, &verb, args.clone()).await {
+                    Ok(reply) => match &mut merged {
+                        Some(all) => all.rows.extend(reply.rows),
+                        None => merged = Some(reply),
+                    },
+                    Err(e) => eprintln!("node {} ({}): {e}", member.node_id, member.addr),
+                }
+            }
+            let merged = merged.context("no member answered")?;
+            print!("{}", render_admin(&merged));
+            Ok(())
+        }
+        CtlCommand::Admin { verb, args } if verb == "close-connection" => {
+            let status = network
+                .status(server)
+                .await
+                .with_context(|| format!("asking {server} for the members"))?;
+            for member in &status.members {
+                if let Ok(reply) = network.admin(&member.addr, &verb, args.clone()).await {
+                    print!("{}", render_admin(&reply));
+                    return Ok(());
+                }
+            }
+            anyhow::bail!(
+                "no member has a connection named '{}'",
+                args.first().map_or("", String::as_str)
+            )
+        }
+        CtlCommand::Admin { verb, args } => {
+            let reply = network
+                .admin(server, &verb, args)
+                .await
+                .with_context(|| format!("{verb} through {server}"))?;
+            print!("{}", render_admin(&reply));
             Ok(())
         }
         CtlCommand::ListQueues { vhost } => {
@@ -153,11 +203,11 @@ fn render_queues(listing: &ListQueuesReply) -> String {
         "consumers",
     ]
     .map(str::to_owned);
-    let rows: Vec<[String; 8]> = listing
+    let rows: Vec<Vec<String>> = listing
         .queues
         .iter()
         .map(|q| {
-            [
+            vec![
                 q.vhost.clone(),
                 q.name.clone(),
                 yes_no(q.durable),
@@ -169,19 +219,55 @@ fn render_queues(listing: &ListQueuesReply) -> String {
             ]
         })
         .collect();
-    let mut widths = header.clone().map(|h| h.chars().count());
-    for row in &rows {
+    out.push_str(&render_table(&header, &rows));
+    out
+}
+
+/// A header and rows, each column as wide as its widest value.
+fn render_table(header: &[String], rows: &[Vec<String>]) -> String {
+    let mut out = String::new();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
-    for row in std::iter::once(&header).chain(&rows) {
+    for row in std::iter::once(header).chain(rows.iter().map(Vec::as_slice)) {
         let cells: Vec<String> = row
             .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
+            .zip(&widths)
+            .map(|(cell, &width)| format!("{cell:<width$}"))
             .collect();
         let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+    out
+}
+
+/// What an admin command prints: its message, then its table if it has
+/// columns ("" shows as "" so an empty name can be told from none).
+fn render_admin(reply: &AdminReply) -> String {
+    let mut out = String::new();
+    if !reply.message.is_empty() {
+        let _ = writeln!(out, "{}", reply.message);
+    }
+    if !reply.columns.is_empty() {
+        let rows: Vec<Vec<String>> = reply
+            .rows
+            .iter()
+            .map(|row| {
+                row.cells
+                    .iter()
+                    .map(|cell| {
+                        if cell.is_empty() {
+                            "\"\"".to_owned()
+                        } else {
+                            cell.clone()
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        out.push_str(&render_table(&reply.columns, &rows));
     }
     out
 }
@@ -288,6 +374,31 @@ vhost     name        durable  exclusive  auto_delete  ready  unacked  consumers
             render_queues(&listing),
             "leader: unknown  replicas: 3  (node 3 applied up to log index -)\nno queues\n"
         );
+    }
+
+    #[test]
+    fn an_admin_table_prints_its_message_and_aligned_rows_with_empty_names_quoted() {
+        let reply = AdminReply {
+            columns: vec!["name".to_owned(), "type".to_owned()],
+            rows: vec![
+                warren_rpc::pb::AdminRow {
+                    cells: vec![String::new(), "direct".to_owned()],
+                },
+                warren_rpc::pb::AdminRow {
+                    cells: vec!["amq.topic".to_owned(), "topic".to_owned()],
+                },
+            ],
+            message: String::new(),
+        };
+        assert_eq!(
+            render_admin(&reply),
+            "name       type\n\"\"         direct\namq.topic  topic\n"
+        );
+        let change = AdminReply {
+            message: "user 'bob' added".to_owned(),
+            ..AdminReply::default()
+        };
+        assert_eq!(render_admin(&change), "user 'bob' added\n");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! (`warren-amqp`) — and runs it until a shutdown signal. `main` only parses
 //! flags and calls [`run`].
 
+pub mod admin;
 pub mod config;
 pub mod ctl;
 
@@ -76,13 +77,15 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
     let node = Node::open(node_config, network.clone(), Arc::new(network), registry.clone())
         .await
         .context("starting the Raft node")?;
+    let admin = Arc::new(admin::Admin::default());
     let service = ClusterService::new(
         node.clone(),
         ServiceConfig {
             secret: config.cluster_secret.clone(),
             ..ServiceConfig::default()
         },
-    );
+    )
+    .with_admin(admin.clone());
     let (stop_cluster, cluster_stopped) = oneshot::channel::<()>();
     let cluster_server = tokio::spawn(warren_rpc::serve(cluster_listener, service, async {
         let _ = cluster_stopped.await;
@@ -167,6 +170,7 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         ..AmqpConfig::default()
     };
     let frontend = Arc::new(Frontend::new(node_id, boot, node.clone(), registry, amqp_config));
+    admin.start(frontend.clone());
     // Several nodes on one host (tests, benchmarks, a laptop cluster) share
     // the default HTTP ports: the first gets them, the others run without.
     let metrics_listener = bind_or_warn(config.prometheus_listen, "Prometheus metrics").await;

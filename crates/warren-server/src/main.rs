@@ -68,6 +68,113 @@ enum CtlCmd {
         #[arg(long)]
         vhost: Option<String>,
     },
+    /// Adds a user (no tags, no permissions: grant them with
+    /// set-user-tags and set-permissions).
+    AddUser {
+        name: String,
+        password: String,
+    },
+    /// Deletes a user and its permissions.
+    DeleteUser {
+        name: String,
+    },
+    ChangePassword {
+        name: String,
+        password: String,
+    },
+    /// Replaces a user's tags (administrator, monitoring, policymaker,
+    /// management); none clears them.
+    SetUserTags {
+        name: String,
+        tags: Vec<String>,
+    },
+    ListUsers,
+    AddVhost {
+        name: String,
+    },
+    /// Deletes a vhost with everything in it.
+    DeleteVhost {
+        name: String,
+    },
+    ListVhosts,
+    /// Grants a user permissions in a vhost: regular expressions over the
+    /// names of the exchanges and queues it may configure, write and read
+    /// ("" for none, ".*" for all).
+    SetPermissions {
+        #[arg(long, short = 'p', default_value = "/")]
+        vhost: String,
+        user: String,
+        configure: String,
+        write: String,
+        read: String,
+    },
+    ClearPermissions {
+        #[arg(long, short = 'p', default_value = "/")]
+        vhost: String,
+        user: String,
+    },
+    /// Every user's permissions in a vhost.
+    ListPermissions {
+        #[arg(long, short = 'p', default_value = "/")]
+        vhost: String,
+    },
+    /// A user's permissions in every vhost.
+    ListUserPermissions {
+        user: String,
+    },
+    ListExchanges {
+        #[arg(long, short = 'p', default_value = "/")]
+        vhost: String,
+    },
+    ListBindings {
+        #[arg(long, short = 'p', default_value = "/")]
+        vhost: String,
+    },
+    ListConsumers {
+        #[arg(long, short = 'p', default_value = "/")]
+        vhost: String,
+    },
+    /// AMQP connections of every reachable member.
+    ListConnections,
+    /// Closes a connection (named as list-connections shows it) with 320
+    /// CONNECTION_FORCED and the reason.
+    CloseConnection {
+        name: String,
+        reason: String,
+    },
+}
+
+impl CtlCmd {
+    /// The admin verb and arguments a node answers for this command, if it
+    /// is one of those.
+    fn admin_call(self) -> Result<(&'static str, Vec<String>), Self> {
+        Ok(match self {
+            Self::AddUser { name, password } => ("add-user", vec![name, password]),
+            Self::DeleteUser { name } => ("delete-user", vec![name]),
+            Self::ChangePassword { name, password } => ("change-password", vec![name, password]),
+            Self::SetUserTags { name, tags } => ("set-user-tags", std::iter::once(name).chain(tags).collect()),
+            Self::ListUsers => ("list-users", Vec::new()),
+            Self::AddVhost { name } => ("add-vhost", vec![name]),
+            Self::DeleteVhost { name } => ("delete-vhost", vec![name]),
+            Self::ListVhosts => ("list-vhosts", Vec::new()),
+            Self::SetPermissions {
+                vhost,
+                user,
+                configure,
+                write,
+                read,
+            } => ("set-permissions", vec![vhost, user, configure, write, read]),
+            Self::ClearPermissions { vhost, user } => ("clear-permissions", vec![vhost, user]),
+            Self::ListPermissions { vhost } => ("list-permissions", vec![vhost]),
+            Self::ListUserPermissions { user } => ("list-user-permissions", vec![user]),
+            Self::ListExchanges { vhost } => ("list-exchanges", vec![vhost]),
+            Self::ListBindings { vhost } => ("list-bindings", vec![vhost]),
+            Self::ListConsumers { vhost } => ("list-consumers", vec![vhost]),
+            Self::ListConnections => ("list-connections", Vec::new()),
+            Self::CloseConnection { name, reason } => ("close-connection", vec![name, reason]),
+            other => return Err(other),
+        })
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,18 +191,20 @@ fn main() -> anyhow::Result<()> {
         Some(Cmd::Server(args)) => *args,
         Some(Cmd::Ctl(ctl)) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            return runtime.block_on(warren_server::ctl::run(
-                &ctl.server,
-                ctl.cluster_secret,
-                match ctl.command {
-                    CtlCmd::ClusterStatus => CtlCommand::ClusterStatus,
-                    CtlCmd::AddNode { id, addr } => CtlCommand::AddNode { node_id: id, addr },
-                    CtlCmd::RemoveNode { node_id, id } => CtlCommand::RemoveNode {
-                        node_id: node_id.or(id).context("remove-node needs a node id")?,
-                    },
-                    CtlCmd::ListQueues { vhost } => CtlCommand::ListQueues { vhost },
+            let command = match ctl.command.admin_call() {
+                Ok((verb, args)) => CtlCommand::Admin {
+                    verb: verb.to_owned(),
+                    args,
                 },
-            ));
+                Err(CtlCmd::ClusterStatus) => CtlCommand::ClusterStatus,
+                Err(CtlCmd::AddNode { id, addr }) => CtlCommand::AddNode { node_id: id, addr },
+                Err(CtlCmd::RemoveNode { node_id, id }) => CtlCommand::RemoveNode {
+                    node_id: node_id.or(id).context("remove-node needs a node id")?,
+                },
+                Err(CtlCmd::ListQueues { vhost }) => CtlCommand::ListQueues { vhost },
+                Err(_) => anyhow::bail!("a ctl command was mapped to nothing (a bug)"),
+            };
+            return runtime.block_on(warren_server::ctl::run(&ctl.server, ctl.cluster_secret, command));
         }
     };
     let config = Config::resolve(args)?;
