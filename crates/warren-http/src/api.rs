@@ -11,11 +11,14 @@
 //!   refused with 400: no regex engine yet).
 //! - Counts come from this node's replica of the state: on a follower they
 //!   may lag the leader by the entries not yet applied (milliseconds).
-//! - Writes: declaring, deleting and purging a queue (each a command
-//!   through Raft, as a short-lived connection of this node).
-//! - Not here yet: the other writes, message rates and
-//!   `message_stats` (no statistics are kept yet), connections, channels,
-//!   consumers, permissions, policies, definitions.
+//! - Writes: declaring, deleting and purging a queue here; users, vhosts
+//!   and permissions in [`crate::users`] (each a command through Raft, as
+//!   a short-lived connection of this node).
+//! - Management users see only the vhosts where they have permissions;
+//!   administrators and monitoring users see all.
+//! - Not here yet: exchange and binding writes, publish and get, message
+//!   rates and `message_stats` (no statistics are kept yet), connections,
+//!   channels, consumers, policies, definitions import.
 
 use std::sync::Arc;
 
