@@ -12,11 +12,22 @@ use crate::within;
 /// A response: status code, lower-cased head, body.
 pub struct Reply {
     pub status: u16,
+    /// The status line and headers, lower-cased.
     pub head: String,
+    /// The same as sent.
+    pub raw_head: String,
     pub body: String,
 }
 
 impl Reply {
+    /// The value of header `name` (any case), as sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.raw_head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+
     /// The body as JSON.
     ///
     /// # Errors
@@ -63,6 +74,7 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, auth: &str, bod
     Ok(Reply {
         status,
         head: head.to_ascii_lowercase(),
+        raw_head: head.to_owned(),
         body: body.to_owned(),
     })
 }

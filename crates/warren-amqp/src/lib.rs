@@ -116,39 +116,27 @@ impl Frontend {
     /// # Errors
     /// The core refused the command, or the node could not get an answer.
     pub async fn execute(&self, command: Command) -> Result<Outcome, ExecuteError> {
+        let mut session = self.session();
+        let outcome = session.execute(command).await;
+        session.close().await;
+        outcome
+    }
+
+    /// A short-lived connection of this node on which several commands
+    /// run in order on one channel (a `get` and the ack of what it got).
+    pub fn session(&self) -> Session {
         let conn = ConnectionId {
             node: self.node_id,
             boot: self.boot,
             seq: self.next_connection_seq(),
         };
-        let origin = ChannelId { conn, channel: 1 };
-        let mut effects = self.registry.register(conn);
-        let request = Request {
-            origin: Some(origin),
-            command,
-        };
-        let outcome = match self.proposer.submit(request).await {
-            Err(_) => Err(ExecuteError::Unavailable("the node is shutting down".to_owned())),
-            Ok(()) => match tokio::time::timeout(EXECUTE_TIMEOUT, reply_to(&mut effects, origin)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(ExecuteError::Unavailable(format!(
-                    "no answer from the cluster within {} s",
-                    EXECUTE_TIMEOUT.as_secs()
-                ))),
-            },
-        };
-        self.registry.unregister(conn);
-        let close = Request {
-            origin: None,
-            command: Command::CloseConnection { conn },
-        };
-        if self.proposer.submit(close).await.is_err() {
-            warn!(
-                ?conn,
-                "could not propose the close of a short-lived connection: node shutting down"
-            );
+        Session {
+            conn,
+            effects: self.registry.register(conn),
+            registry: self.registry.clone(),
+            proposer: self.proposer.clone(),
+            closed: false,
         }
-        outcome
     }
 
     /// The sequence number of a new connection of this node (the AMQP
@@ -218,6 +206,77 @@ pub async fn serve(listener: TcpListener, frontend: Arc<Frontend>, shutdown: imp
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
+        }
+    }
+}
+
+/// A connection of this node's own (see [`Frontend::session`]): its
+/// commands run on channel 1. Closed by [`Session::close`], or when
+/// dropped (the close is then proposed in the background).
+pub struct Session {
+    conn: ConnectionId,
+    effects: tokio::sync::mpsc::UnboundedReceiver<EffectBatch>,
+    registry: Arc<Registry>,
+    proposer: Proposer,
+    closed: bool,
+}
+
+impl Session {
+    /// Submits `command` and waits for the core's reply.
+    ///
+    /// # Errors
+    /// The core refused the command, or the node could not get an answer.
+    pub async fn execute(&mut self, command: Command) -> Result<Outcome, ExecuteError> {
+        let origin = ChannelId {
+            conn: self.conn,
+            channel: 1,
+        };
+        let request = Request {
+            origin: Some(origin),
+            command,
+        };
+        if self.proposer.submit(request).await.is_err() {
+            return Err(ExecuteError::Unavailable("the node is shutting down".to_owned()));
+        }
+        match tokio::time::timeout(EXECUTE_TIMEOUT, reply_to(&mut self.effects, origin)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(ExecuteError::Unavailable(format!(
+                "no answer from the cluster within {} s",
+                EXECUTE_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// Closes the connection (what it got and did not ack is requeued)
+    /// and waits for the close to be proposed.
+    pub async fn close(mut self) {
+        self.closed = true;
+        self.registry.unregister(self.conn);
+        let close = Request {
+            origin: None,
+            command: Command::CloseConnection { conn: self.conn },
+        };
+        if self.proposer.submit(close).await.is_err() {
+            warn!(conn = ?self.conn, "could not propose the close of a short-lived connection: node shutting down");
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.registry.unregister(self.conn);
+        let proposer = self.proposer.clone();
+        let close = Request {
+            origin: None,
+            command: Command::CloseConnection { conn: self.conn },
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = proposer.submit(close).await;
+            });
         }
     }
 }

@@ -71,7 +71,12 @@ pub fn router(sources: Arc<Sources>) -> Router {
         .route("/api/exchanges/{vhost}/{name}/bindings/{side}", get(exchange_bindings))
         .route("/api/exchanges", get(exchanges))
         .route("/api/exchanges/{vhost}", get(exchanges))
-        .route("/api/exchanges/{vhost}/{name}", get(exchange))
+        .route(
+            "/api/exchanges/{vhost}/{name}",
+            get(exchange)
+                .put(crate::topology::declare_exchange)
+                .delete(crate::topology::delete_exchange),
+        )
         .route("/api/bindings", get(bindings))
         .route("/api/bindings/{vhost}", get(bindings))
         .route("/api/users", get(users))
@@ -79,6 +84,7 @@ pub fn router(sources: Arc<Sources>) -> Router {
         .route("/api/health/checks/alarms", get(alarms))
         .route("/api/health/checks/local-alarms", get(alarms))
         .merge(crate::users::routes())
+        .merge(crate::topology::routes())
         .fallback(not_found)
         .with_state(sources)
 }
@@ -273,7 +279,7 @@ fn amqp_value(value: &AMQPValue) -> Value {
 }
 
 /// A field table as a JSON object (RabbitMQ shows an empty one as `{}`).
-fn table_json(table: &FieldTable) -> Value {
+pub(crate) fn table_json(table: &FieldTable) -> Value {
     Value::Object(
         table
             .inner()
@@ -323,23 +329,39 @@ fn exchange_json(vhost: &VHost, exchange: &warren_core::exchange::Exchange) -> V
     })
 }
 
-/// RabbitMQ's `properties_key` of a binding: the routing key (`~` for an
-/// empty one) when there are no arguments, else the key, `~` and a hash of
-/// the arguments.
-fn properties_key(routing_key: &str, arguments: &FieldTable) -> String {
+/// RabbitMQ's `properties_key` of a binding (`pack_binding_props`): the
+/// routing key, URL-quoted (`~` for an empty key), and with arguments `~`
+/// and a hash of them. RabbitMQ hashes the Erlang term (`phash2`); this is
+/// CRC-32 of their canonical form: stable across nodes and restarts, not
+/// the same value as RabbitMQ's.
+pub(crate) fn properties_key(routing_key: &str, arguments: &FieldTable) -> String {
     if arguments.inner().is_empty() {
         return if routing_key.is_empty() {
             "~".to_owned()
         } else {
-            routing_key.to_owned()
+            quote_plus(routing_key)
         };
     }
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    std::hash::Hash::hash(&format!("{arguments:?}"), &mut hasher);
-    format!("{routing_key}~{:x}", std::hash::Hasher::finish(&hasher))
+    let hash = crc32fast::hash(format!("{:?}", arguments.inner()).as_bytes());
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash.to_be_bytes());
+    format!("{}~{}", quote_plus(routing_key), quote_plus(&encoded))
 }
 
-fn bindings_of(vhost: &VHost, state: &warren_core::vhost::VHostState) -> Vec<Value> {
+/// Erlang's `quote_plus` as RabbitMQ's API uses it: letters, digits and
+/// `-._` as they are, space as `+`, every other byte `%XX` (`~` too).
+pub(crate) fn quote_plus(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => out.push(char::from(byte)),
+            b' ' => out.push('+'),
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
+}
+
+pub(crate) fn bindings_of(vhost: &VHost, state: &warren_core::vhost::VHostState) -> Vec<Value> {
     let mut out = Vec::new();
     // Every queue's implicit binding to the default exchange, as RabbitMQ lists it.
     for queue in state.queues.values() {
@@ -350,7 +372,7 @@ fn bindings_of(vhost: &VHost, state: &warren_core::vhost::VHostState) -> Vec<Val
             "destination_type": "queue",
             "routing_key": queue.name.as_str(),
             "arguments": {},
-            "properties_key": queue.name.as_str(),
+            "properties_key": properties_key(queue.name.as_str(), &FieldTable::default()),
         }));
     }
     for exchange in state.exchanges.values() {
@@ -572,7 +594,7 @@ fn check_vhost(broker: &Broker, viewer: &User, vhost: &VHost) -> Result<(), ApiE
 /// Checks `viewer` may do `perm` on the named resource, as an AMQP client
 /// of theirs would be checked; 401 with the refusal's text if not (as
 /// RabbitMQ's API answers an operation its channel was refused).
-fn authorize(
+pub(crate) fn authorize(
     sources: &Sources,
     viewer: &User,
     vhost: &VHost,
@@ -885,10 +907,16 @@ async fn alarms(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> Resu
 
 /// Runs `command` through [`Frontend::execute`](warren_amqp::Frontend::execute).
 pub(crate) async fn execute(sources: &Sources, command: Command) -> Result<Outcome, ApiError> {
-    sources.frontend.execute(command).await.map_err(|e| match e {
-        warren_amqp::ExecuteError::Refused(error) => ApiError::from_core(&error),
-        warren_amqp::ExecuteError::Unavailable(reason) => ApiError::unavailable(reason),
-    })
+    Ok(sources.frontend.execute(command).await?)
+}
+
+impl From<warren_amqp::ExecuteError> for ApiError {
+    fn from(error: warren_amqp::ExecuteError) -> Self {
+        match error {
+            warren_amqp::ExecuteError::Refused(error) => ApiError::from_core(&error),
+            warren_amqp::ExecuteError::Unavailable(reason) => ApiError::unavailable(reason),
+        }
+    }
 }
 
 /// The vhost named `name`, or 404 if there is none (the core would answer
@@ -927,7 +955,7 @@ fn json_value(value: &Value) -> AMQPValue {
     }
 }
 
-fn json_table(value: &Value) -> FieldTable {
+pub(crate) fn json_table(value: &Value) -> FieldTable {
     let mut table = FieldTable::default();
     if let Value::Object(object) = value {
         for (key, value) in object {
@@ -950,7 +978,7 @@ pub(crate) fn json_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, A
 }
 
 /// A boolean field of a request body, with its default.
-fn flag(body: &serde_json::Map<String, Value>, name: &str, default: bool) -> Result<bool, ApiError> {
+pub(crate) fn flag(body: &serde_json::Map<String, Value>, name: &str, default: bool) -> Result<bool, ApiError> {
     match body.get(name) {
         None => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
@@ -1011,13 +1039,19 @@ async fn declare_queue(
     })
 }
 
-/// `if-unused` / `if-empty` of a queue deletion.
+/// `if-unused` / `if-empty` of a queue or exchange deletion.
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct DeleteConditions {
     #[serde(rename = "if-unused")]
     if_unused: Option<String>,
     #[serde(rename = "if-empty")]
     if_empty: Option<String>,
+}
+
+impl DeleteConditions {
+    pub(crate) fn if_unused(&self) -> bool {
+        self.if_unused.as_deref() == Some("true")
+    }
 }
 
 /// `DELETE /api/queues/{vhost}/{name}` (`?if-unused=true`, `?if-empty=true`):
@@ -1045,7 +1079,7 @@ async fn delete_queue(
     let command = Command::DeleteQueue {
         vhost,
         queue: name,
-        if_unused: conditions.if_unused.as_deref() == Some("true"),
+        if_unused: conditions.if_unused(),
         if_empty: conditions.if_empty.as_deref() == Some("true"),
     };
     execute(&sources, command).await?;

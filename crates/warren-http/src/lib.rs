@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod prometheus;
+mod topology;
 mod users;
 
 use std::future::Future;

@@ -1,0 +1,299 @@
+//! The management API's writes against the real binary (issue 10, item 2):
+//! exchanges, bindings (with the `Location` Terraform's provider reads),
+//! publish and get, users, vhosts and permissions — through
+//! `rabbitmq_http_client` (the library inside rabbitmqadmin v2) and raw
+//! HTTP for the status codes and bad input.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use warren_e2e::http::{get, request, Reply};
+
+/// `guest:guest`, the default user (tag `administrator`).
+const GUEST: &str = "Z3Vlc3Q6Z3Vlc3Q=";
+
+async fn call(api: SocketAddr, method: &str, path: &str, body: &str) -> anyhow::Result<Reply> {
+    request(api, method, path, GUEST, body).await
+}
+
+fn expect(reply: &Reply, status: u16, what: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        reply.status == status,
+        "{what}: expected {status}, got {} {}",
+        reply.status,
+        reply.body
+    );
+    if status >= 400 {
+        let error = reply.json()?;
+        anyhow::ensure!(
+            error["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "{what}: no reason in {error}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_http_client_declares_binds_publishes_gets_and_manages_users() -> anyhow::Result<()> {
+    let broker = warren_e2e::start_broker().await?;
+    let endpoint = format!("http://{}/api", broker.http_addr().context("no http address")?);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        use rabbitmq_http_client::blocking_api::ClientBuilder;
+        use rabbitmq_http_client::commons::{BindingDestinationType, ExchangeType};
+        use rabbitmq_http_client::requests::{
+            BindingDeletionParams, ExchangeParams, Permissions, QueueParams, UserParams, VirtualHostParams,
+        };
+        let client = ClientBuilder::new()
+            .with_endpoint(endpoint.as_str())
+            .with_basic_auth_credentials("guest", "guest")
+            .build()?;
+
+        client.create_vhost(&VirtualHostParams::named("orders"))?;
+        let salt = rabbitmq_http_client::password_hashing::salt();
+        let hash = rabbitmq_http_client::password_hashing::base64_encoded_salted_password_hash_sha256(&salt, "pw");
+        client.create_user(&UserParams {
+            name: "ops",
+            password_hash: &hash,
+            tags: "management",
+        })?;
+        client.grant_permissions(&Permissions {
+            user: "ops",
+            vhost: "orders",
+            configure: ".*",
+            read: ".*",
+            write: ".*",
+        })?;
+        let granted = client.list_permissions_of("ops")?;
+        assert_eq!(granted.len(), 1, "{granted:?}");
+        assert_eq!(
+            (granted[0].vhost.as_str(), granted[0].configure.as_str()),
+            ("orders", ".*")
+        );
+        assert!(client.list_users()?.iter().any(|u| u.name == "ops"));
+
+        // ops (a management user with a grant) does the rest in orders.
+        let ops = ClientBuilder::new()
+            .with_endpoint(endpoint.as_str())
+            .with_basic_auth_credentials("ops", "pw")
+            .build()?;
+        ops.declare_exchange("orders", &ExchangeParams::durable("events", ExchangeType::Topic, None))?;
+        ops.declare_exchange("orders", &ExchangeParams::durable("audit", ExchangeType::Fanout, None))?;
+        ops.declare_queue("orders", &QueueParams::new_durable_classic_queue("created", None))?;
+        ops.declare_queue("orders", &QueueParams::new_durable_classic_queue("everything", None))?;
+        ops.bind_queue("orders", "created", "events", Some("order.created"), None)?;
+        ops.bind_exchange("orders", "audit", "events", Some("#"), None)?;
+        ops.bind_queue("orders", "everything", "audit", None, None)?;
+        let info = ops.get_exchange_info("orders", "events")?;
+        assert_eq!(info.exchange_type, "topic");
+
+        let routed = ops.publish_message("orders", "events", "order.created", "o-1", serde_json::Map::new())?;
+        assert!(routed.routed);
+        let unrouted = ops.publish_message("orders", "created", "x", "nope", serde_json::Map::new());
+        assert!(unrouted.is_err(), "no exchange named created");
+        let nowhere = ops.publish_message("orders", "amq.direct", "nobody", "lost", serde_json::Map::new())?;
+        assert!(!nowhere.routed);
+
+        // Requeued by the first get, taken by the second.
+        let peek = ops.get_messages("orders", "created", 5, "ack_requeue_true")?;
+        assert_eq!(peek.len(), 1);
+        assert_eq!(
+            (peek[0].payload.as_str(), peek[0].routing_key.as_str()),
+            ("o-1", "order.created")
+        );
+        assert!(!peek[0].redelivered);
+        let taken = ops.get_messages("orders", "created", 5, "ack_requeue_false")?;
+        assert_eq!(taken.len(), 1);
+        assert!(taken[0].redelivered, "the first get requeued it");
+        assert!(ops
+            .get_messages("orders", "created", 5, "ack_requeue_false")?
+            .is_empty());
+        let through_e2e = ops.get_messages("orders", "everything", 1, "ack_requeue_false")?;
+        assert_eq!(through_e2e.len(), 1, "routed through the exchange-to-exchange binding");
+
+        ops.delete_binding(
+            &BindingDeletionParams {
+                virtual_host: "orders",
+                source: "events",
+                destination: "created",
+                destination_type: BindingDestinationType::Queue,
+                routing_key: "order.created",
+                arguments: None,
+            },
+            false,
+        )?;
+        let routed = ops.publish_message("orders", "events", "order.created", "o-2", serde_json::Map::new())?;
+        assert!(routed.routed, "still reaches everything through audit");
+        assert!(ops
+            .get_messages("orders", "created", 1, "ack_requeue_false")?
+            .is_empty());
+        ops.delete_exchange("orders", "audit", false)?;
+        assert!(ops.get_exchange_info("orders", "audit").is_err());
+
+        // ops may not touch "/" (no grant there) nor manage users.
+        assert!(ops
+            .declare_queue("/", &QueueParams::new_durable_classic_queue("q", None))
+            .is_err());
+        assert!(ops.delete_user("guest", false).is_err());
+
+        client.delete_user("ops", false)?;
+        client.delete_vhost("orders", false)?;
+        assert!(client.list_vhosts()?.iter().all(|v| v.name != "orders"));
+        Ok(())
+    })
+    .await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_answer_with_their_location_and_bad_writes_get_rabbitmq_s_codes() -> anyhow::Result<()> {
+    let broker = warren_e2e::start_broker().await?;
+    let api = broker.http_addr().context("no http address")?;
+    expect(&call(api, "PUT", "/api/queues/%2F/jobs", "{}").await?, 201, "queue")?;
+    expect(
+        &call(
+            api,
+            "PUT",
+            "/api/exchanges/%2F/work",
+            r#"{"type":"direct","durable":true}"#,
+        )
+        .await?,
+        201,
+        "exchange",
+    )?;
+    expect(
+        &call(api, "PUT", "/api/exchanges/%2F/work", r#"{"type":"direct"}"#).await?,
+        204,
+        "same exchange",
+    )?;
+
+    // A binding with a key needing quotes, and one with arguments.
+    let created = call(
+        api,
+        "POST",
+        "/api/bindings/%2F/e/work/q/jobs",
+        r#"{"routing_key":"a b~c"}"#,
+    )
+    .await?;
+    expect(&created, 201, "binding")?;
+    assert_eq!(created.header("location"), Some("jobs/a+b%7Ec"), "{}", created.raw_head);
+    let with_args = call(
+        api,
+        "POST",
+        "/api/bindings/%2F/e/work/q/jobs",
+        r#"{"routing_key":"k","arguments":{"x-n":1}}"#,
+    )
+    .await?;
+    expect(&with_args, 201, "binding with arguments")?;
+    let location = with_args.header("location").context("no location")?.to_owned();
+    let props = location.strip_prefix("jobs/").context("location names the queue")?;
+    assert!(props.starts_with("k~"), "{location}");
+
+    let listed = get(api, "/api/bindings/%2F/e/work/q/jobs", GUEST).await?.json()?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    let one = get(api, &format!("/api/bindings/%2F/e/work/q/jobs/{props}"), GUEST).await?;
+    expect(&one, 200, "the binding at its location")?;
+    assert_eq!(one.json()?["arguments"], json!({"x-n": 1}));
+    // The properties key is the same on another read (a stable hash).
+    let again = get(api, "/api/queues/%2F/jobs/bindings", GUEST).await?.json()?;
+    assert!(
+        again
+            .as_array()
+            .context("list")?
+            .iter()
+            .any(|b| b["properties_key"] == props),
+        "{again}"
+    );
+    let path = format!("/api/bindings/%2F/e/work/q/jobs/{props}");
+    expect(&call(api, "DELETE", &path, "").await?, 204, "unbind")?;
+    expect(&call(api, "DELETE", &path, "").await?, 404, "unbind again")?;
+
+    // Bad writes.
+    let cases: [(&str, &str, &str, u16); 16] = [
+        ("PUT", "/api/exchanges/%2F/x", "{}", 400),
+        ("PUT", "/api/exchanges/%2F/x", r#"{"type":"nope"}"#, 400),
+        (
+            "PUT",
+            "/api/exchanges/%2F/x",
+            r#"{"type":"direct","arguments":[]}"#,
+            400,
+        ),
+        ("PUT", "/api/exchanges/%2F/work", r#"{"type":"fanout"}"#, 400),
+        ("PUT", "/api/exchanges/%2F/amq.mine", r#"{"type":"direct"}"#, 403),
+        ("PUT", "/api/exchanges/nowhere/x", r#"{"type":"direct"}"#, 404),
+        ("DELETE", "/api/exchanges/%2F/amq.direct", "", 403),
+        ("DELETE", "/api/exchanges/%2F/missing", "", 404),
+        ("POST", "/api/bindings/%2F/e/missing/q/jobs", "{}", 404),
+        ("POST", "/api/bindings/%2F/e/work/q/missing", "{}", 404),
+        ("POST", "/api/bindings/%2F/e/work/z/jobs", "{}", 404),
+        ("POST", "/api/exchanges/%2F/work/publish", r#"{"routing_key":"k"}"#, 400),
+        (
+            "POST",
+            "/api/exchanges/%2F/work/publish",
+            r#"{"routing_key":"k","payload":"!","payload_encoding":"base64"}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/api/exchanges/%2F/missing/publish",
+            r#"{"routing_key":"k","payload":""}"#,
+            404,
+        ),
+        (
+            "POST",
+            "/api/queues/%2F/jobs/get",
+            r#"{"count":1,"ackmode":"later"}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/api/queues/%2F/jobs/get",
+            r#"{"count":0,"ackmode":"ack_requeue_true"}"#,
+            400,
+        ),
+    ];
+    for (method, path, body, status) in cases {
+        expect(
+            &call(api, method, path, body).await?,
+            status,
+            &format!("{method} {path} {body}"),
+        )?;
+    }
+
+    // Publish with properties and base64, get with truncation and base64.
+    let publish = call(
+        api,
+        "POST",
+        "/api/exchanges/%2F/amq.default/publish",
+        r#"{"routing_key":"jobs","payload":"AAEC/w==","payload_encoding":"base64",
+            "properties":{"delivery_mode":2,"headers":{"h":"v"},"content_type":"x/bin"}}"#,
+    )
+    .await?;
+    expect(&publish, 200, "publish")?;
+    let publish_default = call(
+        api,
+        "POST",
+        "/api/exchanges/%2F/amq.default/publish",
+        r#"{"routing_key":"jobs","payload":"hello world","properties":{}}"#,
+    )
+    .await?;
+    assert_eq!(publish_default.json()?, json!({"routed": true}));
+    let got = call(
+        api,
+        "POST",
+        "/api/queues/%2F/jobs/get",
+        r#"{"count":2,"ackmode":"ack_requeue_false","encoding":"auto","truncate":5}"#,
+    )
+    .await?;
+    expect(&got, 200, "get")?;
+    let got: Value = got.json()?;
+    assert_eq!(got[0]["payload_encoding"], "base64", "{got}");
+    assert_eq!(got[0]["payload"], "AAEC/w==");
+    assert_eq!(got[0]["payload_bytes"], 4);
+    assert_eq!(got[0]["properties"]["headers"], json!({"h": "v"}));
+    assert_eq!(got[0]["properties"]["delivery_mode"], 2);
+    assert_eq!(got[0]["message_count"], 1);
+    assert_eq!(got[1]["payload"], "hello", "truncated to 5 bytes");
+    assert_eq!(got[1]["payload_bytes"], 11);
+    Ok(())
+}
