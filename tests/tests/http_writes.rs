@@ -297,3 +297,209 @@ async fn bindings_answer_with_their_location_and_bad_writes_get_rabbitmq_s_codes
     assert_eq!(got[1]["payload_bytes"], 11);
     Ok(())
 }
+
+/// A definitions file as RabbitMQ 3.13 exports it (the hash is of
+/// "s3cret", made by rabbitmq_http_client's RabbitMQ-compatible hashing).
+fn rabbitmq_export(hash: &str) -> String {
+    json!({
+        "rabbit_version": "3.13.7",
+        "rabbitmq_version": "3.13.7",
+        "product_name": "RabbitMQ",
+        "product_version": "3.13.7",
+        "users": [
+            {"name": "app", "password_hash": hash, "hashing_algorithm": "rabbit_password_hashing_sha256",
+             "tags": ["management"], "limits": {}}
+        ],
+        "vhosts": [
+            {"name": "shop", "description": "the shop", "tags": [], "metadata": {"description": "the shop", "tags": []}}
+        ],
+        "permissions": [
+            {"user": "app", "vhost": "shop", "configure": "^app\\.", "write": ".*", "read": ".*"}
+        ],
+        "topic_permissions": [],
+        "parameters": [],
+        "global_parameters": [{"name": "cluster_name", "value": "rabbit@host"}],
+        "policies": [
+            {"vhost": "shop", "name": "ttl", "pattern": "^app\\.", "apply-to": "queues",
+             "definition": {"message-ttl": 60000}, "priority": 0}
+        ],
+        "queues": [
+            {"name": "app.orders", "vhost": "shop", "durable": true, "auto_delete": false,
+             "arguments": {"x-queue-type": "classic", "x-max-length": 1000}},
+            {"name": "app.audit", "vhost": "shop", "durable": true, "auto_delete": false, "arguments": {}}
+        ],
+        "exchanges": [
+            {"name": "app.events", "vhost": "shop", "type": "topic", "durable": true, "auto_delete": false,
+             "internal": false, "arguments": {}},
+            {"name": "app.all", "vhost": "shop", "type": "fanout", "durable": true, "auto_delete": false,
+             "internal": false, "arguments": {}}
+        ],
+        "bindings": [
+            {"source": "app.events", "vhost": "shop", "destination": "app.orders", "destination_type": "queue",
+             "routing_key": "order.*", "arguments": {}},
+            {"source": "app.events", "vhost": "shop", "destination": "app.all", "destination_type": "exchange",
+             "routing_key": "#", "arguments": {}},
+            {"source": "app.all", "vhost": "shop", "destination": "app.audit", "destination_type": "queue",
+             "routing_key": "", "arguments": {}}
+        ]
+    })
+    .to_string()
+}
+
+/// The parts of a definitions export that must survive a round trip.
+fn topology(definitions: &Value) -> Value {
+    let sorted = |key: &str| {
+        let mut items: Vec<Value> = definitions[key].as_array().cloned().unwrap_or_default();
+        items.sort_by_key(|item| item.to_string());
+        Value::Array(items)
+    };
+    json!({
+        "vhosts": sorted("vhosts").as_array().map(|v| v.iter().map(|x| x["name"].clone()).collect::<Vec<_>>()),
+        "permissions": sorted("permissions"),
+        "policies": sorted("policies"),
+        "queues": sorted("queues"),
+        "exchanges": sorted("exchanges"),
+        "bindings": sorted("bindings"),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rabbitmq_definitions_file_imports_and_exports_back_and_policies_are_kept() -> anyhow::Result<()> {
+    let broker = warren_e2e::start_broker().await?;
+    let api = broker.http_addr().context("no http address")?;
+    let salt = rabbitmq_http_client::password_hashing::salt();
+    let hash = rabbitmq_http_client::password_hashing::base64_encoded_salted_password_hash_sha256(&salt, "s3cret");
+    expect(
+        &call(api, "POST", "/api/definitions", &rabbitmq_export(&hash)).await?,
+        204,
+        "import",
+    )?;
+
+    // The imported user logs in and its grant holds.
+    let uri = format!("amqp://app:s3cret@127.0.0.1:{}/shop", broker.amqp_port());
+    let conn = warren_e2e::connect(&uri).await?;
+    let ch = warren_e2e::within("channel", conn.create_channel()).await?;
+    let confirm = warren_e2e::within(
+        "publish",
+        ch.basic_publish(
+            "app.events".into(),
+            "order.created".into(),
+            Default::default(),
+            b"o-1",
+            Default::default(),
+        ),
+    )
+    .await?;
+    warren_e2e::within("publish done", confirm).await?;
+    let refused = ch
+        .queue_declare("other".into(), Default::default(), Default::default())
+        .await
+        .err()
+        .context("declared outside ^app\\.")?;
+    assert_eq!(warren_e2e::reply_code(&refused), Some(403));
+    // app:s3cret: guest has no grant in the imported vhost.
+    let app = "YXBwOnMzY3JldA==";
+    let got = request(
+        api,
+        "POST",
+        "/api/queues/shop/app.audit/get",
+        app,
+        r#"{"count":1,"ackmode":"ack_requeue_false"}"#,
+    )
+    .await?
+    .json()?;
+    assert_eq!(got[0]["payload"], "o-1", "through both exchange bindings: {got}");
+
+    let exported = get(api, "/api/definitions", GUEST).await?.json()?;
+    let policy = get(api, "/api/policies/shop/ttl", GUEST).await?.json()?;
+    assert_eq!(policy["definition"], json!({"message-ttl": 60000}), "{policy}");
+    assert_eq!(policy["apply-to"], "queues");
+
+    // Exported from this broker, imported into a fresh one: the same.
+    let other = warren_e2e::start_broker().await?;
+    let other_api = other.http_addr().context("no http address")?;
+    expect(
+        &call(other_api, "POST", "/api/definitions", &exported.to_string()).await?,
+        204,
+        "re-import",
+    )?;
+    let again = get(other_api, "/api/definitions", GUEST).await?.json()?;
+    assert_eq!(topology(&again), topology(&exported));
+    let users: Vec<&str> = again["users"]
+        .as_array()
+        .context("users")?
+        .iter()
+        .filter_map(|u| u["name"].as_str())
+        .collect();
+    assert!(users.contains(&"app") && users.contains(&"guest"), "{users:?}");
+
+    // Policies over the API, and what it refuses.
+    let body = r#"{"pattern":"^jobs$","definition":{"max-length":10},"apply-to":"queues","priority":3}"#;
+    expect(&call(api, "PUT", "/api/policies/%2F/cap", body).await?, 201, "policy")?;
+    expect(
+        &call(api, "PUT", "/api/policies/%2F/cap", body).await?,
+        204,
+        "same policy",
+    )?;
+    let listed = get(api, "/api/policies/%2F", GUEST).await?.json()?;
+    assert_eq!(listed[0]["priority"], 3, "{listed}");
+    for (path, body, status) in [
+        ("/api/policies/%2F/bad", r#"{"pattern":"("}"#, 400),
+        ("/api/policies/%2F/bad", r#"{"pattern":".*"}"#, 400),
+        ("/api/policies/%2F/bad", r#"{"pattern":".*","definition":{}}"#, 400),
+        (
+            "/api/policies/%2F/bad",
+            r#"{"pattern":".*","definition":{"a":1},"apply-to":"everything"}"#,
+            400,
+        ),
+        (
+            "/api/policies/nowhere/bad",
+            r#"{"pattern":".*","definition":{"a":1}}"#,
+            404,
+        ),
+    ] {
+        expect(
+            &call(api, "PUT", path, body).await?,
+            status,
+            &format!("PUT {path} {body}"),
+        )?;
+    }
+    // app (management, not policymaker) may not set policies.
+    expect(
+        &request(api, "PUT", "/api/policies/shop/x", app, body).await?,
+        401,
+        "app sets a policy",
+    )?;
+    expect(
+        &call(api, "DELETE", "/api/policies/%2F/cap", "").await?,
+        204,
+        "delete policy",
+    )?;
+    expect(
+        &call(api, "DELETE", "/api/policies/%2F/cap", "").await?,
+        404,
+        "delete again",
+    )?;
+
+    // Imports that cannot be taken: 400 naming the object.
+    let md5 = json!({"users": [{"name": "old", "password_hash": "x", "hashing_algorithm": "rabbit_password_hashing_md5", "tags": ""}]});
+    let reply = call(api, "POST", "/api/definitions", &md5.to_string()).await?;
+    expect(&reply, 400, "md5 user")?;
+    assert!(reply.body.contains("user 'old'"), "{}", reply.body);
+    let dangling = json!({"bindings": [{"source": "amq.direct", "vhost": "/", "destination": "missing",
+        "destination_type": "queue", "routing_key": "k", "arguments": {}}]});
+    let reply = call(api, "POST", "/api/definitions", &dangling.to_string()).await?;
+    expect(&reply, 400, "binding to a missing queue")?;
+    assert!(reply.body.contains("'missing'"), "{}", reply.body);
+    expect(
+        &call(api, "POST", "/api/definitions", "[1,2]").await?,
+        400,
+        "not an object",
+    )?;
+    expect(
+        &call(api, "POST", "/api/definitions", r#"{"queues": 7}"#).await?,
+        400,
+        "queues not a list",
+    )?;
+    Ok(())
+}

@@ -14,6 +14,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use warren_core::access::Access;
+use warren_core::policy::Policies;
 use warren_core::staged::StagedBodies;
 use warren_core::{Body, BodyCodec, Broker, Command, Effect, Message, NodeId, Outcome, Properties, StoredBody};
 use warren_store::{BodyRef, BodyStore, LogStore, StoreError};
@@ -72,18 +73,19 @@ impl Shared {
 }
 
 /// What a snapshot's data holds: the state every replica computes alike.
-/// The bodies arriving in parts (`warren_core::staged`) and the users'
-/// permissions travel beside the broker, whose own encoding does not hold
-/// them.
+/// The bodies arriving in parts (`warren_core::staged`), the users'
+/// permissions and the policies travel beside the broker, whose own
+/// encoding does not hold them.
 #[derive(Serialize, Deserialize)]
 struct Replicated {
     broker: Broker,
     sessions: Sessions,
     staged: StagedBodies,
     access: Access,
+    policies: Policies,
 }
 
-/// A snapshot's data before permissions.
+/// A snapshot's data before permissions and policies.
 #[derive(Deserialize)]
 struct ReplicatedV2 {
     broker: Broker,
@@ -105,6 +107,7 @@ impl Replicated {
             sessions: sessions.clone(),
             staged: broker.staged_bodies().clone(),
             access: broker.access().clone(),
+            policies: broker.policies().clone(),
         }
     }
 
@@ -112,6 +115,7 @@ impl Replicated {
         let mut broker = self.broker;
         broker.set_staged_bodies(self.staged);
         broker.set_access(self.access);
+        broker.set_policies(self.policies);
         (broker, self.sessions)
     }
 }
@@ -819,6 +823,14 @@ mod tests {
                 write: ".*".into(),
                 read: String::new(),
             },
+            Command::PutPolicy(warren_core::policy::Policy {
+                vhost: warren_core::VHost::from("/"),
+                name: "limit".into(),
+                pattern: "^jobs$".into(),
+                apply_to: "queues".into(),
+                priority: 1,
+                definition: r#"{"max-length":10}"#.into(),
+            }),
         ]
         .map(|command| warren_core::Request { origin: None, command });
         let batch = warren_core::Batch {
@@ -827,15 +839,17 @@ mod tests {
         };
         broker.apply(&batch, &mut Vec::new());
         assert_eq!(broker.access().permissions().count(), 1);
+        assert_eq!(broker.policies().iter().count(), 1);
         broker
     }
 
     #[test]
-    fn snapshots_carry_permissions() {
+    fn snapshots_carry_permissions_and_policies() {
         let broker = broker_with_grants();
         let data = encode(&Replicated::new(&broker, &Sessions::default())).expect("encode");
         let (decoded, _) = decode_replicated(&data).expect("decode");
         assert_eq!(decoded.access(), broker.access());
+        assert_eq!(decoded.policies(), broker.policies());
         assert_eq!(decoded, broker);
     }
 

@@ -66,6 +66,9 @@ pub struct Broker {
     /// Users' permissions. Beside the broker in snapshots, as `staged`.
     #[serde(skip)]
     pub(crate) access: crate::access::Access,
+    /// Policies. Beside the broker in snapshots, as `staged`.
+    #[serde(skip)]
+    pub(crate) policies: crate::policy::Policies,
 }
 
 /// A queue's key across vhosts.
@@ -121,6 +124,7 @@ impl Broker {
             next_uid: 1,
             staged: crate::staged::StagedBodies::new(),
             access: crate::access::Access::default(),
+            policies: crate::policy::Policies::default(),
         }
     }
 
@@ -358,6 +362,20 @@ impl Broker {
                 self.init_access();
                 Ok(Outcome::Done)
             }
+            Command::PutPolicy(policy) => {
+                if !self.vhosts.contains_key(&policy.vhost) {
+                    return Some(Err(CoreError::NotFound(format!("no vhost '{}'", policy.vhost))));
+                }
+                self.policies.put(policy.clone());
+                Ok(Outcome::Done)
+            }
+            Command::DeletePolicy { vhost, name } => {
+                if self.policies.remove(vhost, name) {
+                    Ok(Outcome::Done)
+                } else {
+                    Err(CoreError::NotFound(format!("no policy '{name}' in vhost '{vhost}'")))
+                }
+            }
         };
         Some(outcome)
     }
@@ -435,6 +453,16 @@ impl Broker {
     /// Users' permissions.
     pub fn access(&self) -> &crate::access::Access {
         &self.access
+    }
+
+    /// Policies.
+    pub fn policies(&self) -> &crate::policy::Policies {
+        &self.policies
+    }
+
+    /// Restores the policies from a snapshot.
+    pub fn set_policies(&mut self, policies: crate::policy::Policies) {
+        self.policies = policies;
     }
 
     /// Restores the permissions from a snapshot.

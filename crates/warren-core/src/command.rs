@@ -262,4 +262,10 @@ pub enum Command {
     /// fresh cluster, or one from a build before permissions): every user
     /// gets full permissions on every vhost, as every user had before.
     InitAccess,
+    /// Creates or replaces a policy (checked by whoever submits it).
+    PutPolicy(crate::policy::Policy),
+    DeletePolicy {
+        vhost: VHost,
+        name: String,
+    },
 }

@@ -54,6 +54,7 @@ pub mod ids;
 mod invariants;
 mod lifecycle;
 pub mod message;
+pub mod policy;
 mod publish;
 pub mod queue;
 pub mod queue_args;

@@ -137,6 +137,7 @@ impl Broker {
         }
         self.vhosts.remove(vhost);
         self.access.forget_vhost(vhost);
+        self.policies.forget_vhost(vhost);
         Ok(Outcome::Done)
     }
 }

@@ -80,11 +80,12 @@ pub fn router(sources: Arc<Sources>) -> Router {
         .route("/api/bindings", get(bindings))
         .route("/api/bindings/{vhost}", get(bindings))
         .route("/api/users", get(users))
-        .route("/api/definitions", get(definitions))
+        .route("/api/definitions", get(definitions).post(crate::definitions::import))
         .route("/api/health/checks/alarms", get(alarms))
         .route("/api/health/checks/local-alarms", get(alarms))
         .merge(crate::users::routes())
         .merge(crate::topology::routes())
+        .merge(crate::definitions::routes())
         .fallback(not_found)
         .with_state(sources)
 }
@@ -135,6 +136,11 @@ impl ApiError {
             error: kind,
             reason: error.to_string(),
         }
+    }
+
+    /// A 400 whose reason names the object it was about (an import's).
+    pub(crate) fn prefixed(self, what: &str) -> Self {
+        Self::bad_request(format!("{what}: {}", self.reason))
     }
 
     pub(crate) fn bad_request(reason: impl Into<String>) -> Self {
@@ -572,7 +578,7 @@ async fn vhost(State(sources): State<Arc<Sources>>, headers: HeaderMap, Path(nam
 /// Whether `viewer` may see what is in `vhost`: monitoring users and
 /// administrators see every vhost, other management users those where
 /// they have permissions (as in RabbitMQ).
-fn sees(broker: &Broker, viewer: &User, vhost: &VHost) -> bool {
+pub(crate) fn sees(broker: &Broker, viewer: &User, vhost: &VHost) -> bool {
     viewer
         .tags
         .iter()
@@ -866,7 +872,7 @@ async fn definitions(State(sources): State<Arc<Sources>>, headers: HeaderMap) ->
             "topic_permissions": [],
             "parameters": [],
             "global_parameters": [],
-            "policies": [],
+            "policies": broker.policies().iter().map(crate::definitions::policy_json).collect::<Vec<_>>(),
             "queues": queues,
             "exchanges": exchanges,
             "bindings": bindings,

@@ -8,6 +8,7 @@
 //! end (`warren-amqp`) and changes nothing.
 
 pub mod api;
+mod definitions;
 pub mod prometheus;
 mod topology;
 mod users;

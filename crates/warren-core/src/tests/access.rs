@@ -160,3 +160,48 @@ fn init_access_grants_every_user_every_vhost_once() {
     );
     assert!(!may(&h, "late", "/", "anything", Perm::Read));
 }
+
+#[test]
+fn policies_are_put_replaced_deleted_and_go_with_their_vhost() {
+    use crate::policy::Policy;
+    let mut h = Harness::new();
+    h.run(
+        None,
+        Command::DeclareVHost {
+            vhost: VHost::from("v"),
+        },
+    );
+    let policy = |vhost: &str, priority: i64| Policy {
+        vhost: VHost::from(vhost),
+        name: "ttl".into(),
+        pattern: ".*".into(),
+        apply_to: "queues".into(),
+        priority,
+        definition: r#"{"message-ttl":1000}"#.into(),
+    };
+    let c = chan(1, 1);
+    h.ok(c, Command::PutPolicy(policy("/", 1)));
+    h.ok(c, Command::PutPolicy(policy("/", 2)));
+    h.ok(c, Command::PutPolicy(policy("v", 1)));
+    assert_eq!(
+        h.broker.policies().get(&VHost::from("/"), "ttl").map(|p| p.priority),
+        Some(2)
+    );
+    assert!(matches!(
+        h.call(c, Command::PutPolicy(policy("nowhere", 1))),
+        Err(CoreError::NotFound(_))
+    ));
+    let delete = |vhost: &str| Command::DeletePolicy {
+        vhost: VHost::from(vhost),
+        name: "ttl".into(),
+    };
+    h.ok(c, delete("/"));
+    assert!(matches!(h.call(c, delete("/")), Err(CoreError::NotFound(_))));
+    h.run(
+        None,
+        Command::DeleteVHost {
+            vhost: VHost::from("v"),
+        },
+    );
+    assert!(h.broker.policies().iter().next().is_none());
+}
