@@ -362,5 +362,68 @@ async fn a_follower_answers_for_the_cluster() -> anyhow::Result<()> {
         },
     )
     .await?;
+
+    // With all three up no node is quorum critical; with one killed, each
+    // of the other two is (stopping it would leave one of three).
+    let critical = "/api/health/checks/node-is-quorum-critical";
+    let all_up = get(follower, critical, GUEST).await?;
+    assert_eq!(
+        (all_up.status, all_up.json()?["status"].clone()),
+        (200, "ok".into()),
+        "{}",
+        all_up.body
+    );
+    let mut nodes = nodes;
+    nodes[1].kill9();
+    let reply = get(follower, critical, GUEST).await?;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    let failed = reply.json()?;
+    assert_eq!(failed["status"], "failed");
+    assert!(
+        failed["queues"]
+            .as_array()
+            .is_some_and(|q| q.iter().any(|q| q["name"] == "api-q")),
+        "{failed}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_answer_as_rabbitmq_s() -> anyhow::Result<()> {
+    let broker = warren_e2e::start_broker().await?;
+    let api = api_addr(&broker)?;
+    let ok = serde_json::json!({"status": "ok"});
+    assert_eq!(get_json(api, "/api/health/checks/virtual-hosts").await?, ok);
+    assert_eq!(
+        get_json(api, "/api/health/checks/node-is-quorum-critical").await?,
+        ok,
+        "a single node"
+    );
+    assert_eq!(get_json(api, "/api/aliveness-test/%2F").await?, ok);
+    assert_eq!(
+        get_json(api, "/api/aliveness-test/%2F").await?,
+        ok,
+        "again, on the same queue"
+    );
+    let amqp = format!("/api/health/checks/port-listener/{}", broker.amqp_port());
+    assert_eq!(get_json(api, &amqp).await?["status"], "ok");
+    let missing = get(api, "/api/health/checks/port-listener/1", GUEST).await?;
+    assert_eq!(missing.status, 503, "{}", missing.body);
+    let missing = missing.json()?;
+    assert_eq!(
+        (missing["status"].clone(), missing["missing"].clone()),
+        ("failed".into(), 1.into())
+    );
+    for (path, status) in [
+        ("/api/health/checks/port-listener/http", 400),
+        ("/api/health/checks/port-listener/70000", 400),
+        ("/api/aliveness-test/nowhere", 404),
+    ] {
+        let reply = get(api, path, GUEST).await?;
+        assert_eq!(reply.status, status, "{path}: {}", reply.body);
+        assert!(reply.json()?["reason"].is_string(), "{path}: {}", reply.body);
+    }
+    let unauthenticated = get(api, "/api/health/checks/virtual-hosts", "").await?;
+    assert_eq!(unauthenticated.status, 401);
     Ok(())
 }

@@ -630,6 +630,32 @@ impl Node {
         }
     }
 
+    /// The voters of the current membership, and which of them answer a
+    /// status call within `limit` (this node always does): what a health
+    /// check needs to say whether stopping this node would lose quorum.
+    pub async fn reachable_voters(&self, limit: std::time::Duration) -> (Vec<u64>, Vec<u64>) {
+        let (voters, addrs): (Vec<u64>, BTreeMap<u64, String>) = {
+            let metrics = self.inner.raft.metrics().borrow().clone();
+            let membership = metrics.membership_config.membership();
+            let voters: Vec<u64> = membership.voter_ids().collect();
+            let addrs = membership.nodes().map(|(id, node)| (*id, node.addr.clone())).collect();
+            (voters, addrs)
+        };
+        let mut reachable = Vec::new();
+        for &voter in &voters {
+            if voter == self.inner.node_id {
+                reachable.push(voter);
+                continue;
+            }
+            let Some(addr) = addrs.get(&voter) else { continue };
+            let answer = tokio::time::timeout(limit, self.inner.peers.applied_index(addr)).await;
+            if matches!(answer, Ok(Ok(_))) {
+                reachable.push(voter);
+            }
+        }
+        (voters, reachable)
+    }
+
     /// Bytes the store occupies on disk (0 for an in-memory store).
     pub async fn store_size_on_disk(&self) -> u64 {
         let store = self.inner.store.clone();

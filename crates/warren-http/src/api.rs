@@ -83,6 +83,10 @@ pub fn router(sources: Arc<Sources>) -> Router {
         .route("/api/definitions", get(definitions).post(crate::definitions::import))
         .route("/api/health/checks/alarms", get(alarms))
         .route("/api/health/checks/local-alarms", get(alarms))
+        .route("/api/health/checks/virtual-hosts", get(vhosts_running))
+        .route("/api/health/checks/port-listener/{port}", get(port_listener))
+        .route("/api/health/checks/node-is-quorum-critical", get(quorum_critical))
+        .route("/api/aliveness-test/{vhost}", get(aliveness))
         .merge(crate::users::routes())
         .merge(crate::topology::routes())
         .merge(crate::definitions::routes())
@@ -909,6 +913,137 @@ async fn alarms(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> Resu
     }
     let body = json!({"status": "failed", "reason": "There are alarms in effect in the cluster", "alarms": alarms});
     Ok((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response())
+}
+
+/// `GET /api/health/checks/virtual-hosts`: every vhost runs wherever the
+/// node runs (there is no per-vhost process to fail), so 200 once the
+/// caller is authenticated.
+async fn vhosts_running(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> ApiResult {
+    authenticate(&sources, &headers)?;
+    Ok(Json(json!({"status": "ok"})))
+}
+
+/// `GET /api/health/checks/port-listener/{port}`: 200 if this node
+/// listens on `port` (AMQP, HTTP, Prometheus or cluster), 503 if not.
+async fn port_listener(
+    State(sources): State<Arc<Sources>>,
+    headers: HeaderMap,
+    Path(port): Path<String>,
+) -> Result<Response, ApiError> {
+    authenticate(&sources, &headers)?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("'{port}' is not a port number")))?;
+    let ports: Vec<u16> = sources.listeners.iter().map(|(_, addr)| addr.port()).collect();
+    if ports.contains(&port) {
+        return Ok(Json(json!({"status": "ok", "port": port})).into_response());
+    }
+    let body = json!({"status": "failed", "reason": "No active listener", "missing": port, "ports": ports});
+    Ok((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response())
+}
+
+/// How long a quorum check waits for each other voter's answer.
+const PEER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /api/health/checks/node-is-quorum-critical`: 503 if stopping this
+/// node would leave fewer than a majority of the voters reachable (every
+/// durable queue is replicated by the one Raft group, so all of them would
+/// stop accepting writes), 200 otherwise. Each other voter is probed with
+/// a status call.
+async fn quorum_critical(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authenticate(&sources, &headers)?;
+    let (voters, reachable) = sources.frontend.node.reachable_voters(PEER_PROBE_TIMEOUT).await;
+    let majority = voters.len() / 2 + 1;
+    let without_this = reachable.len().saturating_sub(1);
+    if voters.len() <= 1 || without_this >= majority {
+        // A single node has no quorum to lose by stopping: RabbitMQ
+        // answers ok for a node without quorum queue replicas elsewhere.
+        return Ok(Json(json!({"status": "ok"})).into_response());
+    }
+    let node = node_name(&sources);
+    let queues: Vec<Value> =
+        read(&sources, |broker| {
+            broker
+                .vhosts()
+                .iter()
+                .flat_map(|(vhost, state)| {
+                    state.queues.values().filter(|q| q.durable).map(
+                        move |q| json!({"name": q.name.as_str(), "virtual_host": vhost.as_str(), "type": "quorum"}),
+                    )
+                })
+                .collect()
+        });
+    let body = json!({
+        "status": "failed",
+        "reason": format!(
+            "There are queues that would lose their quorum if {node} is shut down: {} of {} voters reachable with it",
+            reachable.len(),
+            voters.len()
+        ),
+        "queues": queues,
+    });
+    Ok((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response())
+}
+
+/// `GET /api/aliveness-test/{vh}`: declares the queue `aliveness-test`,
+/// publishes a message to it and gets it back, through Raft; 200
+/// `{"status":"ok"}`, or 503 with the reason.
+async fn aliveness(
+    State(sources): State<Arc<Sources>>,
+    headers: HeaderMap,
+    Path(vhost): Path<String>,
+) -> Result<Response, ApiError> {
+    let viewer = authenticate(&sources, &headers)?;
+    let vhost = VHost::new(vhost);
+    require_visible(&sources, &viewer, &vhost)?;
+    let queue = QueueName::new("aliveness-test");
+    let message = warren_core::Message {
+        exchange: warren_core::ExchangeName::default_exchange(),
+        routing_key: queue.as_str().to_owned(),
+        properties: Arc::new(warren_core::Properties::default()),
+        body: bytes::Bytes::from_static(b"test_message").into(),
+    };
+    let commands = [
+        Command::DeclareQueue {
+            vhost: vhost.clone(),
+            name: queue.clone(),
+            passive: false,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            arguments: FieldTable::default(),
+        },
+        Command::Publish {
+            vhost: vhost.clone(),
+            mandatory: false,
+            message: Arc::new(message),
+        },
+        Command::Get {
+            vhost,
+            queue,
+            no_ack: true,
+        },
+    ];
+    let mut session = sources.frontend.session();
+    let mut outcome = Ok(Outcome::Done);
+    for command in commands {
+        outcome = session.execute(command).await;
+        if outcome.is_err() {
+            break;
+        }
+    }
+    session.close().await;
+    match outcome {
+        Ok(Outcome::GetOk { .. }) => Ok(Json(json!({"status": "ok"})).into_response()),
+        Ok(other) => {
+            let body = json!({"status": "failed", "reason": format!("the test message did not come back: {other:?}")});
+            Ok((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response())
+        }
+        Err(error) => {
+            let body = json!({"status": "failed", "reason": error.to_string()});
+            Ok((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response())
+        }
+    }
 }
 
 /// Runs `command` through [`Frontend::execute`](warren_amqp::Frontend::execute).
