@@ -427,3 +427,108 @@ async fn health_checks_answer_as_rabbitmq_s() -> anyhow::Result<()> {
     assert_eq!(unauthenticated.status, 401);
     Ok(())
 }
+
+/// A lapin connection to `uri` that names itself `name`.
+async fn named_connection(uri: &str, name: &str) -> anyhow::Result<lapin::Connection> {
+    let properties = lapin::ConnectionProperties::default().with_connection_name(name.into());
+    within("connect", lapin::Connection::connect(uri, properties)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_channels_and_consumers_are_listed_for_the_whole_cluster_and_closed_from_any_node(
+) -> anyhow::Result<()> {
+    let nodes = warren_e2e::ops::start_three_nodes().await?;
+    let on_two = named_connection(&nodes[1].amqp_uri(), "svc-two").await?;
+    let on_three = named_connection(&nodes[2].amqp_uri(), "svc-three").await?;
+    let ch = within("channel", on_three.create_channel()).await?;
+    within(
+        "declare",
+        ch.queue_declare("work".into(), QueueDeclareOptions::default(), FieldTable::default()),
+    )
+    .await?;
+    within("qos", ch.basic_qos(7, lapin::options::BasicQosOptions::default())).await?;
+    let _consumer = within(
+        "consume",
+        ch.basic_consume(
+            "work".into(),
+            "worker-1".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    let api = api_addr(&nodes[0])?;
+
+    // Node 1 lists the connections of nodes 2 and 3.
+    let connections = eventually("both connections listed", Duration::from_secs(20), || async move {
+        let list = get_json(api, "/api/connections").await?;
+        let named = |n: &str| {
+            list.as_array().and_then(|l| {
+                l.iter()
+                    .find(|c| c["client_properties"]["connection_name"] == n)
+                    .cloned()
+            })
+        };
+        Ok(named("svc-two").zip(named("svc-three")))
+    })
+    .await?;
+    let (two, three) = connections;
+    assert_eq!(two["node"], "warren@node-2", "{two}");
+    assert_eq!(three["node"], "warren@node-3", "{three}");
+    assert_eq!(
+        (three["user"].clone(), three["vhost"].clone()),
+        ("guest".into(), "/".into())
+    );
+    assert_eq!(three["channels"], 1, "{three}");
+    assert_eq!(three["client_properties"]["product"], "lapin", "{three}");
+
+    let consumers = get_json(api, "/api/consumers/%2F").await?;
+    let worker = consumers
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["consumer_tag"] == "worker-1"))
+        .with_context(|| format!("no worker-1 in {consumers}"))?
+        .clone();
+    assert_eq!(worker["queue"]["name"], "work");
+    assert_eq!(worker["prefetch_count"], 7, "{worker}");
+    assert_eq!(worker["channel_details"]["connection_name"], three["name"]);
+    let channels = get_json(api, "/api/channels").await?;
+    assert!(
+        channels.as_array().is_some_and(|l| l
+            .iter()
+            .any(|c| c["connection_details"]["name"] == three["name"] && c["consumer_count"] == 1)),
+        "{channels}"
+    );
+
+    // rabbitmq_http_client reads the same, and closes the connection on
+    // node 3 through node 1 with a reason.
+    let endpoint = format!("http://{api}/api");
+    let three_name = three["name"].as_str().context("name")?.to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        use rabbitmq_http_client::blocking_api::ClientBuilder;
+        let client = ClientBuilder::new()
+            .with_endpoint(endpoint.as_str())
+            .with_basic_auth_credentials("guest", "guest")
+            .build()?;
+        assert!(client.list_connections()?.iter().any(|c| c.name == three_name));
+        assert!(!client.list_channels()?.is_empty());
+        assert!(client.list_consumers()?.iter().any(|c| c.consumer_tag == "worker-1"));
+        client.close_connection(&three_name, Some("maintenance"), false)?;
+        assert!(client.close_connection("no such connection", None, false).is_err());
+        Ok(())
+    })
+    .await??;
+    eventually("svc-three closed", Duration::from_secs(10), || {
+        let on_three = &on_three;
+        async move { Ok((!on_three.status().connected()).then_some(())) }
+    })
+    .await?;
+    assert!(on_two.status().connected(), "the other connection stays");
+    let after = get_json(api, "/api/connections").await?;
+    assert!(
+        after.as_array().is_some_and(|l| l
+            .iter()
+            .all(|c| c["client_properties"]["connection_name"] != "svc-three")),
+        "{after}"
+    );
+    Ok(())
+}

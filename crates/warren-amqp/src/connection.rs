@@ -61,6 +61,12 @@ pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, fronte
     let mut conn = Connection {
         id,
         peer,
+        client: crate::registry::ClientInfo {
+            host: local.rsplit_once(':').map_or_else(String::new, |(h, _)| h.to_owned()),
+            port: local.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(0),
+            ..crate::registry::ClientInfo::default()
+        },
+        listed_channels: 0,
         local,
         frontend: frontend.clone(),
         reader,
@@ -106,6 +112,10 @@ struct Connection {
     peer: SocketAddr,
     /// This end of the socket, for the connection's name.
     local: String,
+    /// What the client told of itself in `start-ok`, for listings.
+    client: crate::registry::ClientInfo,
+    /// Open channels as last told to the registry.
+    listed_channels: u32,
     frontend: Arc<Frontend>,
     reader: OwnedReadHalf,
     writer: OwnedWriteHalf,
@@ -155,14 +165,18 @@ impl Connection {
         };
         let outcome = match outcome {
             Ok(()) => {
-                let info = crate::registry::ClientInfo {
-                    name: format!("{} -> {}", self.peer, self.local),
-                    user: self.user.to_string(),
-                    vhost: self.vhost.to_string(),
-                    connected_at_ms: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-                };
+                let mut info = std::mem::take(&mut self.client);
+                info.name = format!("{} -> {}", self.peer, self.local);
+                info.user = self.user.to_string();
+                info.vhost = self.vhost.to_string();
+                info.connected_at_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                info.peer_host = self.peer.ip().to_string();
+                info.peer_port = self.peer.port();
+                info.channel_max = self.channel_max;
+                info.frame_max = self.frame_max;
+                info.heartbeat_secs = u16::try_from(self.heartbeat.as_secs()).unwrap_or(u16::MAX);
                 let mut effects = self.frontend.registry.register_client(self.id, info);
                 self.registered = true;
                 self.main_loop(&mut effects).await
@@ -215,6 +229,7 @@ impl Connection {
             _ => return Err(expected("connection.start-ok")),
         };
         self.authenticate(&start_ok)?;
+        self.client = client_info(&start_ok.client_properties, std::mem::take(&mut self.client));
         self.cancel_notify = client_capability(&start_ok.client_properties, "consumer_cancel_notify");
         self.blocked_notify = client_capability(&start_ok.client_properties, "connection.blocked");
 
@@ -447,6 +462,7 @@ impl Connection {
             // Held, at most `HELD_READ_BYTES` more are read (and not
             // handled), so that a client that goes away is noticed. A change
             // of the alarm since `held` was read wakes `changed` below.
+            self.list_channels();
             let hold = self.publishes && *alarm.borrow();
             self.set_blocked(hold);
             self.flush().await?;
@@ -679,6 +695,20 @@ impl Connection {
                     other => other,
                 }
             }
+        }
+    }
+
+    /// Tells the registry how many channels are open, when that changed.
+    fn list_channels(&mut self) {
+        let open = self
+            .channels
+            .values()
+            .filter(|slot| matches!(slot.state, ChannelState::Open | ChannelState::ClosingByClient))
+            .count();
+        let open = u32::try_from(open).unwrap_or(u32::MAX);
+        if open != self.listed_channels {
+            self.listed_channels = open;
+            self.frontend.registry.set_channels(self.id, open);
         }
     }
 
@@ -1763,6 +1793,28 @@ fn negotiate_limit(server: u32, client: u32) -> u32 {
         (s, 0) => s,
         (s, c) => s.min(c),
     }
+}
+
+/// `info` with what the client's properties say of it.
+fn client_info(properties: &FieldTable, mut info: crate::registry::ClientInfo) -> crate::registry::ClientInfo {
+    let text = |key: &str| match properties.inner().get(key) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.as_str().to_owned(),
+        _ => String::new(),
+    };
+    info.product = text("product");
+    info.platform = text("platform");
+    info.version = text("version");
+    info.connection_name = text("connection_name");
+    if let Some(AMQPValue::FieldTable(caps)) = properties.inner().get("capabilities") {
+        info.capabilities = caps
+            .inner()
+            .iter()
+            .filter(|(_, v)| matches!(v, AMQPValue::Boolean(true)))
+            .map(|(k, _)| k.as_str().to_owned())
+            .collect();
+    }
+    info
 }
 
 fn client_capability(client_properties: &FieldTable, name: &str) -> bool {

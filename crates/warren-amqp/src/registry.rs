@@ -14,8 +14,9 @@ use warren_core::{ConnectionId, Effect};
 /// Effects for one connection, in apply order.
 pub type EffectBatch = Vec<Effect>;
 
-/// What `list-connections` shows of an AMQP client's connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What `list-connections` and `/api/connections` show of an AMQP
+/// client's connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientInfo {
     /// RabbitMQ's connection name: `peer -> local`.
     pub name: String,
@@ -23,6 +24,105 @@ pub struct ClientInfo {
     pub vhost: String,
     /// Milliseconds since the Unix epoch.
     pub connected_at_ms: u64,
+    pub peer_host: String,
+    pub peer_port: u16,
+    pub host: String,
+    pub port: u16,
+    /// From the client's properties.
+    pub product: String,
+    pub platform: String,
+    pub version: String,
+    pub connection_name: String,
+    /// The capabilities the client said it has.
+    pub capabilities: Vec<String>,
+    pub channel_max: u16,
+    pub frame_max: u32,
+    pub heartbeat_secs: u16,
+    /// Channels open now.
+    pub channels: u32,
+}
+
+impl ClientInfo {
+    /// The names of [`ClientInfo::to_cells`]' cells, in order.
+    pub const COLUMNS: [&'static str; 18] = [
+        "name",
+        "user",
+        "vhost",
+        "connected_at",
+        "peer_host",
+        "peer_port",
+        "host",
+        "port",
+        "product",
+        "platform",
+        "version",
+        "connection_name",
+        "capabilities",
+        "channel_max",
+        "frame_max",
+        "timeout",
+        "channels",
+        "number",
+    ];
+
+    /// The connection as a row of text (its number on its node last), to
+    /// travel between nodes in an admin reply.
+    pub fn to_cells(&self, number: u64) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            self.user.clone(),
+            self.vhost.clone(),
+            self.connected_at_ms.to_string(),
+            self.peer_host.clone(),
+            self.peer_port.to_string(),
+            self.host.clone(),
+            self.port.to_string(),
+            self.product.clone(),
+            self.platform.clone(),
+            self.version.clone(),
+            self.connection_name.clone(),
+            self.capabilities.join(","),
+            self.channel_max.to_string(),
+            self.frame_max.to_string(),
+            self.heartbeat_secs.to_string(),
+            self.channels.to_string(),
+            number.to_string(),
+        ]
+    }
+
+    /// The inverse of [`ClientInfo::to_cells`]; `None` for a row of another
+    /// shape.
+    pub fn from_cells(cells: &[String]) -> Option<(Self, u64)> {
+        let [name, user, vhost, connected_at, peer_host, peer_port, host, port, product, platform, version, connection_name, capabilities, channel_max, frame_max, timeout, channels, number] =
+            cells
+        else {
+            return None;
+        };
+        let info = Self {
+            name: name.clone(),
+            user: user.clone(),
+            vhost: vhost.clone(),
+            connected_at_ms: connected_at.parse().ok()?,
+            peer_host: peer_host.clone(),
+            peer_port: peer_port.parse().ok()?,
+            host: host.clone(),
+            port: port.parse().ok()?,
+            product: product.clone(),
+            platform: platform.clone(),
+            version: version.clone(),
+            connection_name: connection_name.clone(),
+            capabilities: capabilities
+                .split(',')
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            channel_max: channel_max.parse().ok()?,
+            frame_max: frame_max.parse().ok()?,
+            heartbeat_secs: timeout.parse().ok()?,
+            channels: channels.parse().ok()?,
+        };
+        Some((info, number.parse().ok()?))
+    }
 }
 
 /// Live connections of this node.
@@ -52,6 +152,13 @@ impl Registry {
         let (tx, rx) = mpsc::unbounded_channel();
         self.lock().insert(id, tx);
         rx
+    }
+
+    /// Updates how many channels client `id` has open.
+    pub fn set_channels(&self, id: ConnectionId, channels: u32) {
+        if let Some(info) = lock(&self.clients).get_mut(&id) {
+            info.channels = channels;
+        }
     }
 
     /// [`Registry::register`] for an AMQP client, listed by

@@ -35,6 +35,16 @@ pub struct User {
     pub tags: Vec<String>,
 }
 
+/// A channel as listings show it ([`Broker::channel_summaries`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelSummary {
+    pub id: ChannelId,
+    pub prefetch: u16,
+    pub global_prefetch: u16,
+    pub unacked: u64,
+    pub consumers: u64,
+}
+
 /// One row of `list-queues`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueSummary {
@@ -441,6 +451,19 @@ impl Broker {
     /// management API).
     pub fn vhosts(&self) -> &BTreeMap<VHost, crate::vhost::VHostState> {
         &self.vhosts
+    }
+
+    /// Every channel that has issued a channel-scoped command and is not
+    /// closed: its id, prefetch (per consumer, and global), unacked
+    /// deliveries and consumers.
+    pub fn channel_summaries(&self) -> impl Iterator<Item = ChannelSummary> + '_ {
+        self.channels.iter().map(|(id, channel)| ChannelSummary {
+            id: *id,
+            prefetch: channel.consumer_prefetch,
+            global_prefetch: channel.channel_prefetch,
+            unacked: channel.unacked.len() as u64,
+            consumers: channel.consumers.len() as u64,
+        })
     }
 
     /// Every consumer, by channel then tag.

@@ -66,7 +66,7 @@ pub mod test_support;
 pub mod topic;
 pub mod vhost;
 
-pub use broker::{Broker, QueueSummary, User};
+pub use broker::{Broker, ChannelSummary, QueueSummary, User};
 pub use command::{Batch, Command, ExchangeKind, Request};
 pub use effect::{Effect, Outcome};
 pub use error::{reply_code, CoreError};

@@ -90,6 +90,7 @@ pub fn router(sources: Arc<Sources>) -> Router {
         .merge(crate::users::routes())
         .merge(crate::topology::routes())
         .merge(crate::definitions::routes())
+        .merge(crate::connections::routes())
         .fallback(not_found)
         .with_state(sources)
 }

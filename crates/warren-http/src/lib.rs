@@ -8,6 +8,7 @@
 //! end (`warren-amqp`) and changes nothing.
 
 pub mod api;
+mod connections;
 mod definitions;
 pub mod prometheus;
 mod topology;
@@ -37,6 +38,9 @@ pub struct Sources {
     pub started: std::time::Instant,
     /// The node's listeners by protocol (`amqp`, `http`, `prometheus`, `clustering`).
     pub listeners: Vec<(String, std::net::SocketAddr)>,
+    /// Reaches the other members (their connections, for listings that
+    /// span the cluster); `None`: this node's alone.
+    pub cluster: Option<warren_rpc::GrpcNetwork>,
 }
 
 /// The Prometheus text format's content type.

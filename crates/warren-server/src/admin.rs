@@ -344,6 +344,19 @@ impl AdminHandler for Admin {
                     rows,
                 ))
             }
+            "connections" => {
+                // Every field of this node's clients, for the HTTP API of
+                // another node (`/api/connections`).
+                exactly::<0>(verb, args, "")?;
+                let rows = self
+                    .frontend()
+                    .registry
+                    .clients()
+                    .into_iter()
+                    .map(|(id, info)| info.to_cells(id.seq))
+                    .collect();
+                Ok(table(&warren_amqp::ClientInfo::COLUMNS, rows))
+            }
             "close-connection" => {
                 let [name, reason] = exactly(verb, args, "NAME REASON")?;
                 if self.frontend().registry.close_client(&name, &reason) {

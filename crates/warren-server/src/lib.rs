@@ -74,6 +74,7 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         max_batches_in_flight: config.max_batches_in_flight,
         ..NodeConfig::default()
     };
+    let api_network = network.clone();
     let node = Node::open(node_config, network.clone(), Arc::new(network), registry.clone())
         .await
         .context("starting the Raft node")?;
@@ -190,6 +191,7 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started: started_at,
         listeners,
+        cluster: Some(api_network),
     };
     let mut stop_http = Vec::new();
     if let Some(listener) = metrics_listener {
