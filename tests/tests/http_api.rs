@@ -532,3 +532,59 @@ async fn connections_channels_and_consumers_are_listed_for_the_whole_cluster_and
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_and_the_overview_carry_message_stats_with_rates() -> anyhow::Result<()> {
+    let broker = warren_e2e::start_broker().await?;
+    declare_and_fill(&broker.amqp_uri()).await?;
+    let api = api_addr(&broker)?;
+    let got = request(
+        api,
+        "POST",
+        "/api/queues/%2F/api-q/get",
+        GUEST,
+        r#"{"count":1,"ackmode":"ack_requeue_false"}"#,
+    )
+    .await?;
+    assert_eq!(got.status, 200, "{}", got.body);
+
+    // Counts at once; a rate once a sample after the publishes was taken
+    // (every 5 s), and for 5 s after it.
+    let queue = get_json(api, "/api/queues/%2F/api-q").await?;
+    let stats = &queue["message_stats"];
+    assert_eq!(stats["publish"], 3, "{queue}");
+    assert_eq!(stats["get"], 1, "{queue}");
+    assert_eq!(stats["ack"], 1, "{queue}");
+    assert_eq!(stats["deliver_get"], 1, "{queue}");
+    assert!(stats["publish_details"]["rate"].is_number(), "{queue}");
+    assert!(queue["messages_details"]["rate"].is_number(), "{queue}");
+    let rate = eventually("a publish rate", Duration::from_secs(15), || async move {
+        let queue = get_json(api, "/api/queues/%2F/api-q").await?;
+        let rate = queue["message_stats"]["publish_details"]["rate"]
+            .as_f64()
+            .unwrap_or(0.0);
+        Ok((rate > 0.0).then_some(rate))
+    })
+    .await?;
+    assert!(rate <= 3.0, "3 messages over at least a second: {rate}");
+    let overview = get_json(api, "/api/overview").await?;
+    assert_eq!(overview["message_stats"]["publish"], 3, "{overview}");
+    assert_eq!(overview["message_stats"]["get"], 1, "{overview}");
+    assert!(overview["message_stats"]["publish_details"]["rate"].is_number());
+    assert!(overview["queue_totals"]["messages_details"]["rate"].is_number());
+
+    // KEDA's and Flower's reads of a queue, through rabbitmq_http_client.
+    let endpoint = format!("http://{api}/api");
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        use rabbitmq_http_client::blocking_api::ClientBuilder;
+        let client = ClientBuilder::new()
+            .with_endpoint(endpoint.as_str())
+            .with_basic_auth_credentials("guest", "guest")
+            .build()?;
+        let info = client.get_queue_info("/", "api-q")?;
+        assert_eq!(info.message_count, 2);
+        Ok(())
+    })
+    .await??;
+    Ok(())
+}

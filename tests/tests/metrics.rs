@@ -195,7 +195,22 @@ async fn prometheus_metrics_follow_the_broker_and_parse() -> anyhow::Result<()> 
         Some(3.0)
     );
     let _ = amqp::drain(&ch, "metrics-q").await?;
+    // Publish to nowhere: counted as dropped, not routed.
+    amqp::publish(&ch, "amq.direct", "nobody", b"x").await?;
+    assert_eq!(amqp::message_count(&ch, "metrics-q").await?, 0);
     let samples = parse_exposition(&http_get(addr, "/metrics").await?)?;
     assert_eq!(value(&samples, "rabbitmq_queue_messages_ready", &[]), Some(0.0));
+    let counter = |what: &str| {
+        value(
+            &samples,
+            &format!("rabbitmq_global_messages_{what}_total"),
+            &[("protocol", "amqp091")],
+        )
+    };
+    assert_eq!(counter("received"), Some(4.0));
+    assert_eq!(counter("routed"), Some(3.0));
+    assert_eq!(counter("unroutable_dropped"), Some(1.0));
+    assert_eq!(counter("delivered"), Some(3.0), "drained by get");
+    assert_eq!(counter("redelivered"), Some(0.0));
     Ok(())
 }

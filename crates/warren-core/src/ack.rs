@@ -143,7 +143,10 @@ impl Broker {
         }
         queue.unacked = queue.unacked.saturating_sub(1);
         match how {
-            Settle::Ack => None,
+            Settle::Ack => {
+                queue.stats.ack += 1;
+                None
+            }
             Settle::Requeue => {
                 queue.requeue(entry);
                 ctx.touch(&vhost, &name);

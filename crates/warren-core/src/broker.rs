@@ -79,6 +79,9 @@ pub struct Broker {
     /// Policies. Beside the broker in snapshots, as `staged`.
     #[serde(skip)]
     pub(crate) policies: crate::policy::Policies,
+    /// Message counts beyond the queues' ([`crate::stats`]).
+    #[serde(skip)]
+    pub(crate) stats: crate::stats::BrokerStats,
 }
 
 /// A queue's key across vhosts.
@@ -135,6 +138,7 @@ impl Broker {
             staged: crate::staged::StagedBodies::new(),
             access: crate::access::Access::default(),
             policies: crate::policy::Policies::default(),
+            stats: crate::stats::BrokerStats::default(),
         }
     }
 
@@ -476,6 +480,11 @@ impl Broker {
     /// Users' permissions.
     pub fn access(&self) -> &crate::access::Access {
         &self.access
+    }
+
+    /// Message counts beyond the queues' (each queue has its own).
+    pub fn stats(&self) -> crate::stats::BrokerStats {
+        self.stats
     }
 
     /// Policies.

@@ -237,6 +237,12 @@ impl Broker {
         };
         let message_count = queue.ready_count();
         let (message, redelivered) = (entry.message.clone(), entry.redelivered);
+        if no_ack {
+            queue.stats.get_no_ack += 1;
+        } else {
+            queue.stats.get += 1;
+        }
+        queue.stats.redeliver += u64::from(redelivered);
         let state = self.channels.entry(channel).or_default();
         let delivery_tag = if no_ack {
             state.take_delivery_tag()

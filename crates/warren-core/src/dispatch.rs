@@ -61,6 +61,12 @@ impl Broker {
             };
             queue.next_consumer = (index + 1) % queue.consumers.len();
             let (message, redelivered) = (entry.message.clone(), entry.redelivered);
+            if no_ack {
+                queue.stats.deliver_no_ack += 1;
+            } else {
+                queue.stats.deliver += 1;
+            }
+            queue.stats.redeliver += u64::from(redelivered);
             let delivery_tag = if no_ack {
                 channel.take_delivery_tag()
             } else {

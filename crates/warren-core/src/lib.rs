@@ -61,6 +61,7 @@ pub mod queue_args;
 mod queue_ops;
 pub mod reply_to;
 pub mod staged;
+pub mod stats;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
 pub mod topic;

@@ -106,6 +106,14 @@ impl Broker {
         }
         let routed = !targets.is_empty();
         let returned = (mandatory && !routed).then(|| Arc::clone(message));
+        self.stats.publish += 1;
+        if !routed {
+            if mandatory {
+                self.stats.return_unroutable += 1;
+            } else {
+                self.stats.drop_unroutable += 1;
+            }
+        }
         Ok(Outcome::Published {
             routed,
             rejected,
@@ -146,6 +154,7 @@ impl Broker {
         }
         let expires_at = expires_at_ms(ctx.now_ms, queue.args.message_ttl_ms, message_ttl_ms);
         queue.push_back(id, message, expires_at);
+        queue.stats.publish += 1;
         // A message an idle consumer can take right away is never counted
         // against the limits (RabbitMQ delivers it before enqueueing).
         let deliverable_now = queue.ready.len() == 1 && idle_consumer(queue, &self.channels).is_some();

@@ -79,6 +79,9 @@ pub struct Queue {
     pub had_consumer: bool,
     /// Last declare / get / consumer activity, for `x-expires`.
     pub last_used_ms: u64,
+    /// Message counts ([`crate::stats`]): not encoded, never unequal.
+    #[serde(skip)]
+    pub stats: crate::stats::QueueStats,
 }
 
 impl Queue {

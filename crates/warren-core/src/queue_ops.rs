@@ -159,6 +159,7 @@ impl Broker {
             next_consumer: 0,
             had_consumer: false,
             last_used_ms: now_ms,
+            stats: crate::stats::QueueStats::default(),
         };
         vh.queues.insert(name.clone(), queue);
         Ok(Outcome::QueueDeclared {

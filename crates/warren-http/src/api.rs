@@ -300,7 +300,8 @@ pub(crate) fn table_json(table: &FieldTable) -> Value {
     )
 }
 
-fn queue_json(node: &str, vhost: &VHost, queue: &warren_core::queue::Queue) -> Value {
+fn queue_json(node: &str, vhost: &VHost, queue: &warren_core::queue::Queue, rates: &crate::rates::RateBook) -> Value {
+    let rate = rates.queue(vhost, &queue.name);
     let ready = queue.ready.len() as u64;
     let unacked = queue.unacked;
     let kind = match queue.arguments.inner().get("x-queue-type") {
@@ -322,6 +323,10 @@ fn queue_json(node: &str, vhost: &VHost, queue: &warren_core::queue::Queue) -> V
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
         "message_bytes_ready": queue.ready_bytes,
+        "messages_details": crate::rates::details(rate.messages_ready + rate.messages_unacknowledged),
+        "messages_ready_details": crate::rates::details(rate.messages_ready),
+        "messages_unacknowledged_details": crate::rates::details(rate.messages_unacknowledged),
+        "message_stats": crate::rates::message_stats(&queue.stats, &rate),
         // rabbitmq_http_client reads it as a u16.
         "consumers": queue.consumers.len().min(usize::from(u16::MAX)),
     })
@@ -437,6 +442,8 @@ async fn whoami(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> ApiR
 async fn overview(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> ApiResult {
     authenticate(&sources, &headers)?;
     let node = node_name(&sources);
+    let rates = sources.rates.global();
+    let message_stats = read(&sources, |broker| crate::rates::overview_stats(broker, &rates));
     let (queues, exchanges, consumers, ready, unacked) = read(&sources, |broker| {
         let mut totals = (0usize, 0usize, 0usize, 0u64, 0u64);
         for state in broker.vhosts().values() {
@@ -462,9 +469,10 @@ async fn overview(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> Ap
         "erlang_full_version": "",
         "node": node,
         "statistics_db_event_queue": 0,
-        // No statistics are kept yet (issue 10, item 3): no rates, no churn.
+        // Message counts and rates from the replicated counters (item 3);
+        // no churn rates yet.
         "churn_rates": {},
-        "message_stats": {},
+        "message_stats": message_stats,
         "object_totals": {
             "connections": connections,
             "channels": channels,
@@ -476,6 +484,9 @@ async fn overview(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> Ap
             "messages": ready + unacked,
             "messages_ready": ready,
             "messages_unacknowledged": unacked,
+            "messages_details": crate::rates::details(rates.messages_ready + rates.messages_unacknowledged),
+            "messages_ready_details": crate::rates::details(rates.messages_ready),
+            "messages_unacknowledged_details": crate::rates::details(rates.messages_unacknowledged),
         },
         "listeners": listeners(&sources),
         "contexts": [],
@@ -646,7 +657,11 @@ fn per_vhost(
 fn queue_list(sources: &Sources, viewer: &User, only: Option<&VHost>) -> Result<Vec<Value>, ApiError> {
     let node = node_name(sources);
     per_vhost(sources, viewer, only, |vhost, state| {
-        state.queues.values().map(|q| queue_json(&node, vhost, q)).collect()
+        state
+            .queues
+            .values()
+            .map(|q| queue_json(&node, vhost, q, &sources.rates))
+            .collect()
     })
 }
 
@@ -677,7 +692,7 @@ async fn queue(
             .vhosts()
             .get(&vhost)
             .and_then(|state| state.queues.get(&name))
-            .map(|q| queue_json(&node, &vhost, q))
+            .map(|q| queue_json(&node, &vhost, q, &sources.rates))
     })
     .map(Json)
     .ok_or_else(ApiError::not_found)

@@ -11,6 +11,7 @@ pub mod api;
 mod connections;
 mod definitions;
 pub mod prometheus;
+pub mod rates;
 mod topology;
 mod users;
 
@@ -41,6 +42,8 @@ pub struct Sources {
     /// Reaches the other members (their connections, for listings that
     /// span the cluster); `None`: this node's alone.
     pub cluster: Option<warren_rpc::GrpcNetwork>,
+    /// Message rates, sampled while the API serves.
+    pub rates: Arc<rates::RateBook>,
 }
 
 /// The Prometheus text format's content type.
@@ -71,7 +74,13 @@ pub async fn serve(
             .route("/metrics", get(aggregated))
             .route("/metrics/per-object", get(per_object))
             .with_state(sources),
-        Endpoints::Api => api::router(sources),
+        Endpoints::Api => {
+            let sampler = tokio::spawn(sample_rates(sources.clone()));
+            let router = api::router(sources);
+            let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+            sampler.abort();
+            return served;
+        }
     };
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
@@ -96,7 +105,19 @@ pub async fn snapshot(sources: &Sources) -> MetricsSnapshot {
     let frontend = &sources.frontend;
     let node = &frontend.node;
     let node_id = frontend.node_id;
-    let (queues, channels) = node.read(|broker| (broker.queue_summaries(), broker.channel_count_of(node_id)));
+    let (queues, channels, messages, broker_messages) = node.read(|broker| {
+        let messages = broker
+            .vhosts()
+            .values()
+            .flat_map(|v| v.queues.values())
+            .fold(warren_core::stats::QueueStats::default(), |sum, q| sum.plus(q.stats));
+        (
+            broker.queue_summaries(),
+            broker.channel_count_of(node_id),
+            messages,
+            broker.stats(),
+        )
+    });
     let status = node.metrics();
     let dir = sources.data_dir.clone();
     let (resident, disk) =
@@ -124,6 +145,8 @@ pub async fn snapshot(sources: &Sources) -> MetricsSnapshot {
         store_bytes: node.store_size_on_disk().await,
         body_store: node.body_store_usage(),
         body_memory_bytes: node.held_backlog().1,
+        messages,
+        broker_messages,
     }
 }
 
@@ -138,4 +161,15 @@ fn resident_memory_bytes() -> u64 {
                 .and_then(|pages| pages.parse::<u64>().ok())
         })
         .map_or(0, |pages| pages * PAGE_BYTES)
+}
+
+/// Samples the message counters every [`rates::SAMPLE_EVERY`] for the
+/// API's rates, until aborted.
+async fn sample_rates(sources: Arc<Sources>) {
+    let mut every = tokio::time::interval(rates::SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        sources.frontend.node.read(|broker| sources.rates.sample(broker));
+    }
 }

@@ -9,8 +9,10 @@
 //! broker state (they may lag the leader by the entries not applied yet);
 //! connections are this node's.
 //!
-//! Not yet here: the `rabbitmq_global_messages_*_total` counters and rates
-//! (they need per-node statistics, issue 10 item 3), per-connection and
+//! The `rabbitmq_global_messages_*_total` counters come from the counters
+//! the apply function keeps (`warren_core::stats`), which every replica
+//! computes alike: a node's are the cluster's, since the node started.
+//! `confirmed_total` is not kept yet. Not yet here either: per-connection and
 //! per-channel series, Erlang-specific series, and the Raft commit index
 //! (openraft 0.9 does not report it).
 
@@ -46,6 +48,10 @@ pub struct MetricsSnapshot {
     /// Bytes of bodies held in memory (the body cache, bodies arriving in
     /// parts, or every held body without a body store).
     pub body_memory_bytes: u64,
+    /// The message counters of the replicated state (counted since the
+    /// node started): the queues' summed, and the broker's.
+    pub messages: warren_core::stats::QueueStats,
+    pub broker_messages: warren_core::stats::BrokerStats,
 }
 
 /// The label set every RabbitMQ series joins on through
@@ -248,10 +254,63 @@ pub fn render(snapshot: &MetricsSnapshot, per_object: bool) -> String {
     for (name, help, value) in gauges {
         w.gauge(name, help, value);
     }
+    render_global_counters(&mut w, snapshot);
     if per_object {
         render_per_queue(&mut w, queues);
     }
     w.out
+}
+
+/// rabbitmq_prometheus's `rabbitmq_global_messages_*_total` (label
+/// `protocol="amqp091"`), from the replicated counters.
+fn render_global_counters(w: &mut Writer, snapshot: &MetricsSnapshot) {
+    let (m, b) = (&snapshot.messages, &snapshot.broker_messages);
+    let counters: [(&str, &str, u64); 11] = [
+        ("received", "Total number of messages received from publishers", b.publish),
+        (
+            "routed",
+            "Total number of messages routed to queues or streams",
+            b.publish.saturating_sub(b.drop_unroutable + b.return_unroutable),
+        ),
+        ("delivered", "Total number of messages delivered to consumers", m.deliver_get()),
+        (
+            "delivered_consume_auto_ack",
+            "Total number of messages delivered to consumers using basic.consume with automatic acknowledgment",
+            m.deliver_no_ack,
+        ),
+        (
+            "delivered_consume_manual_ack",
+            "Total number of messages delivered to consumers using basic.consume with manual acknowledgment",
+            m.deliver,
+        ),
+        (
+            "delivered_get_auto_ack",
+            "Total number of messages delivered to consumers using basic.get with automatic acknowledgment",
+            m.get_no_ack,
+        ),
+        (
+            "delivered_get_manual_ack",
+            "Total number of messages delivered to consumers using basic.get with manual acknowledgment",
+            m.get,
+        ),
+        ("redelivered", "Total number of messages redelivered to consumers", m.redeliver),
+        ("acknowledged", "Total number of message acknowledgements received from consumers", m.ack),
+        (
+            "unroutable_dropped",
+            "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
+            b.drop_unroutable,
+        ),
+        (
+            "unroutable_returned",
+            "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable",
+            b.return_unroutable,
+        ),
+    ];
+    for (what, help, value) in counters {
+        let name = format!("rabbitmq_global_messages_{what}_total");
+        w.family(&name, "counter", help);
+        w.sample(&name, &[("protocol", "amqp091")], value);
+    }
 }
 
 /// A per-queue series: name, help, and how to read it from a queue.

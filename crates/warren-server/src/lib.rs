@@ -192,6 +192,7 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         started: started_at,
         listeners,
         cluster: Some(api_network),
+        rates: Arc::default(),
     };
     let mut stop_http = Vec::new();
     if let Some(listener) = metrics_listener {

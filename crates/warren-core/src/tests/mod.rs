@@ -14,3 +14,4 @@ mod queues;
 mod reply_to;
 mod routing_properties;
 mod staged;
+mod stats;

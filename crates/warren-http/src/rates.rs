@@ -1,0 +1,273 @@
+//! Message rates for the management API (issue 10, item 3): every
+//! [`SAMPLE_EVERY`] the API's node samples the counters the apply function
+//! keeps ([`warren_core::stats`]) and the queues' depths, and the rate of
+//! each is its change over the last interval, per second. The counters are
+//! replicated state computed alike on every node, so any node's rates are
+//! the cluster's (no gathering); they count from the node's start.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+use warren_core::stats::QueueStats;
+use warren_core::{Broker, QueueName, VHost};
+
+/// How often counters are sampled (RabbitMQ's default is 5 s too).
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// One queue's counts and depths at a sample.
+#[derive(Clone, Copy, Debug, Default)]
+struct QueueSample {
+    uid: u64,
+    stats: QueueStats,
+    ready: u64,
+    unacked: u64,
+}
+
+/// Every counter at one moment.
+#[derive(Clone, Debug)]
+struct Sample {
+    at: Instant,
+    queues: HashMap<(VHost, QueueName), QueueSample>,
+    global: GlobalCounts,
+}
+
+/// The broker-wide counts of a sample.
+#[derive(Clone, Copy, Debug, Default)]
+struct GlobalCounts {
+    queues: QueueStats,
+    publish: u64,
+    drop_unroutable: u64,
+    return_unroutable: u64,
+    ready: u64,
+    unacked: u64,
+}
+
+/// Per-second rates of one queue (or of all, for the overview).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Rates {
+    pub publish: f64,
+    pub deliver: f64,
+    pub deliver_no_ack: f64,
+    pub get: f64,
+    pub get_no_ack: f64,
+    pub redeliver: f64,
+    pub ack: f64,
+    pub messages_ready: f64,
+    pub messages_unacknowledged: f64,
+    pub drop_unroutable: f64,
+    pub return_unroutable: f64,
+}
+
+impl Rates {
+    fn deliver_get(&self) -> f64 {
+        self.deliver + self.deliver_no_ack + self.get + self.get_no_ack
+    }
+}
+
+/// The latest rates, and the sample they were measured from.
+#[derive(Default)]
+pub struct RateBook {
+    inner: Mutex<Book>,
+}
+
+#[derive(Default)]
+struct Book {
+    last: Option<Sample>,
+    queues: HashMap<(VHost, QueueName), Rates>,
+    global: Rates,
+}
+
+fn rate(now: u64, before: u64, seconds: f64) -> f64 {
+    // Depths fall as well as rise; counters only rise (a new queue of the
+    // same name starts over from zero).
+    (now as f64 - before as f64) / seconds
+}
+
+fn stats_rates(now: &QueueStats, before: &QueueStats, seconds: f64) -> Rates {
+    Rates {
+        publish: rate(now.publish, before.publish, seconds),
+        deliver: rate(now.deliver, before.deliver, seconds),
+        deliver_no_ack: rate(now.deliver_no_ack, before.deliver_no_ack, seconds),
+        get: rate(now.get, before.get, seconds),
+        get_no_ack: rate(now.get_no_ack, before.get_no_ack, seconds),
+        redeliver: rate(now.redeliver, before.redeliver, seconds),
+        ack: rate(now.ack, before.ack, seconds),
+        ..Rates::default()
+    }
+}
+
+fn take_sample(broker: &Broker, at: Instant) -> Sample {
+    let mut queues = HashMap::new();
+    let mut global = GlobalCounts::default();
+    for (vhost, state) in broker.vhosts() {
+        for queue in state.queues.values() {
+            let sample = QueueSample {
+                uid: queue.uid,
+                stats: queue.stats,
+                ready: queue.ready.len() as u64,
+                unacked: queue.unacked,
+            };
+            global.queues = global.queues.plus(queue.stats);
+            global.ready += sample.ready;
+            global.unacked += sample.unacked;
+            queues.insert((vhost.clone(), queue.name.clone()), sample);
+        }
+    }
+    let stats = broker.stats();
+    global.publish = stats.publish;
+    global.drop_unroutable = stats.drop_unroutable;
+    global.return_unroutable = stats.return_unroutable;
+    Sample { at, queues, global }
+}
+
+impl RateBook {
+    /// Samples `broker` now and updates the rates from the last sample.
+    pub fn sample(&self, broker: &Broker) {
+        let sample = take_sample(broker, Instant::now());
+        let mut book = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(last) = &book.last {
+            let seconds = sample.at.duration_since(last.at).as_secs_f64().max(0.001);
+            let mut queues = HashMap::with_capacity(sample.queues.len());
+            for (key, now) in &sample.queues {
+                // A queue new since the last sample counts from zero.
+                let before = last
+                    .queues
+                    .get(key)
+                    .filter(|b| b.uid == now.uid)
+                    .copied()
+                    .unwrap_or_default();
+                let mut rates = stats_rates(&now.stats, &before.stats, seconds);
+                rates.messages_ready = rate(now.ready, before.ready, seconds);
+                rates.messages_unacknowledged = rate(now.unacked, before.unacked, seconds);
+                queues.insert(key.clone(), rates);
+            }
+            // Global counters: sums over the queues that exist now; a
+            // queue deleted in between takes its counts with it, which
+            // would read as a negative rate: clamped at zero.
+            let (now, before) = (&sample.global, &last.global);
+            let mut global = stats_rates(&now.queues, &before.queues, seconds);
+            global.publish = rate(now.publish, before.publish, seconds);
+            global.drop_unroutable = rate(now.drop_unroutable, before.drop_unroutable, seconds);
+            global.return_unroutable = rate(now.return_unroutable, before.return_unroutable, seconds);
+            for value in [
+                &mut global.deliver,
+                &mut global.deliver_no_ack,
+                &mut global.get,
+                &mut global.get_no_ack,
+                &mut global.redeliver,
+                &mut global.ack,
+            ] {
+                *value = value.max(0.0);
+            }
+            global.messages_ready = rate(now.ready, before.ready, seconds);
+            global.messages_unacknowledged = rate(now.unacked, before.unacked, seconds);
+            book.queues = queues;
+            book.global = global;
+        }
+        book.last = Some(sample);
+    }
+
+    /// The rates of queue `name` in `vhost` (zero before two samples).
+    pub fn queue(&self, vhost: &VHost, name: &QueueName) -> Rates {
+        let book = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        book.queues
+            .get(&(vhost.clone(), name.clone()))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The broker-wide rates (zero before two samples).
+    pub fn global(&self) -> Rates {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .global
+    }
+}
+
+/// Rounds a rate as RabbitMQ shows it (one decimal).
+fn shown(rate: f64) -> f64 {
+    (rate * 10.0).round() / 10.0
+}
+
+fn put(object: &mut Map<String, Value>, key: &str, count: u64, rate: f64) {
+    object.insert(key.to_owned(), json!(count));
+    object.insert(format!("{key}_details"), json!({"rate": shown(rate)}));
+}
+
+/// A queue's `message_stats`, RabbitMQ's names.
+pub fn message_stats(stats: &QueueStats, rates: &Rates) -> Value {
+    let mut out = Map::new();
+    put(&mut out, "publish", stats.publish, rates.publish);
+    put(&mut out, "deliver", stats.deliver, rates.deliver);
+    put(&mut out, "deliver_no_ack", stats.deliver_no_ack, rates.deliver_no_ack);
+    put(&mut out, "get", stats.get, rates.get);
+    put(&mut out, "get_no_ack", stats.get_no_ack, rates.get_no_ack);
+    put(&mut out, "deliver_get", stats.deliver_get(), rates.deliver_get());
+    put(&mut out, "redeliver", stats.redeliver, rates.redeliver);
+    put(&mut out, "ack", stats.ack, rates.ack);
+    Value::Object(out)
+}
+
+/// The overview's `message_stats`: the queues' counts plus the broker's.
+pub fn overview_stats(broker: &Broker, rates: &Rates) -> Value {
+    let totals = broker
+        .vhosts()
+        .values()
+        .flat_map(|v| v.queues.values())
+        .fold(QueueStats::default(), |sum, q| sum.plus(q.stats));
+    let mut out = match message_stats(&totals, rates) {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    let stats = broker.stats();
+    put(&mut out, "publish", stats.publish, rates.publish);
+    put(
+        &mut out,
+        "drop_unroutable",
+        stats.drop_unroutable,
+        rates.drop_unroutable,
+    );
+    put(
+        &mut out,
+        "return_unroutable",
+        stats.return_unroutable,
+        rates.return_unroutable,
+    );
+    Value::Object(out)
+}
+
+/// `{"rate": r}` for a depth's `_details`.
+pub fn details(rate: f64) -> Value {
+    json!({"rate": shown(rate)})
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_the_change_per_second_and_a_new_queue_starts_over() {
+        let before = QueueStats {
+            publish: 10,
+            ack: 4,
+            ..QueueStats::default()
+        };
+        let now = QueueStats {
+            publish: 60,
+            ack: 29,
+            ..QueueStats::default()
+        };
+        let rates = stats_rates(&now, &before, 5.0);
+        assert_eq!((rates.publish, rates.ack), (10.0, 5.0));
+        assert_eq!(rate(3, 8, 5.0), -1.0, "a depth can fall");
+        assert_eq!(shown(0.123_4), 0.1);
+        let stats = message_stats(&now, &rates);
+        assert_eq!(stats["publish"], 60);
+        assert_eq!(stats["publish_details"]["rate"], 10.0);
+        assert_eq!(stats["deliver_get"], 0);
+    }
+}
