@@ -45,7 +45,7 @@ pub use effect_sink::EffectSink;
 pub use error::ClusterError;
 pub use log_store::RaftLogStore;
 pub use network::{UnreachableClient, UnreachableNetwork};
-pub use node::{Node, NodeStatus};
+pub use node::{MemberStatus, Node, NodeStatus};
 pub use peers::{BoxFuture, NoPeers, PeerError, Peers};
 pub use proposer::Proposer;
 pub use state_machine::StateMachine;

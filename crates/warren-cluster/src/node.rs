@@ -44,6 +44,17 @@ pub struct NodeStatus {
     pub members: BTreeMap<u64, String>,
 }
 
+/// A member as [`Node::member_status`] saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub node_id: u64,
+    pub addr: String,
+    pub voter: bool,
+    /// `None`: it did not answer; `Some(None)`: it answered and has
+    /// applied nothing yet.
+    pub applied: Option<Option<u64>>,
+}
+
 struct Inner {
     node_id: u64,
     raft: Raft<TypeConfig>,
@@ -654,6 +665,40 @@ impl Node {
             }
         }
         (voters, reachable)
+    }
+
+    /// Every member of the current membership: id, address, whether it is
+    /// a voter, and the index it has applied up to as it answers a status
+    /// call within `limit` (`None`: it did not answer). This node answers
+    /// from its own state.
+    pub async fn member_status(&self, limit: std::time::Duration) -> Vec<MemberStatus> {
+        let (voters, nodes): (std::collections::BTreeSet<u64>, Vec<(u64, String)>) = {
+            let metrics = self.inner.raft.metrics().borrow().clone();
+            let membership = metrics.membership_config.membership();
+            (
+                membership.voter_ids().collect(),
+                membership.nodes().map(|(id, node)| (*id, node.addr.clone())).collect(),
+            )
+        };
+        let own_applied = self.metrics().last_applied;
+        let mut out = Vec::with_capacity(nodes.len());
+        for (id, addr) in nodes {
+            let applied = if id == self.inner.node_id {
+                Some(own_applied)
+            } else {
+                match tokio::time::timeout(limit, self.inner.peers.applied_index(&addr)).await {
+                    Ok(Ok(applied)) => Some(applied),
+                    _ => None,
+                }
+            };
+            out.push(MemberStatus {
+                node_id: id,
+                addr,
+                voter: voters.contains(&id),
+                applied,
+            });
+        }
+        out
     }
 
     /// Bytes the store occupies on disk (0 for an in-memory store).

@@ -50,6 +50,7 @@ pub fn router(sources: Arc<Sources>) -> Router {
         .route("/api/whoami", get(whoami))
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{name}", get(node))
+        .route("/api/warren/members", get(members))
         .route("/api/vhosts", get(vhosts))
         .route(
             "/api/vhosts/{vhost}",
@@ -91,7 +92,9 @@ pub fn router(sources: Arc<Sources>) -> Router {
         .merge(crate::topology::routes())
         .merge(crate::definitions::routes())
         .merge(crate::connections::routes())
+        .merge(crate::ui::routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(no_challenge_for_scripts))
         .with_state(sources)
 }
 
@@ -169,6 +172,18 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult = Result<Json<Value>, ApiError>;
+
+/// Drops the `WWW-Authenticate` challenge from answers to scripts (requests
+/// with `X-Requested-With`, as the UI sends): a browser would otherwise
+/// put up its own login dialog over the UI's on a wrong password.
+async fn no_challenge_for_scripts(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let script = request.headers().contains_key("x-requested-with");
+    let mut response = next.run(request).await;
+    if script {
+        response.headers_mut().remove(header::WWW_AUTHENTICATE);
+    }
+    response
+}
 
 async fn not_found() -> ApiError {
     ApiError::not_found()
@@ -553,6 +568,42 @@ fn node_json(sources: &Sources) -> Value {
 async fn nodes(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> ApiResult {
     authenticate(&sources, &headers)?;
     Ok(Json(json!([node_json(&sources)])))
+}
+
+/// `GET /api/warren/members` (Warren's own): every member of the Raft
+/// membership as the answering node sees it — address, voter or learner,
+/// leader, the index it has applied (asked of it, 2 s) and its lag behind
+/// the answering node's last log index; `reachable: false` if it did not
+/// answer.
+async fn members(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> ApiResult {
+    authenticate(&sources, &headers)?;
+    let status = sources.frontend.node.metrics();
+    let members = sources.frontend.node.member_status(PEER_PROBE_TIMEOUT).await;
+    let last_log = status.last_log_index.unwrap_or(0);
+    let items: Vec<Value> = members
+        .into_iter()
+        .map(|m| {
+            let applied = m.applied.flatten();
+            json!({
+                "node_id": m.node_id,
+                "name": format!("warren@node-{}", m.node_id),
+                "addr": m.addr,
+                "role": if m.voter { "voter" } else { "learner" },
+                "leader": status.leader == Some(m.node_id),
+                "reachable": m.applied.is_some(),
+                "applied": applied,
+                "lag": m.applied.map(|a| last_log.saturating_sub(a.unwrap_or(0))),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "answered_by": node_name(&sources),
+        "term": status.term,
+        "leader": status.leader,
+        "last_log_index": status.last_log_index,
+        "snapshot_index": status.snapshot_index,
+        "members": items,
+    })))
 }
 
 async fn node(State(sources): State<Arc<Sources>>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {

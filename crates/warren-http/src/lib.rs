@@ -13,6 +13,7 @@ mod definitions;
 pub mod prometheus;
 pub mod rates;
 mod topology;
+mod ui;
 mod users;
 
 use std::future::Future;
