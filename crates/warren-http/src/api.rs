@@ -33,6 +33,7 @@ use serde_json::{json, Value};
 use warren_core::access::{Perm, ResourceKind};
 use warren_core::{Broker, Command, CoreError, Outcome, QueueName, User, UserName, VHost};
 
+use crate::queue_view::{QueueRow, QueueView};
 use crate::Sources;
 
 /// Tags that may use the management API.
@@ -230,19 +231,76 @@ pub struct Paging {
 /// `items` as RabbitMQ returns them: the whole list, or with `page` the
 /// page object (`items`, `page`, `page_count`, `page_size`, counts).
 pub(crate) fn paged(items: Vec<Value>, paging: &Paging) -> ApiResult {
+    let page = page_of(items, |item| item["name"].as_str().unwrap_or_default(), paging)?;
+    Ok(Json(serde_json::to_value(page).unwrap_or_default()))
+}
+
+/// A list as RabbitMQ's API answers it: whole, or with `page` the page
+/// object.
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+pub(crate) enum Page<T> {
+    All(Vec<T>),
+    Page {
+        filtered_count: usize,
+        item_count: usize,
+        items: Vec<T>,
+        page: usize,
+        page_count: usize,
+        page_size: usize,
+        total_count: usize,
+    },
+}
+
+impl<T> Page<T> {
+    /// The items it holds, to finish them (rates are looked up for the
+    /// page only).
+    pub(crate) fn items_mut(&mut self) -> &mut [T] {
+        match self {
+            Page::All(items) | Page::Page { items, .. } => items,
+        }
+    }
+
+    pub(crate) fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        match self {
+            Page::All(items) => Page::All(items.into_iter().map(f).collect()),
+            Page::Page {
+                filtered_count,
+                item_count,
+                items,
+                page,
+                page_count,
+                page_size,
+                total_count,
+            } => Page::Page {
+                filtered_count,
+                item_count,
+                items: items.into_iter().map(f).collect(),
+                page,
+                page_count,
+                page_size,
+                total_count,
+            },
+        }
+    }
+}
+
+/// `items` filtered by `name` (a substring of what `name_of` gives) and cut
+/// to the page `paging` asks for.
+pub(crate) fn page_of<T>(items: Vec<T>, name_of: impl Fn(&T) -> &str, paging: &Paging) -> Result<Page<T>, ApiError> {
     if paging.use_regex.as_deref() == Some("true") {
         return Err(ApiError::bad_request("use_regex is not supported by this broker"));
     }
     let total_count = items.len();
-    let filtered: Vec<Value> = match paging.name.as_deref().filter(|n| !n.is_empty()) {
+    let filtered: Vec<T> = match paging.name.as_deref().filter(|n| !n.is_empty()) {
         Some(pattern) => items
             .into_iter()
-            .filter(|item| item["name"].as_str().is_some_and(|name| name.contains(pattern)))
+            .filter(|item| name_of(item).contains(pattern))
             .collect(),
         None => items,
     };
     let Some(page) = &paging.page else {
-        return Ok(Json(Value::Array(filtered)));
+        return Ok(Page::All(filtered));
     };
     let page: usize = page
         .parse()
@@ -264,20 +322,20 @@ pub(crate) fn paged(items: Vec<Value>, paging: &Paging) -> ApiResult {
             "page {page} out of range: there are {page_count} pages"
         )));
     }
-    let items: Vec<Value> = filtered
+    let items: Vec<T> = filtered
         .into_iter()
         .skip((page - 1) * page_size)
         .take(page_size)
         .collect();
-    Ok(Json(json!({
-        "filtered_count": filtered_count,
-        "item_count": items.len(),
-        "items": items,
-        "page": page,
-        "page_count": page_count,
-        "page_size": page_size,
-        "total_count": total_count,
-    })))
+    Ok(Page::Page {
+        filtered_count,
+        item_count: items.len(),
+        items,
+        page,
+        page_count,
+        page_size,
+        total_count,
+    })
 }
 
 /// An AMQP field value as RabbitMQ's API shows it.
@@ -313,38 +371,6 @@ pub(crate) fn table_json(table: &FieldTable) -> Value {
             .map(|(key, value)| (key.as_str().to_owned(), amqp_value(value)))
             .collect(),
     )
-}
-
-fn queue_json(node: &str, vhost: &VHost, queue: &warren_core::queue::Queue, rates: &crate::rates::RateBook) -> Value {
-    let rate = rates.queue(vhost, &queue.name);
-    let ready = queue.ready.len() as u64;
-    let unacked = queue.unacked;
-    let kind = match queue.arguments.inner().get("x-queue-type") {
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        Some(AMQPValue::ShortString(s)) => s.as_str().to_owned(),
-        _ => "classic".to_owned(),
-    };
-    json!({
-        "name": queue.name.as_str(),
-        "vhost": vhost.as_str(),
-        "type": kind,
-        "durable": queue.durable,
-        "auto_delete": queue.auto_delete,
-        "exclusive": queue.exclusive_owner.is_some(),
-        "arguments": table_json(&queue.arguments),
-        "node": node,
-        "state": "running",
-        "messages": ready + unacked,
-        "messages_ready": ready,
-        "messages_unacknowledged": unacked,
-        "message_bytes_ready": queue.ready_bytes,
-        "messages_details": crate::rates::details(rate.messages_ready + rate.messages_unacknowledged),
-        "messages_ready_details": crate::rates::details(rate.messages_ready),
-        "messages_unacknowledged_details": crate::rates::details(rate.messages_unacknowledged),
-        "message_stats": crate::rates::message_stats(&queue.stats, &rate),
-        // rabbitmq_http_client reads it as a u16.
-        "consumers": queue.consumers.len().min(usize::from(u16::MAX)),
-    })
 }
 
 fn exchange_json(vhost: &VHost, exchange: &warren_core::exchange::Exchange) -> Value {
@@ -686,12 +712,12 @@ pub(crate) fn require_visible(sources: &Sources, viewer: &User, vhost: &VHost) -
     read(sources, |broker| check_vhost(broker, viewer, vhost))
 }
 
-fn per_vhost(
+fn per_vhost<T>(
     sources: &Sources,
     viewer: &User,
     only: Option<&VHost>,
-    json: impl Fn(&VHost, &warren_core::vhost::VHostState) -> Vec<Value>,
-) -> Result<Vec<Value>, ApiError> {
+    json: impl Fn(&VHost, &warren_core::vhost::VHostState) -> Vec<T>,
+) -> Result<Vec<T>, ApiError> {
     read(sources, |broker| {
         if let Some(vhost) = only {
             check_vhost(broker, viewer, vhost)?;
@@ -705,15 +731,26 @@ fn per_vhost(
     })
 }
 
-fn queue_list(sources: &Sources, viewer: &User, only: Option<&VHost>) -> Result<Vec<Value>, ApiError> {
-    let node = node_name(sources);
+fn queue_list(sources: &Sources, viewer: &User, only: Option<&VHost>) -> Result<Vec<QueueRow>, ApiError> {
     per_vhost(sources, viewer, only, |vhost, state| {
-        state
-            .queues
-            .values()
-            .map(|q| queue_json(&node, vhost, q, &sources.rates))
-            .collect()
+        state.queues.values().map(|q| QueueRow::new(vhost, q)).collect()
     })
+}
+
+/// Rows as JSON: their rates looked up (under one lock), each written as
+/// RabbitMQ's queue object.
+fn queue_page(sources: &Sources, mut page: Page<QueueRow>) -> Response {
+    sources.rates.fill(
+        page.items_mut(),
+        |row| (&row.vhost, &row.name),
+        |row, rates| row.rates = rates,
+    );
+    let node = node_name(sources);
+    let page = page.map(|row| QueueView { row, node: &node });
+    match serde_json::to_vec(&page) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => ApiError::unavailable(format!("could not write the queue list: {e}")).into_response(),
+    }
 }
 
 /// `GET /api/queues` and `/api/queues/{vhost}`.
@@ -722,31 +759,34 @@ async fn queues(
     headers: HeaderMap,
     vhost: Option<Path<String>>,
     Query(paging): Query<Paging>,
-) -> ApiResult {
+) -> Result<Response, ApiError> {
     let viewer = authenticate(&sources, &headers)?;
     let only = vhost.map(|Path(vhost)| VHost::new(vhost));
-    paged(queue_list(&sources, &viewer, only.as_ref())?, &paging)
+    let rows = queue_list(&sources, &viewer, only.as_ref())?;
+    let page = page_of(rows, |row| row.name.as_str(), &paging)?;
+    Ok(queue_page(&sources, page))
 }
 
 async fn queue(
     State(sources): State<Arc<Sources>>,
     headers: HeaderMap,
     Path((vhost, name)): Path<(String, String)>,
-) -> ApiResult {
+) -> Result<Response, ApiError> {
     let viewer = authenticate(&sources, &headers)?;
     let node = node_name(&sources);
     let vhost = VHost::new(vhost);
     let name = QueueName::new(name);
     require_visible(&sources, &viewer, &vhost)?;
-    read(&sources, |broker| {
+    let mut row = read(&sources, |broker| {
         broker
             .vhosts()
             .get(&vhost)
             .and_then(|state| state.queues.get(&name))
-            .map(|q| queue_json(&node, &vhost, q, &sources.rates))
+            .map(|q| QueueRow::new(&vhost, q))
     })
-    .map(Json)
-    .ok_or_else(ApiError::not_found)
+    .ok_or_else(ApiError::not_found)?;
+    row.rates = sources.rates.queue(&vhost, &name);
+    Ok(Json(QueueView { row, node: &node }).into_response())
 }
 
 /// The default exchange of `vhost`, which the state does not hold.

@@ -11,6 +11,7 @@ pub mod api;
 mod connections;
 mod definitions;
 pub mod prometheus;
+mod queue_view;
 pub mod rates;
 mod topology;
 mod ui;

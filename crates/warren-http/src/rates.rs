@@ -75,7 +75,8 @@ pub struct RateBook {
 #[derive(Default)]
 struct Book {
     last: Option<Sample>,
-    queues: HashMap<(VHost, QueueName), Rates>,
+    /// By vhost, then queue: looked up without building a key.
+    queues: HashMap<VHost, HashMap<QueueName, Rates>>,
     global: Rates,
 }
 
@@ -129,7 +130,7 @@ impl RateBook {
         let mut book = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(last) = &book.last {
             let seconds = sample.at.duration_since(last.at).as_secs_f64().max(0.001);
-            let mut queues = HashMap::with_capacity(sample.queues.len());
+            let mut queues: HashMap<VHost, HashMap<QueueName, Rates>> = HashMap::new();
             for (key, now) in &sample.queues {
                 // A queue new since the last sample counts from zero.
                 let before = last
@@ -141,7 +142,7 @@ impl RateBook {
                 let mut rates = stats_rates(&now.stats, &before.stats, seconds);
                 rates.messages_ready = rate(now.ready, before.ready, seconds);
                 rates.messages_unacknowledged = rate(now.unacked, before.unacked, seconds);
-                queues.insert(key.clone(), rates);
+                queues.entry(key.0.clone()).or_default().insert(key.1.clone(), rates);
             }
             // Global counters: sums over the queues that exist now; a
             // queue deleted in between takes its counts with it, which
@@ -172,10 +173,20 @@ impl RateBook {
     /// The rates of queue `name` in `vhost` (zero before two samples).
     pub fn queue(&self, vhost: &VHost, name: &QueueName) -> Rates {
         let book = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        book.queues
-            .get(&(vhost.clone(), name.clone()))
-            .copied()
-            .unwrap_or_default()
+        lookup(&book, vhost, name)
+    }
+
+    /// The rates of many queues, under one lock: `set` is called with each
+    /// item whose `(vhost, name)` `key` gives, and its rates.
+    pub fn fill<T>(&self, items: &mut [T], key: impl Fn(&T) -> (&VHost, &QueueName), set: impl Fn(&mut T, Rates)) {
+        let book = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for item in items {
+            let rates = {
+                let (vhost, name) = key(item);
+                lookup(&book, vhost, name)
+            };
+            set(item, rates);
+        }
     }
 
     /// The broker-wide rates (zero before two samples).
@@ -185,6 +196,14 @@ impl RateBook {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .global
     }
+}
+
+fn lookup(book: &Book, vhost: &VHost, name: &QueueName) -> Rates {
+    book.queues
+        .get(vhost)
+        .and_then(|queues| queues.get(name))
+        .copied()
+        .unwrap_or_default()
 }
 
 /// Rounds a rate as RabbitMQ shows it (one decimal).
