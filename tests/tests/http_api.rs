@@ -588,3 +588,56 @@ async fn queues_and_the_overview_carry_message_stats_with_rates() -> anyhow::Res
     .await??;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_listed_removed_and_added_back_over_the_api_through_any_node() -> anyhow::Result<()> {
+    let nodes = warren_e2e::ops::start_three_nodes().await?;
+    let api = api_addr(&nodes[1])?;
+    let voters = |members: &serde_json::Value| -> Vec<u64> {
+        members["members"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .filter(|m| m["role"] == "voter")
+                    .filter_map(|m| m["node_id"].as_u64())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let members = get_json(api, "/api/warren/members").await?;
+    assert_eq!(voters(&members), [1, 2, 3], "{members}");
+    assert!(
+        members["members"]
+            .as_array()
+            .is_some_and(|l| l.iter().all(|m| m["reachable"] == true)),
+        "{members}"
+    );
+    let node3 = members["members"][2]["addr"].as_str().context("addr")?.to_owned();
+
+    let removed = request(api, "DELETE", "/api/warren/members/3", GUEST, "").await?;
+    assert_eq!(removed.status, 204, "{}", removed.body);
+    let members = eventually("two voters", Duration::from_secs(10), || async move {
+        let members = get_json(api, "/api/warren/members").await?;
+        Ok((voters(&members) == [1, 2]).then_some(members))
+    })
+    .await?;
+    assert_eq!(members["members"].as_array().map(Vec::len), Some(2), "{members}");
+
+    let body = serde_json::json!({"node_id": 3, "addr": node3}).to_string();
+    let added = request(api, "POST", "/api/warren/members", GUEST, &body).await?;
+    assert_eq!(added.status, 201, "{}", added.body);
+    assert!(added.json()?["log_index"].is_u64());
+    let members = get_json(api, "/api/warren/members").await?;
+    assert_eq!(voters(&members), [1, 2, 3], "{members}");
+
+    for (method, path, body, status) in [
+        ("DELETE", "/api/warren/members/9", "", 404),
+        ("DELETE", "/api/warren/members/three", "", 400),
+        ("POST", "/api/warren/members", r#"{"node_id":4}"#, 400),
+        ("POST", "/api/warren/members", r#"{"node_id":0,"addr":"x:1"}"#, 400),
+    ] {
+        let reply = request(api, method, path, GUEST, body).await?;
+        assert_eq!(reply.status, status, "{method} {path} {body}: {}", reply.body);
+    }
+    Ok(())
+}

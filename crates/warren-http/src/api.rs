@@ -51,7 +51,8 @@ pub fn router(sources: Arc<Sources>) -> Router {
         .route("/api/whoami", get(whoami))
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{name}", get(node))
-        .route("/api/warren/members", get(members))
+        .route("/api/warren/members", get(members).post(add_member))
+        .route("/api/warren/members/{id}", axum::routing::delete(remove_member))
         .route("/api/vhosts", get(vhosts))
         .route(
             "/api/vhosts/{vhost}",
@@ -630,6 +631,86 @@ async fn members(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> Api
         "snapshot_index": status.snapshot_index,
         "members": items,
     })))
+}
+
+/// The cluster address of the member this node believes leads, else its own.
+fn leader_or_self(sources: &Sources) -> Result<(String, &warren_rpc::GrpcNetwork), ApiError> {
+    let network = sources
+        .cluster
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("this node has no cluster network"))?;
+    let status = sources.frontend.node.metrics();
+    let own = status.members.get(&status.node_id).cloned();
+    let target = status
+        .leader
+        .and_then(|leader| status.members.get(&leader).cloned())
+        .or(own)
+        .ok_or_else(|| ApiError::unavailable("this node knows no member address"))?;
+    Ok((target, network))
+}
+
+/// A membership change's failure as the API answers it.
+fn membership_error(error: warren_cluster::PeerError) -> ApiError {
+    match error {
+        warren_cluster::PeerError::NotLeader { .. } => {
+            ApiError::unavailable("no leader answered (an election may be running): try again")
+        }
+        warren_cluster::PeerError::Failed(reason) => ApiError::bad_request(reason),
+    }
+}
+
+/// `POST /api/warren/members` (administrators) with `node_id` and `addr`
+/// (its cluster address): adds a running node as a voter, through the
+/// leader, as `warren ctl add-node`; 201 `{"log_index"}` once it caught up
+/// and votes.
+async fn add_member(
+    State(sources): State<Arc<Sources>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    crate::users::administrator(&sources, &headers)?;
+    let body = json_body(&body)?;
+    let node_id = body
+        .get("node_id")
+        .and_then(Value::as_u64)
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::bad_request("node_id must be a positive integer"))?;
+    let addr = body
+        .get("addr")
+        .and_then(Value::as_str)
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| ApiError::bad_request("addr must be the node's cluster address, host:port"))?
+        .to_owned();
+    let (target, network) = leader_or_self(&sources)?;
+    let index = warren_rpc::on_leader(&target, |leader| {
+        let addr = addr.clone();
+        async move { warren_cluster::Peers::join(network, &leader, node_id, &addr).await }
+    })
+    .await
+    .map_err(membership_error)?;
+    Ok((StatusCode::CREATED, Json(json!({"log_index": index}))).into_response())
+}
+
+/// `DELETE /api/warren/members/{id}` (administrators): removes the node
+/// from the membership through the leader, as `warren ctl remove-node`;
+/// 204. Stop the node afterwards.
+async fn remove_member(
+    State(sources): State<Arc<Sources>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    crate::users::administrator(&sources, &headers)?;
+    let node_id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("'{id}' is not a node id")))?;
+    if !sources.frontend.node.metrics().members.contains_key(&node_id) {
+        return Err(ApiError::not_found());
+    }
+    let (target, network) = leader_or_self(&sources)?;
+    warren_rpc::on_leader(&target, |leader| async move { network.leave(&leader, node_id).await })
+        .await
+        .map_err(membership_error)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn node(State(sources): State<Arc<Sources>>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {

@@ -203,6 +203,7 @@ function chart(canvas, series) {
 async function nodes() {
   const [cluster, local] = await Promise.all([get("/warren/members"), get("/nodes")]);
   const node = local[0] || {};
+  const admin = (state.user.tags || []).includes("administrator");
   $("#view").innerHTML = `
     <h2>Nodes</h2>
     <div class="card"><h3>Raft membership, as ${esc(cluster.answered_by)} sees it (term ${esc(cluster.term)})</h3>${table([
@@ -212,8 +213,11 @@ async function nodes() {
       { title: "State", html: (m) => (m.reachable ? '<span class="pill ok">reachable</span>' : '<span class="pill bad">unreachable</span>') },
       { title: "Applied index", value: (m) => m.applied ?? "–", num: true },
       { title: "Lag", value: (m) => m.lag ?? "–", num: true },
+      { title: "", html: (m) => (admin ? `<button class="secondary" data-remove-member="${esc(m.node_id)}">Remove</button>` : "") },
     ], cluster.members)}
-    <p class="muted">Last log index ${esc(cluster.last_log_index ?? "–")}, snapshot at ${esc(cluster.snapshot_index ?? "–")}. Add or remove members with <code>warren ctl add-node</code> / <code>remove-node</code>.</p></div>
+    <p class="muted">Last log index ${esc(cluster.last_log_index ?? "–")}, snapshot at ${esc(cluster.snapshot_index ?? "–")}. A removed node should then be stopped; a node started with <code>--join</code> adds itself.</p>
+    ${admin ? `<form id="add-member" class="row"><label>Node id <input name="node_id" type="number" min="1" required></label>
+      <label>Cluster address <input name="addr" placeholder="10.0.0.4:25672" required></label><button type="submit">Add member</button></form>` : ""}</div>
     <div class="card"><h3>${esc(node.name)}</h3><div class="grid">
       ${stat("Uptime", `${Math.round((node.uptime || 0) / 1000)} s`)}
       ${stat("Memory alarm", node.mem_alarm ? "ON" : "off")}
@@ -222,6 +226,15 @@ async function nodes() {
       ${stat("Disk free limit", num(node.disk_free_limit))}
       ${stat("File descriptors", num(node.fd_total))}
     </div></div>`;
+  if (!admin) return;
+  $("#add-member").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const f = new FormData(event.target);
+    act(`Node ${f.get("node_id")} added`, () => api("POST", "/warren/members", { node_id: Number(f.get("node_id")), addr: f.get("addr") }));
+  });
+  for (const b of document.querySelectorAll("[data-remove-member]")) {
+    b.addEventListener("click", () => confirm(`Remove node ${b.dataset.removeMember} from the cluster?`) && act(`Node ${b.dataset.removeMember} removed`, () => api("DELETE", `/warren/members/${b.dataset.removeMember}`)));
+  }
 }
 
 async function queues() {

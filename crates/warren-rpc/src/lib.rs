@@ -29,7 +29,7 @@ pub mod pb {
     tonic::include_proto!("warren.cluster.v1");
 }
 
-pub use network::{GrpcClient, GrpcNetwork, NetworkConfig};
+pub use network::{on_leader, GrpcClient, GrpcNetwork, NetworkConfig};
 pub use service::{serve, AdminError, AdminHandler, AdminTable, ClusterService, ServiceConfig};
 /// For implementing [`AdminHandler`] outside this crate.
 pub use tonic::async_trait;

@@ -1,13 +1,11 @@
 //! `warren ctl`: operates a running cluster over its gRPC port.
 
 use std::fmt::Write as _;
-use std::future::Future;
-use std::time::Duration;
 
 use anyhow::Context;
 use warren_cluster::{PeerError, Peers as _};
 use warren_rpc::pb::{AdminReply, ListQueuesReply, StatusReply};
-use warren_rpc::{GrpcNetwork, NetworkConfig};
+use warren_rpc::{on_leader, GrpcNetwork, NetworkConfig};
 
 /// What `warren ctl` does.
 #[derive(Clone, Debug)]
@@ -33,13 +31,6 @@ pub enum CtlCommand {
         args: Vec<String>,
     },
 }
-
-/// How many `NotLeader` answers a membership change follows before it
-/// gives up: a hint to the leader, or a retry while an election runs.
-const LEADER_ATTEMPTS: usize = 20;
-
-/// Pause before asking again when nobody knows the leader (an election).
-const NO_LEADER_PAUSE: Duration = Duration::from_millis(250);
 
 /// Runs `command` against the member at `server` and prints the result.
 ///
@@ -131,43 +122,6 @@ pub async fn run(server: &str, secret: Option<String>, command: CtlCommand) -> a
             Ok(())
         }
     }
-}
-
-/// Sends `call` to `server`, then to the leader each `NotLeader` answer
-/// names; while no leader is known (an election), asks `server` again
-/// after a pause.
-///
-/// # Errors
-/// The last error once [`LEADER_ATTEMPTS`] answers were `NotLeader`, or
-/// the first other error.
-async fn on_leader<T, F, Fut>(server: &str, mut call: F) -> Result<T, PeerError>
-where
-    F: FnMut(String) -> Fut,
-    Fut: Future<Output = Result<T, PeerError>>,
-{
-    let mut target = server.to_owned();
-    let mut last = None;
-    for _ in 0..LEADER_ATTEMPTS {
-        match call(target.clone()).await {
-            Err(PeerError::NotLeader {
-                leader_addr: Some(leader),
-                leader_id,
-            }) if leader != target => {
-                last = Some(PeerError::NotLeader {
-                    leader_id,
-                    leader_addr: Some(leader.clone()),
-                });
-                target = leader;
-            }
-            Err(error @ PeerError::NotLeader { .. }) => {
-                last = Some(error);
-                target = server.to_owned();
-                tokio::time::sleep(NO_LEADER_PAUSE).await;
-            }
-            other => return other,
-        }
-    }
-    Err(last.unwrap_or_else(|| PeerError::Failed("no leader found".to_owned())))
 }
 
 /// The table `list-queues` prints: a line naming the leader and the
