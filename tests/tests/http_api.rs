@@ -363,6 +363,19 @@ async fn a_follower_answers_for_the_cluster() -> anyhow::Result<()> {
     )
     .await?;
 
+    // Prometheus' global counters are per node, as RabbitMQ's: node 1
+    // received the three publishes, node 3 none (a sum over the nodes is
+    // the cluster's).
+    let received = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("rabbitmq_global_messages_received_total{protocol=\"amqp091\"} "))
+            .map(str::to_owned)
+    };
+    let on_node1 = get(nodes[0].prometheus_addr().context("prometheus")?, "/metrics", "").await?;
+    let on_node3 = get(nodes[2].prometheus_addr().context("prometheus")?, "/metrics", "").await?;
+    assert_eq!(received(&on_node1.body).as_deref(), Some("3"), "{}", on_node1.body);
+    assert_eq!(received(&on_node3.body).as_deref(), Some("0"), "{}", on_node3.body);
+
     // With all three up no node is quorum critical; with one killed, each
     // of the other two is (stopping it would leave one of three).
     let critical = "/api/health/checks/node-is-quorum-critical";

@@ -158,7 +158,7 @@ fn the_parser_refuses_what_the_format_does_not_allow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_metrics_follow_the_broker_and_parse() -> anyhow::Result<()> {
-    let (broker, _conn, ch) = broker_with_channel().await?;
+    let (broker, conn, ch) = broker_with_channel().await?;
     let addr = broker.prometheus_addr().context("no prometheus listening line")?;
     plain_queue(&ch, "metrics-q").await?;
     for _ in 0..3 {
@@ -198,8 +198,41 @@ async fn prometheus_metrics_follow_the_broker_and_parse() -> anyhow::Result<()> 
     // Publish to nowhere: counted as dropped, not routed.
     amqp::publish(&ch, "amq.direct", "nobody", b"x").await?;
     assert_eq!(amqp::message_count(&ch, "metrics-q").await?, 0);
+    // On a confirming channel: two confirmed, one returned (mandatory),
+    // one got with a manual ack and acked.
+    let confirming = within("channel.open", conn.create_channel()).await?;
+    within(
+        "confirm.select",
+        confirming.confirm_select(lapin::options::ConfirmSelectOptions::default()),
+    )
+    .await?;
+    for _ in 0..2 {
+        amqp::publish(&confirming, "", "metrics-q", b"c").await?;
+    }
+    amqp::publish_with(
+        &confirming,
+        "amq.direct",
+        "nobody",
+        b"r",
+        lapin::BasicProperties::default(),
+        true,
+    )
+    .await?;
+    let got = within(
+        "basic.get",
+        confirming.basic_get("metrics-q".into(), lapin::options::BasicGetOptions { no_ack: false }),
+    )
+    .await?
+    .context("a message to get")?;
+    within(
+        "basic.ack",
+        got.delivery.ack(lapin::options::BasicAckOptions::default()),
+    )
+    .await?;
+    assert_eq!(amqp::message_count(&ch, "metrics-q").await?, 1);
+
     let samples = parse_exposition(&http_get(addr, "/metrics").await?)?;
-    assert_eq!(value(&samples, "rabbitmq_queue_messages_ready", &[]), Some(0.0));
+    assert_eq!(value(&samples, "rabbitmq_queue_messages_ready", &[]), Some(1.0));
     let counter = |what: &str| {
         value(
             &samples,
@@ -207,10 +240,15 @@ async fn prometheus_metrics_follow_the_broker_and_parse() -> anyhow::Result<()> 
             &[("protocol", "amqp091")],
         )
     };
-    assert_eq!(counter("received"), Some(4.0));
-    assert_eq!(counter("routed"), Some(3.0));
+    assert_eq!(counter("received"), Some(7.0));
+    assert_eq!(counter("routed"), Some(5.0));
     assert_eq!(counter("unroutable_dropped"), Some(1.0));
-    assert_eq!(counter("delivered"), Some(3.0), "drained by get");
+    assert_eq!(counter("unroutable_returned"), Some(1.0));
+    assert_eq!(counter("confirmed"), Some(3.0), "two routed and the returned one");
+    assert_eq!(counter("delivered_get_auto_ack"), Some(3.0), "drained by get");
+    assert_eq!(counter("delivered_get_manual_ack"), Some(1.0));
+    assert_eq!(counter("delivered"), Some(4.0));
+    assert_eq!(counter("acknowledged"), Some(1.0));
     assert_eq!(counter("redelivered"), Some(0.0));
     Ok(())
 }

@@ -59,11 +59,14 @@ pub enum Pending {
     Qos,
     Consume {
         nowait: bool,
+        no_ack: bool,
     },
     Cancel {
         nowait: bool,
     },
-    Get,
+    Get {
+        no_ack: bool,
+    },
     /// ack, nack, reject: no reply on success.
     Settle {
         method_id: u16,
@@ -102,7 +105,7 @@ impl Pending {
             Pending::Qos => (60, 10),
             Pending::Consume { .. } => (60, 20),
             Pending::Cancel { .. } => (60, 30),
-            Pending::Get => (60, 70),
+            Pending::Get { .. } => (60, 70),
             Pending::Settle { method_id } => (60, *method_id),
             Pending::Recover { .. } => (60, 110),
             Pending::ChannelClose | Pending::ServerClose => (20, 40),
@@ -168,6 +171,11 @@ pub struct ChannelSlot {
     pub content: Option<PartialContent>,
     /// For methods that name the queue as "": the last queue declared here.
     pub last_queue: Option<QueueName>,
+    /// Consumers of this incarnation that do not ack (for the counters).
+    pub auto_ack_consumers: std::collections::HashSet<String>,
+    /// Delivery tags sent that await an ack, in increasing order (for the
+    /// `acknowledged` counter: an ack with `multiple` settles a run).
+    pub manual_tags: VecDeque<u64>,
 }
 
 impl Default for ChannelSlot {
@@ -181,6 +189,8 @@ impl Default for ChannelSlot {
             next_staged_body: 0,
             content: None,
             last_queue: None,
+            auto_ack_consumers: std::collections::HashSet::new(),
+            manual_tags: VecDeque::new(),
         }
     }
 }
@@ -194,6 +204,29 @@ impl ChannelSlot {
         self.next_confirm_seq = 1;
         self.content = None;
         self.last_queue = None;
+        self.auto_ack_consumers.clear();
+        self.manual_tags.clear();
+    }
+
+    /// Forgets delivery `tag` (or every tag up to it, `multiple`) as
+    /// awaiting an ack; how many it was.
+    pub fn settle_tags(&mut self, tag: u64, multiple: bool) -> u64 {
+        if multiple {
+            let mut settled = 0;
+            while self.manual_tags.front().is_some_and(|t| *t <= tag) {
+                self.manual_tags.pop_front();
+                settled += 1;
+            }
+            settled
+        } else {
+            match self.manual_tags.binary_search(&tag) {
+                Ok(at) => {
+                    self.manual_tags.remove(at);
+                    1
+                }
+                Err(_) => 0,
+            }
+        }
     }
 
     /// Marks every awaited reply as belonging to a closed incarnation.

@@ -1046,7 +1046,11 @@ impl Connection {
                     exclusive: m.exclusive,
                     arguments: m.arguments,
                 };
-                self.submit(ch, Pending::Consume { nowait: m.nowait }, command).await
+                let pending = Pending::Consume {
+                    nowait: m.nowait,
+                    no_ack: m.no_ack,
+                };
+                self.submit(ch, pending, command).await
             }
             basic::AMQPMethod::Cancel(m) => {
                 let command = Command::Cancel {
@@ -1059,7 +1063,7 @@ impl Connection {
                 self.authorize(ch, (60, 70), &[(ResourceKind::Queue, queue.as_str(), Perm::Read)])?;
                 self.submit(
                     ch,
-                    Pending::Get,
+                    Pending::Get { no_ack: m.no_ack },
                     Command::Get {
                         vhost,
                         queue,
@@ -1069,6 +1073,8 @@ impl Connection {
                 .await
             }
             basic::AMQPMethod::Ack(m) => {
+                let acked = self.slot(ch).settle_tags(m.delivery_tag, m.multiple);
+                crate::counters::bump(&self.frontend.counters.acknowledged, acked);
                 let command = Command::Ack {
                     delivery_tag: DeliveryTag(m.delivery_tag),
                     multiple: m.multiple,
@@ -1076,6 +1082,7 @@ impl Connection {
                 self.submit(ch, Pending::Settle { method_id: 80 }, command).await
             }
             basic::AMQPMethod::Nack(m) => {
+                self.slot(ch).settle_tags(m.delivery_tag, m.multiple);
                 let command = Command::Nack {
                     delivery_tag: DeliveryTag(m.delivery_tag),
                     multiple: m.multiple,
@@ -1084,6 +1091,7 @@ impl Connection {
                 self.submit(ch, Pending::Settle { method_id: 120 }, command).await
             }
             basic::AMQPMethod::Reject(m) => {
+                self.slot(ch).settle_tags(m.delivery_tag, false);
                 let command = Command::Reject {
                     delivery_tag: DeliveryTag(m.delivery_tag),
                     requeue: m.requeue,
@@ -1099,6 +1107,7 @@ impl Connection {
                 ))
             }
             basic::AMQPMethod::Recover(m) => {
+                self.slot(ch).manual_tags.clear();
                 self.submit(
                     ch,
                     Pending::Recover { send_ok: true },
@@ -1107,6 +1116,7 @@ impl Connection {
                 .await
             }
             basic::AMQPMethod::RecoverAsync(m) => {
+                self.slot(ch).manual_tags.clear();
                 self.submit(
                     ch,
                     Pending::Recover { send_ok: false },
@@ -1278,6 +1288,7 @@ impl Connection {
             (60, 40),
             &[(ResourceKind::Exchange, &content.exchange, Perm::Write)],
         )?;
+        crate::counters::bump(&self.frontend.counters.received, 1);
         let slot = self.slot(ch);
         let confirm_seq = slot.confirm.then(|| {
             let seq = slot.next_confirm_seq;
@@ -1369,6 +1380,15 @@ impl Connection {
                     if !self.accepts_deliveries(channel.channel) {
                         continue;
                     }
+                    let counters = self.frontend.counters.clone();
+                    let slot = self.slot(channel.channel);
+                    if slot.auto_ack_consumers.contains(consumer_tag.as_str()) {
+                        crate::counters::bump(&counters.delivered_consume_auto_ack, 1);
+                    } else {
+                        crate::counters::bump(&counters.delivered_consume_manual_ack, 1);
+                        slot.manual_tags.push_back(delivery_tag.0);
+                    }
+                    crate::counters::bump(&counters.redelivered, u64::from(redelivered));
                     let deliver = basic::Deliver {
                         consumer_tag: short(consumer_tag.as_str()),
                         delivery_tag: delivery_tag.0,
@@ -1452,7 +1472,21 @@ impl Connection {
                 slot.state = ChannelState::Closed;
                 slot.draining = false;
             }
-            (Pending::Publish { confirm_seq }, Outcome::Published { rejected, returned, .. }) => {
+            (
+                Pending::Publish { confirm_seq },
+                Outcome::Published {
+                    routed,
+                    rejected,
+                    returned,
+                },
+            ) => {
+                let counters = &self.frontend.counters;
+                let counter = match (routed, returned.is_some()) {
+                    (true, _) => &counters.routed,
+                    (false, true) => &counters.unroutable_returned,
+                    (false, false) => &counters.unroutable_dropped,
+                };
+                crate::counters::bump(counter, 1);
                 if let Some(message) = returned {
                     let ret = basic::Return {
                         reply_code: reply_code::NO_ROUTE,
@@ -1539,7 +1573,12 @@ impl Connection {
             (Pending::Qos, _) => {
                 self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})));
             }
-            (Pending::Consume { nowait }, Outcome::ConsumeOk { consumer_tag }) => {
+            (Pending::Consume { nowait, no_ack }, Outcome::ConsumeOk { consumer_tag }) => {
+                if no_ack {
+                    self.slot(ch)
+                        .auto_ack_consumers
+                        .insert(consumer_tag.as_str().to_owned());
+                }
                 if !nowait {
                     let ok = basic::ConsumeOk {
                         consumer_tag: short(consumer_tag.as_str()),
@@ -1548,6 +1587,7 @@ impl Connection {
                 }
             }
             (Pending::Cancel { nowait }, Outcome::CancelOk { consumer_tag }) => {
+                self.slot(ch).auto_ack_consumers.remove(consumer_tag.as_str());
                 if !nowait {
                     let ok = basic::CancelOk {
                         consumer_tag: short(consumer_tag.as_str()),
@@ -1556,7 +1596,7 @@ impl Connection {
                 }
             }
             (
-                Pending::Get,
+                Pending::Get { no_ack },
                 Outcome::GetOk {
                     delivery_tag,
                     redelivered,
@@ -1564,6 +1604,14 @@ impl Connection {
                     message,
                 },
             ) => {
+                let counters = &self.frontend.counters;
+                if no_ack {
+                    crate::counters::bump(&counters.delivered_get_auto_ack, 1);
+                } else {
+                    crate::counters::bump(&counters.delivered_get_manual_ack, 1);
+                    self.slot(ch).manual_tags.push_back(delivery_tag.0);
+                }
+                crate::counters::bump(&self.frontend.counters.redelivered, u64::from(redelivered));
                 let ok = basic::GetOk {
                     delivery_tag: delivery_tag.0,
                     redelivered,
@@ -1574,7 +1622,7 @@ impl Connection {
                 self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::GetOk(ok)));
                 self.send_content(ch, &message)?;
             }
-            (Pending::Get, Outcome::GetEmpty) => {
+            (Pending::Get { .. }, Outcome::GetEmpty) => {
                 self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})));
             }
             (Pending::Settle { .. }, _) => {}
@@ -1628,6 +1676,7 @@ impl Connection {
     /// order, so every sequence number below the run is already confirmed.
     fn send_confirm(&mut self, ch: u16, seq: u64, ack: bool) {
         if ack {
+            crate::counters::bump(&self.frontend.counters.confirmed, 1);
             match self.confirms_due.iter_mut().find(|run| run.channel == ch) {
                 Some(run) => run.last = seq,
                 None => self.confirms_due.push(ConfirmRun {

@@ -11,6 +11,7 @@ mod access;
 mod channel;
 mod connection;
 mod convert;
+pub mod counters;
 mod error;
 pub mod flow;
 mod names;
@@ -88,6 +89,8 @@ pub struct Frontend {
     /// Bytes of message bodies being received (publishes whose content is
     /// not complete yet), over every connection: counted by the memory alarm.
     pub receiving_bytes: Arc<AtomicU64>,
+    /// This node's message counters (Prometheus' global series).
+    pub counters: Arc<counters::MessageCounters>,
     next_connection: AtomicU64,
 }
 
@@ -156,6 +159,7 @@ impl Frontend {
             config,
             alarms: Arc::new(flow::Alarms::default()),
             receiving_bytes: Arc::new(AtomicU64::new(0)),
+            counters: Arc::default(),
             next_connection: AtomicU64::new(1),
         }
     }

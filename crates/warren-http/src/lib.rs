@@ -107,19 +107,7 @@ pub async fn snapshot(sources: &Sources) -> MetricsSnapshot {
     let frontend = &sources.frontend;
     let node = &frontend.node;
     let node_id = frontend.node_id;
-    let (queues, channels, messages, broker_messages) = node.read(|broker| {
-        let messages = broker
-            .vhosts()
-            .values()
-            .flat_map(|v| v.queues.values())
-            .fold(warren_core::stats::QueueStats::default(), |sum, q| sum.plus(q.stats));
-        (
-            broker.queue_summaries(),
-            broker.channel_count_of(node_id),
-            messages,
-            broker.stats(),
-        )
-    });
+    let (queues, channels) = node.read(|broker| (broker.queue_summaries(), broker.channel_count_of(node_id)));
     let status = node.metrics();
     let dir = sources.data_dir.clone();
     let (resident, disk) =
@@ -147,8 +135,7 @@ pub async fn snapshot(sources: &Sources) -> MetricsSnapshot {
         store_bytes: node.store_size_on_disk().await,
         body_store: node.body_store_usage(),
         body_memory_bytes: node.held_backlog().1,
-        messages,
-        broker_messages,
+        messages: frontend.counters.snapshot(),
     }
 }
 

@@ -9,10 +9,10 @@
 //! broker state (they may lag the leader by the entries not applied yet);
 //! connections are this node's.
 //!
-//! The `rabbitmq_global_messages_*_total` counters come from the counters
-//! the apply function keeps (`warren_core::stats`), which every replica
-//! computes alike: a node's are the cluster's, since the node started.
-//! `confirmed_total` is not kept yet. Not yet here either: per-connection and
+//! The `rabbitmq_global_messages_*_total` counters are this node's (the
+//! AMQP front end counts its own clients' messages), as RabbitMQ's are, so
+//! dashboards that sum them over the nodes get the cluster's. Not yet
+//! here: per-connection and
 //! per-channel series, Erlang-specific series, and the Raft commit index
 //! (openraft 0.9 does not report it).
 
@@ -48,10 +48,8 @@ pub struct MetricsSnapshot {
     /// Bytes of bodies held in memory (the body cache, bodies arriving in
     /// parts, or every held body without a body store).
     pub body_memory_bytes: u64,
-    /// The message counters of the replicated state (counted since the
-    /// node started): the queues' summed, and the broker's.
-    pub messages: warren_core::stats::QueueStats,
-    pub broker_messages: warren_core::stats::BrokerStats,
+    /// This node's message counters (its own clients', since it started).
+    pub messages: warren_amqp::counters::MessageCounts,
 }
 
 /// The label set every RabbitMQ series joins on through
@@ -262,48 +260,46 @@ pub fn render(snapshot: &MetricsSnapshot, per_object: bool) -> String {
 }
 
 /// rabbitmq_prometheus's `rabbitmq_global_messages_*_total` (label
-/// `protocol="amqp091"`), from the replicated counters.
+/// `protocol="amqp091"`): this node's, as RabbitMQ's are (a cluster's
+/// total is the sum over its nodes).
 fn render_global_counters(w: &mut Writer, snapshot: &MetricsSnapshot) {
-    let (m, b) = (&snapshot.messages, &snapshot.broker_messages);
-    let counters: [(&str, &str, u64); 11] = [
-        ("received", "Total number of messages received from publishers", b.publish),
-        (
-            "routed",
-            "Total number of messages routed to queues or streams",
-            b.publish.saturating_sub(b.drop_unroutable + b.return_unroutable),
-        ),
-        ("delivered", "Total number of messages delivered to consumers", m.deliver_get()),
+    let m = &snapshot.messages;
+    let counters: [(&str, &str, u64); 12] = [
+        ("received", "Total number of messages received from publishers", m.received),
+        ("routed", "Total number of messages routed to queues or streams", m.routed),
+        ("confirmed", "Total number of messages confirmed to publishers", m.confirmed),
+        ("delivered", "Total number of messages delivered to consumers", m.delivered()),
         (
             "delivered_consume_auto_ack",
             "Total number of messages delivered to consumers using basic.consume with automatic acknowledgment",
-            m.deliver_no_ack,
+            m.delivered_consume_auto_ack,
         ),
         (
             "delivered_consume_manual_ack",
             "Total number of messages delivered to consumers using basic.consume with manual acknowledgment",
-            m.deliver,
+            m.delivered_consume_manual_ack,
         ),
         (
             "delivered_get_auto_ack",
             "Total number of messages delivered to consumers using basic.get with automatic acknowledgment",
-            m.get_no_ack,
+            m.delivered_get_auto_ack,
         ),
         (
             "delivered_get_manual_ack",
             "Total number of messages delivered to consumers using basic.get with manual acknowledgment",
-            m.get,
+            m.delivered_get_manual_ack,
         ),
-        ("redelivered", "Total number of messages redelivered to consumers", m.redeliver),
-        ("acknowledged", "Total number of message acknowledgements received from consumers", m.ack),
+        ("redelivered", "Total number of messages redelivered to consumers", m.redelivered),
+        ("acknowledged", "Total number of message acknowledgements received from consumers", m.acknowledged),
         (
             "unroutable_dropped",
             "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
-            b.drop_unroutable,
+            m.unroutable_dropped,
         ),
         (
             "unroutable_returned",
             "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable",
-            b.return_unroutable,
+            m.unroutable_returned,
         ),
     ];
     for (what, help, value) in counters {
