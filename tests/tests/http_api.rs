@@ -580,6 +580,10 @@ async fn queues_and_the_overview_carry_message_stats_with_rates() -> anyhow::Res
     })
     .await?;
     assert!(rate <= 3.0, "3 messages over at least a second: {rate}");
+    let vhost = get_json(api, "/api/vhosts/%2F").await?;
+    assert_eq!(vhost["message_stats"]["publish"], 3, "{vhost}");
+    assert_eq!(vhost["message_stats"]["get"], 1, "{vhost}");
+    assert!(vhost["message_stats"]["publish_details"]["rate"].is_number(), "{vhost}");
     let overview = get_json(api, "/api/overview").await?;
     assert_eq!(overview["message_stats"]["publish"], 3, "{overview}");
     assert_eq!(overview["message_stats"]["get"], 1, "{overview}");

@@ -410,6 +410,13 @@ async fn a_rabbitmq_definitions_file_imports_and_exports_back_and_policies_are_k
     .json()?;
     assert_eq!(got[0]["payload"], "o-1", "through both exchange bindings: {got}");
 
+    let events = get(api, "/api/exchanges/shop/app.events", GUEST).await?.json()?;
+    assert_eq!(events["message_stats"]["publish_in"], 1, "{events}");
+    assert_eq!(events["message_stats"]["publish_out"], 1, "{events}");
+    assert!(
+        events["message_stats"]["publish_in_details"]["rate"].is_number(),
+        "{events}"
+    );
     let exported = get(api, "/api/definitions", GUEST).await?.json()?;
     let policy = get(api, "/api/policies/shop/ttl", GUEST).await?.json()?;
     assert_eq!(policy["definition"], json!({"message-ttl": 60000}), "{policy}");

@@ -54,6 +54,9 @@ pub struct Exchange {
     /// lost when that node restarts, as RabbitMQ loses it on a restart.
     #[serde(default)]
     pub home: Option<(NodeId, u64)>,
+    /// Message counts ([`crate::stats`]): not encoded, never unequal.
+    #[serde(skip)]
+    pub stats: crate::stats::ExchangeStats,
 }
 
 impl Exchange {
@@ -76,6 +79,7 @@ impl Exchange {
             arguments: FieldTable::default(),
             bindings: Vec::new(),
             home: None,
+            stats: crate::stats::ExchangeStats::default(),
         })
         .collect()
     }

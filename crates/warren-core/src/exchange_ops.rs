@@ -130,6 +130,7 @@ impl Broker {
             arguments: spec.arguments.clone(),
             bindings: Vec::new(),
             home: spec.home,
+            stats: crate::stats::ExchangeStats::default(),
         };
         vh.exchanges.insert(name.clone(), exchange);
         Ok(Outcome::ExchangeDeclared)

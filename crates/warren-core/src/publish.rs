@@ -107,6 +107,14 @@ impl Broker {
         let routed = !targets.is_empty();
         let returned = (mandatory && !routed).then(|| Arc::clone(message));
         self.stats.publish += 1;
+        if let Some(exchange) = self
+            .vhosts
+            .get_mut(vhost)
+            .and_then(|v| v.exchanges.get_mut(&message.exchange))
+        {
+            exchange.stats.publish_in += 1;
+            exchange.stats.publish_out += u64::from(routed);
+        }
         if !routed {
             if mandatory {
                 self.stats.return_unroutable += 1;

@@ -68,3 +68,18 @@ impl PartialEq for BrokerStats {
         true
     }
 }
+
+/// Counts of one exchange, as RabbitMQ's `publish_in` / `publish_out`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExchangeStats {
+    /// Messages published to it (by clients).
+    pub publish_in: u64,
+    /// Of those, the ones it routed to at least one queue.
+    pub publish_out: u64,
+}
+
+impl PartialEq for ExchangeStats {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}

@@ -453,11 +453,16 @@ pub(crate) fn bindings_of(vhost: &VHost, state: &warren_core::vhost::VHostState)
     out
 }
 
-fn vhost_json(vhost: &VHost, state: &warren_core::vhost::VHostState) -> Value {
+fn vhost_json(vhost: &VHost, state: &warren_core::vhost::VHostState, rates: &crate::rates::RateBook) -> Value {
     let (ready, unacked) = state
         .queues
         .values()
         .fold((0u64, 0u64), |(r, u), q| (r + q.ready.len() as u64, u + q.unacked));
+    let stats = state
+        .queues
+        .values()
+        .fold(warren_core::stats::QueueStats::default(), |sum, q| sum.plus(q.stats));
+    let rate = rates.vhost(vhost);
     json!({
         "name": vhost.as_str(),
         "description": "",
@@ -468,6 +473,10 @@ fn vhost_json(vhost: &VHost, state: &warren_core::vhost::VHostState) -> Value {
         "messages": ready + unacked,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
+        "messages_details": crate::rates::details(rate.messages_ready + rate.messages_unacknowledged),
+        "messages_ready_details": crate::rates::details(rate.messages_ready),
+        "messages_unacknowledged_details": crate::rates::details(rate.messages_unacknowledged),
+        "message_stats": crate::rates::message_stats(&stats, &rate),
     })
 }
 
@@ -728,7 +737,7 @@ async fn vhosts(State(sources): State<Arc<Sources>>, headers: HeaderMap, Query(p
             .vhosts()
             .iter()
             .filter(|(vhost, _)| sees(broker, &viewer, vhost))
-            .map(|(vhost, state)| vhost_json(vhost, state))
+            .map(|(vhost, state)| vhost_json(vhost, state, &sources.rates))
             .collect()
     });
     paged(items, &paging)
@@ -742,7 +751,7 @@ async fn vhost(State(sources): State<Arc<Sources>>, headers: HeaderMap, Path(nam
         broker
             .vhosts()
             .get(&vhost)
-            .map(|state| Json(vhost_json(&vhost, state)))
+            .map(|state| Json(vhost_json(&vhost, state, &sources.rates)))
             .ok_or_else(ApiError::not_found)
     })
 }
@@ -887,7 +896,17 @@ fn default_exchange_json(vhost: &VHost) -> Value {
 fn exchange_list(sources: &Sources, viewer: &User, only: Option<&VHost>) -> Result<Vec<Value>, ApiError> {
     per_vhost(sources, viewer, only, |vhost, state| {
         std::iter::once(default_exchange_json(vhost))
-            .chain(state.exchanges.values().map(|x| exchange_json(vhost, x)))
+            .chain(state.exchanges.values().map(|x| {
+                let mut json = exchange_json(vhost, x);
+                let rates = sources.rates.exchange(vhost, &x.name);
+                if let Some(object) = json.as_object_mut() {
+                    object.insert(
+                        "message_stats".to_owned(),
+                        crate::rates::exchange_stats(&x.stats, rates),
+                    );
+                }
+                json
+            }))
             .collect()
     })
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 use warren_core::stats::QueueStats;
-use warren_core::{Broker, QueueName, VHost};
+use warren_core::{Broker, ExchangeName, QueueName, VHost};
 
 /// How often counters are sampled (RabbitMQ's default is 5 s too).
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
@@ -30,6 +30,8 @@ struct QueueSample {
 struct Sample {
     at: Instant,
     queues: HashMap<(VHost, QueueName), QueueSample>,
+    /// `(publish_in, publish_out)` of each exchange.
+    exchanges: HashMap<(VHost, ExchangeName), (u64, u64)>,
     global: GlobalCounts,
 }
 
@@ -61,6 +63,23 @@ pub struct Rates {
 }
 
 impl Rates {
+    /// The sum of two rates, field by field.
+    fn plus(self, other: &Rates) -> Rates {
+        Rates {
+            publish: self.publish + other.publish,
+            deliver: self.deliver + other.deliver,
+            deliver_no_ack: self.deliver_no_ack + other.deliver_no_ack,
+            get: self.get + other.get,
+            get_no_ack: self.get_no_ack + other.get_no_ack,
+            redeliver: self.redeliver + other.redeliver,
+            ack: self.ack + other.ack,
+            messages_ready: self.messages_ready + other.messages_ready,
+            messages_unacknowledged: self.messages_unacknowledged + other.messages_unacknowledged,
+            drop_unroutable: self.drop_unroutable + other.drop_unroutable,
+            return_unroutable: self.return_unroutable + other.return_unroutable,
+        }
+    }
+
     fn deliver_get(&self) -> f64 {
         self.deliver + self.deliver_no_ack + self.get + self.get_no_ack
     }
@@ -77,6 +96,8 @@ struct Book {
     last: Option<Sample>,
     /// By vhost, then queue: looked up without building a key.
     queues: HashMap<VHost, HashMap<QueueName, Rates>>,
+    /// `(publish_in, publish_out)` per second, by vhost then exchange.
+    exchanges: HashMap<VHost, HashMap<ExchangeName, (f64, f64)>>,
     global: Rates,
 }
 
@@ -101,8 +122,13 @@ fn stats_rates(now: &QueueStats, before: &QueueStats, seconds: f64) -> Rates {
 
 fn take_sample(broker: &Broker, at: Instant) -> Sample {
     let mut queues = HashMap::new();
+    let mut exchanges = HashMap::new();
     let mut global = GlobalCounts::default();
     for (vhost, state) in broker.vhosts() {
+        for exchange in state.exchanges.values() {
+            let counts = (exchange.stats.publish_in, exchange.stats.publish_out);
+            exchanges.insert((vhost.clone(), exchange.name.clone()), counts);
+        }
         for queue in state.queues.values() {
             let sample = QueueSample {
                 uid: queue.uid,
@@ -120,7 +146,12 @@ fn take_sample(broker: &Broker, at: Instant) -> Sample {
     global.publish = stats.publish;
     global.drop_unroutable = stats.drop_unroutable;
     global.return_unroutable = stats.return_unroutable;
-    Sample { at, queues, global }
+    Sample {
+        at,
+        queues,
+        exchanges,
+        global,
+    }
 }
 
 impl RateBook {
@@ -164,7 +195,17 @@ impl RateBook {
             }
             global.messages_ready = rate(now.ready, before.ready, seconds);
             global.messages_unacknowledged = rate(now.unacked, before.unacked, seconds);
+            let mut exchanges: HashMap<VHost, HashMap<ExchangeName, (f64, f64)>> = HashMap::new();
+            for (key, now) in &sample.exchanges {
+                let before = last.exchanges.get(key).copied().unwrap_or_default();
+                let rates = (
+                    rate(now.0, before.0, seconds).max(0.0),
+                    rate(now.1, before.1, seconds).max(0.0),
+                );
+                exchanges.entry(key.0.clone()).or_default().insert(key.1.clone(), rates);
+            }
             book.queues = queues;
+            book.exchanges = exchanges;
             book.global = global;
         }
         book.last = Some(sample);
@@ -187,6 +228,25 @@ impl RateBook {
             };
             set(item, rates);
         }
+    }
+
+    /// The rates of a vhost: its queues' summed (zero before two samples).
+    pub fn vhost(&self, vhost: &VHost) -> Rates {
+        let book = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        book.queues
+            .get(vhost)
+            .map(|queues| queues.values().fold(Rates::default(), |sum, r| sum.plus(r)))
+            .unwrap_or_default()
+    }
+
+    /// `(publish_in, publish_out)` per second of an exchange.
+    pub fn exchange(&self, vhost: &VHost, name: &ExchangeName) -> (f64, f64) {
+        let book = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        book.exchanges
+            .get(vhost)
+            .and_then(|exchanges| exchanges.get(name))
+            .copied()
+            .unwrap_or_default()
     }
 
     /// The broker-wide rates (zero before two samples).
@@ -255,6 +315,14 @@ pub fn overview_stats(broker: &Broker, rates: &Rates) -> Value {
         stats.return_unroutable,
         rates.return_unroutable,
     );
+    Value::Object(out)
+}
+
+/// An exchange's `message_stats`: `publish_in` and `publish_out`.
+pub fn exchange_stats(stats: &warren_core::stats::ExchangeStats, rates: (f64, f64)) -> Value {
+    let mut out = Map::new();
+    put(&mut out, "publish_in", stats.publish_in, rates.0);
+    put(&mut out, "publish_out", stats.publish_out, rates.1);
     Value::Object(out)
 }
 

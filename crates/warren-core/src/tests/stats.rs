@@ -66,3 +66,15 @@ fn counts_never_make_two_brokers_unequal() {
     counted.stats.publish += 7;
     assert_eq!(counted, h.broker);
 }
+
+#[test]
+fn exchanges_count_what_was_published_to_them_and_what_they_routed() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_queue("q"));
+    h.ok(c, crate::test_support::bind("q", "amq.direct", "k"));
+    h.ok(c, publish("amq.direct", "k", "routed"));
+    h.ok(c, publish("amq.direct", "nowhere", "dropped"));
+    let exchange = &h.broker.vhosts()[&root()].exchanges[&crate::ExchangeName::from("amq.direct")];
+    assert_eq!((exchange.stats.publish_in, exchange.stats.publish_out), (2, 1));
+}
