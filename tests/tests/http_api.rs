@@ -438,6 +438,31 @@ async fn health_checks_answer_as_rabbitmq_s() -> anyhow::Result<()> {
     }
     let unauthenticated = get(api, "/api/health/checks/virtual-hosts", "").await?;
     assert_eq!(unauthenticated.status, 401);
+
+    // Errors the HTTP layer makes itself come as JSON too: a method a path
+    // does not take, and a body over RabbitMQ's 20 MB limit.
+    for (method, path) in [("PATCH", "/api/queues/%2F/q"), ("POST", "/api/overview")] {
+        let reply = request(api, method, path, GUEST, "").await?;
+        assert_eq!(reply.status, 405, "{method} {path}: {}", reply.body);
+        assert_eq!(reply.json()?["error"], "method_not_allowed", "{}", reply.body);
+        assert!(reply.head.contains("allow:"), "{}", reply.head);
+    }
+    // Only the head says 21 MB: the broker answers from it, and the test
+    // does not race a reset against writing the rest.
+    let mut stream = tokio::net::TcpStream::connect(api).await?;
+    let head = format!(
+        "PUT /api/queues/%2F/huge HTTP/1.1\r\nHost: {api}\r\nAuthorization: Basic {GUEST}\r\n\
+         Content-Type: application/json\r\nContent-Length: 21000000\r\nConnection: close\r\n\r\n{{"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await?;
+    let mut answer = vec![0u8; 4096];
+    let read = within("413 answer", tokio::io::AsyncReadExt::read(&mut stream, &mut answer)).await?;
+    let answer = String::from_utf8_lossy(&answer[..read]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+    let big_but_allowed = format!("{{\"arguments\": {{\"pad\": \"{}\"}}}}", "a".repeat(3_000_000));
+    let reply = request(api, "PUT", "/api/queues/%2F/big", GUEST, &big_but_allowed).await?;
+    assert_eq!(reply.status, 201, "3 MB is under the limit: {}", reply.body);
     Ok(())
 }
 

@@ -97,6 +97,8 @@ pub fn router(sources: Arc<Sources>) -> Router {
         .merge(crate::ui::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(no_challenge_for_scripts))
+        .layer(axum::middleware::from_fn(errors_as_json))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(sources)
 }
 
@@ -174,6 +176,64 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult = Result<Json<Value>, ApiError>;
+
+/// The largest request body taken: RabbitMQ's default
+/// `management.http.max_body_size` (a definitions file can be large).
+const MAX_BODY_BYTES: usize = 20_000_000;
+
+/// Every error answered as RabbitMQ's JSON, including those axum makes
+/// itself (405 for a method a path does not take, 413 for a body over the
+/// limit, 415, …), which come as plain text or empty.
+async fn errors_as_json(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        // Refused from the head alone: nothing of the body is read.
+        let reason = format!("the request body is over the limit of {MAX_BODY_BYTES} bytes");
+        let mut refused = Json(json!({"error": "payload_too_large", "reason": reason})).into_response();
+        *refused.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+        refused
+            .headers_mut()
+            .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        return refused;
+    }
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let error = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        _ if status.is_client_error() => "bad_request",
+        _ => "internal_error",
+    };
+    let reason = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let mut json = Json(json!({"error": error, "reason": reason})).into_response();
+    *json.status_mut() = status;
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    json
+}
 
 /// Drops the `WWW-Authenticate` challenge from answers to scripts (requests
 /// with `X-Requested-With`, as the UI sends): a browser would otherwise
