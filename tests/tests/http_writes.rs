@@ -295,6 +295,23 @@ async fn bindings_answer_with_their_location_and_bad_writes_get_rabbitmq_s_codes
     assert_eq!(got[0]["message_count"], 1);
     assert_eq!(got[1]["payload"], "hello", "truncated to 5 bytes");
     assert_eq!(got[1]["payload_bytes"], 11);
+
+    // A body over the part size goes in parts, as a client's does.
+    let large = format!(
+        r#"{{"routing_key":"jobs","payload":"{}","properties":{{}}}}"#,
+        "x".repeat(600 * 1024)
+    );
+    let published = call(api, "POST", "/api/exchanges/%2F/amq.default/publish", &large).await?;
+    assert_eq!(published.json()?, json!({"routed": true}), "{}", published.body);
+    let got = call(
+        api,
+        "POST",
+        "/api/queues/%2F/jobs/get",
+        r#"{"count":1,"ackmode":"ack_requeue_false","truncate":3}"#,
+    )
+    .await?
+    .json()?;
+    assert_eq!(got[0]["payload_bytes"], 600 * 1024, "{got}");
     Ok(())
 }
 

@@ -107,6 +107,25 @@ async fn grants_made_over_the_api_are_enforced_on_every_amqp_operation() -> anyh
         "{text}"
     );
 
+    // A dead-letter exchange needs write on it, even on a queue bob may
+    // configure.
+    let ch = channel(&bob).await?;
+    let mut dlx = FieldTable::default();
+    dlx.insert(
+        "x-dead-letter-exchange".into(),
+        lapin::types::AMQPValue::LongString("amq.fanout".into()),
+    );
+    let refused = ch
+        .queue_declare("bob.dl".into(), QueueDeclareOptions::default(), dlx)
+        .await
+        .err()
+        .context("declared a queue dead-lettering to amq.fanout")?;
+    assert_eq!(reply_code(&refused), Some(403), "{refused}");
+    assert!(
+        refused.to_string().contains("write access to exchange 'amq.fanout'"),
+        "{refused}"
+    );
+
     // Write on the default exchange (as amq.default), read on bob.q.
     let ch = channel(&bob).await?;
     within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default())).await?;
@@ -221,8 +240,15 @@ async fn grants_made_over_the_api_are_enforced_on_every_amqp_operation() -> anyh
         .collect();
     assert_eq!(users, vec!["guest"], "{all}");
 
-    // Deleting the user refuses its logins.
+    // Deleting the user closes its connections and refuses its logins.
+    assert!(bob.status().connected(), "bob's connection is open before");
     expect_status(&delete(api, "/api/users/bob", GUEST).await?, 204, "delete bob")?;
+    warren_e2e::eventually(
+        "bob's connection closed",
+        std::time::Duration::from_secs(10),
+        || async { Ok((!bob.status().connected()).then_some(())) },
+    )
+    .await?;
     expect_status(&delete(api, "/api/users/bob", GUEST).await?, 404, "delete bob again")?;
     let gone = connect(&bob_uri(&broker))
         .await
@@ -316,11 +342,17 @@ async fn the_api_shows_a_management_user_only_its_vhosts_and_refuses_bad_grants(
     let bobs = get(api, "/api/users/bob/permissions", GUEST).await?.json()?;
     assert_eq!(bobs.as_array().map(Vec::len), Some(1), "{bobs}");
 
-    // A user put again without a password keeps it.
+    // A user put again without a password keeps it, and without tags
+    // keeps its tags.
     expect_status(
         &put(api, "/api/users/bob", GUEST, r#"{"tags":["monitoring"]}"#).await?,
         204,
         "retag",
+    )?;
+    expect_status(
+        &put(api, "/api/users/bob", GUEST, r#"{"password":"pw"}"#).await?,
+        204,
+        "same password",
     )?;
     let whoami = get(api, "/api/whoami", BOB).await?.json()?;
     assert_eq!(whoami["tags"], serde_json::json!(["monitoring"]), "{whoami}");

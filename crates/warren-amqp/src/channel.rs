@@ -211,6 +211,12 @@ impl ChannelSlot {
     /// Forgets delivery `tag` (or every tag up to it, `multiple`) as
     /// awaiting an ack; how many it was.
     pub fn settle_tags(&mut self, tag: u64, multiple: bool) -> u64 {
+        if multiple && tag == 0 {
+            // Tag 0 with `multiple`: every outstanding delivery.
+            let settled = self.manual_tags.len() as u64;
+            self.manual_tags.clear();
+            return settled;
+        }
         if multiple {
             let mut settled = 0;
             while self.manual_tags.front().is_some_and(|t| *t <= tag) {

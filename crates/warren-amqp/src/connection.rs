@@ -817,17 +817,8 @@ impl Connection {
                     self.authorize_any(ch, (40, 10), ResourceKind::Exchange, name)?;
                 } else {
                     self.authorize(ch, (40, 10), &[(ResourceKind::Exchange, name, Perm::Configure)])?;
-                    let alternate = new_exchange_alternate(&self.frontend.node, &vhost, name, &m.arguments);
-                    if let Some(alternate) = alternate {
-                        self.authorize(
-                            ch,
-                            (40, 10),
-                            &[
-                                (ResourceKind::Exchange, name, Perm::Read),
-                                (ResourceKind::Exchange, &alternate, Perm::Write),
-                            ],
-                        )?;
-                    }
+                    let more = warren_core::access::argument_checks(ResourceKind::Exchange, name, &m.arguments);
+                    self.authorize_owned(ch, (40, 10), &more)?;
                 }
                 let command = Command::DeclareExchange {
                     vhost,
@@ -911,17 +902,8 @@ impl Connection {
                     self.authorize_any(ch, (50, 10), ResourceKind::Queue, name.as_str())?;
                 } else {
                     self.authorize(ch, (50, 10), &[(ResourceKind::Queue, name.as_str(), Perm::Configure)])?;
-                    let dead_letter = new_queue_dead_letter_exchange(&self.frontend.node, &vhost, &name, &m.arguments);
-                    if let Some(exchange) = dead_letter {
-                        self.authorize(
-                            ch,
-                            (50, 10),
-                            &[
-                                (ResourceKind::Queue, name.as_str(), Perm::Read),
-                                (ResourceKind::Exchange, &exchange, Perm::Write),
-                            ],
-                        )?;
-                    }
+                    let more = warren_core::access::argument_checks(ResourceKind::Queue, name.as_str(), &m.arguments);
+                    self.authorize_owned(ch, (50, 10), &more)?;
                 }
                 self.slot(ch).last_queue = Some(name.clone());
                 let command = Command::DeclareQueue {
@@ -1144,6 +1126,23 @@ impl Connection {
                 .map_err(|e| AmqpError::channel(ch, e.reply_code(), e.to_string(), ids))?;
         }
         Ok(())
+    }
+
+    /// [`Connection::authorize`] for checks that own their names.
+    ///
+    /// # Errors
+    /// 403 ACCESS_REFUSED on the channel, for the first check refused.
+    fn authorize_owned(
+        &mut self,
+        ch: u16,
+        ids: (u16, u16),
+        checks: &[(ResourceKind, String, Perm)],
+    ) -> Result<(), AmqpError> {
+        let borrowed: Vec<(ResourceKind, &str, Perm)> = checks
+            .iter()
+            .map(|(kind, name, perm)| (*kind, name.as_str(), *perm))
+            .collect();
+        self.authorize(ch, ids, &borrowed)
     }
 
     /// Checks the user has any permission on the resource (passive declares).
@@ -1400,6 +1399,9 @@ impl Connection {
                     self.send_content(channel.channel, &message)?;
                 }
                 Effect::CancelConsumer { channel, consumer_tag } => {
+                    self.slot(channel.channel)
+                        .auto_ack_consumers
+                        .remove(consumer_tag.as_str());
                     if self.cancel_notify && self.accepts_deliveries(channel.channel) {
                         let cancel = basic::Cancel {
                             consumer_tag: short(consumer_tag.as_str()),
@@ -1574,10 +1576,11 @@ impl Connection {
                 self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})));
             }
             (Pending::Consume { nowait, no_ack }, Outcome::ConsumeOk { consumer_tag }) => {
+                let auto_ack = &mut self.slot(ch).auto_ack_consumers;
                 if no_ack {
-                    self.slot(ch)
-                        .auto_ack_consumers
-                        .insert(consumer_tag.as_str().to_owned());
+                    auto_ack.insert(consumer_tag.as_str().to_owned());
+                } else {
+                    auto_ack.remove(consumer_tag.as_str());
                 }
                 if !nowait {
                     let ok = basic::ConsumeOk {
@@ -1871,46 +1874,6 @@ fn client_capability(client_properties: &FieldTable, name: &str) -> bool {
         return false;
     };
     matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)))
-}
-
-/// The `alternate-exchange` of an exchange about to be created (RabbitMQ
-/// checks it only then): `None` if the exchange exists on this replica or
-/// names none.
-fn new_exchange_alternate(
-    node: &warren_cluster::Node,
-    vhost: &VHost,
-    name: &str,
-    arguments: &FieldTable,
-) -> Option<String> {
-    let alternate = string_argument(arguments, "alternate-exchange")?;
-    let exists = node.read(|broker| {
-        broker
-            .vhosts()
-            .get(vhost)
-            .is_some_and(|v| v.exchanges.contains_key(&ExchangeName::new(name)))
-    });
-    (!exists).then_some(alternate)
-}
-
-/// The `x-dead-letter-exchange` of a queue about to be created, as
-/// [`new_exchange_alternate`].
-fn new_queue_dead_letter_exchange(
-    node: &warren_cluster::Node,
-    vhost: &VHost,
-    name: &QueueName,
-    arguments: &FieldTable,
-) -> Option<String> {
-    let exchange = string_argument(arguments, "x-dead-letter-exchange")?;
-    let exists = node.read(|broker| broker.vhosts().get(vhost).is_some_and(|v| v.queues.contains_key(name)));
-    (!exists).then_some(exchange)
-}
-
-fn string_argument(arguments: &FieldTable, key: &str) -> Option<String> {
-    match arguments.inner().get(key)? {
-        AMQPValue::LongString(value) => Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
-        AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
-        _ => None,
-    }
 }
 
 fn expected(what: &str) -> AmqpError {

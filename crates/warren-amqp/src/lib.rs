@@ -251,6 +251,54 @@ impl Session {
         }
     }
 
+    /// Publishes `message` (its body in memory) as a client's publish
+    /// would go: a body over the part size travels in parts, each its own
+    /// Raft entry ([`warren_core::staged`]), as the AMQP front end sends it.
+    ///
+    /// # Errors
+    /// As [`Session::execute`].
+    pub async fn publish(
+        &mut self,
+        vhost: warren_core::VHost,
+        mandatory: bool,
+        message: warren_core::Message,
+    ) -> Result<Outcome, ExecuteError> {
+        let mut body = message.body.inline().cloned().unwrap_or_default();
+        if body.len() <= connection::STAGED_PART_BYTES {
+            let command = Command::Publish {
+                vhost,
+                mandatory,
+                message: Arc::new(message),
+            };
+            return self.execute(command).await;
+        }
+        let (mut parts, mut staged_bytes) = (0u32, 0u64);
+        while body.len() > connection::STAGED_PART_BYTES {
+            let part = body.split_to(connection::STAGED_PART_BYTES);
+            staged_bytes += part.len() as u64;
+            let command = Command::StageBody {
+                body: 1,
+                index: parts,
+                part,
+            };
+            self.execute(command).await?;
+            parts += 1;
+        }
+        let message = warren_core::Message {
+            body: body.into(),
+            ..message
+        };
+        let end = warren_core::staged::StagedPublish {
+            vhost,
+            mandatory,
+            message: Arc::new(message),
+            body: 1,
+            parts,
+            staged_bytes,
+        };
+        self.execute(Command::PublishStaged(end)).await
+    }
+
     /// Closes the connection (what it got and did not ack is requeued)
     /// and waits for the close to be proposed.
     pub async fn close(mut self) {

@@ -240,6 +240,18 @@ impl EffectSink for Registry {
         }
     }
 
+    /// Closes the deleted user's client connections on this node.
+    fn user_deleted(&self, name: &warren_core::UserName) {
+        let names: Vec<String> = lock(&self.clients)
+            .values()
+            .filter(|info| info.user == name.as_str())
+            .map(|info| info.name.clone())
+            .collect();
+        for connection in names {
+            self.close_client(&connection, &format!("user '{name}' was deleted"));
+        }
+    }
+
     /// Drops every connection's sender: each live connection sees its
     /// effect stream end and closes with 320 CONNECTION_FORCED.
     fn drop_all_connections(&self) {

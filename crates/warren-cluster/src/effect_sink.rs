@@ -29,4 +29,9 @@ pub trait EffectSink: Send + Sync + 'static {
     ///
     /// Called on the apply path; must not block.
     fn drop_all_connections(&self) {}
+
+    /// The user `name` was deleted: this node's connections of that user
+    /// are closed (320 CONNECTION_FORCED, as RabbitMQ closes them).
+    /// Called on the apply path; must not block.
+    fn user_deleted(&self, _name: &warren_core::UserName) {}
 }

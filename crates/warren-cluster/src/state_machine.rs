@@ -578,6 +578,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             if access_changed {
                 self.shared.access_epoch.fetch_add(1, Ordering::SeqCst);
+                if let (EntryPayload::Normal(proposal), false) = (&entry.payload, duplicate) {
+                    for request in &proposal.batch.requests {
+                        if let Command::DeleteUser { name } = &request.command {
+                            self.sink.user_deleted(name);
+                        }
+                    }
+                }
             }
             responses.push(());
         }

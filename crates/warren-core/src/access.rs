@@ -257,6 +257,36 @@ impl Access {
     }
 }
 
+/// What declaring `name` (of `kind`) with `arguments` needs beyond
+/// `configure` on it, as RabbitMQ checks it: an `alternate-exchange` needs
+/// read on the exchange and write on the alternate; an
+/// `x-dead-letter-exchange` needs read on the queue and write on the dead
+/// letter exchange. RabbitMQ checks these only when the object is new;
+/// Warren checks them on every declare that names one (the front end
+/// cannot know reliably that the object will still exist when the
+/// declare is applied, and the stricter rule cannot let a check be
+/// skipped).
+pub fn argument_checks(
+    kind: ResourceKind,
+    name: &str,
+    arguments: &amq_protocol_types::FieldTable,
+) -> Vec<(ResourceKind, String, Perm)> {
+    use amq_protocol_types::AMQPValue;
+    let key = match kind {
+        ResourceKind::Exchange => "alternate-exchange",
+        ResourceKind::Queue => "x-dead-letter-exchange",
+    };
+    let target = match arguments.inner().get(key) {
+        Some(AMQPValue::LongString(value)) => String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(value)) => value.as_str().to_owned(),
+        _ => return Vec::new(),
+    };
+    vec![
+        (kind, name.to_owned(), Perm::Read),
+        (ResourceKind::Exchange, target, Perm::Write),
+    ]
+}
+
 fn refused(user: &UserName, vhost: &VHost, kind: ResourceKind, name: &str, perm: Perm) -> CoreError {
     CoreError::AccessRefused(format!(
         "{} access to {} '{name}' in vhost '{vhost}' refused for user '{user}'",
@@ -361,6 +391,30 @@ mod tests {
     fn stored_pattern(source: &str) -> Pattern {
         let bytes = bincode::serialize(&source.to_owned()).unwrap();
         bincode::deserialize(&bytes).unwrap()
+    }
+
+    #[test]
+    fn alternate_and_dead_letter_exchanges_need_read_here_and_write_there() {
+        use amq_protocol_types::{AMQPValue, FieldTable};
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("dlx".into()));
+        assert_eq!(
+            argument_checks(ResourceKind::Queue, "q", &arguments),
+            vec![
+                (ResourceKind::Queue, "q".to_owned(), Perm::Read),
+                (ResourceKind::Exchange, "dlx".to_owned(), Perm::Write)
+            ]
+        );
+        assert!(argument_checks(ResourceKind::Exchange, "x", &arguments).is_empty());
+        let mut alternate = FieldTable::default();
+        alternate.insert("alternate-exchange".into(), AMQPValue::ShortString("ae".into()));
+        assert_eq!(
+            argument_checks(ResourceKind::Exchange, "x", &alternate),
+            vec![
+                (ResourceKind::Exchange, "x".to_owned(), Perm::Read),
+                (ResourceKind::Exchange, "ae".to_owned(), Perm::Write)
+            ]
+        );
     }
 
     #[test]

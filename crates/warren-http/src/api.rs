@@ -1264,6 +1264,14 @@ async fn aliveness(
     let vhost = VHost::new(vhost);
     require_visible(&sources, &viewer, &vhost)?;
     let queue = QueueName::new("aliveness-test");
+    // What the test does, checked as the user's own AMQP operations.
+    for (kind, name, perm) in [
+        (ResourceKind::Queue, queue.as_str(), Perm::Configure),
+        (ResourceKind::Exchange, "", Perm::Write),
+        (ResourceKind::Queue, queue.as_str(), Perm::Read),
+    ] {
+        authorize(&sources, &viewer, &vhost, kind, name, perm)?;
+    }
     let message = warren_core::Message {
         exchange: warren_core::ExchangeName::default_exchange(),
         routing_key: queue.as_str().to_owned(),
@@ -1429,6 +1437,9 @@ async fn declare_queue(
         name.as_str(),
         Perm::Configure,
     )?;
+    for (kind, resource, perm) in warren_core::access::argument_checks(ResourceKind::Queue, name.as_str(), &arguments) {
+        authorize(&sources, &viewer, &vhost, kind, &resource, perm)?;
+    }
     let existed = queue_exists(&sources, &vhost, &name);
     let command = Command::DeclareQueue {
         vhost,

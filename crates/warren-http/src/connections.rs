@@ -169,6 +169,12 @@ async fn close_connection(
         .into_iter()
         .find(|c| c.info.name == name && sees_user(&viewer, &c.info.user))
         .ok_or_else(ApiError::not_found)?;
+    // Closing takes an administrator, or the connection's own user (a
+    // monitoring user sees every connection but closes none of others').
+    let administrator = viewer.tags.iter().any(|t| t == "administrator");
+    if !administrator && viewer.name.as_str() != target.info.user {
+        return Err(ApiError::unauthorized("Not administrator user"));
+    }
     if target.node == sources.frontend.node_id.0 {
         return if sources.frontend.registry.close_client(&name, &reason) {
             Ok(StatusCode::NO_CONTENT)

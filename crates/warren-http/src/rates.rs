@@ -107,15 +107,18 @@ fn rate(now: u64, before: u64, seconds: f64) -> f64 {
     (now as f64 - before as f64) / seconds
 }
 
+/// Counter rates: never below zero (counters start over when a node
+/// installs a snapshot).
 fn stats_rates(now: &QueueStats, before: &QueueStats, seconds: f64) -> Rates {
+    let counter = |now: u64, before: u64| rate(now, before, seconds).max(0.0);
     Rates {
-        publish: rate(now.publish, before.publish, seconds),
-        deliver: rate(now.deliver, before.deliver, seconds),
-        deliver_no_ack: rate(now.deliver_no_ack, before.deliver_no_ack, seconds),
-        get: rate(now.get, before.get, seconds),
-        get_no_ack: rate(now.get_no_ack, before.get_no_ack, seconds),
-        redeliver: rate(now.redeliver, before.redeliver, seconds),
-        ack: rate(now.ack, before.ack, seconds),
+        publish: counter(now.publish, before.publish),
+        deliver: counter(now.deliver, before.deliver),
+        deliver_no_ack: counter(now.deliver_no_ack, before.deliver_no_ack),
+        get: counter(now.get, before.get),
+        get_no_ack: counter(now.get_no_ack, before.get_no_ack),
+        redeliver: counter(now.redeliver, before.redeliver),
+        ack: counter(now.ack, before.ack),
         ..Rates::default()
     }
 }
@@ -180,19 +183,9 @@ impl RateBook {
             // would read as a negative rate: clamped at zero.
             let (now, before) = (&sample.global, &last.global);
             let mut global = stats_rates(&now.queues, &before.queues, seconds);
-            global.publish = rate(now.publish, before.publish, seconds);
-            global.drop_unroutable = rate(now.drop_unroutable, before.drop_unroutable, seconds);
-            global.return_unroutable = rate(now.return_unroutable, before.return_unroutable, seconds);
-            for value in [
-                &mut global.deliver,
-                &mut global.deliver_no_ack,
-                &mut global.get,
-                &mut global.get_no_ack,
-                &mut global.redeliver,
-                &mut global.ack,
-            ] {
-                *value = value.max(0.0);
-            }
+            global.publish = rate(now.publish, before.publish, seconds).max(0.0);
+            global.drop_unroutable = rate(now.drop_unroutable, before.drop_unroutable, seconds).max(0.0);
+            global.return_unroutable = rate(now.return_unroutable, before.return_unroutable, seconds).max(0.0);
             global.messages_ready = rate(now.ready, before.ready, seconds);
             global.messages_unacknowledged = rate(now.unacked, before.unacked, seconds);
             let mut exchanges: HashMap<VHost, HashMap<ExchangeName, (f64, f64)>> = HashMap::new();

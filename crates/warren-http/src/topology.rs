@@ -78,6 +78,10 @@ pub(crate) async fn declare_exchange(
             name.as_str(),
             Perm::Configure,
         )?;
+        let more = warren_core::access::argument_checks(ResourceKind::Exchange, name.as_str(), &arguments);
+        for (kind, resource, perm) in more {
+            authorize(&sources, &viewer, &vhost, kind, &resource, perm)?;
+        }
     }
     let existed = exchange_exists(&sources, &vhost, &name);
     let command = Command::DeclareExchange {
@@ -327,13 +331,29 @@ async fn delete_binding(
     let viewer = authenticate(&sources, &headers)?;
     let kind = destination_kind(&kind)?;
     let vhost = VHost::new(vhost);
-    let binding = bindings_between(&sources, &viewer, &vhost, &source, kind, &destination)?
-        .into_iter()
-        .find(|b| b["properties_key"] == props.as_str())
-        .ok_or_else(ApiError::not_found)?;
+    bindings_between(&sources, &viewer, &vhost, &source, kind, &destination)?;
+    // The binding as stored: its arguments keep their AMQP types (a JSON
+    // round trip would widen them and the unbind would match nothing).
+    let stored = read(&sources, |broker| {
+        let exchange = broker
+            .vhosts()
+            .get(&vhost)?
+            .exchanges
+            .get(&ExchangeName::new(source.as_str()))?;
+        exchange
+            .bindings
+            .iter()
+            .find(|b| {
+                let to = match &b.destination {
+                    warren_core::exchange::Destination::Queue(q) => ("queue", q.as_str()),
+                    warren_core::exchange::Destination::Exchange(x) => ("exchange", x.as_str()),
+                };
+                to == (kind, destination.as_str()) && crate::api::properties_key(&b.routing_key, &b.arguments) == props
+            })
+            .map(|b| (b.routing_key.clone(), b.arguments.clone()))
+    });
+    let (routing_key, arguments) = stored.ok_or_else(ApiError::not_found)?;
     authorize_binding(&sources, &viewer, &vhost, &source, kind, &destination)?;
-    let routing_key = binding["routing_key"].as_str().unwrap_or_default().to_owned();
-    let arguments = json_table(&binding["arguments"]);
     let command = binding_command(false, vhost, source, kind, destination, routing_key, arguments);
     execute(&sources, command).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -392,18 +412,24 @@ async fn publish(
             viewer.name
         )));
     }
+    let limit = sources.frontend.config.max_message_size;
+    if payload.len() as u64 > limit {
+        return Err(ApiError::bad_request(format!(
+            "message size {} is larger than the configured max size {limit}",
+            payload.len()
+        )));
+    }
     let message = Message {
         exchange,
         routing_key,
         properties: Arc::new(properties),
         body: bytes_body(payload),
     };
-    let command = Command::Publish {
-        vhost,
-        mandatory: false,
-        message: Arc::new(message),
-    };
-    match execute(&sources, command).await? {
+    // As a client's publish: a large body goes in parts.
+    let mut session = sources.frontend.session();
+    let published = session.publish(vhost, false, message).await;
+    session.close().await;
+    match published? {
         Outcome::Published { routed, .. } => Ok(Json(json!({"routed": routed}))),
         other => Err(ApiError::bad_request(format!("unexpected outcome {other:?}"))),
     }

@@ -71,8 +71,13 @@ async fn put_user(
     if name.as_str().is_empty() {
         return Err(ApiError::bad_request("a user needs a name"));
     }
-    let tags = tags(&body)?;
     let existing = read(&sources, |broker| broker.user(&name).cloned());
+    // Without `tags`, a user keeps its tags (a password change must not
+    // take an administrator's rights away).
+    let tags = match (body.contains_key("tags"), &existing) {
+        (false, Some(user)) => user.tags.clone(),
+        _ => tags(&body)?,
+    };
     let password_hash = match (body.get("password"), body.get("password_hash")) {
         (Some(Value::String(password)), _) => warren_amqp::password::hash_password(password),
         (Some(other), _) => return Err(ApiError::bad_request(format!("password must be a string, got {other}"))),
