@@ -309,6 +309,21 @@ async fn the_api_shows_a_management_user_only_its_vhosts_and_refuses_bad_grants(
         201,
         "bob declares in team",
     )?;
+    // The overview counts what bob may see; a vhost he may not see does
+    // not tell him whether a queue exists in it.
+    let bobs_overview = get(api, "/api/overview", BOB).await?.json()?;
+    assert_eq!(bobs_overview["object_totals"]["queues"], 1, "{bobs_overview}");
+    let guests_overview = get(api, "/api/overview", GUEST).await?.json()?;
+    assert_eq!(guests_overview["object_totals"]["queues"], 2, "{guests_overview}");
+    for path in ["/api/queues/%2F/q", "/api/queues/%2F/no-such-queue"] {
+        expect_status(&request(api, "DELETE", path, BOB, "").await?, 401, path)?;
+    }
+    let get_body = r#"{"count":1,"ackmode":"ack_requeue_true"}"#;
+    expect_status(
+        &request(api, "POST", "/api/queues/%2F/no-such-queue/get", BOB, get_body).await?,
+        401,
+        "get in /",
+    )?;
 
     // Only administrators manage users and grants.
     expect_status(&put(api, "/api/users/eve", BOB, tags).await?, 401, "bob adds a user")?;

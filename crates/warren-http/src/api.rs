@@ -551,13 +551,44 @@ async fn whoami(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> ApiR
 }
 
 async fn overview(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> ApiResult {
-    authenticate(&sources, &headers)?;
+    let viewer = authenticate(&sources, &headers)?;
     let node = node_name(&sources);
-    let rates = sources.rates.global();
-    let message_stats = read(&sources, |broker| crate::rates::overview_stats(broker, &rates));
+    // Administrators and monitoring users see the whole broker; other
+    // management users the vhosts they have grants in, as in RabbitMQ.
+    let everything = viewer
+        .tags
+        .iter()
+        .any(|tag| tag == "administrator" || tag == "monitoring");
+    let (rates, message_stats) = if everything {
+        let rates = sources.rates.global();
+        let stats = read(&sources, |broker| crate::rates::overview_stats(broker, &rates));
+        (rates, stats)
+    } else {
+        let (counts, vhosts) = read(&sources, |broker| {
+            let visible: Vec<VHost> = broker
+                .vhosts()
+                .keys()
+                .filter(|vhost| sees(broker, &viewer, vhost))
+                .cloned()
+                .collect();
+            let counts = visible
+                .iter()
+                .flat_map(|vhost| broker.vhosts()[vhost].queues.values())
+                .fold(warren_core::stats::QueueStats::default(), |sum, q| sum.plus(q.stats));
+            (counts, visible)
+        });
+        let rates = vhosts
+            .iter()
+            .map(|vhost| sources.rates.vhost(vhost))
+            .fold(crate::rates::Rates::default(), |sum, r| sum.plus(&r));
+        (rates, crate::rates::message_stats(&counts, &rates))
+    };
     let (queues, exchanges, consumers, ready, unacked) = read(&sources, |broker| {
         let mut totals = (0usize, 0usize, 0usize, 0u64, 0u64);
-        for state in broker.vhosts().values() {
+        for (vhost, state) in broker.vhosts() {
+            if !sees(broker, &viewer, vhost) {
+                continue;
+            }
             totals.0 += state.queues.len();
             totals.1 += state.exchanges.len() + 1;
             for queue in state.queues.values() {
@@ -1335,15 +1366,13 @@ impl From<warren_amqp::ExecuteError> for ApiError {
     }
 }
 
-/// The vhost named `name`, or 404 if there is none (the core would answer
-/// 530 NOT_ALLOWED, an AMQP connection error).
-pub(crate) fn require_vhost(sources: &Sources, name: String) -> Result<VHost, ApiError> {
+/// The vhost named `name`: 404 if there is none (the core would answer 530
+/// NOT_ALLOWED, an AMQP connection error), 401 if `viewer` may not see it
+/// (before anything in it is looked up, so no answer tells what it holds).
+pub(crate) fn require_vhost(sources: &Sources, viewer: &User, name: String) -> Result<VHost, ApiError> {
     let vhost = VHost::new(name);
-    if read(sources, |broker| broker.has_vhost(&vhost)) {
-        Ok(vhost)
-    } else {
-        Err(ApiError::not_found())
-    }
+    require_visible(sources, viewer, &vhost)?;
+    Ok(vhost)
 }
 
 /// Whether queue `name` exists in `vhost` on this node's replica.
@@ -1424,7 +1453,7 @@ async fn declare_queue(
             )))
         }
     };
-    let vhost = require_vhost(&sources, vhost)?;
+    let vhost = require_vhost(&sources, &viewer, vhost)?;
     let name = QueueName::new(name);
     if name.as_str().is_empty() {
         return Err(ApiError::bad_request("a queue declared over the API needs a name"));
@@ -1484,6 +1513,9 @@ async fn delete_queue(
     let viewer = authenticate(&sources, &headers)?;
     let vhost = VHost::new(vhost);
     let name = QueueName::new(name);
+    // Whether the vhost may be seen first: a 404 must not tell who may
+    // not look whether the queue exists.
+    require_visible(&sources, &viewer, &vhost)?;
     if !queue_exists(&sources, &vhost, &name) {
         return Err(ApiError::not_found());
     }
@@ -1512,7 +1544,7 @@ async fn purge_queue(
     Path((vhost, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let viewer = authenticate(&sources, &headers)?;
-    let vhost = require_vhost(&sources, vhost)?;
+    let vhost = require_vhost(&sources, &viewer, vhost)?;
     authorize(&sources, &viewer, &vhost, ResourceKind::Queue, &name, Perm::Read)?;
     let command = Command::PurgeQueue {
         vhost,

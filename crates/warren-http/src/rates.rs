@@ -64,7 +64,7 @@ pub struct Rates {
 
 impl Rates {
     /// The sum of two rates, field by field.
-    fn plus(self, other: &Rates) -> Rates {
+    pub fn plus(self, other: &Rates) -> Rates {
         Rates {
             publish: self.publish + other.publish,
             deliver: self.deliver + other.deliver,

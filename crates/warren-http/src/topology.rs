@@ -67,7 +67,7 @@ pub(crate) async fn declare_exchange(
         None => return Err(ApiError::bad_request("Missing key(s): type")),
     };
     let arguments = arguments(&body)?;
-    let vhost = require_vhost(&sources, vhost)?;
+    let vhost = require_vhost(&sources, &viewer, vhost)?;
     let name = ExchangeName::new(name);
     if !name.is_default() {
         authorize(
@@ -111,7 +111,7 @@ pub(crate) async fn delete_exchange(
     Query(conditions): Query<DeleteConditions>,
 ) -> Result<StatusCode, ApiError> {
     let viewer = authenticate(&sources, &headers)?;
-    let vhost = require_vhost(&sources, vhost)?;
+    let vhost = require_vhost(&sources, &viewer, vhost)?;
     let name = ExchangeName::new(name);
     let reserved = name.is_default() || name.as_str().starts_with("amq.");
     if !reserved {
@@ -388,7 +388,7 @@ async fn publish(
         other => return Err(ApiError::bad_request(format!("unknown payload_encoding '{other}'"))),
     };
     let properties = properties(body.get("properties"))?;
-    let vhost = require_vhost(&sources, vhost)?;
+    let vhost = require_vhost(&sources, &viewer, vhost)?;
     let exchange = exchange_in_path(name);
     if !exchange.is_default() && !exchange_exists(&sources, &vhost, &exchange) {
         return Err(ApiError::not_found());
@@ -554,7 +554,7 @@ async fn get_messages(
                 .ok_or_else(|| ApiError::bad_request(format!("truncate must be a number, got {value}")))?,
         ),
     };
-    let vhost = require_vhost(&sources, vhost)?;
+    let vhost = require_vhost(&sources, &viewer, vhost)?;
     let queue = QueueName::new(name);
     if !read(&sources, |broker| {
         broker

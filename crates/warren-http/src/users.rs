@@ -211,8 +211,8 @@ async fn vhost_permissions(
     headers: HeaderMap,
     Path(vhost): Path<String>,
 ) -> ApiResult {
-    administrator(&sources, &headers)?;
-    let vhost = require_vhost(&sources, vhost)?;
+    let viewer = administrator(&sources, &headers)?;
+    let vhost = require_vhost(&sources, &viewer, vhost)?;
     Ok(Json(Value::Array(permissions_where(&sources, |_, v| *v == vhost))))
 }
 
@@ -321,8 +321,8 @@ pub(crate) async fn delete_vhost(
     headers: HeaderMap,
     Path(vhost): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    administrator(&sources, &headers)?;
-    let vhost = require_vhost(&sources, vhost)?;
+    let viewer = administrator(&sources, &headers)?;
+    let vhost = require_vhost(&sources, &viewer, vhost)?;
     execute(&sources, Command::DeleteVHost { vhost }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
