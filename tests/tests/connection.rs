@@ -190,6 +190,10 @@ async fn client_frame_max_is_honoured_when_the_server_sends_a_large_body() -> an
     plain_queue(&ch, "big").await?;
     let body: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
     amqp::publish(&ch, "", "big", &body).await?;
+    // Without confirms the publish returns before it is applied: the
+    // passive declare after it on the same channel is answered only once
+    // it is (a get racing it could find the queue empty).
+    assert_eq!(amqp::message_count(&ch, "big").await?, 1);
 
     let frame_max = 4096u32;
     let mut client = RawClient::open(
