@@ -1379,8 +1379,9 @@ impl Connection {
                     if !self.accepts_deliveries(channel.channel) {
                         continue;
                     }
-                    let counters = self.frontend.counters.clone();
-                    let slot = self.slot(channel.channel);
+                    // Disjoint fields: no Arc clone per delivery.
+                    let counters = &self.frontend.counters;
+                    let slot = self.channels.entry(channel.channel).or_default();
                     if slot.auto_ack_consumers.contains(consumer_tag.as_str()) {
                         crate::counters::bump(&counters.delivered_consume_auto_ack, 1);
                     } else {

@@ -1352,6 +1352,16 @@ async fn aliveness(
     }
 }
 
+/// A write's answer, as RabbitMQ's API gives it: 201 for an object that
+/// is new, 204 for one that existed.
+pub(crate) fn created_or_updated(existed: bool) -> StatusCode {
+    if existed {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::CREATED
+    }
+}
+
 /// Runs `command` through [`Frontend::execute`](warren_amqp::Frontend::execute).
 pub(crate) async fn execute(sources: &Sources, command: Command) -> Result<Outcome, ApiError> {
     Ok(sources.frontend.execute(command).await?)
@@ -1444,15 +1454,7 @@ async fn declare_queue(
 ) -> Result<StatusCode, ApiError> {
     let viewer = authenticate(&sources, &headers)?;
     let body = json_body(&body)?;
-    let arguments = match body.get("arguments") {
-        None | Some(Value::Null) => FieldTable::default(),
-        Some(value @ Value::Object(_)) => json_table(value),
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "arguments must be an object, got {other}"
-            )))
-        }
-    };
+    let arguments = crate::topology::arguments(&body)?;
     let vhost = require_vhost(&sources, &viewer, vhost)?;
     let name = QueueName::new(name);
     if name.as_str().is_empty() {
@@ -1480,11 +1482,7 @@ async fn declare_queue(
         arguments,
     };
     execute(&sources, command).await?;
-    Ok(if existed {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::CREATED
-    })
+    Ok(created_or_updated(existed))
 }
 
 /// `if-unused` / `if-empty` of a queue or exchange deletion.

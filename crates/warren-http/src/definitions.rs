@@ -20,7 +20,7 @@ use warren_core::access::Pattern;
 use warren_core::policy::{Policy, APPLY_TO};
 use warren_core::{Command, ExchangeKind, ExchangeName, QueueName, User, UserName, VHost};
 
-use crate::api::{authenticate, json_body, json_table, read, require_visible, ApiError};
+use crate::api::{authenticate, json_body, json_table, read, ApiError};
 use crate::Sources;
 
 type ApiResult = Result<Json<Value>, ApiError>;
@@ -77,8 +77,7 @@ async fn list_policies_in(
     Path(vhost): Path<String>,
 ) -> ApiResult {
     let viewer = authenticate(&sources, &headers)?;
-    let vhost = VHost::new(vhost);
-    require_visible(&sources, &viewer, &vhost)?;
+    let vhost = crate::api::require_vhost(&sources, &viewer, vhost)?;
     let items = read(&sources, |broker| {
         broker
             .policies()
@@ -96,8 +95,7 @@ async fn get_policy(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
     let viewer = authenticate(&sources, &headers)?;
-    let vhost = VHost::new(vhost);
-    require_visible(&sources, &viewer, &vhost)?;
+    let vhost = crate::api::require_vhost(&sources, &viewer, vhost)?;
     read(&sources, |broker| broker.policies().get(&vhost, &name).map(policy_json))
         .map(Json)
         .ok_or_else(ApiError::not_found)
@@ -159,18 +157,13 @@ async fn put_policy(
 ) -> Result<StatusCode, ApiError> {
     let viewer = policymaker(&sources, &headers)?;
     let body = json_body(&body)?;
-    let vhost = VHost::new(vhost);
-    require_visible(&sources, &viewer, &vhost)?;
+    let vhost = crate::api::require_vhost(&sources, &viewer, vhost)?;
     let policy = parse_policy(vhost, name, &body)?;
     let existed = read(&sources, |broker| {
         broker.policies().get(&policy.vhost, &policy.name).is_some()
     });
     crate::api::execute(&sources, Command::PutPolicy(policy)).await?;
-    Ok(if existed {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::CREATED
-    })
+    Ok(crate::api::created_or_updated(existed))
 }
 
 async fn delete_policy(
@@ -179,8 +172,7 @@ async fn delete_policy(
     Path((vhost, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let viewer = policymaker(&sources, &headers)?;
-    let vhost = VHost::new(vhost);
-    require_visible(&sources, &viewer, &vhost)?;
+    let vhost = crate::api::require_vhost(&sources, &viewer, vhost)?;
     if read(&sources, |broker| broker.policies().get(&vhost, &name).is_none()) {
         return Err(ApiError::not_found());
     }

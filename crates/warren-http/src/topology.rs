@@ -95,11 +95,7 @@ pub(crate) async fn declare_exchange(
         arguments,
     };
     execute(&sources, command).await?;
-    Ok(if existed {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::CREATED
-    })
+    Ok(crate::api::created_or_updated(existed))
 }
 
 /// `DELETE /api/exchanges/{vh}/{x}` (`?if-unused=true`): 204, 404, 400 if
@@ -156,7 +152,7 @@ fn exchange_exists(sources: &Sources, vhost: &VHost, name: &ExchangeName) -> boo
 }
 
 /// `arguments` of a request body: an object, or absent.
-fn arguments(body: &Map<String, Value>) -> Result<amq_protocol_types::FieldTable, ApiError> {
+pub(crate) fn arguments(body: &Map<String, Value>) -> Result<amq_protocol_types::FieldTable, ApiError> {
     match body.get("arguments") {
         None | Some(Value::Null) => Ok(amq_protocol_types::FieldTable::default()),
         Some(value @ Value::Object(_)) => Ok(json_table(value)),

@@ -269,11 +269,7 @@ async fn put_permission(
         read: read_pattern,
     };
     execute(&sources, command).await?;
-    Ok(if existed {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::CREATED
-    })
+    Ok(crate::api::created_or_updated(existed))
 }
 
 async fn delete_permission(
@@ -307,11 +303,7 @@ pub(crate) async fn put_vhost(
     }
     let existed = read(&sources, |broker| broker.has_vhost(&vhost));
     execute(&sources, Command::DeclareVHost { vhost }).await?;
-    Ok(if existed {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::CREATED
-    })
+    Ok(crate::api::created_or_updated(existed))
 }
 
 /// `DELETE /api/vhosts/{vhost}`: deletes it with everything in it and its
