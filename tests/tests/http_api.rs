@@ -519,6 +519,10 @@ async fn connections_channels_and_consumers_are_listed_for_the_whole_cluster_and
     );
     assert_eq!(three["channels"], 1, "{three}");
     assert_eq!(three["client_properties"]["product"], "lapin", "{three}");
+    // Its statistics travel from node 3 with it.
+    assert!(three["recv_oct"].as_u64() > Some(0), "{three}");
+    assert!(three["send_oct"].as_u64() > Some(0), "{three}");
+    assert_eq!(three["message_stats"]["publish"], 0, "{three}");
 
     let consumers = get_json(api, "/api/consumers/%2F").await?;
     let worker = consumers
@@ -568,6 +572,63 @@ async fn connections_channels_and_consumers_are_listed_for_the_whole_cluster_and
             .all(|c| c["client_properties"]["connection_name"] != "svc-three")),
         "{after}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_carries_its_traffic_and_message_counts_with_rates() -> anyhow::Result<()> {
+    let broker = warren_e2e::start_broker().await?;
+    let api = api_addr(&broker)?;
+    let conn = named_connection(&broker.amqp_uri(), "stats-client").await?;
+    let ch = within("channel", conn.create_channel()).await?;
+    warren_e2e::amqp::plain_queue(&ch, "stats-q").await?;
+    within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default())).await?;
+    for _ in 0..3 {
+        warren_e2e::amqp::publish(&ch, "", "stats-q", b"0123456789").await?;
+    }
+    let got = within(
+        "basic.get",
+        ch.basic_get("stats-q".into(), lapin::options::BasicGetOptions { no_ack: false }),
+    )
+    .await?
+    .context("a message")?;
+    within("ack", got.delivery.ack(lapin::options::BasicAckOptions::default())).await?;
+    assert_eq!(warren_e2e::amqp::message_count(&ch, "stats-q").await?, 2);
+
+    let find = || async move {
+        let list = get_json(api, "/api/connections").await?;
+        list.as_array()
+            .and_then(|l| {
+                l.iter()
+                    .find(|c| c["client_properties"]["connection_name"] == "stats-client")
+                    .cloned()
+            })
+            .with_context(|| format!("no stats-client in {list}"))
+    };
+    let listed = find().await?;
+    // Three bodies of 10 bytes and their frames came in; more went out.
+    assert!(listed["recv_oct"].as_u64() > Some(30), "{listed}");
+    assert!(listed["recv_cnt"].as_u64() >= Some(1), "{listed}");
+    assert!(listed["send_oct"].as_u64() > Some(10), "{listed}");
+    assert!(listed["send_cnt"].as_u64() >= Some(1), "{listed}");
+    assert!(listed["recv_oct_details"]["rate"].is_number(), "{listed}");
+    let stats = &listed["message_stats"];
+    assert_eq!(stats["publish"], 3, "{listed}");
+    assert_eq!(stats["confirm"], 3, "{listed}");
+    assert_eq!(stats["deliver_get"], 1, "{listed}");
+    assert_eq!(stats["ack"], 1, "{listed}");
+    assert_eq!(stats["redeliver"], 0, "{listed}");
+    // Rates come from samples every 5 s: traffic between two samples
+    // shows as a rate above zero.
+    let ch = &ch;
+    let rate = eventually("a byte rate", Duration::from_secs(20), || async move {
+        let _ = warren_e2e::amqp::message_count(ch, "stats-q").await?;
+        let listed = find().await?;
+        let rate = listed["recv_oct_details"]["rate"].as_f64().unwrap_or(0.0);
+        Ok((rate > 0.0).then_some(rate))
+    })
+    .await?;
+    assert!(rate.is_finite(), "{rate}");
     Ok(())
 }
 

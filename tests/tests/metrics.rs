@@ -53,7 +53,13 @@ fn parse_exposition(text: &str) -> anyhow::Result<Vec<Sample>> {
         let name_end = line.find(['{', ' ']).with_context(at)?;
         let name = &line[..name_end];
         anyhow::ensure!(valid_name(name), "{}: bad metric name", at());
-        anyhow::ensure!(typed.contains_key(name), "{}: sample before its TYPE", at());
+        // A histogram's or summary's samples are typed by their family.
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|base| matches!(typed.get(*base).map(String::as_str), Some("histogram" | "summary")))
+            .unwrap_or(name);
+        anyhow::ensure!(typed.contains_key(family), "{}: sample before its TYPE", at());
         let mut rest = &line[name_end..];
         let mut labels = BTreeMap::new();
         if let Some(inner) = rest.strip_prefix('{') {
@@ -151,6 +157,11 @@ fn the_parser_refuses_what_the_format_does_not_allow() {
         "unquoted label"
     );
     assert!(parse_exposition("# TYPE 1a gauge\n").is_err(), "bad name");
+    assert!(parse_exposition("# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 2\nh_count 1\n").is_ok());
+    assert!(
+        parse_exposition("# TYPE h gauge\nh_bucket{le=\"1\"} 1\n").is_err(),
+        "_bucket of a gauge"
+    );
     let parsed = parse_exposition("# TYPE a gauge\na{b=\"q\\\"1\\\\\\n\",c=\"\"} 2\n").expect("escapes");
     assert_eq!(parsed[0].labels["b"], "q\"1\\\n");
     assert_eq!(parsed[0].labels["c"], "");
@@ -250,5 +261,71 @@ async fn prometheus_metrics_follow_the_broker_and_parse() -> anyhow::Result<()> 
     assert_eq!(counter("delivered"), Some(4.0));
     assert_eq!(counter("acknowledged"), Some(1.0));
     assert_eq!(counter("redelivered"), Some(0.0));
+    assert_eq!(counter("received_confirm"), Some(3.0), "the confirming channel's three");
+    assert!(counter("get_empty") >= Some(1.0), "drain ends on an empty get");
+
+    // Every series the Grafana dashboards query is there.
+    let missing: Vec<_> = warren_http::prometheus::DASHBOARD_SERIES
+        .iter()
+        .filter(|name| !samples.iter().any(|s| s.name == **name))
+        .collect();
+    assert!(missing.is_empty(), "missing series: {missing:?}");
+    let amqp091 = [("protocol", "amqp091")];
+    // Seven one-byte bodies.
+    assert_eq!(
+        value(&samples, "rabbitmq_message_size_bytes_count", &amqp091),
+        Some(7.0)
+    );
+    assert_eq!(value(&samples, "rabbitmq_message_size_bytes_sum", &amqp091), Some(7.0));
+    assert_eq!(
+        value(&samples, "rabbitmq_message_size_bytes_bucket", &[("le", "100.0")]),
+        Some(7.0)
+    );
+    assert_eq!(value(&samples, "rabbitmq_connections_opened_total", &[]), Some(1.0));
+    assert_eq!(value(&samples, "rabbitmq_channels_opened_total", &[]), Some(2.0));
+    assert_eq!(value(&samples, "rabbitmq_channels", &[]), Some(2.0));
+    assert_eq!(value(&samples, "rabbitmq_queues_created_total", &[]), Some(1.0));
+    assert!(
+        value(&samples, "rabbitmq_queues_declared_total", &[]) > Some(1.0),
+        "passive declares count as declares"
+    );
+    assert_eq!(value(&samples, "rabbitmq_global_publishers", &[]), Some(2.0));
+    let applied = value(&samples, "rabbitmq_raft_last_applied_index", &[]).context("applied")?;
+    assert!(applied > 0.0);
+    assert!(value(&samples, "rabbitmq_raft_commit_index", &[]) >= Some(applied));
+    assert!(value(&samples, "warren_raft_batches_proposed_total", &[]) >= Some(1.0));
+    assert!(value(&samples, "warren_raft_commit_seconds_count", &[]) >= Some(1.0));
+    assert!(value(&samples, "warren_raft_apply_seconds_count", &[]) >= Some(applied));
+    assert!(value(&samples, "rabbitmq_process_open_fds", &[]) > Some(0.0));
+    assert!(value(&samples, "rabbitmq_process_max_fds", &[]) >= value(&samples, "rabbitmq_process_open_fds", &[]));
+
+    // Closing the confirming channel: one closed, one publisher fewer.
+    within("channel.close", confirming.close(200, "bye".into())).await?;
+    warren_e2e::eventually(
+        "the channel counted as closed",
+        std::time::Duration::from_secs(10),
+        || async {
+            let samples = parse_exposition(&http_get(addr, "/metrics").await?)?;
+            Ok((value(&samples, "rabbitmq_channels_closed_total", &[]) == Some(1.0)
+                && value(&samples, "rabbitmq_global_publishers", &[]) == Some(1.0)
+                && value(&samples, "rabbitmq_channels", &[]) == Some(1.0))
+            .then_some(()))
+        },
+    )
+    .await?;
+    within("connection.close", conn.close(200, "bye".into())).await?;
+    warren_e2e::eventually(
+        "the connection counted as closed",
+        std::time::Duration::from_secs(10),
+        || async {
+            let samples = parse_exposition(&http_get(addr, "/metrics").await?)?;
+            Ok((value(&samples, "rabbitmq_connections_closed_total", &[]) == Some(1.0)
+                && value(&samples, "rabbitmq_channels_closed_total", &[]) == Some(2.0)
+                && value(&samples, "rabbitmq_global_publishers", &[]) == Some(0.0))
+            .then_some(()))
+        },
+    )
+    .await?;
+    drop(broker);
     Ok(())
 }

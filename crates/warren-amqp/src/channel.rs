@@ -176,6 +176,8 @@ pub struct ChannelSlot {
     /// Delivery tags sent that await an ack, in increasing order (for the
     /// `acknowledged` counter: an ack with `multiple` settles a run).
     pub manual_tags: VecDeque<u64>,
+    /// This incarnation has published (it counts as a publisher).
+    pub published: bool,
 }
 
 impl Default for ChannelSlot {
@@ -191,6 +193,7 @@ impl Default for ChannelSlot {
             last_queue: None,
             auto_ack_consumers: std::collections::HashSet::new(),
             manual_tags: VecDeque::new(),
+            published: false,
         }
     }
 }
@@ -206,6 +209,7 @@ impl ChannelSlot {
         self.last_queue = None;
         self.auto_ack_consumers.clear();
         self.manual_tags.clear();
+        self.published = false;
     }
 
     /// Forgets delivery `tag` (or every tag up to it, `multiple`) as

@@ -29,6 +29,7 @@ use warren_wire::{AMQPFrame, WireError};
 use crate::access::{AccessCache, Subject};
 use crate::channel::{ChannelSlot, ChannelState, HeldBytes, PartialContent, Pending};
 use crate::convert::{long, properties_from_wire, properties_to_wire, short};
+use crate::counters::connection_counter;
 use crate::error::AmqpError;
 use crate::names::{generated_consumer_tag, generated_queue_name};
 use crate::password::verify_password;
@@ -67,6 +68,10 @@ pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, fronte
             ..crate::registry::ClientInfo::default()
         },
         listed_channels: 0,
+        channels_opened: 0,
+        listed_closed: 0,
+        listed_publishers: 0,
+        stats: Arc::default(),
         local,
         frontend: frontend.clone(),
         reader,
@@ -96,6 +101,7 @@ pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, fronte
         Err(e) => info!(conn = ?id, %peer, error = %e, "connection ended"),
     }
     if conn.registered {
+        conn.forget_channels();
         frontend.registry.unregister(id);
         let close = Request {
             origin: None,
@@ -116,6 +122,14 @@ struct Connection {
     client: crate::registry::ClientInfo,
     /// Open channels as last told to the registry.
     listed_channels: u32,
+    /// Channels opened on this connection, those counted as closed in the
+    /// node's counters, and the publishers counted in its gauge.
+    channels_opened: u64,
+    listed_closed: u64,
+    listed_publishers: u64,
+    /// This connection's statistics (bytes, socket reads and writes,
+    /// messages), listed by the registry.
+    stats: Arc<crate::counters::ConnectionCounters>,
     frontend: Arc<Frontend>,
     reader: OwnedReadHalf,
     writer: OwnedWriteHalf,
@@ -177,7 +191,11 @@ impl Connection {
                 info.channel_max = self.channel_max;
                 info.frame_max = self.frame_max;
                 info.heartbeat_secs = u16::try_from(self.heartbeat.as_secs()).unwrap_or(u16::MAX);
-                let mut effects = self.frontend.registry.register_client(self.id, info);
+                let mut effects = self
+                    .frontend
+                    .registry
+                    .register_client(self.id, info, self.stats.clone());
+                crate::counters::bump(&self.frontend.counters.connections_opened, 1);
                 self.registered = true;
                 self.main_loop(&mut effects).await
             }
@@ -419,7 +437,7 @@ impl Connection {
         if n == 0 {
             return Err(AmqpError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
-        self.last_read = Instant::now();
+        self.read_counted(n);
         Ok(())
     }
 
@@ -508,10 +526,10 @@ impl Connection {
                     changed.map_err(|_| AmqpError::Io(std::io::ErrorKind::BrokenPipe.into()))?;
                 }
                 read = self.reader.read_buf(&mut self.inbuf), if !hold || self.inbuf.len() < HELD_READ_BYTES => {
-                    if read? == 0 {
-                        return Ok(());
+                    match read? {
+                        0 => return Ok(()),
+                        n => self.read_counted(n),
                     }
-                    self.last_read = Instant::now();
                 }
                 _ = heartbeat.tick(), if heartbeat_on => {
                     // Little is read and nothing handled while blocked: the
@@ -643,6 +661,8 @@ impl Connection {
             ChannelState::Closed => match frame {
                 ChannelFrame::Method(AMQPClass::Channel(channel::AMQPMethod::Open(_))) => {
                     self.slot(ch).reopen();
+                    self.channels_opened += 1;
+                    crate::counters::bump(&self.frontend.counters.channels_opened, 1);
                     self.send_method(ch, AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})));
                     Ok(())
                 }
@@ -698,18 +718,54 @@ impl Connection {
         }
     }
 
-    /// Tells the registry how many channels are open, when that changed.
+    /// `n` bytes were read from the socket.
+    fn read_counted(&mut self, n: usize) {
+        self.last_read = Instant::now();
+        self.stats.bump(connection_counter::RECV_OCT, n as u64);
+        self.stats.bump(connection_counter::RECV_CNT, 1);
+    }
+
+    /// Tells the registry how many channels are open, when that changed,
+    /// and the node's counters how many were opened and closed since the
+    /// last call and how many publish.
     fn list_channels(&mut self) {
-        let open = self
+        let (open, publishing) = self
             .channels
             .values()
             .filter(|slot| matches!(slot.state, ChannelState::Open | ChannelState::ClosingByClient))
-            .count();
-        let open = u32::try_from(open).unwrap_or(u32::MAX);
-        if open != self.listed_channels {
-            self.listed_channels = open;
-            self.frontend.registry.set_channels(self.id, open);
+            .fold((0u64, 0u64), |(open, publishing), slot| {
+                (open + 1, publishing + u64::from(slot.published))
+            });
+        let listed = u32::try_from(open).unwrap_or(u32::MAX);
+        if listed != self.listed_channels {
+            self.listed_channels = listed;
+            self.frontend.registry.set_channels(self.id, listed);
         }
+        // Every channel opened here is open now or closed: the closed
+        // count never goes back.
+        let closed = self.channels_opened.saturating_sub(open);
+        let counters = &self.frontend.counters;
+        if closed > self.listed_closed {
+            crate::counters::bump(&counters.channels_closed, closed - self.listed_closed);
+            self.listed_closed = closed;
+        }
+        if publishing > self.listed_publishers {
+            crate::counters::bump(&counters.publishers, publishing - self.listed_publishers);
+        } else {
+            crate::counters::drop_by(&counters.publishers, self.listed_publishers - publishing);
+        }
+        self.listed_publishers = publishing;
+    }
+
+    /// The connection is gone: its channels count as closed and its
+    /// publishers no longer publish.
+    fn forget_channels(&mut self) {
+        let counters = &self.frontend.counters;
+        crate::counters::bump(&counters.channels_closed, self.channels_opened - self.listed_closed);
+        self.listed_closed = self.channels_opened;
+        crate::counters::drop_by(&counters.publishers, self.listed_publishers);
+        self.listed_publishers = 0;
+        crate::counters::bump(&counters.connections_closed, 1);
     }
 
     fn slot(&mut self, ch: u16) -> &mut ChannelSlot {
@@ -1057,6 +1113,7 @@ impl Connection {
             basic::AMQPMethod::Ack(m) => {
                 let acked = self.slot(ch).settle_tags(m.delivery_tag, m.multiple);
                 crate::counters::bump(&self.frontend.counters.acknowledged, acked);
+                self.stats.bump(connection_counter::ACK, acked);
                 let command = Command::Ack {
                     delivery_tag: DeliveryTag(m.delivery_tag),
                     multiple: m.multiple,
@@ -1287,8 +1344,15 @@ impl Connection {
             (60, 40),
             &[(ResourceKind::Exchange, &content.exchange, Perm::Write)],
         )?;
-        crate::counters::bump(&self.frontend.counters.received, 1);
-        let slot = self.slot(ch);
+        let counters = &self.frontend.counters;
+        crate::counters::bump(&counters.received, 1);
+        counters.message_size(content.body.len() as u64);
+        self.stats.bump(connection_counter::PUBLISH, 1);
+        let slot = self.channels.entry(ch).or_default();
+        slot.published = true;
+        if slot.confirm {
+            crate::counters::bump(&counters.received_confirm, 1);
+        }
         let confirm_seq = slot.confirm.then(|| {
             let seq = slot.next_confirm_seq;
             slot.next_confirm_seq += 1;
@@ -1389,6 +1453,8 @@ impl Connection {
                         slot.manual_tags.push_back(delivery_tag.0);
                     }
                     crate::counters::bump(&counters.redelivered, u64::from(redelivered));
+                    self.stats.bump(connection_counter::DELIVER_GET, 1);
+                    self.stats.bump(connection_counter::REDELIVER, u64::from(redelivered));
                     let deliver = basic::Deliver {
                         consumer_tag: short(consumer_tag.as_str()),
                         delivery_tag: delivery_tag.0,
@@ -1542,8 +1608,12 @@ impl Connection {
                     queue,
                     message_count,
                     consumer_count,
+                    created,
                 },
             ) => {
+                let counters = &self.frontend.counters;
+                crate::counters::bump(&counters.queues_declared, 1);
+                crate::counters::bump(&counters.queues_created, u64::from(created));
                 if !nowait {
                     let ok = queue::DeclareOk {
                         queue: short(queue.as_str()),
@@ -1568,6 +1638,7 @@ impl Connection {
                 }
             }
             (Pending::QueueDelete { nowait }, Outcome::QueueDeleted { message_count }) => {
+                crate::counters::bump(&self.frontend.counters.queues_deleted, 1);
                 if !nowait {
                     let ok = queue::DeleteOk { message_count };
                     self.send_method(ch, AMQPClass::Queue(queue::AMQPMethod::DeleteOk(ok)));
@@ -1616,6 +1687,8 @@ impl Connection {
                     self.slot(ch).manual_tags.push_back(delivery_tag.0);
                 }
                 crate::counters::bump(&self.frontend.counters.redelivered, u64::from(redelivered));
+                self.stats.bump(connection_counter::DELIVER_GET, 1);
+                self.stats.bump(connection_counter::REDELIVER, u64::from(redelivered));
                 let ok = basic::GetOk {
                     delivery_tag: delivery_tag.0,
                     redelivered,
@@ -1627,6 +1700,7 @@ impl Connection {
                 self.send_content(ch, &message)?;
             }
             (Pending::Get { .. }, Outcome::GetEmpty) => {
+                crate::counters::bump(&self.frontend.counters.get_empty, 1);
                 self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})));
             }
             (Pending::Settle { .. }, _) => {}
@@ -1681,6 +1755,7 @@ impl Connection {
     fn send_confirm(&mut self, ch: u16, seq: u64, ack: bool) {
         if ack {
             crate::counters::bump(&self.frontend.counters.confirmed, 1);
+            self.stats.bump(connection_counter::CONFIRM, 1);
             match self.confirms_due.iter_mut().find(|run| run.channel == ch) {
                 Some(run) => run.last = seq,
                 None => self.confirms_due.push(ConfirmRun {
@@ -1820,6 +1895,8 @@ impl Connection {
         }
         if !self.out.is_empty() {
             self.writer.write_all(&self.out).await?;
+            self.stats.bump(connection_counter::SEND_OCT, self.out.len() as u64);
+            self.stats.bump(connection_counter::SEND_CNT, 1);
             self.out.clear();
         }
         Ok(())

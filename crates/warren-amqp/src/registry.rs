@@ -5,18 +5,21 @@
 //! what they held when their close is applied.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use warren_cluster::EffectSink;
 use warren_core::{ConnectionId, Effect};
+
+use crate::counters::{ConnectionCounters, CONNECTION_COUNTERS};
 
 /// Effects for one connection, in apply order.
 pub type EffectBatch = Vec<Effect>;
 
 /// What `list-connections` and `/api/connections` show of an AMQP
 /// client's connection.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClientInfo {
     /// RabbitMQ's connection name: `peer -> local`.
     pub name: String,
@@ -40,11 +43,16 @@ pub struct ClientInfo {
     pub heartbeat_secs: u16,
     /// Channels open now.
     pub channels: u32,
+    /// The connection's counters ([`CONNECTION_COUNTERS`]) when listed.
+    pub counts: [u64; CONNECTION_COUNTERS.len()],
+    /// Their rates per second over the last sampling interval
+    /// ([`Registry::sample_rates`]; 0 before the second sample).
+    pub rates: [f64; CONNECTION_COUNTERS.len()],
 }
 
 impl ClientInfo {
     /// The names of [`ClientInfo::to_cells`]' cells, in order.
-    pub const COLUMNS: [&'static str; 18] = [
+    pub const COLUMNS: [&'static str; 20] = [
         "name",
         "user",
         "vhost",
@@ -62,6 +70,8 @@ impl ClientInfo {
         "frame_max",
         "timeout",
         "channels",
+        "counts",
+        "rates",
         "number",
     ];
 
@@ -86,6 +96,8 @@ impl ClientInfo {
             self.frame_max.to_string(),
             self.heartbeat_secs.to_string(),
             self.channels.to_string(),
+            join(&self.counts),
+            join(&self.rates),
             number.to_string(),
         ]
     }
@@ -93,7 +105,7 @@ impl ClientInfo {
     /// The inverse of [`ClientInfo::to_cells`]; `None` for a row of another
     /// shape.
     pub fn from_cells(cells: &[String]) -> Option<(Self, u64)> {
-        let [name, user, vhost, connected_at, peer_host, peer_port, host, port, product, platform, version, connection_name, capabilities, channel_max, frame_max, timeout, channels, number] =
+        let [name, user, vhost, connected_at, peer_host, peer_port, host, port, product, platform, version, connection_name, capabilities, channel_max, frame_max, timeout, channels, counts, rates, number] =
             cells
         else {
             return None;
@@ -120,9 +132,30 @@ impl ClientInfo {
             frame_max: frame_max.parse().ok()?,
             heartbeat_secs: timeout.parse().ok()?,
             channels: channels.parse().ok()?,
+            counts: split(counts)?,
+            rates: split(rates)?,
         };
         Some((info, number.parse().ok()?))
     }
+}
+
+/// Numbers as one comma-separated cell.
+fn join<T: ToString>(values: &[T]) -> String {
+    values.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// The inverse of [`join`], for exactly `N` numbers.
+fn split<T: std::str::FromStr, const N: usize>(cell: &str) -> Option<[T; N]> {
+    let values: Vec<T> = cell.split(',').map(|v| v.parse().ok()).collect::<Option<_>>()?;
+    values.try_into().ok()
+}
+
+/// An AMQP client in the registry: what it told, what it counts, and the
+/// counts at the last rate sample.
+struct Client {
+    info: ClientInfo,
+    counters: Arc<ConnectionCounters>,
+    sampled: Option<(Instant, [u64; CONNECTION_COUNTERS.len()])>,
 }
 
 /// Live connections of this node.
@@ -132,7 +165,7 @@ pub struct Registry {
     connections: Mutex<HashMap<ConnectionId, mpsc::UnboundedSender<EffectBatch>>>,
     /// AMQP clients among them (the management API's short-lived
     /// connections have none).
-    clients: Mutex<HashMap<ConnectionId, ClientInfo>>,
+    clients: Mutex<HashMap<ConnectionId, Client>>,
     /// Why connections closed by an operator were closed, until each
     /// connection reads it.
     forced: Mutex<HashMap<ConnectionId, String>>,
@@ -156,16 +189,45 @@ impl Registry {
 
     /// Updates how many channels client `id` has open.
     pub fn set_channels(&self, id: ConnectionId, channels: u32) {
-        if let Some(info) = lock(&self.clients).get_mut(&id) {
-            info.channels = channels;
+        if let Some(client) = lock(&self.clients).get_mut(&id) {
+            client.info.channels = channels;
         }
     }
 
     /// [`Registry::register`] for an AMQP client, listed by
-    /// [`Registry::clients`] until it is unregistered.
-    pub fn register_client(&self, id: ConnectionId, info: ClientInfo) -> mpsc::UnboundedReceiver<EffectBatch> {
-        lock(&self.clients).insert(id, info);
+    /// [`Registry::clients`] (with what it counts in `counters`) until it
+    /// is unregistered.
+    pub fn register_client(
+        &self,
+        id: ConnectionId,
+        info: ClientInfo,
+        counters: Arc<ConnectionCounters>,
+    ) -> mpsc::UnboundedReceiver<EffectBatch> {
+        lock(&self.clients).insert(
+            id,
+            Client {
+                info,
+                counters,
+                sampled: None,
+            },
+        );
         self.register(id)
+    }
+
+    /// Computes every client's rates from its counts since the previous
+    /// call (the management API calls it every few seconds).
+    pub fn sample_rates(&self) {
+        let now = Instant::now();
+        for client in lock(&self.clients).values_mut() {
+            let counts = client.counters.snapshot();
+            if let Some((then, before)) = client.sampled {
+                let seconds = now.duration_since(then).as_secs_f64();
+                if seconds > 0.0 {
+                    client.info.rates = std::array::from_fn(|i| counts[i].saturating_sub(before[i]) as f64 / seconds);
+                }
+            }
+            client.sampled = Some((now, counts));
+        }
     }
 
     pub fn unregister(&self, id: ConnectionId) {
@@ -178,7 +240,11 @@ impl Registry {
     pub fn clients(&self) -> Vec<(ConnectionId, ClientInfo)> {
         let mut clients: Vec<_> = lock(&self.clients)
             .iter()
-            .map(|(id, info)| (*id, info.clone()))
+            .map(|(id, client)| {
+                let mut info = client.info.clone();
+                info.counts = client.counters.snapshot();
+                (*id, info)
+            })
             .collect();
         clients.sort_by_key(|(id, _)| id.seq);
         clients
@@ -189,7 +255,7 @@ impl Registry {
     pub fn close_client(&self, name: &str, reason: &str) -> bool {
         let found = lock(&self.clients)
             .iter()
-            .find(|(_, info)| info.name == name)
+            .find(|(_, client)| client.info.name == name)
             .map(|(id, _)| *id);
         let Some(id) = found else {
             return false;
@@ -203,6 +269,11 @@ impl Registry {
     /// Why an operator closed connection `id`, if one did.
     pub fn forced_reason(&self, id: ConnectionId) -> Option<String> {
         lock(&self.forced).remove(&id)
+    }
+
+    /// Channels open on this node's AMQP clients.
+    pub fn open_channels(&self) -> u64 {
+        lock(&self.clients).values().map(|c| u64::from(c.info.channels)).sum()
     }
 
     pub fn len(&self) -> usize {
@@ -244,8 +315,8 @@ impl EffectSink for Registry {
     fn user_deleted(&self, name: &warren_core::UserName) {
         let names: Vec<String> = lock(&self.clients)
             .values()
-            .filter(|info| info.user == name.as_str())
-            .map(|info| info.name.clone())
+            .filter(|client| client.info.user == name.as_str())
+            .map(|client| client.info.name.clone())
             .collect();
         for connection in names {
             self.close_client(&connection, &format!("user '{name}' was deleted"));

@@ -64,6 +64,9 @@ pub struct RaftLogStore {
     writer: std_mpsc::Sender<WriteOp>,
     last_log_id: Option<LogId<u64>>,
     last_purged: Option<LogId<u64>>,
+    /// Where the commit index goes (not persisted: openraft re-learns it
+    /// from the leader after a restart).
+    counters: Arc<crate::raft_stats::RaftCounters>,
 }
 
 /// Reads the log for openraft's replication tasks.
@@ -116,7 +119,13 @@ impl RaftLogStore {
             writer,
             last_log_id: last_log_id.or(last_purged),
             last_purged,
+            counters: Arc::default(),
         })
+    }
+
+    /// Reports the commit index to `counters` from now on.
+    pub(crate) fn count_into(&mut self, counters: Arc<crate::raft_stats::RaftCounters>) {
+        self.counters = counters;
     }
 
     /// The count of bytes appended to this log since it was opened.
@@ -337,6 +346,13 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
         })
         .await
         .map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StorageError<u64>> {
+        if let Some(committed) = committed {
+            self.counters.committed(committed.index);
+        }
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {

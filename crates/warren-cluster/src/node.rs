@@ -189,13 +189,14 @@ impl Node {
         let node_id = config.node_id;
         let raft_config = Arc::new(config.raft_config().map_err(|e| ClusterError::Config(e.to_string()))?);
         let tracker = Arc::new(ProposalTracker::new(node_id));
-        let log_store = RaftLogStore::open(store.clone())
+        let mut log_store = RaftLogStore::open(store.clone())
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let state_machine = StateMachine::open_with_tracker(store.clone(), sink.clone(), tracker.clone())
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let shared = state_machine.shared();
+        log_store.count_into(shared.counters.clone());
         let appended_bytes = log_store.appended_bytes();
         let contacts = Arc::new(Contacts::default());
         let network = TrackingNetwork {
@@ -243,6 +244,7 @@ impl Node {
             tracker,
             sink,
             peers: peers.clone(),
+            counters: shared.counters.clone(),
             max_batch: config.max_batch,
             max_batch_bytes: config.max_batch_bytes,
             max_in_flight: config.max_batches_in_flight,
@@ -639,6 +641,12 @@ impl Node {
                 .map(|(id, node)| (*id, node.addr.clone()))
                 .collect(),
         }
+    }
+
+    /// The commit index and this node's proposal, commit and apply
+    /// counters (Prometheus).
+    pub fn raft_counts(&self) -> crate::RaftCounts {
+        self.inner.shared.counters.snapshot()
     }
 
     /// The voters of the current membership, and which of them answer a

@@ -59,6 +59,8 @@ pub(crate) struct ProposerTask {
     pub(crate) tracker: Arc<ProposalTracker>,
     pub(crate) sink: Arc<dyn EffectSink>,
     pub(crate) peers: Arc<dyn Peers>,
+    /// Batch sizes, forwards and commit times (Prometheus).
+    pub(crate) counters: Arc<crate::raft_stats::RaftCounters>,
     pub(crate) max_batch: usize,
     /// A batch stops taking requests once their estimated size
     /// ([`request_bytes`]) reaches this (see [`crate::NodeConfig::max_batch_bytes`]).
@@ -124,7 +126,10 @@ impl ProposerTask {
                     requests,
                 },
             };
+            let request_count = proposal.batch.requests.len();
+            let proposed_at = std::time::Instant::now();
             if !self.is_leader() {
+                self.counters.proposed(request_count, true);
                 self.forward(proposal, permit, &in_flight, seq, retry, &mut suspect)
                     .await;
                 continue;
@@ -132,8 +137,10 @@ impl ProposerTask {
             // `client_write_ff` hands the entry to RaftCore before it returns,
             // so entries reach the log in submission order; only the wait for
             // the commit runs concurrently.
+            self.counters.proposed(request_count, false);
             match self.raft.client_write_ff(proposal).await {
                 Ok(responded) => {
+                    let counters = self.counters.clone();
                     let tracker = self.tracker.clone();
                     let sink = self.sink.clone();
                     let commit_timeout = self.forward_timeout;
@@ -144,7 +151,10 @@ impl ProposerTask {
                         let outcome = tokio::time::timeout(commit_timeout, responded).await;
                         drop(permit);
                         let reason = match outcome {
-                            Ok(Ok(Ok(_))) => return,
+                            Ok(Ok(Ok(_))) => {
+                                counters.commit_took(proposed_at.elapsed());
+                                return;
+                            }
                             Ok(Ok(Err(e))) => e.to_string(),
                             Ok(Err(_)) => "the Raft node stopped before the batch was committed".to_owned(),
                             Err(_) => "the batch was not committed in time (is this node cut off from the majority?)"
@@ -186,7 +196,11 @@ impl ProposerTask {
     ) {
         let others = u32::try_from(self.max_in_flight.max(1) - 1).unwrap_or(u32::MAX);
         let rest = tokio::time::timeout(self.forward_timeout, in_flight.clone().acquire_many_owned(others)).await;
+        let sent_at = std::time::Instant::now();
         let outcome = self.forward_to_leader(proposal, suspect).await;
+        if outcome.is_ok() {
+            self.counters.commit_took(sent_at.elapsed());
+        }
         drop(rest);
         drop(permit);
         if let Err(reason) = outcome {

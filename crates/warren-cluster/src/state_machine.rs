@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     /// Bumped after every applied change of users or permissions and every
     /// snapshot installed: front ends cache access checks until it moves.
     pub(crate) access_epoch: AtomicU64,
+    /// Commit index, proposals, commit and apply times (Prometheus).
+    pub(crate) counters: Arc<crate::raft_stats::RaftCounters>,
 }
 
 impl Shared {
@@ -222,6 +224,7 @@ impl StateMachine {
             snapshots: Arc::new(tokio::sync::Mutex::new(())),
             poisoned: std::sync::atomic::AtomicBool::new(false),
             access_epoch: AtomicU64::new(0),
+            counters: Arc::default(),
         });
         Ok(Self {
             shared,
@@ -491,6 +494,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let mut responses = Vec::new();
         for entry in entries {
             let mut effects = Vec::new();
@@ -588,6 +592,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             responses.push(());
         }
+        self.shared.counters.applied(responses.len() as u64, started.elapsed());
         self.shared.applied.notify_waiters();
         Ok(responses)
     }

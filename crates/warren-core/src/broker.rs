@@ -579,6 +579,16 @@ impl Broker {
         self.channels.keys().filter(|c| c.conn.node == node).count() as u64
     }
 
+    /// Consumers on the channels of `node`'s connections (direct reply-to
+    /// consumers not counted).
+    pub fn consumer_count_of(&self, node: NodeId) -> u64 {
+        self.channels
+            .iter()
+            .filter(|(c, _)| c.conn.node == node)
+            .map(|(_, channel)| channel.consumers.len() as u64)
+            .sum()
+    }
+
     /// Messages ready in all queues, and their body bytes. O(queues).
     pub fn ready_backlog(&self) -> (u64, u64) {
         self.vhosts

@@ -21,6 +21,9 @@ pub enum Outcome {
         queue: QueueName,
         message_count: u32,
         consumer_count: u32,
+        /// The declare made a new queue (the front end's
+        /// `queues_created` counter).
+        created: bool,
     },
     QueuePurged {
         message_count: u32,

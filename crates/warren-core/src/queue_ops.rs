@@ -130,6 +130,7 @@ impl Broker {
                 queue: name.clone(),
                 message_count: queue.ready_count(),
                 consumer_count: queue.consumer_count(),
+                created: false,
             });
         }
         if passive {
@@ -166,6 +167,7 @@ impl Broker {
             queue: name.clone(),
             message_count: 0,
             consumer_count: 0,
+            created: true,
         })
     }
 

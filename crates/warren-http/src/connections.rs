@@ -84,6 +84,23 @@ fn sees_user(viewer: &User, user: &str) -> bool {
     viewer.tags.iter().any(|t| t == "administrator" || t == "monitoring") || viewer.name.as_str() == user
 }
 
+/// RabbitMQ's statistics fields of a connection (`recv_oct`,
+/// `recv_oct_details.rate`, …) and, beyond RabbitMQ, a `message_stats`
+/// object with its channels' message counts and rates.
+fn connection_stats(info: &ClientInfo) -> serde_json::Map<String, Value> {
+    use warren_amqp::counters::CONNECTION_COUNTERS;
+    let mut fields = serde_json::Map::new();
+    let mut messages = serde_json::Map::new();
+    for (i, name) in CONNECTION_COUNTERS.iter().enumerate() {
+        let into = if i < 4 { &mut fields } else { &mut messages };
+        into.insert((*name).to_owned(), json!(info.counts[i]));
+        into.insert(format!("{name}_details"), json!({ "rate": info.rates[i] }));
+    }
+    fields.insert("send_pend".to_owned(), json!(0));
+    fields.insert("message_stats".to_owned(), Value::Object(messages));
+    fields
+}
+
 fn connection_json(client: &Client) -> Value {
     let info = &client.info;
     let capabilities: serde_json::Map<String, Value> = info
@@ -91,7 +108,7 @@ fn connection_json(client: &Client) -> Value {
         .iter()
         .map(|c| (c.clone(), Value::Bool(true)))
         .collect();
-    json!({
+    let mut connection = json!({
         "name": info.name,
         "node": node_name(client.node),
         "number": client.number,
@@ -118,7 +135,11 @@ fn connection_json(client: &Client) -> Value {
             "connection_name": info.connection_name,
             "capabilities": capabilities,
         },
-    })
+    });
+    if let Value::Object(fields) = &mut connection {
+        fields.extend(connection_stats(info));
+    }
+    connection
 }
 
 async fn list_connections(

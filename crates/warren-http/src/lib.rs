@@ -107,19 +107,24 @@ pub async fn snapshot(sources: &Sources) -> MetricsSnapshot {
     let frontend = &sources.frontend;
     let node = &frontend.node;
     let node_id = frontend.node_id;
-    let (queues, channels) = node.read(|broker| (broker.queue_summaries(), broker.channel_count_of(node_id)));
+    let (queues, consumers_here) = node.read(|broker| (broker.queue_summaries(), broker.consumer_count_of(node_id)));
     let status = node.metrics();
     let dir = sources.data_dir.clone();
-    let (resident, disk) =
-        tokio::task::spawn_blocking(move || (resident_memory_bytes(), warren_amqp::flow::free_bytes(&dir).ok()))
-            .await
-            .unwrap_or((0, None));
+    let (resident, disk, (open_fds, max_fds)) = tokio::task::spawn_blocking(move || {
+        (
+            resident_memory_bytes(),
+            warren_amqp::flow::free_bytes(&dir).ok(),
+            file_descriptors(),
+        )
+    })
+    .await
+    .unwrap_or((0, None, (None, None)));
     MetricsSnapshot {
         node_id: node_id.0,
         version: sources.version.clone(),
         queues,
         connections: frontend.registry.len() as u64,
-        channels,
+        channels: frontend.registry.open_channels(),
         resident_memory_bytes: resident,
         memory_watermark_bytes: frontend.config.queued_bytes_high_watermark,
         memory_alarm: frontend.alarms.memory_on(),
@@ -136,7 +141,26 @@ pub async fn snapshot(sources: &Sources) -> MetricsSnapshot {
         body_store: node.body_store_usage(),
         body_memory_bytes: node.held_backlog().1,
         messages: frontend.counters.snapshot(),
+        consumers_here,
+        uptime_seconds: sources.started.elapsed().as_secs(),
+        open_fds,
+        max_fds,
+        raft: node.raft_counts(),
     }
+}
+
+/// Open file descriptors of this process and its soft limit, from
+/// `/proc/self/fd` and `/proc/self/limits` (`None` where unknown).
+fn file_descriptors() -> (Option<u64>, Option<u64>) {
+    let open = std::fs::read_dir("/proc/self/fd").ok().map(|dir| dir.count() as u64);
+    let max = std::fs::read_to_string("/proc/self/limits").ok().and_then(|limits| {
+        limits
+            .lines()
+            .find(|line| line.starts_with("Max open files"))
+            .and_then(|line| line.split_whitespace().nth(3))
+            .and_then(|soft| soft.parse().ok())
+    });
+    (open, max)
 }
 
 /// This process's resident set, from `/proc/self/statm` (0 if unknown).
@@ -160,5 +184,6 @@ async fn sample_rates(sources: Arc<Sources>) {
     loop {
         every.tick().await;
         sources.frontend.node.read(|broker| sources.rates.sample(broker));
+        sources.frontend.registry.sample_rates();
     }
 }

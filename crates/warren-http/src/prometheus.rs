@@ -11,14 +11,72 @@
 //!
 //! The `rabbitmq_global_messages_*_total` counters are this node's (the
 //! AMQP front end counts its own clients' messages), as RabbitMQ's are, so
-//! dashboards that sum them over the nodes get the cluster's. Not yet
-//! here: per-connection and
-//! per-channel series, Erlang-specific series, and the Raft commit index
-//! (openraft 0.9 does not report it).
+//! dashboards that sum them over the nodes get the cluster's; so are the
+//! connection, channel and queue churn counters, the publishers and
+//! consumers, and the message size histogram. Every series the Grafana
+//! dashboards "RabbitMQ-Overview" and "RabbitMQ-Quorum-Queues-Raft" query
+//! is here (a test holds the list); `rabbitmq_erlang_uptime_seconds` is the
+//! process's uptime. Not here: per-connection and per-channel series, and
+//! the Erlang VM's own series. The Raft series describe the node's one Raft
+//! group (RabbitMQ has one per quorum queue, labelled by queue).
 
 use std::fmt::Write;
 
 use warren_core::QueueSummary;
+
+/// Every series the Grafana dashboards "RabbitMQ-Overview" (10991) and
+/// "RabbitMQ-Quorum-Queues-Raft" (11340) query, as their JSON in
+/// rabbitmq-server's `deps/rabbitmq_prometheus/docker/grafana/dashboards`
+/// names them (the `expr` fields, read 2026-12-04).
+pub const DASHBOARD_SERIES: [&str; 47] = [
+    "rabbitmq_build_info",
+    "rabbitmq_channels",
+    "rabbitmq_channels_closed_total",
+    "rabbitmq_channels_opened_total",
+    "rabbitmq_connections",
+    "rabbitmq_connections_closed_total",
+    "rabbitmq_connections_opened_total",
+    "rabbitmq_disk_space_available_bytes",
+    "rabbitmq_disk_space_available_limit_bytes",
+    "rabbitmq_erlang_uptime_seconds",
+    "rabbitmq_global_consumers",
+    "rabbitmq_global_messages_acknowledged_total",
+    "rabbitmq_global_messages_confirmed_total",
+    "rabbitmq_global_messages_delivered_consume_auto_ack_total",
+    "rabbitmq_global_messages_delivered_consume_manual_ack_total",
+    "rabbitmq_global_messages_delivered_get_auto_ack_total",
+    "rabbitmq_global_messages_delivered_get_manual_ack_total",
+    "rabbitmq_global_messages_delivered_total",
+    "rabbitmq_global_messages_get_empty_total",
+    "rabbitmq_global_messages_received_confirm_total",
+    "rabbitmq_global_messages_received_total",
+    "rabbitmq_global_messages_redelivered_total",
+    "rabbitmq_global_messages_routed_total",
+    "rabbitmq_global_messages_unroutable_dropped_total",
+    "rabbitmq_global_messages_unroutable_returned_total",
+    "rabbitmq_global_publishers",
+    "rabbitmq_identity_info",
+    "rabbitmq_message_size_bytes_bucket",
+    "rabbitmq_message_size_bytes_count",
+    "rabbitmq_message_size_bytes_sum",
+    "rabbitmq_process_max_fds",
+    "rabbitmq_process_open_fds",
+    "rabbitmq_process_resident_memory_bytes",
+    "rabbitmq_queue_messages_ready",
+    "rabbitmq_queue_messages_unacked",
+    "rabbitmq_queues",
+    "rabbitmq_queues_created_total",
+    "rabbitmq_queues_declared_total",
+    "rabbitmq_queues_deleted_total",
+    "rabbitmq_resident_memory_limit_bytes",
+    "rabbitmq_raft_commit_index",
+    "rabbitmq_raft_commit_latency_seconds",
+    "rabbitmq_raft_last_written_index",
+    "rabbitmq_raft_log_commit_index",
+    "rabbitmq_raft_log_last_written_index",
+    "rabbitmq_raft_log_snapshot_index",
+    "rabbitmq_raft_term",
+];
 
 /// What one scrape reports.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -50,6 +108,13 @@ pub struct MetricsSnapshot {
     pub body_memory_bytes: u64,
     /// This node's message counters (its own clients', since it started).
     pub messages: warren_amqp::counters::MessageCounts,
+    /// Consumers on this node's channels.
+    pub consumers_here: u64,
+    pub uptime_seconds: u64,
+    pub open_fds: Option<u64>,
+    pub max_fds: Option<u64>,
+    /// The commit index, proposals, commit and apply times.
+    pub raft: warren_cluster::RaftCounts,
 }
 
 /// The label set every RabbitMQ series joins on through
@@ -101,6 +166,19 @@ impl Writer {
         self.family(name, "gauge", help);
         self.sample(name, &[], value);
     }
+
+    fn counter(&mut self, name: &str, help: &str, value: u64) {
+        self.family(name, "counter", help);
+        self.sample(name, &[], value);
+    }
+
+    fn float_sample(&mut self, name: &str, value: f64) {
+        let _ = writeln!(self.out, "{name} {value}");
+    }
+}
+
+fn seconds(micros: u64) -> f64 {
+    micros as f64 / 1e6
 }
 
 fn sum(queues: &[QueueSummary], field: impl Fn(&QueueSummary) -> u64) -> u64 {
@@ -139,6 +217,8 @@ pub fn render(snapshot: &MetricsSnapshot, per_object: bool) -> String {
     let queues = &snapshot.queues;
     let index = |i: Option<u64>| i.unwrap_or(0);
     let consumers = sum(queues, |q| q.consumers);
+    let raft = &snapshot.raft;
+    let committed = index(raft.committed);
     let mut gauges: Vec<(&str, &str, u64)> = vec![
         ("rabbitmq_queues", "Queues available", queues.len() as u64),
         (
@@ -164,6 +244,21 @@ pub fn render(snapshot: &MetricsSnapshot, per_object: bool) -> String {
             snapshot.connections,
         ),
         ("rabbitmq_channels", "Channels currently open", snapshot.channels),
+        (
+            "rabbitmq_global_consumers",
+            "Current number of consumers",
+            snapshot.consumers_here,
+        ),
+        (
+            "rabbitmq_global_publishers",
+            "Current number of publishers",
+            snapshot.messages.publishers,
+        ),
+        (
+            "rabbitmq_erlang_uptime_seconds",
+            "Node uptime (Warren: the process's)",
+            snapshot.uptime_seconds,
+        ),
         (
             "rabbitmq_process_resident_memory_bytes",
             "Memory used in bytes",
@@ -194,18 +289,36 @@ pub fn render(snapshot: &MetricsSnapshot, per_object: bool) -> String {
             "Current Raft term number",
             snapshot.raft_term,
         ),
+        ("rabbitmq_raft_term", "Current Raft term number", snapshot.raft_term),
         (
             "rabbitmq_raft_log_last_written_index",
             "Raft log last written index",
             index(snapshot.raft_last_log_index),
         ),
         (
+            "rabbitmq_raft_last_written_index",
+            "Raft log last written index",
+            index(snapshot.raft_last_log_index),
+        ),
+        ("rabbitmq_raft_log_commit_index", "Raft log commit index", committed),
+        ("rabbitmq_raft_commit_index", "Raft log commit index", committed),
+        (
             "rabbitmq_raft_log_last_applied_index",
             "Raft log last applied index",
             index(snapshot.raft_last_applied_index),
         ),
         (
+            "rabbitmq_raft_last_applied_index",
+            "Raft log last applied index",
+            index(snapshot.raft_last_applied_index),
+        ),
+        (
             "rabbitmq_raft_log_snapshot_index",
+            "Raft log snapshot index",
+            index(snapshot.raft_snapshot_index),
+        ),
+        (
+            "rabbitmq_raft_snapshot_index",
             "Raft log snapshot index",
             index(snapshot.raft_snapshot_index),
         ),
@@ -249,10 +362,28 @@ pub fn render(snapshot: &MetricsSnapshot, per_object: bool) -> String {
             available,
         ));
     }
+    if let Some(open) = snapshot.open_fds {
+        gauges.push(("rabbitmq_process_open_fds", "Open file descriptors", open));
+    }
+    if let Some(max) = snapshot.max_fds {
+        gauges.push(("rabbitmq_process_max_fds", "Open file descriptors limit", max));
+    }
     for (name, help, value) in gauges {
         w.gauge(name, help, value);
     }
+    w.family(
+        "rabbitmq_raft_commit_latency_seconds",
+        "gauge",
+        "Time taken for a log entry to be committed (Warren: a moving average over this node's batches)",
+    );
+    w.float_sample(
+        "rabbitmq_raft_commit_latency_seconds",
+        seconds(raft.recent_commit_micros),
+    );
+    render_churn(&mut w, snapshot);
+    render_warren_raft(&mut w, raft);
     render_global_counters(&mut w, snapshot);
+    render_message_sizes(&mut w, &snapshot.messages);
     if per_object {
         render_per_queue(&mut w, queues);
     }
@@ -264,8 +395,18 @@ pub fn render(snapshot: &MetricsSnapshot, per_object: bool) -> String {
 /// total is the sum over its nodes).
 fn render_global_counters(w: &mut Writer, snapshot: &MetricsSnapshot) {
     let m = &snapshot.messages;
-    let counters: [(&str, &str, u64); 12] = [
+    let counters: [(&str, &str, u64); 14] = [
         ("received", "Total number of messages received from publishers", m.received),
+        (
+            "received_confirm",
+            "Total number of messages received from publishers expecting confirmations",
+            m.received_confirm,
+        ),
+        (
+            "get_empty",
+            "Total number of times basic.get operations fetched no message",
+            m.get_empty,
+        ),
         ("routed", "Total number of messages routed to queues or streams", m.routed),
         ("confirmed", "Total number of messages confirmed to publishers", m.confirmed),
         ("delivered", "Total number of messages delivered to consumers", m.delivered()),
@@ -307,6 +448,118 @@ fn render_global_counters(w: &mut Writer, snapshot: &MetricsSnapshot) {
         w.family(&name, "counter", help);
         w.sample(&name, &[("protocol", "amqp091")], value);
     }
+}
+
+/// The connection, channel and queue churn counters (this node's clients').
+fn render_churn(w: &mut Writer, snapshot: &MetricsSnapshot) {
+    let m = &snapshot.messages;
+    let counters: [(&str, &str, u64); 7] = [
+        (
+            "rabbitmq_connections_opened_total",
+            "Total number of connections opened",
+            m.connections_opened,
+        ),
+        (
+            "rabbitmq_connections_closed_total",
+            "Total number of connections closed or terminated",
+            m.connections_closed,
+        ),
+        (
+            "rabbitmq_channels_opened_total",
+            "Total number of channels opened",
+            m.channels_opened,
+        ),
+        (
+            "rabbitmq_channels_closed_total",
+            "Total number of channels closed",
+            m.channels_closed,
+        ),
+        (
+            "rabbitmq_queues_declared_total",
+            "Total number of queues declared",
+            m.queues_declared,
+        ),
+        (
+            "rabbitmq_queues_created_total",
+            "Total number of queues created",
+            m.queues_created,
+        ),
+        (
+            "rabbitmq_queues_deleted_total",
+            "Total number of queues deleted",
+            m.queues_deleted,
+        ),
+    ];
+    for (name, help, value) in counters {
+        w.counter(name, help, value);
+    }
+}
+
+/// Warren's own Raft series: what the proposer batches and forwards, and
+/// how long commits and applies take (summaries: `_sum` in seconds and
+/// `_count`).
+fn render_warren_raft(w: &mut Writer, raft: &warren_cluster::RaftCounts) {
+    let counters: [(&str, &str, u64); 4] = [
+        (
+            "warren_raft_batches_proposed_total",
+            "Batches this node's proposer wrote to the Raft log as leader",
+            raft.batches_proposed,
+        ),
+        (
+            "warren_raft_requests_proposed_total",
+            "Requests in the batches this node wrote as leader (divided by the batches: the mean batch size)",
+            raft.requests_proposed,
+        ),
+        (
+            "warren_raft_batches_forwarded_total",
+            "Batches this node's proposer forwarded to the leader",
+            raft.batches_forwarded,
+        ),
+        (
+            "warren_raft_requests_forwarded_total",
+            "Requests in the batches this node forwarded",
+            raft.requests_forwarded,
+        ),
+    ];
+    for (name, help, value) in counters {
+        w.counter(name, help, value);
+    }
+    let summaries = [
+        (
+            "warren_raft_commit_seconds",
+            "From this node proposing or forwarding a batch to its commit and apply",
+            raft.commit_micros,
+            raft.commits_timed,
+        ),
+        (
+            "warren_raft_apply_seconds",
+            "Time spent applying log entries to the state machine (_count: entries)",
+            raft.apply_micros,
+            raft.entries_applied,
+        ),
+    ];
+    for (name, help, micros, count) in summaries {
+        w.family(name, "summary", help);
+        w.float_sample(&format!("{name}_sum"), seconds(micros));
+        w.sample(&format!("{name}_count"), &[], count);
+    }
+}
+
+/// `rabbitmq_message_size_bytes`: a histogram of the bodies this node's
+/// clients published, with RabbitMQ's bucket bounds.
+fn render_message_sizes(w: &mut Writer, m: &warren_amqp::counters::MessageCounts) {
+    let name = "rabbitmq_message_size_bytes";
+    w.family(name, "histogram", "Size of messages received from publishers");
+    let bucket = format!("{name}_bucket");
+    let mut cumulative = 0;
+    for (i, (_, le)) in warren_amqp::counters::MESSAGE_SIZE_BUCKETS.iter().enumerate() {
+        cumulative += m.message_sizes[i];
+        w.sample(&bucket, &[("protocol", "amqp091"), ("le", le)], cumulative);
+    }
+    let count: u64 = m.message_sizes.iter().sum();
+    w.sample(&bucket, &[("protocol", "amqp091"), ("le", "+Inf")], count);
+    w.sample(&format!("{name}_sum"), &[("protocol", "amqp091")], m.message_bytes);
+    w.sample(&format!("{name}_count"), &[("protocol", "amqp091")], count);
 }
 
 /// A per-queue series: name, help, and how to read it from a queue.
@@ -395,6 +648,84 @@ mod tests {
             !text.contains("rabbitmq_detailed_queue"),
             "per-object series only on request"
         );
+    }
+
+    /// The names of the samples in `text`.
+    pub(crate) fn sample_names(text: &str) -> std::collections::BTreeSet<&str> {
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split(['{', ' ']).next())
+            .collect()
+    }
+
+    #[test]
+    fn every_series_the_grafana_dashboards_query_is_rendered() {
+        let snapshot = MetricsSnapshot {
+            disk_available_bytes: Some(1),
+            open_fds: Some(1),
+            max_fds: Some(2),
+            ..MetricsSnapshot::default()
+        };
+        let text = render(&snapshot, false);
+        let names = sample_names(&text);
+        let missing: Vec<_> = DASHBOARD_SERIES.iter().filter(|s| !names.contains(*s)).collect();
+        assert!(missing.is_empty(), "missing: {missing:?}");
+        // The size buckets the Overview dashboard selects by their `le`.
+        for le in [
+            "100.0", "1000.0", "10000.0", "100000.0", "1e+06", "1e+07", "5e+07", "1e+08", "+Inf",
+        ] {
+            assert!(
+                text.contains(&format!(
+                    "rabbitmq_message_size_bytes_bucket{{protocol=\"amqp091\",le=\"{le}\"}}"
+                )),
+                "no bucket {le}"
+            );
+        }
+    }
+
+    #[test]
+    fn size_buckets_are_cumulative_and_the_raft_counters_shown() {
+        let messages = warren_amqp::counters::MessageCounts {
+            message_sizes: [1, 2, 0, 0, 0, 0, 0, 0, 4],
+            message_bytes: 12_345,
+            ..Default::default()
+        };
+        let snapshot = MetricsSnapshot {
+            messages,
+            raft: warren_cluster::RaftCounts {
+                committed: Some(41),
+                batches_proposed: 3,
+                requests_proposed: 12,
+                recent_commit_micros: 2_500,
+                commit_micros: 9_000_000,
+                commits_timed: 3,
+                ..warren_cluster::RaftCounts::default()
+            },
+            ..MetricsSnapshot::default()
+        };
+        let text = render(&snapshot, false);
+        let bucket = |le: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(&format!(
+                        "rabbitmq_message_size_bytes_bucket{{protocol=\"amqp091\",le=\"{le}\"}}"
+                    ))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(bucket("100.0").as_deref(), Some("1"));
+        assert_eq!(bucket("1000.0").as_deref(), Some("3"));
+        assert_eq!(bucket("1e+08").as_deref(), Some("3"));
+        assert_eq!(bucket("+Inf").as_deref(), Some("7"));
+        assert!(text.contains("rabbitmq_message_size_bytes_count{protocol=\"amqp091\"} 7"));
+        assert!(text.contains("rabbitmq_message_size_bytes_sum{protocol=\"amqp091\"} 12345"));
+        assert_eq!(value_of(&text, "rabbitmq_raft_commit_index"), Some(41));
+        assert_eq!(value_of(&text, "rabbitmq_raft_log_commit_index"), Some(41));
+        assert_eq!(value_of(&text, "warren_raft_requests_proposed_total"), Some(12));
+        assert!(text.contains("rabbitmq_raft_commit_latency_seconds 0.0025\n"), "{text}");
+        assert!(text.contains("warren_raft_commit_seconds_sum 9\n"), "{text}");
+        assert_eq!(value_of(&text, "warren_raft_commit_seconds_count"), Some(3));
     }
 
     #[test]

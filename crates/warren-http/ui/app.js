@@ -12,6 +12,13 @@ function esc(value) {
 const enc = encodeURIComponent;
 const num = (n) => (typeof n === "number" ? n.toLocaleString("en-US") : "–");
 const rate = (d) => (d && typeof d.rate === "number" ? `${d.rate.toFixed(1)}/s` : "–");
+const byteRate = (d) => {
+  if (!d || typeof d.rate !== "number") return "–";
+  const units = ["B", "KiB", "MiB", "GiB"];
+  let value = d.rate, unit = 0;
+  while (value >= 1024 && unit < units.length - 1) { value /= 1024; unit += 1; }
+  return `${value.toFixed(unit ? 1 : 0)} ${units[unit]}/s`;
+};
 
 async function api(method, path, body, auth = state.auth) {
   // X-Requested-With: the API leaves out its Basic challenge, so the
@@ -401,6 +408,10 @@ async function connections() {
     { title: "User", value: (c) => c.user },
     { title: "Virtual host", value: (c) => c.vhost },
     { title: "Channels", value: (c) => c.channels, num: true },
+    { title: "From client", value: (c) => byteRate(c.recv_oct_details), num: true },
+    { title: "To client", value: (c) => byteRate(c.send_oct_details), num: true },
+    { title: "Publish", value: (c) => rate(c.message_stats?.publish_details), num: true },
+    { title: "Deliver / get", value: (c) => rate(c.message_stats?.deliver_get_details), num: true },
     { title: "Heartbeat", value: (c) => `${c.timeout} s`, num: true },
     { title: "", html: (c) => `<button class="secondary" data-close="${esc(c.name)}">Close</button>` },
   ], list, "No client is connected.")}</div>`;

@@ -20,7 +20,8 @@ fn declare_publish_consume_ack_round_trip() {
         Outcome::QueueDeclared {
             queue: QueueName::from("q"),
             message_count: 0,
-            consumer_count: 0
+            consumer_count: 0,
+            created: true,
         }
     );
     let published = h.ok(c, publish("", "q", "hello"));

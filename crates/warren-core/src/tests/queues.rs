@@ -60,7 +60,8 @@ fn passive_declare_reports_counts_or_404() {
         Ok(Outcome::QueueDeclared {
             queue: QueueName::from("q"),
             message_count: 0,
-            consumer_count: 1
+            consumer_count: 1,
+            created: false,
         })
     );
     h.ok(
