@@ -78,3 +78,24 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, auth: &str, bod
         body: body.to_owned(),
     })
 }
+
+/// Decodes `%XX` escapes (nothing else), as Go's `url.PathUnescape`.
+///
+/// # Errors
+/// A short or non-hex escape, or bytes that are not UTF-8.
+pub fn path_unescape(text: &str) -> anyhow::Result<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3).context("short escape")?;
+            out.push(u8::from_str_radix(hex, 16)?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(String::from_utf8(out)?)
+}

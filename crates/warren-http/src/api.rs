@@ -7,8 +7,8 @@
 //!   `policymaker` or `management`, and `/api/users` needs
 //!   `administrator`, as in RabbitMQ (401 with RabbitMQ's reasons).
 //! - JSON shaped as RabbitMQ 3.x's, `%2F` for the vhost `/`, pagination
-//!   with `page`, `page_size` and `name` (substring; `use_regex=true` is
-//!   refused with 400: no regex engine yet).
+//!   with `page`, `page_size` and `name` (a substring, or with
+//!   `use_regex=true` a regular expression).
 //! - Counts come from this node's replica of the state: on a follower they
 //!   may lag the leader by the entries not yet applied (milliseconds).
 //! - Writes: declaring, deleting and purging a queue here; users, vhosts
@@ -61,6 +61,8 @@ pub fn router(sources: Arc<Sources>) -> Router {
                 .delete(crate::users::delete_vhost),
         )
         .route("/api/queues", get(queues))
+        // `/api/queues/` as well: Flower asks for the vhost `/` that way.
+        .route("/api/queues/", get(queues))
         .route("/api/queues/{vhost}", get(queues))
         .route(
             "/api/queues/{vhost}/{name}",
@@ -73,6 +75,7 @@ pub fn router(sources: Arc<Sources>) -> Router {
         .route("/api/queues/{vhost}/{name}/bindings", get(queue_bindings))
         .route("/api/exchanges/{vhost}/{name}/bindings/{side}", get(exchange_bindings))
         .route("/api/exchanges", get(exchanges))
+        .route("/api/exchanges/", get(exchanges))
         .route("/api/exchanges/{vhost}", get(exchanges))
         .route(
             "/api/exchanges/{vhost}/{name}",
@@ -81,7 +84,10 @@ pub fn router(sources: Arc<Sources>) -> Router {
                 .delete(crate::topology::delete_exchange),
         )
         .route("/api/bindings", get(bindings))
+        .route("/api/bindings/", get(bindings))
         .route("/api/bindings/{vhost}", get(bindings))
+        .route("/api/vhost-limits", get(vhost_limits))
+        .route("/api/vhost-limits/{vhost}", get(vhost_limits))
         .route("/api/users", get(users))
         .route("/api/definitions", get(definitions).post(crate::definitions::import))
         .route("/api/health/checks/alarms", get(alarms))
@@ -346,14 +352,29 @@ impl<T> Page<T> {
     }
 }
 
-/// `items` filtered by `name` (a substring of what `name_of` gives) and cut
-/// to the page `paging` asks for.
+/// The longest `name` regular expression a list takes (`use_regex=true`),
+/// and the most memory its compiled form may take.
+const MAX_NAME_REGEX: usize = 1024;
+const NAME_REGEX_BYTES: usize = 1 << 20;
+
+/// `items` filtered by `name` (a substring of what `name_of` gives, or with
+/// `use_regex=true` a regular expression it must match somewhere, as
+/// RabbitMQ's `re:run`) and cut to the page `paging` asks for.
 pub(crate) fn page_of<T>(items: Vec<T>, name_of: impl Fn(&T) -> &str, paging: &Paging) -> Result<Page<T>, ApiError> {
-    if paging.use_regex.as_deref() == Some("true") {
-        return Err(ApiError::bad_request("use_regex is not supported by this broker"));
-    }
     let total_count = items.len();
     let filtered: Vec<T> = match paging.name.as_deref().filter(|n| !n.is_empty()) {
+        Some(pattern) if paging.use_regex.as_deref() == Some("true") => {
+            if pattern.len() > MAX_NAME_REGEX {
+                return Err(ApiError::bad_request(format!(
+                    "name: a regular expression of at most {MAX_NAME_REGEX} bytes"
+                )));
+            }
+            let regex = regex::RegexBuilder::new(pattern)
+                .size_limit(NAME_REGEX_BYTES)
+                .build()
+                .map_err(|e| ApiError::bad_request(format!("name: not a regular expression: {e}")))?;
+            items.into_iter().filter(|item| regex.is_match(name_of(item))).collect()
+        }
         Some(pattern) => items
             .into_iter()
             .filter(|item| name_of(item).contains(pattern))
@@ -832,6 +853,21 @@ async fn vhosts(State(sources): State<Arc<Sources>>, headers: HeaderMap, Query(p
             .collect()
     });
     paged(items, &paging)
+}
+
+/// `GET /api/vhost-limits[/{vh}]`: Warren keeps no vhost limits, so the
+/// list is empty (Terraform's provider reads it after every vhost; 404 for
+/// a vhost the user cannot see).
+async fn vhost_limits(
+    State(sources): State<Arc<Sources>>,
+    headers: HeaderMap,
+    vhost: Option<Path<String>>,
+) -> ApiResult {
+    let viewer = authenticate(&sources, &headers)?;
+    if let Some(Path(name)) = vhost {
+        require_vhost(&sources, &viewer, name)?;
+    }
+    Ok(Json(json!([])))
 }
 
 async fn vhost(State(sources): State<Arc<Sources>>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
@@ -1557,6 +1593,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_name_regex_matches_anywhere_and_a_plain_name_is_a_substring() {
+        let items: Vec<Value> = ["orders", "orders.dlq", "audit", "q.orders", "ü-orders", ""]
+            .iter()
+            .map(|n| json!({"name": n}))
+            .collect();
+        let names = |paging: &Paging| -> Vec<String> {
+            let listed = paged(items.clone(), paging).expect("list").0;
+            let listed = listed.get("items").cloned().unwrap_or(listed);
+            listed
+                .as_array()
+                .map(|l| l.iter().filter_map(|i| i["name"].as_str().map(str::to_owned)).collect())
+                .unwrap_or_default()
+        };
+        let regex = |name: &str| Paging {
+            name: Some(name.into()),
+            use_regex: Some("true".into()),
+            ..Paging::default()
+        };
+        assert_eq!(names(&regex("^orders")), ["orders", "orders.dlq"]);
+        assert_eq!(names(&regex("orders$")), ["orders", "q.orders", "ü-orders"]);
+        assert_eq!(names(&regex("^$")), [""], "the empty name");
+        assert_eq!(names(&regex(".")).len(), 5);
+        // Without use_regex the same text is a substring: `.` is literal.
+        let plain = Paging {
+            name: Some("s.".into()),
+            ..Paging::default()
+        };
+        assert_eq!(names(&plain), ["orders.dlq"]);
+        // KEDA's regex query: page 1, a page size, and its own
+        // `pagination=false` (not RabbitMQ's; ignored).
+        let keda: Paging =
+            serde_urlencoded_paging("page=1&use_regex=true&pagination=false&name=%5Eorders&page_size=100");
+        let page = paged(items.clone(), &keda).expect("keda").0;
+        assert_eq!(page["page_count"], 1);
+        assert_eq!(page["items"].as_array().map(Vec::len), Some(2));
+    }
+
+    fn serde_urlencoded_paging(query: &str) -> Paging {
+        let uri: axum::http::Uri = format!("http://x/?{query}").parse().expect("uri");
+        axum::extract::Query::<Paging>::try_from_uri(&uri).expect("query").0
+    }
+
+    #[test]
     fn pages_follow_rabbitmq() {
         let items: Vec<Value> = (0..7).map(|i| json!({"name": format!("q{i}")})).collect();
         let all = paged(items.clone(), &Paging::default()).expect("list");
@@ -1597,6 +1676,12 @@ mod tests {
                 ..Paging::default()
             },
             Paging {
+                name: Some("(".into()),
+                use_regex: Some("true".into()),
+                ..Paging::default()
+            },
+            Paging {
+                name: Some("a".repeat(MAX_NAME_REGEX + 1)),
                 use_regex: Some("true".into()),
                 ..Paging::default()
             },

@@ -313,7 +313,15 @@ async fn create_binding(
     let props = crate::api::properties_key(&routing_key, &arguments);
     let command = binding_command(true, vhost, source, kind, destination.clone(), routing_key, arguments);
     execute(&sources, command).await?;
-    let location = format!("{}/{props}", crate::api::quote_plus(&destination));
+    // As RabbitMQ's (`rabbit_mgmt_format:url/2`): every segment quoted,
+    // the properties key too, so that unescaping the last segment gives
+    // the `properties_key` the listings show (Terraform's provider finds
+    // the binding again that way).
+    let location = format!(
+        "{}/{}",
+        crate::api::quote_plus(&destination),
+        crate::api::quote_plus(&props)
+    );
     Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())
 }
 

@@ -295,14 +295,26 @@ pub(crate) async fn put_vhost(
     Path(vhost): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
-    administrator(&sources, &headers)?;
+    let acting = administrator(&sources, &headers)?;
     json_body(&body)?;
     let vhost = VHost::new(vhost);
     if vhost.as_str().is_empty() {
         return Err(ApiError::bad_request("a vhost needs a name"));
     }
     let existed = read(&sources, |broker| broker.has_vhost(&vhost));
-    execute(&sources, Command::DeclareVHost { vhost }).await?;
+    execute(&sources, Command::DeclareVHost { vhost: vhost.clone() }).await?;
+    if !existed {
+        // As RabbitMQ (`rabbit_vhost:maybe_grant_full_permissions`): the
+        // user who creates a vhost may use it.
+        let grant = Command::SetPermissions {
+            user: acting.name,
+            vhost,
+            configure: ".*".to_owned(),
+            write: ".*".to_owned(),
+            read: ".*".to_owned(),
+        };
+        execute(&sources, grant).await?;
+    }
     Ok(crate::api::created_or_updated(existed))
 }
 

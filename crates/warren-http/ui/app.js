@@ -375,7 +375,7 @@ async function exchange(vhost, name) {
       { title: "To", value: (b) => `${b.destination_type} ${b.destination}` },
       { title: "Routing key", value: (b) => b.routing_key },
       { title: "Arguments", value: (b) => JSON.stringify(b.arguments) },
-      { title: "", html: (b) => `<button class="secondary" data-unbind="${esc(b.destination_type === "queue" ? "q" : "e")}/${esc(enc(b.destination))}/${esc(b.properties_key)}">Unbind</button>` },
+      { title: "", html: (b) => `<button class="secondary" data-unbind="${esc(b.destination_type === "queue" ? "q" : "e")}/${esc(enc(b.destination))}/${esc(enc(b.properties_key))}">Unbind</button>` },
     ], bindings, shown ? "No bindings." : "The default exchange routes to the queue its routing key names.")}</div>
     ${shown ? `<div class="card"><h3>Add a binding</h3><form id="bind" class="row">
       <label>To <select name="kind"><option value="q">queue</option><option value="e">exchange</option></select></label>
