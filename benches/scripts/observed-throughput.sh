@@ -9,10 +9,13 @@
 #             /api/queues), plus /api/vhosts, all with curl.
 #
 #   benches/scripts/observed-throughput.sh [COUNT] [RUNS]    (200000 3)
+#
+# WARREN_BIN_DIR=dir runs the warren and warren-perf binaries in dir (an
+# A/B of two builds: run it once per build, alternating).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 COUNT=${1:-200000}; RUNS=${2:-3}
-B=${CARGO_TARGET_DIR:-$PWD/target}/release
+B=${WARREN_BIN_DIR:-${CARGO_TARGET_DIR:-$PWD/target}/release}
 W=$(mktemp -d /tmp/warren-observed.XXXXXX)
 RUST_LOG=warn "$B/warren" --data-dir "$W/data" --amqp-listen 127.0.0.1:5745 --cluster-listen 127.0.0.1:27745 \
   --prometheus-listen 127.0.0.1:15745 --http-listen 127.0.0.1:15746 > "$W/log" 2>&1 &
