@@ -181,6 +181,15 @@ async fn the_default_exchange_routes_by_queue_name_and_cannot_be_bound_or_delete
         .await;
     expect_reply_code(result, 403, "binding to the default exchange")?;
     let ch = within("channel.open", conn.create_channel()).await?;
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let result = ch
+        .exchange_declare("".into(), ExchangeKind::Direct, passive, FieldTable::default())
+        .await;
+    expect_reply_code(result, 403, "a passive declare of the default exchange")?;
+    let ch = within("channel.open", conn.create_channel()).await?;
     let result = ch
         .exchange_delete("amq.direct".into(), ExchangeDeleteOptions::default())
         .await;

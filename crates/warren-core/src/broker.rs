@@ -381,10 +381,12 @@ impl Broker {
                     return Some(Err(CoreError::NotFound(format!("no vhost '{}'", policy.vhost))));
                 }
                 self.policies.put(policy.clone());
+                self.apply_policies(ctx, &policy.vhost);
                 Ok(Outcome::Done)
             }
             Command::DeletePolicy { vhost, name } => {
                 if self.policies.remove(vhost, name) {
+                    self.apply_policies(ctx, vhost);
                     Ok(Outcome::Done)
                 } else {
                     Err(CoreError::NotFound(format!("no policy '{name}' in vhost '{vhost}'")))
@@ -495,6 +497,7 @@ impl Broker {
     /// Restores the policies from a snapshot.
     pub fn set_policies(&mut self, policies: crate::policy::Policies) {
         self.policies = policies;
+        self.reapply_policies();
     }
 
     /// Restores the permissions from a snapshot.

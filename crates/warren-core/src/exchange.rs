@@ -57,6 +57,12 @@ pub struct Exchange {
     /// Message counts ([`crate::stats`]): not encoded, never unequal.
     #[serde(skip)]
     pub stats: crate::stats::ExchangeStats,
+    /// The policy that applies to it, and the alternate exchange that
+    /// policy gives it (not encoded: computed from the policies).
+    #[serde(skip)]
+    pub policy: Option<String>,
+    #[serde(skip)]
+    pub policy_alternate: Option<ExchangeName>,
 }
 
 impl Exchange {
@@ -80,15 +86,20 @@ impl Exchange {
             bindings: Vec::new(),
             home: None,
             stats: crate::stats::ExchangeStats::default(),
+            policy: None,
+            policy_alternate: None,
         })
         .collect()
     }
 
-    /// The `alternate-exchange` argument: where messages this exchange
-    /// cannot route go instead.
+    /// The `alternate-exchange` argument (or a policy's): where messages
+    /// this exchange cannot route go instead.
     pub fn alternate_exchange(&self) -> Option<ExchangeName> {
-        let value = self.arguments.inner().get("alternate-exchange")?;
-        crate::queue_args::string(value).map(ExchangeName::new)
+        // Its own argument wins over a policy's.
+        match self.arguments.inner().get("alternate-exchange") {
+            Some(value) => crate::queue_args::string(value).map(ExchangeName::new),
+            None => self.policy_alternate.clone(),
+        }
     }
 
     /// Adds `binding` unless an identical one exists. Returns whether it was added.

@@ -102,11 +102,8 @@ impl Broker {
         spec: ExchangeSpec<'_>,
     ) -> Result<Outcome, CoreError> {
         if name.is_default() {
-            return if passive {
-                Ok(Outcome::ExchangeDeclared)
-            } else {
-                Err(fail::default_exchange_refused())
-            };
+            // Passive or not, as RabbitMQ's `check_not_default_exchange`.
+            return Err(fail::default_exchange_refused());
         }
         let vh = self.vhost_mut(vhost)?;
         if let Some(existing) = vh.exchanges.get(name) {
@@ -131,8 +128,11 @@ impl Broker {
             bindings: Vec::new(),
             home: spec.home,
             stats: crate::stats::ExchangeStats::default(),
+            policy: None,
+            policy_alternate: None,
         };
         vh.exchanges.insert(name.clone(), exchange);
+        self.apply_policy_to_exchange(vhost, name);
         Ok(Outcome::ExchangeDeclared)
     }
 

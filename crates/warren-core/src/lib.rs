@@ -55,6 +55,7 @@ mod invariants;
 mod lifecycle;
 pub mod message;
 pub mod policy;
+mod policy_apply;
 mod publish;
 pub mod queue;
 pub mod queue_args;

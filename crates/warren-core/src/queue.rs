@@ -82,6 +82,10 @@ pub struct Queue {
     /// Message counts ([`crate::stats`]): not encoded, never unequal.
     #[serde(skip)]
     pub stats: crate::stats::QueueStats,
+    /// The policy whose definition is merged into `args` (not encoded:
+    /// computed again when a snapshot is restored; `args` is encoded).
+    #[serde(skip)]
+    pub policy: Option<String>,
 }
 
 impl Queue {

@@ -161,8 +161,10 @@ impl Broker {
             had_consumer: false,
             last_used_ms: now_ms,
             stats: crate::stats::QueueStats::default(),
+            policy: None,
         };
         vh.queues.insert(name.clone(), queue);
+        self.apply_policy_to_queue(vhost, name);
         Ok(Outcome::QueueDeclared {
             queue: name.clone(),
             message_count: 0,

@@ -464,6 +464,7 @@ fn exchange_json(vhost: &VHost, exchange: &warren_core::exchange::Exchange) -> V
         "auto_delete": exchange.auto_delete,
         "internal": exchange.internal,
         "arguments": table_json(&exchange.arguments),
+        "policy": exchange.policy,
         "user_who_performed_action": "",
     })
 }
@@ -954,9 +955,27 @@ fn queue_list(sources: &Sources, viewer: &User, only: Option<&VHost>) -> Result<
     })
 }
 
-/// Rows as JSON: their rates looked up (under one lock), each written as
-/// RabbitMQ's queue object.
+/// The definitions of the policies behind `rows` (one short read of the
+/// state, for the rows with a policy).
+pub(crate) fn fill_policy_definitions(sources: &Sources, rows: &mut [QueueRow]) {
+    if rows.iter().all(|row| row.policy.is_none()) {
+        return;
+    }
+    read(sources, |broker| {
+        for row in rows.iter_mut() {
+            row.policy_definition = row
+                .policy
+                .as_deref()
+                .and_then(|name| broker.policies().get(&row.vhost, name))
+                .and_then(|policy| serde_json::from_str(&policy.definition).ok());
+        }
+    });
+}
+
+/// Rows as JSON: their rates and policy definitions looked up (under one
+/// lock each), each written as RabbitMQ's queue object.
 fn queue_page(sources: &Sources, mut page: Page<QueueRow>) -> Response {
+    fill_policy_definitions(sources, page.items_mut());
     sources.rates.fill(
         page.items_mut(),
         |row| (&row.vhost, &row.name),
@@ -1003,6 +1022,7 @@ async fn queue(
     })
     .ok_or_else(ApiError::not_found)?;
     row.rates = sources.rates.queue(&vhost, &name);
+    fill_policy_definitions(&sources, std::slice::from_mut(&mut row));
     Ok(Json(QueueView { row, node: &node }).into_response())
 }
 

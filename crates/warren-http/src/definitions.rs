@@ -120,6 +120,8 @@ fn parse_policy(vhost: VHost, name: String, body: &Map<String, Value>) -> Result
         }
         None => return Err(ApiError::bad_request("Missing key(s): definition")),
     };
+    warren_core::policy::Definition::parse(&definition)
+        .map_err(|e| ApiError::bad_request(format!("Validation failed: {e}")))?;
     let apply_to = match body.get("apply-to") {
         None | Some(Value::Null) => "all".to_owned(),
         Some(Value::String(to)) if APPLY_TO.contains(&to.as_str()) => to.clone(),

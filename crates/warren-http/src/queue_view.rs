@@ -25,6 +25,11 @@ pub(crate) struct QueueRow {
     pub ready_bytes: u64,
     pub consumers: usize,
     pub stats: QueueStats,
+    /// The policy that applies to it.
+    pub policy: Option<String>,
+    /// That policy's definition, as JSON (filled in after the lock is
+    /// released, by [`crate::api::fill_policy_definitions`]).
+    pub policy_definition: Option<serde_json::Value>,
     /// Filled in after the lock is released.
     pub rates: Rates,
 }
@@ -50,6 +55,8 @@ impl QueueRow {
             ready_bytes: queue.ready_bytes,
             consumers: queue.consumers.len(),
             stats: queue.stats,
+            policy: queue.policy.clone(),
+            policy_definition: None,
             rates: Rates::default(),
         }
     }
@@ -115,6 +122,13 @@ impl Serialize for QueueView<'_> {
         map.serialize_entry("exclusive", &q.exclusive)?;
         map.serialize_entry("arguments", &crate::api::table_json(&q.arguments))?;
         map.serialize_entry("node", self.node)?;
+        map.serialize_entry("policy", &q.policy)?;
+        map.serialize_entry(
+            "effective_policy_definition",
+            q.policy_definition
+                .as_ref()
+                .unwrap_or(&serde_json::Value::Object(serde_json::Map::new())),
+        )?;
         map.serialize_entry("state", "running")?;
         map.serialize_entry("messages", &(q.ready + q.unacked))?;
         map.serialize_entry("messages_ready", &q.ready)?;

@@ -293,6 +293,7 @@ async function queue(vhost, name) {
       ${stat("Delivered / got", num(m.deliver_get))}
       ${stat("Acked", num(m.ack))}
     </div>
+    ${q.policy ? `<p class="muted">Policy <strong>${esc(q.policy)}</strong>: <code>${esc(JSON.stringify(q.effective_policy_definition))}</code></p>` : ""}
     <div class="split">
       <div class="card"><h3>Publish a message</h3><form id="publish" data-testid="publish-form">
         <div class="row"><label>Routing key (default exchange) <input name="routing_key" value="${esc(name)}"></label>

@@ -112,6 +112,17 @@ fn default_exchange_cannot_be_bound_deleted_or_declared() {
         h.call(c, declare_exchange("", ExchangeKind::Direct)),
         Err(refused.clone())
     );
+    let passive = Command::DeclareExchange {
+        vhost: root(),
+        name: ExchangeName::from(""),
+        kind: ExchangeKind::Direct,
+        passive: true,
+        durable: true,
+        auto_delete: false,
+        internal: false,
+        arguments: FieldTable::default(),
+    };
+    assert_eq!(h.call(c, passive), Err(refused.clone()), "even passively");
     let e2e = Command::BindExchange {
         vhost: root(),
         destination: ExchangeName::from("amq.direct"),

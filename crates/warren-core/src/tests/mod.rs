@@ -9,6 +9,7 @@ mod consumers;
 mod dead_lettering;
 mod empty_keys;
 mod exchanges;
+mod policies;
 mod properties;
 mod queues;
 mod reply_to;
