@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use warren_core::access::Access;
 use warren_core::policy::Policies;
 use warren_core::staged::StagedBodies;
-use warren_core::{Body, BodyCodec, Broker, Command, Effect, Message, NodeId, Outcome, Properties, StoredBody};
+use warren_core::{Body, BodyCodec, Broker, Command, Effect, Message, NodeId, Outcome, Properties, StoredBody, VHost};
 use warren_store::{BodyRef, BodyStore, LogStore, StoreError};
 
 use crate::codec::{decode, decode_from, encode, encode_into};
@@ -85,6 +85,19 @@ struct Replicated {
     staged: StagedBodies,
     access: Access,
     policies: Policies,
+    /// Which of the policies act (ADR 0017).
+    acting_policies: BTreeSet<(VHost, String)>,
+}
+
+/// A snapshot's data before policies acted (every policy in it is
+/// store-only, as its build applied none).
+#[derive(Deserialize)]
+struct ReplicatedV3 {
+    broker: Broker,
+    sessions: Sessions,
+    staged: StagedBodies,
+    access: Access,
+    policies: Policies,
 }
 
 /// A snapshot's data before permissions and policies.
@@ -110,6 +123,7 @@ impl Replicated {
             staged: broker.staged_bodies().clone(),
             access: broker.access().clone(),
             policies: broker.policies().clone(),
+            acting_policies: broker.policies().acting().clone(),
         }
     }
 
@@ -117,7 +131,9 @@ impl Replicated {
         let mut broker = self.broker;
         broker.set_staged_bodies(self.staged);
         broker.set_access(self.access);
-        broker.set_policies(self.policies);
+        let mut policies = self.policies;
+        policies.set_acting(self.acting_policies);
+        broker.set_policies(policies);
         (broker, self.sessions)
     }
 }
@@ -132,6 +148,17 @@ fn decode_replicated(data: &[u8]) -> Result<(Broker, Sessions), crate::codec::Co
         Ok(replicated) => return Ok(replicated.into_parts()),
         Err(error) => error,
     };
+    if let Ok(v3) = decode::<ReplicatedV3>(data) {
+        let replicated = Replicated {
+            broker: v3.broker,
+            sessions: v3.sessions,
+            staged: v3.staged,
+            access: v3.access,
+            policies: v3.policies,
+            acting_policies: BTreeSet::new(),
+        };
+        return Ok(replicated.into_parts());
+    }
     if let Ok(v2) = decode::<ReplicatedV2>(data) {
         let mut broker = v2.broker;
         broker.set_staged_bodies(v2.staged);
@@ -653,6 +680,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             state.membership = meta.last_membership.clone();
         }
         self.shared.access_epoch.fetch_add(1, Ordering::SeqCst);
+        if let Some(last) = meta.last_log_id {
+            // A snapshot holds only committed entries.
+            self.shared.counters.committed(last.index);
+        }
         tracing::info!(snapshot = %meta, "snapshot installed");
         self.shared.snapshot_bytes.store(as_u64(data_len), Ordering::Relaxed);
         // The entries the snapshot covers are not applied one by one here,
@@ -863,6 +894,75 @@ mod tests {
         assert_eq!(decoded.access(), broker.access());
         assert_eq!(decoded.policies(), broker.policies());
         assert_eq!(decoded, broker);
+    }
+
+    #[test]
+    fn snapshots_carry_which_policies_act_and_older_ones_hold_none_that_do() {
+        let mut broker = broker_with_grants();
+        let acting = warren_core::policy::Policy {
+            vhost: warren_core::VHost::from("/"),
+            name: "acting".into(),
+            pattern: "^jobs$".into(),
+            apply_to: "queues".into(),
+            priority: 2,
+            definition: r#"{"max-length":3}"#.into(),
+        };
+        let requests = [
+            Command::DeclareQueue {
+                vhost: warren_core::VHost::from("/"),
+                name: warren_core::QueueName::from("jobs"),
+                passive: false,
+                durable: true,
+                exclusive: false,
+                auto_delete: false,
+                arguments: amq_protocol_types::FieldTable::default(),
+            },
+            Command::SetPolicy(acting),
+        ]
+        .map(|command| warren_core::Request { origin: None, command });
+        broker.apply(
+            &warren_core::Batch {
+                now_ms: 2,
+                requests: requests.into(),
+            },
+            &mut Vec::new(),
+        );
+        let root = warren_core::VHost::from("/");
+        assert!(broker.policies().acts(&root, "acting"));
+        assert!(!broker.policies().acts(&root, "limit"), "stored by PutPolicy");
+        let data = encode(&Replicated::new(&broker, &Sessions::default())).expect("encode");
+        let (decoded, _) = decode_replicated(&data).expect("decode");
+        assert_eq!(decoded.policies().acting(), broker.policies().acting());
+        assert_eq!(decoded, broker);
+        let jobs = |b: &Broker| {
+            b.vhosts()[&root].queues[&warren_core::QueueName::from("jobs")]
+                .policy
+                .clone()
+        };
+        assert_eq!(jobs(&decoded).as_deref(), Some("acting"));
+
+        // The layout before policies acted: every policy in it store-only.
+        #[derive(Serialize)]
+        struct V3<'a> {
+            broker: &'a Broker,
+            sessions: &'a Sessions,
+            staged: &'a StagedBodies,
+            access: &'a Access,
+            policies: &'a Policies,
+        }
+        let old = broker_with_grants();
+        let data = encode(&V3 {
+            broker: &old,
+            sessions: &Sessions::default(),
+            staged: old.staged_bodies(),
+            access: old.access(),
+            policies: old.policies(),
+        })
+        .expect("encode");
+        let (decoded, _) = decode_replicated(&data).expect("decode the old layout");
+        assert_eq!(decoded.policies().iter().count(), 1);
+        assert!(decoded.policies().acting().is_empty());
+        assert_eq!(decoded, old);
     }
 
     #[test]

@@ -376,22 +376,28 @@ impl Broker {
                 self.init_access();
                 Ok(Outcome::Done)
             }
-            Command::PutPolicy(policy) => {
+            Command::PutPolicy(policy) | Command::SetPolicy(policy) => {
                 if !self.vhosts.contains_key(&policy.vhost) {
                     return Some(Err(CoreError::NotFound(format!("no vhost '{}'", policy.vhost))));
                 }
-                self.policies.put(policy.clone());
-                self.apply_policies(ctx, &policy.vhost);
+                let acts = matches!(command, Command::SetPolicy(_));
+                let acted = self.policies.put(policy.clone(), acts);
+                // A store-only `PutPolicy` over a store-only policy changes
+                // nothing that acts (what it meant when it was written).
+                if acts || acted {
+                    self.apply_policies(ctx, &policy.vhost);
+                }
                 Ok(Outcome::Done)
             }
-            Command::DeletePolicy { vhost, name } => {
-                if self.policies.remove(vhost, name) {
-                    self.apply_policies(ctx, vhost);
+            Command::DeletePolicy { vhost, name } => match self.policies.remove(vhost, name) {
+                Some(acted) => {
+                    if acted {
+                        self.apply_policies(ctx, vhost);
+                    }
                     Ok(Outcome::Done)
-                } else {
-                    Err(CoreError::NotFound(format!("no policy '{name}' in vhost '{vhost}'")))
                 }
-            }
+                None => Err(CoreError::NotFound(format!("no policy '{name}' in vhost '{vhost}'"))),
+            },
         };
         Some(outcome)
     }

@@ -262,10 +262,16 @@ pub enum Command {
     /// fresh cluster, or one from a build before permissions): every user
     /// gets full permissions on every vhost, as every user had before.
     InitAccess,
-    /// Creates or replaces a policy (checked by whoever submits it).
+    /// Creates or replaces a policy that is stored and listed but acts on
+    /// nothing: what builds before policies were applied wrote to the log
+    /// (kept with that meaning, so that replaying an old log and restoring
+    /// an old snapshot agree; ADR 0017). Nothing submits it now.
     PutPolicy(crate::policy::Policy),
     DeletePolicy {
         vhost: VHost,
         name: String,
     },
+    /// Creates or replaces a policy that acts on the queues and exchanges
+    /// it matches (checked by whoever submits it; ADR 0017).
+    SetPolicy(crate::policy::Policy),
 }

@@ -11,7 +11,7 @@
 //! the lower of the two counts for `message-ttl`, `expires`, `max-length`
 //! and `max-length-bytes`; an exchange's own `alternate-exchange` wins.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use amq_protocol_types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
@@ -47,6 +47,12 @@ pub const APPLY_TO: [&str; 6] = [
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policies {
     by_name: BTreeMap<(VHost, String), Policy>,
+    /// The policies that act (set with `SetPolicy`; one stored by an older
+    /// build's `PutPolicy` does not). Not in this type's encoding, which
+    /// snapshots of older builds hold: snapshots carry it beside it
+    /// ([`Policies::acting`], [`Policies::set_acting`]).
+    #[serde(skip)]
+    acting: BTreeSet<(VHost, String)>,
 }
 
 impl Policies {
@@ -59,16 +65,47 @@ impl Policies {
         self.by_name.values()
     }
 
-    pub(crate) fn put(&mut self, policy: Policy) {
-        self.by_name.insert((policy.vhost.clone(), policy.name.clone()), policy);
+    /// Stores `policy`, acting or not; whether the one it replaced acted.
+    pub(crate) fn put(&mut self, policy: Policy, acts: bool) -> bool {
+        let key = (policy.vhost.clone(), policy.name.clone());
+        let acted = if acts {
+            !self.acting.insert(key.clone())
+        } else {
+            self.acting.remove(&key)
+        };
+        self.by_name.insert(key, policy);
+        acted
     }
 
-    pub(crate) fn remove(&mut self, vhost: &VHost, name: &str) -> bool {
-        self.by_name.remove(&(vhost.clone(), name.to_owned())).is_some()
+    /// Removes a policy: `None` if there was none, else whether it acted.
+    pub(crate) fn remove(&mut self, vhost: &VHost, name: &str) -> Option<bool> {
+        let key = (vhost.clone(), name.to_owned());
+        self.by_name.remove(&key)?;
+        Some(self.acting.remove(&key))
+    }
+
+    /// Whether the policy acts (see [`Policies::acting`]).
+    pub fn acts(&self, vhost: &VHost, name: &str) -> bool {
+        self.acting.contains(&(vhost.clone(), name.to_owned()))
+    }
+
+    /// The policies that act, by vhost and name (for snapshots).
+    pub fn acting(&self) -> &BTreeSet<(VHost, String)> {
+        &self.acting
+    }
+
+    /// Restores [`Policies::acting`] from a snapshot (names of policies
+    /// not stored are dropped).
+    pub fn set_acting(&mut self, acting: BTreeSet<(VHost, String)>) {
+        self.acting = acting
+            .into_iter()
+            .filter(|key| self.by_name.contains_key(key))
+            .collect();
     }
 
     pub(crate) fn forget_vhost(&mut self, vhost: &VHost) {
         self.by_name.retain(|(v, _), _| v != vhost);
+        self.acting.retain(|(v, _)| v != vhost);
     }
 }
 
@@ -174,7 +211,19 @@ impl Definition {
                 merged.insert(key.into(), AMQPValue::LongString(policy.as_str().into()));
             }
         }
-        merged
+        // A routing key without an exchange to dead-letter to means
+        // nothing; RabbitMQ resolves each key on its own, so the rest of
+        // the policy still applies (a queue would refuse the pair).
+        if merged.inner().contains_key("x-dead-letter-exchange") {
+            return merged;
+        }
+        let mut without = FieldTable::default();
+        for (key, value) in merged.inner() {
+            if key.as_str() != "x-dead-letter-routing-key" {
+                without.insert(key.clone(), value.clone());
+            }
+        }
+        without
     }
 }
 
@@ -211,6 +260,7 @@ impl<'a> Matcher<'a> {
             .by_name
             .range((vhost.clone(), String::new())..)
             .take_while(|((v, _), _)| v == vhost)
+            .filter(|(key, _)| policies.acting.contains(*key))
             .filter_map(|(_, policy)| {
                 // A stored policy that no longer parses applies nothing.
                 let pattern = Pattern::parse(&policy.pattern).ok()?;
@@ -228,9 +278,13 @@ impl<'a> Matcher<'a> {
 
     /// The policy that applies to `name` as `target`, if one does.
     pub(crate) fn find(&self, name: &str, target: Target) -> Option<(&'a Policy, &Definition)> {
+        // An empty pattern matches every name, as RabbitMQ's `re:run`
+        // (for permissions it matches only the empty name).
         self.policies
             .iter()
-            .find(|(policy, pattern, _)| policy.applies_to(target) && pattern.matches(name))
+            .find(|(policy, pattern, _)| {
+                policy.applies_to(target) && (policy.pattern.is_empty() || pattern.matches(name))
+            })
             .map(|(policy, _, definition)| (*policy, definition))
     }
 }

@@ -65,7 +65,10 @@ fn apply_to_exchange(matcher: &Matcher<'_>, exchange: &mut Exchange) {
 impl Broker {
     /// Applies `vhost`'s policies to every queue and exchange in it. A
     /// drop-head queue that a lower limit leaves over its length drops
-    /// (dead-letters, reason `maxlen`) its head at once, as RabbitMQ does.
+    /// (dead-letters, reason `maxlen`) its head at once, as RabbitMQ does;
+    /// a queue whose `expires` changed starts its lease again now (as
+    /// RabbitMQ restarts the expiry timer), so a policy does not delete an
+    /// idle queue the moment it is set.
     pub(crate) fn apply_policies(&mut self, ctx: &mut Ctx<'_>, vhost: &VHost) {
         let over: BTreeSet<(VHost, QueueName)> = {
             let matcher = Matcher::new(&self.policies, vhost);
@@ -79,7 +82,11 @@ impl Broker {
                 .queues
                 .values_mut()
                 .filter_map(|queue| {
+                    let expires = queue.args.expires_ms;
                     apply_to_queue(&matcher, vhost, queue);
+                    if queue.args.expires_ms != expires {
+                        queue.last_used_ms = ctx.now_ms;
+                    }
                     queue.is_over_limits().then(|| (vhost.clone(), queue.name.clone()))
                 })
                 .collect()

@@ -164,7 +164,7 @@ async fn put_policy(
     let existed = read(&sources, |broker| {
         broker.policies().get(&policy.vhost, &policy.name).is_some()
     });
-    crate::api::execute(&sources, Command::PutPolicy(policy)).await?;
+    crate::api::execute(&sources, Command::SetPolicy(policy)).await?;
     Ok(crate::api::created_or_updated(existed))
 }
 
@@ -298,7 +298,7 @@ fn import_commands(definitions: &Map<String, Value>) -> Result<Vec<(String, Comm
             .map_err(|e| e.prefixed(&format!("policy '{name}'")))?;
         commands.push((
             format!("policy '{name}' in vhost '{vhost}'"),
-            Command::PutPolicy(parsed),
+            Command::SetPolicy(parsed),
         ));
     }
     for exchange in list(definitions, "exchanges")? {

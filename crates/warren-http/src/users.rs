@@ -303,9 +303,14 @@ pub(crate) async fn put_vhost(
     }
     let existed = read(&sources, |broker| broker.has_vhost(&vhost));
     execute(&sources, Command::DeclareVHost { vhost: vhost.clone() }).await?;
-    if !existed {
-        // As RabbitMQ (`rabbit_vhost:maybe_grant_full_permissions`): the
-        // user who creates a vhost may use it.
+    // As RabbitMQ (`rabbit_vhost:maybe_grant_full_permissions`): the user
+    // who creates a vhost may use it. Read again after the declare applied
+    // here, and never over a grant it already has (a lagging replica may
+    // have thought an existing vhost new).
+    let ungranted = read(&sources, |broker| {
+        broker.access().permission(&acting.name, &vhost).is_none()
+    });
+    if !existed && ungranted {
         let grant = Command::SetPermissions {
             user: acting.name,
             vhost,
