@@ -292,16 +292,35 @@ impl WarrenProcess {
         &self.data_dir
     }
 
-    /// Sends SIGKILL (`Child::kill` is SIGKILL on unix) and reaps the process.
+    /// Sends SIGKILL (`Child::kill` is SIGKILL on unix) and reaps the
+    /// process: the crash a test means to cause.
+    ///
+    /// # Panics
+    /// If the broker had already ended by itself: a test that meant to
+    /// kill a running node would otherwise pass over a node that crashed.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            self.log_line(format!(
-                "--- e2e: generation {} killed with SIGKILL ---",
-                self.generation
-            ));
+        if let Some(status) = self.kill_if_running() {
+            panic!(
+                "kill9: the broker had already exited by itself ({status}); its log:\n{}",
+                self.log_tail(LOG_TAIL_LINES)
+            );
         }
+    }
+
+    /// SIGKILL if the process still runs; how it had ended if it had
+    /// already (restarts and drops take either).
+    fn kill_if_running(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        self.log_line(format!(
+            "--- e2e: generation {} killed with SIGKILL ---",
+            self.generation
+        ));
+        None
     }
 
     /// Sends SIGSTOP: the process keeps its sockets but answers nothing, as
@@ -357,7 +376,7 @@ impl WarrenProcess {
     /// # Errors
     /// See [`WarrenProcess::start`].
     pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill9();
+        self.kill_if_running();
         self.generation += 1;
         self.log_line(format!("--- e2e: starting generation {} ---", self.generation));
         let (child, addr, cluster_addr) = spawn_warren(&self.data_dir, &self.extra_args, &self.logs, self.generation)?;
@@ -419,7 +438,7 @@ impl WarrenProcess {
 
 impl Drop for WarrenProcess {
     fn drop(&mut self) {
-        self.kill9();
+        self.kill_if_running();
         // The test runner captures this and shows it only for failing tests.
         eprintln!(
             "----- warren log (last {LOG_TAIL_LINES} lines, data dir {}) -----\n{}\n----- end of warren log -----",

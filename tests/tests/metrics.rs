@@ -297,7 +297,9 @@ async fn prometheus_metrics_follow_the_broker_and_parse() -> anyhow::Result<()> 
     assert!(value(&samples, "warren_raft_commit_seconds_count", &[]) >= Some(1.0));
     assert!(value(&samples, "warren_raft_apply_seconds_count", &[]) >= Some(applied));
     assert!(value(&samples, "rabbitmq_process_open_fds", &[]) > Some(0.0));
-    assert!(value(&samples, "rabbitmq_process_max_fds", &[]) >= value(&samples, "rabbitmq_process_open_fds", &[]));
+    let open_fds = value(&samples, "rabbitmq_process_open_fds", &[]).context("open fds")?;
+    let max_fds = value(&samples, "rabbitmq_process_max_fds", &[]).context("max fds")?;
+    assert!(max_fds >= open_fds, "{max_fds} < {open_fds}");
 
     // Closing the confirming channel: one closed, one publisher fewer.
     within("channel.close", confirming.close(200, "bye".into())).await?;

@@ -32,7 +32,7 @@ use crate::convert::{long, properties_from_wire, properties_to_wire, short};
 use crate::counters::connection_counter;
 use crate::error::AmqpError;
 use crate::names::{generated_consumer_tag, generated_queue_name};
-use crate::password::verify_password;
+use crate::password::verify_login;
 use crate::registry::EffectBatch;
 use crate::shortcuts::{expand_binding_key, expand_queue_name, NoDeclaredQueue};
 use crate::Frontend;
@@ -348,7 +348,7 @@ impl Connection {
             .frontend
             .node
             .read(|broker| broker.user(&name).map(|u| u.password_hash.clone()));
-        let ok = stored.is_some_and(|hash| verify_password(&hash, &credentials.password));
+        let ok = verify_login(stored.as_deref(), &credentials.password);
         if !ok {
             return Err(refused(&format!(
                 "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."

@@ -2,7 +2,24 @@
 //! stamps it into every batch (apply itself never reads time) and the tick
 //! driver compares it with the next expiry.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The time a node stamps into the batches it writes to the log as
+/// leader: its wall clock, never below a time it stamped before. Batches a
+/// follower forwards are stamped again with it, so one clock — the
+/// leader's — decides when TTLs and `x-expires` fire (issue 13).
+#[derive(Debug, Default)]
+pub(crate) struct LeaderClock {
+    last_ms: AtomicU64,
+}
+
+impl LeaderClock {
+    pub(crate) fn stamp(&self) -> u64 {
+        let now = wall_clock_ms();
+        self.last_ms.fetch_max(now, Ordering::Relaxed).max(now)
+    }
+}
 
 /// Milliseconds since the Unix epoch; 0 if the clock is before it,
 /// `u64::MAX` past the year 584 million.

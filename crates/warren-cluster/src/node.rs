@@ -63,6 +63,8 @@ struct Inner {
     store: Arc<dyn LogStore>,
     peers: Arc<dyn Peers>,
     config: NodeConfig,
+    /// The time stamped into every batch this node writes as leader.
+    clock: Arc<crate::clock::LeaderClock>,
     /// One membership change (join, leave) at a time: openraft refuses a
     /// change while another is in progress.
     membership_changes: Semaphore,
@@ -207,6 +209,11 @@ impl Node {
         let raft = Raft::new(node_id, raft_config, network, log_store, state_machine)
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        // What this node applied was committed: the commit index starts
+        // there (openraft reports commits only as new ones happen).
+        if let Some(applied) = raft.metrics().borrow().last_applied {
+            shared.counters.committed(applied.index);
+        }
 
         let initialized = raft
             .is_initialized()
@@ -237,6 +244,7 @@ impl Node {
             ));
         }
 
+        let clock = Arc::new(crate::clock::LeaderClock::default());
         // The proposer's handle is dropped: the task ends by itself once the
         // last `Proposer` is gone (see `Inner::tasks`).
         let (proposer, _proposer_task) = ProposerTask {
@@ -245,6 +253,7 @@ impl Node {
             sink,
             peers: peers.clone(),
             counters: shared.counters.clone(),
+            clock: clock.clone(),
             max_batch: config.max_batch,
             max_batch_bytes: config.max_batch_bytes,
             max_in_flight: config.max_batches_in_flight,
@@ -271,6 +280,7 @@ impl Node {
                 store,
                 peers,
                 config,
+                clock,
                 membership_changes: Semaphore::new(1),
                 tasks: Mutex::new({
                     tasks.extend([tick_task, detector_task, compaction_task]);
@@ -438,15 +448,17 @@ impl Node {
     }
 
     /// Appends and commits a batch a follower forwarded. The batch's time
-    /// is raised to this node's clock if that is later, so `now_ms` in the
-    /// log does not run backwards across proposers.
+    /// is this node's (the leader's) clock, as for its own batches: a
+    /// follower whose clock runs ahead does not make TTLs and `x-expires`
+    /// fire early on every node, and `now_ms` in this leader's entries
+    /// does not run backwards.
     ///
     /// # Errors
     /// [`PeerError::NotLeader`] if this node is not the leader (nothing was
     /// appended); [`PeerError::Failed`] if the commit failed or did not
     /// happen within `forward_timeout_ms` (it may still happen).
     pub async fn write_forwarded(&self, mut proposal: Proposal) -> Result<u64, PeerError> {
-        proposal.batch.now_ms = proposal.batch.now_ms.max(crate::clock::wall_clock_ms());
+        proposal.batch.now_ms = self.inner.clock.stamp();
         let write = self.inner.raft.client_write(proposal);
         match tokio::time::timeout(self.inner.config.forward_timeout(), write).await {
             Ok(Ok(response)) => Ok(response.log_id.index),

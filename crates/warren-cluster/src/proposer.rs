@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::wall_clock_ms;
 use warren_core::staged::StagedPublish;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -61,6 +60,8 @@ pub(crate) struct ProposerTask {
     pub(crate) peers: Arc<dyn Peers>,
     /// Batch sizes, forwards and commit times (Prometheus).
     pub(crate) counters: Arc<crate::raft_stats::RaftCounters>,
+    /// The node's batch time (shared with [`crate::Node::write_forwarded`]).
+    pub(crate) clock: Arc<crate::clock::LeaderClock>,
     pub(crate) max_batch: usize,
     /// A batch stops taking requests once their estimated size
     /// ([`request_bytes`]) reaches this (see [`crate::NodeConfig::max_batch_bytes`]).
@@ -85,7 +86,6 @@ impl ProposerTask {
         let in_flight = Arc::new(Semaphore::new(self.max_in_flight.max(1)));
         let max_batch = self.max_batch.max(1);
         let mut seq: u64 = 0;
-        let mut last_now_ms: u64 = 0;
         // The leader the last forwarded batch failed to reach, if it failed.
         let mut suspect: Option<u64> = None;
         loop {
@@ -109,7 +109,7 @@ impl ProposerTask {
                     Err(_) => break,
                 }
             }
-            last_now_ms = last_now_ms.max(wall_clock_ms());
+            let now_ms = self.clock.stamp();
             seq += 1;
             let tag = self
                 .tracker
@@ -121,10 +121,7 @@ impl ProposerTask {
             };
             let proposal = Proposal {
                 tag: Some(tag),
-                batch: Batch {
-                    now_ms: last_now_ms,
-                    requests,
-                },
+                batch: Batch { now_ms, requests },
             };
             let request_count = proposal.batch.requests.len();
             let proposed_at = std::time::Instant::now();

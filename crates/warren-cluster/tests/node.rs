@@ -437,3 +437,52 @@ async fn tick_driver_expires_messages_with_a_ttl() -> anyhow::Result<()> {
         queue(&node, "short-lived")
     );
 }
+
+/// Milliseconds since the Unix epoch, as the test sees the clock.
+fn test_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+// Issue 13, "one clock": a follower whose clock runs ten hours ahead
+// forwards a batch; the leader stamps it with its own time, so the queue's
+// `x-expires` lease starts now, not ten hours from now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_batch_runs_on_the_leader_s_clock_not_the_follower_s() -> anyhow::Result<()> {
+    let sink = Arc::new(CollectingSink::default());
+    let store: Arc<dyn LogStore> = Arc::new(MemStore::new());
+    let node = Node::start_with_store(config(Path::new("unused")), store, sink.clone()).await?;
+    let before = test_clock_ms();
+    let ahead = before + 10 * 3600 * 1000;
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-expires".into(), AMQPValue::LongLongInt(3_600_000));
+    let proposal = warren_cluster::Proposal {
+        tag: None,
+        batch: warren_core::Batch {
+            now_ms: ahead,
+            requests: vec![Request {
+                origin: None,
+                command: declare_queue("leased", arguments),
+            }],
+        },
+    };
+    node.write_forwarded(proposal).await?;
+    let after = test_clock_ms();
+    let leased_at = node
+        .read(|broker| {
+            broker
+                .vhosts()
+                .get(&VHost::from("/"))
+                .and_then(|v| v.queues.get(&QueueName::from("leased")))
+                .map(|q| q.last_used_ms)
+        })
+        .expect("the queue was declared");
+    assert!(
+        (before..=after).contains(&leased_at),
+        "stamped {leased_at}, the leader's clock read {before}..{after} (the follower's said {ahead})"
+    );
+    node.shutdown().await?;
+    Ok(())
+}

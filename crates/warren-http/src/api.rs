@@ -273,8 +273,11 @@ pub(crate) fn authenticate(sources: &Sources, headers: &HeaderMap) -> Result<Use
     let user = sources
         .frontend
         .node
-        .read(|broker| broker.user(&UserName::new(name.to_owned())).cloned())
-        .filter(|user| warren_amqp::password::verify_password(&user.password_hash, password))
+        .read(|broker| broker.user(&UserName::new(name.to_owned())).cloned());
+    // Hashed whether or not the user exists (no timing oracle of names).
+    let user = warren_amqp::password::verify_login(user.as_ref().map(|u| u.password_hash.as_str()), password)
+        .then_some(user)
+        .flatten()
         .ok_or_else(|| ApiError::unauthorized("Login failed"))?;
     if !user.tags.iter().any(|tag| MANAGEMENT_TAGS.contains(&tag.as_str())) {
         return Err(ApiError::unauthorized("Not management user"));

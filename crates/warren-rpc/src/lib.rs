@@ -29,8 +29,8 @@ pub mod pb {
     tonic::include_proto!("warren.cluster.v1");
 }
 
-pub use network::{on_leader, GrpcClient, GrpcNetwork, NetworkConfig};
-pub use service::{serve, AdminError, AdminHandler, AdminTable, ClusterService, ServiceConfig};
+pub use network::{on_leader, ClusterClient, GrpcClient, GrpcNetwork, NetworkConfig, SecretMetadata};
+pub use service::{serve, AdminError, AdminHandler, AdminTable, ClusterService, SecretCheck, ServiceConfig};
 /// For implementing [`AdminHandler`] outside this crate.
 pub use tonic::async_trait;
 
@@ -40,6 +40,15 @@ pub const DEFAULT_GROUP: u64 = 0;
 /// The secret used when none is configured. Anyone who knows it can join or
 /// drive the cluster: change it for anything but a laptop.
 pub const DEV_SECRET: &str = "warren-dev-secret";
+
+/// The request metadata (a binary gRPC header) that carries the cluster
+/// secret. The service checks it before the request's body is read, so
+/// that nobody without the secret can make a node decode anything.
+pub const SECRET_METADATA: &str = "x-warren-secret-bin";
+
+/// How many requests one cluster connection may have in service at once
+/// (more wait): a peer cannot make a node run unbounded concurrent work.
+pub const MAX_CONCURRENT_REQUESTS: usize = 64;
 
 /// Largest gRPC message either side accepts (a batch of large messages in
 /// one AppendEntries; snapshots are sent in chunks of

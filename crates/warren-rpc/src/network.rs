@@ -12,14 +12,44 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
+use tonic::metadata::BinaryMetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
-use tonic::Code;
+use tonic::{Code, Status};
 use warren_cluster::{BoxFuture, PeerError, Peers, Proposal, TypeConfig};
 
 use crate::codec::{decode, encode};
 use crate::pb::warren_cluster_client::WarrenClusterClient;
 use crate::pb::{self, forward_reply, join_reply};
 use crate::{DEFAULT_GROUP, MAX_MESSAGE_BYTES};
+
+/// Puts the cluster secret in every request's metadata
+/// ([`crate::SECRET_METADATA`]), where the service checks it first.
+#[derive(Clone, Debug)]
+pub struct SecretMetadata {
+    secret: BinaryMetadataValue,
+}
+
+impl SecretMetadata {
+    pub fn new(secret: &str) -> Self {
+        Self {
+            secret: BinaryMetadataValue::from_bytes(secret.as_bytes()),
+        }
+    }
+}
+
+impl Interceptor for SecretMetadata {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert_bin(crate::SECRET_METADATA, self.secret.clone());
+        Ok(request)
+    }
+}
+
+/// A client of the cluster service that sends the secret.
+pub type ClusterClient = WarrenClusterClient<InterceptedService<Channel, SecretMetadata>>;
 
 /// How the client reaches other nodes.
 #[derive(Clone, Debug)]
@@ -68,7 +98,7 @@ impl GrpcNetwork {
     ///
     /// # Errors
     /// `addr` does not form a valid URI.
-    pub fn client(&self, addr: &str) -> Result<WarrenClusterClient<Channel>, tonic::transport::Error> {
+    pub fn client(&self, addr: &str) -> Result<ClusterClient, tonic::transport::Error> {
         let channel = {
             let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
             match channels.get(addr) {
@@ -85,9 +115,11 @@ impl GrpcNetwork {
                 }
             }
         };
-        Ok(WarrenClusterClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        Ok(
+            WarrenClusterClient::with_interceptor(channel, SecretMetadata::new(&self.config.secret))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
     }
 
     /// The header every request carries.

@@ -6,6 +6,8 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::ServerState;
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use warren_cluster::{Node, PeerError, Proposal, TypeConfig};
@@ -13,7 +15,7 @@ use warren_cluster::{Node, PeerError, Proposal, TypeConfig};
 use crate::codec::{decode, encode};
 use crate::pb::warren_cluster_server::{WarrenCluster, WarrenClusterServer};
 use crate::pb::{self, forward_reply, join_reply, leave_reply};
-use crate::{DEFAULT_GROUP, MAX_MESSAGE_BYTES};
+use crate::{DEFAULT_GROUP, MAX_CONCURRENT_REQUESTS, MAX_MESSAGE_BYTES, SECRET_METADATA};
 
 /// What the service checks on every request.
 #[derive(Clone, Debug)]
@@ -97,11 +99,15 @@ impl ClusterService {
         self
     }
 
-    /// The tonic server wrapper, with Warren's message size limits.
-    pub fn into_server(self) -> WarrenClusterServer<Self> {
-        WarrenClusterServer::new(self)
+    /// The tonic server wrapper, with Warren's message size limits, behind
+    /// the secret check of [`SecretCheck`] (run on the request's metadata,
+    /// before its body is read or decoded).
+    pub fn into_server(self) -> InterceptedService<WarrenClusterServer<Self>, SecretCheck> {
+        let check = SecretCheck::new(&self.config.secret);
+        let server = WarrenClusterServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        InterceptedService::new(server, check)
     }
 
     /// Refuses a missing header, a wrong secret or another group.
@@ -116,6 +122,36 @@ impl ClusterService {
             return Err(Status::not_found(format!("no Raft group {}", header.group_id)));
         }
         Ok(())
+    }
+}
+
+/// Refuses a request whose metadata does not carry the cluster secret
+/// ([`SECRET_METADATA`]): `UNAUTHENTICATED` without one,
+/// `PERMISSION_DENIED` for another. Runs before the body is read, so a
+/// caller without the secret cannot make the node decode (or buffer) a
+/// request of any size.
+#[derive(Clone, Debug)]
+pub struct SecretCheck {
+    secret: std::sync::Arc<[u8]>,
+}
+
+impl SecretCheck {
+    pub fn new(secret: &str) -> Self {
+        Self {
+            secret: secret.as_bytes().into(),
+        }
+    }
+}
+
+impl Interceptor for SecretCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(value) = request.metadata().get_bin(SECRET_METADATA) else {
+            return Err(Status::unauthenticated("no cluster secret in the request metadata"));
+        };
+        match value.to_bytes() {
+            Ok(secret) if constant_time_eq(&secret, &self.secret) => Ok(request),
+            _ => Err(Status::permission_denied("wrong cluster secret")),
+        }
     }
 }
 
@@ -322,6 +358,7 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS)
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -288,6 +288,54 @@ async fn a_request_with_the_wrong_secret_is_refused() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The secret is checked in the request's metadata before the body is
+/// decoded: a caller without it gets `UNAUTHENTICATED` even for a body that
+/// is not a request at all, or one that carries the right secret inside
+/// (the body's copy alone is not enough), and `PERMISSION_DENIED` for a
+/// wrong one — never a decoding error, which would mean the node read it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secret_is_checked_before_the_request_body_is_read() -> anyhow::Result<()> {
+    use warren_rpc::pb::warren_cluster_client::WarrenClusterClient;
+    let node = start_node(1, Vec::new()).await?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.addr))?
+        .connect()
+        .await?;
+    let header = Some(warren_rpc::pb::Header {
+        group_id: warren_rpc::DEFAULT_GROUP,
+        secret: SECRET.to_owned(),
+    });
+    let mut bare = WarrenClusterClient::new(channel.clone()).max_encoding_message_size(usize::MAX);
+    // The secret in the body only.
+    let status = bare
+        .status(warren_rpc::pb::StatusRequest { header: header.clone() })
+        .await
+        .expect_err("no metadata");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    // 32 MiB of bytes that decode to nothing sensible.
+    let garbage = warren_rpc::pb::RaftRequest {
+        header: None,
+        payload: vec![0xff; 32 * 1024 * 1024],
+    };
+    let status = bare.append_entries(garbage.clone()).await.expect_err("no metadata");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    let mut wrong = WarrenClusterClient::with_interceptor(channel.clone(), warren_rpc::SecretMetadata::new("guess"))
+        .max_encoding_message_size(usize::MAX);
+    let status = wrong.append_entries(garbage.clone()).await.expect_err("wrong secret");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    // With the secret the same garbage is read, and refused as such.
+    let mut right = WarrenClusterClient::with_interceptor(channel, warren_rpc::SecretMetadata::new(SECRET))
+        .max_encoding_message_size(usize::MAX);
+    let status = right.append_entries(garbage).await.expect_err("garbage");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let reply = right
+        .status(warren_rpc::pb::StatusRequest { header })
+        .await?
+        .into_inner();
+    assert_eq!(reply.node_id, 1);
+    node.stop().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_forwards_to_the_new_leader_after_the_leader_stops() -> anyhow::Result<()> {
     let first = start_node(1, Vec::new()).await?;

@@ -42,6 +42,11 @@ pub struct ServerArgs {
     /// one is refused. The default is for laptops only: change it.
     #[arg(long, env = "WARREN_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// Serve the cluster port on a non-loopback address with the public
+    /// default secret anyway (anyone who can reach the port can then join
+    /// or drive the cluster). Without it such a node refuses to start.
+    #[arg(long, env = "WARREN_INSECURE_DEV_SECRET")]
+    pub insecure_dev_secret: bool,
     /// The management HTTP API, its read side (default 0.0.0.0:15672). If
     /// the address is taken the node logs it and runs without it.
     #[arg(long, env = "WARREN_HTTP_LISTEN")]
@@ -75,6 +80,7 @@ pub struct FileConfig {
     pub advertise: Option<String>,
     pub join: Option<Vec<String>>,
     pub cluster_secret: Option<String>,
+    pub insecure_dev_secret: Option<bool>,
     pub http_listen: Option<SocketAddr>,
     pub prometheus_listen: Option<SocketAddr>,
     /// Largest accepted message body, bytes (default 16 MiB).
@@ -173,10 +179,25 @@ impl Config {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
-        let cluster_listen = args
-            .cluster_listen
-            .or(file.cluster_listen)
-            .unwrap_or(([0, 0, 0, 0], 25672).into());
+        let cluster_secret = args
+            .cluster_secret
+            .or(file.cluster_secret)
+            .unwrap_or_else(|| warren_rpc::DEV_SECRET.to_owned());
+        let dev_secret = cluster_secret == warren_rpc::DEV_SECRET;
+        // With the public default secret the cluster port is loopback
+        // unless an address is given (a single node needs no other).
+        let cluster_listen = args.cluster_listen.or(file.cluster_listen).unwrap_or(if dev_secret {
+            ([127, 0, 0, 1], 25672).into()
+        } else {
+            ([0, 0, 0, 0], 25672).into()
+        });
+        let insecure = args.insecure_dev_secret || file.insecure_dev_secret.unwrap_or(false);
+        anyhow::ensure!(
+            !dev_secret || cluster_listen.ip().is_loopback() || insecure,
+            "the cluster port {cluster_listen} is reachable from other hosts and the cluster secret is the public \
+             default: anyone who can reach it could join or drive the cluster. Set --cluster-secret \
+             (WARREN_CLUSTER_SECRET, the same on every node), listen on loopback, or pass --insecure-dev-secret"
+        );
         let advertise = args.advertise.or(file.advertise);
         let raft_defaults = warren_cluster::NodeConfig::default();
         let explicit_node_id = args.node_id.or(file.node_id);
@@ -208,10 +229,7 @@ impl Config {
             } else {
                 args.join
             },
-            cluster_secret: args
-                .cluster_secret
-                .or(file.cluster_secret)
-                .unwrap_or_else(|| warren_rpc::DEV_SECRET.to_owned()),
+            cluster_secret,
             http_listen: args
                 .http_listen
                 .or(file.http_listen)
@@ -371,7 +389,11 @@ mod tests {
         let config = Config::resolve(ServerArgs::default()).expect("defaults resolve");
         assert_eq!(config.node_id, 1);
         assert_eq!(config.amqp_listen, "0.0.0.0:5672".parse().expect("addr"));
-        assert_eq!(config.cluster_listen, "0.0.0.0:25672".parse().expect("addr"));
+        assert_eq!(
+            config.cluster_listen,
+            "127.0.0.1:25672".parse().expect("addr"),
+            "loopback with the default secret"
+        );
         assert_eq!(config.http_listen, "0.0.0.0:15672".parse().expect("addr"));
         assert_eq!(config.prometheus_listen, "0.0.0.0:15692".parse().expect("addr"));
         assert_eq!(config.data_dir, PathBuf::from("./warren-data"));
@@ -379,6 +401,38 @@ mod tests {
         assert_eq!(config.cluster_secret, warren_rpc::DEV_SECRET);
         assert!(config.join.is_empty());
         assert_eq!(config.advertise, None);
+    }
+
+    #[test]
+    fn the_public_default_secret_stays_on_loopback_unless_told_otherwise() {
+        let secret = ServerArgs {
+            cluster_secret: Some("s3cret".into()),
+            ..ServerArgs::default()
+        };
+        let config = Config::resolve(secret).expect("a secret: every address");
+        assert_eq!(config.cluster_listen, "0.0.0.0:25672".parse().expect("addr"));
+        let exposed = ServerArgs {
+            cluster_listen: Some("0.0.0.0:25672".parse().expect("addr")),
+            ..ServerArgs::default()
+        };
+        let refused = Config::resolve(exposed.clone()).expect_err("refused");
+        assert!(refused.to_string().contains("--insecure-dev-secret"), "{refused}");
+        let told = ServerArgs {
+            insecure_dev_secret: true,
+            ..exposed
+        };
+        assert!(Config::resolve(told).is_ok());
+        let named = ServerArgs {
+            cluster_listen: Some("10.0.0.5:25672".parse().expect("addr")),
+            cluster_secret: Some(warren_rpc::DEV_SECRET.into()),
+            ..ServerArgs::default()
+        };
+        assert!(Config::resolve(named).is_err(), "the default secret given by value too");
+        let loopback = ServerArgs {
+            cluster_listen: Some("[::1]:25672".parse().expect("addr")),
+            ..ServerArgs::default()
+        };
+        assert!(Config::resolve(loopback).is_ok());
     }
 
     #[test]

@@ -168,15 +168,26 @@ impl Workload {
         tokio::time::sleep(duration).await;
     }
 
-    /// Waits until `confirmed` publishes have been confirmed in total, or
-    /// the publishers are done (bounded).
-    pub async fn wait_for_confirms(&self, confirmed: u64) {
+    /// Waits until `confirmed` publishes have been confirmed in total
+    /// (bounded: 30 s).
+    ///
+    /// # Errors
+    /// They were not, in time or before every publisher ended: the load
+    /// this test meant to run never ran.
+    pub async fn wait_for_confirms(&self, confirmed: u64) -> Result<(), String> {
         for _ in 0..1500 {
-            if self.ledger.summary().confirmed >= confirmed || self.publishers.iter().all(JoinHandle::is_finished) {
-                return;
+            if self.ledger.summary().confirmed >= confirmed {
+                return Ok(());
+            }
+            if self.publishers.iter().all(JoinHandle::is_finished) {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let reached = self.ledger.summary().confirmed;
+        Err(self.failure(&format!(
+            "only {reached} of the {confirmed} confirms the test waits for came (in 30 s, or before the publishers ended)"
+        )))
     }
 
     /// A failure message: the reason, the seed, and the phases so far.
@@ -205,11 +216,14 @@ impl Workload {
         self.phase("faults healed; stopping clients");
         let _ = self.stop_publishers.send(true);
         let mut publishers = Vec::new();
+        let mut problems = Vec::new();
         for task in std::mem::take(&mut self.publishers) {
-            publishers.push(task.await.unwrap_or_default());
+            match task.await {
+                Ok(stats) => publishers.push(stats),
+                Err(e) => problems.push(format!("a publisher task failed: {e}")),
+            }
         }
         self.phase(format!("publishers stopped: {publishers:?}"));
-        let mut problems = Vec::new();
         // The consumers still run: every message the broker assigned to
         // them must reach them, so they consume the queue to the end.
         let stalled = match self.wait_until_consumed(QUIET_LIMIT).await {
@@ -225,7 +239,10 @@ impl Workload {
         let _ = self.stop_consumers.send(true);
         let mut consumers = Vec::new();
         for task in std::mem::take(&mut self.consumers) {
-            consumers.push(task.await.unwrap_or_default());
+            match task.await {
+                Ok(stats) => consumers.push(stats),
+                Err(e) => problems.push(format!("a consumer task failed: {e}")),
+            }
         }
         self.phase(format!("consumers stopped: {consumers:?}"));
         let drain_from = self.ledger.records().len();

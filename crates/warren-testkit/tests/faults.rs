@@ -61,7 +61,7 @@ fn five_node_load() -> LoadOptions {
 
 async fn start_load(cluster: &Cluster, options: LoadOptions) -> anyhow::Result<Workload> {
     let workload = Workload::start(cluster, options).await.map_err(anyhow::Error::msg)?;
-    workload.wait_for_confirms(100).await;
+    workload.wait_for_confirms(100).await.map_err(anyhow::Error::msg)?;
     Ok(workload)
 }
 
@@ -379,13 +379,44 @@ async fn a_consumer_on_a_follower_that_installs_a_snapshot_still_gets_its_delive
         "isolating follower {follower} (leader {leader}); publishing on {leader}"
     ));
     cluster.net().isolate(follower);
+    let had = cluster
+        .node(follower)
+        .ok_or_else(|| anyhow::anyhow!("follower {follower} gone"))?
+        .metrics()
+        .last_log_index;
     workload.add_publisher(leader);
     workload.run_for(Duration::from_millis(1500)).await;
-    let status = cluster.node(leader).map(|n| n.metrics());
-    workload.phase(format!("healing; leader status {status:?}"));
+    // The premise: the leader purged its log past what the follower has,
+    // so only a snapshot can bring it back (published on until it did).
+    let mut purged = None;
+    for _ in 0..50 {
+        purged = cluster.node(leader).and_then(|n| n.metrics().purged_index);
+        if purged > had {
+            break;
+        }
+        workload.run_for(Duration::from_millis(100)).await;
+    }
+    anyhow::ensure!(
+        purged > had,
+        "{test}: the leader never purged past the follower's last index ({purged:?} <= {had:?})"
+    );
+    workload.phase(format!("healing; leader purged up to {purged:?}, follower had {had:?}"));
     cluster.net().heal();
     workload.run_for(Duration::from_millis(1000)).await;
-    let status = cluster.node(follower).map(|n| n.metrics());
+    // It caught up, which it can only have done by installing a snapshot
+    // that covers the purged entries.
+    let mut status = None;
+    for _ in 0..100 {
+        status = cluster.node(follower).map(|n| n.metrics());
+        if status.as_ref().is_some_and(|s| s.snapshot_index >= purged) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::ensure!(
+        status.as_ref().is_some_and(|s| s.snapshot_index >= purged),
+        "{test}: the follower has no snapshot covering the purged entries: {status:?}"
+    );
     workload.phase(format!("follower status {status:?}"));
     finish(&cluster, workload).await
 }
