@@ -26,6 +26,11 @@ use crate::tracker::ProposalTracker;
 use crate::type_config::{Proposal, TypeConfig};
 use crate::{compaction, tick};
 
+/// How many forwarded batches a leader writes at once (each follower's
+/// proposer forwards at most its batches in flight, so this is room for
+/// dozens of followers).
+const MAX_FORWARDED_IN_FLIGHT: usize = 256;
+
 /// A snapshot of the node's Raft state, for status pages and tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeStatus {
@@ -68,6 +73,9 @@ struct Inner {
     /// One membership change (join, leave) at a time: openraft refuses a
     /// change while another is in progress.
     membership_changes: Semaphore,
+    /// Bounds the forwarded batches handed to openraft at once (its API
+    /// channel is unbounded): more wait.
+    forwarded: Semaphore,
     /// Background tasks aborted on shutdown or drop: the tick driver, the
     /// failure detector, compaction and (after a restart) the election
     /// hold. Not the proposer: it keeps running and answers `Unavailable`
@@ -282,6 +290,7 @@ impl Node {
                 config,
                 clock,
                 membership_changes: Semaphore::new(1),
+                forwarded: Semaphore::new(MAX_FORWARDED_IN_FLIGHT),
                 tasks: Mutex::new({
                     tasks.extend([tick_task, detector_task, compaction_task]);
                     tasks
@@ -450,14 +459,19 @@ impl Node {
     /// Appends and commits a batch a follower forwarded. The batch's time
     /// is this node's (the leader's) clock, as for its own batches: a
     /// follower whose clock runs ahead does not make TTLs and `x-expires`
-    /// fire early on every node, and `now_ms` in this leader's entries
-    /// does not run backwards.
+    /// fire early on every node. The times this leader stamps never go
+    /// back (two batches stamped at once may reach the log in either
+    /// order, a millisecond apart; apply only needs every replica to see
+    /// the same).
     ///
     /// # Errors
     /// [`PeerError::NotLeader`] if this node is not the leader (nothing was
     /// appended); [`PeerError::Failed`] if the commit failed or did not
     /// happen within `forward_timeout_ms` (it may still happen).
     pub async fn write_forwarded(&self, mut proposal: Proposal) -> Result<u64, PeerError> {
+        let Ok(_slot) = self.inner.forwarded.acquire().await else {
+            return Err(PeerError::Failed("the node is shutting down".to_owned()));
+        };
         proposal.batch.now_ms = self.inner.clock.stamp();
         let write = self.inner.raft.client_write(proposal);
         match tokio::time::timeout(self.inner.config.forward_timeout(), write).await {

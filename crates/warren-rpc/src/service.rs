@@ -155,6 +155,29 @@ impl Interceptor for SecretCheck {
     }
 }
 
+/// The largest snapshot a node accepts (the receiving file may be sparse,
+/// but a chunk at an offset past any disk is a lie).
+pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 40;
+
+/// Refuses a snapshot chunk larger than a sender makes
+/// ([`warren_cluster::SNAPSHOT_CHUNK_BYTES`], with room to spare) or one
+/// that would end past [`MAX_SNAPSHOT_BYTES`].
+fn check_snapshot_chunk(offset: u64, len: usize) -> Result<(), Status> {
+    let len = u64::try_from(len).unwrap_or(u64::MAX);
+    if len > 2 * warren_cluster::SNAPSHOT_CHUNK_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "a snapshot chunk of {len} bytes (at most {} are sent)",
+            warren_cluster::SNAPSHOT_CHUNK_BYTES
+        )));
+    }
+    if offset.checked_add(len).is_none_or(|end| end > MAX_SNAPSHOT_BYTES) {
+        return Err(Status::invalid_argument(format!(
+            "a snapshot chunk at offset {offset} ends past {MAX_SNAPSHOT_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// Compares secrets without stopping at the first difference.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -202,6 +225,7 @@ impl WarrenCluster for ClusterService {
         let request = request.into_inner();
         self.check(request.header.as_ref())?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&request.payload).map_err(bad_payload)?;
+        check_snapshot_chunk(rpc.offset, rpc.data.len())?;
         raft_reply(&self.node.raft().install_snapshot(rpc).await)
     }
 
@@ -362,4 +386,46 @@ pub async fn serve(
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_chunks_are_bounded_in_size_and_offset() {
+        let chunk = usize::try_from(warren_cluster::SNAPSHOT_CHUNK_BYTES).expect("fits");
+        assert!(check_snapshot_chunk(0, 0).is_ok());
+        assert!(check_snapshot_chunk(0, chunk).is_ok());
+        assert!(check_snapshot_chunk(MAX_SNAPSHOT_BYTES - 10, 10).is_ok());
+        assert!(check_snapshot_chunk(MAX_SNAPSHOT_BYTES - 10, 11).is_err());
+        assert!(check_snapshot_chunk(u64::MAX, 1).is_err(), "no overflow");
+        assert!(check_snapshot_chunk(u64::MAX, 0).is_err());
+        assert!(check_snapshot_chunk(0, 2 * chunk + 1).is_err());
+    }
+
+    #[test]
+    fn the_secret_check_wants_the_metadata_and_the_same_bytes() {
+        let mut check = SecretCheck::new("s3cret");
+        assert_eq!(
+            check.call(Request::new(())).expect_err("none").code(),
+            tonic::Code::Unauthenticated
+        );
+        let with = |secret: &[u8]| {
+            let mut request = Request::new(());
+            request.metadata_mut().insert_bin(
+                SECRET_METADATA,
+                tonic::metadata::BinaryMetadataValue::from_bytes(secret),
+            );
+            request
+        };
+        assert!(check.call(with(b"s3cret")).is_ok());
+        for wrong in [&b"s3cre"[..], b"s3cret ", b"", "sécret".as_bytes()] {
+            assert_eq!(
+                check.call(with(wrong)).expect_err("wrong").code(),
+                tonic::Code::PermissionDenied,
+                "{wrong:?}"
+            );
+        }
+    }
 }
