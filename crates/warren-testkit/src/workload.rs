@@ -190,6 +190,39 @@ impl Workload {
         )))
     }
 
+    /// Waits until `confirms` more publishes are confirmed than when it was
+    /// called (or every publisher has finished: nothing more to wait for;
+    /// what they published is checked at the end): the cluster makes progress in the phase the test is
+    /// in — what a majority must do while a minority is cut off or lossy.
+    ///
+    /// # Errors
+    /// No such progress within `within`: the phase stalled the cluster.
+    pub async fn expect_progress(&self, what: &str, confirms: u64, within: Duration) -> Result<(), String> {
+        let from = self.ledger.summary().confirmed;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let summary = self.ledger.summary();
+            if summary.confirmed >= from + confirms {
+                self.phase(format!(
+                    "{what}: {} confirms since the phase began",
+                    summary.confirmed - from
+                ));
+                return Ok(());
+            }
+            if self.publishers.iter().all(JoinHandle::is_finished) {
+                self.phase(format!("{what}: the publishers finished"));
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(self.failure(&format!(
+                    "{what}: {} confirms in {within:?}, expected at least {confirms}",
+                    summary.confirmed - from
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// A failure message: the reason, the seed, and the phases so far.
     pub fn failure(&self, reason: &str) -> String {
         let phases = self.phases.lock().unwrap_or_else(PoisonError::into_inner).join("\n  ");

@@ -81,6 +81,14 @@ async fn three_nodes_survive_an_isolated_leader() -> anyhow::Result<()> {
     cluster.net().isolate(old);
     workload.run_for(Duration::from_millis(1500)).await;
     let new = leader(&cluster, &workload).await?;
+    workload
+        .expect_progress(
+            "the majority commits without the isolated leader",
+            20,
+            Duration::from_secs(15),
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
     workload.phase(format!("new leader {new}; healing"));
     cluster.net().heal();
     workload.run_for(Duration::from_millis(1000)).await;
@@ -95,6 +103,14 @@ async fn five_nodes_survive_an_isolated_leader() -> anyhow::Result<()> {
     workload.phase(format!("isolating leader {old}"));
     cluster.net().isolate(old);
     workload.run_for(Duration::from_millis(1500)).await;
+    workload
+        .expect_progress(
+            "the majority commits without the isolated leader",
+            20,
+            Duration::from_secs(15),
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
     workload.phase("healing");
     cluster.net().heal();
     workload.run_for(Duration::from_millis(1000)).await;
@@ -110,6 +126,10 @@ async fn three_nodes_survive_an_isolated_follower() -> anyhow::Result<()> {
     workload.phase(format!("isolating follower {follower} (leader {leader})"));
     cluster.net().isolate(follower);
     workload.run_for(Duration::from_millis(1500)).await;
+    workload
+        .expect_progress("the leader and the other follower commit", 20, Duration::from_secs(15))
+        .await
+        .map_err(anyhow::Error::msg)?;
     workload.phase("healing");
     cluster.net().heal();
     workload.run_for(Duration::from_millis(1000)).await;
@@ -127,6 +147,10 @@ async fn three_nodes_survive_a_one_way_link_cut() -> anyhow::Result<()> {
     workload.phase(format!("cutting {leader} → {follower}"));
     cluster.net().cut(leader, follower);
     workload.run_for(Duration::from_millis(1500)).await;
+    workload
+        .expect_progress("commits go on across a one-way cut", 20, Duration::from_secs(15))
+        .await
+        .map_err(anyhow::Error::msg)?;
     workload.phase("healing");
     cluster.net().heal();
     workload.run_for(Duration::from_millis(1000)).await;
@@ -140,6 +164,10 @@ async fn five_nodes_survive_random_delays() -> anyhow::Result<()> {
     workload.phase("delaying every message 0–40 ms");
     cluster.net().update_faults(|f| f.delay_ms = Some(0..40));
     workload.run_for(Duration::from_millis(2500)).await;
+    workload
+        .expect_progress("commits go on under delays", 20, Duration::from_secs(15))
+        .await
+        .map_err(anyhow::Error::msg)?;
     finish(&cluster, workload).await
 }
 
@@ -154,6 +182,10 @@ async fn three_nodes_survive_dropped_messages() -> anyhow::Result<()> {
         f.delay_ms = Some(0..10);
     });
     workload.run_for(Duration::from_millis(2500)).await;
+    workload
+        .expect_progress("commits go on while messages are lost", 20, Duration::from_secs(15))
+        .await
+        .map_err(anyhow::Error::msg)?;
     finish(&cluster, workload).await
 }
 
@@ -167,6 +199,10 @@ async fn five_nodes_survive_dropped_messages() -> anyhow::Result<()> {
         f.drop_response = 0.05;
     });
     workload.run_for(Duration::from_millis(2500)).await;
+    workload
+        .expect_progress("commits go on while messages are lost", 20, Duration::from_secs(15))
+        .await
+        .map_err(anyhow::Error::msg)?;
     finish(&cluster, workload).await
 }
 
