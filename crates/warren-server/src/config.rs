@@ -238,7 +238,7 @@ impl Config {
                 .prometheus_listen
                 .or(file.prometheus_listen)
                 .unwrap_or(([0, 0, 0, 0], 15692).into()),
-            max_message_size: file.max_message_size.unwrap_or(16 * 1024 * 1024),
+            max_message_size: checked_max_message_size(file.max_message_size)?,
             heartbeat_secs: file.heartbeat_secs.unwrap_or(60),
             frame_max: file.frame_max.unwrap_or(131_072),
             default_user: args
@@ -273,6 +273,21 @@ impl Config {
             disk_free_limit: file.disk_free_limit.unwrap_or(DEFAULT_DISK_FREE_LIMIT),
         })
     }
+}
+
+/// The largest `max_message_size` a node accepts: 512 MiB, as RabbitMQ's
+/// own ceiling (its default is 16 MiB since 4.0, 128 MiB in 3.x).
+pub const MAX_MESSAGE_SIZE_CEILING: u64 = 512 * 1024 * 1024;
+
+/// `max_message_size` as configured (default 16 MiB), checked against
+/// 1 byte ..= [`MAX_MESSAGE_SIZE_CEILING`].
+fn checked_max_message_size(configured: Option<u64>) -> anyhow::Result<u64> {
+    let size = configured.unwrap_or(16 * 1024 * 1024);
+    anyhow::ensure!(
+        (1..=MAX_MESSAGE_SIZE_CEILING).contains(&size),
+        "max_message_size is {size}: it must be between 1 and {MAX_MESSAGE_SIZE_CEILING} bytes (512 MiB)"
+    );
+    Ok(size)
 }
 
 /// RabbitMQ's default `disk_free_limit`: 50 MB.
@@ -401,6 +416,18 @@ mod tests {
         assert_eq!(config.cluster_secret, warren_rpc::DEV_SECRET);
         assert!(config.join.is_empty());
         assert_eq!(config.advertise, None);
+    }
+
+    #[test]
+    fn max_message_size_is_checked_against_rabbitmq_s_ceiling() {
+        assert_eq!(checked_max_message_size(None).expect("default"), 16 * 1024 * 1024);
+        assert_eq!(
+            checked_max_message_size(Some(MAX_MESSAGE_SIZE_CEILING)).expect("the ceiling"),
+            512 * 1024 * 1024
+        );
+        assert_eq!(checked_max_message_size(Some(1)).expect("one byte"), 1);
+        assert!(checked_max_message_size(Some(MAX_MESSAGE_SIZE_CEILING + 1)).is_err());
+        assert!(checked_max_message_size(Some(0)).is_err());
     }
 
     #[test]
