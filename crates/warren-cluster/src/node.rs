@@ -669,6 +669,31 @@ impl Node {
         }
     }
 
+    /// On a leader of more than one voter: how long since a majority last
+    /// acknowledged it, if that is longer than twice the election timeout
+    /// (openraft keeps a leader cut off from the majority a leader; it
+    /// just commits nothing). `None` on a follower or a leader in touch.
+    pub fn leader_out_of_touch_ms(&self) -> Option<u64> {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader || metrics.membership_config.membership().voter_ids().count() <= 1 {
+            return None;
+        }
+        let limit = self.inner.config.election_timeout_max_ms.saturating_mul(2);
+        match metrics.millis_since_quorum_ack {
+            Some(age) if age <= limit => None,
+            Some(age) => Some(age),
+            None => Some(u64::MAX),
+        }
+    }
+
+    /// Why the Raft core stopped, if it has (`None`: it runs).
+    pub fn running_failure(&self) -> Option<String> {
+        match &self.inner.raft.metrics().borrow().running_state {
+            Ok(()) => None,
+            Err(fatal) => Some(format!("the Raft core stopped: {fatal}")),
+        }
+    }
+
     /// The commit index and this node's proposal, commit and apply
     /// counters (Prometheus).
     pub fn raft_counts(&self) -> crate::RaftCounts {

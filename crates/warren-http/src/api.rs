@@ -101,6 +101,7 @@ pub fn router(sources: Arc<Sources>) -> Router {
         .merge(crate::definitions::routes())
         .merge(crate::connections::routes())
         .merge(crate::ui::routes())
+        .merge(crate::health::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(no_challenge_for_scripts))
         .layer(axum::middleware::from_fn(errors_as_json))

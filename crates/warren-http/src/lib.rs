@@ -10,6 +10,7 @@
 pub mod api;
 mod connections;
 mod definitions;
+pub mod health;
 pub mod prometheus;
 mod queue_view;
 pub mod rates;
