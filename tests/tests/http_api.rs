@@ -619,6 +619,16 @@ async fn a_connection_carries_its_traffic_and_message_counts_with_rates() -> any
     assert_eq!(stats["deliver_get"], 1, "{listed}");
     assert_eq!(stats["ack"], 1, "{listed}");
     assert_eq!(stats["redeliver"], 0, "{listed}");
+    // The node's churn in the overview: this client's connection, channel
+    // and declares (two passive ones included).
+    let overview = get_json(api, "/api/overview").await?;
+    let churn = &overview["churn_rates"];
+    assert_eq!(churn["connection_created"], 1, "{churn}");
+    assert_eq!(churn["connection_closed"], 0, "{churn}");
+    assert_eq!(churn["channel_created"], 1, "{churn}");
+    assert_eq!(churn["queue_created"], 1, "{churn}");
+    assert!(churn["queue_declared"].as_u64() >= Some(2), "{churn}");
+    assert!(churn["channel_created_details"]["rate"].is_number(), "{churn}");
     // Rates come from samples every 5 s: traffic between two samples
     // shows as a rate above zero.
     let ch = &ch;

@@ -638,8 +638,10 @@ async fn overview(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> Ap
         "node": node,
         "statistics_db_event_queue": 0,
         // Message counts and rates from the replicated counters (item 3);
-        // no churn rates yet.
-        "churn_rates": {},
+        // churn from this node's clients, as RabbitMQ's node-local churn.
+        "churn_rates": sources
+            .rates
+            .churn_json(crate::rates::churn_counts(&sources.frontend.counters.snapshot())),
         "message_stats": message_stats,
         "object_totals": {
             "connections": connections,

@@ -186,5 +186,7 @@ async fn sample_rates(sources: Arc<Sources>) {
         every.tick().await;
         sources.frontend.node.read(|broker| sources.rates.sample(broker));
         sources.frontend.registry.sample_rates();
+        let counts = sources.frontend.counters.snapshot();
+        sources.rates.sample_churn(rates::churn_counts(&counts));
     }
 }

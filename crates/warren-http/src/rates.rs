@@ -99,6 +99,34 @@ struct Book {
     /// `(publish_in, publish_out)` per second, by vhost then exchange.
     exchanges: HashMap<VHost, HashMap<ExchangeName, (f64, f64)>>,
     global: Rates,
+    /// The churn counters at the last sample, and their rates.
+    churn_last: Option<(Instant, [u64; CHURN.len()])>,
+    churn: [f64; CHURN.len()],
+}
+
+/// RabbitMQ's `churn_rates` keys in `/api/overview`, in the order of
+/// [`churn_counts`].
+pub const CHURN: [&str; 7] = [
+    "connection_created",
+    "connection_closed",
+    "channel_created",
+    "channel_closed",
+    "queue_declared",
+    "queue_created",
+    "queue_deleted",
+];
+
+/// This node's churn counters (its own clients'), in [`CHURN`]'s order.
+pub fn churn_counts(m: &warren_amqp::counters::MessageCounts) -> [u64; CHURN.len()] {
+    [
+        m.connections_opened,
+        m.connections_closed,
+        m.channels_opened,
+        m.channels_closed,
+        m.queues_declared,
+        m.queues_created,
+        m.queues_deleted,
+    ]
 }
 
 fn rate(now: u64, before: u64, seconds: f64) -> f64 {
@@ -240,6 +268,33 @@ impl RateBook {
             .and_then(|exchanges| exchanges.get(name))
             .copied()
             .unwrap_or_default()
+    }
+
+    /// Updates the churn rates from `counts` (taken now).
+    pub fn sample_churn(&self, counts: [u64; CHURN.len()]) {
+        let now = Instant::now();
+        let mut book = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((then, before)) = book.churn_last {
+            let seconds = now.duration_since(then).as_secs_f64().max(0.001);
+            book.churn = std::array::from_fn(|i| rate(counts[i], before[i], seconds).max(0.0));
+        }
+        book.churn_last = Some((now, counts));
+    }
+
+    /// `churn_rates` as RabbitMQ's overview shows it: each count and its
+    /// `_details.rate`.
+    pub fn churn_json(&self, counts: [u64; CHURN.len()]) -> Value {
+        let rates = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .churn;
+        let mut object = Map::new();
+        for (i, key) in CHURN.iter().enumerate() {
+            // rabbitmq_http_client reads these counts as u32.
+            put(&mut object, key, counts[i].min(u64::from(u32::MAX)), rates[i]);
+        }
+        Value::Object(object)
     }
 
     /// The broker-wide rates (zero before two samples).

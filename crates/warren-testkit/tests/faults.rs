@@ -65,6 +65,16 @@ async fn start_load(cluster: &Cluster, options: LoadOptions) -> anyhow::Result<W
     Ok(workload)
 }
 
+/// The cluster keeps committing during the fault: 20 more confirms
+/// within 15 s (what a majority must manage while a minority is cut off
+/// or its links are lossy).
+async fn progress(workload: &Workload, what: &str) -> anyhow::Result<()> {
+    workload
+        .expect_progress(what, 20, Duration::from_secs(15))
+        .await
+        .map_err(anyhow::Error::msg)
+}
+
 async fn leader(cluster: &Cluster, workload: &Workload) -> anyhow::Result<u64> {
     cluster
         .leader()
@@ -81,14 +91,7 @@ async fn three_nodes_survive_an_isolated_leader() -> anyhow::Result<()> {
     cluster.net().isolate(old);
     workload.run_for(Duration::from_millis(1500)).await;
     let new = leader(&cluster, &workload).await?;
-    workload
-        .expect_progress(
-            "the majority commits without the isolated leader",
-            20,
-            Duration::from_secs(15),
-        )
-        .await
-        .map_err(anyhow::Error::msg)?;
+    progress(&workload, "the majority commits without the isolated leader").await?;
     workload.phase(format!("new leader {new}; healing"));
     cluster.net().heal();
     workload.run_for(Duration::from_millis(1000)).await;
@@ -103,14 +106,7 @@ async fn five_nodes_survive_an_isolated_leader() -> anyhow::Result<()> {
     workload.phase(format!("isolating leader {old}"));
     cluster.net().isolate(old);
     workload.run_for(Duration::from_millis(1500)).await;
-    workload
-        .expect_progress(
-            "the majority commits without the isolated leader",
-            20,
-            Duration::from_secs(15),
-        )
-        .await
-        .map_err(anyhow::Error::msg)?;
+    progress(&workload, "the majority commits without the isolated leader").await?;
     workload.phase("healing");
     cluster.net().heal();
     workload.run_for(Duration::from_millis(1000)).await;
@@ -126,10 +122,7 @@ async fn three_nodes_survive_an_isolated_follower() -> anyhow::Result<()> {
     workload.phase(format!("isolating follower {follower} (leader {leader})"));
     cluster.net().isolate(follower);
     workload.run_for(Duration::from_millis(1500)).await;
-    workload
-        .expect_progress("the leader and the other follower commit", 20, Duration::from_secs(15))
-        .await
-        .map_err(anyhow::Error::msg)?;
+    progress(&workload, "the leader and the other follower commit").await?;
     workload.phase("healing");
     cluster.net().heal();
     workload.run_for(Duration::from_millis(1000)).await;
@@ -147,10 +140,7 @@ async fn three_nodes_survive_a_one_way_link_cut() -> anyhow::Result<()> {
     workload.phase(format!("cutting {leader} → {follower}"));
     cluster.net().cut(leader, follower);
     workload.run_for(Duration::from_millis(1500)).await;
-    workload
-        .expect_progress("commits go on across a one-way cut", 20, Duration::from_secs(15))
-        .await
-        .map_err(anyhow::Error::msg)?;
+    progress(&workload, "commits go on across a one-way cut").await?;
     workload.phase("healing");
     cluster.net().heal();
     workload.run_for(Duration::from_millis(1000)).await;
@@ -164,10 +154,7 @@ async fn five_nodes_survive_random_delays() -> anyhow::Result<()> {
     workload.phase("delaying every message 0–40 ms");
     cluster.net().update_faults(|f| f.delay_ms = Some(0..40));
     workload.run_for(Duration::from_millis(2500)).await;
-    workload
-        .expect_progress("commits go on under delays", 20, Duration::from_secs(15))
-        .await
-        .map_err(anyhow::Error::msg)?;
+    progress(&workload, "commits go on under delays").await?;
     finish(&cluster, workload).await
 }
 
@@ -182,10 +169,7 @@ async fn three_nodes_survive_dropped_messages() -> anyhow::Result<()> {
         f.delay_ms = Some(0..10);
     });
     workload.run_for(Duration::from_millis(2500)).await;
-    workload
-        .expect_progress("commits go on while messages are lost", 20, Duration::from_secs(15))
-        .await
-        .map_err(anyhow::Error::msg)?;
+    progress(&workload, "commits go on while messages are lost").await?;
     finish(&cluster, workload).await
 }
 
@@ -199,10 +183,7 @@ async fn five_nodes_survive_dropped_messages() -> anyhow::Result<()> {
         f.drop_response = 0.05;
     });
     workload.run_for(Duration::from_millis(2500)).await;
-    workload
-        .expect_progress("commits go on while messages are lost", 20, Duration::from_secs(15))
-        .await
-        .map_err(anyhow::Error::msg)?;
+    progress(&workload, "commits go on while messages are lost").await?;
     finish(&cluster, workload).await
 }
 
