@@ -751,7 +751,7 @@ impl Connection {
         }
         if publishing > self.listed_publishers {
             crate::counters::bump(&counters.publishers, publishing - self.listed_publishers);
-        } else {
+        } else if publishing < self.listed_publishers {
             crate::counters::drop_by(&counters.publishers, self.listed_publishers - publishing);
         }
         self.listed_publishers = publishing;

@@ -582,12 +582,6 @@ impl Broker {
             )
     }
 
-    /// Channels of connections on `node` that the state knows of (those
-    /// that issued a channel-scoped command and are not closed).
-    pub fn channel_count_of(&self, node: NodeId) -> u64 {
-        self.channels.keys().filter(|c| c.conn.node == node).count() as u64
-    }
-
     /// Consumers on the channels of `node`'s connections (direct reply-to
     /// consumers not counted).
     pub fn consumer_count_of(&self, node: NodeId) -> u64 {

@@ -626,7 +626,8 @@ async fn overview(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> Ap
         totals
     });
     let connections = sources.frontend.registry.len();
-    let channels = read(&sources, |broker| broker.channel_count_of(sources.frontend.node_id));
+    // Open channels of this node's clients, as `rabbitmq_channels`.
+    let channels = sources.frontend.registry.open_channels();
     Ok(Json(json!({
         "management_version": sources.version,
         "rabbitmq_version": sources.version,
@@ -677,18 +678,6 @@ fn listeners(sources: &Sources) -> Value {
     Value::Array(listeners)
 }
 
-/// The soft limit of open files, from `/proc/self/limits` (0 if unknown).
-fn open_files_limit() -> u64 {
-    std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|line| line.starts_with("Max open files"))
-                .and_then(|line| line.split_whitespace().nth(3).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 fn node_json(sources: &Sources) -> Value {
     let status = sources.frontend.node.metrics();
     // Milliseconds, a u32 for rabbitmq_http_client: capped at ~49 days.
@@ -701,7 +690,7 @@ fn node_json(sources: &Sources) -> Value {
         "uptime": uptime_ms,
         "os_pid": std::process::id(),
         "processors": std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
-        "fd_total": open_files_limit().min(u64::from(u32::MAX)),
+        "fd_total": crate::max_open_files().unwrap_or(0).min(u64::from(u32::MAX)),
         // Erlang's run queue and process count: not applicable to Warren.
         "run_queue": 0,
         "proc_total": 0,
@@ -967,15 +956,26 @@ pub(crate) fn fill_policy_definitions(sources: &Sources, rows: &mut [QueueRow]) 
     if rows.iter().all(|row| row.policy.is_none()) {
         return;
     }
+    // The definitions' texts under the lock, each parsed once after it.
+    let mut texts: std::collections::HashMap<(VHost, String), Option<String>> = rows
+        .iter()
+        .filter_map(|row| Some(((row.vhost.clone(), row.policy.clone()?), None)))
+        .collect();
     read(sources, |broker| {
-        for row in rows.iter_mut() {
-            row.policy_definition = row
-                .policy
-                .as_deref()
-                .and_then(|name| broker.policies().get(&row.vhost, name))
-                .and_then(|policy| serde_json::from_str(&policy.definition).ok());
+        for ((vhost, name), text) in &mut texts {
+            *text = broker.policies().get(vhost, name).map(|p| p.definition.clone());
         }
     });
+    let parsed: std::collections::HashMap<(VHost, String), Value> = texts
+        .into_iter()
+        .filter_map(|(key, text)| Some((key, serde_json::from_str(&text?).ok()?)))
+        .collect();
+    for row in rows.iter_mut() {
+        row.policy_definition = row
+            .policy
+            .clone()
+            .and_then(|name| parsed.get(&(row.vhost.clone(), name)).cloned());
+    }
 }
 
 /// Rows as JSON: their rates and policy definitions looked up (under one

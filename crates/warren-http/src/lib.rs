@@ -154,14 +154,18 @@ pub async fn snapshot(sources: &Sources) -> MetricsSnapshot {
 /// `/proc/self/fd` and `/proc/self/limits` (`None` where unknown).
 fn file_descriptors() -> (Option<u64>, Option<u64>) {
     let open = std::fs::read_dir("/proc/self/fd").ok().map(|dir| dir.count() as u64);
-    let max = std::fs::read_to_string("/proc/self/limits").ok().and_then(|limits| {
+    (open, max_open_files())
+}
+
+/// The soft limit of open files, from `/proc/self/limits`.
+pub(crate) fn max_open_files() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/limits").ok().and_then(|limits| {
         limits
             .lines()
             .find(|line| line.starts_with("Max open files"))
             .and_then(|line| line.split_whitespace().nth(3))
             .and_then(|soft| soft.parse().ok())
-    });
-    (open, max)
+    })
 }
 
 /// This process's resident set, from `/proc/self/statm` (0 if unknown).

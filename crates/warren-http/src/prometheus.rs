@@ -167,9 +167,12 @@ impl Writer {
         self.sample(name, &[], value);
     }
 
-    fn counter(&mut self, name: &str, help: &str, value: u64) {
-        self.family(name, "counter", help);
-        self.sample(name, &[], value);
+    /// Counters without labels: `(name, help, value)` each.
+    fn counters(&mut self, table: &[(&str, &str, u64)]) {
+        for (name, help, value) in table {
+            self.family(name, "counter", help);
+            self.sample(name, &[], *value);
+        }
     }
 
     fn float_sample(&mut self, name: &str, value: f64) {
@@ -453,7 +456,7 @@ fn render_global_counters(w: &mut Writer, snapshot: &MetricsSnapshot) {
 /// The connection, channel and queue churn counters (this node's clients').
 fn render_churn(w: &mut Writer, snapshot: &MetricsSnapshot) {
     let m = &snapshot.messages;
-    let counters: [(&str, &str, u64); 7] = [
+    w.counters(&[
         (
             "rabbitmq_connections_opened_total",
             "Total number of connections opened",
@@ -489,17 +492,14 @@ fn render_churn(w: &mut Writer, snapshot: &MetricsSnapshot) {
             "Total number of queues deleted",
             m.queues_deleted,
         ),
-    ];
-    for (name, help, value) in counters {
-        w.counter(name, help, value);
-    }
+    ]);
 }
 
 /// Warren's own Raft series: what the proposer batches and forwards, and
 /// how long commits and applies take (summaries: `_sum` in seconds and
 /// `_count`).
 fn render_warren_raft(w: &mut Writer, raft: &warren_cluster::RaftCounts) {
-    let counters: [(&str, &str, u64); 4] = [
+    w.counters(&[
         (
             "warren_raft_batches_proposed_total",
             "Batches this node's proposer wrote to the Raft log as leader",
@@ -520,10 +520,7 @@ fn render_warren_raft(w: &mut Writer, raft: &warren_cluster::RaftCounts) {
             "Requests in the batches this node forwarded",
             raft.requests_forwarded,
         ),
-    ];
-    for (name, help, value) in counters {
-        w.counter(name, help, value);
-    }
+    ]);
     let summaries = [
         (
             "warren_raft_commit_seconds",

@@ -260,7 +260,7 @@ fn definitions_are_checked_as_rabbitmq_s_validators_check_them() {
 }
 
 #[test]
-fn a_policy_whose_merged_arguments_do_not_parse_is_not_applied() {
+fn a_stored_definition_that_does_not_parse_applies_nothing() {
     let mut h = Harness::new();
     let c = chan(1, 1);
     // A stored definition that no longer validates (written by an older
