@@ -10,7 +10,13 @@ use serde::Serialize;
 /// Version 2: a message body is a tagged [`warren_core::Body`] (in memory,
 /// or a handle into the node's body store). Version 1 values, where a body
 /// was its bytes, still decode.
-pub(crate) const CODEC_VERSION: u8 = 2;
+///
+/// Version 3: a queue's ready messages are a head, pages and a tail
+/// ([`warren_core::ready`]). Version 2 values, one list, still decode.
+pub(crate) const CODEC_VERSION: u8 = 3;
+
+/// The version whose ready messages were one list.
+const PLAIN_READY_VERSION: u8 = 2;
 
 /// The version whose bodies were plain bytes.
 const LEGACY_VERSION: u8 = 1;
@@ -37,7 +43,10 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError>
     match bytes.split_first() {
         None => Err(CodecError::Empty),
         Some((&CODEC_VERSION, rest)) => Ok(bincode::deserialize(rest)?),
-        Some((&LEGACY_VERSION, rest)) => Ok(warren_core::with_legacy_bodies(|| bincode::deserialize(rest))?),
+        Some((&PLAIN_READY_VERSION, rest)) => Ok(warren_core::with_plain_ready(|| bincode::deserialize(rest))?),
+        Some((&LEGACY_VERSION, rest)) => Ok(warren_core::with_legacy_bodies(|| {
+            warren_core::with_plain_ready(|| bincode::deserialize(rest))
+        })?),
         Some((&found, _)) => Err(CodecError::UnsupportedVersion { found }),
     }
 }
@@ -56,6 +65,7 @@ pub(crate) fn decode_from<T: DeserializeOwned>(input: &mut impl std::io::Read) -
     input.read_exact(&mut version).map_err(|_| CodecError::Empty)?;
     match version[0] {
         CODEC_VERSION => Ok(bincode::deserialize_from(input)?),
+        PLAIN_READY_VERSION => Ok(warren_core::with_plain_ready(|| bincode::deserialize_from(input))?),
         found => Err(CodecError::UnsupportedVersion { found }),
     }
 }
@@ -96,6 +106,41 @@ mod tests {
         assert_eq!(decoded.body, warren_core::Body::Inline(old.body.clone()));
         let again: (u64, warren_core::Message) = decode(&encode(&(7u64, &decoded)).expect("encode")).expect("decode");
         assert_eq!(again.1, decoded, "and the current version round-trips it");
+    }
+
+    #[test]
+    fn version_2_ready_lists_still_decode() {
+        use std::collections::VecDeque;
+        use std::sync::Arc;
+        let entry = |seq: u64| warren_core::queue::QueuedMessage {
+            id: warren_core::MessageId(seq),
+            seq,
+            message: Arc::new(warren_core::Message {
+                exchange: "".into(),
+                routing_key: "q".to_owned(),
+                properties: Arc::new(warren_core::Properties::default()),
+                body: warren_core::Body::Inline(bytes::Bytes::from_static(b"b")),
+            }),
+            redelivered: false,
+            expires_at_ms: None,
+            priority: 0,
+        };
+        let list: VecDeque<_> = (0..3).map(entry).collect();
+        let mut encoded = vec![PLAIN_READY_VERSION];
+        bincode::serialize_into(&mut encoded, &list).expect("encode");
+        let ready: warren_core::ready::Ready = decode(&encoded).expect("decode version 2");
+        assert_eq!(ready.entries().expect("in memory"), Vec::from(list.clone()));
+        let streamed: warren_core::ready::Ready = decode_from(&mut &encoded[..]).expect("decode version 2");
+        assert_eq!(streamed.len(), 3);
+        assert!(
+            decode::<warren_core::ready::Ready>(&{
+                let mut current = encoded.clone();
+                current[0] = CODEC_VERSION;
+                current
+            })
+            .is_err(),
+            "the current version reads another layout"
+        );
     }
 
     #[test]

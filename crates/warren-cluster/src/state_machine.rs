@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use warren_core::access::Access;
 use warren_core::policy::Policies;
+use warren_core::queue::QueuedMessage;
 use warren_core::staged::StagedBodies;
 use warren_core::{Body, BodyCodec, Broker, Command, Effect, Message, NodeId, Outcome, Properties, StoredBody, VHost};
 use warren_store::{BodyRef, BodyStore, LogStore, StoreError};
@@ -186,6 +187,8 @@ pub struct StateMachine {
     store: Arc<dyn LogStore>,
     /// Where queued bodies go, if the store has a body store.
     bodies: Option<Arc<BodyStore>>,
+    /// The body store as the queues' pager (a backlog's pages go there).
+    pager: Option<Arc<StorePager>>,
     /// The properties of the last message spilled, shared by the next ones
     /// that have the same (a publisher's messages usually do).
     shared_properties: Option<Arc<Properties>>,
@@ -199,6 +202,69 @@ pub struct SnapshotBuilder {
     shared: Arc<Shared>,
     store: Arc<dyn LogStore>,
     bodies: Option<Arc<BodyStore>>,
+}
+
+/// A node's body store as the queues' pager ([`warren_core::ready`]): a
+/// page is a record of the store, its messages encoded as this node keeps
+/// them (bodies as handles), collected with the segment like a body.
+pub(crate) struct StorePager {
+    bodies: Arc<BodyStore>,
+    /// The first page that could not be written or read.
+    failure: std::sync::Mutex<Option<String>>,
+}
+
+impl StorePager {
+    fn new(bodies: Arc<BodyStore>) -> Arc<Self> {
+        Arc::new(StorePager {
+            bodies,
+            failure: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The failure reported since the last call, if any.
+    fn take_failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    fn as_pager(self: &Arc<Self>) -> Arc<dyn warren_core::Pager> {
+        self.clone()
+    }
+}
+
+impl warren_core::Pager for StorePager {
+    fn write_page(&self, entries: &[QueuedMessage]) -> Result<StoredBody, String> {
+        let bytes = encode(&entries).map_err(|e| format!("encoding a page: {e}"))?;
+        let at = self
+            .bodies
+            .append(&bytes::Bytes::from(bytes))
+            .map_err(|e| format!("writing a page: {e}"))?;
+        Ok(to_stored(at))
+    }
+
+    fn read_page(&self, at: &StoredBody) -> Result<Vec<QueuedMessage>, String> {
+        let bytes = self
+            .bodies
+            .read(&to_ref(at))
+            .map_err(|e| format!("reading the page at {}:{}: {e}", at.segment, at.offset))?;
+        decode(&bytes).map_err(|e| format!("decoding the page at {}:{}: {e}", at.segment, at.offset))
+    }
+
+    fn failed(&self, why: String) {
+        tracing::error!(error = %why, "a queue's page failed: this node stops");
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(why);
+    }
+}
+
+/// Runs `f` with `pager` (if the node has one) taking and giving back the
+/// pages of queue backlogs on this thread.
+fn paging<R>(pager: Option<&Arc<StorePager>>, f: impl FnOnce() -> R) -> R {
+    match pager {
+        Some(pager) => warren_core::with_pager(pager.as_pager(), f),
+        None => f(),
+    }
 }
 
 impl StateMachine {
@@ -222,6 +288,8 @@ impl StateMachine {
         tracker: Arc<ProposalTracker>,
     ) -> Result<Self, StorageError<u64>> {
         let reading = store.clone();
+        let pager = store.bodies().map(StorePager::new);
+        let reading_pager = pager.clone();
         let (state, snapshot_bytes) = run_blocking(move || -> Result<(SmState, usize), StorageError<u64>> {
             let Some(stored) = load_snapshot(&*reading)? else {
                 let empty = SmState {
@@ -232,7 +300,7 @@ impl StateMachine {
                 };
                 return Ok((empty, 0));
             };
-            let (broker, sessions) = decode_replicated(&stored.data)
+            let (broker, sessions) = paging(reading_pager.as_ref(), || decode_replicated(&stored.data))
                 .map_err(|e| StorageIOError::read_snapshot(Some(stored.meta.signature()), &e))?;
             let state = SmState {
                 broker,
@@ -256,6 +324,7 @@ impl StateMachine {
         Ok(Self {
             shared,
             bodies: store.bodies(),
+            pager,
             shared_properties: None,
             store,
             sink,
@@ -266,6 +335,11 @@ impl StateMachine {
 
     pub(crate) fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
+    }
+
+    /// Runs `f` on the broker as applied so far (tests look inside).
+    pub fn read<R>(&self, f: impl FnOnce(&Broker) -> R) -> R {
+        f(&self.shared.read().broker)
     }
 }
 
@@ -382,13 +456,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 /// (the state of the snapshot just saved) refers to. A message published
 /// later has its body in a later segment; one that dies later stays dead.
 fn collect_bodies(bodies: &BodyStore, sealed: u32, broker: &Broker) -> Result<(), StoreError> {
-    let live: BTreeSet<u32> = broker
+    let mut live: BTreeSet<u32> = broker
         .held_bodies()
         .filter_map(|body| match body {
             Body::Stored(stored) => Some(stored.segment),
             Body::Inline(_) => None,
         })
         .collect();
+    live.extend(broker.held_pages().flat_map(|page| page.segments().iter().copied()));
     let removed = bodies.retain(sealed, &live)?;
     if removed > 0 {
         tracing::debug!(removed, through = sealed, "body segments deleted");
@@ -558,12 +633,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                         }
                                     }
                                 };
-                                state
-                                    .broker
-                                    .apply_spilling(&proposal.batch, &mut effects, Some(&mut spill));
-                                let resolved = match failed {
-                                    Some(e) => Err(e),
-                                    None => resolve_bodies(bodies, self.node, &mut effects),
+                                paging(self.pager.as_ref(), || {
+                                    state
+                                        .broker
+                                        .apply_spilling(&proposal.batch, &mut effects, Some(&mut spill));
+                                });
+                                let page_failure = self.pager.as_ref().and_then(|p| p.take_failure());
+                                let resolved = match (failed, page_failure) {
+                                    (Some(e), _) => Err(e),
+                                    (None, Some(reason)) => Err(StoreError::Io {
+                                        operation: "page a queue",
+                                        reason,
+                                    }),
+                                    (None, None) => resolve_bodies(bodies, self.node, &mut effects),
                                 };
                                 if let Err(e) = resolved {
                                     self.shared.poisoned.store(true, Ordering::SeqCst);
@@ -646,6 +728,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let file = snapshot.into_std().await;
         let store = self.store.clone();
         let bodies = self.bodies.clone();
+        let pager = self.pager.clone();
         let owned_meta = meta.clone();
         let (broker, sessions, data_len) =
             run_blocking(move || -> Result<(Broker, Sessions, usize), StorageError<u64>> {
@@ -659,7 +742,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 // Every body arrives with its message and goes to this
                 // node's store as it is decoded: the snapshot is never
                 // whole in memory.
-                let (broker, sessions) = read_transfer(file, bodies.as_ref()).map_err(|e| read_err(&*e))?;
+                let (broker, sessions) =
+                    paging(pager.as_ref(), || read_transfer(file, bodies.as_ref())).map_err(|e| read_err(&*e))?;
                 if let Some(bodies) = &bodies {
                     bodies.sync().map_err(|e| write_err(&e))?;
                 }
@@ -700,6 +784,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
         let store = self.store.clone();
         let bodies = self.bodies.clone();
+        let pager = self.pager.clone();
         let written = run_blocking(move || -> Result<Option<Transfer>, StorageError<u64>> {
             // The bodies this snapshot refers to stay until it is copied.
             let _pinned = bodies.as_ref().map(|b| b.pin());
@@ -707,8 +792,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 return Ok(None);
             };
             let signature = Some(stored.meta.signature());
-            let file = write_transfer(&*store, &stored.data, bodies.as_ref())
-                .map_err(|e| StorageIOError::read_snapshot(signature, openraft::AnyError::from_dyn(&*e, None)))?;
+            let file = paging(pager.as_ref(), || {
+                write_transfer(&*store, &stored.data, bodies.as_ref())
+            })
+            .map_err(|e| StorageIOError::read_snapshot(signature, openraft::AnyError::from_dyn(&*e, None)))?;
             Ok(Some((stored.meta, file)))
         })
         .await??;

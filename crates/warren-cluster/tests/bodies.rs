@@ -286,3 +286,179 @@ async fn a_body_that_cannot_be_read_stops_apply_and_no_snapshot_saves_the_half_a
     assert!(built.is_err(), "the half-applied state is never saved");
     assert!(store.get_snapshot().expect("read").is_none(), "no snapshot on disk");
 }
+
+/// Messages in the paging tests: over four pages of
+/// [`warren_core::ready::PAGE_LEN`].
+const BACKLOG: usize = 5_000;
+
+/// Body `i` of the paging tests: 100 distinct bytes.
+fn small_body(i: usize) -> Bytes {
+    let mut bytes = format!("small {i} ✓ ").into_bytes();
+    bytes.resize(100, b'.');
+    Bytes::from(bytes)
+}
+
+/// Publishes of small bodies `range` to queue `q`, in entries of 500.
+fn small_publishes(first_index: u64, range: std::ops::Range<usize>) -> Vec<Entry<TypeConfig>> {
+    let all: Vec<usize> = range.collect();
+    all.chunks(500)
+        .zip(first_index..)
+        .map(|(chunk, index)| {
+            let commands = chunk
+                .iter()
+                .map(|&i| {
+                    let mut m = message("", "q", "");
+                    m.body = Body::Inline(small_body(i));
+                    publish_message(m)
+                })
+                .collect();
+            entry(index, channel_on(1), commands)
+        })
+        .collect()
+}
+
+/// Queue `q`'s ready messages: all, held in memory, and pages.
+fn backlog_of(sm: &StateMachine) -> (usize, usize, usize) {
+    sm.read(|broker| {
+        let queue = &broker.vhosts()[&"/".into()].queues[&"q".into()];
+        (
+            queue.ready.len(),
+            queue.ready.in_memory_len(),
+            queue.ready.pages().count(),
+        )
+    })
+}
+
+/// Gets every message of `q` from `node` at log index `index`, and checks
+/// each small body came back in order.
+async fn drain_small(sm: &mut StateMachine, sink: &Collect, node: u64, index: u64) {
+    let gets = (0..BACKLOG).map(|_| get("q", true)).collect();
+    sm.apply(vec![entry(index, channel_on(node), gets)])
+        .await
+        .expect("apply gets");
+    let got = sink.got();
+    assert_eq!(got.len(), BACKLOG, "one get-ok per message");
+    for (i, body_got) in got.iter().enumerate() {
+        assert_eq!(body_got.inline(), Some(&small_body(i)), "message {i} in order, intact");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_paged_out_and_comes_back_in_order_after_a_restart_and_on_a_follower() {
+    let page = warren_core::ready::PAGE_LEN;
+    let dir_a = tempfile::tempdir().expect("tempdir");
+    let mut entries = vec![entry(1, channel_on(1), vec![declare_queue("q")])];
+    entries.extend(small_publishes(2, 0..BACKLOG));
+    let last_index = 1 + entries.len() as u64 - 1;
+    {
+        let store_a = open_store(dir_a.path());
+        let (mut leader, _) = open(1, &store_a).await;
+        leader.apply(entries).await.expect("apply publishes");
+        let (ready, in_memory, pages) = backlog_of(&leader);
+        assert_eq!(ready, BACKLOG);
+        assert!(
+            in_memory <= 2 * page && pages >= (BACKLOG - 2 * page) / page,
+            "{in_memory} messages in memory, {pages} pages"
+        );
+        leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build");
+    }
+
+    // A restart reads the pages' handles back from the snapshot.
+    let store_a = open_store(dir_a.path());
+    let (mut leader, leader_sink) = open(1, &store_a).await;
+    assert_eq!(backlog_of(&leader).0, BACKLOG);
+    assert!(backlog_of(&leader).2 >= 2, "still paged after a restart");
+
+    // A follower gets the pages' messages (and their bodies) and pages them
+    // into its own store.
+    let current = leader.get_current_snapshot().await.expect("current").expect("one");
+    let mut transfer = current.snapshot.into_std().await;
+    let dir_b = tempfile::tempdir().expect("tempdir");
+    let store_b = open_store(dir_b.path());
+    let (mut follower, follower_sink) = open(2, &store_b).await;
+    let mut receiving = follower.begin_receiving_snapshot().await.expect("begin");
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut transfer, &mut bytes).expect("read the transfer");
+    assert!(
+        bytes.len() > BACKLOG * 100,
+        "the copy carries every message and body: {} bytes",
+        bytes.len()
+    );
+    receiving.write_all(&bytes).await.expect("receive");
+    receiving.flush().await.expect("flush");
+    follower
+        .install_snapshot(&current.meta, receiving)
+        .await
+        .expect("install");
+    let (ready, in_memory, pages) = backlog_of(&follower);
+    assert_eq!(ready, BACKLOG);
+    assert!(
+        in_memory <= 2 * page && pages >= 2,
+        "paged on arrival: {in_memory} in memory, {pages} pages"
+    );
+
+    drain_small(&mut follower, &follower_sink, 2, last_index + 1).await;
+    drain_small(&mut leader, &leader_sink, 1, last_index + 1).await;
+    assert_eq!(backlog_of(&leader), (0, 0, 0));
+
+    // Consumed, the pages' segments go with the bodies'.
+    let before = body_bytes_on_disk(&store_a);
+    leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build");
+    let after = body_bytes_on_disk(&store_a);
+    assert!(
+        after < before / 4,
+        "segments of consumed bodies and pages deleted: {before} → {after} bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_cannot_be_read_stops_apply() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path());
+    let (mut sm, _sink) = open(1, &store).await;
+    let mut entries = vec![entry(1, channel_on(1), vec![declare_queue("q")])];
+    entries.extend(small_publishes(2, 0..BACKLOG));
+    let next = 1 + entries.len() as u64;
+    sm.apply(entries).await.expect("apply publishes");
+    let first_page = sm.read(|broker| {
+        let queue = &broker.vhosts()[&"/".into()].queues[&"q".into()];
+        queue.ready.pages().next().map(|page| page.at()).expect("paged")
+    });
+    // Premise: the head's bodies are in segment 0, the first page after it.
+    assert!(first_page.segment > 0, "page at {first_page:?}");
+    let head = warren_core::ready::PAGE_LEN;
+    sm.apply(vec![entry(
+        next,
+        channel_on(1),
+        (0..head).map(|_| get("q", true)).collect(),
+    )])
+    .await
+    .expect("the head is in memory, its bodies in segment 0");
+    let path = dir
+        .path()
+        .join("bodies")
+        .join(format!("{:010}.body", first_page.segment));
+    let mut bytes = std::fs::read(&path).expect("read the page's segment");
+    for byte in bytes.iter_mut().skip(8) {
+        *byte ^= 0x5a;
+    }
+    std::fs::write(&path, bytes).expect("damage");
+    let failed = sm
+        .apply(vec![entry(next + 1, channel_on(1), vec![get("q", true)])])
+        .await;
+    assert!(failed.is_err(), "a page read back wrong is a storage error");
+    assert!(
+        sm.get_snapshot_builder().await.build_snapshot().await.is_err(),
+        "the half-applied state is never saved"
+    );
+}

@@ -571,8 +571,18 @@ impl Broker {
     /// body store (`bodies_on_disk`): then only bodies still arriving in
     /// parts count as body bytes in memory.
     pub fn held_backlog_with(&self, bodies_on_disk: bool) -> (u64, u64) {
-        let (ready, ready_bytes) = self.ready_backlog();
-        let ready_bytes = if bodies_on_disk { 0 } else { ready_bytes };
+        let (ready, ready_bytes) = if bodies_on_disk {
+            // Paged messages are on disk, their bodies too.
+            let in_memory = self
+                .vhosts
+                .values()
+                .flat_map(|vhost| vhost.queues.values())
+                .map(|queue| queue.ready.in_memory_len() as u64)
+                .sum();
+            (in_memory, 0)
+        } else {
+            self.ready_backlog()
+        };
         self.channels
             .values()
             .flat_map(|channel| channel.unacked.values())
@@ -610,13 +620,22 @@ impl Broker {
             .vhosts
             .values()
             .flat_map(|vhost| vhost.queues.values())
-            .flat_map(|queue| queue.ready.iter());
+            .flat_map(|queue| queue.ready.in_memory());
         let unacked = self
             .channels
             .values()
             .flat_map(|channel| channel.unacked.values())
             .map(|unacked| &unacked.entry);
         ready.chain(unacked).map(|entry| &entry.message.body)
+    }
+
+    /// The pages of every queue's backlog (their bodies are not among
+    /// [`Broker::held_bodies`]).
+    pub fn held_pages(&self) -> impl Iterator<Item = &crate::ready::Page> {
+        self.vhosts
+            .values()
+            .flat_map(|vhost| vhost.queues.values())
+            .flat_map(|queue| queue.ready.pages())
     }
 
     /// Every queue, sorted by vhost and name.

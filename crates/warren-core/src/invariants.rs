@@ -101,9 +101,13 @@ pub(crate) fn check(broker: &Broker) -> Result<(), String> {
             let name = &queue.name;
             let mut previous_key = None;
             let mut bytes = 0;
-            for entry in &queue.ready {
+            let ready = queue
+                .ready
+                .entries()
+                .map_err(|e| format!("queue '{name}': a page cannot be read: {e}"))?;
+            for entry in &ready {
                 ensure(previous_key.is_none_or(|p| p < entry.order_key()), || {
-                    format!("queue '{name}' ready out of order")
+                    format!("queue '{name}' ready out of order: {:?}", queue.ready)
                 })?;
                 ensure(entry.seq < queue.next_seq, || {
                     format!("queue '{name}' seq {} not yet issued", entry.seq)
@@ -117,8 +121,7 @@ pub(crate) fn check(broker: &Broker) -> Result<(), String> {
                 previous_key = Some(entry.order_key());
                 bytes += entry.message.body_len();
             }
-            let expiries: BTreeSet<(u64, u64)> = queue
-                .ready
+            let expiries: BTreeSet<(u64, u64)> = ready
                 .iter()
                 .filter_map(|m| m.expires_at_ms.map(|at| (at, m.seq)))
                 .collect();

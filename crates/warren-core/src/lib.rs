@@ -60,6 +60,7 @@ mod publish;
 pub mod queue;
 pub mod queue_args;
 mod queue_ops;
+pub mod ready;
 pub mod reply_to;
 pub mod staged;
 pub mod stats;
@@ -75,7 +76,10 @@ pub use error::{reply_code, CoreError};
 pub use ids::{
     ChannelId, ConnectionId, ConsumerTag, DeliveryTag, ExchangeName, MessageId, NodeId, QueueName, UserName, VHost,
 };
-pub use message::{with_body_codec, with_legacy_bodies, Body, BodyCodec, Message, Properties, StoredBody};
+pub use message::{
+    with_body_codec, with_legacy_bodies, without_body_codec, Body, BodyCodec, Message, Properties, StoredBody,
+};
+pub use ready::{with_pager, with_plain_ready, Page, Pager};
 
 #[cfg(test)]
 mod tests;

@@ -235,6 +235,28 @@ pub fn with_legacy_bodies<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Runs `f` with no body codec on this thread, whatever was set: a page
+/// of a queue is written and read in the node's own form (handles), also
+/// while a snapshot travels.
+pub fn without_body_codec<R>(f: impl FnOnce() -> R) -> R {
+    /// Puts the previous codec back, also when `f` panics.
+    struct Restore(Option<std::rc::Rc<dyn BodyCodec>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            CODEC.with(|slot| slot.replace(previous));
+        }
+    }
+    let _restore = Restore(CODEC.with(|slot| slot.replace(None)));
+    f()
+}
+
+/// Whether a body codec is set on this thread (a snapshot is being
+/// encoded for, or decoded from, another node).
+pub(crate) fn body_codec_set() -> bool {
+    CODEC.with(|slot| slot.borrow().is_some())
+}
+
 fn current_codec() -> Option<std::rc::Rc<dyn BodyCodec>> {
     CODEC.with(|slot| slot.borrow().clone())
 }

@@ -1,7 +1,7 @@
 //! A queue: its attributes, ready messages and consumers.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use amq_protocol_types::FieldTable;
@@ -11,6 +11,7 @@ use crate::consumer::ConsumerRef;
 use crate::ids::{ConnectionId, MessageId, NodeId, QueueName};
 use crate::message::Message;
 use crate::queue_args::QueueArgs;
+use crate::ready::Ready;
 
 /// A message in a queue (ready) or, moved into a channel, unacked.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -61,8 +62,9 @@ pub struct Queue {
     /// The node (and its boot) that declared it; a non-durable queue is
     /// lost when that node restarts.
     pub home: Option<(NodeId, u64)>,
-    /// Ready messages, ordered by [`QueuedMessage::order_key`].
-    pub ready: VecDeque<QueuedMessage>,
+    /// Ready messages, ordered by [`QueuedMessage::order_key`]; a backlog
+    /// is paged out to the node's store ([`crate::ready`]).
+    pub ready: Ready,
     /// `(expires_at_ms, seq)` of every ready message that can expire, so
     /// the next expiry is found without scanning the queue.
     #[serde(default)]
@@ -160,9 +162,7 @@ impl Queue {
         if let Some(at) = entry.expires_at_ms {
             self.expiries.insert((at, entry.seq));
         }
-        let key = entry.order_key();
-        let position = self.ready.partition_point(|m| m.order_key() < key);
-        self.ready.insert(position, entry);
+        self.ready.insert(entry, self.args.max_priority.is_none());
     }
 
     pub fn pop_front(&mut self) -> Option<QueuedMessage> {
@@ -178,6 +178,9 @@ impl Queue {
     /// lazily at the head), returning them.
     pub fn take_expired_head(&mut self, now_ms: u64, inclusive: bool) -> Vec<QueuedMessage> {
         let mut expired = Vec::new();
+        if self.next_message_expiry_ms().is_none() {
+            return expired;
+        }
         while self.ready.front().is_some_and(|m| m.is_expired(now_ms, inclusive)) {
             expired.extend(self.pop_front());
         }
@@ -189,24 +192,26 @@ impl Queue {
         if self.next_message_expiry_ms().is_none_or(|at| at > now_ms) {
             return Vec::new();
         }
-        let (expired, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.ready)
-            .into_iter()
-            .partition(|m| m.is_expired(now_ms, true));
-        self.ready = kept;
-        self.ready_bytes = self.ready.iter().map(|m| m.message.body_len()).sum();
+        let seqs: BTreeSet<u64> = self
+            .expiries
+            .range(..=(now_ms, u64::MAX))
+            .map(|(_, seq)| *seq)
+            .collect();
+        let expired = self.ready.remove_seqs(&seqs);
         for entry in &expired {
+            self.ready_bytes -= entry.message.body_len();
             if let Some(at) = entry.expires_at_ms {
                 self.expiries.remove(&(at, entry.seq));
             }
         }
-        expired.into()
+        expired
     }
 
-    /// Removes every ready message.
-    pub fn purge(&mut self) -> Vec<QueuedMessage> {
+    /// Removes every ready message; returns how many there were.
+    pub fn purge(&mut self) -> u64 {
         self.ready_bytes = 0;
         self.expiries.clear();
-        std::mem::take(&mut self.ready).into()
+        self.ready.clear()
     }
 
     /// Earliest message expiry among ready messages.

@@ -1,7 +1,7 @@
 //! Queue commands: declare, bind, unbind, purge, delete, and the removal
 //! of a queue shared by every path that deletes one.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 
 use amq_protocol_types::FieldTable;
 
@@ -151,7 +151,7 @@ impl Broker {
             arguments: spec.arguments.clone(),
             args,
             home: conn.map(|c| (c.node, c.boot)),
-            ready: VecDeque::new(),
+            ready: crate::ready::Ready::default(),
             expiries: BTreeSet::new(),
             ready_bytes: 0,
             unacked: 0,
@@ -248,7 +248,7 @@ impl Broker {
         let queue = usable_queue(ctx, vh, vhost, name)?;
         let purged = queue.purge();
         Ok(Outcome::QueuePurged {
-            message_count: u32::try_from(purged.len()).unwrap_or(u32::MAX),
+            message_count: u32::try_from(purged).unwrap_or(u32::MAX),
         })
     }
 

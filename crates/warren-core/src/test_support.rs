@@ -378,7 +378,11 @@ impl Broker {
         let mut live = std::collections::BTreeMap::new();
         for (vhost, vh) in &self.vhosts {
             for queue in vh.queues.values() {
-                for entry in &queue.ready {
+                let ready = queue
+                    .ready
+                    .entries()
+                    .expect("a page of a queue's backlog cannot be read");
+                for entry in &ready {
                     live.insert(
                         entry.id,
                         LiveMessage {
