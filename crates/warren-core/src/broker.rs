@@ -629,6 +629,19 @@ impl Broker {
         ready.chain(unacked).map(|entry| &entry.message.body)
     }
 
+    /// Ready messages held in memory and ready messages in pages, over
+    /// every queue (issue 9: the second grows with a backlog, the first
+    /// should not). O(queues).
+    pub fn ready_layout(&self) -> (u64, u64) {
+        self.vhosts
+            .values()
+            .flat_map(|vhost| vhost.queues.values())
+            .fold((0, 0), |(in_memory, paged), queue| {
+                let held = queue.ready.in_memory_len() as u64;
+                (in_memory + held, paged + queue.ready.len() as u64 - held)
+            })
+    }
+
     /// The pages of every queue's backlog (their bodies are not among
     /// [`Broker::held_bodies`]).
     pub fn held_pages(&self) -> impl Iterator<Item = &crate::ready::Page> {

@@ -110,6 +110,7 @@ pub async fn snapshot(sources: &Sources) -> MetricsSnapshot {
     let node_id = frontend.node_id;
     let (queues, consumers_here) = node.read(|broker| (broker.queue_summaries(), broker.consumer_count_of(node_id)));
     let status = node.metrics();
+    let (ready_in_memory, ready_paged) = node.read(warren_core::Broker::ready_layout);
     let dir = sources.data_dir.clone();
     let (resident, disk, (open_fds, max_fds)) = tokio::task::spawn_blocking(move || {
         (
@@ -141,6 +142,8 @@ pub async fn snapshot(sources: &Sources) -> MetricsSnapshot {
         store_bytes: node.store_size_on_disk().await,
         body_store: node.body_store_usage(),
         body_memory_bytes: node.held_backlog().1,
+        ready_in_memory,
+        ready_paged,
         messages: frontend.counters.snapshot(),
         consumers_here,
         uptime_seconds: sources.started.elapsed().as_secs(),

@@ -106,6 +106,9 @@ pub struct MetricsSnapshot {
     /// Bytes of bodies held in memory (the body cache, bodies arriving in
     /// parts, or every held body without a body store).
     pub body_memory_bytes: u64,
+    /// Ready messages held in memory, and in pages on disk (ADR 0019).
+    pub ready_in_memory: u64,
+    pub ready_paged: u64,
     /// This node's message counters (its own clients', since it started).
     pub messages: warren_amqp::counters::MessageCounts,
     /// Consumers on this node's channels.
@@ -344,6 +347,16 @@ pub fn render(snapshot: &MetricsSnapshot, per_object: bool) -> String {
             "warren_body_memory_bytes",
             "Bytes of message bodies held in memory (body cache, bodies arriving in parts)",
             snapshot.body_memory_bytes,
+        ),
+        (
+            "warren_ready_messages_in_memory",
+            "Ready messages whose records are held in memory (queue heads and tails)",
+            snapshot.ready_in_memory,
+        ),
+        (
+            "warren_ready_messages_paged",
+            "Ready messages whose records are in pages on disk",
+            snapshot.ready_paged,
         ),
     ];
     if let Some((segments, bytes)) = snapshot.body_store {
