@@ -118,7 +118,9 @@ impl Broker {
             }
             let mut dropped = Vec::new();
             while queue.is_over_limits() {
-                dropped.extend(queue.pop_front());
+                // None only if a page could not be read (the node stops).
+                let Some(head) = queue.pop_front() else { break };
+                dropped.push(head);
             }
             ctx.dead_letters
                 .extend(dead_letters(&vhost, queue, dropped, DeathReason::MaxLen));

@@ -498,112 +498,214 @@ enum PageRepr {
     Inline(Vec<QueuedMessage>),
 }
 
+impl PageRepr {
+    fn stored(page: &Page) -> Self {
+        PageRepr::Stored {
+            at: page.at,
+            first: (page.first.0 .0, page.first.1),
+            last: (page.last.0 .0, page.last.1),
+            min_seq: page.min_seq,
+            max_seq: page.max_seq,
+            count: page.count,
+            bytes: page.bytes,
+            segments: page.segments.clone(),
+        }
+    }
+}
+
+/// One page on its way out: read back (for another node) only when it is
+/// its turn, so a backlog is never in memory whole.
+struct PageOut<'a> {
+    page: &'a Page,
+    portable: bool,
+}
+
+impl Serialize for PageOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.portable {
+            let entries = self.page.load().map_err(serde::ser::Error::custom)?;
+            PageRepr::Inline(entries).serialize(serializer)
+        } else {
+            PageRepr::stored(self.page).serialize(serializer)
+        }
+    }
+}
+
+struct PagesOut<'a>(&'a VecDeque<Page>);
+
+impl Serialize for PagesOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let portable = crate::message::body_codec_set();
+        serializer.collect_seq(self.0.iter().map(|page| PageOut { page, portable }))
+    }
+}
+
 #[derive(Serialize)]
 struct ReadyRef<'a> {
     head: &'a VecDeque<QueuedMessage>,
-    pages: Vec<PageRepr>,
+    pages: PagesOut<'a>,
     tail: &'a VecDeque<QueuedMessage>,
-}
-
-#[derive(Deserialize)]
-struct ReadyRepr {
-    head: VecDeque<QueuedMessage>,
-    pages: Vec<PageRepr>,
-    tail: VecDeque<QueuedMessage>,
 }
 
 impl Serialize for Ready {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let portable = crate::message::body_codec_set();
-        let mut pages = Vec::with_capacity(self.pages.len());
-        for page in &self.pages {
-            pages.push(if portable {
-                PageRepr::Inline(page.load().map_err(serde::ser::Error::custom)?)
-            } else {
-                PageRepr::Stored {
-                    at: page.at,
-                    first: (page.first.0 .0, page.first.1),
-                    last: (page.last.0 .0, page.last.1),
-                    min_seq: page.min_seq,
-                    max_seq: page.max_seq,
-                    count: page.count,
-                    bytes: page.bytes,
-                    segments: page.segments.clone(),
-                }
-            });
-        }
         ReadyRef {
             head: &self.head,
-            pages,
+            pages: PagesOut(&self.pages),
             tail: &self.tail,
         }
         .serialize(serializer)
     }
 }
 
-impl<'de> Deserialize<'de> for Ready {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        if PLAIN.with(std::cell::Cell::get) {
-            return VecDeque::<QueuedMessage>::deserialize(deserializer).map(Ready::from);
-        }
-        let repr = ReadyRepr::deserialize(deserializer)?;
-        let pager = current_pager();
-        let mut ready = Ready {
-            head: repr.head,
-            ..Ready::default()
-        };
-        // Messages of pages that arrived inline on a node that cannot page
-        // them; they join the head, so no page may follow them.
-        let mut spilled_back: Vec<QueuedMessage> = Vec::new();
-        for page in repr.pages {
-            let page = match (page, &pager) {
-                (
-                    PageRepr::Stored {
-                        at,
-                        first,
-                        last,
-                        min_seq,
-                        max_seq,
-                        count,
-                        bytes,
-                        segments,
-                    },
-                    Some(pager),
-                ) => Page {
+/// The pages as they are decoded, one at a time: a page's handle becomes a
+/// [`Page`] of this node's pager; a page's messages (from another node)
+/// are paged again at once, or, on a node that cannot page, kept to join
+/// the head.
+struct PagesIn {
+    pager: Option<Arc<dyn Pager>>,
+}
+
+/// What [`PagesIn`] decoded.
+#[derive(Default)]
+struct Decoded {
+    pages: VecDeque<Page>,
+    paged: u64,
+    /// Messages of pages kept in memory; no page may follow them.
+    spilled_back: Vec<QueuedMessage>,
+}
+
+impl PagesIn {
+    fn take<E: serde::de::Error>(&self, repr: PageRepr, into: &mut Decoded) -> Result<(), E> {
+        let page = match (repr, &self.pager) {
+            (PageRepr::Stored { .. }, _) if crate::message::body_codec_set() => {
+                return Err(E::custom(
+                    "a page handle of another node's store (a snapshot must carry the messages)",
+                ));
+            }
+            (
+                PageRepr::Stored {
                     at,
-                    first: (Reverse(first.0), first.1),
-                    last: (Reverse(last.0), last.1),
+                    first,
+                    last,
                     min_seq,
                     max_seq,
                     count,
                     bytes,
                     segments,
-                    source: Arc::clone(pager),
                 },
-                (PageRepr::Stored { .. }, None) => {
-                    return Err(serde::de::Error::custom(
-                        "a paged queue, and no store to read its pages",
-                    ));
-                }
-                (PageRepr::Inline(entries), Some(pager)) if spilled_back.is_empty() && !entries.is_empty() => {
-                    Page::write(pager, &entries).map_err(serde::de::Error::custom)?
-                }
-                (PageRepr::Inline(entries), _) => {
-                    spilled_back.extend(entries);
-                    continue;
-                }
-            };
-            ready.paged += page.count;
-            ready.pages.push_back(page);
+                Some(pager),
+            ) => Page {
+                at,
+                first: (Reverse(first.0), first.1),
+                last: (Reverse(last.0), last.1),
+                min_seq,
+                max_seq,
+                count,
+                bytes,
+                segments,
+                source: Arc::clone(pager),
+            },
+            (PageRepr::Stored { .. }, None) => {
+                return Err(E::custom("a paged queue, and no store to read its pages"));
+            }
+            (PageRepr::Inline(entries), Some(pager)) if into.spilled_back.is_empty() && !entries.is_empty() => {
+                Page::write(pager, &entries).map_err(E::custom)?
+            }
+            (PageRepr::Inline(entries), _) => {
+                into.spilled_back.extend(entries);
+                return Ok(());
+            }
+        };
+        into.paged += page.count;
+        into.pages.push_back(page);
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for PagesIn {
+    type Value = Decoded;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Decoded, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for PagesIn {
+    type Value = Decoded;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a queue's pages")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Decoded, A::Error> {
+        let mut decoded = Decoded::default();
+        while let Some(repr) = seq.next_element::<PageRepr>()? {
+            self.take(repr, &mut decoded)?;
         }
-        if spilled_back.is_empty() {
-            ready.tail_inline = repr.tail.iter().map(|e| e.message.body.inline_len()).sum();
-            ready.tail = repr.tail;
+        Ok(decoded)
+    }
+}
+
+/// Decodes a [`Ready`] (head, pages, tail), a page at a time.
+struct ReadyIn;
+
+impl<'de> serde::de::Visitor<'de> for ReadyIn {
+    type Value = Ready;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a queue's ready messages")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Ready, A::Error> {
+        use serde::de::Error;
+        let head: VecDeque<QueuedMessage> = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(0, &self))?;
+        let decoded = seq
+            .next_element_seed(PagesIn { pager: current_pager() })?
+            .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+        let tail: VecDeque<QueuedMessage> = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(2, &self))?;
+        let mut ready = Ready {
+            head,
+            pages: decoded.pages,
+            paged: decoded.paged,
+            ..Ready::default()
+        };
+        if decoded.spilled_back.is_empty() {
+            ready.tail_inline = tail.iter().map(|e| e.message.body.inline_len()).sum();
+            ready.tail = tail;
         } else {
-            ready.head.extend(spilled_back);
-            ready.head.extend(repr.tail);
+            ready.head.extend(decoded.spilled_back);
+            ready.head.extend(tail);
         }
         Ok(ready)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ready {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if PLAIN.with(std::cell::Cell::get) {
+            let list = VecDeque::<QueuedMessage>::deserialize(deserializer)?;
+            return Ok(Ready::from_ordered(list));
+        }
+        deserializer.deserialize_struct("ReadyRef", &["head", "pages", "tail"], ReadyIn)
+    }
+}
+
+impl Ready {
+    /// Ready messages already in queue order (an earlier version's one
+    /// list): paged as they are added, if a pager is installed.
+    fn from_ordered(list: VecDeque<QueuedMessage>) -> Ready {
+        if current_pager().is_none() {
+            return Ready::from(list);
+        }
+        let mut ready = Ready::default();
+        for entry in list {
+            // In key order, each goes last: pages stay in order whatever
+            // the priorities (a priority queue pages back in on its next
+            // publish).
+            ready.insert(entry, true);
+        }
+        ready
     }
 }
 
@@ -807,6 +909,42 @@ mod tests {
         let encoded = bincode::serialize(&list).unwrap();
         let decoded: Ready = with_plain_ready(|| bincode::deserialize(&encoded).unwrap());
         assert_eq!(seqs(&decoded.entries().unwrap()), vec![0, 1, 2, 3]);
+
+        // A node with a pager pages an old backlog as it decodes it.
+        let long: VecDeque<QueuedMessage> = (0..10).map(entry).collect();
+        let encoded = bincode::serialize(&long).unwrap();
+        let pager = MemPager::new(3);
+        let decoded: Ready = with_pager(pager.clone(), || {
+            with_plain_ready(|| bincode::deserialize(&encoded).unwrap())
+        });
+        assert_eq!(seqs(&decoded.entries().unwrap()), (0..10).collect::<Vec<_>>());
+        assert_eq!(decoded.pages().count(), 2, "paged on decode");
+        assert_eq!(decoded.in_memory_len(), 4);
+    }
+
+    #[test]
+    fn a_page_handle_arriving_from_another_node_is_refused() {
+        struct Portable;
+        impl crate::message::BodyCodec for Portable {
+            fn load(&self, _: &StoredBody) -> Result<bytes::Bytes, String> {
+                Err("not expected".to_owned())
+            }
+            fn store(&self, _: &bytes::Bytes) -> Result<StoredBody, String> {
+                Err("not expected".to_owned())
+            }
+        }
+        let pager = MemPager::new(3);
+        let mut ready = Ready::default();
+        with_pager(pager.clone(), || {
+            for seq in 0..10 {
+                ready.insert(entry(seq), true);
+            }
+        });
+        let local = bincode::serialize(&ready).unwrap();
+        let decoded = with_pager(pager.clone(), || {
+            crate::message::with_body_codec(std::rc::Rc::new(Portable), || bincode::deserialize::<Ready>(&local))
+        });
+        assert!(decoded.is_err(), "handles into another node's store mean nothing here");
     }
 
     #[test]
