@@ -6,6 +6,9 @@
 # its data, and one consumer (manual ack of every message, prefetch 100)
 # drains the backlog. Reports, per broker:
 #   fill_rate        confirms/s while filling
+#   first_m_rate, last_m_rate
+#                    confirms/s over the first and the last MILESTONE
+#                    confirms (default 1,000,000, or COUNT/10 if smaller)
 #   fill_peak_mib    peak RSS while filling (sampled every 0.5 s)
 #   disk_mib         the data directory once filled
 #   first_ms         restart: from starting the consumer (it retries the
@@ -22,6 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 COUNT=${1:-1000000}; SIZE=${2:-1024}
+MILESTONE=${MILESTONE:-$(( COUNT < 10000000 ? COUNT / 10 : 1000000 ))}
 B=${CARGO_TARGET_DIR:-$PWD/target}/release
 W=$(mktemp -d /tmp/warren-backlog.XXXXXX)
 rmq=benches/scripts/rabbitmq-node.sh
@@ -38,7 +42,7 @@ fill() {
   local label=$1 pid=$2 port=$3 qtype=${4:-} sampler
   sampler=$(sample "$pid" "$W/rss-fill-$label")
   "$B/warren-perf" --uri "amqp://guest:guest@127.0.0.1:$port/%2f" --queue backlog --durable --persistent \
-    ${qtype:+--queue-type "$qtype"} --confirm 256 --consumers 0 --count "$COUNT" --size "$SIZE" \
+    ${qtype:+--queue-type "$qtype"} --confirm 256 --consumers 0 --count "$COUNT" --size "$SIZE" --milestone "$MILESTONE" \
     > "$W/fill-$label.json" 2>/dev/null
   kill "$sampler" 2>/dev/null || true
 }
@@ -55,11 +59,14 @@ drain() {
 # report LABEL DATADIR_DISK_KIB
 report() {
   local label=$1 disk=$2
-  jq -c -n --arg broker "$label" --argjson count "$COUNT" --argjson size "$SIZE" \
+  jq -c -n --arg broker "$label" --argjson count "$COUNT" --argjson size "$SIZE" --argjson milestone "$MILESTONE" \
     --argjson fillpeak "$(peak_mib "$W/rss-fill-$label")" --argjson drainpeak "$(peak_mib "$W/rss-drain-$label")" \
     --argjson disk "$disk" --slurpfile fill "$W/fill-$label.json" --slurpfile drain "$W/drain-$label.json" \
     '{broker: $broker, count: $count, size: $size, confirmed: $fill[0].confirmed,
-      fill_rate: ($fill[0].confirm_rate|floor), fill_peak_mib: $fillpeak, disk_mib: ($disk/1024|floor),
+      fill_rate: ($fill[0].confirm_rate|floor),
+      first_m_rate: ($fill[0].confirm_milestones_ms as $m | if ($m|length) > 0 then ($milestone * 1000 / $m[0] | floor) else null end),
+      last_m_rate: ($fill[0].confirm_milestones_ms as $m | if ($m|length) > 1 then ($milestone * 1000 / ($m[-1] - $m[-2]) | floor) else null end),
+      fill_peak_mib: $fillpeak, disk_mib: ($disk/1024|floor),
       first_ms: $drain[0].first_delivery_ms, consumed: $drain[0].consumed,
       drain_rate: ($drain[0].consume_rate|floor), drain_peak_mib: $drainpeak}'
 }

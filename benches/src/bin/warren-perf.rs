@@ -90,6 +90,11 @@ struct Args {
     /// A label for the JSON line.
     #[arg(long, default_value = "")]
     label: String,
+    /// Report when every this many confirms (all producers) had come, in
+    /// ms since the first publish (`confirm_milestones_ms`; 0 = off): the
+    /// confirm rate of the first and of the last million of a long fill.
+    #[arg(long, default_value_t = 0)]
+    milestone: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -111,6 +116,12 @@ struct Shared {
     confirm_gap: LongestGap,
     /// The first few connection errors, for the report.
     errors: Vec<String>,
+    /// Confirms so far (all producers), and when each `--milestone`
+    /// multiple of them was reached, since `publish_start`.
+    acked: u64,
+    milestone: u64,
+    publish_start: Option<Instant>,
+    milestones_ms: Vec<u64>,
 }
 
 impl Shared {
@@ -150,7 +161,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let cpu_start = process_cpu_us();
     let epoch = Instant::now();
-    let shared = Arc::new(Mutex::new(Shared::default()));
+    let shared = Arc::new(Mutex::new(Shared {
+        milestone: args.milestone,
+        ..Shared::default()
+    }));
 
     let mut setup_ring = UriRing::new(args.uri.clone(), 0);
     let (_setup_conn, setup) = open_channel(&mut setup_ring, &args).await?;
@@ -170,6 +184,9 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let start = Instant::now();
+    if let Ok(mut s) = shared.lock() {
+        s.publish_start = Some(start);
+    }
     let mut producers = Vec::new();
     for p in 0..args.producers {
         let ring = UriRing::new(args.uri.clone(), p as usize);
@@ -247,6 +264,7 @@ async fn main() -> anyhow::Result<()> {
             "consume_rate": consume_secs.map_or(0.0, |secs| s.consumed as f64 / secs),
             "latency_us": lat,
             "max_confirm_gap_ms": s.confirm_gap.longest().map(|gap| gap.as_secs_f64() * 1000.0),
+            "confirm_milestones_ms": s.milestones_ms,
             "lost": lost,
             "duplicates": accounting.duplicates,
             "backlog_at_publish_end": total.published.saturating_sub(consumed_at_publish_end),
@@ -533,7 +551,13 @@ async fn settle_one(
             st.confirmed += 1;
             if let Ok(mut s) = shared.lock() {
                 s.ledger.confirmed(producer, seq);
-                s.confirm_gap.observe(Instant::now());
+                let now = Instant::now();
+                s.confirm_gap.observe(now);
+                s.acked += 1;
+                if s.milestone > 0 && s.acked % s.milestone == 0 {
+                    let ms = s.publish_start.map_or(0, |t| (now - t).as_millis() as u64);
+                    s.milestones_ms.push(ms);
+                }
             }
         }
         Ok(_) => st.nacked += 1,
