@@ -133,6 +133,15 @@ async fn drain_and_check(
     }
 }
 
+/// Flips every byte of the file at `path` after its first record's header.
+fn damage(path: &std::path::Path) {
+    let mut bytes = std::fs::read(path).expect("read");
+    for byte in bytes.iter_mut().skip(8) {
+        *byte ^= 0x5a;
+    }
+    std::fs::write(path, bytes).expect("damage");
+}
+
 fn body_bytes_on_disk(store: &SegmentStore) -> u64 {
     store.bodies().expect("a body store").disk_usage().1
 }
@@ -270,12 +279,7 @@ async fn a_body_that_cannot_be_read_stops_apply_and_no_snapshot_saves_the_half_a
     .expect("apply publishes");
     // Damage every body segment on disk (the cache holds nothing).
     for file in std::fs::read_dir(dir.path().join("bodies")).expect("bodies/") {
-        let path = file.expect("entry").path();
-        let mut bytes = std::fs::read(&path).expect("read");
-        for byte in bytes.iter_mut().skip(8) {
-            *byte ^= 0x5a;
-        }
-        std::fs::write(&path, bytes).expect("damage");
+        damage(&file.expect("entry").path());
     }
     let failed = sm.apply(vec![entry(3, origin, vec![get("q", true)])]).await;
     assert!(
@@ -448,11 +452,7 @@ async fn a_page_that_cannot_be_read_stops_apply() {
         .path()
         .join("bodies")
         .join(format!("{:010}.body", first_page.segment));
-    let mut bytes = std::fs::read(&path).expect("read the page's segment");
-    for byte in bytes.iter_mut().skip(8) {
-        *byte ^= 0x5a;
-    }
-    std::fs::write(&path, bytes).expect("damage");
+    damage(&path);
     let failed = sm
         .apply(vec![entry(next + 1, channel_on(1), vec![get("q", true)])])
         .await;

@@ -795,15 +795,34 @@ mod tests {
         entries.iter().map(|e| e.seq).collect()
     }
 
-    #[test]
-    fn a_backlog_is_paged_and_read_back_in_order() {
-        let pager = MemPager::new(3);
+    /// Messages `0..n` added through `pager`.
+    fn paged(pager: &Arc<MemPager>, n: u64) -> Ready {
         let mut ready = Ready::default();
         with_pager(pager.clone(), || {
-            for seq in 0..20 {
+            for seq in 0..n {
                 ready.insert(entry(seq), true);
             }
         });
+        ready
+    }
+
+    /// A body codec, set while a snapshot travels to another node; the
+    /// bodies of these tests are in memory, so it is never asked.
+    struct Portable;
+
+    impl crate::message::BodyCodec for Portable {
+        fn load(&self, _: &StoredBody) -> Result<bytes::Bytes, String> {
+            Err("not expected".to_owned())
+        }
+        fn store(&self, _: &bytes::Bytes) -> Result<StoredBody, String> {
+            Err("not expected".to_owned())
+        }
+    }
+
+    #[test]
+    fn a_backlog_is_paged_and_read_back_in_order() {
+        let pager = MemPager::new(3);
+        let mut ready = paged(&pager, 20);
         assert_eq!(ready.len(), 20);
         assert_eq!(ready.in_memory_len(), 3 + 2, "a head and a partial tail stay in memory");
         assert_eq!(ready.pages().count(), 5);
@@ -820,11 +839,8 @@ mod tests {
     #[test]
     fn a_requeued_message_goes_back_before_the_pages() {
         let pager = MemPager::new(3);
-        let mut ready = Ready::default();
+        let mut ready = paged(&pager, 12);
         with_pager(pager.clone(), || {
-            for seq in 0..12 {
-                ready.insert(entry(seq), true);
-            }
             let first = ready.pop_front().unwrap();
             let second = ready.pop_front().unwrap();
             ready.insert(second, true);
@@ -837,11 +853,8 @@ mod tests {
     #[test]
     fn expired_messages_are_taken_from_pages_too() {
         let pager = MemPager::new(3);
-        let mut ready = Ready::default();
+        let mut ready = paged(&pager, 14);
         with_pager(pager.clone(), || {
-            for seq in 0..14 {
-                ready.insert(entry(seq), true);
-            }
             let doomed: BTreeSet<u64> = [1, 4, 5, 6, 9, 13].into_iter().collect();
             let removed = ready.remove_seqs(&doomed);
             assert_eq!(seqs(&removed), vec![1, 4, 5, 6, 9, 13]);
@@ -864,12 +877,7 @@ mod tests {
     #[test]
     fn encoded_pages_stay_handles_locally_and_travel_as_messages() {
         let pager = MemPager::new(3);
-        let mut ready = Ready::default();
-        with_pager(pager.clone(), || {
-            for seq in 0..10 {
-                ready.insert(entry(seq), true);
-            }
-        });
+        let ready = paged(&pager, 10);
         let local = bincode::serialize(&ready).unwrap();
         let decoded: Ready = with_pager(pager.clone(), || bincode::deserialize(&local).unwrap());
         assert_eq!(decoded, ready);
@@ -879,17 +887,6 @@ mod tests {
             "page handles mean nothing without the store"
         );
 
-        /// A codec for a snapshot on its way to another node.
-        struct Portable;
-        impl crate::message::BodyCodec for Portable {
-            fn load(&self, _: &StoredBody) -> Result<bytes::Bytes, String> {
-                Err("no stored bodies here".to_owned())
-            }
-            fn store(&self, body: &bytes::Bytes) -> Result<StoredBody, String> {
-                Err(format!("not expected: {} bytes", body.len()))
-            }
-        }
-        // Inline bodies only in this test: the codec is never asked.
         let travelling =
             crate::message::with_body_codec(std::rc::Rc::new(Portable), || bincode::serialize(&ready).unwrap());
         let received: Ready = bincode::deserialize(&travelling).unwrap();
@@ -924,22 +921,8 @@ mod tests {
 
     #[test]
     fn a_page_handle_arriving_from_another_node_is_refused() {
-        struct Portable;
-        impl crate::message::BodyCodec for Portable {
-            fn load(&self, _: &StoredBody) -> Result<bytes::Bytes, String> {
-                Err("not expected".to_owned())
-            }
-            fn store(&self, _: &bytes::Bytes) -> Result<StoredBody, String> {
-                Err("not expected".to_owned())
-            }
-        }
         let pager = MemPager::new(3);
-        let mut ready = Ready::default();
-        with_pager(pager.clone(), || {
-            for seq in 0..10 {
-                ready.insert(entry(seq), true);
-            }
-        });
+        let ready = paged(&pager, 10);
         let local = bincode::serialize(&ready).unwrap();
         let decoded = with_pager(pager.clone(), || {
             crate::message::with_body_codec(std::rc::Rc::new(Portable), || bincode::deserialize::<Ready>(&local))
@@ -950,12 +933,7 @@ mod tests {
     #[test]
     fn a_page_that_cannot_be_read_is_reported_and_kept() {
         let pager = MemPager::new(3);
-        let mut ready = Ready::default();
-        with_pager(pager.clone(), || {
-            for seq in 0..9 {
-                ready.insert(entry(seq), true);
-            }
-        });
+        let mut ready = paged(&pager, 9);
         for _ in 0..3 {
             ready.pop_front().unwrap();
         }
