@@ -573,13 +573,7 @@ impl Broker {
     pub fn held_backlog_with(&self, bodies_on_disk: bool) -> (u64, u64) {
         let (ready, ready_bytes) = if bodies_on_disk {
             // Paged messages are on disk, their bodies too.
-            let in_memory = self
-                .vhosts
-                .values()
-                .flat_map(|vhost| vhost.queues.values())
-                .map(|queue| queue.ready.in_memory_len() as u64)
-                .sum();
-            (in_memory, 0)
+            (self.ready_layout().0, 0)
         } else {
             self.ready_backlog()
         };
@@ -604,23 +598,16 @@ impl Broker {
 
     /// Messages ready in all queues, and their body bytes. O(queues).
     pub fn ready_backlog(&self) -> (u64, u64) {
-        self.vhosts
-            .values()
-            .flat_map(|vhost| vhost.queues.values())
-            .fold((0, 0), |(messages, bytes), queue| {
-                (messages + queue.ready.len() as u64, bytes + queue.ready_bytes)
-            })
+        self.all_queues().fold((0, 0), |(messages, bytes), queue| {
+            (messages + queue.ready.len() as u64, bytes + queue.ready_bytes)
+        })
     }
 
     /// The body of every message the broker holds: ready in a queue, or
     /// delivered and awaiting an ack. (Bodies arriving in parts are in
     /// memory and not among them.)
     pub fn held_bodies(&self) -> impl Iterator<Item = &crate::message::Body> {
-        let ready = self
-            .vhosts
-            .values()
-            .flat_map(|vhost| vhost.queues.values())
-            .flat_map(|queue| queue.ready.in_memory());
+        let ready = self.all_queues().flat_map(|queue| queue.ready.in_memory());
         let unacked = self
             .channels
             .values()
@@ -629,26 +616,25 @@ impl Broker {
         ready.chain(unacked).map(|entry| &entry.message.body)
     }
 
+    /// Every queue of every vhost.
+    fn all_queues(&self) -> impl Iterator<Item = &crate::queue::Queue> {
+        self.vhosts.values().flat_map(|vhost| vhost.queues.values())
+    }
+
     /// Ready messages held in memory and ready messages in pages, over
     /// every queue (issue 9: the second grows with a backlog, the first
     /// should not). O(queues).
     pub fn ready_layout(&self) -> (u64, u64) {
-        self.vhosts
-            .values()
-            .flat_map(|vhost| vhost.queues.values())
-            .fold((0, 0), |(in_memory, paged), queue| {
-                let held = queue.ready.in_memory_len() as u64;
-                (in_memory + held, paged + queue.ready.len() as u64 - held)
-            })
+        self.all_queues().fold((0, 0), |(in_memory, paged), queue| {
+            let held = queue.ready.in_memory_len() as u64;
+            (in_memory + held, paged + queue.ready.len() as u64 - held)
+        })
     }
 
     /// The pages of every queue's backlog (their bodies are not among
     /// [`Broker::held_bodies`]).
     pub fn held_pages(&self) -> impl Iterator<Item = &crate::ready::Page> {
-        self.vhosts
-            .values()
-            .flat_map(|vhost| vhost.queues.values())
-            .flat_map(|queue| queue.ready.pages())
+        self.all_queues().flat_map(|queue| queue.ready.pages())
     }
 
     /// Every queue, sorted by vhost and name.

@@ -201,7 +201,7 @@ pub trait BodyCodec {
 
 thread_local! {
     static CODEC: std::cell::RefCell<Option<std::rc::Rc<dyn BodyCodec>>> = const { std::cell::RefCell::new(None) };
-    static LEGACY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static LEGACY: std::cell::RefCell<bool> = const { std::cell::RefCell::new(false) };
 }
 
 /// Runs `f` (an encode or decode on this thread) with bodies made portable
@@ -209,45 +209,45 @@ thread_local! {
 /// store, and a body decoded from bytes is written to the store. This is how
 /// a snapshot travels to another node, whose store is not this one's.
 pub fn with_body_codec<R>(codec: std::rc::Rc<dyn BodyCodec>, f: impl FnOnce() -> R) -> R {
-    /// Puts the previous codec back, also when `f` panics.
-    struct Restore(Option<std::rc::Rc<dyn BodyCodec>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let previous = self.0.take();
-            CODEC.with(|slot| slot.replace(previous));
-        }
-    }
-    let _restore = Restore(CODEC.with(|slot| slot.replace(Some(codec))));
-    f()
+    with_local(&CODEC, Some(codec), f)
 }
 
 /// Runs `f` (a decode on this thread) reading bodies in the encoding of
 /// codec version 1, where a body was its bytes with no variant tag.
 pub fn with_legacy_bodies<R>(f: impl FnOnce() -> R) -> R {
-    /// Puts the previous flag back, also when `f` panics.
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            LEGACY.with(|flag| flag.set(self.0));
-        }
-    }
-    let _restore = Restore(LEGACY.with(|flag| flag.replace(true)));
-    f()
+    with_local(&LEGACY, true, f)
 }
 
 /// Runs `f` with no body codec on this thread, whatever was set: a page
 /// of a queue is written and read in the node's own form (handles), also
 /// while a snapshot travels.
 pub fn without_body_codec<R>(f: impl FnOnce() -> R) -> R {
-    /// Puts the previous codec back, also when `f` panics.
-    struct Restore(Option<std::rc::Rc<dyn BodyCodec>>);
-    impl Drop for Restore {
+    with_local(&CODEC, None, f)
+}
+
+/// Runs `f` with the thread-local `slot` holding `value`, and puts the
+/// previous value back afterwards, also when `f` panics.
+pub(crate) fn with_local<T: 'static, R>(
+    slot: &'static std::thread::LocalKey<std::cell::RefCell<T>>,
+    value: T,
+    f: impl FnOnce() -> R,
+) -> R {
+    struct Restore<T: 'static> {
+        slot: &'static std::thread::LocalKey<std::cell::RefCell<T>>,
+        previous: Option<T>,
+    }
+    impl<T: 'static> Drop for Restore<T> {
         fn drop(&mut self) {
-            let previous = self.0.take();
-            CODEC.with(|slot| slot.replace(previous));
+            if let Some(previous) = self.previous.take() {
+                self.slot.with(|cell| cell.replace(previous));
+            }
         }
     }
-    let _restore = Restore(CODEC.with(|slot| slot.replace(None)));
+    let previous = slot.with(|cell| cell.replace(value));
+    let _restore = Restore {
+        slot,
+        previous: Some(previous),
+    };
     f()
 }
 
@@ -291,7 +291,7 @@ impl Serialize for Body {
 
 impl<'de> Deserialize<'de> for Body {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let bytes = if LEGACY.with(std::cell::Cell::get) {
+        let bytes = if LEGACY.with(|flag| *flag.borrow()) {
             Bytes::deserialize(deserializer)?
         } else {
             match BodyRepr::deserialize(deserializer)? {

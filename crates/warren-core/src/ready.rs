@@ -57,36 +57,19 @@ pub trait Pager: Send + Sync {
 
 thread_local! {
     static PAGER: std::cell::RefCell<Option<Arc<dyn Pager>>> = const { std::cell::RefCell::new(None) };
-    static PLAIN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static PLAIN: std::cell::RefCell<bool> = const { std::cell::RefCell::new(false) };
 }
 
 /// Runs `f` (an apply, or a snapshot decode, on this thread) with `pager`
 /// taking the pages of queues that grow past a page.
 pub fn with_pager<R>(pager: Arc<dyn Pager>, f: impl FnOnce() -> R) -> R {
-    /// Puts the previous pager back, also when `f` panics.
-    struct Restore(Option<Arc<dyn Pager>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let previous = self.0.take();
-            PAGER.with(|slot| slot.replace(previous));
-        }
-    }
-    let _restore = Restore(PAGER.with(|slot| slot.replace(Some(pager))));
-    f()
+    crate::message::with_local(&PAGER, Some(pager), f)
 }
 
 /// Runs `f` (a decode on this thread) reading ready messages as codec
 /// version 2 and earlier encoded them: one list, no pages.
 pub fn with_plain_ready<R>(f: impl FnOnce() -> R) -> R {
-    /// Puts the previous flag back, also when `f` panics.
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            PLAIN.with(|flag| flag.set(self.0));
-        }
-    }
-    let _restore = Restore(PLAIN.with(|flag| flag.replace(true)));
-    f()
+    crate::message::with_local(&PLAIN, true, f)
 }
 
 fn current_pager() -> Option<Arc<dyn Pager>> {
@@ -259,12 +242,18 @@ impl Ready {
     /// priority queue a message may belong in the middle of a page.
     pub fn insert(&mut self, entry: QueuedMessage, pageable: bool) {
         let key = entry.order_key();
-        let pager = if pageable { current_pager() } else { None };
+        // Read in place: a publish clones the pager only to write a page.
+        let page_len = if pageable {
+            PAGER.with(|slot| slot.borrow().as_ref().map(|p| p.page_len()))
+        } else {
+            None
+        };
         let paged_or_tailed = !self.pages.is_empty() || !self.tail.is_empty();
         if !pageable && paged_or_tailed {
             self.page_in_all();
         }
-        let page_len = pager.as_ref().map_or(usize::MAX, |p| p.page_len());
+        let paging = page_len.is_some();
+        let page_len = page_len.unwrap_or(usize::MAX);
         let to_head = match self.after_head() {
             Some(first) => key < first,
             None => self.head.len() < page_len || self.head.back().is_some_and(|last| key < last.order_key()),
@@ -281,8 +270,8 @@ impl Ready {
         self.tail_inline += entry.message.body.inline_len();
         let position = self.tail.partition_point(|m| m.order_key() < key);
         self.tail.insert(position, entry);
-        if let Some(pager) = pager {
-            if self.tail.len() >= page_len || self.tail_inline >= PAGE_INLINE_BYTES {
+        if paging && (self.tail.len() >= page_len || self.tail_inline >= PAGE_INLINE_BYTES) {
+            if let Some(pager) = current_pager() {
                 self.page_out_tail(&pager);
             }
         }
@@ -683,7 +672,7 @@ impl<'de> serde::de::Visitor<'de> for ReadyIn {
 
 impl<'de> Deserialize<'de> for Ready {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        if PLAIN.with(std::cell::Cell::get) {
+        if PLAIN.with(|flag| *flag.borrow()) {
             let list = VecDeque::<QueuedMessage>::deserialize(deserializer)?;
             return Ok(Ready::from_ordered(list));
         }
