@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 
 use bytes::BytesMut;
+use warren_core::tx::{TxPublish, TxSettle};
 use warren_core::QueueName;
 use warren_wire::protocol::basic::AMQPProperties;
 
@@ -74,6 +75,8 @@ pub enum Pending {
     Recover {
         send_ok: bool,
     },
+    /// `tx.commit`: send the returns, then `commit-ok`, when applied.
+    TxCommit,
     /// The client's `channel.close`: send `close-ok` when applied.
     ChannelClose,
     /// The close the server issued after a channel error: when applied,
@@ -108,6 +111,7 @@ impl Pending {
             Pending::Get { .. } => (60, 70),
             Pending::Settle { method_id } => (60, *method_id),
             Pending::Recover { .. } => (60, 110),
+            Pending::TxCommit => (90, 20),
             Pending::ChannelClose | Pending::ServerClose => (20, 40),
             Pending::ConnectionClose => (10, 50),
             Pending::Discard => (0, 0),
@@ -178,6 +182,39 @@ pub struct ChannelSlot {
     pub manual_tags: VecDeque<u64>,
     /// This incarnation has published (it counts as a publisher).
     pub published: bool,
+    /// Set by `tx.select`: the transaction in progress.
+    pub tx: Option<TxBuffer>,
+}
+
+/// A transactional channel's publishes and settlements since its last
+/// commit or rollback, held until `tx.commit` sends them to the core as
+/// one command (ADR 0020).
+#[derive(Debug)]
+pub struct TxBuffer {
+    pub publishes: Vec<TxPublish>,
+    pub settles: Vec<TxSettle>,
+    /// The delivery tags `settles` took from `manual_tags`, given back on
+    /// rollback.
+    pub settled_tags: Vec<u64>,
+    /// The bodies of `publishes`, counted with the node's partly received
+    /// bodies (the memory alarm's).
+    pub held: HeldBytes,
+}
+
+impl TxBuffer {
+    pub fn new(total: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Self {
+            publishes: Vec::new(),
+            settles: Vec::new(),
+            settled_tags: Vec::new(),
+            held: HeldBytes::new(total),
+        }
+    }
+
+    /// Body bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.held.mine
+    }
 }
 
 impl Default for ChannelSlot {
@@ -194,6 +231,7 @@ impl Default for ChannelSlot {
             auto_ack_consumers: std::collections::HashSet::new(),
             manual_tags: VecDeque::new(),
             published: false,
+            tx: None,
         }
     }
 }
@@ -210,6 +248,42 @@ impl ChannelSlot {
         self.auto_ack_consumers.clear();
         self.manual_tags.clear();
         self.published = false;
+        self.tx = None;
+    }
+
+    /// Takes the delivery tags an ack, nack or reject of `tag` (with
+    /// `multiple`) covers out of `manual_tags`, as RabbitMQ's
+    /// `collect_acks` does: tag 0 with `multiple` is every one; otherwise
+    /// `tag` itself must await an ack, and `multiple` adds every one below
+    /// it. `None` (nothing taken) if `tag` is unknown.
+    pub fn take_covered(&mut self, tag: u64, multiple: bool) -> Option<Vec<u64>> {
+        if multiple && tag == 0 {
+            return Some(self.manual_tags.drain(..).collect());
+        }
+        let at = self.manual_tags.binary_search(&tag).ok()?;
+        if multiple {
+            return Some(self.manual_tags.drain(..=at).collect());
+        }
+        self.manual_tags.remove(at);
+        Some(vec![tag])
+    }
+
+    /// After `basic.recover`: the core requeues every unacked delivery of
+    /// the channel, those a transaction settled included.
+    pub fn forget_unacked(&mut self) {
+        self.manual_tags.clear();
+        if let Some(tx) = self.tx.as_mut() {
+            tx.settled_tags.clear();
+        }
+    }
+
+    /// Puts `tags` (taken by [`Self::take_covered`]) back among those
+    /// awaiting an ack, in order.
+    pub fn restore_tags(&mut self, tags: &[u64]) {
+        let mut all: Vec<u64> = self.manual_tags.drain(..).chain(tags.iter().copied()).collect();
+        all.sort_unstable();
+        all.dedup();
+        self.manual_tags = all.into();
     }
 
     /// Forgets delivery `tag` (or every tag up to it, `multiple`) as
@@ -252,6 +326,30 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
+
+    fn slot_with(tags: &[u64]) -> ChannelSlot {
+        ChannelSlot {
+            manual_tags: tags.iter().copied().collect(),
+            ..ChannelSlot::default()
+        }
+    }
+
+    #[test]
+    fn settled_tags_follow_rabbitmqs_collect_acks() {
+        let mut slot = slot_with(&[2, 3, 5, 8]);
+        // multiple with a tag that awaits no ack: unknown, even with
+        // smaller ones waiting (RabbitMQ walks to the tag or fails).
+        assert_eq!(slot.take_covered(4, true), None);
+        assert_eq!(slot.take_covered(1, false), None);
+        assert_eq!(slot.take_covered(5, true), Some(vec![2, 3, 5]));
+        assert_eq!(slot.take_covered(5, false), None, "taken already");
+        slot.restore_tags(&[3, 2]);
+        assert_eq!(slot.manual_tags, VecDeque::from(vec![2, 3, 8]));
+        assert_eq!(slot.take_covered(3, false), Some(vec![3]));
+        assert_eq!(slot.take_covered(0, true), Some(vec![2, 8]));
+        assert_eq!(slot.take_covered(0, true), Some(vec![]), "tag 0 with multiple: every one, none left");
+        assert_eq!(slot.take_covered(0, false), None);
+    }
 
     #[test]
     fn held_bytes_are_given_back_when_dropped() {

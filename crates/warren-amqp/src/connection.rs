@@ -18,16 +18,17 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use warren_core::access::{Perm, ResourceKind};
 use warren_core::staged::StagedPublish;
+use warren_core::tx::{Transaction, TxPublish, TxSettle, TxSettleKind};
 use warren_core::{
     reply_code, ChannelId, Command, ConnectionId, ConsumerTag, CoreError, DeliveryTag, Effect, ExchangeKind,
     ExchangeName, Message, Outcome, QueueName, Request, UserName, VHost,
 };
-use warren_wire::protocol::{basic, channel, confirm, connection, exchange, queue, AMQPClass};
+use warren_wire::protocol::{basic, channel, confirm, connection, exchange, queue, tx, AMQPClass};
 use warren_wire::types::{AMQPValue, FieldTable, LongString};
 use warren_wire::{AMQPFrame, WireError};
 
 use crate::access::{AccessCache, Subject};
-use crate::channel::{ChannelSlot, ChannelState, HeldBytes, PartialContent, Pending};
+use crate::channel::{ChannelSlot, ChannelState, HeldBytes, PartialContent, Pending, TxBuffer};
 use crate::convert::{long, properties_from_wire, properties_to_wire, short};
 use crate::counters::connection_counter;
 use crate::error::AmqpError;
@@ -42,6 +43,10 @@ const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// A message body larger than this is sent to the core in parts of this
 /// size, each its own Raft entry (issue 9, item 5; `warren_core::staged`).
 pub(crate) const STAGED_PART_BYTES: usize = 256 * 1024;
+/// The most message-body bytes a transaction holds before `tx.commit`:
+/// a transaction is one Raft entry, and an entry far larger than a staged
+/// part would starve heartbeats as an unsplit large body does (ADR 0020).
+pub(crate) const TX_MAX_BYTES: u64 = 4 * 1024 * 1024;
 /// Bytes a held (blocked) publishing connection still reads, unhandled,
 /// to notice the client closing its socket.
 const HELD_READ_BYTES: usize = 64 * 1024;
@@ -783,6 +788,14 @@ impl Connection {
             AMQPClass::Queue(m) => self.handle_queue_method(ch, vhost, m).await,
             AMQPClass::Basic(m) => self.handle_basic_method(ch, vhost, m).await,
             AMQPClass::Confirm(confirm::AMQPMethod::Select(select)) => {
+                if self.slot(ch).tx.is_some() {
+                    return Err(AmqpError::channel(
+                        ch,
+                        reply_code::PRECONDITION_FAILED,
+                        "PRECONDITION_FAILED - cannot switch from tx to confirm mode",
+                        ids,
+                    ));
+                }
                 self.slot(ch).confirm = true;
                 if !select.nowait {
                     self.send_method(
@@ -792,11 +805,7 @@ impl Connection {
                 }
                 Ok(())
             }
-            AMQPClass::Tx(_) => Err(AmqpError::connection_for(
-                reply_code::NOT_IMPLEMENTED,
-                "NOT_IMPLEMENTED - transactions (tx.*) are not supported yet",
-                ids,
-            )),
+            AMQPClass::Tx(m) => self.handle_tx_method(ch, vhost, m, ids).await,
             AMQPClass::Access(_) => {
                 let ok = warren_wire::protocol::access::RequestOk {};
                 self.send_method(
@@ -1110,6 +1119,17 @@ impl Connection {
                 )
                 .await
             }
+            basic::AMQPMethod::Ack(m) if self.slot(ch).tx.is_some() => {
+                self.settle_in_tx(ch, m.delivery_tag, m.multiple, TxSettleKind::Ack, 80)
+            }
+            basic::AMQPMethod::Nack(m) if self.slot(ch).tx.is_some() => {
+                let how = if m.requeue { TxSettleKind::Requeue } else { TxSettleKind::Reject };
+                self.settle_in_tx(ch, m.delivery_tag, m.multiple, how, 120)
+            }
+            basic::AMQPMethod::Reject(m) if self.slot(ch).tx.is_some() => {
+                let how = if m.requeue { TxSettleKind::Requeue } else { TxSettleKind::Reject };
+                self.settle_in_tx(ch, m.delivery_tag, false, how, 90)
+            }
             basic::AMQPMethod::Ack(m) => {
                 let acked = self.slot(ch).settle_tags(m.delivery_tag, m.multiple);
                 crate::counters::bump(&self.frontend.counters.acknowledged, acked);
@@ -1146,7 +1166,7 @@ impl Connection {
                 ))
             }
             basic::AMQPMethod::Recover(m) => {
-                self.slot(ch).manual_tags.clear();
+                self.slot(ch).forget_unacked();
                 self.submit(
                     ch,
                     Pending::Recover { send_ok: true },
@@ -1155,7 +1175,7 @@ impl Connection {
                 .await
             }
             basic::AMQPMethod::RecoverAsync(m) => {
-                self.slot(ch).manual_tags.clear();
+                self.slot(ch).forget_unacked();
                 self.submit(
                     ch,
                     Pending::Recover { send_ok: false },
@@ -1165,6 +1185,135 @@ impl Connection {
             }
             other => Err(not_from_client(AMQPClass::Basic(other))),
         }
+    }
+
+    /// `tx.select`, `tx.commit`, `tx.rollback` (ADR 0020).
+    async fn handle_tx_method(
+        &mut self,
+        ch: u16,
+        vhost: VHost,
+        method: tx::AMQPMethod,
+        ids: (u16, u16),
+    ) -> Result<(), AmqpError> {
+        let receiving = self.frontend.receiving_bytes.clone();
+        let slot = self.slot(ch);
+        let not_transactional = || {
+            AmqpError::channel(
+                ch,
+                reply_code::PRECONDITION_FAILED,
+                "PRECONDITION_FAILED - channel is not transactional",
+                ids,
+            )
+        };
+        match method {
+            tx::AMQPMethod::Select(_) => {
+                if slot.confirm {
+                    return Err(AmqpError::channel(
+                        ch,
+                        reply_code::PRECONDITION_FAILED,
+                        "PRECONDITION_FAILED - cannot switch from confirm to tx mode",
+                        ids,
+                    ));
+                }
+                slot.tx.get_or_insert_with(|| TxBuffer::new(receiving));
+                self.send_method(ch, AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
+                Ok(())
+            }
+            tx::AMQPMethod::Commit(_) => {
+                let Some(buffer) = slot.tx.replace(TxBuffer::new(receiving)) else {
+                    return Err(not_transactional());
+                };
+                let transaction = Transaction {
+                    vhost,
+                    publishes: buffer.publishes,
+                    settles: buffer.settles,
+                };
+                self.submit(ch, Pending::TxCommit, Command::Commit(transaction)).await
+            }
+            tx::AMQPMethod::Rollback(_) => {
+                let Some(buffer) = slot.tx.replace(TxBuffer::new(receiving)) else {
+                    return Err(not_transactional());
+                };
+                slot.restore_tags(&buffer.settled_tags);
+                self.send_method(ch, AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})));
+                Ok(())
+            }
+            other => Err(not_from_client(AMQPClass::Tx(other))),
+        }
+    }
+
+    /// A publish on a transactional channel: held until `tx.commit`.
+    ///
+    /// # Errors
+    /// 406 if the transaction's bodies would pass [`TX_MAX_BYTES`].
+    fn publish_in_tx(
+        &mut self,
+        ch: u16,
+        exchange: String,
+        routing_key: String,
+        mandatory: bool,
+        properties: warren_core::Properties,
+        body: BytesMut,
+    ) -> Result<(), AmqpError> {
+        let slot = self.slot(ch);
+        let Some(buffer) = slot.tx.as_mut() else {
+            return Ok(());
+        };
+        let len = body.len() as u64;
+        if buffer.bytes() + len > TX_MAX_BYTES {
+            return Err(AmqpError::channel(
+                ch,
+                reply_code::PRECONDITION_FAILED,
+                format!(
+                    "PRECONDITION_FAILED - a transaction holds at most {TX_MAX_BYTES} bytes of message bodies; commit before publishing more"
+                ),
+                (60, 40),
+            ));
+        }
+        buffer.held.add(len);
+        buffer.publishes.push(TxPublish {
+            mandatory,
+            message: Arc::new(Message {
+                exchange: ExchangeName::new(exchange),
+                routing_key,
+                properties: Arc::new(properties),
+                body: body.freeze().into(),
+            }),
+        });
+        Ok(())
+    }
+
+    /// An ack, nack or reject on a transactional channel: its tags are
+    /// checked and taken now (as RabbitMQ's `collect_acks` does), settled
+    /// at `tx.commit`.
+    ///
+    /// # Errors
+    /// 406 `unknown delivery tag N`.
+    fn settle_in_tx(
+        &mut self,
+        ch: u16,
+        tag: u64,
+        multiple: bool,
+        how: TxSettleKind,
+        method_id: u16,
+    ) -> Result<(), AmqpError> {
+        let slot = self.slot(ch);
+        let Some(tags) = slot.take_covered(tag, multiple) else {
+            return Err(AmqpError::channel(
+                ch,
+                reply_code::PRECONDITION_FAILED,
+                format!("PRECONDITION_FAILED - unknown delivery tag {tag}"),
+                (60, method_id),
+            ));
+        };
+        if let Some(buffer) = slot.tx.as_mut() {
+            buffer.settled_tags.extend(&tags);
+            buffer.settles.push(TxSettle {
+                tags: tags.into_iter().map(DeliveryTag).collect(),
+                how,
+            });
+        }
+        Ok(())
     }
 
     /// Checks the connection's user may do each of `checks` in its vhost.
@@ -1358,6 +1507,9 @@ impl Connection {
             slot.next_confirm_seq += 1;
             seq
         });
+        if slot.tx.is_some() {
+            return self.publish_in_tx(ch, content.exchange, content.routing_key, content.mandatory, properties, content.body);
+        }
         let mut body = content.body.freeze();
         // A large body goes in parts, each its own Raft entry
         // (warren_core::staged); their replies carry nothing to tell.
@@ -1557,14 +1709,7 @@ impl Connection {
                 };
                 crate::counters::bump(counter, 1);
                 if let Some(message) = returned {
-                    let ret = basic::Return {
-                        reply_code: reply_code::NO_ROUTE,
-                        reply_text: short("NO_ROUTE"),
-                        exchange: short(message.exchange.as_str()),
-                        routing_key: short(&message.routing_key),
-                    };
-                    self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::Return(ret)));
-                    self.send_content(ch, &message)?;
+                    self.send_return(ch, &message)?;
                 }
                 if let Some(seq) = confirm_seq {
                     self.send_confirm(ch, seq, !rejected);
@@ -1704,6 +1849,23 @@ impl Connection {
                 self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})));
             }
             (Pending::Settle { .. }, _) => {}
+            (Pending::TxCommit, Outcome::Committed { returned, rejected }) => {
+                for message in returned {
+                    crate::counters::bump(&self.frontend.counters.unroutable_returned, 1);
+                    self.send_return(ch, &message)?;
+                }
+                if rejected {
+                    // RabbitMQ's answer when a queue refused a publish of
+                    // the transaction (the others took effect).
+                    return Err(AmqpError::channel(
+                        ch,
+                        reply_code::PRECONDITION_FAILED,
+                        "PRECONDITION_FAILED - partial tx completion",
+                        (90, 20),
+                    ));
+                }
+                self.send_method(ch, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+            }
             (Pending::Recover { send_ok }, _) => {
                 if send_ok {
                     self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})));
@@ -1718,6 +1880,18 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// `basic.return` of an unroutable mandatory message.
+    fn send_return(&mut self, ch: u16, message: &Message) -> Result<(), AmqpError> {
+        let ret = basic::Return {
+            reply_code: reply_code::NO_ROUTE,
+            reply_text: short("NO_ROUTE"),
+            exchange: short(message.exchange.as_str()),
+            routing_key: short(&message.routing_key),
+        };
+        self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::Return(ret)));
+        self.send_content(ch, message)
     }
 
     fn reply_error(&mut self, ch: u16, pending: Pending, error: CoreError) -> Result<(), AmqpError> {

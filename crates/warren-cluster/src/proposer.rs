@@ -352,6 +352,7 @@ fn request_bytes(request: &Request) -> u64 {
             OTHER + message.body_len() + message.routing_key.len() as u64
         }
         Command::StageBody { part, .. } => OTHER + part.len() as u64,
+        Command::Commit(tx) => OTHER + tx.approximate_bytes(),
         _ => OTHER,
     }
 }

@@ -89,7 +89,7 @@ impl Broker {
         Ok(Outcome::Done)
     }
 
-    fn settle_each(&mut self, ctx: &mut Ctx<'_>, channel: ChannelId, tags: Vec<DeliveryTag>, how: Settle) {
+    pub(crate) fn settle_each(&mut self, ctx: &mut Ctx<'_>, channel: ChannelId, tags: Vec<DeliveryTag>, how: Settle) {
         let Some(state) = self.channels.get_mut(&channel) else {
             return;
         };

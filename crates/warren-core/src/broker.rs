@@ -268,6 +268,10 @@ impl Broker {
                 let channel = ctx.origin?;
                 self.publish_staged(ctx, channel, end)
             }
+            Command::Commit(tx) => {
+                let channel = ctx.origin?;
+                self.commit(ctx, channel, tx)
+            }
             Command::Qos { prefetch_count, global } => {
                 let channel = ctx.origin?;
                 self.qos(ctx, channel, *prefetch_count, *global)
@@ -681,6 +685,7 @@ fn command_vhost(command: &Command) -> Option<&VHost> {
         | Command::DeleteQueue { vhost, .. }
         | Command::Publish { vhost, .. }
         | Command::PublishStaged(crate::staged::StagedPublish { vhost, .. })
+        | Command::Commit(crate::tx::Transaction { vhost, .. })
         | Command::Consume { vhost, .. }
         | Command::Get { vhost, .. } => Some(vhost),
         _ => None,

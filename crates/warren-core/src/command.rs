@@ -274,4 +274,7 @@ pub enum Command {
     /// Creates or replaces a policy that acts on the queues and exchanges
     /// it matches (checked by whoever submits it; ADR 0017).
     SetPolicy(crate::policy::Policy),
+    /// `tx.commit`: a transactional channel's publishes and settlements
+    /// since its last commit or rollback, applied together ([`crate::tx`]).
+    Commit(crate::tx::Transaction),
 }

@@ -55,6 +55,14 @@ pub enum Outcome {
         message: Arc<Message>,
     },
     GetEmpty,
+    /// `tx.commit` applied. `returned`: its mandatory unroutable messages,
+    /// for `basic.return` before `commit-ok`; `rejected`: a queue refused
+    /// one of its publishes (RabbitMQ then fails the commit as a partial
+    /// completion).
+    Committed {
+        returned: Vec<Arc<Message>>,
+        rejected: bool,
+    },
 }
 
 /// One thing a node must do after applying a command.

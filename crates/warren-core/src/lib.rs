@@ -67,6 +67,7 @@ pub mod stats;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
 pub mod topic;
+pub mod tx;
 pub mod vhost;
 
 pub use broker::{Broker, ChannelSummary, QueueSummary, User};

@@ -16,3 +16,4 @@ mod reply_to;
 mod routing_properties;
 mod staged;
 mod stats;
+mod transactions;

@@ -1,0 +1,170 @@
+//! Transactions (`tx.select`, `tx.commit`, `tx.rollback`; ADR 0020)
+//! against the binary: pika as users write it, and lapin for what a
+//! transaction must do at the edges — one commit that takes a request and
+//! publishes its answer together, a channel closed mid-transaction, the
+//! 406s, a transaction past its size bound, and a committed transaction
+//! kept across `kill -9`.
+
+use lapin::{
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    types::FieldTable,
+    BasicProperties,
+};
+use warren_e2e::{
+    amqp::{self, declare_queue, plain_queue},
+    broker_with_channel, connect, expect_reply_code, next_delivery, python, restart_broker, start_broker, within,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pika_transactions_commit_roll_back_and_refuse_confirm_mode() -> anyhow::Result<()> {
+    let broker = start_broker().await?;
+    let output = python::run_script("transactions.py", broker.amqp_port(), &[]).await?;
+    println!("{output}");
+    assert!(output.contains("transactions: ok"), "{output}");
+    Ok(())
+}
+
+/// The pattern transactions exist for: take a request and publish its
+/// answer as one step. Until the commit the answer is not there; after it
+/// the answer is, and the request is gone for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_acks_the_request_and_publishes_the_answer_together() -> anyhow::Result<()> {
+    let (_broker, conn, ch) = broker_with_channel().await?;
+    plain_queue(&ch, "requests").await?;
+    plain_queue(&ch, "answers").await?;
+    amqp::publish(&ch, "", "requests", b"question").await?;
+
+    let worker = within("channel.open", conn.create_channel()).await?;
+    within("basic.qos", worker.basic_qos(1, BasicQosOptions::default())).await?;
+    within("tx.select", worker.tx_select()).await?;
+    let mut consumer = within(
+        "basic.consume",
+        worker.basic_consume("requests".into(), "worker".into(), BasicConsumeOptions::default(), FieldTable::default()),
+    )
+    .await?;
+    let request = next_delivery(&mut consumer).await?;
+    within("ack in tx", request.acker.ack(BasicAckOptions::default())).await?;
+    within(
+        "publish in tx",
+        worker.basic_publish("".into(), "answers".into(), Default::default(), b"answer", BasicProperties::default()),
+    )
+    .await?;
+    assert_eq!(amqp::message_count(&ch, "answers").await?, 0, "answers before the commit");
+    within("tx.commit", worker.tx_commit()).await?;
+    assert_eq!(amqp::message_count(&ch, "answers").await?, 1, "answers after the commit");
+    // The ack took effect too: closing the worker requeues nothing.
+    within("channel.close", worker.close(200, "OK".into())).await?;
+    assert_eq!(amqp::message_count(&ch, "requests").await?, 0, "requests after the worker left");
+    let answer = amqp::get(&ch, "answers").await?.expect("the answer");
+    assert_eq!(answer.delivery.data, b"answer");
+    Ok(())
+}
+
+/// A channel closed with a transaction open: its publishes never happen,
+/// and a delivery it acked comes back (redelivered), as with RabbitMQ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_channel_discards_its_open_transaction() -> anyhow::Result<()> {
+    let (_broker, conn, ch) = broker_with_channel().await?;
+    plain_queue(&ch, "work").await?;
+    plain_queue(&ch, "out").await?;
+    amqp::publish(&ch, "", "work", b"job").await?;
+
+    let worker = within("channel.open", conn.create_channel()).await?;
+    within("tx.select", worker.tx_select()).await?;
+    let job = amqp::get_unacked(&worker, "work").await?.expect("the job");
+    within("ack in tx", job.acker.ack(BasicAckOptions::default())).await?;
+    within(
+        "publish in tx",
+        worker.basic_publish("".into(), "out".into(), Default::default(), b"result", BasicProperties::default()),
+    )
+    .await?;
+    within("channel.close", worker.close(200, "OK".into())).await?;
+
+    assert_eq!(amqp::message_count(&ch, "out").await?, 0, "the uncommitted publish");
+    let again = amqp::get(&ch, "work").await?.expect("the job is back");
+    assert!(again.delivery.redelivered);
+    assert!(conn.status().connected());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tx_select_on_a_confirm_channel_and_an_unknown_tag_in_a_transaction_are_406() -> anyhow::Result<()> {
+    let (_broker, conn, ch) = broker_with_channel().await?;
+    within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default())).await?;
+    expect_reply_code(ch.tx_select().await, 406, "tx.select on a confirm channel")?;
+
+    let tx = within("channel.open", conn.create_channel()).await?;
+    within("tx.select", tx.tx_select()).await?;
+    within("basic.ack of tag 7", tx.basic_ack(7, BasicAckOptions::default())).await?;
+    // The 406 closes the channel before the commit.
+    expect_reply_code(tx.tx_commit().await, 406, "ack of an unknown tag in a transaction")?;
+
+    let rollback = within("channel.open", conn.create_channel()).await?;
+    expect_reply_code(rollback.tx_rollback().await, 406, "tx.rollback without tx.select")?;
+    assert!(conn.status().connected(), "only channels were closed");
+    Ok(())
+}
+
+/// A transaction is one Raft entry, so its bodies are bounded (ADR 0020):
+/// the publish that would pass the bound closes the channel with 406, and
+/// nothing of the transaction happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_past_its_size_bound_is_refused_whole() -> anyhow::Result<()> {
+    let (_broker, conn, ch) = broker_with_channel().await?;
+    plain_queue(&ch, "big").await?;
+    let tx = within("channel.open", conn.create_channel()).await?;
+    within("tx.select", tx.tx_select()).await?;
+    let body = vec![7u8; 1024 * 1024];
+    for _ in 0..5 {
+        within(
+            "publish 1 MiB in tx",
+            tx.basic_publish("".into(), "big".into(), Default::default(), &body, BasicProperties::default()),
+        )
+        .await?;
+    }
+    expect_reply_code(tx.tx_commit().await, 406, "a fifth MiB in one transaction")?;
+    assert_eq!(amqp::message_count(&ch, "big").await?, 0);
+    Ok(())
+}
+
+/// `tx.commit-ok` means the transaction is on disk: persistent messages
+/// and the acks of a committed transaction survive `kill -9`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_transaction_survives_kill_9() -> anyhow::Result<()> {
+    let broker = start_broker().await?;
+    let conn = connect(&broker.amqp_uri()).await?;
+    let ch = within("channel.open", conn.create_channel()).await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    declare_queue(&ch, "kept", durable, FieldTable::default()).await?;
+    declare_queue(&ch, "taken", durable, FieldTable::default()).await?;
+    let persistent = BasicProperties::default().with_delivery_mode(2);
+    for body in [&b"t1"[..], b"t2"] {
+        amqp::publish_with(&ch, "", "taken", body, persistent.clone(), false).await?;
+    }
+    within("tx.select", ch.tx_select()).await?;
+    let first = amqp::get_unacked(&ch, "taken").await?.expect("t1");
+    within("ack in tx", first.acker.ack(BasicAckOptions::default())).await?;
+    for i in 0..100 {
+        let body = format!("m{i}");
+        within(
+            "publish in tx",
+            ch.basic_publish("".into(), "kept".into(), Default::default(), body.as_bytes(), persistent.clone()),
+        )
+        .await?;
+    }
+    within("tx.commit", ch.tx_commit()).await?;
+    let mut broker = broker;
+    tokio::task::block_in_place(|| broker.kill9());
+
+    let broker = restart_broker(broker).await?;
+    let conn = connect(&broker.amqp_uri()).await?;
+    let ch = within("channel.open", conn.create_channel()).await?;
+    assert_eq!(amqp::message_count(&ch, "kept").await?, 100);
+    let left = amqp::get(&ch, "taken").await?.expect("t2");
+    assert_eq!(left.delivery.data, b"t2", "t1 was acked by the committed transaction");
+    assert!(amqp::get(&ch, "taken").await?.is_none());
+    Ok(())
+}
