@@ -525,12 +525,16 @@ async fn connections_channels_and_consumers_are_listed_for_the_whole_cluster_and
     assert!(three["send_oct"].as_u64() > Some(0), "{three}");
     assert_eq!(three["message_stats"]["publish"], 0, "{three}");
 
-    let consumers = get_json(api, "/api/consumers/%2F").await?;
-    let worker = consumers
-        .as_array()
-        .and_then(|l| l.iter().find(|c| c["consumer_tag"] == "worker-1"))
-        .with_context(|| format!("no worker-1 in {consumers}"))?
-        .clone();
+    // Node 1 lists the consumer once it has applied the consume (node 3
+    // answered consume-ok when it had; a follower may be behind).
+    let worker = eventually("worker-1 listed on node 1", Duration::from_secs(20), || async move {
+        let consumers = get_json(api, "/api/consumers/%2F").await?;
+        Ok(consumers
+            .as_array()
+            .and_then(|l| l.iter().find(|c| c["consumer_tag"] == "worker-1"))
+            .cloned())
+    })
+    .await?;
     assert_eq!(worker["queue"]["name"], "work");
     assert_eq!(worker["prefetch_count"], 7, "{worker}");
     assert_eq!(worker["channel_details"]["connection_name"], three["name"]);
