@@ -1024,3 +1024,93 @@ fn paging_a_backlog_changes_no_outcome() {
         );
     }
 }
+
+/// A random transaction on one channel: publishes (some mandatory, some
+/// with a bad or short expiration) and settlements of tags `t < 4` (aimed
+/// at the channel's unacked deliveries by [`aim_commit`]) or unknown ones.
+fn commit_request() -> impl Strategy<Value = Request> {
+    let publish = (0..EXCHANGES.len(), 0..KEYS.len(), any::<bool>(), prop::option::weighted(0.2, 0..3u8)).prop_map(
+        |(x, k, mandatory, expiration)| {
+            let mut m = message(EXCHANGES[x], KEYS[k], "tx");
+            Arc::make_mut(&mut m.properties).expiration = expiration.map(|e| match e {
+                2 => "soon".to_owned(),
+                e => e.to_string(),
+            });
+            crate::tx::TxPublish { mandatory, message: Arc::new(m) }
+        },
+    );
+    let settle = (prop::collection::vec(0..6u64, 0..3), 0..3u8).prop_map(|(tags, how)| crate::tx::TxSettle {
+        tags: tags.into_iter().map(DeliveryTag).collect(),
+        how: match how {
+            0 => crate::tx::TxSettleKind::Ack,
+            1 => crate::tx::TxSettleKind::Requeue,
+            _ => crate::tx::TxSettleKind::Reject,
+        },
+    });
+    (0..4usize, prop::collection::vec(publish, 0..4), prop::collection::vec(settle, 0..4)).prop_map(
+        |(c, publishes, settles)| Request {
+            origin: Some(channel(c)),
+            command: Command::Commit(crate::tx::Transaction { vhost: root(), publishes, settles }),
+        },
+    )
+}
+
+/// Points a commit's settled tags `t < 4` at the channel's `t`-th unacked
+/// delivery, as [`aim_acks`] does for acks.
+fn aim_commit(broker: &Broker, request: &Request) -> Request {
+    let mut request = request.clone();
+    let (Some(origin), Command::Commit(tx)) = (request.origin, &mut request.command) else {
+        return request;
+    };
+    let held: Vec<DeliveryTag> = broker
+        .channels
+        .get(&origin)
+        .map(|c| c.unacked.keys().copied().collect())
+        .unwrap_or_default();
+    for tag in tx.settles.iter_mut().flat_map(|s| s.tags.iter_mut()) {
+        if let Some(aimed) = usize::try_from(tag.0).ok().filter(|&t| t < 4).and_then(|t| held.get(t)) {
+            *tag = *aimed;
+        }
+    }
+    request
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Commits among random sequences: the invariants hold after each, a
+    /// commit gets exactly one reply, a failed commit changes nothing, and
+    /// replicas and snapshot round trips agree.
+    #[test]
+    fn commits_keep_invariants_and_fail_whole(batches in batches_of(1..12), commits in prop::collection::vec(commit_request(), 1..6)) {
+        let mut broker = Broker::new();
+        let mut replica = Broker::new();
+        let mut commits = commits.into_iter();
+        for batch in &batches {
+            let batch = aim_acks(&broker, batch);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            broker.apply(&batch, &mut a);
+            replica.apply(&batch, &mut b);
+            let Some(commit) = commits.next() else { continue };
+            let commit = aim_commit(&broker, &commit);
+            let before = snapshot(&broker);
+            let commit_batch = Batch { now_ms: batch.now_ms, requests: vec![commit.clone()] };
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            broker.apply(&commit_batch, &mut a);
+            replica.apply(&commit_batch, &mut b);
+            prop_assert_eq!(&a, &b);
+            let replies: Vec<&Effect> = a.iter().filter(|e| matches!(e, Effect::Reply { .. })).collect();
+            prop_assert_eq!(replies.len(), 1);
+            if let Effect::Reply { outcome: Err(error), .. } = replies[0] {
+                prop_assert!(snapshot(&broker) == before, "a failed commit ({}) changed the state", error);
+                prop_assert_eq!(a.len(), 1, "a failed commit had effects");
+            }
+            if let Err(violation) = broker.check_invariants() {
+                return Err(TestCaseError::fail(format!("{violation}\nafter {commit:#?}")));
+            }
+            let bytes = snapshot(&broker);
+            prop_assert_eq!(&bytes, &snapshot(&replica));
+            prop_assert_eq!(&bytes, &snapshot(&restore(&bytes)));
+        }
+    }
+}
