@@ -105,7 +105,7 @@ async fn tx_select_on_a_confirm_channel_and_an_unknown_tag_in_a_transaction_are_
     Ok(())
 }
 
-/// A transaction is one Raft entry, so its bodies are bounded (ADR 0020):
+/// A transaction is one Raft entry, so its size is bounded (ADR 0020):
 /// the publish that would pass the bound closes the channel with 406, and
 /// nothing of the transaction happened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +122,28 @@ async fn a_transaction_past_its_size_bound_is_refused_whole() -> anyhow::Result<
         )
         .await?;
     }
-    expect_reply_code(tx.tx_commit().await, 406, "a fifth MiB in one transaction")?;
+    expect_reply_code(tx.tx_commit().await, 406, "over 4 MiB of bodies in one transaction")?;
+    assert_eq!(amqp::message_count(&ch, "big").await?, 0);
+
+    // Properties count too: empty bodies with 100 KiB of headers each.
+    let tx = within("channel.open", conn.create_channel()).await?;
+    within("tx.select", tx.tx_select()).await?;
+    let mut headers = FieldTable::default();
+    headers.insert("pad".into(), lapin::types::AMQPValue::LongString("p".repeat(100 * 1024).into()));
+    for _ in 0..50 {
+        within(
+            "publish 100 KiB of headers in tx",
+            tx.basic_publish(
+                "".into(),
+                "big".into(),
+                Default::default(),
+                b"",
+                BasicProperties::default().with_headers(headers.clone()),
+            ),
+        )
+        .await?;
+    }
+    expect_reply_code(tx.tx_commit().await, 406, "5 MiB of headers in one transaction")?;
     assert_eq!(amqp::message_count(&ch, "big").await?, 0);
     Ok(())
 }

@@ -47,6 +47,9 @@ pub(crate) const STAGED_PART_BYTES: usize = 256 * 1024;
 /// a transaction is one Raft entry, and an entry far larger than a staged
 /// part would starve heartbeats as an unsplit large body does (ADR 0020).
 pub(crate) const TX_MAX_BYTES: u64 = 4 * 1024 * 1024;
+/// What each publish or settlement of a transaction counts toward
+/// [`TX_MAX_BYTES`] beside its bodies, properties, names and tags.
+const TX_ITEM_BYTES: u64 = 128;
 /// Bytes a held (blocked) publishing connection still reads, unhandled,
 /// to notice the client closing its socket.
 const HELD_READ_BYTES: usize = 64 * 1024;
@@ -845,6 +848,7 @@ impl Connection {
                 slot.state = ChannelState::ClosingByClient;
                 slot.draining = true;
                 slot.content = None;
+                slot.tx = None;
                 self.submit(ch, Pending::ChannelClose, Command::CloseChannel).await
             }
             channel::AMQPMethod::OpenOk(_) => Err(AmqpError::connection_for(
@@ -1166,7 +1170,6 @@ impl Connection {
                 ))
             }
             basic::AMQPMethod::Recover(m) => {
-                self.slot(ch).forget_unacked();
                 self.submit(
                     ch,
                     Pending::Recover { send_ok: true },
@@ -1175,7 +1178,6 @@ impl Connection {
                 .await
             }
             basic::AMQPMethod::RecoverAsync(m) => {
-                self.slot(ch).forget_unacked();
                 self.submit(
                     ch,
                     Pending::Recover { send_ok: false },
@@ -1255,17 +1257,23 @@ impl Connection {
         properties: warren_core::Properties,
         body: BytesMut,
     ) -> Result<(), AmqpError> {
+        let wire_properties = properties_to_wire(&properties);
+        let mut header = BytesMut::new();
+        let header_len = match warren_wire::encode_content(0, 60, &wire_properties, &[], 0, &mut header) {
+            Ok(()) => header.len() as u64,
+            Err(_) => u64::from(self.frame_max),
+        };
+        let len = TX_ITEM_BYTES + body.len() as u64 + header_len + (exchange.len() + routing_key.len()) as u64;
         let slot = self.slot(ch);
         let Some(buffer) = slot.tx.as_mut() else {
             return Ok(());
         };
-        let len = body.len() as u64;
         if buffer.bytes() + len > TX_MAX_BYTES {
             return Err(AmqpError::channel(
                 ch,
                 reply_code::PRECONDITION_FAILED,
                 format!(
-                    "PRECONDITION_FAILED - a transaction holds at most {TX_MAX_BYTES} bytes of message bodies; commit before publishing more"
+                    "PRECONDITION_FAILED - a transaction holds at most {TX_MAX_BYTES} bytes (message bodies, properties and settlements); commit before adding more"
                 ),
                 (60, 40),
             ));
@@ -1306,13 +1314,29 @@ impl Connection {
                 (60, method_id),
             ));
         };
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let acked = if how == TxSettleKind::Ack { tags.len() as u64 } else { 0 };
         if let Some(buffer) = slot.tx.as_mut() {
+            let len = TX_ITEM_BYTES + 8 * tags.len() as u64;
+            if buffer.bytes() + len > TX_MAX_BYTES {
+                return Err(AmqpError::channel(
+                    ch,
+                    reply_code::PRECONDITION_FAILED,
+                    format!("PRECONDITION_FAILED - a transaction holds at most {TX_MAX_BYTES} bytes (message bodies, properties and settlements); commit before adding more"),
+                    (60, method_id),
+                ));
+            }
+            buffer.held.add(len);
             buffer.settled_tags.extend(&tags);
             buffer.settles.push(TxSettle {
                 tags: tags.into_iter().map(DeliveryTag).collect(),
                 how,
             });
         }
+        crate::counters::bump(&self.frontend.counters.acknowledged, acked);
+        self.stats.bump(connection_counter::ACK, acked);
         Ok(())
     }
 
@@ -1867,6 +1891,9 @@ impl Connection {
                 self.send_method(ch, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
             }
             (Pending::Recover { send_ok }, _) => {
+                // Every delivery applied before the recover was requeued by
+                // it (effects arrive in log order), and only those.
+                self.slot(ch).forget_unacked();
                 if send_ok {
                     self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})));
                 }
@@ -1986,6 +2013,7 @@ impl Connection {
         let slot = self.slot(ch);
         slot.state = ChannelState::ClosedByServer;
         slot.content = None;
+        slot.tx = None;
         slot.draining = true;
         slot.discard_pending();
         self.submit(ch, Pending::ServerClose, Command::CloseChannel).await
