@@ -12,6 +12,7 @@ use lapin::{
 };
 use warren_e2e::{
     amqp::{self, declare_queue, plain_queue},
+    raw::{self, RawClient, Tune},
     broker_with_channel, connect, expect_reply_code, next_delivery, python, restart_broker, start_broker, within,
 };
 
@@ -187,5 +188,80 @@ async fn a_committed_transaction_survives_kill_9() -> anyhow::Result<()> {
     let left = amqp::get(&ch, "taken").await?.expect("t2");
     assert_eq!(left.delivery.data, b"t2", "t1 was acked by the committed transaction");
     assert!(amqp::get(&ch, "taken").await?.is_none());
+    Ok(())
+}
+
+const TX_SELECT: (u16, u16) = (90, 10);
+const TX_SELECT_OK: (u16, u16) = (90, 11);
+const TX_COMMIT: (u16, u16) = (90, 20);
+const QUEUE_BIND: (u16, u16) = (50, 20);
+const BASIC_QOS: (u16, u16) = (60, 10);
+
+/// A raw client with channel 1 open and transactional, and queue `queue`.
+async fn raw_tx_channel(broker: &warren_e2e::WarrenProcess, queue: &str) -> anyhow::Result<RawClient> {
+    let mut client = RawClient::open(broker.amqp_addr(), Tune::default()).await?;
+    client.open_channel(1).await?;
+    client
+        .send(&raw::method_frame(1, raw::ids::QUEUE_DECLARE, &raw::queue_declare_args(queue, false)))
+        .await;
+    client.expect_method(raw::ids::QUEUE_DECLARE_OK).await?;
+    client.send(&raw::method_frame(1, TX_SELECT, &[])).await;
+    client.expect_method(TX_SELECT_OK).await?;
+    Ok(client)
+}
+
+/// The next close the server sends.
+async fn next_close(client: &mut RawClient) -> anyhow::Result<raw::Close> {
+    loop {
+        let Some(frame) = client.read_frame().await? else {
+            anyhow::bail!("EOF before a close");
+        };
+        if let Some(close) = raw::parse_close(&frame) {
+            return Ok(close);
+        }
+    }
+}
+
+/// A client that pipelines a failing no-wait method and `tx.commit` sees
+/// the channel closed before its commit, and takes the transaction as not
+/// done: so it must not be. (RabbitMQ handles a channel's methods in order,
+/// and the failure ends the channel before the commit is read.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_pipelined_behind_a_failing_method_does_not_happen() -> anyhow::Result<()> {
+    let broker = start_broker().await?;
+    let mut client = raw_tx_channel(&broker, "pipelined").await?;
+    let mut burst = raw::publish_frames(1, "pipelined", b"must not arrive");
+    let bind_missing = raw::Args::new()
+        .u16(0)
+        .shortstr("no-such-queue")
+        .shortstr("amq.direct")
+        .shortstr("k")
+        .bits(&[true])
+        .empty_table()
+        .build();
+    burst.extend(raw::method_frame(1, QUEUE_BIND, &bind_missing));
+    burst.extend(raw::method_frame(1, TX_COMMIT, &[]));
+    client.send(&burst).await;
+    let close = next_close(&mut client).await?;
+    assert_eq!((close.connection, close.code), (false, 404), "{close:?}");
+
+    let conn = connect(&broker.amqp_uri()).await?;
+    let ch = within("channel.open", conn.create_channel()).await?;
+    assert_eq!(amqp::message_count(&ch, "pipelined").await?, 0, "the commit after the failure");
+    Ok(())
+}
+
+/// Any method but a channel's own while `tx.commit` is under way is
+/// RabbitMQ's 504 CHANNEL_ERROR, which closes the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_during_tx_commit_is_a_504_channel_error() -> anyhow::Result<()> {
+    let broker = start_broker().await?;
+    let mut client = raw_tx_channel(&broker, "busy").await?;
+    let mut burst = raw::method_frame(1, TX_COMMIT, &[]);
+    burst.extend(raw::method_frame(1, BASIC_QOS, &raw::Args::new().u32(0).u16(10).bits(&[false]).build()));
+    client.send(&burst).await;
+    let close = next_close(&mut client).await?;
+    assert_eq!((close.connection, close.code), (true, 504), "{close:?}");
+    assert_eq!(close.text, "CHANNEL_ERROR - unexpected command while processing 'tx.commit'");
     Ok(())
 }

@@ -184,6 +184,14 @@ pub struct ChannelSlot {
     pub published: bool,
     /// Set by `tx.select`: the transaction in progress.
     pub tx: Option<TxBuffer>,
+    /// A `tx.commit` is under way: until its reply, any other method on
+    /// the channel is RabbitMQ's 504 `unexpected command while processing
+    /// 'tx.commit'`.
+    pub committing: bool,
+    /// A `tx.commit` waiting for the replies to requests sent before it:
+    /// sent only if none of them failed, since a failure closes the
+    /// channel and the client then takes the transaction as not done.
+    pub deferred_commit: Option<warren_core::Command>,
 }
 
 /// A transactional channel's publishes and settlements since its last
@@ -232,6 +240,8 @@ impl Default for ChannelSlot {
             manual_tags: VecDeque::new(),
             published: false,
             tx: None,
+            committing: false,
+            deferred_commit: None,
         }
     }
 }
@@ -248,7 +258,15 @@ impl ChannelSlot {
         self.auto_ack_consumers.clear();
         self.manual_tags.clear();
         self.published = false;
+        self.drop_transaction();
+    }
+
+    /// The channel closed: its transaction, and a commit not yet sent,
+    /// are gone.
+    pub fn drop_transaction(&mut self) {
         self.tx = None;
+        self.committing = false;
+        self.deferred_commit = None;
     }
 
     /// Takes the delivery tags an ack, nack or reject of `tag` (with

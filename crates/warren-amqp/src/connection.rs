@@ -704,6 +704,11 @@ impl Connection {
                                 "method frame on channel {ch} while content was expected"
                             )));
                         }
+                        if self.slot(ch).committing && !matches!(method, AMQPClass::Channel(_)) {
+                            return Err(AmqpError::channel_error(
+                                "unexpected command while processing 'tx.commit'",
+                            ));
+                        }
                         self.handle_method(ch, method).await
                     }
                     ChannelFrame::Header(header) => self.handle_content_header(ch, header).await,
@@ -848,7 +853,7 @@ impl Connection {
                 slot.state = ChannelState::ClosingByClient;
                 slot.draining = true;
                 slot.content = None;
-                slot.tx = None;
+                slot.drop_transaction();
                 self.submit(ch, Pending::ChannelClose, Command::CloseChannel).await
             }
             channel::AMQPMethod::OpenOk(_) => Err(AmqpError::connection_for(
@@ -1225,12 +1230,17 @@ impl Connection {
                 let Some(buffer) = slot.tx.replace(TxBuffer::new(receiving)) else {
                     return Err(not_transactional());
                 };
-                let transaction = Transaction {
+                let command = Command::Commit(Transaction {
                     vhost,
                     publishes: buffer.publishes,
                     settles: buffer.settles,
-                };
-                self.submit(ch, Pending::TxCommit, Command::Commit(transaction)).await
+                });
+                slot.committing = true;
+                if slot.pending.is_empty() {
+                    return self.submit(ch, Pending::TxCommit, command).await;
+                }
+                slot.deferred_commit = Some(command);
+                Ok(())
             }
             tx::AMQPMethod::Rollback(_) => {
                 let Some(buffer) = slot.tx.replace(TxBuffer::new(receiving)) else {
@@ -1669,8 +1679,11 @@ impl Connection {
             warn!(conn = ?self.id, channel = ch, "a reply from the core that no request awaits");
             return Ok(());
         };
+        if pending == Pending::TxCommit {
+            self.slot(ch).committing = false;
+        }
         let result = self.apply_reply(ch, pending, outcome);
-        match result {
+        let result = match result {
             Err(AmqpError::Channel {
                 channel,
                 code,
@@ -1689,7 +1702,25 @@ impl Connection {
                 Ok(())
             }
             other => other,
+        };
+        self.send_deferred_commit(ch).await?;
+        result
+    }
+
+    /// Sends a `tx.commit` held back for the replies before it once they
+    /// all came and the channel is still open (a failure closed it and
+    /// dropped the commit).
+    async fn send_deferred_commit(&mut self, ch: u16) -> Result<(), AmqpError> {
+        let Some(slot) = self.channels.get_mut(&ch) else {
+            return Ok(());
+        };
+        if !slot.pending.is_empty() || slot.state != ChannelState::Open {
+            return Ok(());
         }
+        let Some(command) = slot.deferred_commit.take() else {
+            return Ok(());
+        };
+        self.submit(ch, Pending::TxCommit, command).await
     }
 
     /// Writes what one reply from the core means for the client.
@@ -2013,7 +2044,7 @@ impl Connection {
         let slot = self.slot(ch);
         slot.state = ChannelState::ClosedByServer;
         slot.content = None;
-        slot.tx = None;
+        slot.drop_transaction();
         slot.draining = true;
         slot.discard_pending();
         self.submit(ch, Pending::ServerClose, Command::CloseChannel).await
