@@ -114,12 +114,21 @@ fi
 /// # Errors
 /// The script failed or timed out.
 pub async fn run_script(script: &str, port: u16, extra: &[&str]) -> anyhow::Result<String> {
-    let python = venv_python()?;
-    let path = scripts_dir().join(script);
-    run_python(&python, &path, port, extra).await
+    run_script_for(script, port, extra, SCRIPT_TIMEOUT).await
 }
 
-async fn run_python(python: &Path, script: &Path, port: u16, extra: &[&str]) -> anyhow::Result<String> {
+/// [`run_script`] with a limit of its own, for a script that runs long by
+/// design (the differential harness).
+///
+/// # Errors
+/// The script failed or did not finish within `limit`.
+pub async fn run_script_for(script: &str, port: u16, extra: &[&str], limit: Duration) -> anyhow::Result<String> {
+    let python = venv_python()?;
+    let path = scripts_dir().join(script);
+    run_python(&python, &path, port, extra, limit).await
+}
+
+async fn run_python(python: &Path, script: &Path, port: u16, extra: &[&str], limit: Duration) -> anyhow::Result<String> {
     let child = tokio::process::Command::new(python)
         .arg("-u")
         .arg(script)
@@ -131,9 +140,9 @@ async fn run_python(python: &Path, script: &Path, port: u16, extra: &[&str]) -> 
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot run {}", script.display()))?;
-    let output = match tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output()).await {
+    let output = match tokio::time::timeout(limit, child.wait_with_output()).await {
         Ok(output) => output?,
-        Err(_) => bail!("{} did not finish within {SCRIPT_TIMEOUT:?}", script.display()),
+        Err(_) => bail!("{} did not finish within {limit:?}", script.display()),
     };
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();

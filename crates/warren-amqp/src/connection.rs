@@ -1288,16 +1288,27 @@ impl Connection {
                 (60, 40),
             ));
         }
-        buffer.held.add(len);
-        buffer.publishes.push(TxPublish {
-            mandatory,
-            message: Arc::new(Message {
-                exchange: ExchangeName::new(exchange),
-                routing_key,
-                properties: Arc::new(properties),
-                body: body.freeze().into(),
-            }),
+        let message = Arc::new(Message {
+            exchange: ExchangeName::new(exchange),
+            routing_key,
+            properties: Arc::new(properties),
+            body: body.freeze().into(),
         });
+        // What would fail the publish fails it now, as RabbitMQ does (the
+        // commit checks again: the exchange may go in between).
+        let origin = ChannelId {
+            conn: self.id,
+            channel: ch,
+        };
+        let vhost = &self.vhost;
+        if let Err(error) = self.frontend.node.read(|b| b.check_publish(origin, vhost, &message)) {
+            return Err(AmqpError::channel(ch, error.reply_code(), error.to_string(), (60, 40)));
+        }
+        let Some(buffer) = self.slot(ch).tx.as_mut() else {
+            return Ok(());
+        };
+        buffer.held.add(len);
+        buffer.publishes.push(TxPublish { mandatory, message });
         Ok(())
     }
 

@@ -72,8 +72,11 @@ impl Broker {
         mandatory: bool,
         message: &Arc<Message>,
     ) -> Result<Outcome, CoreError> {
-        let ttl_ms = message_ttl_ms(message.properties.expiration.as_deref())?;
+        // RabbitMQ's order (`rabbit_channel`, basic.publish): the exchange
+        // (404), internal (403), direct reply-to (406), expiration (406).
+        self.check_exchange(vhost, &message.exchange)?;
         let message = &self.address_replies(ctx.origin, message)?;
+        let ttl_ms = message_ttl_ms(message.properties.expiration.as_deref())?;
         if message.exchange.is_default() {
             if let Some(target) = parse_reply_address(&message.routing_key) {
                 let routed = self.deliver_reply(ctx, target, message);
@@ -86,14 +89,6 @@ impl Broker {
             }
         }
         let vh = self.vhost_mut(vhost)?;
-        if !message.exchange.is_default() {
-            let Some(exchange) = vh.exchanges.get(&message.exchange) else {
-                return Err(fail::no_exchange(vhost, &message.exchange));
-            };
-            if exchange.internal {
-                return Err(fail::internal_exchange(vhost, &message.exchange));
-            }
-        }
         let targets = vh.route(&message.exchange, message);
         let message = &if targets.is_empty() {
             Arc::clone(message)
@@ -127,6 +122,22 @@ impl Broker {
             rejected,
             returned,
         })
+    }
+
+    /// 404 if `vhost` or exchange `name` (other than the default) is
+    /// missing, 403 if the exchange is internal.
+    pub(crate) fn check_exchange(&self, vhost: &VHost, name: &crate::ids::ExchangeName) -> Result<(), CoreError> {
+        let vh = self.vhosts.get(vhost).ok_or_else(|| fail::vhost_not_found(vhost))?;
+        if name.is_default() {
+            return Ok(());
+        }
+        let Some(exchange) = vh.exchanges.get(name) else {
+            return Err(fail::no_exchange(vhost, name));
+        };
+        if exchange.internal {
+            return Err(fail::internal_exchange(vhost, name));
+        }
+        Ok(())
     }
 
     /// Puts `message` at the tail of queue `name`, applying the queue's

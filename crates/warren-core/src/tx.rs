@@ -19,11 +19,9 @@ use crate::ack::Settle;
 use crate::broker::{Broker, Ctx};
 use crate::effect::Outcome;
 use crate::error::CoreError;
-use crate::fail;
 use crate::ids::{ChannelId, DeliveryTag, VHost};
 use crate::message::Message;
 use crate::publish::message_ttl_ms;
-use crate::reply_to::parse_reply_address;
 
 /// A transaction as the client left it at `tx.commit`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -119,22 +117,17 @@ impl Broker {
         Ok(Outcome::Committed { returned, rejected })
     }
 
-    /// The checks `publish` makes before it changes anything.
-    fn check_publish(&self, channel: ChannelId, vhost: &VHost, message: &Arc<Message>) -> Result<(), CoreError> {
-        message_ttl_ms(message.properties.expiration.as_deref())?;
+    /// The checks `publish` makes before it changes anything, in its order
+    /// (the front end also runs them on its node's state when a
+    /// transactional publish arrives, to fail it then, as RabbitMQ does).
+    ///
+    /// # Errors
+    /// 404 no exchange, 403 internal exchange, 406 no reply consumer or a
+    /// bad `expiration`.
+    pub fn check_publish(&self, channel: ChannelId, vhost: &VHost, message: &Arc<Message>) -> Result<(), CoreError> {
+        self.check_exchange(vhost, &message.exchange)?;
         self.address_replies(Some(channel), message)?;
-        if message.exchange.is_default() && parse_reply_address(&message.routing_key).is_some() {
-            return Ok(());
-        }
-        let vh = self.vhosts.get(vhost).ok_or_else(|| fail::vhost_not_found(vhost))?;
-        if !message.exchange.is_default() {
-            let Some(exchange) = vh.exchanges.get(&message.exchange) else {
-                return Err(fail::no_exchange(vhost, &message.exchange));
-            };
-            if exchange.internal {
-                return Err(fail::internal_exchange(vhost, &message.exchange));
-            }
-        }
+        message_ttl_ms(message.properties.expiration.as_deref())?;
         Ok(())
     }
 }
