@@ -280,6 +280,7 @@ def apply(s, op):
             auto_ack=op.get("no_ack", False),
             exclusive=op.get("exclusive", False),
             consumer_tag=op.get("tag"),
+            arguments={"x-priority": op["priority"]} if "priority" in op else None,
         )
         return ["consume-ok", tag]
     if kind == "cancel":
@@ -438,6 +439,7 @@ def random_op(rng, declared):
         (1, lambda: {"op": "recover", "c": c}),
         (2, lambda: {"op": "qos", "c": c, "n": rng.choice([0, 1, 2, 5])}),
         (3, lambda: {"op": "consume", "c": c, "q": q, "tag": "t%d" % rng.randrange(3), "no_ack": rng.random() < 0.3}),
+        (2, lambda: {"op": "consume", "c": c, "q": q, "tag": "p%d" % rng.randrange(3), "priority": rng.choice([-1, 0, 3, 10])}),
         (1, lambda: {"op": "tx_select", "c": 0}),
         (1, lambda: {"op": "tx_commit", "c": 0}),
         (1, lambda: {"op": "tx_rollback", "c": 0}),
@@ -564,6 +566,20 @@ SCENARIOS = {
         {"op": "cancel", "tag": "t0"},
         {"op": "consume", "q": "q0", "tag": "t1", "exclusive": True},
         {"op": "consume", "c": 1, "q": "q0", "tag": "t2"},
+    ],
+    "consumer-priorities": [
+        {"op": "declare_queue", "q": "q0"},
+        {"op": "qos", "n": 2},
+        {"op": "consume", "q": "q0", "tag": "high", "priority": 5},
+        {"op": "consume", "c": 1, "q": "q0", "tag": "zero"},
+        {"op": "publish", "c": 1, "x": "", "key": "q0", "body": "1"},
+        {"op": "publish", "c": 1, "x": "", "key": "q0", "body": "2"},
+        {"op": "publish", "c": 1, "x": "", "key": "q0", "body": "3"},
+        {"op": "publish", "c": 1, "x": "", "key": "q0", "body": "4"},
+        {"op": "collect"},
+        {"op": "ack", "k": 0},
+        {"op": "publish", "c": 1, "x": "", "key": "q0", "body": "5"},
+        {"op": "collect"},
     ],
     "transactions": [
         {"op": "declare_queue", "q": "q0"},

@@ -13,7 +13,13 @@ use serde::Serialize;
 ///
 /// Version 3: a queue's ready messages are a head, pages and a tail
 /// ([`warren_core::ready`]). Version 2 values, one list, still decode.
-pub(crate) const CODEC_VERSION: u8 = 3;
+///
+/// Version 4: a consumer has a priority (`x-priority`). Version 3 values,
+/// without it, still decode (priority 0).
+pub(crate) const CODEC_VERSION: u8 = 4;
+
+/// The last version whose consumers had no priority.
+const UNPRIORITISED_VERSION: u8 = 3;
 
 /// The version whose ready messages were one list.
 const PLAIN_READY_VERSION: u8 = 2;
@@ -43,12 +49,20 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError>
     match bytes.split_first() {
         None => Err(CodecError::Empty),
         Some((&CODEC_VERSION, rest)) => Ok(bincode::deserialize(rest)?),
-        Some((&PLAIN_READY_VERSION, rest)) => Ok(warren_core::with_plain_ready(|| bincode::deserialize(rest))?),
-        Some((&LEGACY_VERSION, rest)) => Ok(warren_core::with_legacy_bodies(|| {
+        Some((&UNPRIORITISED_VERSION, rest)) => Ok(unprioritised(|| bincode::deserialize(rest))?),
+        Some((&PLAIN_READY_VERSION, rest)) => Ok(unprioritised(|| {
             warren_core::with_plain_ready(|| bincode::deserialize(rest))
+        })?),
+        Some((&LEGACY_VERSION, rest)) => Ok(unprioritised(|| {
+            warren_core::with_legacy_bodies(|| warren_core::with_plain_ready(|| bincode::deserialize(rest)))
         })?),
         Some((&found, _)) => Err(CodecError::UnsupportedVersion { found }),
     }
+}
+
+/// Runs a decode of a version before consumers had a priority.
+fn unprioritised<R>(f: impl FnOnce() -> R) -> R {
+    warren_core::with_consumers_without_priority(f)
 }
 
 /// Writes the encoding of `value` (as [`encode`]) to `out`.
@@ -65,7 +79,10 @@ pub(crate) fn decode_from<T: DeserializeOwned>(input: &mut impl std::io::Read) -
     input.read_exact(&mut version).map_err(|_| CodecError::Empty)?;
     match version[0] {
         CODEC_VERSION => Ok(bincode::deserialize_from(input)?),
-        PLAIN_READY_VERSION => Ok(warren_core::with_plain_ready(|| bincode::deserialize_from(input))?),
+        UNPRIORITISED_VERSION => Ok(unprioritised(|| bincode::deserialize_from(input))?),
+        PLAIN_READY_VERSION => Ok(unprioritised(|| {
+            warren_core::with_plain_ready(|| bincode::deserialize_from(input))
+        })?),
         found => Err(CodecError::UnsupportedVersion { found }),
     }
 }

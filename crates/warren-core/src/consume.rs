@@ -37,6 +37,22 @@ fn is_integer_field(value: &AMQPValue) -> bool {
     )
 }
 
+/// The consumer priority `x-priority` gives (RabbitMQ's consumer
+/// priorities), 0 without it; a value past `i32` is clamped.
+fn consumer_priority(arguments: &FieldTable) -> i32 {
+    let clamp = |v: i64| i32::try_from(v).unwrap_or(if v < 0 { i32::MIN } else { i32::MAX });
+    match arguments.inner().get("x-priority") {
+        Some(AMQPValue::ShortShortInt(v)) => i32::from(*v),
+        Some(AMQPValue::ShortShortUInt(v)) => i32::from(*v),
+        Some(AMQPValue::ShortInt(v)) => i32::from(*v),
+        Some(AMQPValue::ShortUInt(v)) => i32::from(*v),
+        Some(AMQPValue::LongInt(v)) => *v,
+        Some(AMQPValue::LongUInt(v)) => clamp(i64::from(*v)),
+        Some(AMQPValue::LongLongInt(v)) => clamp(*v),
+        _ => 0,
+    }
+}
+
 /// Validates `basic.consume` arguments as RabbitMQ's
 /// `check_consume_arguments`: `x-priority` must be an integer; other
 /// arguments are accepted (and ignored).
@@ -143,6 +159,7 @@ impl Broker {
             exclusive,
             prefetch: state.consumer_prefetch,
             unacked: 0,
+            priority: consumer_priority(spec.arguments),
         };
         state.consumers.insert(tag.clone(), consumer);
         ctx.touch(vhost, name);

@@ -20,6 +20,31 @@ pub struct Consumer {
     pub prefetch: u16,
     /// Deliveries to it not yet acked (always 0 for `no_ack`).
     pub unacked: u32,
+    /// `x-priority`: a queue's messages go to its consumers of the highest
+    /// priority that can take one (round-robin among equals). Not in
+    /// snapshots of codec version 3 and earlier (0 when read from them).
+    #[serde(deserialize_with = "priority_if_encoded")]
+    pub priority: i32,
+}
+
+thread_local! {
+    static WITHOUT_PRIORITY: std::cell::RefCell<bool> = const { std::cell::RefCell::new(false) };
+}
+
+/// Runs `f` (a decode on this thread) reading consumers as codec version
+/// 3 and earlier encoded them: without a priority.
+pub fn with_consumers_without_priority<R>(f: impl FnOnce() -> R) -> R {
+    crate::message::with_local(&WITHOUT_PRIORITY, true, f)
+}
+
+/// Reads the priority, or nothing (0) from an encoding that had none:
+/// bincode reads fields in order, so leaving the field unread is how an
+/// older record decodes.
+fn priority_if_encoded<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i32, D::Error> {
+    if WITHOUT_PRIORITY.with(|flag| *flag.borrow()) {
+        return Ok(0);
+    }
+    i32::deserialize(deserializer)
 }
 
 impl Consumer {

@@ -13,14 +13,24 @@ use crate::ids::{QueueName, VHost};
 use crate::queue::Queue;
 
 /// The index (in `queue.consumers`) of the consumer the next ready message
-/// goes to: the first, in round-robin order, that may take one more.
+/// goes to: of those that may take one more, the first of the highest
+/// priority (`x-priority`) in round-robin order.
 pub(crate) fn idle_consumer(queue: &Queue, channels: &BTreeMap<ChannelId, Channel>) -> Option<usize> {
-    queue.dispatch_order().into_iter().find(|&index| {
+    let mut best: Option<(i32, usize)> = None;
+    for index in queue.dispatch_order() {
         let consumer = &queue.consumers[index];
-        channels
-            .get(&consumer.channel)
-            .is_some_and(|ch| ch.consumer_can_take(&consumer.tag))
-    })
+        let Some(channel) = channels.get(&consumer.channel) else {
+            continue;
+        };
+        if !channel.consumer_can_take(&consumer.tag) {
+            continue;
+        }
+        let priority = channel.consumers.get(&consumer.tag).map_or(0, |c| c.priority);
+        if best.is_none_or(|(highest, _)| priority > highest) {
+            best = Some((priority, index));
+        }
+    }
+    best.map(|(_, index)| index)
 }
 
 impl Broker {
