@@ -11,7 +11,7 @@ use crate::effect::Outcome;
 use crate::error::CoreError;
 use crate::fail;
 use crate::ids::{ChannelId, ConsumerTag, QueueName, VHost};
-use crate::queue_args::type_name;
+use crate::queue_args::{check_argument_keys, queue_type, type_name, CONSUMER_ARGUMENTS};
 use crate::reply_to::REPLY_QUEUE;
 
 /// What a `basic.consume` asks for.
@@ -132,6 +132,8 @@ impl Broker {
             return Err(fail::queue_locked(vhost, name));
         }
         check_consume_arguments(vhost, name, arguments)?;
+        let kind = queue_type(&queue.arguments);
+        check_argument_keys(vhost, name, kind.as_deref(), arguments, CONSUMER_ARGUMENTS)?;
         let channels = &self.channels;
         let has_exclusive_consumer = queue.consumers.iter().any(|c| {
             channels

@@ -11,7 +11,7 @@ use crate::exchange::{Binding, Destination, Exchange};
 use crate::fail;
 use crate::headers::XMatch;
 use crate::ids::{ExchangeName, NodeId, VHost};
-use crate::queue_args::display;
+use crate::queue_args::inequivalence;
 use crate::vhost::VHostState;
 
 /// The attributes of an `exchange.declare`.
@@ -67,15 +67,9 @@ fn check_exchange_equivalent(vhost: &VHost, existing: &Exchange, spec: &Exchange
     }
     // The one argument RabbitMQ compares (`rabbit_exchange:assert_args_equivalence`).
     let key = "alternate-exchange";
-    let received = display(spec.arguments.inner().get(key));
-    let current = display(existing.arguments.inner().get(key));
-    if received != current {
-        return Err(fail::inequivalent_optional_arg(
-            &resource,
-            key,
-            received.as_deref(),
-            current.as_deref(),
-        ));
+    let shown = inequivalence(key, spec.arguments.inner().get(key), existing.arguments.inner().get(key));
+    if let Some((received, current)) = shown {
+        return Err(fail::inequivalent_values(&resource, key, &received, &current));
     }
     Ok(())
 }

@@ -64,17 +64,11 @@ pub(crate) fn inequivalent_arg(resource: &str, arg: &str, received: impl Display
 
 /// 406 for a redeclare whose argument `arg` differs; a missing one reads
 /// `none`, unquoted (RabbitMQ `rabbit_misc:val/1`).
-pub(crate) fn inequivalent_optional_arg(
-    resource: &str,
-    arg: &str,
-    received: Option<&str>,
-    current: Option<&str>,
-) -> CoreError {
-    let shown = |value: Option<&str>| value.map_or_else(|| "none".to_owned(), |v| format!("'{v}'"));
+/// 406 for an argument a redeclare changed, its values as RabbitMQ shows
+/// them ([`crate::queue_args::inequivalence`]).
+pub(crate) fn inequivalent_values(resource: &str, arg: &str, received: &str, current: &str) -> CoreError {
     CoreError::PreconditionFailed(format!(
-        "inequivalent arg '{arg}' for {resource}: received {} but current is {}",
-        shown(received),
-        shown(current)
+        "inequivalent arg '{arg}' for {resource}: received {received} but current is {current}"
     ))
 }
 
@@ -127,8 +121,10 @@ pub(crate) fn unknown_delivery_tag(tag: DeliveryTag) -> CoreError {
     CoreError::PreconditionFailed(format!("unknown delivery tag {}", tag.0))
 }
 
-pub(crate) fn invalid_expiration(expiration: &str) -> CoreError {
-    CoreError::PreconditionFailed(format!("invalid expiration '{expiration}'"))
+/// 406 for an `expiration` property RabbitMQ's `parse_expiration` refuses;
+/// `reason` as it prints it (`no_integer`, `{value_negative,-1}`, …).
+pub(crate) fn invalid_expiration(expiration: &str, reason: &str) -> CoreError {
+    CoreError::PreconditionFailed(format!("invalid expiration '{expiration}': {reason}"))
 }
 
 pub(crate) fn invalid_x_match(value: &str) -> CoreError {

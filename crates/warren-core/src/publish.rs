@@ -24,23 +24,45 @@ pub(crate) enum Enqueued {
     Missing,
 }
 
-/// The per-message TTL of an `expiration` property, in ms.
+/// The per-message TTL of an `expiration` property, in ms, read as
+/// RabbitMQ's `parse_expiration` reads it (Erlang's `string:to_integer`:
+/// an optional sign and digits, nothing after them; 0 to ten years).
 ///
 /// ```text
-/// None -> Ok(None); "60000" -> Ok(Some(60000)); "-1" / "soon" -> Err
+/// None -> Ok(None); "60000" -> Ok(Some(60000)); "+5" -> Ok(Some(5));
+/// "soon" -> no_integer; "5 " -> {leftover_string," "}; "-1" -> {value_negative,-1}
 /// ```
 ///
 /// # Errors
-/// 406 `invalid expiration '…'` if it is not a non-negative integer.
+/// 406 `invalid expiration '…': <reason>` with RabbitMQ's reason.
 pub(crate) fn message_ttl_ms(expiration: Option<&str>) -> Result<Option<u64>, CoreError> {
+    /// Ten years, RabbitMQ's `check_expiry` bound.
+    const MAX_MS: i128 = 315_360_000_000;
     let Some(expiration) = expiration else {
         return Ok(None);
     };
-    expiration
-        .trim()
-        .parse::<u64>()
-        .map(Some)
-        .map_err(|_| fail::invalid_expiration(expiration))
+    let refuse = |reason: String| fail::invalid_expiration(expiration, &reason);
+    let unsigned = expiration.strip_prefix(['+', '-']).unwrap_or(expiration);
+    let digits = unsigned.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(refuse("no_integer".to_owned()));
+    }
+    let (number, rest) = unsigned.split_at(digits);
+    if !rest.is_empty() {
+        return Err(refuse(format!("{{leftover_string,\"{rest}\"}}")));
+    }
+    // Longer than an i128 holds is far past the bound either way.
+    let magnitude = number.parse::<i128>().unwrap_or(i128::MAX);
+    let n = if expiration.starts_with('-') { -magnitude } else { magnitude };
+    if n < 0 {
+        return Err(refuse(format!("{{value_negative,{n}}}")));
+    }
+    if n > MAX_MS {
+        // The digits as given: Erlang's integers have no upper bound.
+        let shown = number.trim_start_matches('0');
+        return Err(refuse(format!("{{value_too_large,{shown}}}")));
+    }
+    Ok(Some(n as u64))
 }
 
 /// The expiry time of a message entering a queue at `now_ms`: the smaller
@@ -210,8 +232,27 @@ mod tests {
     fn expiration_parses_non_negative_integers_only() {
         assert_eq!(message_ttl_ms(None), Ok(None));
         assert_eq!(message_ttl_ms(Some("60000")), Ok(Some(60000)));
-        assert!(message_ttl_ms(Some("-1")).is_err());
-        assert!(message_ttl_ms(Some("soon")).is_err());
+        assert_eq!(message_ttl_ms(Some("+5")), Ok(Some(5)));
+        assert_eq!(message_ttl_ms(Some("0")), Ok(Some(0)));
+        assert_eq!(message_ttl_ms(Some("315360000000")), Ok(Some(315_360_000_000)));
+        let refused = |e: &str| message_ttl_ms(Some(e)).unwrap_err().to_string();
+        // RabbitMQ 3.10.8's texts (parse_expiration, check_expiry).
+        for (expiration, reason) in [
+            ("soon", "no_integer"),
+            ("", "no_integer"),
+            (" 5", "no_integer"),
+            ("-", "no_integer"),
+            ("5 ", "{leftover_string,\" \"}"),
+            ("1.5", "{leftover_string,\".5\"}"),
+            ("-1", "{value_negative,-1}"),
+            ("315360000001", "{value_too_large,315360000001}"),
+            ("099999999999999999999999999999999999999999", "{value_too_large,99999999999999999999999999999999999999999}"),
+        ] {
+            assert_eq!(
+                refused(expiration),
+                format!("PRECONDITION_FAILED - invalid expiration '{expiration}': {reason}")
+            );
+        }
     }
 
     #[test]

@@ -34,20 +34,104 @@ pub struct QueueArgs {
     pub single_active_consumer: bool,
 }
 
-/// The arguments a redeclare must repeat unchanged (RabbitMQ's
-/// `declare_args/0` and `consume_args`' queue-level relatives).
-const EQUIVALENCE_KEYS: &[&str] = &[
-    "x-dead-letter-exchange",
-    "x-dead-letter-routing-key",
-    "x-expires",
-    "x-max-length",
-    "x-max-length-bytes",
-    "x-max-priority",
-    "x-message-ttl",
-    "x-overflow",
-    "x-queue-type",
-    "x-single-active-consumer",
-];
+/// The arguments each queue type of RabbitMQ 3.10.8 takes
+/// (`capabilities/0` of `rabbit_classic_queue`, `rabbit_quorum_queue`,
+/// `rabbit_stream_queue`): `(queue arguments, consumer arguments)`.
+const CLASSIC: (&[&str], &[&str]) = (
+    &[
+        "x-expires",
+        "x-message-ttl",
+        "x-dead-letter-exchange",
+        "x-dead-letter-routing-key",
+        "x-max-length",
+        "x-max-length-bytes",
+        "x-max-priority",
+        "x-overflow",
+        "x-queue-mode",
+        "x-queue-version",
+        "x-single-active-consumer",
+        "x-queue-type",
+        "x-queue-master-locator",
+    ],
+    &["x-cancel-on-ha-failover", "x-priority", "x-credit"],
+);
+const QUORUM: (&[&str], &[&str]) = (
+    &[
+        "x-dead-letter-exchange",
+        "x-dead-letter-routing-key",
+        "x-dead-letter-strategy",
+        "x-expires",
+        "x-max-length",
+        "x-max-length-bytes",
+        "x-max-in-memory-length",
+        "x-max-in-memory-bytes",
+        "x-overflow",
+        "x-single-active-consumer",
+        "x-queue-type",
+        "x-quorum-initial-group-size",
+        "x-delivery-limit",
+        "x-message-ttl",
+        "x-queue-leader-locator",
+    ],
+    &["x-priority", "x-credit"],
+);
+const STREAM: (&[&str], &[&str]) = (
+    &[
+        "x-max-length-bytes",
+        "x-queue-type",
+        "x-max-age",
+        "x-stream-max-segment-size-bytes",
+        "x-initial-cluster-size",
+        "x-queue-leader-locator",
+    ],
+    &["x-stream-offset", "x-credit"],
+);
+
+/// Which list of a queue type's arguments a check is about.
+pub(crate) type ArgumentKind = fn((&'static [&'static str], &'static [&'static str])) -> &'static [&'static str];
+
+/// The queue arguments of a type.
+pub(crate) const QUEUE_ARGUMENTS: ArgumentKind = |t| t.0;
+
+/// The `basic.consume` arguments of a type.
+pub(crate) const CONSUMER_ARGUMENTS: ArgumentKind = |t| t.1;
+
+/// RabbitMQ's `check_arguments_key`: an argument some queue type takes but
+/// not this queue's (its `x-queue-type`, classic when missing) is refused,
+/// the first in the table's order. Arguments no type knows are ignored.
+///
+/// # Errors
+/// 406 `invalid arg 'x-…' for queue 'q' in vhost '/' of queue type
+/// rabbit_quorum_queue` (or `rabbit_classic_queue`).
+pub(crate) fn check_argument_keys(
+    vhost: &VHost,
+    queue: &QueueName,
+    queue_type: Option<&str>,
+    arguments: &FieldTable,
+    kind: ArgumentKind,
+) -> Result<(), CoreError> {
+    let (own, module) = match queue_type {
+        Some("quorum") => (kind(QUORUM), "rabbit_quorum_queue"),
+        Some("stream") => (kind(STREAM), "rabbit_stream_queue"),
+        _ => (kind(CLASSIC), "rabbit_classic_queue"),
+    };
+    for (key, _) in arguments {
+        let key = key.as_str();
+        let known = [CLASSIC, QUORUM, STREAM].into_iter().any(|t| kind(t).contains(&key));
+        if known && !own.contains(&key) {
+            return Err(CoreError::PreconditionFailed(format!(
+                "invalid arg '{key}' for {} of queue type {module}",
+                fail::queue_resource(vhost, queue)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The `x-queue-type` of a declaration's arguments, if it names one.
+pub(crate) fn queue_type(arguments: &FieldTable) -> Option<String> {
+    arguments.inner().get("x-queue-type").and_then(string)
+}
 
 /// An AMQP integer of any width, if `value` is one.
 pub(crate) fn integer(value: &AMQPValue) -> Option<i128> {
@@ -167,7 +251,7 @@ impl QueueArgs {
                         "drop-head" => Overflow::DropHead,
                         "reject-publish" => Overflow::RejectPublish,
                         "reject-publish-dlx" => Overflow::RejectPublishDlx,
-                        other => return Err(invalid(format!("{{unacceptable_value,\"{other}\"}}"))),
+                        _ => return Err(invalid("invalid_overflow".to_owned())),
                     }
                 }
                 "x-dead-letter-exchange" => {
@@ -183,12 +267,13 @@ impl QueueArgs {
                 "x-queue-type" => {
                     let kind = text(value).map_err(invalid)?;
                     if kind != "classic" && kind != "quorum" {
-                        return Err(invalid(format!("{{unsupported_queue_type,\"{kind}\"}}")));
+                        return Err(invalid(format!("\"unsupported queue type '{kind}'\"")));
                     }
                 }
                 _ => {}
             }
         }
+        check_argument_keys(vhost, queue, queue_type(arguments).as_deref(), arguments, QUEUE_ARGUMENTS)?;
         if args.dead_letter_routing_key.is_some() && args.dead_letter_exchange.is_none() {
             return Err(fail::invalid_queue_arg(
                 vhost,
@@ -214,24 +299,66 @@ pub fn check_equivalent(
     received: &FieldTable,
     current: &FieldTable,
 ) -> Result<(), CoreError> {
-    for key in EQUIVALENCE_KEYS {
-        let mut new = display(received.inner().get(*key));
-        let mut old = display(current.inner().get(*key));
-        if *key == "x-queue-type" {
-            for value in [&mut new, &mut old] {
-                value.get_or_insert_with(|| "classic".to_owned());
-            }
-        }
-        if new != old {
-            return Err(fail::inequivalent_optional_arg(
-                &fail::queue_resource(vhost, queue),
-                key,
-                new.as_deref(),
-                old.as_deref(),
-            ));
+    // RabbitMQ compares the keys of the existing queue's type, in its order.
+    let keys = match queue_type(current).as_deref() {
+        Some("quorum") => QUORUM.0,
+        Some("stream") => STREAM.0,
+        _ => CLASSIC.0,
+    };
+    for key in keys {
+        let shown = inequivalence(key, received.inner().get(*key), current.inner().get(*key));
+        if let Some((new, old)) = shown {
+            return Err(fail::inequivalent_values(&fail::queue_resource(vhost, queue), key, &new, &old));
         }
     }
     Ok(())
+}
+
+/// RabbitMQ's `assert_args_equivalence1` for one key: `None` when the two
+/// are equivalent, else the received and current values as its error
+/// shows them — `'5'` when both are there, `the value '5' of type
+/// 'signedint'` beside `none` when one is missing. Integers of any width
+/// compare by value; a missing `x-queue-type` equals `classic`.
+pub(crate) fn inequivalence(key: &str, received: Option<&AMQPValue>, current: Option<&AMQPValue>) -> Option<(String, String)> {
+    match (received, current) {
+        (None, None) => None,
+        (Some(new), Some(old)) => {
+            if type_class(new) == type_class(old) && display(Some(new)) == display(Some(old)) {
+                return None;
+            }
+            Some((plain(new), plain(old)))
+        }
+        (new, old) => {
+            let present = new.or(old).and_then(string);
+            if key == "x-queue-type" && present.as_deref() == Some("classic") {
+                return None;
+            }
+            Some((typed(new), typed(old)))
+        }
+    }
+}
+
+/// RabbitMQ's `type_class`: integer widths (and decimals) are one class,
+/// both float widths another.
+fn type_class(value: &AMQPValue) -> &'static str {
+    if integer(value).is_some() || matches!(value, AMQPValue::DecimalValue(_)) {
+        return "int";
+    }
+    match value {
+        AMQPValue::Float(_) | AMQPValue::Double(_) => "float",
+        other => type_name(other),
+    }
+}
+
+fn plain(value: &AMQPValue) -> String {
+    format!("'{}'", display(Some(value)).unwrap_or_default())
+}
+
+fn typed(value: Option<&AMQPValue>) -> String {
+    match value {
+        None => "none".to_owned(),
+        Some(v) => format!("the value '{}' of type '{}'", display(Some(v)).unwrap_or_default(), type_name(v)),
+    }
 }
 
 #[cfg(test)]
@@ -315,7 +442,7 @@ mod tests {
         assert_eq!(
             check_equivalent(&v, &q, &FieldTable::default(), &a).unwrap_err(),
             CoreError::PreconditionFailed(
-                "inequivalent arg 'x-max-length' for queue 'q' in vhost '/': received none but current is '5'".into()
+                "inequivalent arg 'x-max-length' for queue 'q' in vhost '/': received none but current is the value '5' of type 'signedint'".into()
             )
         );
         let classic = table(&[("x-queue-type", AMQPValue::LongString(LongString::from("classic")))]);

@@ -428,7 +428,7 @@ fn redeclare_with_another_alternate_exchange_is_406() {
     assert_eq!(
         h.call(c, with_ae(None)),
         Err(CoreError::PreconditionFailed(
-            "inequivalent arg 'alternate-exchange' for exchange 'x' in vhost '/': received none but current is 'ae1'"
+            "inequivalent arg 'alternate-exchange' for exchange 'x' in vhost '/': received none but current is the value 'ae1' of type 'longstr'"
                 .into()
         ))
     );
@@ -447,7 +447,7 @@ fn redeclare_with_another_alternate_exchange_is_406() {
     assert_eq!(
         h.call(c, plain),
         Err(CoreError::PreconditionFailed(
-            "inequivalent arg 'alternate-exchange' for exchange 'plain' in vhost '/': received 'ae1' but current is none"
+            "inequivalent arg 'alternate-exchange' for exchange 'plain' in vhost '/': received the value 'ae1' of type 'longstr' but current is none"
                 .into()
         ))
     );

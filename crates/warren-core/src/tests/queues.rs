@@ -582,3 +582,63 @@ fn a_page_that_cannot_be_read_ends_a_drop_head_publish() {
     });
     assert!(!pager.failures.lock().unwrap().is_empty(), "the failure was reported");
 }
+
+/// RabbitMQ 3.10.8's `check_arguments_key`: an argument another queue type
+/// takes is refused for this one, naming the type; unknown ones pass.
+#[test]
+fn arguments_of_another_queue_type_are_refused_naming_the_type() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    let quorum = || ("x-queue-type", text("quorum"));
+    let refused = [
+        (
+            table(&[quorum(), ("x-max-priority", int(3))]),
+            "invalid arg 'x-max-priority' for queue 'q' in vhost '/' of queue type rabbit_quorum_queue",
+        ),
+        (
+            table(&[quorum(), ("x-queue-mode", text("lazy"))]),
+            "invalid arg 'x-queue-mode' for queue 'q' in vhost '/' of queue type rabbit_quorum_queue",
+        ),
+        (
+            table(&[("x-delivery-limit", int(1))]),
+            "invalid arg 'x-delivery-limit' for queue 'q' in vhost '/' of queue type rabbit_classic_queue",
+        ),
+        (
+            table(&[("x-queue-type", text("weird"))]),
+            "invalid arg 'x-queue-type' for queue 'q' in vhost '/': \"unsupported queue type 'weird'\"",
+        ),
+    ];
+    for (arguments, text) in refused {
+        assert_eq!(
+            h.call(c, declare_queue_with("q", arguments)),
+            Err(crate::CoreError::PreconditionFailed(text.into()))
+        );
+    }
+    for arguments in [
+        table(&[quorum(), ("x-delivery-limit", int(1)), ("x-quorum-initial-group-size", int(3))]),
+        table(&[("x-max-priority", int(3)), ("x-custom", text("kept"))]),
+    ] {
+        let name = format!("ok{}", arguments.inner().len());
+        // Durable: a quorum queue must be.
+        let mut declare = declare_queue_with(&name, arguments);
+        if let crate::Command::DeclareQueue { durable, .. } = &mut declare {
+            *durable = true;
+        }
+        h.ok(c, declare);
+    }
+    // Consumer arguments too: a stream offset is not a classic queue's.
+    let consume = crate::Command::Consume {
+        vhost: root(),
+        queue: "ok2".into(),
+        consumer_tag: "t".into(),
+        no_ack: false,
+        exclusive: false,
+        arguments: table(&[("x-stream-offset", text("first"))]),
+    };
+    assert_eq!(
+        h.call(c, consume),
+        Err(crate::CoreError::PreconditionFailed(
+            "invalid arg 'x-stream-offset' for queue 'ok2' in vhost '/' of queue type rabbit_classic_queue".into()
+        ))
+    );
+}

@@ -84,7 +84,7 @@ fn a_failing_publish_fails_the_commit_and_applies_nothing() {
                     ..message("", "out", "x")
                 }),
             },
-            CoreError::PreconditionFailed("invalid expiration 'soon'".into()),
+            CoreError::PreconditionFailed("invalid expiration 'soon': no_integer".into()),
         ),
     ];
     for (bad, error) in cases {
