@@ -14,8 +14,9 @@ use serde::Serialize;
 /// Version 3: a queue's ready messages are a head, pages and a tail
 /// ([`warren_core::ready`]). Version 2 values, one list, still decode.
 ///
-/// Version 4: a consumer has a priority (`x-priority`). Version 3 values,
-/// without it, still decode (priority 0).
+/// Version 4: a consumer has a priority (`x-priority`), a queued message
+/// a delivery count (quorum queues' `x-delivery-count`). Version 3 values,
+/// without them, still decode (0 for both).
 pub(crate) const CODEC_VERSION: u8 = 4;
 
 /// The last version whose consumers had no priority.
@@ -62,7 +63,7 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError>
 
 /// Runs a decode of a version before consumers had a priority.
 fn unprioritised<R>(f: impl FnOnce() -> R) -> R {
-    warren_core::with_consumers_without_priority(f)
+    warren_core::with_records_before_v4(f)
 }
 
 /// Writes the encoding of `value` (as [`encode`]) to `out`.
@@ -141,10 +142,32 @@ mod tests {
             redelivered: false,
             expires_at_ms: None,
             priority: 0,
+            returns: 0,
         };
         let list: VecDeque<_> = (0..3).map(entry).collect();
+        // The record as version 2 wrote it (no delivery count yet).
+        #[derive(serde::Serialize)]
+        struct OldEntry {
+            id: warren_core::MessageId,
+            seq: u64,
+            message: Arc<warren_core::Message>,
+            redelivered: bool,
+            expires_at_ms: Option<u64>,
+            priority: u8,
+        }
+        let old: VecDeque<OldEntry> = list
+            .iter()
+            .map(|e| OldEntry {
+                id: e.id,
+                seq: e.seq,
+                message: Arc::clone(&e.message),
+                redelivered: e.redelivered,
+                expires_at_ms: e.expires_at_ms,
+                priority: e.priority,
+            })
+            .collect();
         let mut encoded = vec![PLAIN_READY_VERSION];
-        bincode::serialize_into(&mut encoded, &list).expect("encode");
+        bincode::serialize_into(&mut encoded, &old).expect("encode");
         let ready: warren_core::ready::Ready = decode(&encoded).expect("decode version 2");
         assert_eq!(ready.entries().expect("in memory"), Vec::from(list.clone()));
         let streamed: warren_core::ready::Ready = decode_from(&mut &encoded[..]).expect("decode version 2");

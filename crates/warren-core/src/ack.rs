@@ -150,7 +150,11 @@ impl Broker {
                 None
             }
             Settle::Requeue => {
-                queue.requeue(entry);
+                if let Some(dead) = queue.requeue(entry) {
+                    ctx.dead_letters
+                        .extend(dead_letters(&vhost, queue, vec![dead], DeathReason::DeliveryLimit));
+                    return None;
+                }
                 ctx.touch(&vhost, &name);
                 Some((vhost, name))
             }

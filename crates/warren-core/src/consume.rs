@@ -255,7 +255,7 @@ impl Broker {
             return Ok(Outcome::GetEmpty);
         };
         let message_count = queue.ready_count();
-        let (message, redelivered) = (entry.message.clone(), entry.redelivered);
+        let (message, redelivered) = (queue.delivered_message(&entry), entry.redelivered);
         if no_ack {
             queue.stats.get_no_ack += 1;
         } else {

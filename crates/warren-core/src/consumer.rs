@@ -23,28 +23,33 @@ pub struct Consumer {
     /// `x-priority`: a queue's messages go to its consumers of the highest
     /// priority that can take one (round-robin among equals). Not in
     /// snapshots of codec version 3 and earlier (0 when read from them).
-    #[serde(deserialize_with = "priority_if_encoded")]
+    #[serde(deserialize_with = "since_v4")]
     pub priority: i32,
 }
 
 thread_local! {
-    static WITHOUT_PRIORITY: std::cell::RefCell<bool> = const { std::cell::RefCell::new(false) };
+    static BEFORE_V4: std::cell::RefCell<bool> = const { std::cell::RefCell::new(false) };
 }
 
-/// Runs `f` (a decode on this thread) reading consumers as codec version
-/// 3 and earlier encoded them: without a priority.
-pub fn with_consumers_without_priority<R>(f: impl FnOnce() -> R) -> R {
-    crate::message::with_local(&WITHOUT_PRIORITY, true, f)
+/// Runs `f` (a decode on this thread) reading records as codec version 3
+/// and earlier encoded them: consumers without a priority, queued
+/// messages without a delivery count.
+pub fn with_records_before_v4<R>(f: impl FnOnce() -> R) -> R {
+    crate::message::with_local(&BEFORE_V4, true, f)
 }
 
-/// Reads the priority, or nothing (0) from an encoding that had none:
-/// bincode reads fields in order, so leaving the field unread is how an
-/// older record decodes.
-fn priority_if_encoded<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i32, D::Error> {
-    if WITHOUT_PRIORITY.with(|flag| *flag.borrow()) {
-        return Ok(0);
+/// Reads a field added in codec version 4, or nothing (its default) from
+/// an older encoding: bincode reads fields in order, so leaving the last
+/// field unread is how an older record decodes.
+pub(crate) fn since_v4<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    if BEFORE_V4.with(|flag| *flag.borrow()) {
+        return Ok(T::default());
     }
-    i32::deserialize(deserializer)
+    T::deserialize(deserializer)
 }
 
 impl Consumer {

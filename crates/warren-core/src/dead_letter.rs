@@ -23,6 +23,8 @@ pub enum DeathReason {
     Expired,
     /// A length limit pushed it out (or refused it, `reject-publish-dlx`).
     MaxLen,
+    /// Returned to a quorum queue more often than its `x-delivery-limit`.
+    DeliveryLimit,
 }
 
 impl DeathReason {
@@ -31,6 +33,7 @@ impl DeathReason {
             DeathReason::Rejected => "rejected",
             DeathReason::Expired => "expired",
             DeathReason::MaxLen => "maxlen",
+            DeathReason::DeliveryLimit => "delivery_limit",
         }
     }
 }

@@ -70,7 +70,7 @@ impl Broker {
                 break;
             };
             queue.next_consumer = (index + 1) % queue.consumers.len();
-            let (message, redelivered) = (entry.message.clone(), entry.redelivered);
+            let (message, redelivered) = (queue.delivered_message(&entry), entry.redelivered);
             if no_ack {
                 queue.stats.deliver_no_ack += 1;
             } else {

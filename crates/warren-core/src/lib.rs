@@ -80,7 +80,7 @@ pub use ids::{
 pub use message::{
     with_body_codec, with_legacy_bodies, without_body_codec, Body, BodyCodec, Message, Properties, StoredBody,
 };
-pub use consumer::with_consumers_without_priority;
+pub use consumer::with_records_before_v4;
 pub use ready::{with_pager, with_plain_ready, Page, Pager};
 
 #[cfg(test)]

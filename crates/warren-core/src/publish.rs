@@ -187,6 +187,7 @@ impl Broker {
                     redelivered: false,
                     expires_at_ms: None,
                     priority: 0,
+                    returns: 0,
                 };
                 ctx.dead_letters
                     .extend(dead_letters(vhost, queue, vec![refused], DeathReason::MaxLen));

@@ -4,7 +4,7 @@ use std::cmp::Reverse;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use amq_protocol_types::FieldTable;
+use amq_protocol_types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 
 use crate::consumer::ConsumerRef;
@@ -26,6 +26,11 @@ pub struct QueuedMessage {
     /// Its priority in a priority queue (`x-max-priority`), else 0.
     #[serde(default)]
     pub priority: u8,
+    /// How often it came back to a quorum queue unacked (nack or reject
+    /// with requeue, recover, its channel closed): RabbitMQ's
+    /// `x-delivery-count`. Always 0 in other queues.
+    #[serde(deserialize_with = "crate::consumer::since_v4")]
+    pub returns: u32,
 }
 
 impl QueuedMessage {
@@ -148,13 +153,51 @@ impl Queue {
             redelivered: false,
             expires_at_ms,
             priority,
+            returns: 0,
         });
     }
 
-    /// Puts a requeued message back at its original position.
-    pub fn requeue(&mut self, mut entry: QueuedMessage) {
+    /// Puts a requeued message back at its original position; in a quorum
+    /// queue it counts one more return, and one past `x-delivery-limit`
+    /// is given back instead (to be dead-lettered, reason
+    /// `delivery_limit`).
+    pub fn requeue(&mut self, mut entry: QueuedMessage) -> Option<QueuedMessage> {
         entry.redelivered = true;
+        if self.is_quorum() {
+            entry.returns = entry.returns.saturating_add(1);
+            if self.delivery_limit().is_some_and(|limit| u64::from(entry.returns) > limit) {
+                return Some(entry);
+            }
+        }
         self.insert(entry);
+        None
+    }
+
+    /// Whether it was declared `x-queue-type = quorum`.
+    pub fn is_quorum(&self) -> bool {
+        crate::queue_args::queue_type(&self.arguments).as_deref() == Some("quorum")
+    }
+
+    /// Its `x-delivery-limit` (a quorum queue's), if a non-negative integer.
+    pub fn delivery_limit(&self) -> Option<u64> {
+        let value = self.arguments.inner().get("x-delivery-limit")?;
+        crate::queue_args::integer(value).and_then(|n| u64::try_from(n).ok())
+    }
+
+    /// `message` as a delivery of `entry` shows it: a quorum queue adds
+    /// `x-delivery-count` (0 on the first delivery), as RabbitMQ's does.
+    pub fn delivered_message(&self, entry: &QueuedMessage) -> Arc<Message> {
+        if !self.is_quorum() {
+            return Arc::clone(&entry.message);
+        }
+        let mut message = (*entry.message).clone();
+        let properties = Arc::make_mut(&mut message.properties);
+        let headers = properties.headers.get_or_insert_with(FieldTable::default);
+        headers.insert(
+            "x-delivery-count".into(),
+            AMQPValue::LongLongInt(i64::from(entry.returns)),
+        );
+        Arc::new(message)
     }
 
     fn insert(&mut self, entry: QueuedMessage) {

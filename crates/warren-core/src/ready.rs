@@ -777,6 +777,7 @@ mod tests {
             redelivered: false,
             expires_at_ms: None,
             priority: 0,
+            returns: 0,
         }
     }
 

@@ -252,3 +252,48 @@ fn automatic_dead_letter_cycles_are_broken() {
     h.run(None, Command::Tick);
     assert_eq!(h.summary("loop").messages_ready, 0);
 }
+
+/// A quorum queue counts returns in `x-delivery-count` (0 on the first
+/// delivery) and dead-letters a message returned more often than
+/// `x-delivery-limit`, reason `delivery_limit`, as RabbitMQ 3.10's do.
+/// A classic queue adds no count.
+#[test]
+fn quorum_queues_count_returns_and_dead_letter_past_the_delivery_limit() {
+    let mut h = with_dlx(&[]);
+    let c = chan(1, 1);
+    let mut declare = declare_queue_with(
+        "qq",
+        table(&[
+            ("x-queue-type", text("quorum")),
+            ("x-delivery-limit", int(1)),
+            ("x-dead-letter-exchange", text("dlx")),
+        ]),
+    );
+    if let Command::DeclareQueue { durable, .. } = &mut declare {
+        *durable = true;
+    }
+    h.ok(c, declare);
+    h.ok(c, publish("", "qq", "poison"));
+    let count = |outcome: &Outcome| match outcome {
+        Outcome::GetOk { message, .. } => header(message, "x-delivery-count").cloned(),
+        other => panic!("no message: {other:?}"),
+    };
+    let first = h.ok(c, get("qq", false));
+    assert_eq!(count(&first), Some(AMQPValue::LongLongInt(0)));
+    h.ok(c, nack(1, false, true));
+    let second = h.ok(c, get("qq", false));
+    assert_eq!(count(&second), Some(AMQPValue::LongLongInt(1)));
+    assert!(matches!(second, Outcome::GetOk { redelivered: true, .. }));
+    // The second return passes the limit of 1: dead-lettered, not requeued.
+    h.ok(c, nack(2, false, true));
+    assert_eq!(h.summary("qq").messages_ready, 0);
+    let dead = take(&mut h, "dead");
+    assert_eq!(dead.len(), 1);
+    let death = &deaths(&dead[0])[0];
+    assert_eq!(death.inner().get("reason"), Some(&text("delivery_limit")));
+    assert_eq!(header(&dead[0], "x-delivery-count"), None, "the stored message has no count");
+
+    h.ok(c, publish("", "work", "classic"));
+    let classic = h.ok(c, get("work", true));
+    assert!(matches!(&classic, Outcome::GetOk { message, .. } if header(message, "x-delivery-count").is_none()));
+}
