@@ -291,7 +291,7 @@ def apply(s, op):
         s.tags[c] = []
         return ["recover-ok"]
     if kind == "qos":
-        ch.basic_qos(prefetch_count=op.get("n", 0), global_qos=op.get("global", False))
+        ch.basic_qos(prefetch_size=op.get("size", 0), prefetch_count=op.get("n", 0), global_qos=op.get("global", False))
         return ["qos-ok"]
     if kind == "consume":
         tag = ch.basic_consume(
@@ -598,6 +598,11 @@ SCENARIOS = {
         {"op": "cancel", "tag": "t0"},
         {"op": "consume", "q": "q0", "tag": "t1", "exclusive": True},
         {"op": "consume", "c": 1, "q": "q0", "tag": "t2"},
+    ],
+    "qos-prefetch-size": [
+        {"op": "qos", "n": 10},
+        {"op": "qos", "n": 10, "size": 1024},
+        {"op": "declare_queue", "q": "q0"},
     ],
     "consumer-priorities": [
         {"op": "declare_queue", "q": "q0"},

@@ -101,6 +101,7 @@ pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, fronte
         client_closing: false,
         closed: false,
         confirms_due: Vec::new(),
+        qos_prefetch_size: 0,
         access: AccessCache::default(),
     };
     let result = conn.run().await;
@@ -166,6 +167,9 @@ struct Connection {
     closed: bool,
     /// Publisher-confirm acks not yet written, one run per channel.
     confirms_due: Vec<ConfirmRun>,
+    /// The `prefetch-size` of the last frame decoded, if it was a
+    /// `basic.qos` (the codec drops the field).
+    qos_prefetch_size: u32,
     /// Access checks already passed (see [`crate::access`]).
     access: AccessCache,
 }
@@ -450,7 +454,12 @@ impl Connection {
     }
 
     fn decode(&mut self) -> Result<Option<AMQPFrame>, AmqpError> {
-        warren_wire::decode_frame(&mut self.inbuf, self.frame_max).map_err(wire_error)
+        let prefetch_size = warren_wire::peek_qos_prefetch_size(&self.inbuf);
+        let frame = warren_wire::decode_frame(&mut self.inbuf, self.frame_max).map_err(wire_error)?;
+        if frame.is_some() {
+            self.qos_prefetch_size = prefetch_size.unwrap_or(0);
+        }
+        Ok(frame)
     }
 
     // ----- main loop -------------------------------------------------------
@@ -1080,6 +1089,14 @@ impl Connection {
                 Ok(())
             }
             basic::AMQPMethod::Qos(m) => {
+                if self.qos_prefetch_size != 0 {
+                    // RabbitMQ 3.10: `rabbit_channel`, basic.qos.
+                    return Err(AmqpError::connection_for(
+                        reply_code::NOT_IMPLEMENTED,
+                        format!("NOT_IMPLEMENTED - prefetch_size!=0 ({})", self.qos_prefetch_size),
+                        (60, 10),
+                    ));
+                }
                 let command = Command::Qos {
                     prefetch_count: m.prefetch_count,
                     global: m.global,

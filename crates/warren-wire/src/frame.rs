@@ -47,6 +47,26 @@ pub fn check_protocol_header(buf: &[u8]) -> Result<Option<()>, WireError> {
     Ok(Some(()))
 }
 
+/// The `prefetch-size` of a `basic.qos` method frame at the start of
+/// `buf`, if one is there whole. amq-protocol's `Qos` drops the field
+/// (RabbitMQ refuses a non-zero one), so the front end reads it here
+/// before the frame is decoded.
+///
+/// ```text
+/// [1, 0,1, 0,0,0,11, 0,60, 0,10, 0,0,4,0, 0,5, 0, 0xCE] -> Some(1024); other frames -> None
+/// ```
+pub fn peek_qos_prefetch_size(buf: &[u8]) -> Option<u32> {
+    let header = buf.get(..FRAME_HEADER_SIZE)?;
+    if header[0] != constants::FRAME_METHOD {
+        return None;
+    }
+    let payload = buf.get(FRAME_HEADER_SIZE..FRAME_HEADER_SIZE + 8)?;
+    if payload[..4] != [0, 60, 0, 10] {
+        return None;
+    }
+    Some(u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]))
+}
+
 /// Decodes one frame from the front of `buf`, advancing `buf` past it.
 ///
 /// Returns `Ok(None)` when `buf` does not yet hold a whole frame; nothing is
@@ -285,6 +305,20 @@ pub fn encode_content(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+
+    #[test]
+    fn the_prefetch_size_of_a_qos_frame_is_read_before_decoding() {
+        let qos = [1u8, 0, 1, 0, 0, 0, 11, 0, 60, 0, 10, 0, 0, 4, 0, 0, 5, 0, 0xCE];
+        assert_eq!(peek_qos_prefetch_size(&qos), Some(1024));
+        assert_eq!(peek_qos_prefetch_size(&qos[..10]), None, "not all there yet");
+        let mut consume = qos;
+        consume[10] = 20;
+        assert_eq!(peek_qos_prefetch_size(&consume), None, "basic.consume");
+        let mut header = qos;
+        header[0] = 2;
+        assert_eq!(peek_qos_prefetch_size(&header), None, "a content header");
+        assert_eq!(peek_qos_prefetch_size(&[]), None);
+    }
     use super::*;
     use crate::nesting::MAX_FIELD_NESTING;
     use amq_protocol::frame::AMQPContentHeader;
