@@ -412,6 +412,12 @@ impl Broker {
     fn settle(&mut self, ctx: &mut Ctx<'_>) {
         let after_reply = std::mem::take(&mut ctx.after_reply);
         ctx.effects.extend(after_reply);
+        self.settle_queues(ctx);
+    }
+
+    /// Republishes dead letters and runs dispatch on touched queues until
+    /// nothing is left.
+    pub(crate) fn settle_queues(&mut self, ctx: &mut Ctx<'_>) {
         loop {
             if let Some(dead_letter) = ctx.dead_letters.pop_front() {
                 self.republish_dead_letter(ctx, dead_letter);

@@ -110,6 +110,11 @@ impl Broker {
                 rejected |= refused;
                 returned.extend(back);
             }
+            // As if each publish were its own command (RabbitMQ routes and
+            // delivers them one by one at commit): a consumer that can take
+            // the message takes it before the next is enqueued, so a
+            // length limit counts what it counts outside a transaction.
+            self.settle_queues(ctx);
         }
         for settle in &tx.settles {
             self.settle_each(ctx, channel, settle.tags.clone(), settle.how.into());

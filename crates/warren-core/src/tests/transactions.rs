@@ -164,3 +164,33 @@ fn settlements_apply_in_order_and_skip_tags_no_longer_held() {
     assert!(redelivered);
     assert_eq!(body_text(&message.body), "a");
 }
+
+/// Found by the differential harness: a consumer that can take each
+/// message takes it as the commit publishes it, so a `reject-publish`
+/// queue of length 1 refuses nothing, as RabbitMQ (and Warren outside a
+/// transaction) behave.
+#[test]
+fn a_commit_delivers_each_publish_before_the_next_meets_the_length_limit() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(
+        c,
+        declare_queue_with(
+            "one",
+            table(&[("x-max-length", int(1)), ("x-overflow", text("reject-publish"))]),
+        ),
+    );
+    h.ok(c, consume("one", "taker", false));
+    let effects = h.run(
+        Some(c),
+        commit(vec![tx_publish("", "one", "a", false), tx_publish("", "one", "b", false)], vec![]),
+    );
+    assert_eq!(delivered_bodies(&effects), vec!["a", "b"]);
+    assert_eq!(
+        reply_of(&effects, c),
+        Ok(Outcome::Committed {
+            returned: vec![],
+            rejected: false
+        })
+    );
+}
