@@ -128,7 +128,13 @@ pub async fn run_script_for(script: &str, port: u16, extra: &[&str], limit: Dura
     run_python(&python, &path, port, extra, limit).await
 }
 
-async fn run_python(python: &Path, script: &Path, port: u16, extra: &[&str], limit: Duration) -> anyhow::Result<String> {
+async fn run_python(
+    python: &Path,
+    script: &Path,
+    port: u16,
+    extra: &[&str],
+    limit: Duration,
+) -> anyhow::Result<String> {
     let child = tokio::process::Command::new(python)
         .arg("-u")
         .arg(script)

@@ -74,7 +74,11 @@ async fn warren_answers_every_scenario_and_generated_sequence_as_rabbitmq_does()
     let broker = start_broker().await?;
     let seed = match std::env::var("WARREN_DIFF_SEED") {
         Ok(seed) => seed,
-        Err(_) => (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() % (1 << 31)).to_string(),
+        Err(_) => (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+            % (1 << 31))
+            .to_string(),
     };
     let sequences = std::env::var("WARREN_DIFF_SEQUENCES").unwrap_or_else(|_| "60".to_owned());
     println!("differential: seed {seed} (WARREN_DIFF_SEED={seed} repeats this run)");
@@ -82,7 +86,15 @@ async fn warren_answers_every_scenario_and_generated_sequence_as_rabbitmq_does()
     let output = python::run_script_for(
         "differential.py",
         broker.amqp_port(),
-        &[&rabbit_port, "--seed", &seed, "--sequences", &sequences, "--length", "25"],
+        &[
+            &rabbit_port,
+            "--seed",
+            &seed,
+            "--sequences",
+            &sequences,
+            "--length",
+            "25",
+        ],
         Duration::from_secs(900),
     )
     .await?;

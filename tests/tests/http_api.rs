@@ -541,17 +541,21 @@ async fn connections_channels_and_consumers_are_listed_for_the_whole_cluster_and
     // The channel's consumer count is node 1's view too (a follower may
     // not have applied the consume yet).
     let three_name_json = three["name"].clone();
-    eventually("node 3's channel listed with its consumer", Duration::from_secs(20), || {
-        let name = three_name_json.clone();
-        async move {
-            let channels = get_json(api, "/api/channels").await?;
-            let listed = channels.as_array().is_some_and(|l| {
-                l.iter()
-                    .any(|c| c["connection_details"]["name"] == name && c["consumer_count"] == 1)
-            });
-            Ok(listed.then_some(()))
-        }
-    })
+    eventually(
+        "node 3's channel listed with its consumer",
+        Duration::from_secs(20),
+        || {
+            let name = three_name_json.clone();
+            async move {
+                let channels = get_json(api, "/api/channels").await?;
+                let listed = channels.as_array().is_some_and(|l| {
+                    l.iter()
+                        .any(|c| c["connection_details"]["name"] == name && c["consumer_count"] == 1)
+                });
+                Ok(listed.then_some(()))
+            }
+        },
+    )
     .await?;
 
     // rabbitmq_http_client reads the same, and closes the connection on

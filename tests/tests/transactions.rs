@@ -12,8 +12,9 @@ use lapin::{
 };
 use warren_e2e::{
     amqp::{self, declare_queue, plain_queue},
+    broker_with_channel, connect, expect_reply_code, next_delivery, python,
     raw::{self, RawClient, Tune},
-    broker_with_channel, connect, expect_reply_code, next_delivery, python, restart_broker, start_broker, within,
+    restart_broker, start_broker, within,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,22 +41,45 @@ async fn a_commit_acks_the_request_and_publishes_the_answer_together() -> anyhow
     within("tx.select", worker.tx_select()).await?;
     let mut consumer = within(
         "basic.consume",
-        worker.basic_consume("requests".into(), "worker".into(), BasicConsumeOptions::default(), FieldTable::default()),
+        worker.basic_consume(
+            "requests".into(),
+            "worker".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
     )
     .await?;
     let request = next_delivery(&mut consumer).await?;
     within("ack in tx", request.acker.ack(BasicAckOptions::default())).await?;
     within(
         "publish in tx",
-        worker.basic_publish("".into(), "answers".into(), Default::default(), b"answer", BasicProperties::default()),
+        worker.basic_publish(
+            "".into(),
+            "answers".into(),
+            Default::default(),
+            b"answer",
+            BasicProperties::default(),
+        ),
     )
     .await?;
-    assert_eq!(amqp::message_count(&ch, "answers").await?, 0, "answers before the commit");
+    assert_eq!(
+        amqp::message_count(&ch, "answers").await?,
+        0,
+        "answers before the commit"
+    );
     within("tx.commit", worker.tx_commit()).await?;
-    assert_eq!(amqp::message_count(&ch, "answers").await?, 1, "answers after the commit");
+    assert_eq!(
+        amqp::message_count(&ch, "answers").await?,
+        1,
+        "answers after the commit"
+    );
     // The ack took effect too: closing the worker requeues nothing.
     within("channel.close", worker.close(200, "OK".into())).await?;
-    assert_eq!(amqp::message_count(&ch, "requests").await?, 0, "requests after the worker left");
+    assert_eq!(
+        amqp::message_count(&ch, "requests").await?,
+        0,
+        "requests after the worker left"
+    );
     let answer = amqp::get(&ch, "answers").await?.expect("the answer");
     assert_eq!(answer.delivery.data, b"answer");
     Ok(())
@@ -76,7 +100,13 @@ async fn closing_a_channel_discards_its_open_transaction() -> anyhow::Result<()>
     within("ack in tx", job.acker.ack(BasicAckOptions::default())).await?;
     within(
         "publish in tx",
-        worker.basic_publish("".into(), "out".into(), Default::default(), b"result", BasicProperties::default()),
+        worker.basic_publish(
+            "".into(),
+            "out".into(),
+            Default::default(),
+            b"result",
+            BasicProperties::default(),
+        ),
     )
     .await?;
     within("channel.close", worker.close(200, "OK".into())).await?;
@@ -125,7 +155,13 @@ async fn a_transaction_past_its_size_bound_is_refused_whole() -> anyhow::Result<
     for _ in 0..5 {
         within(
             "publish 1 MiB in tx",
-            tx.basic_publish("".into(), "big".into(), Default::default(), &body, BasicProperties::default()),
+            tx.basic_publish(
+                "".into(),
+                "big".into(),
+                Default::default(),
+                &body,
+                BasicProperties::default(),
+            ),
         )
         .await?;
     }
@@ -136,7 +172,10 @@ async fn a_transaction_past_its_size_bound_is_refused_whole() -> anyhow::Result<
     let tx = within("channel.open", conn.create_channel()).await?;
     within("tx.select", tx.tx_select()).await?;
     let mut headers = FieldTable::default();
-    headers.insert("pad".into(), lapin::types::AMQPValue::LongString("p".repeat(100 * 1024).into()));
+    headers.insert(
+        "pad".into(),
+        lapin::types::AMQPValue::LongString("p".repeat(100 * 1024).into()),
+    );
     for _ in 0..50 {
         within(
             "publish 100 KiB of headers in tx",
@@ -179,7 +218,13 @@ async fn a_committed_transaction_survives_kill_9() -> anyhow::Result<()> {
         let body = format!("m{i}");
         within(
             "publish in tx",
-            ch.basic_publish("".into(), "kept".into(), Default::default(), body.as_bytes(), persistent.clone()),
+            ch.basic_publish(
+                "".into(),
+                "kept".into(),
+                Default::default(),
+                body.as_bytes(),
+                persistent.clone(),
+            ),
         )
         .await?;
     }
@@ -209,7 +254,11 @@ async fn raw_tx_channel(broker: &warren_e2e::WarrenProcess, queue: &str) -> anyh
     let mut client = RawClient::open(broker.amqp_addr(), Tune::default()).await?;
     client.open_channel(1).await?;
     client
-        .send(&raw::method_frame(1, raw::ids::QUEUE_DECLARE, &raw::queue_declare_args(queue, false)))
+        .send(&raw::method_frame(
+            1,
+            raw::ids::QUEUE_DECLARE,
+            &raw::queue_declare_args(queue, false),
+        ))
         .await;
     client.expect_method(raw::ids::QUEUE_DECLARE_OK).await?;
     client.send(&raw::method_frame(1, TX_SELECT, &[])).await;
@@ -254,7 +303,11 @@ async fn a_commit_pipelined_behind_a_failing_method_does_not_happen() -> anyhow:
 
     let conn = connect(&broker.amqp_uri()).await?;
     let ch = within("channel.open", conn.create_channel()).await?;
-    assert_eq!(amqp::message_count(&ch, "pipelined").await?, 0, "the commit after the failure");
+    assert_eq!(
+        amqp::message_count(&ch, "pipelined").await?,
+        0,
+        "the commit after the failure"
+    );
     Ok(())
 }
 
@@ -265,10 +318,17 @@ async fn a_method_during_tx_commit_is_a_504_channel_error() -> anyhow::Result<()
     let broker = start_broker().await?;
     let mut client = raw_tx_channel(&broker, "busy").await?;
     let mut burst = raw::method_frame(1, TX_COMMIT, &[]);
-    burst.extend(raw::method_frame(1, BASIC_QOS, &raw::Args::new().u32(0).u16(10).bits(&[false]).build()));
+    burst.extend(raw::method_frame(
+        1,
+        BASIC_QOS,
+        &raw::Args::new().u32(0).u16(10).bits(&[false]).build(),
+    ));
     client.send(&burst).await;
     let close = next_close(&mut client).await?;
     assert_eq!((close.connection, close.code), (true, 504), "{close:?}");
-    assert_eq!(close.text, "CHANNEL_ERROR - unexpected command while processing 'tx.commit'");
+    assert_eq!(
+        close.text,
+        "CHANNEL_ERROR - unexpected command while processing 'tx.commit'"
+    );
     Ok(())
 }

@@ -365,7 +365,11 @@ mod tests {
         assert_eq!(slot.manual_tags, VecDeque::from(vec![2, 3, 8]));
         assert_eq!(slot.take_covered(3, false), Some(vec![3]));
         assert_eq!(slot.take_covered(0, true), Some(vec![2, 8]));
-        assert_eq!(slot.take_covered(0, true), Some(vec![]), "tag 0 with multiple: every one, none left");
+        assert_eq!(
+            slot.take_covered(0, true),
+            Some(vec![]),
+            "tag 0 with multiple: every one, none left"
+        );
         assert_eq!(slot.take_covered(0, false), None);
     }
 

@@ -1149,11 +1149,19 @@ impl Connection {
                 self.settle_in_tx(ch, m.delivery_tag, m.multiple, TxSettleKind::Ack, 80)
             }
             basic::AMQPMethod::Nack(m) if self.slot(ch).tx.is_some() => {
-                let how = if m.requeue { TxSettleKind::Requeue } else { TxSettleKind::Reject };
+                let how = if m.requeue {
+                    TxSettleKind::Requeue
+                } else {
+                    TxSettleKind::Reject
+                };
                 self.settle_in_tx(ch, m.delivery_tag, m.multiple, how, 120)
             }
             basic::AMQPMethod::Reject(m) if self.slot(ch).tx.is_some() => {
-                let how = if m.requeue { TxSettleKind::Requeue } else { TxSettleKind::Reject };
+                let how = if m.requeue {
+                    TxSettleKind::Requeue
+                } else {
+                    TxSettleKind::Reject
+                };
                 self.settle_in_tx(ch, m.delivery_tag, false, how, 90)
             }
             basic::AMQPMethod::Ack(m) => {
@@ -1570,7 +1578,14 @@ impl Connection {
             seq
         });
         if slot.tx.is_some() {
-            return self.publish_in_tx(ch, content.exchange, content.routing_key, content.mandatory, properties, content.body);
+            return self.publish_in_tx(
+                ch,
+                content.exchange,
+                content.routing_key,
+                content.mandatory,
+                properties,
+                content.body,
+            );
         }
         let mut body = content.body.freeze();
         // A large body goes in parts, each its own Raft entry

@@ -67,7 +67,11 @@ fn check_exchange_equivalent(vhost: &VHost, existing: &Exchange, spec: &Exchange
     }
     // The one argument RabbitMQ compares (`rabbit_exchange:assert_args_equivalence`).
     let key = "alternate-exchange";
-    let shown = inequivalence(key, spec.arguments.inner().get(key), existing.arguments.inner().get(key));
+    let shown = inequivalence(
+        key,
+        spec.arguments.inner().get(key),
+        existing.arguments.inner().get(key),
+    );
     if let Some((received, current)) = shown {
         return Err(fail::inequivalent_values(&resource, key, &received, &current));
     }

@@ -72,6 +72,7 @@ pub mod vhost;
 
 pub use broker::{Broker, ChannelSummary, QueueSummary, User};
 pub use command::{Batch, Command, ExchangeKind, Request};
+pub use consumer::with_records_before_v4;
 pub use effect::{Effect, Outcome};
 pub use error::{reply_code, CoreError};
 pub use ids::{
@@ -80,7 +81,6 @@ pub use ids::{
 pub use message::{
     with_body_codec, with_legacy_bodies, without_body_codec, Body, BodyCodec, Message, Properties, StoredBody,
 };
-pub use consumer::with_records_before_v4;
 pub use ready::{with_pager, with_plain_ready, Page, Pager};
 
 #[cfg(test)]

@@ -53,7 +53,11 @@ pub(crate) fn message_ttl_ms(expiration: Option<&str>) -> Result<Option<u64>, Co
     }
     // Longer than an i128 holds is far past the bound either way.
     let magnitude = number.parse::<i128>().unwrap_or(i128::MAX);
-    let n = if expiration.starts_with('-') { -magnitude } else { magnitude };
+    let n = if expiration.starts_with('-') {
+        -magnitude
+    } else {
+        magnitude
+    };
     if n < 0 {
         return Err(refuse(format!("{{value_negative,{n}}}")));
     }
@@ -247,7 +251,10 @@ mod tests {
             ("1.5", "{leftover_string,\".5\"}"),
             ("-1", "{value_negative,-1}"),
             ("315360000001", "{value_too_large,315360000001}"),
-            ("099999999999999999999999999999999999999999", "{value_too_large,99999999999999999999999999999999999999999}"),
+            (
+                "099999999999999999999999999999999999999999",
+                "{value_too_large,99999999999999999999999999999999999999999}",
+            ),
         ] {
             assert_eq!(
                 refused(expiration),

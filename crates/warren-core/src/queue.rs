@@ -165,7 +165,10 @@ impl Queue {
         entry.redelivered = true;
         if self.is_quorum() {
             entry.returns = entry.returns.saturating_add(1);
-            if self.delivery_limit().is_some_and(|limit| u64::from(entry.returns) > limit) {
+            if self
+                .delivery_limit()
+                .is_some_and(|limit| u64::from(entry.returns) > limit)
+            {
                 return Some(entry);
             }
         }

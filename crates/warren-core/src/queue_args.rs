@@ -273,7 +273,13 @@ impl QueueArgs {
                 _ => {}
             }
         }
-        check_argument_keys(vhost, queue, queue_type(arguments).as_deref(), arguments, QUEUE_ARGUMENTS)?;
+        check_argument_keys(
+            vhost,
+            queue,
+            queue_type(arguments).as_deref(),
+            arguments,
+            QUEUE_ARGUMENTS,
+        )?;
         if args.dead_letter_routing_key.is_some() && args.dead_letter_exchange.is_none() {
             return Err(fail::invalid_queue_arg(
                 vhost,
@@ -308,7 +314,12 @@ pub fn check_equivalent(
     for key in keys {
         let shown = inequivalence(key, received.inner().get(*key), current.inner().get(*key));
         if let Some((new, old)) = shown {
-            return Err(fail::inequivalent_values(&fail::queue_resource(vhost, queue), key, &new, &old));
+            return Err(fail::inequivalent_values(
+                &fail::queue_resource(vhost, queue),
+                key,
+                &new,
+                &old,
+            ));
         }
     }
     Ok(())
@@ -319,7 +330,11 @@ pub fn check_equivalent(
 /// shows them — `'5'` when both are there, `the value '5' of type
 /// 'signedint'` beside `none` when one is missing. Integers of any width
 /// compare by value; a missing `x-queue-type` equals `classic`.
-pub(crate) fn inequivalence(key: &str, received: Option<&AMQPValue>, current: Option<&AMQPValue>) -> Option<(String, String)> {
+pub(crate) fn inequivalence(
+    key: &str,
+    received: Option<&AMQPValue>,
+    current: Option<&AMQPValue>,
+) -> Option<(String, String)> {
     match (received, current) {
         (None, None) => None,
         (Some(new), Some(old)) => {
@@ -357,7 +372,11 @@ fn plain(value: &AMQPValue) -> String {
 fn typed(value: Option<&AMQPValue>) -> String {
     match value {
         None => "none".to_owned(),
-        Some(v) => format!("the value '{}' of type '{}'", display(Some(v)).unwrap_or_default(), type_name(v)),
+        Some(v) => format!(
+            "the value '{}' of type '{}'",
+            display(Some(v)).unwrap_or_default(),
+            type_name(v)
+        ),
     }
 }
 

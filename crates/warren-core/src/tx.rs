@@ -94,7 +94,12 @@ impl Broker {
     /// What the first failing publish would have failed with: 404 no
     /// exchange, 403 internal exchange, 406 bad `expiration` or no reply
     /// consumer.
-    pub(crate) fn commit(&mut self, ctx: &mut Ctx<'_>, channel: ChannelId, tx: &Transaction) -> Result<Outcome, CoreError> {
+    pub(crate) fn commit(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        channel: ChannelId,
+        tx: &Transaction,
+    ) -> Result<Outcome, CoreError> {
         for publish in &tx.publishes {
             self.check_publish(channel, &tx.vhost, &publish.message)?;
         }

@@ -609,10 +609,18 @@ fn consumers_encoded_without_a_priority_decode_with_priority_zero() {
     let bytes = bincode::serialize(&(old, 0xfeed_u64)).unwrap();
     let (consumer, after): (crate::consumer::Consumer, u64) =
         crate::with_records_before_v4(|| bincode::deserialize(&bytes)).unwrap();
-    assert_eq!((consumer.priority, consumer.prefetch, consumer.unacked, after), (0, 10, 2, 0xfeed));
+    assert_eq!(
+        (consumer.priority, consumer.prefetch, consumer.unacked, after),
+        (0, 10, 2, 0xfeed)
+    );
     // The current encoding carries it.
-    let again: crate::consumer::Consumer =
-        bincode::deserialize(&bincode::serialize(&crate::consumer::Consumer { priority: -4, ..consumer }).unwrap())
-            .unwrap();
+    let again: crate::consumer::Consumer = bincode::deserialize(
+        &bincode::serialize(&crate::consumer::Consumer {
+            priority: -4,
+            ..consumer
+        })
+        .unwrap(),
+    )
+    .unwrap();
     assert_eq!(again.priority, -4);
 }

@@ -291,7 +291,11 @@ fn quorum_queues_count_returns_and_dead_letter_past_the_delivery_limit() {
     assert_eq!(dead.len(), 1);
     let death = &deaths(&dead[0])[0];
     assert_eq!(death.inner().get("reason"), Some(&text("delivery_limit")));
-    assert_eq!(header(&dead[0], "x-delivery-count"), None, "the stored message has no count");
+    assert_eq!(
+        header(&dead[0], "x-delivery-count"),
+        None,
+        "the stored message has no count"
+    );
 
     h.ok(c, publish("", "work", "classic"));
     let classic = h.ok(c, get("work", true));

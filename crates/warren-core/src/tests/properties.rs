@@ -1029,16 +1029,23 @@ fn paging_a_backlog_changes_no_outcome() {
 /// with a bad or short expiration) and settlements of tags `t < 4` (aimed
 /// at the channel's unacked deliveries by [`aim_commit`]) or unknown ones.
 fn commit_request() -> impl Strategy<Value = Request> {
-    let publish = (0..EXCHANGES.len(), 0..KEYS.len(), any::<bool>(), prop::option::weighted(0.2, 0..3u8)).prop_map(
-        |(x, k, mandatory, expiration)| {
+    let publish = (
+        0..EXCHANGES.len(),
+        0..KEYS.len(),
+        any::<bool>(),
+        prop::option::weighted(0.2, 0..3u8),
+    )
+        .prop_map(|(x, k, mandatory, expiration)| {
             let mut m = message(EXCHANGES[x], KEYS[k], "tx");
             Arc::make_mut(&mut m.properties).expiration = expiration.map(|e| match e {
                 2 => "soon".to_owned(),
                 e => e.to_string(),
             });
-            crate::tx::TxPublish { mandatory, message: Arc::new(m) }
-        },
-    );
+            crate::tx::TxPublish {
+                mandatory,
+                message: Arc::new(m),
+            }
+        });
     let settle = (prop::collection::vec(0..6u64, 0..3), 0..3u8).prop_map(|(tags, how)| crate::tx::TxSettle {
         tags: tags.into_iter().map(DeliveryTag).collect(),
         how: match how {
@@ -1047,12 +1054,19 @@ fn commit_request() -> impl Strategy<Value = Request> {
             _ => crate::tx::TxSettleKind::Reject,
         },
     });
-    (0..4usize, prop::collection::vec(publish, 0..4), prop::collection::vec(settle, 0..4)).prop_map(
-        |(c, publishes, settles)| Request {
-            origin: Some(channel(c)),
-            command: Command::Commit(crate::tx::Transaction { vhost: root(), publishes, settles }),
-        },
+    (
+        0..4usize,
+        prop::collection::vec(publish, 0..4),
+        prop::collection::vec(settle, 0..4),
     )
+        .prop_map(|(c, publishes, settles)| Request {
+            origin: Some(channel(c)),
+            command: Command::Commit(crate::tx::Transaction {
+                vhost: root(),
+                publishes,
+                settles,
+            }),
+        })
 }
 
 /// Points a commit's settled tags `t < 4` at the channel's `t`-th unacked

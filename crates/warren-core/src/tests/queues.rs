@@ -615,7 +615,11 @@ fn arguments_of_another_queue_type_are_refused_naming_the_type() {
         );
     }
     for arguments in [
-        table(&[quorum(), ("x-delivery-limit", int(1)), ("x-quorum-initial-group-size", int(3))]),
+        table(&[
+            quorum(),
+            ("x-delivery-limit", int(1)),
+            ("x-quorum-initial-group-size", int(3)),
+        ]),
         table(&[("x-max-priority", int(3)), ("x-custom", text("kept"))]),
     ] {
         let name = format!("ok{}", arguments.inner().len());

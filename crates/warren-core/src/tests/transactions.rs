@@ -158,7 +158,10 @@ fn settlements_apply_in_order_and_skip_tags_no_longer_held() {
     );
     let q = h.summary("q");
     assert_eq!((q.messages_ready, q.messages_unacked), (1, 0));
-    let Outcome::GetOk { redelivered, message, .. } = h.ok(c, get("q", true)) else {
+    let Outcome::GetOk {
+        redelivered, message, ..
+    } = h.ok(c, get("q", true))
+    else {
         panic!("the requeued message is not there");
     };
     assert!(redelivered);
@@ -183,7 +186,10 @@ fn a_commit_delivers_each_publish_before_the_next_meets_the_length_limit() {
     h.ok(c, consume("one", "taker", false));
     let effects = h.run(
         Some(c),
-        commit(vec![tx_publish("", "one", "a", false), tx_publish("", "one", "b", false)], vec![]),
+        commit(
+            vec![tx_publish("", "one", "a", false), tx_publish("", "one", "b", false)],
+            vec![],
+        ),
     );
     assert_eq!(delivered_bodies(&effects), vec!["a", "b"]);
     assert_eq!(
