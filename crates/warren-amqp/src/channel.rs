@@ -204,8 +204,9 @@ pub struct TxBuffer {
     /// The delivery tags `settles` took from `manual_tags`, given back on
     /// rollback.
     pub settled_tags: Vec<u64>,
-    /// The bodies of `publishes`, counted with the node's partly received
-    /// bodies (the memory alarm's).
+    /// Its size as counted against the connection's `TX_MAX_BYTES`
+    /// (bodies, encoded properties, names, a fixed cost an item), counted
+    /// with the node's partly received bodies (the memory alarm's).
     pub held: HeldBytes,
 }
 
@@ -219,7 +220,7 @@ impl TxBuffer {
         }
     }
 
-    /// Body bytes held.
+    /// Its size so far (see `held`).
     pub fn bytes(&self) -> u64 {
         self.held.mine
     }

@@ -1282,7 +1282,8 @@ impl Connection {
     /// A publish on a transactional channel: held until `tx.commit`.
     ///
     /// # Errors
-    /// 406 if the transaction's bodies would pass [`TX_MAX_BYTES`].
+    /// 404/403/406 as the publish would fail at commit; 406 if the
+    /// transaction would pass [`TX_MAX_BYTES`].
     fn publish_in_tx(
         &mut self,
         ch: u16,
@@ -1299,20 +1300,6 @@ impl Connection {
             Err(_) => u64::from(self.frame_max),
         };
         let len = TX_ITEM_BYTES + body.len() as u64 + header_len + (exchange.len() + routing_key.len()) as u64;
-        let slot = self.slot(ch);
-        let Some(buffer) = slot.tx.as_mut() else {
-            return Ok(());
-        };
-        if buffer.bytes() + len > TX_MAX_BYTES {
-            return Err(AmqpError::channel(
-                ch,
-                reply_code::PRECONDITION_FAILED,
-                format!(
-                    "PRECONDITION_FAILED - a transaction holds at most {TX_MAX_BYTES} bytes (message bodies, properties and settlements); commit before adding more"
-                ),
-                (60, 40),
-            ));
-        }
         let message = Arc::new(Message {
             exchange: ExchangeName::new(exchange),
             routing_key,
@@ -1332,6 +1319,9 @@ impl Connection {
         let Some(buffer) = self.slot(ch).tx.as_mut() else {
             return Ok(());
         };
+        if buffer.bytes() + len > TX_MAX_BYTES {
+            return Err(transaction_too_large(ch, (60, 40)));
+        }
         buffer.held.add(len);
         buffer.publishes.push(TxPublish { mandatory, message });
         Ok(())
@@ -1367,12 +1357,7 @@ impl Connection {
         if let Some(buffer) = slot.tx.as_mut() {
             let len = TX_ITEM_BYTES + 8 * tags.len() as u64;
             if buffer.bytes() + len > TX_MAX_BYTES {
-                return Err(AmqpError::channel(
-                    ch,
-                    reply_code::PRECONDITION_FAILED,
-                    format!("PRECONDITION_FAILED - a transaction holds at most {TX_MAX_BYTES} bytes (message bodies, properties and settlements); commit before adding more"),
-                    (60, method_id),
-                ));
+                return Err(transaction_too_large(ch, (60, method_id)));
             }
             buffer.held.add(len);
             buffer.settled_tags.extend(&tags);
@@ -1718,13 +1703,18 @@ impl Connection {
     }
 
     async fn handle_reply(&mut self, ch: u16, outcome: Result<Outcome, CoreError>) -> Result<(), AmqpError> {
-        let Some(pending) = self.channels.get_mut(&ch).and_then(|s| s.pending.pop_front()) else {
+        let Some(slot) = self.channels.get_mut(&ch) else {
             warn!(conn = ?self.id, channel = ch, "a reply from the core that no request awaits");
             return Ok(());
         };
-        if pending == Pending::TxCommit {
-            self.slot(ch).committing = false;
+        let Some(pending) = slot.pending.pop_front() else {
+            warn!(conn = ?self.id, channel = ch, "a reply from the core that no request awaits");
+            return Ok(());
+        };
+        if matches!(pending, Pending::TxCommit) {
+            slot.committing = false;
         }
+        let commit_waits = slot.deferred_commit.is_some();
         let result = self.apply_reply(ch, pending, outcome);
         let result = match result {
             Err(AmqpError::Channel {
@@ -1746,7 +1736,9 @@ impl Connection {
             }
             other => other,
         };
-        self.send_deferred_commit(ch).await?;
+        if commit_waits {
+            self.send_deferred_commit(ch).await?;
+        }
         result
     }
 
@@ -2188,6 +2180,18 @@ enum ChannelFrame {
 /// Whether `user` may log in from `peer`: users listed in `loopback_users`
 /// (RabbitMQ's default: `guest`) only from a loopback address, including an
 /// IPv4 loopback address mapped into IPv6.
+/// 406 for what would take a transaction past [`TX_MAX_BYTES`].
+fn transaction_too_large(ch: u16, ids: (u16, u16)) -> AmqpError {
+    AmqpError::channel(
+        ch,
+        reply_code::PRECONDITION_FAILED,
+        format!(
+            "PRECONDITION_FAILED - a transaction holds at most {TX_MAX_BYTES} bytes (message bodies, properties and settlements); commit before adding more"
+        ),
+        ids,
+    )
+}
+
 fn may_connect_from(loopback_users: &[String], user: &str, peer: std::net::IpAddr) -> bool {
     !loopback_users.iter().any(|u| u == user) || peer.to_canonical().is_loopback()
 }

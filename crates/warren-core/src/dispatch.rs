@@ -16,6 +16,24 @@ use crate::queue::Queue;
 /// goes to: of those that may take one more, the first of the highest
 /// priority (`x-priority`) in round-robin order.
 pub(crate) fn idle_consumer(queue: &Queue, channels: &BTreeMap<ChannelId, Channel>) -> Option<usize> {
+    idle_consumer_below(queue, channels, None)
+}
+
+/// The highest `x-priority` among the queue's consumers (0 without any).
+fn top_priority(queue: &Queue, channels: &BTreeMap<ChannelId, Channel>) -> i32 {
+    queue
+        .consumers
+        .iter()
+        .filter_map(|c| channels.get(&c.channel)?.consumers.get(&c.tag))
+        .map(|c| c.priority)
+        .max()
+        .unwrap_or(0)
+}
+
+/// [`idle_consumer`], stopping at the first candidate of priority `top`
+/// (the highest any consumer has: none can beat it), so that a queue whose
+/// consumers share one priority is served in O(1) a message as before.
+fn idle_consumer_below(queue: &Queue, channels: &BTreeMap<ChannelId, Channel>, top: Option<i32>) -> Option<usize> {
     let mut best: Option<(i32, usize)> = None;
     for index in queue.dispatch_order() {
         let consumer = &queue.consumers[index];
@@ -26,6 +44,9 @@ pub(crate) fn idle_consumer(queue: &Queue, channels: &BTreeMap<ChannelId, Channe
             continue;
         }
         let priority = channel.consumers.get(&consumer.tag).map_or(0, |c| c.priority);
+        if Some(priority) == top {
+            return Some(index);
+        }
         if best.is_none_or(|(highest, _)| priority > highest) {
             best = Some((priority, index));
         }
@@ -47,6 +68,8 @@ impl Broker {
             return;
         };
         let channels = &mut self.channels;
+        // Priorities do not change during a pass; credit does.
+        let top = Some(top_priority(queue, channels));
         loop {
             let expired = queue.take_expired_head(ctx.now_ms, false);
             ctx.dead_letters
@@ -54,7 +77,7 @@ impl Broker {
             if queue.ready.is_empty() {
                 break;
             }
-            let chosen = idle_consumer(queue, channels);
+            let chosen = idle_consumer_below(queue, channels, top);
             let Some(index) = chosen else {
                 break;
             };

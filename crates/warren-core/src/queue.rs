@@ -178,7 +178,7 @@ impl Queue {
 
     /// Whether it was declared `x-queue-type = quorum`.
     pub fn is_quorum(&self) -> bool {
-        crate::queue_args::queue_type(&self.arguments).as_deref() == Some("quorum")
+        crate::queue_args::is_queue_type(&self.arguments, "quorum")
     }
 
     /// Its `x-delivery-limit` (a quorum queue's), if a non-negative integer.

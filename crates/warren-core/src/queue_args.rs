@@ -133,6 +133,16 @@ pub(crate) fn queue_type(arguments: &FieldTable) -> Option<String> {
     arguments.inner().get("x-queue-type").and_then(string)
 }
 
+/// Whether the arguments declare `x-queue-type` = `kind`, without
+/// allocating (asked for every delivery and requeue).
+pub(crate) fn is_queue_type(arguments: &FieldTable, kind: &str) -> bool {
+    match arguments.inner().get("x-queue-type") {
+        Some(AMQPValue::LongString(s)) => s.as_bytes() == kind.as_bytes(),
+        Some(AMQPValue::ShortString(s)) => s.as_str() == kind,
+        _ => false,
+    }
+}
+
 /// An AMQP integer of any width, if `value` is one.
 pub(crate) fn integer(value: &AMQPValue) -> Option<i128> {
     Some(match value {
