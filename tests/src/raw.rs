@@ -197,6 +197,30 @@ pub fn publish_frames(channel: u16, routing_key: &str, body: &[u8]) -> Vec<u8> {
     frames
 }
 
+/// The frames of one `basic.publish` to the default exchange whose content
+/// header carries `headers` (an encoded field table; empty: no properties)
+/// and whose body is cut into frames that fit `frame_max`.
+pub fn publish_frames_with_headers(
+    channel: u16,
+    routing_key: &str,
+    headers: &[u8],
+    body: &[u8],
+    frame_max: u32,
+) -> Vec<u8> {
+    let mut frames = method_frame(channel, ids::BASIC_PUBLISH, &basic_publish_args("", routing_key, false));
+    let header = Args::new().u16(60).u16(0).u64(body.len() as u64);
+    let header = if headers.is_empty() {
+        header.u16(0)
+    } else {
+        header.u16(0x2000).table(headers)
+    };
+    frames.extend(frame(FRAME_HEADER, channel, &header.build()));
+    for chunk in body.chunks(frame_max as usize - 8) {
+        frames.extend(frame(FRAME_BODY, channel, chunk));
+    }
+    frames
+}
+
 /// basic.publish arguments.
 pub fn basic_publish_args(exchange: &str, routing_key: &str, mandatory: bool) -> Vec<u8> {
     Args::new()

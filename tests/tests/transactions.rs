@@ -144,52 +144,46 @@ async fn tx_select_on_a_confirm_channel_and_an_unknown_tag_in_a_transaction_are_
 
 /// A transaction is one Raft entry, so its size is bounded (ADR 0020):
 /// the publish that would pass the bound closes the channel with 406, and
-/// nothing of the transaction happened.
+/// nothing of the transaction happened. (A raw client: the close comes
+/// while the client is still publishing, and lapin may report only a
+/// closed channel at the commit — CI at 25c64e7 saw that.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_past_its_size_bound_is_refused_whole() -> anyhow::Result<()> {
-    let (_broker, conn, ch) = broker_with_channel().await?;
-    plain_queue(&ch, "big").await?;
-    let tx = within("channel.open", conn.create_channel()).await?;
-    within("tx.select", tx.tx_select()).await?;
+    let (broker, _conn, ch) = broker_with_channel().await?;
+    let frame_max = Tune::default().frame_max;
+
+    let mut client = raw_tx_channel(&broker, "big").await?;
     let body = vec![7u8; 1024 * 1024];
     for _ in 0..5 {
-        within(
-            "publish 1 MiB in tx",
-            tx.basic_publish(
-                "".into(),
-                "big".into(),
-                Default::default(),
-                &body,
-                BasicProperties::default(),
-            ),
-        )
-        .await?;
+        client
+            .send(&raw::publish_frames_with_headers(1, "big", &[], &body, frame_max))
+            .await;
     }
-    expect_reply_code(tx.tx_commit().await, 406, "over 4 MiB of bodies in one transaction")?;
+    client.send(&raw::method_frame(1, TX_COMMIT, &[])).await;
+    let close = next_close(&mut client).await?;
+    assert_eq!(
+        (close.connection, close.code),
+        (false, 406),
+        "5 MiB of bodies: {close:?}"
+    );
+    assert!(close.text.contains("a transaction holds at most"), "{close:?}");
     assert_eq!(amqp::message_count(&ch, "big").await?, 0);
 
     // Properties count too: empty bodies with 100 KiB of headers each.
-    let tx = within("channel.open", conn.create_channel()).await?;
-    within("tx.select", tx.tx_select()).await?;
-    let mut headers = FieldTable::default();
-    headers.insert(
-        "pad".into(),
-        lapin::types::AMQPValue::LongString("p".repeat(100 * 1024).into()),
-    );
+    let mut client = raw_tx_channel(&broker, "big").await?;
+    let headers = raw::table_entry_longstr("pad", "p".repeat(100 * 1024).as_bytes());
     for _ in 0..50 {
-        within(
-            "publish 100 KiB of headers in tx",
-            tx.basic_publish(
-                "".into(),
-                "big".into(),
-                Default::default(),
-                b"",
-                BasicProperties::default().with_headers(headers.clone()),
-            ),
-        )
-        .await?;
+        client
+            .send(&raw::publish_frames_with_headers(1, "big", &headers, b"", frame_max))
+            .await;
     }
-    expect_reply_code(tx.tx_commit().await, 406, "5 MiB of headers in one transaction")?;
+    client.send(&raw::method_frame(1, TX_COMMIT, &[])).await;
+    let close = next_close(&mut client).await?;
+    assert_eq!(
+        (close.connection, close.code),
+        (false, 406),
+        "5 MiB of headers: {close:?}"
+    );
     assert_eq!(amqp::message_count(&ch, "big").await?, 0);
     Ok(())
 }
