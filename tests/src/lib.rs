@@ -261,6 +261,34 @@ impl WarrenProcess {
         Ok(process)
     }
 
+    /// Starts cluster node `node_id` on a fresh temporary data directory
+    /// with `args` (e.g. `--cluster-listen`, `--join`), kept for restarts.
+    ///
+    /// # Errors
+    /// See [`WarrenProcess::start`].
+    pub fn start_cluster_node_with_args(node_id: u64, args: &[&str]) -> anyhow::Result<Self> {
+        let root = tempfile::Builder::new()
+            .prefix(&format!("warren-e2e-node{node_id}-"))
+            .tempdir()
+            .context("cannot create a temporary dir")?;
+        let data_dir = root.path().join("data");
+        let mut extra_args: Vec<std::ffi::OsString> = vec!["--node-id".into(), node_id.to_string().into()];
+        extra_args.extend(args.iter().map(std::ffi::OsString::from));
+        let mut process = Self::start_with_args(&data_dir, extra_args)?;
+        process._temp_dir = Some(Arc::new(root));
+        Ok(process)
+    }
+
+    /// Deletes the data directory of a stopped node: a wiped or replaced
+    /// volume.
+    ///
+    /// # Errors
+    /// The node still runs, or the directory could not be removed.
+    pub fn wipe_data_dir(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.is_running(), "wipe_data_dir: the node still runs");
+        std::fs::remove_dir_all(&self.data_dir).with_context(|| format!("removing {}", self.data_dir.display()))
+    }
+
     /// The cluster (gRPC) address the broker listens on, from its
     /// `warren: cluster listening on` line.
     pub fn cluster_addr(&self) -> Option<SocketAddr> {

@@ -49,6 +49,10 @@ pub struct NodeConfig {
     /// Cluster addresses of members to join through when the store is
     /// empty; empty = bootstrap a one-member cluster.
     pub join: Vec<String>,
+    /// This node is the seed of the join list (its first entry, ADR 0022):
+    /// on an empty store it bootstraps only once every member in `join`
+    /// answered that it is in no cluster, and joins through any that is.
+    pub seed: bool,
     /// How long a follower waits for the leader to commit a forwarded batch
     /// before answering its requests `Unavailable`.
     pub forward_timeout_ms: u64,
@@ -78,6 +82,7 @@ impl Default for NodeConfig {
             max_batches_in_flight: 4,
             cache_capacity_bytes: 256 * 1024 * 1024,
             start_timeout_ms: 60_000,
+            seed: false,
             join: Vec::new(),
             forward_timeout_ms: 10_000,
             node_down_after_ms: 3_000,

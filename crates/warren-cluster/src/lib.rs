@@ -47,7 +47,7 @@ pub use error::ClusterError;
 pub use log_store::RaftLogStore;
 pub use network::{UnreachableClient, UnreachableNetwork};
 pub use node::{MemberStatus, Node, NodeStatus};
-pub use peers::{BoxFuture, NoPeers, PeerError, Peers};
+pub use peers::{BoxFuture, JoinMode, NoPeers, PeerError, Peers};
 pub use proposer::Proposer;
 pub use raft_stats::RaftCounts;
 pub use state_machine::StateMachine;

@@ -2,6 +2,7 @@
 //! driver, assembled.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use crate::error::ClusterError;
 use crate::liveness::{Contacts, Detector, TrackingNetwork};
 use crate::log_store::RaftLogStore;
 use crate::network::UnreachableNetwork;
-use crate::peers::{NoPeers, PeerError, Peers};
+use crate::peers::{JoinMode, NoPeers, PeerError, Peers};
 use crate::proposer::{Proposer, ProposerTask};
 use crate::state_machine::{Shared, StateMachine};
 use crate::tracker::ProposalTracker;
@@ -76,6 +77,12 @@ struct Inner {
     /// Bounds the forwarded batches handed to openraft at once (its API
     /// channel is unbounded): more wait.
     forwarded: Semaphore,
+    /// The store was empty when the node opened (no log, no vote).
+    fresh: bool,
+    /// Whether openraft's messages (append, vote, snapshot) are taken. A
+    /// fresh node takes none until it bootstrapped or the leader agreed it
+    /// joins as a new member (ADR 0022): a wiped voter must not vote.
+    admitted: AtomicBool,
     /// Background tasks aborted on shutdown or drop: the tick driver, the
     /// failure detector, compaction and (after a restart) the election
     /// hold. Not the proposer: it keeps running and answers `Unavailable`
@@ -227,12 +234,9 @@ impl Node {
             .is_initialized()
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        if !initialized && config.join.is_empty() {
-            tracing::info!(node = node_id, addr = %config.cluster_addr, "empty store: bootstrapping a one-member cluster");
-            let members = BTreeMap::from([(node_id, BasicNode::new(config.cluster_addr.clone()))]);
-            raft.initialize(members)
-                .await
-                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let bootstrap = !initialized && config.join.is_empty();
+        if bootstrap {
+            initialize_alone(&raft, node_id, &config.cluster_addr).await?;
         }
 
         let mut tasks = Vec::new();
@@ -291,6 +295,8 @@ impl Node {
                 clock,
                 membership_changes: Semaphore::new(1),
                 forwarded: Semaphore::new(MAX_FORWARDED_IN_FLIGHT),
+                fresh: !initialized,
+                admitted: AtomicBool::new(initialized || bootstrap),
                 tasks: Mutex::new({
                     tasks.extend([tick_task, detector_task, compaction_task]);
                     tasks
@@ -313,7 +319,7 @@ impl Node {
         let deadline = tokio::time::Instant::now() + config.start_timeout();
         let mut min_applied = None;
         if !config.join.is_empty() && !self.is_voter() {
-            min_applied = Some(self.join_cluster(deadline).await?);
+            min_applied = self.enter_cluster(deadline).await?;
         }
         self.wait_until_caught_up(deadline, min_applied).await?;
         tracing::info!(node = self.inner.node_id, "raft node ready");
@@ -339,9 +345,86 @@ impl Node {
         }
     }
 
+    /// Whether this node takes openraft's messages (append, vote, snapshot).
+    /// A node that opened on an empty store takes none until it has
+    /// bootstrapped, or the leader agreed that it joins as a new member:
+    /// a voter whose data directory was wiped must not vote, nor
+    /// acknowledge entries, without the log it acknowledged before (ADR
+    /// 0022).
+    pub fn takes_raft_messages(&self) -> bool {
+        self.inner.admitted.load(Ordering::Acquire)
+    }
+
+    /// Makes this node a member through `config.join`. Returns the log
+    /// index the node must apply before it is ready (`None`: it
+    /// bootstrapped).
+    ///
+    /// A node with a log rejoins. A fresh one first asks whether it may
+    /// join as new (refused, for good, when its id is a voter: it was
+    /// wiped), only then takes Raft messages, then joins. A fresh seed
+    /// bootstraps instead if every other listed member answers that it is
+    /// in no cluster, and joins if any is (its own volume was wiped).
+    async fn enter_cluster(&self, deadline: tokio::time::Instant) -> Result<Option<u64>, ClusterError> {
+        if !self.inner.fresh {
+            return self.join_cluster(deadline, JoinMode::Rejoin).await.map(Some);
+        }
+        if self.inner.config.seed && !self.a_listed_member_is_in_a_cluster(deadline).await? {
+            let config = &self.inner.config;
+            initialize_alone(&self.inner.raft, self.inner.node_id, &config.cluster_addr).await?;
+            self.inner.admitted.store(true, Ordering::Release);
+            return Ok(None);
+        }
+        self.join_cluster(deadline, JoinMode::CheckFresh).await?;
+        self.inner.admitted.store(true, Ordering::Release);
+        self.join_cluster(deadline, JoinMode::Fresh).await.map(Some)
+    }
+
+    /// Asks every member in `config.join` whether it is in a cluster,
+    /// until one says yes (`true`) or all have said no (`false`). Members
+    /// that do not answer are asked again: a seed does not bootstrap on
+    /// silence, which may be a cluster it cannot reach yet.
+    async fn a_listed_member_is_in_a_cluster(&self, deadline: tokio::time::Instant) -> Result<bool, ClusterError> {
+        let node_id = self.inner.node_id;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut silent = Vec::new();
+            for member in &self.inner.config.join {
+                match self.inner.peers.in_a_cluster(member).await {
+                    Ok(true) => {
+                        tracing::info!(node = node_id, %member, "empty store: a listed member is in a cluster; joining it");
+                        return Ok(true);
+                    }
+                    Ok(false) => {}
+                    Err(e) => silent.push(format!("{member}: {e}")),
+                }
+            }
+            if silent.is_empty() {
+                tracing::info!(
+                    node = node_id,
+                    "empty store and no listed member is in a cluster: bootstrapping"
+                );
+                return Ok(false);
+            }
+            tracing::warn!(
+                node = node_id,
+                ?silent,
+                "empty store: waiting for every listed member to answer before bootstrapping"
+            );
+            if tokio::time::Instant::now() + backoff >= deadline {
+                return Err(self.timeout(format!(
+                    "a seed on an empty store bootstraps only once every member of its join list answered; silent: {}",
+                    silent.join("; ")
+                )));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
     /// Asks the members in `config.join` (following leader hints) to add
-    /// this node as a voter. Returns the log index of that membership.
-    async fn join_cluster(&self, deadline: tokio::time::Instant) -> Result<u64, ClusterError> {
+    /// this node as a voter (`mode` says whether it has a log). Returns the
+    /// log index of that membership.
+    async fn join_cluster(&self, deadline: tokio::time::Instant, mode: JoinMode) -> Result<u64, ClusterError> {
         let config = &self.inner.config;
         let mut backoff = Duration::from_millis(100);
         let mut last_error = String::from("no member answered");
@@ -361,16 +444,18 @@ impl Node {
                     match self
                         .inner
                         .peers
-                        .join(&target, self.inner.node_id, &config.cluster_addr)
+                        .join(&target, self.inner.node_id, &config.cluster_addr, mode)
                         .await
                     {
                         Ok(index) => {
-                            tracing::info!(
-                                node = self.inner.node_id,
-                                log_index = index,
-                                "joined the cluster as voter"
-                            );
+                            tracing::info!(node = self.inner.node_id, log_index = index, ?mode, "the leader agreed");
                             return Ok(index);
+                        }
+                        Err(PeerError::Refused(reason)) => {
+                            return Err(ClusterError::Refused {
+                                node: self.inner.node_id,
+                                reason,
+                            })
                         }
                         Err(PeerError::NotLeader {
                             leader_addr: Some(leader),
@@ -483,12 +568,16 @@ impl Node {
 
     /// Adds `node_id` at `addr` as a learner, waits until it has caught up,
     /// then makes it a voter. Returns the log index of the membership that
-    /// holds it as voter. A node that already is a voter is left as it is.
+    /// holds it as voter. A node that already is a voter is left as it is
+    /// when it has a log ([`JoinMode::Rejoin`]); [`JoinMode::CheckFresh`]
+    /// only checks.
     ///
     /// # Errors
     /// [`PeerError::NotLeader`] on a follower; [`PeerError::Failed`] if a
-    /// membership change failed (e.g. another one is in progress).
-    pub async fn add_voter(&self, node_id: u64, addr: &str) -> Result<u64, PeerError> {
+    /// membership change failed (e.g. another one is in progress);
+    /// [`PeerError::Refused`] if a node on an empty data directory asks
+    /// with the id of a voter.
+    pub async fn add_voter(&self, node_id: u64, addr: &str, mode: JoinMode) -> Result<u64, PeerError> {
         let _one_change_at_a_time = self
             .inner
             .membership_changes
@@ -508,7 +597,21 @@ impl Node {
                 metrics.membership_config.log_id().map(|id| id.index).unwrap_or(0),
             )
         };
-        if is_voter && known_addr.as_deref() == Some(addr) {
+        if is_voter && mode != JoinMode::Rejoin {
+            tracing::warn!(
+                node = self.inner.node_id,
+                joining = node_id,
+                addr,
+                "refused: a voter asks to join with an empty data directory"
+            );
+            return Err(PeerError::Refused(format!(
+                "node {node_id} is a voter of this cluster, but it started on an empty data directory \
+                 (wiped or replaced): taken back, it would vote without the log it acknowledged. \
+                 Remove it first (`warren ctl --server <a member> remove-node {node_id}`), \
+                 then start it again: it joins as a new member"
+            )));
+        }
+        if mode == JoinMode::CheckFresh || (is_voter && known_addr.as_deref() == Some(addr)) {
             return Ok(index);
         }
         tracing::info!(node = self.inner.node_id, joining = node_id, addr, "adding learner");
@@ -817,6 +920,15 @@ impl Node {
 }
 
 /// Maps openraft's write errors to what a peer is told.
+/// Bootstraps a one-member cluster of this node.
+async fn initialize_alone(raft: &Raft<TypeConfig>, node_id: u64, addr: &str) -> Result<(), ClusterError> {
+    tracing::info!(node = node_id, addr, "empty store: bootstrapping a one-member cluster");
+    let members = BTreeMap::from([(node_id, BasicNode::new(addr.to_owned()))]);
+    raft.initialize(members)
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))
+}
+
 fn peer_error(error: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> PeerError {
     match error {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => PeerError::NotLeader {

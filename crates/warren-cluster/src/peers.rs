@@ -26,6 +26,25 @@ pub enum PeerError {
     /// not commit. The request may or may not have taken effect.
     #[error("{0}")]
     Failed(String),
+    /// The leader refused, and asking again will not change its answer
+    /// (a node on an empty data directory whose id is still a voter).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What a node asking to join tells of itself (ADR 0022).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinMode {
+    /// It has a log: a voter already known at its address stays as it is
+    /// (a restart, or `warren ctl add-node`).
+    Rejoin,
+    /// Its data directory is empty: refused if its id is a voter, since a
+    /// voter without the log it acknowledged must not vote or count
+    /// toward a commit.
+    Fresh,
+    /// Only the check of [`JoinMode::Fresh`]: nothing is added. A fresh
+    /// node asks this before it takes any Raft message.
+    CheckFresh,
 }
 
 /// Calls to other members of the cluster.
@@ -38,7 +57,11 @@ pub trait Peers: Send + Sync + 'static {
     /// Asks the node at `via` to make `node_id` (reachable at `addr`) a
     /// voter. `Ok(index)`: the membership holding it as voter is at log
     /// index `index`.
-    fn join(&self, via: &str, node_id: u64, addr: &str) -> BoxFuture<Result<u64, PeerError>>;
+    fn join(&self, via: &str, node_id: u64, addr: &str, mode: JoinMode) -> BoxFuture<Result<u64, PeerError>>;
+
+    /// Whether the node at `addr` is a member of an initialized cluster
+    /// (its membership names anyone).
+    fn in_a_cluster(&self, addr: &str) -> BoxFuture<Result<bool, PeerError>>;
 
     /// How far the node at `addr` has applied its log (its status).
     fn applied_index(&self, addr: &str) -> BoxFuture<Result<Option<u64>, PeerError>>;
@@ -54,8 +77,13 @@ impl Peers for NoPeers {
         Box::pin(async move { Err(PeerError::Failed(reason)) })
     }
 
-    fn join(&self, via: &str, _node_id: u64, _addr: &str) -> BoxFuture<Result<u64, PeerError>> {
+    fn join(&self, via: &str, _node_id: u64, _addr: &str, _mode: JoinMode) -> BoxFuture<Result<u64, PeerError>> {
         let reason = format!("no network to join through {via}: this node has no peers");
+        Box::pin(async move { Err(PeerError::Failed(reason)) })
+    }
+
+    fn in_a_cluster(&self, addr: &str) -> BoxFuture<Result<bool, PeerError>> {
+        let reason = format!("no network to reach {addr}: this node has no peers");
         Box::pin(async move { Err(PeerError::Failed(reason)) })
     }
 

@@ -772,7 +772,9 @@ fn membership_error(error: warren_cluster::PeerError) -> ApiError {
         warren_cluster::PeerError::NotLeader { .. } => {
             ApiError::unavailable("no leader answered (an election may be running): try again")
         }
-        warren_cluster::PeerError::Failed(reason) => ApiError::bad_request(reason),
+        warren_cluster::PeerError::Failed(reason) | warren_cluster::PeerError::Refused(reason) => {
+            ApiError::bad_request(reason)
+        }
     }
 }
 
@@ -799,12 +801,15 @@ async fn add_member(
         .ok_or_else(|| ApiError::bad_request("addr must be the node's cluster address, host:port"))?
         .to_owned();
     let (target, network) = leader_or_self(&sources)?;
-    let index = warren_rpc::on_leader(&target, |leader| {
-        let addr = addr.clone();
-        async move { warren_cluster::Peers::join(network, &leader, node_id, &addr).await }
-    })
-    .await
-    .map_err(membership_error)?;
+    let index =
+        warren_rpc::on_leader(&target, |leader| {
+            let addr = addr.clone();
+            async move {
+                warren_cluster::Peers::join(network, &leader, node_id, &addr, warren_cluster::JoinMode::Rejoin).await
+            }
+        })
+        .await
+        .map_err(membership_error)?;
     Ok((StatusCode::CREATED, Json(json!({"log_index": index}))).into_response())
 }
 

@@ -17,7 +17,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
-use warren_cluster::{BoxFuture, PeerError, Peers, Proposal, TypeConfig};
+use warren_cluster::{BoxFuture, JoinMode, PeerError, Peers, Proposal, TypeConfig};
 
 use crate::codec::{decode, encode};
 use crate::pb::warren_cluster_client::WarrenClusterClient;
@@ -239,12 +239,14 @@ impl Peers for GrpcNetwork {
         })
     }
 
-    fn join(&self, via: &str, node_id: u64, addr: &str) -> BoxFuture<Result<u64, PeerError>> {
+    fn join(&self, via: &str, node_id: u64, addr: &str, mode: JoinMode) -> BoxFuture<Result<u64, PeerError>> {
         let client = self.client(via);
         let request = pb::JoinRequest {
             header: Some(self.header()),
             node_id,
             addr: addr.to_owned(),
+            fresh: mode != JoinMode::Rejoin,
+            check_only: mode == JoinMode::CheckFresh,
         };
         let via = via.to_owned();
         let limit = self.config.join_timeout;
@@ -258,9 +260,16 @@ impl Peers for GrpcNetwork {
                 Some(join_reply::Result::Joined(committed)) => Ok(committed.log_index),
                 Some(join_reply::Result::NotLeader(not_leader)) => Err(not_leader_error(not_leader)),
                 Some(join_reply::Result::Failed(reason)) => Err(PeerError::Failed(reason)),
+                Some(join_reply::Result::Refused(reason)) => Err(PeerError::Refused(reason)),
                 None => Err(PeerError::Failed("empty join reply".to_owned())),
             }
         })
+    }
+
+    fn in_a_cluster(&self, addr: &str) -> BoxFuture<Result<bool, PeerError>> {
+        let network = self.clone();
+        let addr = addr.to_owned();
+        Box::pin(async move { Ok(!network.status(&addr).await?.members.is_empty()) })
     }
 
     fn applied_index(&self, addr: &str) -> BoxFuture<Result<Option<u64>, PeerError>> {

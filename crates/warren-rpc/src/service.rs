@@ -10,7 +10,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
-use warren_cluster::{Node, PeerError, Proposal, TypeConfig};
+use warren_cluster::{JoinMode, Node, PeerError, Proposal, TypeConfig};
 
 use crate::codec::{decode, encode};
 use crate::pb::warren_cluster_server::{WarrenCluster, WarrenClusterServer};
@@ -123,6 +123,18 @@ impl ClusterService {
         }
         Ok(())
     }
+
+    /// Refuses openraft's messages while the node, opened on an empty data
+    /// directory, has neither bootstrapped nor been let in (ADR 0022).
+    fn check_admitted(&self) -> Result<(), Status> {
+        if self.node.takes_raft_messages() {
+            Ok(())
+        } else {
+            Err(Status::failed_precondition(
+                "this node started on an empty data directory and has not joined: it takes no Raft messages",
+            ))
+        }
+    }
 }
 
 /// Refuses a request whose metadata does not carry the cluster secret
@@ -198,7 +210,7 @@ fn not_leader(error: &PeerError) -> Option<pb::NotLeader> {
             leader_id: *leader_id,
             leader_addr: leader_addr.clone().unwrap_or_default(),
         }),
-        PeerError::Failed(_) => None,
+        PeerError::Failed(_) | PeerError::Refused(_) => None,
     }
 }
 
@@ -208,6 +220,7 @@ impl WarrenCluster for ClusterService {
     async fn append_entries(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
         let request = request.into_inner();
         self.check(request.header.as_ref())?;
+        self.check_admitted()?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.payload).map_err(bad_payload)?;
         raft_reply(&self.node.raft().append_entries(rpc).await)
     }
@@ -216,6 +229,7 @@ impl WarrenCluster for ClusterService {
     async fn vote(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
         let request = request.into_inner();
         self.check(request.header.as_ref())?;
+        self.check_admitted()?;
         let rpc: VoteRequest<u64> = decode(&request.payload).map_err(bad_payload)?;
         raft_reply(&self.node.raft().vote(rpc).await)
     }
@@ -224,6 +238,7 @@ impl WarrenCluster for ClusterService {
     async fn install_snapshot(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
         let request = request.into_inner();
         self.check(request.header.as_ref())?;
+        self.check_admitted()?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&request.payload).map_err(bad_payload)?;
         check_snapshot_chunk(rpc.offset, rpc.data.len())?;
         raft_reply(&self.node.raft().install_snapshot(rpc).await)
@@ -251,8 +266,14 @@ impl WarrenCluster for ClusterService {
         if request.addr.is_empty() {
             return Err(Status::invalid_argument("a joining node must give its cluster address"));
         }
-        let result = match self.node.add_voter(request.node_id, &request.addr).await {
+        let mode = match (request.fresh, request.check_only) {
+            (_, true) => JoinMode::CheckFresh,
+            (true, false) => JoinMode::Fresh,
+            (false, false) => JoinMode::Rejoin,
+        };
+        let result = match self.node.add_voter(request.node_id, &request.addr, mode).await {
             Ok(log_index) => join_reply::Result::Joined(pb::Committed { log_index }),
+            Err(PeerError::Refused(reason)) => join_reply::Result::Refused(reason),
             Err(error) => match not_leader(&error) {
                 Some(hint) => join_reply::Result::NotLeader(hint),
                 None => join_reply::Result::Failed(error.to_string()),

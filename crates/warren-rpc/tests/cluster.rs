@@ -8,7 +8,7 @@ use amq_protocol_types::FieldTable;
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use warren_cluster::{EffectSink, Node, NodeConfig, PeerError, Peers};
+use warren_cluster::{EffectSink, JoinMode, Node, NodeConfig, PeerError, Peers};
 use warren_core::{
     ChannelId, Command, ConnectionId, CoreError, Effect, ExchangeName, Message, NodeId, Outcome, Properties, QueueName,
     Request, VHost,
@@ -82,6 +82,13 @@ fn network() -> GrpcNetwork {
 }
 
 async fn start_node(node_id: u64, join: Vec<String>) -> anyhow::Result<TestNode> {
+    let node = open_node(node_id, join).await?;
+    node.node.ready().await?;
+    Ok(node)
+}
+
+/// A node opened and serving its cluster port, not yet [`Node::ready`].
+async fn open_node(node_id: u64, join: Vec<String>) -> anyhow::Result<TestNode> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let config = NodeConfig {
@@ -115,7 +122,6 @@ async fn start_node(node_id: u64, join: Vec<String>) -> anyhow::Result<TestNode>
     tokio::spawn(serve(listener, service, async {
         let _ = stopped.await;
     }));
-    node.ready().await?;
     Ok(TestNode {
         node,
         sink,
@@ -268,7 +274,7 @@ async fn a_request_with_the_wrong_secret_is_refused() -> anyhow::Result<()> {
         secret: "guess".to_owned(),
         ..NetworkConfig::default()
     });
-    let joined = intruder.join(&node.addr, 9, "127.0.0.1:1").await;
+    let joined = intruder.join(&node.addr, 9, "127.0.0.1:1", JoinMode::Fresh).await;
     assert!(
         matches!(&joined, Err(PeerError::Failed(reason)) if reason.contains("wrong cluster secret")),
         "{joined:?}"
@@ -333,6 +339,54 @@ async fn the_secret_is_checked_before_the_request_body_is_read() -> anyhow::Resu
         .into_inner();
     assert_eq!(reply.node_id, 1);
     node.stop().await?;
+    Ok(())
+}
+
+/// A node opened on an empty store with a join list takes no Raft message
+/// (append, vote, snapshot) until the leader agreed that it joins as new
+/// (ADR 0022): `FAILED_PRECONDITION` before its body is decoded. Once it
+/// joined, the same bytes are read (and refused as garbage). A fresh node
+/// asking with the id of a voter is refused for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_node_takes_no_raft_message_until_it_is_let_in() -> anyhow::Result<()> {
+    use warren_rpc::pb::warren_cluster_client::WarrenClusterClient;
+    let first = start_node(1, Vec::new()).await?;
+    let second = open_node(2, vec![first.addr.clone()]).await?;
+    assert!(!second.node.takes_raft_messages());
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", second.addr))?
+        .connect()
+        .await?;
+    let mut client = WarrenClusterClient::with_interceptor(channel, warren_rpc::SecretMetadata::new(SECRET));
+    let garbage = warren_rpc::pb::RaftRequest {
+        header: Some(network().header()),
+        payload: vec![0xff; 64],
+    };
+    for status in [
+        client.append_entries(garbage.clone()).await.expect_err("gated"),
+        client.vote(garbage.clone()).await.expect_err("gated"),
+        client.install_snapshot(garbage.clone()).await.expect_err("gated"),
+    ] {
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    }
+
+    second.node.ready().await?;
+    assert!(second.node.takes_raft_messages());
+    let status = client.vote(garbage).await.expect_err("garbage");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_eq!(first.node.metrics().members.len(), 2);
+
+    for mode in [JoinMode::CheckFresh, JoinMode::Fresh] {
+        let refused = network().join(&first.addr, 2, &second.addr, mode).await;
+        assert!(
+            matches!(&refused, Err(PeerError::Refused(reason)) if reason.contains("remove-node 2")),
+            "{mode:?}: {refused:?}"
+        );
+    }
+    // With its log (a restart), the same voter is taken back as it is.
+    let index = network().join(&first.addr, 2, &second.addr, JoinMode::Rejoin).await?;
+    assert!(index > 0);
+    second.stop().await?;
+    first.stop().await?;
     Ok(())
 }
 

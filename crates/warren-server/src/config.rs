@@ -35,7 +35,9 @@ pub struct ServerArgs {
     /// Cluster addresses of members to join through when the data directory
     /// is empty (absent: bootstrap a one-member cluster). An entry equal to
     /// this node's own advertised address is ignored, so every node may be
-    /// given the same list.
+    /// given the same list. The first entry is the seed: on an empty data
+    /// directory it bootstraps once every other entry answered that it is
+    /// in no cluster, and joins any that is (ADR 0022).
     #[arg(long, env = "WARREN_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
     /// Shared secret every inter-node request carries; a node with another
@@ -383,6 +385,17 @@ pub fn join_targets(join: &[String], advertise: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether this node is the seed of the join list: its first entry (ADR
+/// 0022). A seed on an empty data directory bootstraps once every other
+/// listed member answered that it is in no cluster; the others never
+/// bootstrap. Compared as [`join_targets`] compares.
+pub fn is_seed(join: &[String], advertise: &str) -> bool {
+    join.iter()
+        .map(|addr| addr.trim())
+        .find(|addr| !addr.is_empty())
+        .is_some_and(|first| first.eq_ignore_ascii_case(advertise.trim()))
+}
+
 /// The cluster address to advertise when none is configured, from the
 /// address the cluster listener is bound to (its real port, also for port
 /// 0). A wildcard address is not reachable by others: advertise loopback
@@ -570,6 +583,19 @@ mod tests {
         assert!(!args.node_id_from_hostname);
         let args = ServerArgs::try_parse_from(["warren", "--node-id-from-hostname"]).expect("parses");
         assert!(args.node_id_from_hostname);
+    }
+
+    #[test]
+    fn the_seed_is_the_first_entry_of_the_join_list() {
+        let join = vec![
+            " warren-0.warren.ns.svc.cluster.local:25672".to_owned(),
+            "warren-1.warren.ns.svc.cluster.local:25672".to_owned(),
+        ];
+        assert!(is_seed(&join, "WARREN-0.warren.ns.svc.cluster.local:25672"));
+        assert!(!is_seed(&join, "warren-1.warren.ns.svc.cluster.local:25672"));
+        assert!(!is_seed(&[], "warren-0.warren.ns.svc.cluster.local:25672"));
+        assert!(is_seed(&["".to_owned(), "a:1".to_owned()], "a:1"));
+        assert!(!is_seed(&join, ""));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use anyhow::Context;
-use warren_cluster::{PeerError, Peers as _};
+use warren_cluster::{JoinMode, PeerError, Peers as _};
 use warren_rpc::pb::{AdminReply, ListQueuesReply, StatusReply};
 use warren_rpc::{on_leader, GrpcNetwork, NetworkConfig};
 
@@ -55,7 +55,7 @@ pub async fn run(server: &str, secret: Option<String>, command: CtlCommand) -> a
             Ok(())
         }
         CtlCommand::AddNode { node_id, addr } => {
-            let index = on_leader(server, |leader| network.join(&leader, node_id, &addr))
+            let index = on_leader(server, |leader| network.join(&leader, node_id, &addr, JoinMode::Rejoin))
                 .await
                 .with_context(|| format!("adding node {node_id} at {addr}"))?;
             println!("node {node_id} at {addr} is a voter (membership at log index {index})");

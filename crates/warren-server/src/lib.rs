@@ -20,7 +20,7 @@ use warren_cluster::{Node, NodeConfig};
 use warren_core::{Command, NodeId, Request, UserName, VHost};
 use warren_rpc::{ClusterService, GrpcNetwork, NetworkConfig, ServiceConfig};
 
-pub use config::{advertise_for, join_targets, node_id_from_hostname, Config, ServerArgs};
+pub use config::{advertise_for, is_seed, join_targets, node_id_from_hostname, Config, ServerArgs};
 
 /// Runs a node: binds `config.cluster_listen` and serves the inter-node
 /// gRPC there, opens its Raft state in `config.data_dir` (bootstrapping a
@@ -51,6 +51,7 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
     let cluster_addr = cluster_listener.local_addr()?;
     let advertise = config.advertise.clone().unwrap_or_else(|| advertise_for(cluster_addr));
     let join = join_targets(&config.join, &advertise);
+    let seed = !join.is_empty() && is_seed(&config.join, &advertise);
     if join.len() < config.join.len() {
         info!(%advertise, ?join, "ignoring this node's own address in the join list");
     }
@@ -63,6 +64,7 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         data_dir: config.data_dir.clone(),
         cluster_addr: advertise.clone(),
         join,
+        seed,
         heartbeat_interval_ms: config.raft_heartbeat_ms,
         election_timeout_min_ms: config.raft_election_timeout_min_ms,
         election_timeout_max_ms: config.raft_election_timeout_max_ms,

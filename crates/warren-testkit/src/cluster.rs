@@ -424,7 +424,7 @@ impl Cluster {
                 .ok_or_else(|| TestkitError::new(format!("leader {leader} is not running")))?;
             match node.remove_node(node_id).await {
                 Ok(_) => break,
-                Err(e @ (PeerError::NotLeader { .. } | PeerError::Failed(_))) => {
+                Err(e @ (PeerError::NotLeader { .. } | PeerError::Failed(_) | PeerError::Refused(_))) => {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(TestkitError::new(format!("removing node {node_id}: {e}")));
                     }

@@ -27,7 +27,7 @@ use openraft::raft::{
 use openraft::BasicNode;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use warren_cluster::{BoxFuture, Node, PeerError, Peers, Proposal, TypeConfig};
+use warren_cluster::{BoxFuture, JoinMode, Node, PeerError, Peers, Proposal, TypeConfig};
 
 /// The address a node of the in-process network has.
 pub fn node_addr(node_id: u64) -> String {
@@ -364,16 +364,31 @@ impl FaultClient {
         Fut: Future<Output = Result<T, RaftError<u64, E>>>,
     {
         let ttl = option.hard_ttl();
-        let sent = tokio::time::timeout(ttl, self.net.transmit(self.from, self.target, call)).await;
+        // A node that takes no Raft messages yet (ADR 0022) refuses them,
+        // as the gRPC service does.
+        let gated = |node: Node| async move {
+            if node.takes_raft_messages() {
+                Some(call(node).await)
+            } else {
+                None
+            }
+        };
+        let sent = tokio::time::timeout(ttl, self.net.transmit(self.from, self.target, gated)).await;
         match sent {
             Err(_) => Err(timed_out(self.target, ttl)),
             Ok(Err(lost)) => Err(rpc_error(&lost)),
-            // A stopped target answers `Fatal`; to the sender that is a node it cannot reach.
-            Ok(Ok(Err(RaftError::Fatal(fatal)))) => {
-                Err(rpc_error(&Lost::Unreachable(format!("node {}: {fatal}", self.target))))
-            }
-            Ok(Ok(Err(remote))) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
-            Ok(Ok(Ok(response))) => Ok(response),
+            Ok(Ok(None)) => Err(rpc_error(&Lost::Unreachable(format!(
+                "node {} takes no Raft messages yet",
+                self.target
+            )))),
+            Ok(Ok(Some(answer))) => match answer {
+                // A stopped target answers `Fatal`; to the sender that is a node it cannot reach.
+                Err(RaftError::Fatal(fatal)) => {
+                    Err(rpc_error(&Lost::Unreachable(format!("node {}: {fatal}", self.target))))
+                }
+                Err(remote) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
+                Ok(response) => Ok(response),
+            },
         }
     }
 }
@@ -436,7 +451,7 @@ impl Peers for FaultNetwork {
         })
     }
 
-    fn join(&self, via: &str, node_id: u64, addr: &str) -> BoxFuture<Result<u64, PeerError>> {
+    fn join(&self, via: &str, node_id: u64, addr: &str, mode: JoinMode) -> BoxFuture<Result<u64, PeerError>> {
         let net = self.net.clone();
         let from = self.from;
         let target = addr_node(via);
@@ -447,9 +462,28 @@ impl Peers for FaultNetwork {
                 return Err(PeerError::Failed(format!("join: no node at {via}")));
             };
             let sent = net
-                .transmit(from, to, |node| async move { node.add_voter(node_id, &addr).await })
+                .transmit(
+                    from,
+                    to,
+                    |node| async move { node.add_voter(node_id, &addr, mode).await },
+                )
                 .await;
             sent.unwrap_or_else(|lost| Err(peer_lost(&format!("join through {via}"), &lost)))
+        })
+    }
+
+    fn in_a_cluster(&self, addr: &str) -> BoxFuture<Result<bool, PeerError>> {
+        let net = self.net.clone();
+        let from = self.from;
+        let target = addr_node(addr);
+        let addr = addr.to_owned();
+        Box::pin(async move {
+            let Some(to) = target else {
+                return Err(PeerError::Failed(format!("status: no node at {addr}")));
+            };
+            net.transmit(from, to, |node| async move { !node.metrics().members.is_empty() })
+                .await
+                .map_err(|lost| peer_lost(&format!("status of {addr}"), &lost))
         })
     }
 

@@ -1,0 +1,154 @@
+//! A node that comes back on an empty data directory (a wiped or replaced
+//! volume) is not the node that had the data (ADR 0022), with real
+//! processes on loopback:
+//!
+//! - three nodes started at once, each given every member's address with
+//!   the seed first, form one cluster (the seed bootstraps only after the
+//!   others answered that they are in none);
+//! - a wiped voter is refused, with a message that says to remove it, and
+//!   the cluster goes on without it; once removed it joins as new;
+//! - a wiped seed joins the cluster it finds instead of bootstrapping a
+//!   second one — and is refused the same way while its id is a voter.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use warren_e2e::load::publish_confirmed;
+use warren_e2e::ops::{cluster_addr, cluster_status, ctl_ok, declare_durable_queue, list_queues};
+use warren_e2e::{eventually, WarrenProcess};
+
+/// Loopback addresses with ports free a moment ago, for nodes that must
+/// know each other's address before any of them starts.
+fn free_cluster_addrs(count: usize) -> anyhow::Result<Vec<SocketAddr>> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(listeners
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Starts nodes 1..=3 at once, each listening on its address in `addrs`
+/// and given all of them (node 1's first) as its join list.
+async fn start_listed_cluster(addrs: &[SocketAddr]) -> anyhow::Result<Vec<WarrenProcess>> {
+    let join = addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    let starts: Vec<_> = addrs
+        .iter()
+        .zip(1u64..)
+        .map(|(addr, node_id)| {
+            let listen = addr.to_string();
+            let join = join.clone();
+            tokio::task::spawn_blocking(move || {
+                WarrenProcess::start_cluster_node_with_args(node_id, &["--cluster-listen", &listen, "--join", &join])
+            })
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for start in starts {
+        nodes.push(start.await??);
+    }
+    Ok(nodes)
+}
+
+/// Restarts a stopped node on its (wiped) data directory and expects it to
+/// exit refused; returns what it printed.
+async fn expect_refused(node: WarrenProcess) -> anyhow::Result<WarrenProcess> {
+    tokio::task::spawn_blocking(move || {
+        let mut node = node;
+        match node.restart_on_same_cluster_address() {
+            Ok(()) => anyhow::bail!("a wiped voter was taken back; its log:\n{}", node.log_tail(60)),
+            Err(refused) => {
+                let text = refused.to_string();
+                anyhow::ensure!(
+                    text.contains("refused by the cluster") && text.contains("remove-node"),
+                    "the node did not start, but not because it was refused:\n{text}"
+                );
+                Ok(node)
+            }
+        }
+    })
+    .await?
+}
+
+async fn restart(node: WarrenProcess) -> anyhow::Result<WarrenProcess> {
+    tokio::task::spawn_blocking(move || {
+        let mut node = node;
+        node.restart_on_same_cluster_address().map(|()| node)
+    })
+    .await?
+}
+
+/// Waits until the node at `server` lists `ready` messages in `queue`.
+async fn expect_ready(server: SocketAddr, queue: &str, ready: u64) -> anyhow::Result<()> {
+    eventually(
+        &format!("{server} lists {ready} ready in {queue}"),
+        Duration::from_secs(20),
+        || async {
+            let listing = list_queues(server, &[]).await?;
+            Ok((listing.queue(queue).map(|q| q.ready) == Some(ready)).then_some(()))
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_voter_is_refused_until_removed_then_joins_as_new() -> anyhow::Result<()> {
+    let addrs = free_cluster_addrs(3)?;
+    let mut nodes = start_listed_cluster(&addrs).await?;
+    let status = cluster_status(addrs[0]).await?;
+    assert_eq!(status.voters(), [1, 2, 3], "one cluster of three: {status:?}");
+    for addr in &addrs[1..] {
+        assert_eq!(cluster_status(*addr).await?.voters(), [1, 2, 3]);
+    }
+    declare_durable_queue(&nodes[0].amqp_uri(), "kept").await?;
+    assert_eq!(publish_confirmed(&nodes[0].amqp_uri(), "kept", 0..5).await?.len(), 5);
+
+    // Node 3's volume is lost: it comes back empty and is refused.
+    let mut node3 = nodes.pop().expect("three nodes");
+    node3.kill9();
+    node3.wipe_data_dir()?;
+    let node3 = expect_refused(node3).await?;
+
+    // The other two go on (a majority), and node 3 is still a voter.
+    assert_eq!(publish_confirmed(&nodes[1].amqp_uri(), "kept", 5..6).await?.len(), 1);
+    assert_eq!(cluster_status(addrs[0]).await?.voters(), [1, 2, 3]);
+
+    // Removed, it starts again on its empty directory and joins as new.
+    println!("{}", ctl_ok(addrs[1], &["remove-node", "3"]).await?);
+    let node3 = restart(node3).await?;
+    assert_eq!(cluster_addr(&node3)?, addrs[2]);
+    expect_ready(addrs[2], "kept", 6).await?;
+    assert_eq!(cluster_status(addrs[0]).await?.voters(), [1, 2, 3]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_seed_joins_the_cluster_it_finds_instead_of_bootstrapping_another() -> anyhow::Result<()> {
+    let addrs = free_cluster_addrs(3)?;
+    let mut nodes = start_listed_cluster(&addrs).await?;
+    declare_durable_queue(&nodes[1].amqp_uri(), "kept").await?;
+    assert_eq!(publish_confirmed(&nodes[1].amqp_uri(), "kept", 0..5).await?.len(), 5);
+
+    // The seed's volume is lost. It asks the others, finds their cluster,
+    // and asks to join it: refused, since node 1 is still a voter there.
+    let mut seed = nodes.remove(0);
+    seed.kill9();
+    seed.wipe_data_dir()?;
+    let seed = expect_refused(seed).await?;
+    let status = cluster_status(addrs[1]).await?;
+    assert_eq!(status.voters(), [1, 2, 3], "{status:?}");
+    assert_eq!(publish_confirmed(&nodes[0].amqp_uri(), "kept", 5..6).await?.len(), 1);
+
+    // Removed, the seed joins the existing cluster: no second cluster, the
+    // messages are on its replica.
+    println!("{}", ctl_ok(addrs[2], &["remove-node", "1"]).await?);
+    let seed = restart(seed).await?;
+    expect_ready(addrs[0], "kept", 6).await?;
+    let status = cluster_status(addrs[0]).await?;
+    assert_eq!(status.voters(), [1, 2, 3], "{status:?}");
+    assert_ne!(status.leader, None);
+    assert_eq!(status.leader, cluster_status(addrs[1]).await?.leader, "one leader");
+    drop(seed);
+    Ok(())
+}
