@@ -22,6 +22,7 @@ pub mod load;
 pub mod ops;
 pub mod python;
 pub mod raw;
+pub mod tls;
 
 use std::{
     io::{BufRead, BufReader, Read},
@@ -51,6 +52,8 @@ pub const PROMETHEUS_LISTENING_PREFIX: &str = "warren: prometheus listening on "
 /// The line prefix the server prints on stdout once its management API
 /// listener is bound.
 pub const HTTP_LISTENING_PREFIX: &str = "warren: http listening on ";
+/// The line a broker with an AMQPS listener prints once it is bound.
+pub const AMQPS_LISTENING_PREFIX: &str = "warren: amqps listening on ";
 
 /// How long a broker may take to print its listening line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -448,6 +451,16 @@ impl WarrenProcess {
         let logs = self.logs.lock().ok()?;
         logs.iter().rev().find_map(|line| {
             let (_, addr) = line.split_once(HTTP_LISTENING_PREFIX)?;
+            addr.trim().parse().ok()
+        })
+    }
+
+    /// The address of the AMQPS listener, from the broker's `warren: amqps
+    /// listening on` line (the latest generation's).
+    pub fn amqps_addr(&self) -> Option<SocketAddr> {
+        let logs = self.logs.lock().ok()?;
+        logs.iter().rev().find_map(|line| {
+            let (_, addr) = line.split_once(AMQPS_LISTENING_PREFIX)?;
             addr.trim().parse().ok()
         })
     }

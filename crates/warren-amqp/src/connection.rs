@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use warren_core::access::{Perm, ResourceKind};
@@ -36,6 +34,7 @@ use crate::names::{generated_consumer_tag, generated_queue_name};
 use crate::password::verify_login;
 use crate::registry::EffectBatch;
 use crate::shortcuts::{expand_binding_key, expand_queue_name, NoDeclaredQueue};
+use crate::transport::{Reader, Transport, Writer};
 use crate::Frontend;
 
 /// Bytes buffered for the socket before a write is forced mid-batch.
@@ -58,21 +57,28 @@ const CLOSE_OK_WAIT: Duration = Duration::from_secs(1);
 
 /// Serves one accepted socket until it closes. Never panics on client input;
 /// whatever happens, the connection's state in the core is closed after it.
-pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, frontend: Arc<Frontend>, seq: u64) {
-    let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+pub(crate) async fn serve_connection(
+    stream: Transport,
+    local: Option<SocketAddr>,
+    peer: SocketAddr,
+    frontend: Arc<Frontend>,
+    seq: u64,
+) {
+    let local = local.map_or_else(|| "?".to_owned(), |a| a.to_string());
     let id = ConnectionId {
         node: frontend.node_id,
         boot: frontend.boot,
         seq,
     };
-    let (reader, writer) = stream.into_split();
+    let ssl = matches!(stream, Transport::Tls(_));
+    let (reader, writer) = stream.split();
     let mut conn = Connection {
         id,
         peer,
         client: crate::registry::ClientInfo {
             host: local.rsplit_once(':').map_or_else(String::new, |(h, _)| h.to_owned()),
             port: local.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(0),
+            ssl,
             ..crate::registry::ClientInfo::default()
         },
         listed_channels: 0,
@@ -140,8 +146,8 @@ struct Connection {
     /// messages), listed by the registry.
     stats: Arc<crate::counters::ConnectionCounters>,
     frontend: Arc<Frontend>,
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    reader: Reader,
+    writer: Writer,
     inbuf: BytesMut,
     out: BytesMut,
     frame_max: u32,
@@ -242,6 +248,7 @@ impl Connection {
                 Err(_) => {
                     // AMQP 0-9-1 §4.2.2: answer a bad header with ours, then close.
                     self.writer.write_all(&warren_wire::PROTOCOL_HEADER).await?;
+                    self.writer.flush().await?;
                     return Err(AmqpError::Io(std::io::ErrorKind::InvalidData.into()));
                 }
             }
@@ -2163,6 +2170,8 @@ impl Connection {
         }
         if !self.out.is_empty() {
             self.writer.write_all(&self.out).await?;
+            // A no-op on TCP; TLS may hold the last record until flushed.
+            self.writer.flush().await?;
             self.stats.bump(connection_counter::SEND_OCT, self.out.len() as u64);
             self.stats.bump(connection_counter::SEND_CNT, 1);
             self.out.clear();

@@ -18,6 +18,7 @@ mod names;
 pub mod password;
 mod registry;
 mod shortcuts;
+mod transport;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -202,10 +203,66 @@ pub async fn serve(listener: TcpListener, frontend: Arc<Frontend>, shutdown: imp
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let seq = frontend.next_connection_seq();
-                    tokio::spawn(connection::serve_connection(stream, peer, frontend.clone(), seq));
+                    let _ = stream.set_nodelay(true);
+                    let local = stream.local_addr().ok();
+                    let stream = transport::Transport::Plain(stream);
+                    tokio::spawn(connection::serve_connection(stream, local, peer, frontend.clone(), seq));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+/// How long a client may take over the TLS handshake before the socket is
+/// closed (RabbitMQ's `ssl_handshake_timeout` is 5 s; a slow link gets 10).
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts AMQP-over-TLS connections (`amqps`, ADR 0023) on `listener`
+/// until `shutdown` completes: each socket's handshake runs in its own task
+/// (bounded by [`TLS_HANDSHAKE_TIMEOUT`]), then the connection is served
+/// as on the plain port. The alarms are watched by [`serve`], which must
+/// run beside this.
+///
+/// # Cancel safety
+/// Dropping the future stops accepting; accepted connections run on.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    frontend: Arc<Frontend>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                info!("AMQPS listener stopping");
+                return;
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let local = stream.local_addr().ok();
+                    let acceptor = acceptor.clone();
+                    let frontend = frontend.clone();
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => {
+                                let seq = frontend.next_connection_seq();
+                                let stream = transport::Transport::Tls(Box::new(tls));
+                                connection::serve_connection(stream, local, peer, frontend, seq).await;
+                            }
+                            Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => info!(%peer, "TLS handshake timed out"),
+                        }
+                    });
+                }
+                Err(e) => {
                     warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }

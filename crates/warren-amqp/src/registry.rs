@@ -38,6 +38,8 @@ pub struct ClientInfo {
     pub connection_name: String,
     /// The capabilities the client said it has.
     pub capabilities: Vec<String>,
+    /// It came through the AMQPS (TLS) listener.
+    pub ssl: bool,
     pub channel_max: u16,
     pub frame_max: u32,
     pub heartbeat_secs: u16,
@@ -52,7 +54,7 @@ pub struct ClientInfo {
 
 impl ClientInfo {
     /// The names of [`ClientInfo::to_cells`]' cells, in order.
-    pub const COLUMNS: [&'static str; 20] = [
+    pub const COLUMNS: [&'static str; 21] = [
         "name",
         "user",
         "vhost",
@@ -72,6 +74,7 @@ impl ClientInfo {
         "channels",
         "counts",
         "rates",
+        "ssl",
         "number",
     ];
 
@@ -98,6 +101,7 @@ impl ClientInfo {
             self.channels.to_string(),
             join(&self.counts),
             join(&self.rates),
+            self.ssl.to_string(),
             number.to_string(),
         ]
     }
@@ -105,7 +109,7 @@ impl ClientInfo {
     /// The inverse of [`ClientInfo::to_cells`]; `None` for a row of another
     /// shape.
     pub fn from_cells(cells: &[String]) -> Option<(Self, u64)> {
-        let [name, user, vhost, connected_at, peer_host, peer_port, host, port, product, platform, version, connection_name, capabilities, channel_max, frame_max, timeout, channels, counts, rates, number] =
+        let [name, user, vhost, connected_at, peer_host, peer_port, host, port, product, platform, version, connection_name, capabilities, channel_max, frame_max, timeout, channels, counts, rates, ssl, number] =
             cells
         else {
             return None;
@@ -134,6 +138,7 @@ impl ClientInfo {
             channels: channels.parse().ok()?,
             counts: split(counts)?,
             rates: split(rates)?,
+            ssl: ssl.parse().ok()?,
         };
         Some((info, number.parse().ok()?))
     }
@@ -346,5 +351,30 @@ fn send(connections: &HashMap<ConnectionId, mpsc::UnboundedSender<EffectBatch>>,
         // A closed receiver means the connection is going away; its close
         // command requeues what it held.
         let _ = tx.send(batch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_row_travels_between_nodes_whole() {
+        let mut info = ClientInfo {
+            name: "127.0.0.1:50000 -> 127.0.0.1:5671".to_owned(),
+            user: "guest".to_owned(),
+            vhost: "/".to_owned(),
+            capabilities: vec!["publisher_confirms".to_owned(), "basic.nack".to_owned()],
+            ssl: true,
+            channel_max: 2047,
+            ..ClientInfo::default()
+        };
+        info.counts[0] = 7;
+        let cells = info.to_cells(42);
+        assert_eq!(cells.len(), ClientInfo::COLUMNS.len());
+        assert_eq!(ClientInfo::from_cells(&cells), Some((info.clone(), 42)));
+        let plain = ClientInfo { ssl: false, ..info };
+        assert_eq!(ClientInfo::from_cells(&plain.to_cells(1)), Some((plain, 1)));
+        assert_eq!(ClientInfo::from_cells(&cells[1..]), None, "a row of another shape");
     }
 }

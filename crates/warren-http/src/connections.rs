@@ -122,7 +122,7 @@ fn connection_json(client: &Client) -> Value {
         "port": info.port,
         "peer_host": info.peer_host,
         "peer_port": info.peer_port,
-        "ssl": false,
+        "ssl": info.ssl,
         "auth_mechanism": "PLAIN",
         "channel_max": info.channel_max,
         "frame_max": info.frame_max,

@@ -44,6 +44,23 @@ pub struct ServerArgs {
     /// one is refused. The default is for laptops only: change it.
     #[arg(long, env = "WARREN_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// AMQP over TLS (`amqps://`, RabbitMQ's 5671): off unless given, and
+    /// then with --tls-cert-file and --tls-key-file.
+    #[arg(long, env = "WARREN_AMQPS_LISTEN")]
+    pub amqps_listen: Option<SocketAddr>,
+    /// The server's certificate chain, PEM (leaf first).
+    #[arg(long, env = "WARREN_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The certificate's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "WARREN_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// CA certificates, PEM: clients are asked for a certificate, and one
+    /// they send must chain to these (RabbitMQ's `verify_peer`).
+    #[arg(long, env = "WARREN_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// With --tls-ca-file: refuse clients that send no certificate.
+    #[arg(long, env = "WARREN_TLS_FAIL_IF_NO_PEER_CERT")]
+    pub tls_fail_if_no_peer_cert: bool,
     /// Serve the cluster port on a non-loopback address with the public
     /// default secret anyway (anyone who can reach the port can then join
     /// or drive the cluster). Without it such a node refuses to start.
@@ -83,6 +100,11 @@ pub struct FileConfig {
     pub join: Option<Vec<String>>,
     pub cluster_secret: Option<String>,
     pub insecure_dev_secret: Option<bool>,
+    pub amqps_listen: Option<SocketAddr>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_fail_if_no_peer_cert: Option<bool>,
     pub http_listen: Option<SocketAddr>,
     pub prometheus_listen: Option<SocketAddr>,
     /// Largest accepted message body, bytes (default 16 MiB).
@@ -143,6 +165,8 @@ pub struct Config {
     pub node_id: u64,
     pub data_dir: PathBuf,
     pub amqp_listen: SocketAddr,
+    /// The AMQPS listener and its files, if configured.
+    pub amqps: Option<AmqpsConfig>,
     pub cluster_listen: SocketAddr,
     /// The cluster address given explicitly; `None`: derived from the bound
     /// cluster listener ([`advertise_for`]).
@@ -200,6 +224,13 @@ impl Config {
              default: anyone who can reach it could join or drive the cluster. Set --cluster-secret \
              (WARREN_CLUSTER_SECRET, the same on every node), listen on loopback, or pass --insecure-dev-secret"
         );
+        let amqps = AmqpsConfig::resolve(
+            args.amqps_listen.or(file.amqps_listen),
+            args.tls_cert_file.or(file.tls_cert_file),
+            args.tls_key_file.or(file.tls_key_file),
+            args.tls_ca_file.or(file.tls_ca_file),
+            args.tls_fail_if_no_peer_cert || file.tls_fail_if_no_peer_cert.unwrap_or(false),
+        )?;
         let advertise = args.advertise.or(file.advertise);
         let raft_defaults = warren_cluster::NodeConfig::default();
         let explicit_node_id = args.node_id.or(file.node_id);
@@ -224,6 +255,7 @@ impl Config {
                 .amqp_listen
                 .or(file.amqp_listen)
                 .unwrap_or(([0, 0, 0, 0], 5672).into()),
+            amqps,
             cluster_listen,
             advertise,
             join: if args.join.is_empty() {
@@ -274,6 +306,53 @@ impl Config {
                 .unwrap_or_else(|| memory_limit() / HIGH_WATERMARK_DIVISOR),
             disk_free_limit: file.disk_free_limit.unwrap_or(DEFAULT_DISK_FREE_LIMIT),
         })
+    }
+}
+
+/// AMQP over TLS (ADR 0023): where it listens and the PEM files it uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AmqpsConfig {
+    pub listen: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Clients' certificates are asked for and checked against these CAs.
+    pub ca_file: Option<PathBuf>,
+    /// A client without a certificate is refused (needs `ca_file`).
+    pub fail_if_no_peer_cert: bool,
+}
+
+impl AmqpsConfig {
+    /// `None` when TLS is not configured at all; an error for half a
+    /// configuration (a listener without its files, files without a
+    /// listener), which would otherwise be silently ignored.
+    fn resolve(
+        listen: Option<SocketAddr>,
+        cert_file: Option<PathBuf>,
+        key_file: Option<PathBuf>,
+        ca_file: Option<PathBuf>,
+        fail_if_no_peer_cert: bool,
+    ) -> anyhow::Result<Option<Self>> {
+        let Some(listen) = listen else {
+            anyhow::ensure!(
+                cert_file.is_none() && key_file.is_none() && ca_file.is_none() && !fail_if_no_peer_cert,
+                "TLS files are configured but amqps_listen is not: set --amqps-listen (e.g. 0.0.0.0:5671) or remove them"
+            );
+            return Ok(None);
+        };
+        let (Some(cert_file), Some(key_file)) = (cert_file, key_file) else {
+            anyhow::bail!("amqps_listen {listen} needs tls_cert_file and tls_key_file (PEM)");
+        };
+        anyhow::ensure!(
+            ca_file.is_some() || !fail_if_no_peer_cert,
+            "tls_fail_if_no_peer_cert needs tls_ca_file: the CAs client certificates must chain to"
+        );
+        Ok(Some(Self {
+            listen,
+            cert_file,
+            key_file,
+            ca_file,
+            fail_if_no_peer_cert,
+        }))
     }
 }
 
@@ -441,6 +520,34 @@ mod tests {
         assert_eq!(checked_max_message_size(Some(1)).expect("one byte"), 1);
         assert!(checked_max_message_size(Some(MAX_MESSAGE_SIZE_CEILING + 1)).is_err());
         assert!(checked_max_message_size(Some(0)).is_err());
+    }
+
+    #[test]
+    fn amqps_needs_a_listener_and_both_files_or_nothing() {
+        let addr: SocketAddr = "127.0.0.1:5671".parse().expect("addr");
+        let file = |name: &str| Some(PathBuf::from(name));
+        assert_eq!(AmqpsConfig::resolve(None, None, None, None, false).expect("off"), None);
+        let on = AmqpsConfig::resolve(Some(addr), file("c.pem"), file("k.pem"), None, false)
+            .expect("on")
+            .expect("some");
+        assert_eq!((on.listen, on.ca_file, on.fail_if_no_peer_cert), (addr, None, false));
+        for (listen, cert, key, ca, fail, why) in [
+            (Some(addr), None, file("k.pem"), None, false, "tls_cert_file"),
+            (Some(addr), file("c.pem"), None, None, false, "tls_key_file"),
+            (None, file("c.pem"), file("k.pem"), None, false, "amqps_listen is not"),
+            (None, None, None, file("ca.pem"), false, "amqps_listen is not"),
+            (
+                Some(addr),
+                file("c.pem"),
+                file("k.pem"),
+                None,
+                true,
+                "needs tls_ca_file",
+            ),
+        ] {
+            let refused = AmqpsConfig::resolve(listen, cert, key, ca, fail).expect_err(why);
+            assert!(refused.to_string().contains(why), "{refused}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod config;
 pub mod ctl;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use warren_cluster::{Node, NodeConfig};
 use warren_core::{Command, NodeId, Request, UserName, VHost};
 use warren_rpc::{ClusterService, GrpcNetwork, NetworkConfig, ServiceConfig};
 
-pub use config::{advertise_for, is_seed, join_targets, node_id_from_hostname, Config, ServerArgs};
+pub use config::{advertise_for, is_seed, join_targets, node_id_from_hostname, AmqpsConfig, Config, ServerArgs};
 
 /// Runs a node: binds `config.cluster_listen` and serves the inter-node
 /// gRPC there, opens its Raft state in `config.data_dir` (bootstrapping a
@@ -41,6 +42,17 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
     let started_at = std::time::Instant::now();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    // TLS files are read before anything starts: a bad one fails the start.
+    let amqps = match &config.amqps {
+        Some(amqps) => {
+            let tls = tls::server_config(amqps).context("configuring AMQP over TLS")?;
+            let listener = TcpListener::bind(amqps.listen)
+                .await
+                .with_context(|| format!("binding the AMQPS listener on {}", amqps.listen))?;
+            Some((listener, tls))
+        }
+        None => None,
+    };
     let boot: u64 = rand::random();
     let node_id = NodeId(config.node_id);
     let registry = Arc::new(Registry::new());
@@ -182,6 +194,9 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         ("amqp".to_owned(), amqp_listener.local_addr()?),
         ("clustering".to_owned(), cluster_addr),
     ];
+    if let Some((listener, _)) = &amqps {
+        listeners.push(("amqp/ssl".to_owned(), listener.local_addr()?));
+    }
     for (protocol, listener) in [("prometheus", &metrics_listener), ("http", &api_listener)] {
         if let Some(listener) = listener {
             listeners.push((protocol.to_owned(), listener.local_addr()?));
@@ -213,6 +228,17 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
             "warren: http listening on",
         )?);
     }
+    let mut stop_amqps = None;
+    if let Some((listener, tls)) = amqps {
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(warren_amqp::serve_tls(listener, tls, frontend.clone(), async {
+            let _ = stopped.await;
+        }));
+        stop_amqps = Some(stop);
+        info!(%addr, "AMQPS listening");
+        println!("warren: amqps listening on {addr}");
+    }
     let addr = amqp_listener.local_addr()?;
     info!(node = node_id.0, %addr, data_dir = %config.data_dir.display(), "node ready");
     println!("warren: amqp listening on {addr}");
@@ -230,6 +256,9 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
     }
 
     info!("shutting down");
+    if let Some(stop) = stop_amqps {
+        let _ = stop.send(());
+    }
     for stop in stop_http {
         let _ = stop.send(());
     }
