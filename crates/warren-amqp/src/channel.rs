@@ -3,6 +3,7 @@
 //! content of a publish being assembled.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use warren_core::tx::{TxPublish, TxSettle};
@@ -180,6 +181,10 @@ pub struct ChannelSlot {
     /// Delivery tags sent that await an ack, in increasing order (for the
     /// `acknowledged` counter: an ack with `multiple` settles a run).
     pub manual_tags: VecDeque<u64>,
+    /// When each delivery in `manual_tags` was sent, in tag order, for the
+    /// consumer timeout; entries of settled tags are dropped lazily (those
+    /// below the oldest outstanding tag).
+    pub delivered_at: VecDeque<(u64, Instant)>,
     /// This incarnation has published (it counts as a publisher).
     pub published: bool,
     /// Set by `tx.select`: the transaction in progress.
@@ -239,6 +244,7 @@ impl Default for ChannelSlot {
             last_queue: None,
             auto_ack_consumers: std::collections::HashSet::new(),
             manual_tags: VecDeque::new(),
+            delivered_at: VecDeque::new(),
             published: false,
             tx: None,
             committing: false,
@@ -258,6 +264,7 @@ impl ChannelSlot {
         self.last_queue = None;
         self.auto_ack_consumers.clear();
         self.manual_tags.clear();
+        self.delivered_at.clear();
         self.published = false;
         self.drop_transaction();
     }
@@ -268,6 +275,29 @@ impl ChannelSlot {
         self.tx = None;
         self.committing = false;
         self.deferred_commit = None;
+    }
+
+    /// A delivery that awaits an ack, sent at `now`.
+    pub fn record_delivery(&mut self, tag: u64, now: Instant) {
+        self.manual_tags.push_back(tag);
+        self.prune_delivered_at();
+        self.delivered_at.push_back((tag, now));
+    }
+
+    /// When the oldest delivery still awaiting an ack was sent (RabbitMQ's
+    /// consumer timeout looks at the head of its unacked queue only).
+    pub fn oldest_unacked_at(&mut self) -> Option<Instant> {
+        self.prune_delivered_at();
+        self.manual_tags.front()?;
+        self.delivered_at.front().map(|(_, at)| *at)
+    }
+
+    /// Drops the times of tags below the oldest outstanding one: settled.
+    fn prune_delivered_at(&mut self) {
+        let oldest = self.manual_tags.front().copied().unwrap_or(u64::MAX);
+        while self.delivered_at.front().is_some_and(|(tag, _)| *tag < oldest) {
+            self.delivered_at.pop_front();
+        }
     }
 
     /// Takes the delivery tags an ack, nack or reject of `tag` (with
@@ -351,6 +381,34 @@ mod tests {
             manual_tags: tags.iter().copied().collect(),
             ..ChannelSlot::default()
         }
+    }
+
+    #[test]
+    fn the_oldest_unacked_delivery_is_the_one_the_consumer_timeout_sees() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+        let mut slot = ChannelSlot::default();
+        assert_eq!(slot.oldest_unacked_at(), None);
+        for tag in 1..=4 {
+            slot.record_delivery(tag, at(tag * 10));
+        }
+        assert_eq!(slot.oldest_unacked_at(), Some(at(10)));
+        // Settled out of order: 2 is gone, 1 still waits.
+        slot.settle_tags(2, false);
+        assert_eq!(slot.oldest_unacked_at(), Some(at(10)));
+        slot.settle_tags(1, false);
+        assert_eq!(slot.oldest_unacked_at(), Some(at(30)), "2's time is skipped with it");
+        slot.settle_tags(4, true);
+        assert_eq!(slot.oldest_unacked_at(), None);
+        assert!(slot.delivered_at.is_empty(), "settled times are dropped");
+        // Times of settled tags do not pile up while deliveries go on.
+        for tag in 5..1005 {
+            slot.record_delivery(tag, at(tag));
+            slot.settle_tags(tag, false);
+        }
+        assert!(slot.delivered_at.len() <= 1, "{}", slot.delivered_at.len());
+        slot.reopen();
+        assert_eq!(slot.oldest_unacked_at(), None);
     }
 
     #[test]

@@ -481,6 +481,11 @@ impl Connection {
         let mut heartbeat = tokio::time::interval(tick.max(Duration::from_millis(100)));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut alarm = self.frontend.alarms.subscribe();
+        let consumer_timeout = self.frontend.config.consumer_timeout;
+        let mut ack_check = tokio::time::interval(consumer_timeout.map_or(Duration::from_secs(3600), |timeout| {
+            (timeout / 10).clamp(Duration::from_millis(100), Duration::from_secs(60))
+        }));
+        ack_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // An alarm holds a publishing connection at its next
             // `basic.publish`: that frame and what follows wait in `inbuf`.
@@ -555,6 +560,11 @@ impl Connection {
                         n => self.read_counted(n),
                     }
                 }
+                _ = ack_check.tick(), if consumer_timeout.is_some() => {
+                    if let Some(timeout) = consumer_timeout {
+                        self.close_channels_past_the_consumer_timeout(timeout).await?;
+                    }
+                }
                 _ = heartbeat.tick(), if heartbeat_on => {
                     // Little is read and nothing handled while blocked: the
                     // client's heartbeats wait, as with RabbitMQ.
@@ -566,6 +576,33 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Closes with 406 every open channel whose oldest delivery awaiting an
+    /// ack was sent more than `timeout` ago, with RabbitMQ 3.x's text (its
+    /// unacked messages go back to their queues, as for any close).
+    async fn close_channels_past_the_consumer_timeout(&mut self, timeout: Duration) -> Result<(), AmqpError> {
+        let now = Instant::now();
+        let late: Vec<u16> = self
+            .channels
+            .iter_mut()
+            .filter(|(_, slot)| slot.state == ChannelState::Open)
+            .filter_map(|(ch, slot)| {
+                let oldest = slot.oldest_unacked_at()?;
+                (now.duration_since(oldest) > timeout).then_some(*ch)
+            })
+            .collect();
+        for ch in late {
+            let millis = timeout.as_millis();
+            warn!(conn = ?self.id, channel = ch, timeout_ms = %millis, "consumer timeout: closing the channel");
+            let text = format!(
+                "PRECONDITION_FAILED - delivery acknowledgement on channel {ch} timed out. Timeout value used: \
+                 {millis} ms. This timeout value can be configured, see consumers doc guide to learn more"
+            );
+            self.close_channel_by_server(ch, reply_code::PRECONDITION_FAILED, &text, 0, 0)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Whether `inbuf` starts with a `basic.publish` method frame (type 1,
@@ -1671,7 +1708,7 @@ impl Connection {
                         crate::counters::bump(&counters.delivered_consume_auto_ack, 1);
                     } else {
                         crate::counters::bump(&counters.delivered_consume_manual_ack, 1);
-                        slot.manual_tags.push_back(delivery_tag.0);
+                        slot.record_delivery(delivery_tag.0, Instant::now());
                     }
                     crate::counters::bump(&counters.redelivered, u64::from(redelivered));
                     self.stats.bump(connection_counter::DELIVER_GET, 1);
@@ -1926,7 +1963,7 @@ impl Connection {
                     crate::counters::bump(&counters.delivered_get_auto_ack, 1);
                 } else {
                     crate::counters::bump(&counters.delivered_get_manual_ack, 1);
-                    self.slot(ch).manual_tags.push_back(delivery_tag.0);
+                    self.slot(ch).record_delivery(delivery_tag.0, Instant::now());
                 }
                 crate::counters::bump(&self.frontend.counters.redelivered, u64::from(redelivered));
                 self.stats.bump(connection_counter::DELIVER_GET, 1);

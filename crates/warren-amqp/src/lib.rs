@@ -33,6 +33,9 @@ use warren_core::{ChannelId, Command, ConnectionId, CoreError, Effect, NodeId, O
 pub use error::AmqpError;
 pub use registry::{ClientInfo, EffectBatch, Registry};
 
+/// RabbitMQ's default `consumer_timeout`: 30 minutes.
+pub const DEFAULT_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
 /// Front-end settings.
 #[derive(Clone, Debug)]
 pub struct AmqpConfig {
@@ -57,6 +60,10 @@ pub struct AmqpConfig {
     /// Where the node keeps its data: the disk alarm measures its file
     /// system (`None`: no disk alarm).
     pub data_dir: Option<std::path::PathBuf>,
+    /// A channel whose oldest delivery awaiting an ack is older than this
+    /// is closed with 406 (RabbitMQ's `consumer_timeout`, 30 minutes by
+    /// default; `None`: never).
+    pub consumer_timeout: Option<Duration>,
 }
 
 impl Default for AmqpConfig {
@@ -71,6 +78,7 @@ impl Default for AmqpConfig {
             queued_bytes_high_watermark: 0,
             disk_free_limit: 50_000_000,
             data_dir: None,
+            consumer_timeout: Some(DEFAULT_CONSUMER_TIMEOUT),
         }
     }
 }

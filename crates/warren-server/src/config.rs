@@ -111,6 +111,10 @@ pub struct FileConfig {
     pub max_message_size: Option<u64>,
     /// Heartbeat the server proposes, seconds (default 60).
     pub heartbeat_secs: Option<u64>,
+    /// A channel whose oldest delivery awaiting an ack is older than this
+    /// many milliseconds is closed with 406 (RabbitMQ's `consumer_timeout`,
+    /// default 1800000 = 30 minutes; 0 = never).
+    pub consumer_timeout: Option<u64>,
     /// Largest frame, bytes (default 131072).
     pub frame_max: Option<u32>,
     /// Users created on first start of an empty cluster (default: guest/guest).
@@ -177,6 +181,8 @@ pub struct Config {
     pub prometheus_listen: SocketAddr,
     pub max_message_size: u64,
     pub heartbeat_secs: u64,
+    /// Milliseconds; 0 = off.
+    pub consumer_timeout_ms: u64,
     pub frame_max: u32,
     pub default_user: String,
     pub default_pass: String,
@@ -274,6 +280,7 @@ impl Config {
                 .unwrap_or(([0, 0, 0, 0], 15692).into()),
             max_message_size: checked_max_message_size(file.max_message_size)?,
             heartbeat_secs: file.heartbeat_secs.unwrap_or(60),
+            consumer_timeout_ms: file.consumer_timeout.unwrap_or(CONSUMER_TIMEOUT_MS),
             frame_max: file.frame_max.unwrap_or(131_072),
             default_user: args
                 .default_user
@@ -370,6 +377,9 @@ fn checked_max_message_size(configured: Option<u64>) -> anyhow::Result<u64> {
     );
     Ok(size)
 }
+
+/// RabbitMQ's default `consumer_timeout`: 30 minutes, in milliseconds.
+pub const CONSUMER_TIMEOUT_MS: u64 = 30 * 60 * 1000;
 
 /// RabbitMQ's default `disk_free_limit`: 50 MB.
 pub const DEFAULT_DISK_FREE_LIMIT: u64 = 50_000_000;

@@ -182,6 +182,7 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         queued_bytes_high_watermark: config.queued_bytes_high_watermark,
         disk_free_limit: config.disk_free_limit,
         data_dir: Some(config.data_dir.clone()),
+        consumer_timeout: (config.consumer_timeout_ms != 0).then(|| Duration::from_millis(config.consumer_timeout_ms)),
         ..AmqpConfig::default()
     };
     let frontend = Arc::new(Frontend::new(node_id, boot, node.clone(), registry, amqp_config));
