@@ -29,6 +29,14 @@ impl TestPki {
         write("ca.pem", ca.pem())?;
         for (name, sans, issuer, issuer_key) in [
             ("server", vec!["localhost".to_owned()], &ca, &ca_key),
+            // A cluster node's, for loopback addresses (ADR 0024).
+            (
+                "node",
+                vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+                &ca,
+                &ca_key,
+            ),
+            ("other-node", vec!["127.0.0.1".to_owned()], &other_ca, &other_key),
             ("client", vec!["client".to_owned()], &ca, &ca_key),
             ("stranger", vec!["stranger".to_owned()], &other_ca, &other_key),
         ] {
@@ -42,7 +50,8 @@ impl TestPki {
 
     /// The path of one of the files: `ca.pem`, `server.pem`,
     /// `server-key.pem`, `client.pem`, `client-key.pem`, `stranger.pem`,
-    /// `stranger-key.pem`.
+    /// `stranger-key.pem`, `node.pem`, `node-key.pem` (for 127.0.0.1),
+    /// `other-node.pem`, `other-node-key.pem` (127.0.0.1, another CA).
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -68,6 +77,32 @@ impl TestPki {
             ));
         }
         toml
+    }
+}
+
+impl TestPki {
+    /// Configuration-file lines for mutual TLS between nodes with the
+    /// `node` certificate (every node on loopback shares it).
+    pub fn cluster_config_toml(&self) -> String {
+        format!(
+            "cluster_tls_ca_file = {:?}\ncluster_tls_cert_file = {:?}\ncluster_tls_key_file = {:?}\n",
+            self.path("ca.pem"),
+            self.path("node.pem"),
+            self.path("node-key.pem")
+        )
+    }
+
+    /// `warren ctl` options for the cluster CA and a certificate named
+    /// `name` (`node`, `other-node`).
+    pub fn ctl_args(&self, name: &str) -> Vec<String> {
+        vec![
+            "--cluster-tls-ca-file".to_owned(),
+            self.path("ca.pem").to_string_lossy().into_owned(),
+            "--cluster-tls-cert-file".to_owned(),
+            self.path(&format!("{name}.pem")).to_string_lossy().into_owned(),
+            "--cluster-tls-key-file".to_owned(),
+            self.path(&format!("{name}-key.pem")).to_string_lossy().into_owned(),
+        ]
     }
 }
 

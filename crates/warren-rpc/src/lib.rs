@@ -22,6 +22,7 @@
 pub mod codec;
 mod network;
 mod service;
+mod tls;
 
 /// The generated protobuf and tonic code.
 #[allow(clippy::all, clippy::pedantic, missing_docs, unused_qualifications)]
@@ -31,6 +32,7 @@ pub mod pb {
 
 pub use network::{on_leader, ClusterClient, GrpcClient, GrpcNetwork, NetworkConfig, SecretMetadata};
 pub use service::{serve, AdminError, AdminHandler, AdminTable, ClusterService, SecretCheck, ServiceConfig};
+pub use tls::ClusterTls;
 /// For implementing [`AdminHandler`] outside this crate.
 pub use tonic::async_trait;
 

@@ -63,6 +63,8 @@ pub struct NetworkConfig {
     pub join_timeout: Duration,
     /// Bound on a `Status` call.
     pub status_timeout: Duration,
+    /// Mutual TLS to peers (ADR 0024); `None`: plain HTTP/2.
+    pub tls: Option<crate::ClusterTls>,
 }
 
 impl Default for NetworkConfig {
@@ -73,6 +75,7 @@ impl Default for NetworkConfig {
             connect_timeout: Duration::from_millis(500),
             join_timeout: Duration::from_secs(60),
             status_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -104,7 +107,12 @@ impl GrpcNetwork {
             match channels.get(addr) {
                 Some(channel) => channel.clone(),
                 None => {
-                    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+                    let scheme = if self.config.tls.is_some() { "https" } else { "http" };
+                    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?;
+                    if let Some(tls) = &self.config.tls {
+                        endpoint = endpoint.tls_config(tls.client())?;
+                    }
+                    let channel = endpoint
                         .connect_timeout(self.config.connect_timeout)
                         .tcp_nodelay(true)
                         .http2_keep_alive_interval(Duration::from_secs(10))

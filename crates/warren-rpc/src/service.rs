@@ -24,6 +24,8 @@ pub struct ServiceConfig {
     pub secret: String,
     /// The Raft group this node serves; others get `NOT_FOUND`.
     pub group_id: u64,
+    /// Mutual TLS on the cluster port (ADR 0024); `None`: plain HTTP/2.
+    pub tls: Option<crate::ClusterTls>,
 }
 
 impl Default for ServiceConfig {
@@ -31,6 +33,7 @@ impl Default for ServiceConfig {
         Self {
             secret: crate::DEV_SECRET.to_owned(),
             group_id: DEFAULT_GROUP,
+            tls: None,
         }
     }
 }
@@ -402,7 +405,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &service.config.tls {
+        builder = builder.tls_config(tls.server())?;
+    }
+    builder
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS)
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)

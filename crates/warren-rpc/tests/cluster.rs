@@ -13,7 +13,7 @@ use warren_core::{
     ChannelId, Command, ConnectionId, CoreError, Effect, ExchangeName, Message, NodeId, Outcome, Properties, QueueName,
     Request, VHost,
 };
-use warren_rpc::{serve, ClusterService, GrpcNetwork, NetworkConfig, ServiceConfig};
+use warren_rpc::{serve, ClusterService, ClusterTls, GrpcNetwork, NetworkConfig, ServiceConfig};
 use warren_store::MemStore;
 
 const SECRET: &str = "test-secret";
@@ -89,6 +89,11 @@ async fn start_node(node_id: u64, join: Vec<String>) -> anyhow::Result<TestNode>
 
 /// A node opened and serving its cluster port, not yet [`Node::ready`].
 async fn open_node(node_id: u64, join: Vec<String>) -> anyhow::Result<TestNode> {
+    open_node_with(node_id, join, None).await
+}
+
+/// [`open_node`] with mutual TLS on its port and to its peers when given.
+async fn open_node_with(node_id: u64, join: Vec<String>, tls: Option<ClusterTls>) -> anyhow::Result<TestNode> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let config = NodeConfig {
@@ -102,7 +107,11 @@ async fn open_node(node_id: u64, join: Vec<String>) -> anyhow::Result<TestNode> 
         ..NodeConfig::default()
     };
     let sink = Arc::new(CollectingSink::default());
-    let net = network();
+    let net = GrpcNetwork::new(NetworkConfig {
+        secret: SECRET.to_owned(),
+        tls: tls.clone(),
+        ..NetworkConfig::default()
+    });
     let node = Node::open_with(
         config,
         Arc::new(MemStore::new()),
@@ -116,6 +125,7 @@ async fn open_node(node_id: u64, join: Vec<String>) -> anyhow::Result<TestNode> 
         node.clone(),
         ServiceConfig {
             secret: SECRET.to_owned(),
+            tls,
             ..ServiceConfig::default()
         },
     );
@@ -385,6 +395,86 @@ async fn a_fresh_node_takes_no_raft_message_until_it_is_let_in() -> anyhow::Resu
     // With its log (a restart), the same voter is taken back as it is.
     let index = network().join(&first.addr, 2, &second.addr, JoinMode::Rejoin).await?;
     assert!(index > 0);
+    second.stop().await?;
+    first.stop().await?;
+    Ok(())
+}
+
+/// A CA and a certificate of it for 127.0.0.1 (a node's and a client's),
+/// as PEM.
+fn cluster_pki(ca_name: &str) -> anyhow::Result<ClusterTls> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, ca_name);
+    let ca = ca_params.self_signed(&ca_key)?;
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?
+        .signed_by(&key, &ca, &ca_key)?;
+    Ok(ClusterTls {
+        ca_pem: ca.pem().into_bytes(),
+        cert_pem: cert.pem().into_bytes(),
+        key_pem: key.serialize_pem().into_bytes(),
+    })
+}
+
+/// Mutual TLS between nodes (ADR 0024): two nodes with certificates of
+/// the cluster CA form a cluster and forward; a caller without TLS, or
+/// with a certificate of another CA, is refused, secret or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_the_cluster_ca_talk_over_mutual_tls_and_others_are_refused() -> anyhow::Result<()> {
+    let tls = cluster_pki("Warren cluster CA")?;
+    let first = open_node_with(1, Vec::new(), Some(tls.clone())).await?;
+    first.node.ready().await?;
+    let second = open_node_with(2, vec![first.addr.clone()], Some(tls.clone())).await?;
+    second.node.ready().await?;
+    assert_eq!(first.node.metrics().members.len(), 2);
+
+    // A request through the follower is forwarded to the leader over TLS.
+    let origin = channel(2);
+    second
+        .node
+        .proposer()
+        .submit(request(origin, declare("over-tls")))
+        .await?;
+    let replies = second.sink.wait_for_replies(origin, 1).await;
+    assert!(matches!(replies[0], Ok(Outcome::QueueDeclared { .. })), "{replies:?}");
+
+    let with_tls = GrpcNetwork::new(NetworkConfig {
+        secret: SECRET.to_owned(),
+        tls: Some(tls.clone()),
+        ..NetworkConfig::default()
+    });
+    assert_eq!(with_tls.status(&first.addr).await?.node_id, 1);
+    let plain = network().status(&first.addr).await;
+    assert!(plain.is_err(), "a plain-text caller: {plain:?}");
+    // A caller that trusts the cluster CA but shows another CA's
+    // certificate is refused by the node; one that trusts another CA
+    // refuses the node's certificate itself.
+    let other = cluster_pki("Some other CA")?;
+    let impostor = GrpcNetwork::new(NetworkConfig {
+        secret: SECRET.to_owned(),
+        tls: Some(ClusterTls {
+            ca_pem: tls.ca_pem.clone(),
+            ..other.clone()
+        }),
+        ..NetworkConfig::default()
+    });
+    let refused = impostor.status(&first.addr).await;
+    assert!(
+        matches!(&refused, Err(PeerError::Failed(reason)) if reason.contains("UnknownCA")),
+        "another CA's client certificate: {refused:?}"
+    );
+    let distrustful = GrpcNetwork::new(NetworkConfig {
+        secret: SECRET.to_owned(),
+        tls: Some(other),
+        ..NetworkConfig::default()
+    });
+    let refused = distrustful.status(&first.addr).await;
+    assert!(
+        matches!(&refused, Err(PeerError::Failed(reason)) if reason.contains("UnknownIssuer")),
+        "{refused:?}"
+    );
     second.stop().await?;
     first.stop().await?;
     Ok(())

@@ -61,6 +61,15 @@ pub struct ServerArgs {
     /// With --tls-ca-file: refuse clients that send no certificate.
     #[arg(long, env = "WARREN_TLS_FAIL_IF_NO_PEER_CERT")]
     pub tls_fail_if_no_peer_cert: bool,
+    /// Mutual TLS between nodes (ADR 0024): the cluster CA, PEM. With
+    /// --cluster-tls-cert-file and --cluster-tls-key-file (this node's
+    /// certificate, naming its advertised host, and key), all or none.
+    #[arg(long, env = "WARREN_CLUSTER_TLS_CA_FILE")]
+    pub cluster_tls_ca_file: Option<PathBuf>,
+    #[arg(long, env = "WARREN_CLUSTER_TLS_CERT_FILE")]
+    pub cluster_tls_cert_file: Option<PathBuf>,
+    #[arg(long, env = "WARREN_CLUSTER_TLS_KEY_FILE")]
+    pub cluster_tls_key_file: Option<PathBuf>,
     /// Serve the cluster port on a non-loopback address with the public
     /// default secret anyway (anyone who can reach the port can then join
     /// or drive the cluster). Without it such a node refuses to start.
@@ -105,6 +114,9 @@ pub struct FileConfig {
     pub tls_key_file: Option<PathBuf>,
     pub tls_ca_file: Option<PathBuf>,
     pub tls_fail_if_no_peer_cert: Option<bool>,
+    pub cluster_tls_ca_file: Option<PathBuf>,
+    pub cluster_tls_cert_file: Option<PathBuf>,
+    pub cluster_tls_key_file: Option<PathBuf>,
     pub http_listen: Option<SocketAddr>,
     pub prometheus_listen: Option<SocketAddr>,
     /// Largest accepted message body, bytes (default 16 MiB).
@@ -177,6 +189,8 @@ pub struct Config {
     pub advertise: Option<String>,
     pub join: Vec<String>,
     pub cluster_secret: String,
+    /// Mutual TLS between nodes, read from its files; `None`: off.
+    pub cluster_tls: Option<warren_rpc::ClusterTls>,
     pub http_listen: SocketAddr,
     pub prometheus_listen: SocketAddr,
     pub max_message_size: u64,
@@ -237,6 +251,11 @@ impl Config {
             args.tls_ca_file.or(file.tls_ca_file),
             args.tls_fail_if_no_peer_cert || file.tls_fail_if_no_peer_cert.unwrap_or(false),
         )?;
+        let cluster_tls = cluster_tls(
+            args.cluster_tls_ca_file.or(file.cluster_tls_ca_file),
+            args.cluster_tls_cert_file.or(file.cluster_tls_cert_file),
+            args.cluster_tls_key_file.or(file.cluster_tls_key_file),
+        )?;
         let advertise = args.advertise.or(file.advertise);
         let raft_defaults = warren_cluster::NodeConfig::default();
         let explicit_node_id = args.node_id.or(file.node_id);
@@ -270,6 +289,7 @@ impl Config {
                 args.join
             },
             cluster_secret,
+            cluster_tls,
             http_listen: args
                 .http_listen
                 .or(file.http_listen)
@@ -314,6 +334,40 @@ impl Config {
             disk_free_limit: file.disk_free_limit.unwrap_or(DEFAULT_DISK_FREE_LIMIT),
         })
     }
+}
+
+/// Mutual TLS between nodes (ADR 0024) from its three PEM files, read now
+/// (`None` when none is given).
+///
+/// # Errors
+/// Some but not all three are given, or one cannot be read or holds no
+/// PEM block.
+pub fn cluster_tls(
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+) -> anyhow::Result<Option<warren_rpc::ClusterTls>> {
+    let (ca_file, cert_file, key_file) = match (ca_file, cert_file, key_file) {
+        (None, None, None) => return Ok(None),
+        (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
+        _ => anyhow::bail!(
+            "cluster TLS needs all three of cluster_tls_ca_file, cluster_tls_cert_file and cluster_tls_key_file"
+        ),
+    };
+    let read = |path: &Path, what: &str| -> anyhow::Result<Vec<u8>> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))?;
+        anyhow::ensure!(
+            String::from_utf8_lossy(&bytes).contains("-----BEGIN "),
+            "no PEM block in the {what} {}",
+            path.display()
+        );
+        Ok(bytes)
+    };
+    Ok(Some(warren_rpc::ClusterTls {
+        ca_pem: read(&ca_file, "cluster CA file")?,
+        cert_pem: read(&cert_file, "cluster certificate file")?,
+        key_pem: read(&key_file, "cluster key file")?,
+    }))
 }
 
 /// AMQP over TLS (ADR 0023): where it listens and the PEM files it uses.

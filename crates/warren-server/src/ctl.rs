@@ -36,9 +36,15 @@ pub enum CtlCommand {
 ///
 /// # Errors
 /// The member cannot be reached, refuses the secret, or the change failed.
-pub async fn run(server: &str, secret: Option<String>, command: CtlCommand) -> anyhow::Result<()> {
+pub async fn run(
+    server: &str,
+    secret: Option<String>,
+    tls: Option<warren_rpc::ClusterTls>,
+    command: CtlCommand,
+) -> anyhow::Result<()> {
     let network = GrpcNetwork::new(NetworkConfig {
         secret: secret.unwrap_or_else(|| warren_rpc::DEV_SECRET.to_owned()),
+        tls,
         ..NetworkConfig::default()
     });
     match command {

@@ -69,6 +69,7 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
     }
     let network = GrpcNetwork::new(NetworkConfig {
         secret: config.cluster_secret.clone(),
+        tls: config.cluster_tls.clone(),
         ..NetworkConfig::default()
     });
     let node_config = NodeConfig {
@@ -97,6 +98,7 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         node.clone(),
         ServiceConfig {
             secret: config.cluster_secret.clone(),
+            tls: config.cluster_tls.clone(),
             ..ServiceConfig::default()
         },
     )
