@@ -461,8 +461,12 @@ async fn nodes_with_the_cluster_ca_talk_over_mutual_tls_and_others_are_refused()
         ..NetworkConfig::default()
     });
     let refused = impostor.status(&first.addr).await;
+    // TLS 1.3: the client may see the node's UnknownCA alert, or only the
+    // connection closed (the alert comes after its side of the handshake);
+    // the same call with the cluster's certificate succeeded above.
     assert!(
-        matches!(&refused, Err(PeerError::Failed(reason)) if reason.contains("UnknownCA")),
+        matches!(&refused, Err(PeerError::Failed(reason))
+            if reason.contains("UnknownCA") || reason.contains("connection closed") || reason.contains("broken pipe")),
         "another CA's client certificate: {refused:?}"
     );
     let distrustful = GrpcNetwork::new(NetworkConfig {
