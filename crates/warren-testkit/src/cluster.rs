@@ -300,12 +300,35 @@ impl Cluster {
         Ok(())
     }
 
-    /// Stops `node_id` as a crash would: its connections drop, Raft stops,
-    /// and its store (everything it flushed) is kept for [`Cluster::restart`].
+    /// Crashes `node_id`: it drops off the network, its connections drop,
+    /// Raft stops. On `power_cut_storage` its disk loses every write it had
+    /// not synced (a torn tail drawn from the network's seed), as a
+    /// process killed with its host would; on a `MemStore`, which is
+    /// durable on write, it keeps everything. [`Cluster::restart`] brings
+    /// it back on what its disk kept.
     ///
     /// # Errors
     /// The node is not running.
     pub async fn kill(&self, node_id: u64) -> Result<(), TestkitError> {
+        let fs = {
+            let slots = self.slots();
+            let slot = slots
+                .get(&node_id)
+                .filter(|slot| slot.running.is_some())
+                .ok_or_else(|| TestkitError::new(format!("node {node_id} is not running")))?;
+            slot.fs.clone()
+        };
+        self.inner.net.unregister(node_id);
+        if let Some(fs) = fs {
+            let seed = self.inner.net.random_in(0..u64::MAX);
+            fs.power_cut(seed);
+            tracing::info!(node = node_id, seed, "crash: unsynced writes lost");
+        }
+        self.stop(node_id).await
+    }
+
+    /// Stops a running node whose disk is as the caller left it.
+    async fn stop(&self, node_id: u64) -> Result<(), TestkitError> {
         let running = self
             .slots()
             .get_mut(&node_id)
@@ -357,10 +380,57 @@ impl Cluster {
             fs.power_cut(seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         }
         for (id, _) in &disks {
-            self.kill(*id).await?;
+            self.stop(*id).await?;
         }
         tracing::info!(nodes = ?node_ids, seed, "power cut");
         Ok(())
+    }
+
+    /// Replaces the disk of stopped node `node_id` with an empty one (a
+    /// wiped or replaced volume); [`Cluster::restart`] then starts it on
+    /// nothing, and a voter is refused (ADR 0022).
+    ///
+    /// # Errors
+    /// The node runs or does not exist.
+    pub async fn wipe(&self, node_id: u64) -> Result<(), TestkitError> {
+        let fs = self.inner.options.power_cut_storage.then(PowerCutFs::new);
+        let store = match &fs {
+            Some(fs) => open_segments(fs, node_id).await?,
+            None => Arc::new(MemStore::new()),
+        };
+        let mut slots = self.slots();
+        let slot = slots
+            .get_mut(&node_id)
+            .filter(|slot| slot.running.is_none())
+            .ok_or_else(|| TestkitError::new(format!("node {node_id} runs or does not exist")))?;
+        slot.store = store;
+        slot.fs = fs;
+        tracing::info!(node = node_id, "disk wiped");
+        Ok(())
+    }
+
+    /// Starts a removed node id again on an empty disk: it joins as a new
+    /// member (the way back for a wiped node, ADR 0022).
+    ///
+    /// # Errors
+    /// The node runs, or it did not join.
+    pub async fn rejoin_as_new(&self, node_id: u64) -> Result<(), TestkitError> {
+        self.wipe(node_id).await?;
+        let store = {
+            let mut slots = self.slots();
+            let slot = slots
+                .get_mut(&node_id)
+                .ok_or_else(|| TestkitError::new(format!("no node {node_id}")))?;
+            slot.removed = false;
+            slot.store.clone()
+        };
+        let join = self
+            .running_ids()
+            .into_iter()
+            .filter(|id| *id != node_id)
+            .map(node_addr)
+            .collect();
+        self.run(node_id, store, join).await
     }
 
     /// Starts `node_id` again on the store it had (reopened from its disk

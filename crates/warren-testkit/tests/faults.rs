@@ -293,7 +293,7 @@ async fn random_fault(cluster: &Cluster, workload: &Workload, step: u64) -> anyh
         .filter(|id| *id != a)
         .nth(net.random_in(0..ids.len() as u64 - 1) as usize);
     let b = b.unwrap_or(a);
-    match net.random_in(0..6) {
+    match net.random_in(0..7) {
         0 => {
             workload.phase(format!("step {step}: isolating {a}"));
             net.isolate(a);
@@ -320,8 +320,28 @@ async fn random_fault(cluster: &Cluster, workload: &Workload, step: u64) -> anyh
             workload.phase(format!("step {step}: isolating leader {leader}"));
             net.isolate(leader);
         }
+        6 if ids.len() >= 3 => {
+            // A wiped volume (ADR 0022): refused while a voter, then
+            // removed and back as a new member on an empty disk.
+            workload.phase(format!("step {step}: crashing {a} and wiping its disk"));
+            let fail = |e: warren_testkit::TestkitError| anyhow::anyhow!(workload.failure(&e.to_string()));
+            cluster.kill(a).await.map_err(fail)?;
+            cluster.wipe(a).await.map_err(fail)?;
+            match cluster.restart(a).await {
+                Err(e) if e.to_string().contains("refused by the cluster") => {}
+                other => anyhow::bail!(workload.failure(&format!(
+                    "node {a} on a wiped disk was not refused while a voter: {other:?}"
+                ))),
+            }
+            workload.phase(format!(
+                "step {step}: {a} refused on its empty disk; removing it and adding it as new"
+            ));
+            cluster.remove_node(a).await.map_err(fail)?;
+            cluster.rejoin_as_new(a).await.map_err(fail)?;
+            return Ok(());
+        }
         _ => {
-            workload.phase(format!("step {step}: killing {a}"));
+            workload.phase(format!("step {step}: crashing {a} (unsynced writes lost)"));
             cluster
                 .kill(a)
                 .await
@@ -342,9 +362,19 @@ async fn random_fault(cluster: &Cluster, workload: &Workload, step: u64) -> anyh
     Ok(())
 }
 
+/// The seeded schedules run on the power-cut storage: a crash loses what
+/// its node had not synced, and a wiped node starts on nothing.
+fn schedule_options(nodes: u64) -> ClusterOptions {
+    ClusterOptions {
+        nodes,
+        power_cut_storage: true,
+        ..ClusterOptions::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_survive_a_seeded_schedule_of_faults() -> anyhow::Result<()> {
-    let cluster = cluster("five_nodes_survive_a_seeded_schedule_of_faults", 5).await?;
+    let cluster = cluster_with("five_nodes_survive_a_seeded_schedule_of_faults", schedule_options(5)).await?;
     let workload = start_load(&cluster, five_node_load()).await?;
     for step in 1..=5 {
         random_fault(&cluster, &workload, step).await?;
@@ -354,7 +384,7 @@ async fn five_nodes_survive_a_seeded_schedule_of_faults() -> anyhow::Result<()> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_survive_a_seeded_schedule_of_faults() -> anyhow::Result<()> {
-    let cluster = cluster("three_nodes_survive_a_seeded_schedule_of_faults", 3).await?;
+    let cluster = cluster_with("three_nodes_survive_a_seeded_schedule_of_faults", schedule_options(3)).await?;
     let workload = start_load(&cluster, LoadOptions::default()).await?;
     for step in 1..=5 {
         random_fault(&cluster, &workload, step).await?;
@@ -545,4 +575,41 @@ async fn two_of_three_nodes_lose_power_at_once_and_keep_every_confirmed_message(
             .map_err(|e| anyhow::anyhow!("seed {seed}: {e}"))?;
     }
     Ok(())
+}
+
+/// A follower's disk is wiped under load (ADR 0022): started on nothing
+/// it is refused while its id is a voter, the others keep confirming;
+/// removed, it comes back as a new member and catches up; nothing
+/// confirmed is lost and every replica ends equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_follower_is_refused_then_rejoins_as_new_under_load() -> anyhow::Result<()> {
+    let cluster = cluster_with(
+        "a_wiped_follower_is_refused_then_rejoins_as_new_under_load",
+        schedule_options(3),
+    )
+    .await?;
+    let workload = start_load(&cluster, LoadOptions::default()).await?;
+    progress(&workload, "before the wipe").await?;
+    let leader = leader(&cluster, &workload).await?;
+    let follower = cluster
+        .running_ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .ok_or_else(|| anyhow::anyhow!("no follower"))?;
+    let fail = |e: warren_testkit::TestkitError| anyhow::anyhow!(workload.failure(&e.to_string()));
+    workload.phase(format!("crashing follower {follower} and wiping its disk"));
+    cluster.kill(follower).await.map_err(fail)?;
+    cluster.wipe(follower).await.map_err(fail)?;
+    let refused = cluster.restart(follower).await;
+    anyhow::ensure!(
+        matches!(&refused, Err(e) if e.to_string().contains("refused by the cluster")),
+        "{}",
+        workload.failure(&format!("the wiped voter was not refused: {refused:?}"))
+    );
+    progress(&workload, "with the wiped node refused").await?;
+    workload.phase(format!("removing {follower} and adding it back as new"));
+    cluster.remove_node(follower).await.map_err(fail)?;
+    cluster.rejoin_as_new(follower).await.map_err(fail)?;
+    progress(&workload, "after the rejoin").await?;
+    finish(&cluster, workload).await
 }
