@@ -365,6 +365,28 @@ impl WarrenProcess {
         Ok(())
     }
 
+    /// Sends SIGTERM (what Kubernetes and `docker stop` send) and waits,
+    /// at most `limit`, for the process to exit; its exit status.
+    ///
+    /// # Errors
+    /// The process is not running, `kill` failed, or it did not exit in time.
+    pub fn terminate(&mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        self.signal("-TERM")?;
+        self.log_line(format!("--- e2e: generation {} sent SIGTERM ---", self.generation));
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.exit_status() {
+                self.child = None;
+                return Ok(status);
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the broker did not exit within {limit:?} of SIGTERM"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends SIGCONT to a [`WarrenProcess::pause`]d process.
     ///
     /// # Errors

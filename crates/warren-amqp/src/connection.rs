@@ -64,6 +64,7 @@ pub(crate) async fn serve_connection(
     frontend: Arc<Frontend>,
     seq: u64,
 ) {
+    let _live = frontend.live_connection();
     let local = local.map_or_else(|| "?".to_owned(), |a| a.to_string());
     let id = ConnectionId {
         node: frontend.node_id,

@@ -101,6 +101,8 @@ pub struct Frontend {
     /// This node's message counters (Prometheus' global series).
     pub counters: Arc<counters::MessageCounters>,
     next_connection: AtomicU64,
+    /// Connection tasks running, until their close is proposed.
+    live_connections: AtomicU64,
 }
 
 /// Why [`Frontend::execute`] has no outcome to give.
@@ -170,6 +172,7 @@ impl Frontend {
             receiving_bytes: Arc::new(AtomicU64::new(0)),
             counters: Arc::default(),
             next_connection: AtomicU64::new(1),
+            live_connections: AtomicU64::new(0),
         }
     }
 }
@@ -223,6 +226,40 @@ pub async fn serve(listener: TcpListener, frontend: Arc<Frontend>, shutdown: imp
                 }
             }
         }
+    }
+}
+
+impl Frontend {
+    /// Closes every client connection of this node with 320
+    /// CONNECTION_FORCED and `reason` (RabbitMQ's text for a stopping
+    /// node: "broker forced connection closure with reason 'shutdown'"),
+    /// then waits, at most `limit`, until every connection task has
+    /// proposed its close, so their unacked messages go back to their
+    /// queues now rather than when the cluster declares this node down.
+    /// Stop accepting connections first.
+    pub async fn drain(&self, reason: &str, limit: Duration) {
+        let closed = self.registry.close_all_clients(reason);
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.live_connections.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.live_connections.load(Ordering::Acquire);
+        info!(closed, left, "AMQP connections drained");
+    }
+
+    /// Counts a connection task as live until the guard drops.
+    pub(crate) fn live_connection(self: &Arc<Self>) -> LiveConnection {
+        self.live_connections.fetch_add(1, Ordering::AcqRel);
+        LiveConnection(self.clone())
+    }
+}
+
+/// See [`Frontend::live_connection`].
+pub(crate) struct LiveConnection(Arc<Frontend>);
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        self.0.live_connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -271,6 +271,23 @@ impl Registry {
         true
     }
 
+    /// Closes every client connection of this node (320 CONNECTION_FORCED
+    /// with `reason`); how many there were.
+    pub fn close_all_clients(&self, reason: &str) -> usize {
+        let ids: Vec<ConnectionId> = lock(&self.clients).keys().copied().collect();
+        {
+            let mut forced = lock(&self.forced);
+            for id in &ids {
+                forced.insert(*id, reason.to_owned());
+            }
+        }
+        let mut connections = self.lock();
+        for id in &ids {
+            connections.remove(id);
+        }
+        ids.len()
+    }
+
     /// Why an operator closed connection `id`, if one did.
     pub fn forced_reason(&self, id: ConnectionId) -> Option<String> {
         lock(&self.forced).remove(&id)

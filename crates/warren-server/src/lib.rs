@@ -23,6 +23,10 @@ use warren_rpc::{ClusterService, GrpcNetwork, NetworkConfig, ServiceConfig};
 
 pub use config::{advertise_for, is_seed, join_targets, node_id_from_hostname, AmqpsConfig, Config, ServerArgs};
 
+/// How long a stopping node waits for its AMQP connections to close (each
+/// waits up to a second for the client's close-ok).
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
 /// Runs a node: binds `config.cluster_listen` and serves the inter-node
 /// gRPC there, opens its Raft state in `config.data_dir` (bootstrapping a
 /// one-member cluster, or joining through `config.join`, when it is empty),
@@ -32,6 +36,10 @@ pub use config::{advertise_for, is_seed, join_targets, node_id_from_hostname, Am
 /// Prints `warren: cluster listening on ADDR` on stdout once the gRPC
 /// listener is bound, then `warren: amqp listening on ADDR` once AMQP
 /// connections are accepted; scripts and tests wait for these lines.
+///
+/// When `shutdown` completes the node drains: it stops accepting, closes
+/// its AMQP connections with 320 CONNECTION_FORCED (reason 'shutdown') and
+/// waits for their closes to be proposed, then stops Raft.
 ///
 /// # Errors
 /// The cluster address cannot be bound, the data directory or the Raft node
@@ -246,7 +254,7 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
     info!(node = node_id.0, %addr, data_dir = %config.data_dir.display(), "node ready");
     println!("warren: amqp listening on {addr}");
     tokio::select! {
-        () = warren_amqp::serve(amqp_listener, frontend, shutdown) => {}
+        () = warren_amqp::serve(amqp_listener, frontend.clone(), shutdown) => {}
         reason = node.fatal_error() => {
             // Nothing more can be made durable here: exit so that clients
             // reconnect elsewhere (their unconfirmed publishes were never
@@ -262,6 +270,11 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
     if let Some(stop) = stop_amqps {
         let _ = stop.send(());
     }
+    // Clients are told and reconnect elsewhere; their unacked messages are
+    // requeued through Raft while this node is still a member.
+    frontend
+        .drain("broker forced connection closure with reason 'shutdown'", DRAIN_LIMIT)
+        .await;
     for stop in stop_http {
         let _ = stop.send(());
     }
