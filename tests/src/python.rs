@@ -48,17 +48,48 @@ pub fn venv_python() -> anyhow::Result<PathBuf> {
 }
 
 fn create_venv() -> anyhow::Result<PathBuf> {
+    create_venv_with(
+        "pyvenv",
+        &format!("pika-{PIKA_VERSION}-kombu-{KOMBU_VERSION}-aio-pika-{AIO_PIKA_VERSION}"),
+        &format!(r#""pika=={PIKA_VERSION}" "kombu=={KOMBU_VERSION}" "aio-pika=={AIO_PIKA_VERSION}""#),
+        &format!(
+            "import pika, kombu, aio_pika; assert pika.__version__ == '{PIKA_VERSION}', pika.__version__; \
+             assert kombu.__version__ == '{KOMBU_VERSION}', kombu.__version__; \
+             assert aio_pika.__version__ == '{AIO_PIKA_VERSION}', aio_pika.__version__"
+        ),
+    )
+}
+
+/// The kubernetes-validate version the manifest check runs (its schemas
+/// go up to Kubernetes 1.37).
+pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+/// A virtualenv's python with kubernetes-validate (the Kubernetes schemas,
+/// offline), apart from the pika one.
+///
+/// # Errors
+/// python3, venv or pip failed.
+pub fn k8s_validate_python() -> anyhow::Result<PathBuf> {
+    create_venv_with(
+        "k8s-venv",
+        &format!("kubernetes-validate-{KUBERNETES_VALIDATE_VERSION}"),
+        &format!(r#""kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}""#),
+        "import kubernetes_validate, yaml",
+    )
+}
+
+/// Creates `target/<dir>` with `packages` (pip arguments) once, checked
+/// by `check` (python code); later calls find its `.<tag>-ready` marker.
+fn create_venv_with(dir: &str, tag: &str, packages: &str, check: &str) -> anyhow::Result<PathBuf> {
     let target = crate::target_dir();
     std::fs::create_dir_all(&target).with_context(|| format!("cannot create {}", target.display()))?;
-    let venv = target.join("pyvenv");
+    let venv = target.join(dir);
     let python = venv.join("bin").join("python");
-    let marker = venv.join(format!(
-        ".pika-{PIKA_VERSION}-kombu-{KOMBU_VERSION}-aio-pika-{AIO_PIKA_VERSION}-ready"
-    ));
+    let marker = venv.join(format!(".{tag}-ready"));
     if marker.exists() {
         return Ok(python);
     }
-    let lock = target.join("pyvenv.lock");
+    let lock = target.join(format!("{dir}.lock"));
     // Everything under one flock: the first process builds, the others wait
     // and then find the marker.
     let script = format!(
@@ -66,8 +97,8 @@ fn create_venv() -> anyhow::Result<PathBuf> {
 if [ ! -f "{marker}" ]; then
   rm -rf "{venv}"
   python3 -m venv "{venv}"
-  "{python}" -m pip install --disable-pip-version-check --no-input --quiet "pika=={PIKA_VERSION}" "kombu=={KOMBU_VERSION}" "aio-pika=={AIO_PIKA_VERSION}"
-  "{python}" -c "import pika, kombu, aio_pika; assert pika.__version__ == '{PIKA_VERSION}', pika.__version__; assert kombu.__version__ == '{KOMBU_VERSION}', kombu.__version__; assert aio_pika.__version__ == '{AIO_PIKA_VERSION}', aio_pika.__version__"
+  "{python}" -m pip install --disable-pip-version-check --no-input --quiet {packages}
+  "{python}" -c "{check}"
   touch "{marker}"
 fi
 "#,
@@ -82,7 +113,7 @@ fi
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("cannot run `flock` (util-linux) to create the pika virtualenv")?;
+        .with_context(|| format!("cannot run `flock` (util-linux) to create the virtualenv {dir}"))?;
     let deadline = std::time::Instant::now() + VENV_TIMEOUT;
     loop {
         if child.try_wait()?.is_some() {
@@ -91,14 +122,14 @@ fi
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("creating the pika virtualenv took longer than {VENV_TIMEOUT:?}");
+            bail!("creating the virtualenv {dir} took longer than {VENV_TIMEOUT:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     let output = child.wait_with_output()?;
     if !output.status.success() {
         bail!(
-            "creating the pika virtualenv at {} failed ({}):\n{}\n{}",
+            "creating the virtualenv at {} failed ({}):\n{}\n{}",
             venv.display(),
             output.status,
             String::from_utf8_lossy(&output.stdout),
