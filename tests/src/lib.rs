@@ -248,20 +248,14 @@ impl WarrenProcess {
         join: Option<SocketAddr>,
         config_toml: Option<&str>,
     ) -> anyhow::Result<Self> {
-        let root = tempfile::Builder::new()
-            .prefix(&format!("warren-e2e-node{node_id}-"))
-            .tempdir()
-            .context("cannot create a temporary dir")?;
-        let data_dir = root.path().join("data");
-        let mut extra_args: Vec<std::ffi::OsString> = vec!["--node-id".into(), node_id.to_string().into()];
-        extra_args.extend(config_args(root.path(), config_toml)?);
-        if let Some(join) = join {
-            extra_args.push("--join".into());
-            extra_args.push(join.to_string().into());
-        }
-        let mut process = Self::start_with_args(&data_dir, extra_args)?;
-        process._temp_dir = Some(Arc::new(root));
-        Ok(process)
+        Self::start_cluster_node_in_temp_dir(node_id, |root| {
+            let mut args = config_args(root, config_toml)?;
+            if let Some(join) = join {
+                args.push("--join".into());
+                args.push(join.to_string().into());
+            }
+            Ok(args)
+        })
     }
 
     /// Starts cluster node `node_id` on a fresh temporary data directory
@@ -270,13 +264,23 @@ impl WarrenProcess {
     /// # Errors
     /// See [`WarrenProcess::start`].
     pub fn start_cluster_node_with_args(node_id: u64, args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_cluster_node_in_temp_dir(node_id, |_| Ok(args.iter().map(std::ffi::OsString::from).collect()))
+    }
+
+    /// Starts cluster node `node_id` with `--node-id` and the arguments
+    /// `args` makes from its fresh temporary directory (the data directory
+    /// is `data` inside it; the directory lives as long as the process).
+    fn start_cluster_node_in_temp_dir(
+        node_id: u64,
+        args: impl FnOnce(&Path) -> anyhow::Result<Vec<std::ffi::OsString>>,
+    ) -> anyhow::Result<Self> {
         let root = tempfile::Builder::new()
             .prefix(&format!("warren-e2e-node{node_id}-"))
             .tempdir()
             .context("cannot create a temporary dir")?;
         let data_dir = root.path().join("data");
         let mut extra_args: Vec<std::ffi::OsString> = vec!["--node-id".into(), node_id.to_string().into()];
-        extra_args.extend(args.iter().map(std::ffi::OsString::from));
+        extra_args.extend(args(root.path())?);
         let mut process = Self::start_with_args(&data_dir, extra_args)?;
         process._temp_dir = Some(Arc::new(root));
         Ok(process)

@@ -109,7 +109,7 @@ async fn publish(uri: String, confirmed: Arc<AtomicU64>, stop: Arc<AtomicBool>) 
             confirmed.fetch_add(1, Ordering::Relaxed);
         }
         sent += 1;
-        if sent % 1000 == 0 {
+        if sent.is_multiple_of(1000) {
             ch.queue_purge("flood-probe".into(), QueuePurgeOptions::default())
                 .await?;
         }

@@ -424,13 +424,18 @@ impl Cluster {
             slot.removed = false;
             slot.store.clone()
         };
-        let join = self
-            .running_ids()
+        let join = self.others(node_id);
+        self.run(node_id, store, join).await
+    }
+
+    /// The addresses of the running nodes other than `node_id`: what it
+    /// joins through.
+    fn others(&self, node_id: u64) -> Vec<String> {
+        self.running_ids()
             .into_iter()
             .filter(|id| *id != node_id)
             .map(node_addr)
-            .collect();
-        self.run(node_id, store, join).await
+            .collect()
     }
 
     /// Starts `node_id` again on the store it had (reopened from its disk
@@ -460,12 +465,7 @@ impl Cluster {
             }
             None => store,
         };
-        let join = self
-            .running_ids()
-            .into_iter()
-            .filter(|id| *id != node_id)
-            .map(node_addr)
-            .collect();
+        let join = self.others(node_id);
         self.run(node_id, store, join).await
     }
 

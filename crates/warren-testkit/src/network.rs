@@ -473,21 +473,22 @@ impl Peers for FaultNetwork {
     }
 
     fn in_a_cluster(&self, addr: &str) -> BoxFuture<Result<bool, PeerError>> {
-        let net = self.net.clone();
-        let from = self.from;
-        let target = addr_node(addr);
-        let addr = addr.to_owned();
-        Box::pin(async move {
-            let Some(to) = target else {
-                return Err(PeerError::Failed(format!("status: no node at {addr}")));
-            };
-            net.transmit(from, to, |node| async move { !node.metrics().members.is_empty() })
-                .await
-                .map_err(|lost| peer_lost(&format!("status of {addr}"), &lost))
-        })
+        self.status_of(addr, |status| !status.members.is_empty())
     }
 
     fn applied_index(&self, addr: &str) -> BoxFuture<Result<Option<u64>, PeerError>> {
+        self.status_of(addr, |status| status.last_applied)
+    }
+}
+
+impl FaultNetwork {
+    /// `read` of the status of the node at `addr`, over the faulty network
+    /// (the in-process `Status` RPC).
+    fn status_of<T: Send + 'static>(
+        &self,
+        addr: &str,
+        read: impl FnOnce(warren_cluster::NodeStatus) -> T + Send + 'static,
+    ) -> BoxFuture<Result<T, PeerError>> {
         let net = self.net.clone();
         let from = self.from;
         let target = addr_node(addr);
@@ -496,7 +497,7 @@ impl Peers for FaultNetwork {
             let Some(to) = target else {
                 return Err(PeerError::Failed(format!("status: no node at {addr}")));
             };
-            net.transmit(from, to, |node| async move { node.metrics().last_applied })
+            net.transmit(from, to, |node| async move { read(node.metrics()) })
                 .await
                 .map_err(|lost| peer_lost(&format!("status of {addr}"), &lost))
         })
