@@ -150,41 +150,31 @@ async fn tx_select_on_a_confirm_channel_and_an_unknown_tag_in_a_transaction_are_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_past_its_size_bound_is_refused_whole() -> anyhow::Result<()> {
     let (broker, _conn, ch) = broker_with_channel().await?;
-    let frame_max = Tune::default().frame_max;
-
-    let mut client = raw_tx_channel(&broker, "big").await?;
     let body = vec![7u8; 1024 * 1024];
-    for _ in 0..5 {
-        client
-            .send(&raw::publish_frames_with_headers(1, "big", &[], &body, frame_max))
-            .await;
-    }
-    client.send(&raw::method_frame(1, TX_COMMIT, &[])).await;
-    let close = next_close(&mut client).await?;
-    assert_eq!(
-        (close.connection, close.code),
-        (false, 406),
-        "5 MiB of bodies: {close:?}"
-    );
-    assert!(close.text.contains("a transaction holds at most"), "{close:?}");
-    assert_eq!(amqp::message_count(&ch, "big").await?, 0);
-
-    // Properties count too: empty bodies with 100 KiB of headers each.
-    let mut client = raw_tx_channel(&broker, "big").await?;
     let headers = raw::table_entry_longstr("pad", "p".repeat(100 * 1024).as_bytes());
-    for _ in 0..50 {
-        client
-            .send(&raw::publish_frames_with_headers(1, "big", &headers, b"", frame_max))
-            .await;
+    // Bodies, then properties: empty bodies with 100 KiB of headers each.
+    for (what, publishes, headers, body) in [
+        ("5 MiB of bodies", 5, &[][..], &body[..]),
+        ("5 MiB of headers", 50, &headers[..], &b""[..]),
+    ] {
+        let mut client = raw_tx_channel(&broker, "big").await?;
+        for _ in 0..publishes {
+            client
+                .send(&raw::publish_frames_with_headers(
+                    1,
+                    "big",
+                    headers,
+                    body,
+                    Tune::default().frame_max,
+                ))
+                .await;
+        }
+        client.send(&raw::method_frame(1, TX_COMMIT, &[])).await;
+        let close = next_close(&mut client).await?;
+        assert_eq!((close.connection, close.code), (false, 406), "{what}: {close:?}");
+        assert!(close.text.contains("a transaction holds at most"), "{what}: {close:?}");
+        assert_eq!(amqp::message_count(&ch, "big").await?, 0, "{what}");
     }
-    client.send(&raw::method_frame(1, TX_COMMIT, &[])).await;
-    let close = next_close(&mut client).await?;
-    assert_eq!(
-        (close.connection, close.code),
-        (false, 406),
-        "5 MiB of headers: {close:?}"
-    );
-    assert_eq!(amqp::message_count(&ch, "big").await?, 0);
     Ok(())
 }
 

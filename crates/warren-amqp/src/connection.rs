@@ -1689,6 +1689,8 @@ impl Connection {
     }
 
     async fn handle_effects(&mut self, batch: EffectBatch) -> Result<(), AmqpError> {
+        // One clock read a batch: the consumer timeout needs no finer time.
+        let now = Instant::now();
         for effect in batch {
             match effect {
                 Effect::Reply { channel, outcome } => self.handle_reply(channel.channel, outcome).await?,
@@ -1709,7 +1711,7 @@ impl Connection {
                         crate::counters::bump(&counters.delivered_consume_auto_ack, 1);
                     } else {
                         crate::counters::bump(&counters.delivered_consume_manual_ack, 1);
-                        slot.record_delivery(delivery_tag.0, Instant::now());
+                        slot.record_delivery(delivery_tag.0, now);
                     }
                     crate::counters::bump(&counters.redelivered, u64::from(redelivered));
                     self.stats.bump(connection_counter::DELIVER_GET, 1);

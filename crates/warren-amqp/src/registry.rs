@@ -265,9 +265,7 @@ impl Registry {
         let Some(id) = found else {
             return false;
         };
-        lock(&self.forced).insert(id, reason.to_owned());
-        // The connection sees its effect stream end and reads the reason.
-        self.lock().remove(&id);
+        self.force_close(&[id], reason);
         true
     }
 
@@ -275,17 +273,24 @@ impl Registry {
     /// with `reason`); how many there were.
     pub fn close_all_clients(&self, reason: &str) -> usize {
         let ids: Vec<ConnectionId> = lock(&self.clients).keys().copied().collect();
+        self.force_close(&ids, reason);
+        ids.len()
+    }
+
+    /// Records `reason` for `ids` and drops their effect senders: each
+    /// connection sees its stream end, reads the reason and closes with
+    /// 320 CONNECTION_FORCED.
+    fn force_close(&self, ids: &[ConnectionId], reason: &str) {
         {
             let mut forced = lock(&self.forced);
-            for id in &ids {
+            for id in ids {
                 forced.insert(*id, reason.to_owned());
             }
         }
         let mut connections = self.lock();
-        for id in &ids {
+        for id in ids {
             connections.remove(id);
         }
-        ids.len()
     }
 
     /// Why an operator closed connection `id`, if one did.
