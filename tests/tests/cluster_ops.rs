@@ -295,7 +295,9 @@ async fn the_whole_cluster_killed_and_restarted_keeps_its_durable_queue_and_conf
     assert_eq!(confirmed.len(), 300, "every publish is confirmed");
 
     // Ids 0..100 consumed and acked through node 1; 100..150 delivered to a
-    // consumer on node 2 and still unacked when everything dies.
+    // consumer on node 2 and still unacked when everything dies, 150..200
+    // assigned to it too and held by node 2 (prefetch 50: the core assigns
+    // twice that, ADR 0026).
     {
         let conn = connect(&nodes[0].amqp_uri()).await?;
         let ch = within("channel.open", conn.create_channel()).await?;
@@ -330,16 +332,17 @@ async fn the_whole_cluster_killed_and_restarted_keeps_its_durable_queue_and_conf
     // Every replica has applied the acks and the deliveries.
     for addr in &addrs {
         eventually(
-            "150 ready and 50 unacked everywhere",
+            "100 ready and 100 unacked everywhere",
             Duration::from_secs(10),
             || async {
                 let listing = list_queues(*addr, &[]).await?;
                 let counts = listing.queue(QUEUE).map(|q| (q.ready, q.unacked));
-                Ok((counts == Some((150, 50))).then_some(()))
+                Ok((counts == Some((100, 100))).then_some(()))
             },
         )
         .await?;
     }
+    let assigned: BTreeSet<u64> = (100..200).collect();
 
     // kill -9 of all three, then all three restart together (none can
     // serve before a majority is back).
@@ -361,7 +364,8 @@ async fn the_whole_cluster_killed_and_restarted_keeps_its_durable_queue_and_conf
     );
 
     // The queue is there, durable, with the 200 unconsumed messages ready;
-    // the 50 that were unacked come back redelivered.
+    // the 50 that were unacked come back redelivered, and so do the 50 the
+    // dead node held (it cannot say it never sent them).
     let listing = eventually("the queue after the restart", Duration::from_secs(20), || async {
         let listing = list_queues(addrs[0], &[]).await?;
         let counts = listing.queue(QUEUE).map(|q| (q.ready, q.unacked));
@@ -402,9 +406,9 @@ async fn the_whole_cluster_killed_and_restarted_keeps_its_durable_queue_and_conf
         lost.len()
     );
     assert!(lost.is_empty(), "lost after the restart: {lost:?}");
-    assert_eq!(
-        redelivered, held,
-        "the messages unacked at the crash come back redelivered"
+    assert!(
+        redelivered.is_superset(&held) && redelivered.is_subset(&assigned),
+        "the messages unacked at the crash come back redelivered, and only those the node held besides: {redelivered:?}"
     );
     let extra = within_for(Duration::from_millis(300), "more deliveries", async {
         Ok::<_, anyhow::Error>(consumer.next().await)

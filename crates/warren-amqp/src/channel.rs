@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use warren_core::tx::{TxPublish, TxSettle};
+
+use crate::credit::{ConsumerId, Credit};
 use warren_core::QueueName;
 use warren_wire::protocol::basic::AMQPProperties;
 
@@ -178,9 +180,17 @@ pub struct ChannelSlot {
     pub last_queue: Option<QueueName>,
     /// Consumers of this incarnation that do not ack (for the counters).
     pub auto_ack_consumers: std::collections::HashSet<String>,
-    /// Delivery tags sent that await an ack, in increasing order (for the
-    /// `acknowledged` counter: an ack with `multiple` settles a run).
-    pub manual_tags: VecDeque<u64>,
+    /// Delivery tags sent that await an ack, in increasing order, each with
+    /// the consumer it went to (0 for a `get-ok`): for the client-side
+    /// prefetch, and the `acknowledged` counter (an ack with `multiple`
+    /// settles a run).
+    pub manual_tags: VecDeque<(u64, ConsumerId)>,
+    /// What the client may be sent now, and the deliveries held until it
+    /// may (ADR 0026).
+    pub credit: Credit,
+    /// The consumers of the settlements in a `tx.commit` under way: their
+    /// credit comes back with its reply.
+    pub committing_settles: Vec<ConsumerId>,
     /// When each delivery in `manual_tags` was sent, in tag order, for the
     /// consumer timeout; entries of settled tags are dropped lazily (those
     /// below the oldest outstanding tag).
@@ -208,7 +218,7 @@ pub struct TxBuffer {
     pub settles: Vec<TxSettle>,
     /// The delivery tags `settles` took from `manual_tags`, given back on
     /// rollback.
-    pub settled_tags: Vec<u64>,
+    pub settled_tags: Vec<(u64, ConsumerId)>,
     /// Its size as counted against the connection's `TX_MAX_BYTES`
     /// (bodies, encoded properties, names, a fixed cost an item), counted
     /// with the node's partly received bodies (the memory alarm's).
@@ -244,6 +254,8 @@ impl Default for ChannelSlot {
             last_queue: None,
             auto_ack_consumers: std::collections::HashSet::new(),
             manual_tags: VecDeque::new(),
+            credit: Credit::default(),
+            committing_settles: Vec::new(),
             delivered_at: VecDeque::new(),
             published: false,
             tx: None,
@@ -264,6 +276,7 @@ impl ChannelSlot {
         self.last_queue = None;
         self.auto_ack_consumers.clear();
         self.manual_tags.clear();
+        self.credit = Credit::default();
         self.delivered_at.clear();
         self.published = false;
         self.drop_transaction();
@@ -274,12 +287,14 @@ impl ChannelSlot {
     pub fn drop_transaction(&mut self) {
         self.tx = None;
         self.committing = false;
+        self.committing_settles.clear();
         self.deferred_commit = None;
     }
 
-    /// A delivery that awaits an ack, sent at `now`.
-    pub fn record_delivery(&mut self, tag: u64, now: Instant) {
-        self.manual_tags.push_back(tag);
+    /// A delivery to `consumer` (0: a `get-ok`) that awaits an ack, sent
+    /// at `now`.
+    pub fn record_delivery(&mut self, tag: u64, consumer: ConsumerId, now: Instant) {
+        self.manual_tags.push_back((tag, consumer));
         self.prune_delivered_at();
         self.delivered_at.push_back((tag, now));
     }
@@ -294,7 +309,7 @@ impl ChannelSlot {
 
     /// Drops the times of tags below the oldest outstanding one: settled.
     fn prune_delivered_at(&mut self) {
-        let oldest = self.manual_tags.front().copied().unwrap_or(u64::MAX);
+        let oldest = self.manual_tags.front().map_or(u64::MAX, |(tag, _)| *tag);
         while self.delivered_at.front().is_some_and(|(tag, _)| *tag < oldest) {
             self.delivered_at.pop_front();
         }
@@ -305,22 +320,22 @@ impl ChannelSlot {
     /// `collect_acks` does: tag 0 with `multiple` is every one; otherwise
     /// `tag` itself must await an ack, and `multiple` adds every one below
     /// it. `None` (nothing taken) if `tag` is unknown.
-    pub fn take_covered(&mut self, tag: u64, multiple: bool) -> Option<Vec<u64>> {
+    pub fn take_covered(&mut self, tag: u64, multiple: bool) -> Option<Vec<(u64, ConsumerId)>> {
         if multiple && tag == 0 {
             return Some(self.manual_tags.drain(..).collect());
         }
-        let at = self.manual_tags.binary_search(&tag).ok()?;
+        let at = self.manual_tags.binary_search_by_key(&tag, |(t, _)| *t).ok()?;
         if multiple {
             return Some(self.manual_tags.drain(..=at).collect());
         }
-        self.manual_tags.remove(at);
-        Some(vec![tag])
+        self.manual_tags.remove(at).map(|taken| vec![taken])
     }
 
     /// After `basic.recover`: the core requeues every unacked delivery of
     /// the channel, those a transaction settled included.
     pub fn forget_unacked(&mut self) {
         self.manual_tags.clear();
+        self.credit.forget_unacked();
         if let Some(tx) = self.tx.as_mut() {
             tx.settled_tags.clear();
         }
@@ -328,38 +343,11 @@ impl ChannelSlot {
 
     /// Puts `tags` (taken by [`Self::take_covered`]) back among those
     /// awaiting an ack, in order.
-    pub fn restore_tags(&mut self, tags: &[u64]) {
-        let mut all: Vec<u64> = self.manual_tags.drain(..).chain(tags.iter().copied()).collect();
+    pub fn restore_tags(&mut self, tags: &[(u64, ConsumerId)]) {
+        let mut all: Vec<(u64, ConsumerId)> = self.manual_tags.drain(..).chain(tags.iter().copied()).collect();
         all.sort_unstable();
         all.dedup();
         self.manual_tags = all.into();
-    }
-
-    /// Forgets delivery `tag` (or every tag up to it, `multiple`) as
-    /// awaiting an ack; how many it was.
-    pub fn settle_tags(&mut self, tag: u64, multiple: bool) -> u64 {
-        if multiple && tag == 0 {
-            // Tag 0 with `multiple`: every outstanding delivery.
-            let settled = self.manual_tags.len() as u64;
-            self.manual_tags.clear();
-            return settled;
-        }
-        if multiple {
-            let mut settled = 0;
-            while self.manual_tags.front().is_some_and(|t| *t <= tag) {
-                self.manual_tags.pop_front();
-                settled += 1;
-            }
-            settled
-        } else {
-            match self.manual_tags.binary_search(&tag) {
-                Ok(at) => {
-                    self.manual_tags.remove(at);
-                    1
-                }
-                Err(_) => 0,
-            }
-        }
     }
 
     /// Marks every awaited reply as belonging to a closed incarnation.
@@ -378,7 +366,7 @@ mod tests {
 
     fn slot_with(tags: &[u64]) -> ChannelSlot {
         ChannelSlot {
-            manual_tags: tags.iter().copied().collect(),
+            manual_tags: tags.iter().map(|t| (*t, 0)).collect(),
             ..ChannelSlot::default()
         }
     }
@@ -390,21 +378,21 @@ mod tests {
         let mut slot = ChannelSlot::default();
         assert_eq!(slot.oldest_unacked_at(), None);
         for tag in 1..=4 {
-            slot.record_delivery(tag, at(tag * 10));
+            slot.record_delivery(tag, 0, at(tag * 10));
         }
         assert_eq!(slot.oldest_unacked_at(), Some(at(10)));
         // Settled out of order: 2 is gone, 1 still waits.
-        slot.settle_tags(2, false);
+        slot.take_covered(2, false);
         assert_eq!(slot.oldest_unacked_at(), Some(at(10)));
-        slot.settle_tags(1, false);
+        slot.take_covered(1, false);
         assert_eq!(slot.oldest_unacked_at(), Some(at(30)), "2's time is skipped with it");
-        slot.settle_tags(4, true);
+        slot.take_covered(4, true);
         assert_eq!(slot.oldest_unacked_at(), None);
         assert!(slot.delivered_at.is_empty(), "settled times are dropped");
         // Times of settled tags do not pile up while deliveries go on.
         for tag in 5..1005 {
-            slot.record_delivery(tag, at(tag));
-            slot.settle_tags(tag, false);
+            slot.record_delivery(tag, 0, at(tag));
+            slot.take_covered(tag, false);
         }
         assert!(slot.delivered_at.len() <= 1, "{}", slot.delivered_at.len());
         slot.reopen();
@@ -418,12 +406,12 @@ mod tests {
         // smaller ones waiting (RabbitMQ walks to the tag or fails).
         assert_eq!(slot.take_covered(4, true), None);
         assert_eq!(slot.take_covered(1, false), None);
-        assert_eq!(slot.take_covered(5, true), Some(vec![2, 3, 5]));
+        assert_eq!(slot.take_covered(5, true), Some(vec![(2, 0), (3, 0), (5, 0)]));
         assert_eq!(slot.take_covered(5, false), None, "taken already");
-        slot.restore_tags(&[3, 2]);
-        assert_eq!(slot.manual_tags, VecDeque::from(vec![2, 3, 8]));
-        assert_eq!(slot.take_covered(3, false), Some(vec![3]));
-        assert_eq!(slot.take_covered(0, true), Some(vec![2, 8]));
+        slot.restore_tags(&[(3, 0), (2, 0)]);
+        assert_eq!(slot.manual_tags, VecDeque::from(vec![(2, 0), (3, 0), (8, 0)]));
+        assert_eq!(slot.take_covered(3, false), Some(vec![(3, 0)]));
+        assert_eq!(slot.take_covered(0, true), Some(vec![(2, 0), (8, 0)]));
         assert_eq!(
             slot.take_covered(0, true),
             Some(vec![]),

@@ -18,8 +18,8 @@ use warren_core::access::{Perm, ResourceKind};
 use warren_core::staged::StagedPublish;
 use warren_core::tx::{Transaction, TxPublish, TxSettle, TxSettleKind};
 use warren_core::{
-    reply_code, ChannelId, Command, ConnectionId, ConsumerTag, CoreError, DeliveryTag, Effect, ExchangeKind,
-    ExchangeName, Message, Outcome, QueueName, Request, UserName, VHost,
+    reply_code, AfterReturn, ChannelId, Command, ConnectionId, ConsumerTag, CoreError, DeliveryTag, Effect,
+    ExchangeKind, ExchangeName, Message, Outcome, QueueName, Request, UserName, VHost,
 };
 use warren_wire::protocol::{basic, channel, confirm, connection, exchange, queue, tx, AMQPClass};
 use warren_wire::types::{AMQPValue, FieldTable, LongString};
@@ -29,6 +29,7 @@ use crate::access::{AccessCache, Subject};
 use crate::channel::{ChannelSlot, ChannelState, HeldBytes, PartialContent, Pending, TxBuffer};
 use crate::convert::{long, properties_from_wire, properties_to_wire, short};
 use crate::counters::connection_counter;
+use crate::credit::HeldDelivery;
 use crate::error::AmqpError;
 use crate::names::{generated_consumer_tag, generated_queue_name};
 use crate::password::verify_login;
@@ -110,6 +111,7 @@ pub(crate) async fn serve_connection(
         confirms_due: Vec::new(),
         qos_prefetch_size: 0,
         access: AccessCache::default(),
+        unsent_due: Vec::new(),
     };
     let result = conn.run().await;
     match &result {
@@ -119,6 +121,20 @@ pub(crate) async fn serve_connection(
     if conn.registered {
         conn.forget_channels();
         frontend.registry.unregister(id);
+        // Deliveries held for the client go back as they were, each
+        // channel closing with them (no dispatch back to it in between).
+        for (channel, tags) in conn.take_all_held() {
+            let request = Request {
+                origin: Some(ChannelId { conn: id, channel }),
+                command: Command::ReturnUnsent {
+                    tags: tags.into_iter().map(DeliveryTag).collect(),
+                    then: AfterReturn::CloseChannel,
+                },
+            };
+            if frontend.proposer.submit(request).await.is_err() {
+                break;
+            }
+        }
         let close = Request {
             origin: None,
             command: Command::CloseConnection { conn: id },
@@ -179,6 +195,10 @@ struct Connection {
     qos_prefetch_size: u32,
     /// Access checks already passed (see [`crate::access`]).
     access: AccessCache,
+    /// Held deliveries of cancelled consumers, per channel, to send back
+    /// to their queues (`Command::ReturnUnsent`) once the reply or effect
+    /// being handled is done.
+    unsent_due: Vec<(u16, Vec<u64>)>,
 }
 
 /// Consecutive publisher confirms (acks) of one channel, held back to go
@@ -684,6 +704,13 @@ impl Connection {
                 // client that saw close-ok also sees its exclusive queues gone
                 // and its unacked messages requeued.
                 self.client_closing = true;
+                for (ch, tags) in self.take_all_held() {
+                    let command = Command::ReturnUnsent {
+                        tags: tags.into_iter().map(DeliveryTag).collect(),
+                        then: AfterReturn::CloseChannel,
+                    };
+                    self.submit(ch, Pending::Discard, command).await?;
+                }
                 let command = Command::CloseConnection { conn: self.id };
                 self.submit(0, Pending::ConnectionClose, command).await?;
                 Ok(())
@@ -908,7 +935,9 @@ impl Connection {
                 slot.draining = true;
                 slot.content = None;
                 slot.drop_transaction();
-                self.submit(ch, Pending::ChannelClose, Command::CloseChannel).await
+                let unsent = slot.credit.take_all_held();
+                let command = returning_unsent(unsent, AfterReturn::CloseChannel);
+                self.submit(ch, Pending::ChannelClose, command).await
             }
             channel::AMQPMethod::OpenOk(_) => Err(AmqpError::connection_for(
                 reply_code::COMMAND_INVALID,
@@ -1142,6 +1171,7 @@ impl Connection {
                         (60, 10),
                     ));
                 }
+                self.slot(ch).credit.qos(m.prefetch_count, m.global);
                 let command = Command::Qos {
                     prefetch_count: m.prefetch_count,
                     global: m.global,
@@ -1156,6 +1186,7 @@ impl Connection {
                 } else {
                     m.consumer_tag.as_str().to_owned()
                 };
+                self.slot(ch).credit.consume(&tag, m.no_ack);
                 let command = Command::Consume {
                     vhost,
                     queue,
@@ -1171,9 +1202,13 @@ impl Connection {
                 self.submit(ch, pending, command).await
             }
             basic::AMQPMethod::Cancel(m) => {
-                let command = Command::Cancel {
+                // Its held deliveries go back with the cancel; any that
+                // arrive before the cancel applies go back after it.
+                let unsent = self.slot(ch).credit.take_held_of(m.consumer_tag.as_str());
+                let then = AfterReturn::Cancel {
                     consumer_tag: ConsumerTag::new(m.consumer_tag.as_str()),
                 };
+                let command = returning_unsent(unsent, then);
                 self.submit(ch, Pending::Cancel { nowait: m.nowait }, command).await
             }
             basic::AMQPMethod::Get(m) => {
@@ -1209,32 +1244,22 @@ impl Connection {
                 };
                 self.settle_in_tx(ch, m.delivery_tag, false, how, 90)
             }
-            basic::AMQPMethod::Ack(m) => {
-                let acked = self.slot(ch).settle_tags(m.delivery_tag, m.multiple);
-                crate::counters::bump(&self.frontend.counters.acknowledged, acked);
-                self.stats.bump(connection_counter::ACK, acked);
-                let command = Command::Ack {
-                    delivery_tag: DeliveryTag(m.delivery_tag),
-                    multiple: m.multiple,
-                };
-                self.submit(ch, Pending::Settle { method_id: 80 }, command).await
-            }
+            basic::AMQPMethod::Ack(m) => self.settle(ch, m.delivery_tag, m.multiple, TxSettleKind::Ack, 80).await,
             basic::AMQPMethod::Nack(m) => {
-                self.slot(ch).settle_tags(m.delivery_tag, m.multiple);
-                let command = Command::Nack {
-                    delivery_tag: DeliveryTag(m.delivery_tag),
-                    multiple: m.multiple,
-                    requeue: m.requeue,
+                let how = if m.requeue {
+                    TxSettleKind::Requeue
+                } else {
+                    TxSettleKind::Reject
                 };
-                self.submit(ch, Pending::Settle { method_id: 120 }, command).await
+                self.settle(ch, m.delivery_tag, m.multiple, how, 120).await
             }
             basic::AMQPMethod::Reject(m) => {
-                self.slot(ch).settle_tags(m.delivery_tag, false);
-                let command = Command::Reject {
-                    delivery_tag: DeliveryTag(m.delivery_tag),
-                    requeue: m.requeue,
+                let how = if m.requeue {
+                    TxSettleKind::Requeue
+                } else {
+                    TxSettleKind::Reject
                 };
-                self.submit(ch, Pending::Settle { method_id: 90 }, command).await
+                self.settle(ch, m.delivery_tag, false, how, 90).await
             }
             basic::AMQPMethod::Recover(basic::Recover { requeue: false })
             | basic::AMQPMethod::RecoverAsync(basic::RecoverAsync { requeue: false }) => {
@@ -1244,21 +1269,15 @@ impl Connection {
                     (60, 110),
                 ))
             }
-            basic::AMQPMethod::Recover(m) => {
-                self.submit(
-                    ch,
-                    Pending::Recover { send_ok: true },
-                    Command::Recover { requeue: m.requeue },
-                )
-                .await
+            basic::AMQPMethod::Recover(_) => {
+                let unsent = self.slot(ch).credit.take_all_held();
+                let command = returning_unsent(unsent, AfterReturn::Recover);
+                self.submit(ch, Pending::Recover { send_ok: true }, command).await
             }
-            basic::AMQPMethod::RecoverAsync(m) => {
-                self.submit(
-                    ch,
-                    Pending::Recover { send_ok: false },
-                    Command::Recover { requeue: m.requeue },
-                )
-                .await
+            basic::AMQPMethod::RecoverAsync(_) => {
+                let unsent = self.slot(ch).credit.take_all_held();
+                let command = returning_unsent(unsent, AfterReturn::Recover);
+                self.submit(ch, Pending::Recover { send_ok: false }, command).await
             }
             other => Err(not_from_client(AMQPClass::Basic(other))),
         }
@@ -1300,6 +1319,7 @@ impl Connection {
                 let Some(buffer) = slot.tx.replace(TxBuffer::new(receiving)) else {
                     return Err(not_transactional());
                 };
+                slot.committing_settles = buffer.settled_tags.iter().map(|(_, id)| *id).collect();
                 let command = Command::Commit(Transaction {
                     vhost,
                     publishes: buffer.publishes,
@@ -1407,7 +1427,7 @@ impl Connection {
             buffer.held.add(len);
             buffer.settled_tags.extend(&tags);
             buffer.settles.push(TxSettle {
-                tags: tags.into_iter().map(DeliveryTag).collect(),
+                tags: tags.into_iter().map(|(tag, _)| DeliveryTag(tag)).collect(),
                 how,
             });
         }
@@ -1704,32 +1724,32 @@ impl Connection {
                     if !self.accepts_deliveries(channel.channel) {
                         continue;
                     }
-                    // Disjoint fields: no Arc clone per delivery.
-                    let counters = &self.frontend.counters;
                     let slot = self.channels.entry(channel.channel).or_default();
-                    if slot.auto_ack_consumers.contains(consumer_tag.as_str()) {
-                        crate::counters::bump(&counters.delivered_consume_auto_ack, 1);
-                    } else {
-                        crate::counters::bump(&counters.delivered_consume_manual_ack, 1);
-                        slot.record_delivery(delivery_tag.0, now);
-                    }
-                    crate::counters::bump(&counters.redelivered, u64::from(redelivered));
-                    self.stats.bump(connection_counter::DELIVER_GET, 1);
-                    self.stats.bump(connection_counter::REDELIVER, u64::from(redelivered));
-                    let deliver = basic::Deliver {
-                        consumer_tag: short(consumer_tag.as_str()),
+                    let manual = !slot.auto_ack_consumers.contains(consumer_tag.as_str());
+                    let delivery = HeldDelivery {
+                        consumer: slot.credit.id_of(consumer_tag.as_str()),
+                        consumer_tag,
                         delivery_tag: delivery_tag.0,
                         redelivered,
-                        exchange: short(message.exchange.as_str()),
-                        routing_key: short(&message.routing_key),
+                        message,
                     };
-                    self.send_method(channel.channel, AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)));
-                    self.send_content(channel.channel, &message)?;
+                    // A no-ack consumer has no prefetch; a manual one gets
+                    // what its client-side prefetch allows (ADR 0026).
+                    let now_out = if manual {
+                        slot.credit.offer(delivery)
+                    } else {
+                        Some(delivery)
+                    };
+                    if let Some(delivery) = now_out {
+                        self.write_delivery(channel.channel, delivery, manual, now)?;
+                    }
                 }
                 Effect::CancelConsumer { channel, consumer_tag } => {
-                    self.slot(channel.channel)
-                        .auto_ack_consumers
-                        .remove(consumer_tag.as_str());
+                    let slot = self.slot(channel.channel);
+                    slot.auto_ack_consumers.remove(consumer_tag.as_str());
+                    let unsent = slot.credit.cancelled(consumer_tag.as_str());
+                    self.unsent_due.push((channel.channel, unsent));
+                    self.release_held(channel.channel, now)?;
                     if self.cancel_notify && self.accepts_deliveries(channel.channel) {
                         let cancel = basic::Cancel {
                             consumer_tag: short(consumer_tag.as_str()),
@@ -1739,6 +1759,136 @@ impl Connection {
                     }
                 }
             }
+        }
+        self.return_unsent_due().await
+    }
+
+    /// Writes a delivery to the client; `manual`: it awaits an ack (sent
+    /// at `now`, for the consumer timeout).
+    fn write_delivery(&mut self, ch: u16, delivery: HeldDelivery, manual: bool, now: Instant) -> Result<(), AmqpError> {
+        let counters = &self.frontend.counters;
+        let slot = self.channels.entry(ch).or_default();
+        if manual {
+            crate::counters::bump(&counters.delivered_consume_manual_ack, 1);
+            slot.record_delivery(delivery.delivery_tag, delivery.consumer, now);
+        } else {
+            crate::counters::bump(&counters.delivered_consume_auto_ack, 1);
+        }
+        let redelivered = delivery.redelivered;
+        crate::counters::bump(&counters.redelivered, u64::from(redelivered));
+        self.stats.bump(connection_counter::DELIVER_GET, 1);
+        self.stats.bump(connection_counter::REDELIVER, u64::from(redelivered));
+        let message = &delivery.message;
+        let deliver = basic::Deliver {
+            consumer_tag: short(delivery.consumer_tag.as_str()),
+            delivery_tag: delivery.delivery_tag,
+            redelivered,
+            exchange: short(message.exchange.as_str()),
+            routing_key: short(&message.routing_key),
+        };
+        self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)));
+        self.send_content(ch, message)
+    }
+
+    /// Writes the held deliveries of channel `ch` that the client's
+    /// prefetch now allows.
+    fn release_held(&mut self, ch: u16, now: Instant) -> Result<(), AmqpError> {
+        if !self.accepts_deliveries(ch) {
+            return Ok(());
+        }
+        let released = self.slot(ch).credit.releasable();
+        for delivery in released {
+            self.write_delivery(ch, delivery, true, now)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the held deliveries of cancelled consumers back to their
+    /// queues, for the channels still open.
+    async fn return_unsent_due(&mut self) -> Result<(), AmqpError> {
+        for (ch, tags) in std::mem::take(&mut self.unsent_due) {
+            if tags.is_empty() || !self.accepts_deliveries(ch) {
+                continue;
+            }
+            let command = Command::ReturnUnsent {
+                tags: tags.into_iter().map(DeliveryTag).collect(),
+                then: AfterReturn::Nothing,
+            };
+            self.submit(ch, Pending::Discard, command).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes every channel's held deliveries out (the connection closes).
+    fn take_all_held(&mut self) -> Vec<(u16, Vec<u64>)> {
+        let mut held: Vec<(u16, Vec<u64>)> = self
+            .channels
+            .iter_mut()
+            .filter(|(_, slot)| slot.state == ChannelState::Open && !slot.draining)
+            .map(|(ch, slot)| (*ch, slot.credit.take_all_held()))
+            .filter(|(_, tags)| !tags.is_empty())
+            .collect();
+        held.sort_unstable_by_key(|(ch, _)| *ch);
+        held
+    }
+
+    /// `basic.ack`, `basic.nack` or `basic.reject` outside a transaction.
+    /// The client's credit comes back now, before the settlement commits
+    /// (ADR 0026). A tag held and never sent is unknown to the client: 406,
+    /// as RabbitMQ answers. A `multiple` that in the core would also cover
+    /// held deliveries is sent as one settlement per tag the client has.
+    ///
+    /// # Errors
+    /// 406 `unknown delivery tag N` for a held tag.
+    async fn settle(
+        &mut self,
+        ch: u16,
+        tag: u64,
+        multiple: bool,
+        how: TxSettleKind,
+        method_id: u16,
+    ) -> Result<(), AmqpError> {
+        let slot = self.slot(ch);
+        if slot.credit.is_held(tag) {
+            return Err(AmqpError::channel(
+                ch,
+                reply_code::PRECONDITION_FAILED,
+                format!("PRECONDITION_FAILED - unknown delivery tag {tag}"),
+                (60, method_id),
+            ));
+        }
+        let covers_held = slot.credit.covers_held(tag, multiple);
+        let one = |tag: u64, multiple: bool| match how {
+            TxSettleKind::Ack => Command::Ack {
+                delivery_tag: DeliveryTag(tag),
+                multiple,
+            },
+            TxSettleKind::Requeue | TxSettleKind::Reject => Command::Nack {
+                delivery_tag: DeliveryTag(tag),
+                multiple,
+                requeue: how == TxSettleKind::Requeue,
+            },
+        };
+        let commands = match slot.take_covered(tag, multiple) {
+            // Not a tag the client was sent: the core answers (406).
+            None => vec![one(tag, multiple)],
+            Some(taken) => {
+                slot.credit.settled(taken.iter().map(|(_, consumer)| *consumer));
+                if how == TxSettleKind::Ack {
+                    let acked = taken.len() as u64;
+                    crate::counters::bump(&self.frontend.counters.acknowledged, acked);
+                    self.stats.bump(connection_counter::ACK, acked);
+                }
+                if covers_held {
+                    taken.into_iter().map(|(tag, _)| one(tag, false)).collect()
+                } else {
+                    vec![one(tag, multiple)]
+                }
+            }
+        };
+        self.release_held(ch, Instant::now())?;
+        for command in commands {
+            self.submit(ch, Pending::Settle { method_id }, command).await?;
         }
         Ok(())
     }
@@ -1760,6 +1910,8 @@ impl Connection {
         };
         if matches!(pending, Pending::TxCommit) {
             slot.committing = false;
+            let settled = std::mem::take(&mut slot.committing_settles);
+            slot.credit.settled(settled);
         }
         let commit_waits = slot.deferred_commit.is_some();
         let result = self.apply_reply(ch, pending, outcome);
@@ -1786,6 +1938,8 @@ impl Connection {
         if commit_waits {
             self.send_deferred_commit(ch).await?;
         }
+        self.release_held(ch, Instant::now())?;
+        self.return_unsent_due().await?;
         result
     }
 
@@ -1944,7 +2098,12 @@ impl Connection {
                 }
             }
             (Pending::Cancel { nowait }, Outcome::CancelOk { consumer_tag }) => {
-                self.slot(ch).auto_ack_consumers.remove(consumer_tag.as_str());
+                let slot = self.slot(ch);
+                slot.auto_ack_consumers.remove(consumer_tag.as_str());
+                // Deliveries assigned before the cancel applied and still
+                // held go back now (the cancel took those held before it).
+                let unsent = slot.credit.cancelled(consumer_tag.as_str());
+                self.unsent_due.push((ch, unsent));
                 if !nowait {
                     let ok = basic::CancelOk {
                         consumer_tag: short(consumer_tag.as_str()),
@@ -1966,7 +2125,9 @@ impl Connection {
                     crate::counters::bump(&counters.delivered_get_auto_ack, 1);
                 } else {
                     crate::counters::bump(&counters.delivered_get_manual_ack, 1);
-                    self.slot(ch).record_delivery(delivery_tag.0, Instant::now());
+                    let slot = self.slot(ch);
+                    slot.record_delivery(delivery_tag.0, 0, Instant::now());
+                    slot.credit.got();
                 }
                 crate::counters::bump(&self.frontend.counters.redelivered, u64::from(redelivered));
                 self.stats.bump(connection_counter::DELIVER_GET, 1);
@@ -2005,8 +2166,11 @@ impl Connection {
             }
             (Pending::Recover { send_ok }, _) => {
                 // Every delivery applied before the recover was requeued by
-                // it (effects arrive in log order), and only those.
-                self.slot(ch).forget_unacked();
+                // it (effects arrive in log order), and only those: held
+                // ones too.
+                let slot = self.slot(ch);
+                slot.forget_unacked();
+                slot.credit.take_all_held();
                 if send_ok {
                     self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})));
                 }
@@ -2129,7 +2293,9 @@ impl Connection {
         slot.drop_transaction();
         slot.draining = true;
         slot.discard_pending();
-        self.submit(ch, Pending::ServerClose, Command::CloseChannel).await
+        let unsent = slot.credit.take_all_held();
+        let command = returning_unsent(unsent, AfterReturn::CloseChannel);
+        self.submit(ch, Pending::ServerClose, command).await
     }
 
     /// Sends `connection.close` and waits briefly for `close-ok`.
@@ -2230,6 +2396,27 @@ enum ChannelFrame {
 /// (RabbitMQ's default: `guest`) only from a loopback address, including an
 /// IPv4 loopback address mapped into IPv6.
 /// 406 for what would take a transaction past [`TX_MAX_BYTES`].
+/// The command for a cancel, recover or channel close (`then`) whose
+/// channel holds `unsent` deliveries never sent to the client: they go
+/// back to their queues in the same request ([`Command::ReturnUnsent`]).
+fn returning_unsent(unsent: Vec<u64>, then: AfterReturn) -> Command {
+    if !unsent.is_empty() {
+        return Command::ReturnUnsent {
+            tags: unsent.into_iter().map(DeliveryTag).collect(),
+            then,
+        };
+    }
+    match then {
+        AfterReturn::Cancel { consumer_tag } => Command::Cancel { consumer_tag },
+        AfterReturn::Recover => Command::Recover { requeue: true },
+        AfterReturn::CloseChannel => Command::CloseChannel,
+        AfterReturn::Nothing => Command::ReturnUnsent {
+            tags: Vec::new(),
+            then: AfterReturn::Nothing,
+        },
+    }
+}
+
 fn transaction_too_large(ch: u16, ids: (u16, u16)) -> AmqpError {
     AmqpError::channel(
         ch,

@@ -12,6 +12,7 @@ mod channel;
 mod connection;
 mod convert;
 pub mod counters;
+mod credit;
 mod error;
 pub mod flow;
 mod names;

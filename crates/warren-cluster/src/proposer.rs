@@ -353,6 +353,7 @@ fn request_bytes(request: &Request) -> u64 {
         }
         Command::StageBody { part, .. } => OTHER + part.len() as u64,
         Command::Commit(tx) => OTHER + tx.approximate_bytes(),
+        Command::ReturnUnsent { tags, .. } => OTHER + 8 * tags.len() as u64,
         _ => OTHER,
     }
 }

@@ -65,6 +65,43 @@ impl Broker {
         Ok(Outcome::Done)
     }
 
+    /// Puts deliveries of `channel` that its node never sent to the client
+    /// back into their queues as they were: at their place, with their
+    /// `redelivered` flag and return count unchanged, and not counted as
+    /// delivered (ADR 0026). Tags not unacked on the channel are skipped
+    /// (settled or requeued since).
+    pub(crate) fn return_unsent(&mut self, ctx: &mut Ctx<'_>, channel: ChannelId, tags: &[DeliveryTag]) {
+        let Some(state) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        let taken: Vec<Unacked> = tags.iter().filter_map(|t| state.take_unacked(*t)).collect();
+        let mut returned = BTreeSet::new();
+        for unacked in taken {
+            let Unacked {
+                vhost,
+                queue: name,
+                queue_uid,
+                entry,
+                consumer,
+            } = unacked;
+            let Some(queue) = self.vhosts.get_mut(&vhost).and_then(|v| v.queues.get_mut(&name)) else {
+                continue;
+            };
+            if queue.uid != queue_uid {
+                continue;
+            }
+            queue.unacked = queue.unacked.saturating_sub(1);
+            if consumer.is_some() {
+                queue.stats.deliver = queue.stats.deliver.saturating_sub(1);
+                queue.stats.redeliver = queue.stats.redeliver.saturating_sub(u64::from(entry.redelivered));
+            }
+            queue.put_back(entry);
+            ctx.touch(&vhost, &name);
+            returned.insert((vhost, name));
+        }
+        self.trim_requeued(ctx, returned);
+    }
+
     /// Settles the deliveries `tag`/`multiple` cover (tag 0 with
     /// `multiple` = all), then marks the channel's consumed queues for
     /// dispatch since it gained credit.

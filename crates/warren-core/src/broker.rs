@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::channel::Channel;
-use crate::command::{Batch, Command};
+use crate::command::{AfterReturn, Batch, Command};
 use crate::dead_letter::DeadLetter;
 use crate::effect::{Effect, Outcome};
 use crate::error::CoreError;
@@ -325,6 +325,19 @@ impl Broker {
                 let channel = ctx.origin?;
                 self.close_channel(ctx, channel);
                 Ok(Outcome::Done)
+            }
+            Command::ReturnUnsent { tags, then } => {
+                let channel = ctx.origin?;
+                self.return_unsent(ctx, channel, tags);
+                match then {
+                    AfterReturn::Nothing => Ok(Outcome::Done),
+                    AfterReturn::Cancel { consumer_tag } => self.cancel(ctx, channel, consumer_tag),
+                    AfterReturn::Recover => self.recover(ctx, channel),
+                    AfterReturn::CloseChannel => {
+                        self.close_channel(ctx, channel);
+                        Ok(Outcome::Done)
+                    }
+                }
             }
             Command::CloseConnection { conn } => {
                 self.close_connection(ctx, *conn);

@@ -277,4 +277,27 @@ pub enum Command {
     /// `tx.commit`: a transactional channel's publishes and settlements
     /// since its last commit or rollback, applied together ([`crate::tx`]).
     Commit(crate::tx::Transaction),
+    /// Deliveries of the origin channel that its node held and never sent
+    /// to the client (ADR 0026) go back to their queues as they were (not
+    /// redelivered, no delivery counted), then `then` runs in the same
+    /// request, with no dispatch in between: a returned message cannot go
+    /// back to the consumer that is being cancelled or closed. Tags that
+    /// are not unacked on the channel are skipped.
+    ReturnUnsent {
+        tags: Vec<DeliveryTag>,
+        then: AfterReturn,
+    },
+}
+
+/// What a [`Command::ReturnUnsent`] does once the deliveries are back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AfterReturn {
+    /// Nothing more (replies `Done`).
+    Nothing,
+    /// [`Command::Cancel`].
+    Cancel { consumer_tag: ConsumerTag },
+    /// [`Command::Recover`].
+    Recover,
+    /// [`Command::CloseChannel`].
+    CloseChannel,
 }

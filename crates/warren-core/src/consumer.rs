@@ -52,10 +52,32 @@ where
     T::deserialize(deserializer)
 }
 
+/// The smallest prefetch for which the core assigns more than the
+/// prefetch (ADR 0026): below it a consumer gets exactly its prefetch, so
+/// that work queues of prefetch 1 (RabbitMQ's "fair dispatch") stay fair.
+pub const LOOKAHEAD_FROM: u16 = 10;
+
+/// How many unacked deliveries the core assigns to a consumer (or a
+/// channel, for `qos global=true`) of prefetch `prefetch` (0: no limit).
+/// From [`LOOKAHEAD_FROM`] on it is twice the prefetch: the consumer's
+/// node sends the client at most `prefetch` and holds the rest, ready to
+/// go as the client acks, before the acks commit.
+///
+/// `assigned_window(1) == 1`, `assigned_window(9) == 9`,
+/// `assigned_window(10) == 20`, `assigned_window(u16::MAX) == 131070`.
+pub fn assigned_window(prefetch: u16) -> u32 {
+    let prefetch = u32::from(prefetch);
+    if prefetch >= u32::from(LOOKAHEAD_FROM) {
+        prefetch * 2
+    } else {
+        prefetch
+    }
+}
+
 impl Consumer {
-    /// Whether its own prefetch allows one more delivery.
+    /// Whether its own prefetch allows the core to assign one more delivery.
     pub fn has_credit(&self) -> bool {
-        self.no_ack || self.prefetch == 0 || self.unacked < u32::from(self.prefetch)
+        self.no_ack || self.prefetch == 0 || self.unacked < assigned_window(self.prefetch)
     }
 }
 

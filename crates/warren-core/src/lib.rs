@@ -71,8 +71,8 @@ pub mod tx;
 pub mod vhost;
 
 pub use broker::{Broker, ChannelSummary, QueueSummary, User};
-pub use command::{Batch, Command, ExchangeKind, Request};
-pub use consumer::with_records_before_v4;
+pub use command::{AfterReturn, Batch, Command, ExchangeKind, Request};
+pub use consumer::{assigned_window, with_records_before_v4, LOOKAHEAD_FROM};
 pub use effect::{Effect, Outcome};
 pub use error::{reply_code, CoreError};
 pub use ids::{

@@ -176,6 +176,12 @@ impl Queue {
         None
     }
 
+    /// Puts back a message that was assigned to a consumer but never sent
+    /// to it (ADR 0026): at its original position, unchanged.
+    pub fn put_back(&mut self, entry: QueuedMessage) {
+        self.insert(entry);
+    }
+
     /// Whether it was declared `x-queue-type = quorum`.
     pub fn is_quorum(&self) -> bool {
         crate::queue_args::is_queue_type(&self.arguments, "quorum")

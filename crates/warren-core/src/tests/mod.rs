@@ -17,3 +17,4 @@ mod routing_properties;
 mod staged;
 mod stats;
 mod transactions;
+mod unsent;

@@ -1,0 +1,191 @@
+//! The core's side of consumer credit at the consumer's node (ADR 0026):
+//! a consumer is assigned up to `assigned_window(prefetch)` deliveries,
+//! and deliveries its node never sent come back as they were.
+
+use amq_protocol_types::AMQPValue;
+
+use crate::test_support::*;
+use crate::{assigned_window, AfterReturn, Command, DeliveryTag, Effect, Outcome};
+
+fn return_unsent(tags: &[u64], then: AfterReturn) -> Command {
+    Command::ReturnUnsent {
+        tags: tags.iter().copied().map(DeliveryTag).collect(),
+        then,
+    }
+}
+
+fn publish_n(h: &mut Harness, c: crate::ChannelId, queue: &str, n: usize) -> Vec<Effect> {
+    (0..n)
+        .flat_map(|i| h.run(Some(c), publish("", queue, &i.to_string())))
+        .collect()
+}
+
+#[test]
+fn the_window_is_the_prefetch_below_ten_and_twice_it_from_ten() {
+    assert_eq!(assigned_window(0), 0);
+    assert_eq!(assigned_window(1), 1);
+    assert_eq!(assigned_window(9), 9);
+    assert_eq!(assigned_window(10), 20);
+    assert_eq!(assigned_window(100), 200);
+    assert_eq!(assigned_window(u16::MAX), 131_070);
+}
+
+#[test]
+fn a_consumer_is_assigned_its_window_and_a_channel_its_global_window() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_queue("small"));
+    h.ok(c, declare_queue("large"));
+    h.ok(c, qos(5, false));
+    h.ok(c, consume("small", "s", false));
+    h.ok(c, qos(10, false));
+    h.ok(c, consume("large", "l", false));
+    assert_eq!(
+        deliveries(&publish_n(&mut h, c, "small", 8)).len(),
+        5,
+        "prefetch 5: exactly 5"
+    );
+    assert_eq!(
+        deliveries(&publish_n(&mut h, c, "large", 30)).len(),
+        20,
+        "prefetch 10: 20 assigned"
+    );
+    assert_eq!(h.summary("large").messages_ready, 10);
+    assert_eq!(h.summary("large").messages_unacked, 20);
+
+    let d = chan(2, 1);
+    h.ok(d, declare_queue("g"));
+    h.ok(d, qos(12, true));
+    h.ok(d, consume("g", "a", false));
+    h.ok(d, consume("g", "b", false));
+    assert_eq!(
+        deliveries(&publish_n(&mut h, d, "g", 30)).len(),
+        24,
+        "global 12: 24 on the channel"
+    );
+}
+
+#[test]
+fn returned_deliveries_come_back_unchanged_at_their_place() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_queue("q"));
+    h.ok(c, qos(10, false));
+    h.ok(c, consume("q", "a", false));
+    let sent = deliveries(&publish_n(&mut h, c, "q", 25));
+    assert_eq!(sent.len(), 20);
+    // The node sent tags 1-10 and held 11-20; the channel closes.
+    let effects = h.run(
+        Some(c),
+        return_unsent(&(11..=20).collect::<Vec<_>>(), AfterReturn::CloseChannel),
+    );
+    assert_eq!(reply_of(&effects, c), Ok(Outcome::Done));
+    assert!(
+        deliveries(&effects).is_empty(),
+        "no dispatch to the closing channel in between"
+    );
+    let q = h.summary("q");
+    assert_eq!((q.messages_ready, q.messages_unacked, q.consumers), (25, 0, 0));
+    // Another consumer gets them all in order: the ten sent redelivered,
+    // the ten held and the five never assigned not.
+    let d = chan(2, 1);
+    let got = deliveries(&h.run(Some(d), consume("q", "b", true)));
+    let got: Vec<(String, bool)> = got.into_iter().map(|x| (x.4, x.3)).collect();
+    let want: Vec<(String, bool)> = (0..25).map(|i| (i.to_string(), i < 10)).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_cancel_with_its_held_deliveries_sends_them_to_the_other_consumers() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_queue("q"));
+    h.ok(c, qos(10, false));
+    h.ok(c, consume("q", "a", false));
+    assert_eq!(deliveries(&publish_n(&mut h, c, "q", 20)).len(), 20);
+    let d = chan(2, 1);
+    h.ok(d, consume("q", "b", false));
+    let effects = h.run(
+        Some(c),
+        return_unsent(
+            &(11..=20).collect::<Vec<_>>(),
+            AfterReturn::Cancel {
+                consumer_tag: "a".into(),
+            },
+        ),
+    );
+    assert!(matches!(reply_of(&effects, c), Ok(Outcome::CancelOk { .. })));
+    let moved = deliveries(&effects);
+    assert_eq!(moved.len(), 10);
+    assert!(moved.iter().all(|x| x.1 == "b" && !x.3), "{moved:?}");
+    // The ten the client was sent stay unacked on its channel: it may ack them.
+    h.ok(c, ack(10, true));
+    assert_eq!(h.summary("q").messages_unacked, 10, "b's ten");
+}
+
+#[test]
+fn recover_after_a_return_redelivers_only_what_was_sent() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_queue("q"));
+    h.ok(c, qos(10, false));
+    h.ok(c, consume("q", "a", false));
+    assert_eq!(deliveries(&publish_n(&mut h, c, "q", 20)).len(), 20);
+    let effects = h.run(
+        Some(c),
+        return_unsent(&(11..=20).collect::<Vec<_>>(), AfterReturn::Recover),
+    );
+    let again = deliveries(&effects);
+    assert_eq!(again.len(), 20, "the same consumer takes its window again");
+    let flags: Vec<(String, bool)> = again.into_iter().map(|x| (x.4, x.3)).collect();
+    let want: Vec<(String, bool)> = (0..20).map(|i| (i.to_string(), i < 10)).collect();
+    assert_eq!(flags, want);
+}
+
+#[test]
+fn a_quorum_queue_counts_no_return_for_a_delivery_never_sent() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    let mut declare = declare_queue_with("qq", table(&[("x-queue-type", text("quorum"))]));
+    if let Command::DeclareQueue { durable, .. } = &mut declare {
+        *durable = true;
+    }
+    h.ok(c, declare);
+    h.ok(c, publish("", "qq", "m"));
+    h.ok(c, get("qq", false));
+    h.ok(c, return_unsent(&[1], AfterReturn::Nothing));
+    let Outcome::GetOk {
+        redelivered, message, ..
+    } = h.ok(c, get("qq", false))
+    else {
+        panic!("expected get-ok");
+    };
+    assert!(!redelivered);
+    let count = message
+        .properties
+        .headers
+        .as_ref()
+        .and_then(|t| t.inner().get("x-delivery-count").cloned());
+    assert_eq!(count, Some(AMQPValue::LongLongInt(0)));
+}
+
+#[test]
+fn tags_not_unacked_and_channels_unknown_are_skipped() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_queue("q"));
+    h.ok(c, publish("", "q", "m"));
+    h.ok(c, get("q", false));
+    h.ok(c, ack(1, false));
+    assert_eq!(h.ok(c, return_unsent(&[1, 7, 0], AfterReturn::Nothing)), Outcome::Done);
+    assert_eq!(
+        h.ok(chan(9, 9), return_unsent(&[1], AfterReturn::Nothing)),
+        Outcome::Done
+    );
+    let q = h.summary("q");
+    assert_eq!(
+        (q.messages_ready, q.messages_unacked),
+        (0, 0),
+        "an acked message stays acked"
+    );
+}
