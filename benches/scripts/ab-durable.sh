@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# A/B of compare.sh cases 3 and 4 (durable, confirms, manual ack, prefetch 100): base vs credit vs RabbitMQ, alternating.
+set -u
+perf=/work/main/target/release/warren-perf
+rmq=/work/main/benches/scripts/rabbitmq-node.sh
+out=/tmp/ab/results.jsonl
+: > $out
+$rmq start 5991 /tmp/ab/rmq >/dev/null 2>&1
+run_warren() { # BIN LABEL ARGS...
+  local bin=$1 label=$2; shift 2
+  local dir; dir=$(mktemp -d /tmp/ab/w.XXXX)
+  RUST_LOG=warn $bin --data-dir $dir/data --amqp-listen 127.0.0.1:5901 --cluster-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --prometheus-listen 127.0.0.1:0 > $dir/log 2>&1 &
+  local pid=$!
+  for i in $(seq 1 300); do grep -q "amqp listening" $dir/log && break; sleep 0.1; done
+  $perf --uri amqp://guest:guest@127.0.0.1:5901/%2f --label $label "$@" 2>/dev/null | tail -1 >> $out
+  kill $pid; wait $pid 2>/dev/null; rm -rf $dir
+}
+c3=(--durable --persistent --confirm 256 --prefetch 100 --count 1000000 --duration 20 --drain-timeout 30)
+c4=(--durable --persistent --confirm 256 --prefetch 100 --producers 4 --consumers 4 --count 500000 --duration 20 --drain-timeout 30)
+for run in 1 2; do
+  if [ $run = 1 ]; then order="base credit"; else order="credit base"; fi
+  for b in $order; do run_warren /tmp/warren-$b $b/c3/r$run --queue q3 "${c3[@]}"; done
+  $perf --uri amqp://guest:guest@127.0.0.1:5991/%2f --label rabbitmq/c3/r$run --queue q3r$run "${c3[@]}" 2>/dev/null | tail -1 >> $out
+  for b in $order; do run_warren /tmp/warren-$b $b/c4/r$run --queue q4 "${c4[@]}"; done
+  $perf --uri amqp://guest:guest@127.0.0.1:5991/%2f --label rabbitmq/c4/r$run --queue q4r$run "${c4[@]}" 2>/dev/null | tail -1 >> $out
+done
+$rmq stop 5991 /tmp/ab/rmq >/dev/null 2>&1
+jq -r '[.label, (.confirm_rate|floor), (.consume_rate|floor), (.consume_rate/.confirm_rate*100|floor), .lost, .duplicates, .ready_at_publish_end] | @tsv' $out
