@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# A/B of compare.sh cases 3 and 4 (durable, confirms, manual ack, prefetch 100): base vs credit vs RabbitMQ, alternating.
+# A/B of compare.sh cases 3 and 4 (durable, confirms, manual ack, prefetch
+# 100, 20 s cap) between two Warren builds, with RabbitMQ in the same run:
+#
+#   benches/scripts/ab-durable.sh WARREN_A WARREN_B [LABEL_A LABEL_B]
+#
+# Two runs; the builds alternate which goes first, each case on a fresh
+# node; RabbitMQ (rabbitmq-node.sh, port 5991) after them. JSON lines in
+# $WORK/results.jsonl (default WORK=/tmp/ab), a table at the end.
 set -u
-perf=/work/main/target/release/warren-perf
-rmq=/work/main/benches/scripts/rabbitmq-node.sh
-out=/tmp/ab/results.jsonl
+cd "$(dirname "$0")/../.."
+bin_a=${1:?WARREN_A}; bin_b=${2:?WARREN_B}; label_a=${3:-base}; label_b=${4:-credit}
+perf=$PWD/target/release/warren-perf
+rmq=$PWD/benches/scripts/rabbitmq-node.sh
+WORK=${WORK:-/tmp/ab}
+mkdir -p "$WORK"
+out=$WORK/results.jsonl
 : > $out
-$rmq start 5991 /tmp/ab/rmq >/dev/null 2>&1
+declare -A bins=([$label_a]=$bin_a [$label_b]=$bin_b)
+$rmq start 5991 $WORK/rmq >/dev/null 2>&1
 run_warren() { # BIN LABEL ARGS...
   local bin=$1 label=$2; shift 2
-  local dir; dir=$(mktemp -d /tmp/ab/w.XXXX)
+  local dir; dir=$(mktemp -d $WORK/w.XXXX)
   RUST_LOG=warn $bin --data-dir $dir/data --amqp-listen 127.0.0.1:5901 --cluster-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --prometheus-listen 127.0.0.1:0 > $dir/log 2>&1 &
   local pid=$!
   for i in $(seq 1 300); do grep -q "amqp listening" $dir/log && break; sleep 0.1; done
@@ -18,11 +30,11 @@ run_warren() { # BIN LABEL ARGS...
 c3=(--durable --persistent --confirm 256 --prefetch 100 --count 1000000 --duration 20 --drain-timeout 30)
 c4=(--durable --persistent --confirm 256 --prefetch 100 --producers 4 --consumers 4 --count 500000 --duration 20 --drain-timeout 30)
 for run in 1 2; do
-  if [ $run = 1 ]; then order="base credit"; else order="credit base"; fi
-  for b in $order; do run_warren /tmp/warren-$b $b/c3/r$run --queue q3 "${c3[@]}"; done
+  if [ $run = 1 ]; then order="$label_a $label_b"; else order="$label_b $label_a"; fi
+  for b in $order; do run_warren "${bins[$b]}" $b/c3/r$run --queue q3 "${c3[@]}"; done
   $perf --uri amqp://guest:guest@127.0.0.1:5991/%2f --label rabbitmq/c3/r$run --queue q3r$run "${c3[@]}" 2>/dev/null | tail -1 >> $out
-  for b in $order; do run_warren /tmp/warren-$b $b/c4/r$run --queue q4 "${c4[@]}"; done
+  for b in $order; do run_warren "${bins[$b]}" $b/c4/r$run --queue q4 "${c4[@]}"; done
   $perf --uri amqp://guest:guest@127.0.0.1:5991/%2f --label rabbitmq/c4/r$run --queue q4r$run "${c4[@]}" 2>/dev/null | tail -1 >> $out
 done
-$rmq stop 5991 /tmp/ab/rmq >/dev/null 2>&1
+$rmq stop 5991 $WORK/rmq >/dev/null 2>&1
 jq -r '[.label, (.confirm_rate|floor), (.consume_rate|floor), (.consume_rate/.confirm_rate*100|floor), .lost, .duplicates, .ready_at_publish_end] | @tsv' $out
