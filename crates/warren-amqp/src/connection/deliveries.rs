@@ -1,0 +1,154 @@
+//! Effects from the core: deliveries (held or written by the channel's
+//! credit, ADR 0026), server cancels, and the returns of held deliveries.
+
+use std::time::Instant;
+
+use warren_core::{AfterReturn, Command, DeliveryTag, Effect};
+use warren_wire::protocol::{basic, AMQPClass};
+
+use crate::channel::{ChannelState, Pending};
+use crate::convert::short;
+use crate::counters::connection_counter;
+use crate::credit::HeldDelivery;
+use crate::error::AmqpError;
+use crate::registry::EffectBatch;
+
+use super::Connection;
+
+impl Connection {
+    pub(super) async fn handle_effects(&mut self, batch: EffectBatch) -> Result<(), AmqpError> {
+        // One clock read a batch: the consumer timeout needs no finer time.
+        let now = Instant::now();
+        for effect in batch {
+            match effect {
+                Effect::Reply { channel, outcome } => self.handle_reply(channel.channel, outcome).await?,
+                Effect::Deliver {
+                    channel,
+                    consumer_tag,
+                    delivery_tag,
+                    redelivered,
+                    message,
+                } => {
+                    if !self.accepts_deliveries(channel.channel) {
+                        continue;
+                    }
+                    let slot = self.channels.entry(channel.channel).or_default();
+                    let manual = !slot.auto_ack_consumers.contains(consumer_tag.as_str());
+                    let delivery = HeldDelivery {
+                        consumer: slot.credit.id_of(consumer_tag.as_str()),
+                        consumer_tag,
+                        delivery_tag: delivery_tag.0,
+                        redelivered,
+                        message,
+                    };
+                    // A no-ack consumer has no prefetch; a manual one gets
+                    // what its client-side prefetch allows (ADR 0026).
+                    let now_out = if manual {
+                        slot.credit.offer(delivery)
+                    } else {
+                        Some(delivery)
+                    };
+                    if let Some(delivery) = now_out {
+                        self.write_delivery(channel.channel, delivery, manual, now)?;
+                    }
+                }
+                Effect::CancelConsumer { channel, consumer_tag } => {
+                    let slot = self.slot(channel.channel);
+                    slot.auto_ack_consumers.remove(consumer_tag.as_str());
+                    let unsent = slot.credit.cancelled(consumer_tag.as_str());
+                    self.unsent_due.push((channel.channel, unsent));
+                    self.release_held(channel.channel, now)?;
+                    if self.cancel_notify && self.accepts_deliveries(channel.channel) {
+                        let cancel = basic::Cancel {
+                            consumer_tag: short(consumer_tag.as_str()),
+                            nowait: true,
+                        };
+                        self.send_method(channel.channel, AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)));
+                    }
+                }
+            }
+        }
+        self.return_unsent_due().await
+    }
+
+    /// Writes a delivery to the client; `manual`: it awaits an ack (sent
+    /// at `now`, for the consumer timeout).
+    pub(super) fn write_delivery(
+        &mut self,
+        ch: u16,
+        delivery: HeldDelivery,
+        manual: bool,
+        now: Instant,
+    ) -> Result<(), AmqpError> {
+        let counters = &self.frontend.counters;
+        let slot = self.channels.entry(ch).or_default();
+        if manual {
+            crate::counters::bump(&counters.delivered_consume_manual_ack, 1);
+            slot.record_delivery(delivery.delivery_tag, delivery.consumer, now);
+        } else {
+            crate::counters::bump(&counters.delivered_consume_auto_ack, 1);
+        }
+        let redelivered = delivery.redelivered;
+        crate::counters::bump(&counters.redelivered, u64::from(redelivered));
+        self.stats.bump(connection_counter::DELIVER_GET, 1);
+        self.stats.bump(connection_counter::REDELIVER, u64::from(redelivered));
+        let message = &delivery.message;
+        let deliver = basic::Deliver {
+            consumer_tag: short(delivery.consumer_tag.as_str()),
+            delivery_tag: delivery.delivery_tag,
+            redelivered,
+            exchange: short(message.exchange.as_str()),
+            routing_key: short(&message.routing_key),
+        };
+        self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)));
+        self.send_content(ch, message)
+    }
+
+    /// Writes the held deliveries of channel `ch` that the client's
+    /// prefetch now allows.
+    pub(super) fn release_held(&mut self, ch: u16, now: Instant) -> Result<(), AmqpError> {
+        if !self.accepts_deliveries(ch) {
+            return Ok(());
+        }
+        let released = self.slot(ch).credit.releasable();
+        for delivery in released {
+            self.write_delivery(ch, delivery, true, now)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the held deliveries of cancelled consumers back to their
+    /// queues, for the channels still open.
+    pub(super) async fn return_unsent_due(&mut self) -> Result<(), AmqpError> {
+        for (ch, tags) in std::mem::take(&mut self.unsent_due) {
+            if tags.is_empty() || !self.accepts_deliveries(ch) {
+                continue;
+            }
+            let command = Command::ReturnUnsent {
+                tags: tags.into_iter().map(DeliveryTag).collect(),
+                then: AfterReturn::Nothing,
+            };
+            self.submit(ch, Pending::Discard, command).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes every channel's held deliveries out (the connection closes).
+    pub(super) fn take_all_held(&mut self) -> Vec<(u16, Vec<u64>)> {
+        let mut held: Vec<(u16, Vec<u64>)> = self
+            .channels
+            .iter_mut()
+            .filter(|(_, slot)| slot.state == ChannelState::Open && !slot.draining)
+            .map(|(ch, slot)| (*ch, slot.credit.take_all_held()))
+            .filter(|(_, tags)| !tags.is_empty())
+            .collect();
+        held.sort_unstable_by_key(|(ch, _)| *ch);
+        held
+    }
+
+    pub(super) fn accepts_deliveries(&self, ch: u16) -> bool {
+        self.channels
+            .get(&ch)
+            .is_some_and(|s| s.state == ChannelState::Open && !s.draining)
+    }
+}
