@@ -6,7 +6,8 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use warren_core::tx::{TxPublish, TxSettle};
+use warren_core::tx::{TxPublish, TxSettle, TxSettleKind};
+use warren_core::{Command, DeliveryTag};
 
 use crate::credit::{ConsumerId, Credit};
 use warren_core::QueueName;
@@ -209,6 +210,16 @@ pub struct ChannelSlot {
     pub deferred_commit: Option<warren_core::Command>,
 }
 
+/// What a settlement outside a transaction comes to (see
+/// [`ChannelSlot::settle`]).
+#[derive(Debug, PartialEq)]
+pub struct Settled {
+    /// For the core, in order.
+    pub commands: Vec<Command>,
+    /// How many deliveries the client had that it covers.
+    pub taken: u64,
+}
+
 /// A transactional channel's publishes and settlements since its last
 /// commit or rollback, held until `tx.commit` sends them to the core as
 /// one command (ADR 0020).
@@ -350,6 +361,48 @@ impl ChannelSlot {
         self.manual_tags = all.into();
     }
 
+    /// An ack, nack or reject of `tag` (with `multiple`) outside a
+    /// transaction, as the client sent it: the commands that carry it to
+    /// the core, with the client's credit given back for what it covers
+    /// (ADR 0026). `None` if `tag` was held and never sent (the client's
+    /// 406 `unknown delivery tag`). A tag the client was not sent and that
+    /// is not held goes to the core as it is (the core answers 406). A
+    /// `multiple` that in the core would also cover held deliveries
+    /// becomes one settlement per tag the client had.
+    pub fn settle(&mut self, tag: u64, multiple: bool, how: TxSettleKind) -> Option<Settled> {
+        if self.credit.is_held(tag) {
+            return None;
+        }
+        let covers_held = self.credit.covers_held(tag, multiple);
+        let one = |tag: u64, multiple: bool| match how {
+            TxSettleKind::Ack => Command::Ack {
+                delivery_tag: DeliveryTag(tag),
+                multiple,
+            },
+            TxSettleKind::Requeue | TxSettleKind::Reject => Command::Nack {
+                delivery_tag: DeliveryTag(tag),
+                multiple,
+                requeue: how == TxSettleKind::Requeue,
+            },
+        };
+        let Some(taken) = self.take_covered(tag, multiple) else {
+            return Some(Settled {
+                commands: vec![one(tag, multiple)],
+                taken: 0,
+            });
+        };
+        self.credit.settled(taken.iter().map(|(_, consumer)| *consumer));
+        let commands = if covers_held {
+            taken.iter().map(|(tag, _)| one(*tag, false)).collect()
+        } else {
+            vec![one(tag, multiple)]
+        };
+        Some(Settled {
+            commands,
+            taken: taken.len() as u64,
+        })
+    }
+
     /// Marks every awaited reply as belonging to a closed incarnation.
     pub fn discard_pending(&mut self) {
         for p in self.pending.iter_mut() {
@@ -418,6 +471,81 @@ mod tests {
             "tag 0 with multiple: every one, none left"
         );
         assert_eq!(slot.take_covered(0, false), None);
+    }
+
+    fn sent(slot: &mut ChannelSlot, consumer: &str, tag: u64) -> bool {
+        let delivery = crate::credit::HeldDelivery {
+            consumer_tag: warren_core::ConsumerTag::new(consumer),
+            consumer: slot.credit.id_of(consumer),
+            delivery_tag: tag,
+            redelivered: false,
+            message: Arc::new(warren_core::Message {
+                exchange: warren_core::ExchangeName::new(""),
+                routing_key: String::new(),
+                properties: Arc::default(),
+                body: bytes::Bytes::new().into(),
+            }),
+        };
+        let id = delivery.consumer;
+        let out = slot.credit.offer(delivery).is_some();
+        if out {
+            slot.record_delivery(tag, id, Instant::now());
+        }
+        out
+    }
+
+    fn ack(tag: u64, multiple: bool) -> Command {
+        Command::Ack {
+            delivery_tag: DeliveryTag(tag),
+            multiple,
+        }
+    }
+
+    #[test]
+    fn a_settlement_carries_to_the_core_only_what_the_client_had() {
+        let mut slot = ChannelSlot::default();
+        slot.credit.qos(2, false);
+        slot.credit.consume("c", false);
+        for tag in 1..=4 {
+            assert_eq!(sent(&mut slot, "c", tag), tag <= 2, "tag {tag}");
+        }
+        // 3 and 4 are held: acking one is the client's 406.
+        assert_eq!(slot.settle(3, false, TxSettleKind::Ack), None);
+        assert_eq!(slot.settle(4, true, TxSettleKind::Ack), None);
+        // A get-ok's tag after the held ones, acked with multiple: one ack
+        // per tag the client had, not a range over 3 and 4.
+        slot.record_delivery(5, 0, Instant::now());
+        slot.credit.got();
+        let settled = slot.settle(5, true, TxSettleKind::Ack).expect("known tags");
+        assert_eq!(settled.commands, vec![ack(1, false), ack(2, false), ack(5, false)]);
+        assert_eq!(settled.taken, 3);
+        // Acked: the held ones may go out now.
+        let released: Vec<u64> = slot.credit.releasable().iter().map(|d| d.delivery_tag).collect();
+        assert_eq!(released, vec![3, 4]);
+        for tag in released {
+            slot.record_delivery(tag, slot.credit.id_of("c"), Instant::now());
+        }
+        // Nothing held: a multiple nack goes as the client sent it.
+        let settled = slot.settle(4, true, TxSettleKind::Requeue).expect("known tags");
+        assert_eq!(
+            settled.commands,
+            vec![Command::Nack {
+                delivery_tag: DeliveryTag(4),
+                multiple: true,
+                requeue: true,
+            }]
+        );
+        // A tag never seen: to the core as it is (its 406).
+        let settled = slot.settle(99, false, TxSettleKind::Reject).expect("the core decides");
+        assert_eq!(settled.taken, 0);
+        assert_eq!(
+            settled.commands,
+            vec![Command::Nack {
+                delivery_tag: DeliveryTag(99),
+                multiple: false,
+                requeue: false,
+            }]
+        );
     }
 
     #[test]

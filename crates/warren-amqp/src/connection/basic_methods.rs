@@ -338,44 +338,19 @@ impl Connection {
         how: TxSettleKind,
         method_id: u16,
     ) -> Result<(), AmqpError> {
-        let slot = self.slot(ch);
-        if slot.credit.is_held(tag) {
+        let Some(settled) = self.slot(ch).settle(tag, multiple, how) else {
             return Err(AmqpError::channel(
                 ch,
                 reply_code::PRECONDITION_FAILED,
                 format!("PRECONDITION_FAILED - unknown delivery tag {tag}"),
                 (60, method_id),
             ));
+        };
+        if how == TxSettleKind::Ack {
+            crate::counters::bump(&self.frontend.counters.acknowledged, settled.taken);
+            self.stats.bump(connection_counter::ACK, settled.taken);
         }
-        let covers_held = slot.credit.covers_held(tag, multiple);
-        let one = |tag: u64, multiple: bool| match how {
-            TxSettleKind::Ack => Command::Ack {
-                delivery_tag: DeliveryTag(tag),
-                multiple,
-            },
-            TxSettleKind::Requeue | TxSettleKind::Reject => Command::Nack {
-                delivery_tag: DeliveryTag(tag),
-                multiple,
-                requeue: how == TxSettleKind::Requeue,
-            },
-        };
-        let commands = match slot.take_covered(tag, multiple) {
-            // Not a tag the client was sent: the core answers (406).
-            None => vec![one(tag, multiple)],
-            Some(taken) => {
-                slot.credit.settled(taken.iter().map(|(_, consumer)| *consumer));
-                if how == TxSettleKind::Ack {
-                    let acked = taken.len() as u64;
-                    crate::counters::bump(&self.frontend.counters.acknowledged, acked);
-                    self.stats.bump(connection_counter::ACK, acked);
-                }
-                if covers_held {
-                    taken.into_iter().map(|(tag, _)| one(tag, false)).collect()
-                } else {
-                    vec![one(tag, multiple)]
-                }
-            }
-        };
+        let commands = settled.commands;
         self.release_held(ch, Instant::now())?;
         for command in commands {
             self.submit(ch, Pending::Settle { method_id }, command).await?;
