@@ -10,6 +10,10 @@ use warren_core::tx::{TxPublish, TxSettle, TxSettleKind};
 use warren_core::{Command, DeliveryTag};
 
 use crate::credit::{ConsumerId, Credit};
+
+/// How many writes of a `no_ack` consumer's deliveries go into one report
+/// to the core: a quarter of its window, so that it never waits for one.
+const NO_ACK_REPORT: u32 = warren_core::NO_ACK_WINDOW / 4;
 use warren_core::QueueName;
 use warren_wire::protocol::basic::AMQPProperties;
 
@@ -192,6 +196,9 @@ pub struct ChannelSlot {
     /// The consumers of the settlements in a `tx.commit` under way: their
     /// credit comes back with its reply.
     pub committing_settles: Vec<ConsumerId>,
+    /// Deliveries of each `no_ack` consumer written since the last report
+    /// to the core (see [`Self::count_no_ack_written`]).
+    pub no_ack_written: std::collections::HashMap<String, u32>,
     /// When each delivery in `manual_tags` was sent, in tag order, for the
     /// consumer timeout; entries of settled tags are dropped lazily (those
     /// below the oldest outstanding tag).
@@ -267,6 +274,7 @@ impl Default for ChannelSlot {
             manual_tags: VecDeque::new(),
             credit: Credit::default(),
             committing_settles: Vec::new(),
+            no_ack_written: std::collections::HashMap::new(),
             delivered_at: VecDeque::new(),
             published: false,
             tx: None,
@@ -288,6 +296,7 @@ impl ChannelSlot {
         self.auto_ack_consumers.clear();
         self.manual_tags.clear();
         self.credit = Credit::default();
+        self.no_ack_written.clear();
         self.delivered_at.clear();
         self.published = false;
         self.drop_transaction();
@@ -401,6 +410,21 @@ impl ChannelSlot {
             commands,
             taken: taken.len() as u64,
         })
+    }
+
+    /// One more delivery of the `no_ack` consumer `tag` written: the count
+    /// to report to the core once it reaches a quarter of the consumer's
+    /// window ([`warren_core::NO_ACK_WINDOW`]), then counted afresh.
+    pub fn count_no_ack_written(&mut self, tag: &str) -> Option<u32> {
+        let count = match self.no_ack_written.get_mut(tag) {
+            Some(count) => count,
+            None => self.no_ack_written.entry(tag.to_owned()).or_insert(0),
+        };
+        *count += 1;
+        if *count < NO_ACK_REPORT {
+            return None;
+        }
+        Some(std::mem::take(count))
     }
 
     /// Marks every awaited reply as belonging to a closed incarnation.

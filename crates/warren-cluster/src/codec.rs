@@ -17,7 +17,14 @@ use serde::Serialize;
 /// Version 4: a consumer has a priority (`x-priority`), a queued message
 /// a delivery count (quorum queues' `x-delivery-count`). Version 3 values,
 /// without them, still decode (0 for both).
-pub(crate) const CODEC_VERSION: u8 = 4;
+///
+/// Version 5: a `no_ack` consumer has an `in_flight` count (ADR 0026), and
+/// commands `ReturnUnsent` and `Written` exist. Version 4 values still
+/// decode (0 in flight).
+pub(crate) const CODEC_VERSION: u8 = 5;
+
+/// The last version whose consumers had no `in_flight` count.
+const NO_IN_FLIGHT_VERSION: u8 = 4;
 
 /// The last version whose consumers had no priority.
 const UNPRIORITISED_VERSION: u8 = 3;
@@ -50,6 +57,7 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError>
     match bytes.split_first() {
         None => Err(CodecError::Empty),
         Some((&CODEC_VERSION, rest)) => Ok(bincode::deserialize(rest)?),
+        Some((&NO_IN_FLIGHT_VERSION, rest)) => Ok(records_of(NO_IN_FLIGHT_VERSION, || bincode::deserialize(rest))?),
         Some((&UNPRIORITISED_VERSION, rest)) => Ok(unprioritised(|| bincode::deserialize(rest))?),
         Some((&PLAIN_READY_VERSION, rest)) => Ok(unprioritised(|| {
             warren_core::with_plain_ready(|| bincode::deserialize(rest))
@@ -63,7 +71,12 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError>
 
 /// Runs a decode of a version before consumers had a priority.
 fn unprioritised<R>(f: impl FnOnce() -> R) -> R {
-    warren_core::with_records_before_v4(f)
+    records_of(UNPRIORITISED_VERSION, f)
+}
+
+/// Runs a decode of records as codec version `version` wrote them.
+fn records_of<R>(version: u8, f: impl FnOnce() -> R) -> R {
+    warren_core::with_record_version(version, f)
 }
 
 /// Writes the encoding of `value` (as [`encode`]) to `out`.
@@ -80,6 +93,7 @@ pub(crate) fn decode_from<T: DeserializeOwned>(input: &mut impl std::io::Read) -
     input.read_exact(&mut version).map_err(|_| CodecError::Empty)?;
     match version[0] {
         CODEC_VERSION => Ok(bincode::deserialize_from(input)?),
+        NO_IN_FLIGHT_VERSION => Ok(records_of(NO_IN_FLIGHT_VERSION, || bincode::deserialize_from(input))?),
         UNPRIORITISED_VERSION => Ok(unprioritised(|| bincode::deserialize_from(input))?),
         PLAIN_READY_VERSION => Ok(unprioritised(|| {
             warren_core::with_plain_ready(|| bincode::deserialize_from(input))
@@ -181,6 +195,67 @@ mod tests {
             .is_err(),
             "the current version reads another layout"
         );
+    }
+
+    #[test]
+    fn consumers_of_versions_3_and_4_still_decode() {
+        let consumer = warren_core::consumer::Consumer {
+            vhost: "/".into(),
+            queue: "q".into(),
+            queue_uid: 3,
+            serial: 9,
+            no_ack: true,
+            exclusive: false,
+            prefetch: 10,
+            unacked: 0,
+            priority: 5,
+            in_flight: 0,
+        };
+        /// A consumer as version 4 wrote it: no `in_flight`.
+        #[derive(Serialize)]
+        struct ConsumerV4<'a> {
+            vhost: &'a warren_core::VHost,
+            queue: &'a warren_core::QueueName,
+            queue_uid: u64,
+            serial: u64,
+            no_ack: bool,
+            exclusive: bool,
+            prefetch: u16,
+            unacked: u32,
+            priority: i32,
+        }
+        let v4 = ConsumerV4 {
+            vhost: &consumer.vhost,
+            queue: &consumer.queue,
+            queue_uid: 3,
+            serial: 9,
+            no_ack: true,
+            exclusive: false,
+            prefetch: 10,
+            unacked: 0,
+            priority: 5,
+        };
+        let mut encoded = vec![NO_IN_FLIGHT_VERSION];
+        bincode::serialize_into(&mut encoded, &(&v4, 7u64)).expect("encode");
+        let decoded: (warren_core::consumer::Consumer, u64) = decode(&encoded).expect("decode version 4");
+        assert_eq!(
+            decoded,
+            (consumer.clone(), 7),
+            "the field after it is read in its place"
+        );
+        // Version 3: no priority either.
+        let mut encoded = vec![UNPRIORITISED_VERSION];
+        bincode::serialize_into(
+            &mut encoded,
+            &((&v4.vhost, &v4.queue, 3u64, 9u64, true, false, 10u16, 0u32), 7u64),
+        )
+        .expect("encode");
+        let decoded: (warren_core::consumer::Consumer, u64) = decode(&encoded).expect("decode version 3");
+        assert_eq!(decoded.0.priority, 0);
+        assert_eq!((decoded.0.in_flight, decoded.1), (0, 7));
+        let mut current = vec![CODEC_VERSION];
+        bincode::serialize_into(&mut current, &(&consumer, 7u64)).expect("encode");
+        assert_eq!(encode(&(&consumer, 7u64)).expect("encode"), current);
     }
 
     #[test]

@@ -326,6 +326,11 @@ impl Broker {
                 self.close_channel(ctx, channel);
                 Ok(Outcome::Done)
             }
+            Command::Written { consumer_tag, count } => {
+                let channel = ctx.origin?;
+                self.written(ctx, channel, consumer_tag, *count);
+                Ok(Outcome::Done)
+            }
             Command::ReturnUnsent { tags, then } => {
                 let channel = ctx.origin?;
                 self.return_unsent(ctx, channel, tags);

@@ -67,7 +67,9 @@ impl Channel {
         let Some(consumer) = self.consumers.get(tag) else {
             return false;
         };
-        consumer.no_ack || (consumer.has_credit() && self.has_credit())
+        // A `no_ack` consumer's deliveries do not count against the
+        // channel's prefetch, only against its own window.
+        consumer.has_credit() && (consumer.no_ack || self.has_credit())
     }
 
     /// Assigns the next delivery tag.

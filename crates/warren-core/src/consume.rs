@@ -162,6 +162,7 @@ impl Broker {
             prefetch: state.consumer_prefetch,
             unacked: 0,
             priority: consumer_priority(spec.arguments),
+            in_flight: 0,
         };
         state.consumers.insert(tag.clone(), consumer);
         ctx.touch(vhost, name);

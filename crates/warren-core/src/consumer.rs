@@ -25,17 +25,36 @@ pub struct Consumer {
     /// snapshots of codec version 3 and earlier (0 when read from them).
     #[serde(deserialize_with = "since_v4")]
     pub priority: i32,
+    /// For a `no_ack` consumer: deliveries its node has not yet reported
+    /// written to the client (`Command::Written`); the core assigns it no
+    /// more than [`NO_ACK_WINDOW`] (ADR 0026). Always 0 for others. Not in
+    /// snapshots of codec version 4 and earlier (0 when read from them).
+    #[serde(deserialize_with = "since_v5")]
+    pub in_flight: u32,
 }
+
+/// How many deliveries a `no_ack` consumer may have assigned and not yet
+/// written to its client: what bounds a connection's queue of effects when
+/// the client reads slower than its queue fills (ADR 0003's risk; RabbitMQ
+/// bounds it by credit flow between queue and channel).
+pub const NO_ACK_WINDOW: u32 = 1000;
 
 thread_local! {
-    static BEFORE_V4: std::cell::RefCell<bool> = const { std::cell::RefCell::new(false) };
+    /// The codec version of the records being decoded on this thread
+    /// (`u8::MAX`: the current one).
+    static RECORD_VERSION: std::cell::RefCell<u8> = const { std::cell::RefCell::new(u8::MAX) };
 }
 
-/// Runs `f` (a decode on this thread) reading records as codec version 3
-/// and earlier encoded them: consumers without a priority, queued
-/// messages without a delivery count.
-pub fn with_records_before_v4<R>(f: impl FnOnce() -> R) -> R {
-    crate::message::with_local(&BEFORE_V4, true, f)
+/// Runs `f` (a decode on this thread) reading records as codec version
+/// `version` encoded them: before 4, consumers without a priority and
+/// queued messages without a delivery count; before 5, consumers without
+/// their `in_flight` count.
+pub fn with_record_version<R>(version: u8, f: impl FnOnce() -> R) -> R {
+    crate::message::with_local(&RECORD_VERSION, version, f)
+}
+
+fn reading_before(version: u8) -> bool {
+    RECORD_VERSION.with(|current| *current.borrow() < version)
 }
 
 /// Reads a field added in codec version 4, or nothing (its default) from
@@ -46,7 +65,19 @@ where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de> + Default,
 {
-    if BEFORE_V4.with(|flag| *flag.borrow()) {
+    if reading_before(4) {
+        return Ok(T::default());
+    }
+    T::deserialize(deserializer)
+}
+
+/// Reads a field added in codec version 5 (see [`since_v4`]).
+pub(crate) fn since_v5<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    if reading_before(5) {
         return Ok(T::default());
     }
     T::deserialize(deserializer)
@@ -77,7 +108,10 @@ pub fn assigned_window(prefetch: u16) -> u32 {
 impl Consumer {
     /// Whether its own prefetch allows the core to assign one more delivery.
     pub fn has_credit(&self) -> bool {
-        self.no_ack || self.prefetch == 0 || self.unacked < assigned_window(self.prefetch)
+        if self.no_ack {
+            return self.in_flight < NO_ACK_WINDOW;
+        }
+        self.prefetch == 0 || self.unacked < assigned_window(self.prefetch)
     }
 }
 

@@ -55,6 +55,17 @@ fn idle_consumer_below(queue: &Queue, channels: &BTreeMap<ChannelId, Channel>, t
 }
 
 impl Broker {
+    /// `Command::Written`: `count` deliveries of the `no_ack` consumer
+    /// `tag` reached its client; the consumer may be assigned that many
+    /// more, so its queue is dispatched again.
+    pub(crate) fn written(&mut self, ctx: &mut Ctx<'_>, channel: ChannelId, tag: &crate::ids::ConsumerTag, count: u32) {
+        let Some(consumer) = self.channels.get_mut(&channel).and_then(|c| c.consumers.get_mut(tag)) else {
+            return;
+        };
+        consumer.in_flight = consumer.in_flight.saturating_sub(count);
+        ctx.touch(&consumer.vhost, &consumer.queue);
+    }
+
     /// Delivers ready messages of queue `name` to consumers until it is
     /// empty or no consumer has credit.
     ///
@@ -101,6 +112,9 @@ impl Broker {
             }
             queue.stats.redeliver += u64::from(redelivered);
             let delivery_tag = if no_ack {
+                if let Some(consumer) = channel.consumers.get_mut(&target.tag) {
+                    consumer.in_flight += 1;
+                }
                 channel.take_delivery_tag()
             } else {
                 queue.unacked += 1;

@@ -41,11 +41,17 @@ impl Connection {
                         redelivered,
                         message,
                     };
-                    // A no-ack consumer has no prefetch; a manual one gets
-                    // what its client-side prefetch allows (ADR 0026).
+                    // A no-ack consumer has no prefetch: its window in the
+                    // core comes back as its deliveries are written; a
+                    // manual one gets what its client-side prefetch allows
+                    // (ADR 0026).
                     let now_out = if manual {
                         slot.credit.offer(delivery)
                     } else {
+                        if let Some(count) = slot.count_no_ack_written(delivery.consumer_tag.as_str()) {
+                            self.written_due
+                                .push((channel.channel, delivery.consumer_tag.clone(), count));
+                        }
                         Some(delivery)
                     };
                     if let Some(delivery) = now_out {
@@ -68,6 +74,7 @@ impl Connection {
                 }
             }
         }
+        self.report_written_due().await?;
         self.return_unsent_due().await
     }
 
@@ -113,6 +120,19 @@ impl Connection {
         let released = self.slot(ch).credit.releasable();
         for delivery in released {
             self.write_delivery(ch, delivery, true, now)?;
+        }
+        Ok(())
+    }
+
+    /// Reports the deliveries of `no_ack` consumers written since the last
+    /// report (`Command::Written`), for the channels still open.
+    async fn report_written_due(&mut self) -> Result<(), AmqpError> {
+        for (ch, consumer_tag, count) in std::mem::take(&mut self.written_due) {
+            if !self.accepts_deliveries(ch) {
+                continue;
+            }
+            let command = Command::Written { consumer_tag, count };
+            self.submit(ch, Pending::Discard, command).await?;
         }
         Ok(())
     }

@@ -14,7 +14,9 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
-use warren_core::{reply_code, AfterReturn, ChannelId, Command, ConnectionId, DeliveryTag, Request, UserName, VHost};
+use warren_core::{
+    reply_code, AfterReturn, ChannelId, Command, ConnectionId, ConsumerTag, DeliveryTag, Request, UserName, VHost,
+};
 use warren_wire::protocol::{channel, connection, AMQPClass};
 use warren_wire::{AMQPFrame, WireError};
 
@@ -109,6 +111,7 @@ pub(crate) async fn serve_connection(
         qos_prefetch_size: 0,
         access: AccessCache::default(),
         unsent_due: Vec::new(),
+        written_due: Vec::new(),
     };
     let result = conn.run().await;
     match &result {
@@ -196,6 +199,9 @@ struct Connection {
     /// to their queues (`Command::ReturnUnsent`) once the reply or effect
     /// being handled is done.
     unsent_due: Vec<(u16, Vec<u64>)>,
+    /// Writes of `no_ack` consumers' deliveries to report to the core
+    /// (`Command::Written`): channel, consumer, count.
+    written_due: Vec<(u16, ConsumerTag, u32)>,
 }
 
 /// Consecutive publisher confirms (acks) of one channel, held back to go

@@ -608,7 +608,7 @@ fn consumers_encoded_without_a_priority_decode_with_priority_zero() {
     };
     let bytes = bincode::serialize(&(old, 0xfeed_u64)).unwrap();
     let (consumer, after): (crate::consumer::Consumer, u64) =
-        crate::with_records_before_v4(|| bincode::deserialize(&bytes)).unwrap();
+        crate::with_record_version(3, || bincode::deserialize(&bytes)).unwrap();
     assert_eq!(
         (consumer.priority, consumer.prefetch, consumer.unacked, after),
         (0, 10, 2, 0xfeed)

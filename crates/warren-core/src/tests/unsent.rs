@@ -189,3 +189,38 @@ fn tags_not_unacked_and_channels_unknown_are_skipped() {
         "an acked message stays acked"
     );
 }
+
+#[test]
+fn a_no_ack_consumer_is_assigned_its_window_until_its_node_reports_writes() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_queue("q"));
+    // A channel prefetch does not limit a no_ack consumer: only its window.
+    h.ok(c, qos(1, true));
+    h.ok(c, consume("q", "fast", true));
+    let window = crate::NO_ACK_WINDOW as usize;
+    assert_eq!(deliveries(&publish_n(&mut h, c, "q", window + 50)).len(), window);
+    assert_eq!(h.summary("q").messages_ready, 50, "the rest waits in the queue");
+    let written = |count| Command::Written {
+        consumer_tag: "fast".into(),
+        count,
+    };
+    let effects = h.run(Some(c), written(30));
+    assert_eq!(reply_of(&effects, c), Ok(Outcome::Done));
+    assert_eq!(deliveries(&effects).len(), 30, "30 written: 30 more");
+    let effects = h.run(Some(c), written(u32::MAX));
+    assert_eq!(
+        deliveries(&effects).len(),
+        20,
+        "the queue's last 20 (the count saturates)"
+    );
+    assert_eq!(h.summary("q").messages_ready, 0);
+    // A report for a consumer that is gone, or a channel the core never
+    // saw, changes nothing.
+    let gone = Command::Written {
+        consumer_tag: "nobody".into(),
+        count: 5,
+    };
+    assert_eq!(h.ok(c, gone.clone()), Outcome::Done);
+    assert_eq!(h.ok(chan(7, 7), gone), Outcome::Done);
+}
