@@ -41,7 +41,7 @@ async fn ready(ch: &lapin::Channel, queue: &str) -> anyhow::Result<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_no_ack_consumer_that_stops_reading_leaves_the_backlog_in_its_queue() -> anyhow::Result<()> {
     const QUEUE: &str = "slow-reader";
-    const COUNT: u32 = 8_000;
+    const COUNT: u32 = 4_000;
     let broker = start_broker().await?;
     let conn = connect(&broker.amqp_uri()).await?;
     let ch = within("channel.open", conn.create_channel()).await?;
@@ -60,9 +60,9 @@ async fn a_no_ack_consumer_that_stops_reading_leaves_the_backlog_in_its_queue() 
         .build();
     reader.send(&raw::method_frame(1, BASIC_CONSUME, &consume)).await;
 
-    // 8,000 messages of 8 KiB (64 MiB), confirmed.
+    // 4,000 messages of 16 KiB (62.5 MiB), confirmed.
     within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default())).await?;
-    let body = vec![b'x'; 8 * 1024];
+    let body = vec![b'x'; 16 * 1024];
     let mut confirms = Vec::new();
     for _ in 0..COUNT {
         confirms.push(
@@ -83,9 +83,9 @@ async fn a_no_ack_consumer_that_stops_reading_leaves_the_backlog_in_its_queue() 
         within_for(Duration::from_secs(60), "publisher confirm", confirm).await?;
     }
 
-    // The consumer may be assigned its window (1,000) plus what its node
-    // wrote into the socket buffers (a few MiB on loopback) and a report's
-    // slack; everything else stays ready. Without the window the core
+    // The consumer may be assigned its window (16 MiB of bodies: 1,024 of
+    // these) plus what its node wrote into the socket buffers (a few MiB on
+    // loopback) and a report's slack (2 MiB); everything else stays ready. Without the window the core
     // hands the whole backlog to the consumer at once and none stays.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let left = ready(&ch, QUEUE).await?;

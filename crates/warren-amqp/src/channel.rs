@@ -11,9 +11,11 @@ use warren_core::{Command, DeliveryTag};
 
 use crate::credit::{ConsumerId, Credit};
 
-/// How many writes of a `no_ack` consumer's deliveries go into one report
-/// to the core: a quarter of its window, so that it never waits for one.
-const NO_ACK_REPORT: u32 = warren_core::NO_ACK_WINDOW / 4;
+/// How many writes (or body bytes) of a `no_ack` consumer's deliveries go
+/// into one report to the core: an eighth of its window, so that it never
+/// waits for one.
+const NO_ACK_REPORT: u32 = warren_core::NO_ACK_WINDOW / 8;
+const NO_ACK_REPORT_BYTES: u64 = warren_core::NO_ACK_WINDOW_BYTES / 8;
 use warren_core::QueueName;
 use warren_wire::protocol::basic::AMQPProperties;
 
@@ -198,7 +200,7 @@ pub struct ChannelSlot {
     pub committing_settles: Vec<ConsumerId>,
     /// Deliveries of each `no_ack` consumer written since the last report
     /// to the core (see [`Self::count_no_ack_written`]).
-    pub no_ack_written: std::collections::HashMap<String, u32>,
+    pub no_ack_written: std::collections::HashMap<String, (u32, u64)>,
     /// When each delivery in `manual_tags` was sent, in tag order, for the
     /// consumer timeout; entries of settled tags are dropped lazily (those
     /// below the oldest outstanding tag).
@@ -412,19 +414,22 @@ impl ChannelSlot {
         })
     }
 
-    /// One more delivery of the `no_ack` consumer `tag` written: the count
-    /// to report to the core once it reaches a quarter of the consumer's
-    /// window ([`warren_core::NO_ACK_WINDOW`]), then counted afresh.
-    pub fn count_no_ack_written(&mut self, tag: &str) -> Option<u32> {
-        let count = match self.no_ack_written.get_mut(tag) {
-            Some(count) => count,
-            None => self.no_ack_written.entry(tag.to_owned()).or_insert(0),
+    /// One more delivery (`bytes` of body) of the `no_ack` consumer `tag`
+    /// written: the deliveries and bytes to report to the core once either
+    /// reaches an eighth of the consumer's window
+    /// ([`warren_core::NO_ACK_WINDOW`], [`warren_core::NO_ACK_WINDOW_BYTES`]),
+    /// then counted afresh.
+    pub fn count_no_ack_written(&mut self, tag: &str, bytes: u64) -> Option<(u32, u64)> {
+        let written = match self.no_ack_written.get_mut(tag) {
+            Some(written) => written,
+            None => self.no_ack_written.entry(tag.to_owned()).or_insert((0, 0)),
         };
-        *count += 1;
-        if *count < NO_ACK_REPORT {
+        written.0 += 1;
+        written.1 += bytes;
+        if written.0 < NO_ACK_REPORT && written.1 < NO_ACK_REPORT_BYTES {
             return None;
         }
-        Some(std::mem::take(count))
+        Some(std::mem::take(written))
     }
 
     /// Marks every awaited reply as belonging to a closed incarnation.

@@ -210,6 +210,7 @@ mod tests {
             unacked: 0,
             priority: 5,
             in_flight: 0,
+            in_flight_bytes: 0,
         };
         /// A consumer as version 4 wrote it: no `in_flight`.
         #[derive(Serialize)]
@@ -252,7 +253,7 @@ mod tests {
         .expect("encode");
         let decoded: (warren_core::consumer::Consumer, u64) = decode(&encoded).expect("decode version 3");
         assert_eq!(decoded.0.priority, 0);
-        assert_eq!((decoded.0.in_flight, decoded.1), (0, 7));
+        assert_eq!((decoded.0.in_flight, decoded.0.in_flight_bytes, decoded.1), (0, 0, 7));
         let mut current = vec![CODEC_VERSION];
         bincode::serialize_into(&mut current, &(&consumer, 7u64)).expect("encode");
         assert_eq!(encode(&(&consumer, 7u64)).expect("encode"), current);

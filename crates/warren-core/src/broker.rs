@@ -326,9 +326,13 @@ impl Broker {
                 self.close_channel(ctx, channel);
                 Ok(Outcome::Done)
             }
-            Command::Written { consumer_tag, count } => {
+            Command::Written {
+                consumer_tag,
+                count,
+                bytes,
+            } => {
                 let channel = ctx.origin?;
-                self.written(ctx, channel, consumer_tag, *count);
+                self.written(ctx, channel, consumer_tag, *count, *bytes);
                 Ok(Outcome::Done)
             }
             Command::ReturnUnsent { tags, then } => {

@@ -287,13 +287,14 @@ pub enum Command {
         tags: Vec<DeliveryTag>,
         then: AfterReturn,
     },
-    /// The origin channel's node wrote `count` more deliveries of its
-    /// `no_ack` consumer `consumer_tag` to the client: that much of the
-    /// consumer's window comes back ([`crate::NO_ACK_WINDOW`], ADR 0026).
-    /// Ignored for a consumer that is gone.
+    /// The origin channel's node wrote `count` more deliveries (`bytes` of
+    /// bodies) of its `no_ack` consumer `consumer_tag` to the client: that
+    /// much of the consumer's window comes back ([`crate::NO_ACK_WINDOW`],
+    /// ADR 0026). Ignored for a consumer that is gone.
     Written {
         consumer_tag: ConsumerTag,
         count: u32,
+        bytes: u64,
     },
 }
 

@@ -163,6 +163,7 @@ impl Broker {
             unacked: 0,
             priority: consumer_priority(spec.arguments),
             in_flight: 0,
+            in_flight_bytes: 0,
         };
         state.consumers.insert(tag.clone(), consumer);
         ctx.touch(vhost, name);

@@ -27,17 +27,28 @@ pub struct Consumer {
     pub priority: i32,
     /// For a `no_ack` consumer: deliveries its node has not yet reported
     /// written to the client (`Command::Written`); the core assigns it no
-    /// more than [`NO_ACK_WINDOW`] (ADR 0026). Always 0 for others. Not in
-    /// snapshots of codec version 4 and earlier (0 when read from them).
+    /// more while [`NO_ACK_WINDOW`] or [`NO_ACK_WINDOW_BYTES`] is reached
+    /// (ADR 0026). Always 0 for others. Not in snapshots of codec version
+    /// 4 and earlier (0 when read from them), nor is `in_flight_bytes`.
     #[serde(deserialize_with = "since_v5")]
     pub in_flight: u32,
+    /// The body bytes of those deliveries.
+    #[serde(deserialize_with = "since_v5")]
+    pub in_flight_bytes: u64,
 }
 
 /// How many deliveries a `no_ack` consumer may have assigned and not yet
-/// written to its client: what bounds a connection's queue of effects when
-/// the client reads slower than its queue fills (ADR 0003's risk; RabbitMQ
-/// bounds it by credit flow between queue and channel).
-pub const NO_ACK_WINDOW: u32 = 1000;
+/// written to its client: with [`NO_ACK_WINDOW_BYTES`], what bounds a
+/// connection's queue of effects when the client reads slower than its
+/// queue fills (ADR 0003's risk; RabbitMQ bounds it by credit flow between
+/// queue and channel). Large enough that a consumer that keeps up never
+/// waits for its node's reports to commit.
+pub const NO_ACK_WINDOW: u32 = 20_000;
+
+/// The body bytes a `no_ack` consumer may have assigned and not yet
+/// written (one delivery past it is allowed: a body larger than the window
+/// still goes).
+pub const NO_ACK_WINDOW_BYTES: u64 = 16 * 1024 * 1024;
 
 thread_local! {
     /// The codec version of the records being decoded on this thread
@@ -109,7 +120,7 @@ impl Consumer {
     /// Whether its own prefetch allows the core to assign one more delivery.
     pub fn has_credit(&self) -> bool {
         if self.no_ack {
-            return self.in_flight < NO_ACK_WINDOW;
+            return self.in_flight < NO_ACK_WINDOW && self.in_flight_bytes < NO_ACK_WINDOW_BYTES;
         }
         self.prefetch == 0 || self.unacked < assigned_window(self.prefetch)
     }

@@ -55,14 +55,22 @@ fn idle_consumer_below(queue: &Queue, channels: &BTreeMap<ChannelId, Channel>, t
 }
 
 impl Broker {
-    /// `Command::Written`: `count` deliveries of the `no_ack` consumer
-    /// `tag` reached its client; the consumer may be assigned that many
-    /// more, so its queue is dispatched again.
-    pub(crate) fn written(&mut self, ctx: &mut Ctx<'_>, channel: ChannelId, tag: &crate::ids::ConsumerTag, count: u32) {
+    /// `Command::Written`: `count` deliveries (`bytes` of bodies) of the
+    /// `no_ack` consumer `tag` reached its client; the consumer may be
+    /// assigned that much more, so its queue is dispatched again.
+    pub(crate) fn written(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        channel: ChannelId,
+        tag: &crate::ids::ConsumerTag,
+        count: u32,
+        bytes: u64,
+    ) {
         let Some(consumer) = self.channels.get_mut(&channel).and_then(|c| c.consumers.get_mut(tag)) else {
             return;
         };
         consumer.in_flight = consumer.in_flight.saturating_sub(count);
+        consumer.in_flight_bytes = consumer.in_flight_bytes.saturating_sub(bytes);
         ctx.touch(&consumer.vhost, &consumer.queue);
     }
 
@@ -114,6 +122,7 @@ impl Broker {
             let delivery_tag = if no_ack {
                 if let Some(consumer) = channel.consumers.get_mut(&target.tag) {
                     consumer.in_flight += 1;
+                    consumer.in_flight_bytes += message.body_len();
                 }
                 channel.take_delivery_tag()
             } else {

@@ -48,9 +48,10 @@ impl Connection {
                     let now_out = if manual {
                         slot.credit.offer(delivery)
                     } else {
-                        if let Some(count) = slot.count_no_ack_written(delivery.consumer_tag.as_str()) {
+                        let bytes = delivery.message.body_len();
+                        if let Some(written) = slot.count_no_ack_written(delivery.consumer_tag.as_str(), bytes) {
                             self.written_due
-                                .push((channel.channel, delivery.consumer_tag.clone(), count));
+                                .push((channel.channel, delivery.consumer_tag.clone(), written));
                         }
                         Some(delivery)
                     };
@@ -127,11 +128,15 @@ impl Connection {
     /// Reports the deliveries of `no_ack` consumers written since the last
     /// report (`Command::Written`), for the channels still open.
     async fn report_written_due(&mut self) -> Result<(), AmqpError> {
-        for (ch, consumer_tag, count) in std::mem::take(&mut self.written_due) {
+        for (ch, consumer_tag, (count, bytes)) in std::mem::take(&mut self.written_due) {
             if !self.accepts_deliveries(ch) {
                 continue;
             }
-            let command = Command::Written { consumer_tag, count };
+            let command = Command::Written {
+                consumer_tag,
+                count,
+                bytes,
+            };
             self.submit(ch, Pending::Discard, command).await?;
         }
         Ok(())

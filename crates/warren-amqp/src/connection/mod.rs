@@ -200,8 +200,8 @@ struct Connection {
     /// being handled is done.
     unsent_due: Vec<(u16, Vec<u64>)>,
     /// Writes of `no_ack` consumers' deliveries to report to the core
-    /// (`Command::Written`): channel, consumer, count.
-    written_due: Vec<(u16, ConsumerTag, u32)>,
+    /// (`Command::Written`): channel, consumer, (deliveries, body bytes).
+    written_due: Vec<(u16, ConsumerTag, (u32, u64))>,
 }
 
 /// Consecutive publisher confirms (acks) of one channel, held back to go

@@ -198,21 +198,29 @@ fn a_no_ack_consumer_is_assigned_its_window_until_its_node_reports_writes() {
     // A channel prefetch does not limit a no_ack consumer: only its window.
     h.ok(c, qos(1, true));
     h.ok(c, consume("q", "fast", true));
-    let window = crate::NO_ACK_WINDOW as usize;
-    assert_eq!(deliveries(&publish_n(&mut h, c, "q", window + 50)).len(), window);
+    // Bodies of 1 KiB: the byte window (16 MiB) is reached first.
+    let per_window = (crate::NO_ACK_WINDOW_BYTES / 1024) as usize;
+    assert!(per_window < crate::NO_ACK_WINDOW as usize);
+    let body = "x".repeat(1024);
+    let mut delivered = 0;
+    for _ in 0..per_window + 50 {
+        delivered += deliveries(&h.run(Some(c), publish("", "q", &body))).len();
+    }
+    assert_eq!(delivered, per_window);
     assert_eq!(h.summary("q").messages_ready, 50, "the rest waits in the queue");
-    let written = |count| Command::Written {
+    let written = |count, bytes| Command::Written {
         consumer_tag: "fast".into(),
         count,
+        bytes,
     };
-    let effects = h.run(Some(c), written(30));
+    let effects = h.run(Some(c), written(30, 30 * 1024));
     assert_eq!(reply_of(&effects, c), Ok(Outcome::Done));
     assert_eq!(deliveries(&effects).len(), 30, "30 written: 30 more");
-    let effects = h.run(Some(c), written(u32::MAX));
+    let effects = h.run(Some(c), written(u32::MAX, u64::MAX));
     assert_eq!(
         deliveries(&effects).len(),
         20,
-        "the queue's last 20 (the count saturates)"
+        "the queue's last 20 (the counts saturate)"
     );
     assert_eq!(h.summary("q").messages_ready, 0);
     // A report for a consumer that is gone, or a channel the core never
@@ -220,7 +228,19 @@ fn a_no_ack_consumer_is_assigned_its_window_until_its_node_reports_writes() {
     let gone = Command::Written {
         consumer_tag: "nobody".into(),
         count: 5,
+        bytes: 5,
     };
     assert_eq!(h.ok(c, gone.clone()), Outcome::Done);
     assert_eq!(h.ok(chan(7, 7), gone), Outcome::Done);
+}
+
+#[test]
+fn a_no_ack_consumer_of_small_bodies_is_bounded_by_the_count_window() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_queue("q"));
+    h.ok(c, consume("q", "fast", true));
+    let window = crate::NO_ACK_WINDOW as usize;
+    assert_eq!(deliveries(&publish_n(&mut h, c, "q", window + 5)).len(), window);
+    assert_eq!(h.summary("q").messages_ready, 5);
 }
