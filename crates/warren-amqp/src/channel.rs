@@ -74,6 +74,20 @@ pub enum Pending {
     },
     Cancel {
         nowait: bool,
+        /// The consumer's id in the channel's credit when the cancel was sent.
+        consumer: ConsumerId,
+    },
+    /// A report of a `no_ack` consumer's writes (`Command::Written`): sent
+    /// again if it fails, or the consumer's window would stay used.
+    Written {
+        consumer_tag: warren_core::ConsumerTag,
+        count: u32,
+        bytes: u64,
+    },
+    /// Held deliveries sent back (`Command::ReturnUnsent` with nothing
+    /// after): sent again if it fails, or they would stay assigned.
+    Unsent {
+        tags: Vec<u64>,
     },
     Get {
         no_ack: bool,
@@ -118,6 +132,7 @@ impl Pending {
             Pending::Qos => (60, 10),
             Pending::Consume { .. } => (60, 20),
             Pending::Cancel { .. } => (60, 30),
+            Pending::Written { .. } | Pending::Unsent { .. } => (60, 0),
             Pending::Get { .. } => (60, 70),
             Pending::Settle { method_id } => (60, *method_id),
             Pending::Recover { .. } => (60, 110),
@@ -405,6 +420,11 @@ impl ChannelSlot {
         self.credit.settled(taken.iter().map(|(_, consumer)| *consumer));
         let commands = if covers_held {
             taken.iter().map(|(tag, _)| one(*tag, false)).collect()
+        } else if multiple && tag == 0 {
+            // "Everything the client has": up to the last tag it was sent,
+            // not deliveries the core assigned that are still on their way
+            // to this node.
+            taken.last().map(|(last, _)| one(*last, true)).into_iter().collect()
         } else {
             vec![one(tag, multiple)]
         };
@@ -564,6 +584,12 @@ mod tests {
                 requeue: true,
             }]
         );
+        // Tag 0 with multiple: up to the last tag sent, not past it.
+        slot.record_delivery(7, 0, Instant::now());
+        slot.record_delivery(9, 0, Instant::now());
+        let settled = slot.settle(0, true, TxSettleKind::Ack).expect("all");
+        assert_eq!(settled.commands, vec![ack(9, true)]);
+        assert_eq!(slot.settle(0, true, TxSettleKind::Ack).expect("none").commands, vec![]);
         // A tag never seen: to the core as it is (its 406).
         let settled = slot.settle(99, false, TxSettleKind::Reject).expect("the core decides");
         assert_eq!(settled.taken, 0);

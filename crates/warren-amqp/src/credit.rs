@@ -90,9 +90,21 @@ impl Credit {
     /// The consumer `tag` is gone (cancelled by the client or the server):
     /// its held deliveries are taken out, to be returned to their queues.
     pub fn cancelled(&mut self, tag: &str) -> Vec<u64> {
-        let taken = self.take_held_of(tag);
-        if let Some(id) = self.ids.remove(tag) {
-            self.limits.remove(&id);
+        let id = self.id_of(tag);
+        self.cancelled_id(id, tag)
+    }
+
+    /// The consumer that was `id` when its cancel was sent is gone: as
+    /// [`Self::cancelled`], but a consumer that has reused `tag` since (a
+    /// `basic.consume` sent before the cancel's reply) keeps its limit.
+    pub fn cancelled_id(&mut self, id: ConsumerId, tag: &str) -> Vec<u64> {
+        if id == 0 {
+            return Vec::new();
+        }
+        let taken = self.take_held_of_id(id);
+        self.limits.remove(&id);
+        if self.ids.get(tag) == Some(&id) {
+            self.ids.remove(tag);
         }
         taken
     }
@@ -101,9 +113,13 @@ impl Credit {
     /// sent: they go back with it); its limit stays until the cancel is
     /// applied.
     pub fn take_held_of(&mut self, tag: &str) -> Vec<u64> {
-        let Some(id) = self.ids.get(tag).copied() else {
-            return Vec::new();
-        };
+        match self.ids.get(tag).copied() {
+            Some(id) => self.take_held_of_id(id),
+            None => Vec::new(),
+        }
+    }
+
+    fn take_held_of_id(&mut self, id: ConsumerId) -> Vec<u64> {
         let mut taken = Vec::new();
         self.held.retain(|held| {
             let mine = held.consumer == id;
@@ -324,6 +340,13 @@ mod tests {
             "a straggler of a cancelled consumer goes out"
         );
         assert!(credit.cancelled("a").is_empty(), "once");
+        // A tag reused before the old consumer's cancel is applied keeps
+        // the new consumer's limit.
+        credit.consume("r", false);
+        let old = credit.id_of("r");
+        credit.consume("r", false);
+        assert!(credit.cancelled_id(old, "r").is_empty());
+        assert_ne!(credit.id_of("r"), 0, "the new consumer's limit stays");
         assert_eq!(credit.take_all_held(), Vec::<u64>::new());
     }
 

@@ -211,6 +211,7 @@ mod tests {
             priority: 5,
             in_flight: 0,
             in_flight_bytes: 0,
+            credit: false,
         };
         /// A consumer as version 4 wrote it: no `in_flight`.
         #[derive(Serialize)]

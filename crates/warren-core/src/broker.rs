@@ -283,6 +283,7 @@ impl Broker {
                 no_ack,
                 exclusive,
                 arguments,
+                credit,
             } => {
                 let channel = ctx.origin?;
                 let spec = crate::consume::ConsumeSpec {
@@ -290,6 +291,7 @@ impl Broker {
                     no_ack: *no_ack,
                     exclusive: *exclusive,
                     arguments,
+                    credit: *credit,
                 };
                 self.consume(ctx, channel, vhost, queue, spec)
             }

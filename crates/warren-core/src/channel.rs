@@ -55,11 +55,11 @@ impl Channel {
         self.consumers.contains_key(tag) || self.reply_consumer.as_ref() == Some(tag)
     }
 
-    /// Whether the channel-wide prefetch allows the core to assign one
-    /// more acked delivery (see [`crate::assigned_window`]).
+    /// Whether the channel-wide prefetch (`qos global=true`) allows one
+    /// more acked delivery. Exact: the lookahead of ADR 0026 is per
+    /// consumer, whose record says whether it applies.
     pub fn has_credit(&self) -> bool {
-        self.channel_prefetch == 0
-            || (self.unacked.len() as u64) < u64::from(crate::consumer::assigned_window(self.channel_prefetch))
+        self.channel_prefetch == 0 || self.unacked.len() < usize::from(self.channel_prefetch)
     }
 
     /// Whether consumer `tag` may receive one more message now.

@@ -20,6 +20,7 @@ pub(crate) struct ConsumeSpec<'a> {
     pub no_ack: bool,
     pub exclusive: bool,
     pub arguments: &'a FieldTable,
+    pub credit: bool,
 }
 
 /// The AMQP field types RabbitMQ accepts where it wants an integer
@@ -117,6 +118,7 @@ impl Broker {
             no_ack,
             exclusive,
             arguments,
+            credit,
         } = spec;
         if self.channels.get(&channel).is_some_and(|ch| ch.has_consumer(tag)) {
             return Err(fail::reused_consumer_tag(tag));
@@ -164,6 +166,7 @@ impl Broker {
             priority: consumer_priority(spec.arguments),
             in_flight: 0,
             in_flight_bytes: 0,
+            credit,
         };
         state.consumers.insert(tag.clone(), consumer);
         ctx.touch(vhost, name);

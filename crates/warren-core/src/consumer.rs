@@ -35,6 +35,10 @@ pub struct Consumer {
     /// The body bytes of those deliveries.
     #[serde(deserialize_with = "since_v5")]
     pub in_flight_bytes: u64,
+    /// Created by a `Consume` with `credit` (ADR 0026): the windows apply.
+    /// False for consumers of older snapshots and log entries.
+    #[serde(deserialize_with = "since_v5")]
+    pub credit: bool,
 }
 
 /// How many deliveries a `no_ack` consumer may have assigned and not yet
@@ -120,9 +124,14 @@ impl Consumer {
     /// Whether its own prefetch allows the core to assign one more delivery.
     pub fn has_credit(&self) -> bool {
         if self.no_ack {
-            return self.in_flight < NO_ACK_WINDOW && self.in_flight_bytes < NO_ACK_WINDOW_BYTES;
+            return !self.credit || (self.in_flight < NO_ACK_WINDOW && self.in_flight_bytes < NO_ACK_WINDOW_BYTES);
         }
-        self.prefetch == 0 || self.unacked < assigned_window(self.prefetch)
+        let window = if self.credit {
+            assigned_window(self.prefetch)
+        } else {
+            u32::from(self.prefetch)
+        };
+        self.prefetch == 0 || self.unacked < window
     }
 }
 

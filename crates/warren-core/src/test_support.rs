@@ -160,6 +160,7 @@ pub fn consume(queue: &str, tag: &str, no_ack: bool) -> Command {
         no_ack,
         exclusive: false,
         arguments: FieldTable::default(),
+        credit: true,
     }
 }
 

@@ -448,6 +448,7 @@ async fn consume_until_broken(
             no_ack: false,
             exclusive: false,
             arguments: FieldTable::default(),
+            credit: true,
         },
     ];
     for command in setup {

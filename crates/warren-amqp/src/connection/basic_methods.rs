@@ -80,6 +80,7 @@ impl Connection {
                     no_ack: m.no_ack,
                     exclusive: m.exclusive,
                     arguments: m.arguments,
+                    credit: true,
                 };
                 let pending = Pending::Consume {
                     nowait: m.nowait,
@@ -90,12 +91,18 @@ impl Connection {
             basic::AMQPMethod::Cancel(m) => {
                 // Its held deliveries go back with the cancel; any that
                 // arrive before the cancel applies go back after it.
-                let unsent = self.slot(ch).credit.take_held_of(m.consumer_tag.as_str());
+                let credit = &mut self.slot(ch).credit;
+                let consumer = credit.id_of(m.consumer_tag.as_str());
+                let unsent = credit.take_held_of(m.consumer_tag.as_str());
                 let then = AfterReturn::Cancel {
                     consumer_tag: ConsumerTag::new(m.consumer_tag.as_str()),
                 };
                 let command = returning_unsent(unsent, then);
-                self.submit(ch, Pending::Cancel { nowait: m.nowait }, command).await
+                let pending = Pending::Cancel {
+                    nowait: m.nowait,
+                    consumer,
+                };
+                self.submit(ch, pending, command).await
             }
             basic::AMQPMethod::Get(m) => {
                 let queue = self.resolve_queue(ch, m.queue.as_str(), (60, 70))?;

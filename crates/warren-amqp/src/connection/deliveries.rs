@@ -127,17 +127,22 @@ impl Connection {
 
     /// Reports the deliveries of `no_ack` consumers written since the last
     /// report (`Command::Written`), for the channels still open.
-    async fn report_written_due(&mut self) -> Result<(), AmqpError> {
+    pub(super) async fn report_written_due(&mut self) -> Result<(), AmqpError> {
         for (ch, consumer_tag, (count, bytes)) in std::mem::take(&mut self.written_due) {
             if !self.accepts_deliveries(ch) {
                 continue;
             }
             let command = Command::Written {
+                consumer_tag: consumer_tag.clone(),
+                count,
+                bytes,
+            };
+            let pending = Pending::Written {
                 consumer_tag,
                 count,
                 bytes,
             };
-            self.submit(ch, Pending::Discard, command).await?;
+            self.submit(ch, pending, command).await?;
         }
         Ok(())
     }
@@ -150,10 +155,10 @@ impl Connection {
                 continue;
             }
             let command = Command::ReturnUnsent {
-                tags: tags.into_iter().map(DeliveryTag).collect(),
+                tags: tags.iter().copied().map(DeliveryTag).collect(),
                 then: AfterReturn::Nothing,
             };
-            self.submit(ch, Pending::Discard, command).await?;
+            self.submit(ch, Pending::Unsent { tags }, command).await?;
         }
         Ok(())
     }

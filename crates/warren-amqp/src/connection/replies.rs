@@ -75,6 +75,7 @@ impl Connection {
             self.send_deferred_commit(ch).await?;
         }
         self.release_held(ch, Instant::now())?;
+        self.report_written_due().await?;
         self.return_unsent_due().await?;
         result
     }
@@ -107,7 +108,7 @@ impl Connection {
             Err(error) => return self.reply_error(ch, pending, error),
         };
         match (pending, outcome) {
-            (Pending::Discard, _) => {}
+            (Pending::Discard | Pending::Written { .. } | Pending::Unsent { .. }, _) => {}
             (Pending::ServerClose, _) => self.slot(ch).draining = false,
             (Pending::ConnectionClose, _) => {
                 self.send_method(
@@ -238,12 +239,12 @@ impl Connection {
                     self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(ok)));
                 }
             }
-            (Pending::Cancel { nowait }, Outcome::CancelOk { consumer_tag }) => {
+            (Pending::Cancel { nowait, consumer }, Outcome::CancelOk { consumer_tag }) => {
                 let slot = self.slot(ch);
                 slot.auto_ack_consumers.remove(consumer_tag.as_str());
                 // Deliveries assigned before the cancel applied and still
                 // held go back now (the cancel took those held before it).
-                let unsent = slot.credit.cancelled(consumer_tag.as_str());
+                let unsent = slot.credit.cancelled_id(consumer, consumer_tag.as_str());
                 self.unsent_due.push((ch, unsent));
                 if !nowait {
                     let ok = basic::CancelOk {
@@ -342,6 +343,20 @@ impl Connection {
     pub(super) fn reply_error(&mut self, ch: u16, pending: Pending, error: CoreError) -> Result<(), AmqpError> {
         match (&pending, &error) {
             (Pending::Discard, _) => return Ok(()),
+            // Reports of writes and returns of held deliveries must take
+            // effect: a failed one (its batch failed) goes again.
+            (Pending::Written { .. } | Pending::Unsent { .. }, _) => {
+                match pending {
+                    Pending::Written {
+                        consumer_tag,
+                        count,
+                        bytes,
+                    } => self.written_due.push((ch, consumer_tag, (count, bytes))),
+                    Pending::Unsent { tags } => self.unsent_due.push((ch, tags)),
+                    _ => {}
+                }
+                return Ok(());
+            }
             (Pending::ServerClose, _) => {
                 self.slot(ch).draining = false;
                 return Ok(());

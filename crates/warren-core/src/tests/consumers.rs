@@ -11,6 +11,7 @@ fn consume_exclusive(queue: &str, tag: &str) -> Command {
         no_ack: false,
         exclusive: true,
         arguments: FieldTable::default(),
+        credit: true,
     }
 }
 
@@ -497,6 +498,7 @@ fn consumer_priority_must_be_an_integer_other_consume_arguments_are_accepted() {
         no_ack: false,
         exclusive: false,
         arguments,
+        credit: true,
     };
     let (mut h, c) = with_queue();
     assert_eq!(
@@ -523,6 +525,7 @@ fn consumer_priority_must_be_an_integer_other_consume_arguments_are_accepted() {
                 no_ack: false,
                 exclusive: false,
                 arguments: table(&[("x-priority", text("high"))]),
+                credit: true,
             }
         ),
         Err(CoreError::NotFound(_))
@@ -553,6 +556,7 @@ fn consume_with_priority(queue: &str, tag: &str, priority: AMQPValue) -> Command
         no_ack: false,
         exclusive: false,
         arguments: table(&[("x-priority", priority)]),
+        credit: true,
     }
 }
 

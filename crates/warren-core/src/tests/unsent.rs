@@ -31,7 +31,7 @@ fn the_window_is_the_prefetch_below_ten_and_twice_it_from_ten() {
 }
 
 #[test]
-fn a_consumer_is_assigned_its_window_and_a_channel_its_global_window() {
+fn a_consumer_is_assigned_its_window_and_a_channel_its_exact_global_prefetch() {
     let mut h = Harness::new();
     let c = chan(1, 1);
     h.ok(c, declare_queue("small"));
@@ -58,10 +58,47 @@ fn a_consumer_is_assigned_its_window_and_a_channel_its_global_window() {
     h.ok(d, qos(12, true));
     h.ok(d, consume("g", "a", false));
     h.ok(d, consume("g", "b", false));
+    assert_eq!(deliveries(&publish_n(&mut h, d, "g", 30)).len(), 12, "global 12: exact");
+}
+
+/// A `Consume` as builds before ADR 0026 wrote it (decoded from an older
+/// log: `credit` false) keeps the old meaning, so that replaying such an
+/// entry gives what the old build gave on every replica.
+#[test]
+fn a_consumer_from_an_older_entry_keeps_the_exact_prefetch_and_no_window() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_queue("manual"));
+    h.ok(c, declare_queue("auto"));
+    h.ok(c, qos(10, false));
+    let old_consume = |queue: &str, tag: &str, no_ack| match consume(queue, tag, no_ack) {
+        Command::Consume {
+            vhost,
+            queue,
+            consumer_tag,
+            no_ack,
+            exclusive,
+            arguments,
+            ..
+        } => Command::Consume {
+            vhost,
+            queue,
+            consumer_tag,
+            no_ack,
+            exclusive,
+            arguments,
+            credit: false,
+        },
+        other => other,
+    };
+    h.ok(c, old_consume("manual", "m", false));
+    h.ok(c, old_consume("auto", "a", true));
+    assert_eq!(deliveries(&publish_n(&mut h, c, "manual", 30)).len(), 10);
+    let window = crate::NO_ACK_WINDOW as usize;
     assert_eq!(
-        deliveries(&publish_n(&mut h, d, "g", 30)).len(),
-        24,
-        "global 12: 24 on the channel"
+        deliveries(&publish_n(&mut h, c, "auto", window + 10)).len(),
+        window + 10,
+        "no window"
     );
 }
 
