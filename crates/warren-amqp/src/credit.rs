@@ -138,7 +138,9 @@ impl Credit {
 
     /// Whether `tag` was assigned to this channel but not sent.
     pub fn is_held(&self, tag: u64) -> bool {
-        self.held.iter().any(|held| held.delivery_tag == tag)
+        // Held in tag order (deliveries arrive in tag order and leave from
+        // the front; a cancel removes some): a search, not a scan per ack.
+        self.held.binary_search_by_key(&tag, |held| held.delivery_tag).is_ok()
     }
 
     /// Whether a settlement of `tag` with `multiple` (tag 0: all) would

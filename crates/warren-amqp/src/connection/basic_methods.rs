@@ -301,12 +301,7 @@ impl Connection {
     ) -> Result<(), AmqpError> {
         let slot = self.slot(ch);
         let Some(tags) = slot.take_covered(tag, multiple) else {
-            return Err(AmqpError::channel(
-                ch,
-                reply_code::PRECONDITION_FAILED,
-                format!("PRECONDITION_FAILED - unknown delivery tag {tag}"),
-                (60, method_id),
-            ));
+            return Err(unknown_delivery_tag(ch, tag, method_id));
         };
         if tags.is_empty() {
             return Ok(());
@@ -346,12 +341,7 @@ impl Connection {
         method_id: u16,
     ) -> Result<(), AmqpError> {
         let Some(settled) = self.slot(ch).settle(tag, multiple, how) else {
-            return Err(AmqpError::channel(
-                ch,
-                reply_code::PRECONDITION_FAILED,
-                format!("PRECONDITION_FAILED - unknown delivery tag {tag}"),
-                (60, method_id),
-            ));
+            return Err(unknown_delivery_tag(ch, tag, method_id));
         };
         if how == TxSettleKind::Ack {
             crate::counters::bump(&self.frontend.counters.acknowledged, settled.taken);
@@ -364,4 +354,15 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+/// RabbitMQ's 406 for a settlement of a tag the channel does not hold
+/// unacked (`rabbit_channel:collect_acks`).
+fn unknown_delivery_tag(ch: u16, tag: u64, method_id: u16) -> AmqpError {
+    AmqpError::channel(
+        ch,
+        reply_code::PRECONDITION_FAILED,
+        format!("PRECONDITION_FAILED - unknown delivery tag {tag}"),
+        (60, method_id),
+    )
 }
