@@ -7,6 +7,12 @@
 //! one flush, then reports them flushed to openraft — group commit below
 //! the proposer's batching. Until then, readers see the queued entries
 //! through the shared `pending` map.
+//!
+//! Flushed entries stay in that map too, up to [`RECENT_BYTES`] of them
+//! (oldest out first): the state machine applies an entry right after it
+//! is flushed, and followers are sent the newest entries, so both read
+//! them from memory instead of reading the disk back, on a blocking
+//! thread, and decoding them again (issue 11, item 4).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -26,17 +32,82 @@ use crate::type_config::TypeConfig;
 const VOTE_KEY: &str = "raft/vote";
 const PURGED_KEY: &str = "raft/last_purged";
 
-type Pending = Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>;
+/// Encoded bytes of flushed entries kept in memory for readers.
+const RECENT_BYTES: u64 = 8 * 1024 * 1024;
 
-fn lock_pending(pending: &Pending) -> MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
-    // Every mutation is a single map operation: poison cannot leave it torn.
+type Pending = Arc<Mutex<Entries>>;
+
+/// The entries readers find in memory: every one queued for the writer,
+/// and the newest flushed ones.
+struct Entries {
+    map: BTreeMap<u64, Entry<TypeConfig>>,
+    /// The flushed entries in `map`, oldest first, with their encoded sizes.
+    flushed: std::collections::VecDeque<(LogId<u64>, u64)>,
+    flushed_bytes: u64,
+    /// [`RECENT_BYTES`], but for tests.
+    budget: u64,
+}
+
+impl Default for Entries {
+    fn default() -> Self {
+        Self {
+            map: BTreeMap::new(),
+            flushed: std::collections::VecDeque::new(),
+            flushed_bytes: 0,
+            budget: RECENT_BYTES,
+        }
+    }
+}
+
+impl Entries {
+    /// Marks `log_id` flushed, then lets the oldest flushed entries go
+    /// while they hold more than [`RECENT_BYTES`].
+    fn flushed(&mut self, log_id: LogId<u64>, bytes: u64) {
+        if self.map.get(&log_id.index).map(|e| e.log_id) != Some(log_id) {
+            return;
+        }
+        self.flushed.push_back((log_id, bytes));
+        self.flushed_bytes += bytes;
+        while self.flushed_bytes > self.budget {
+            let Some((old, old_bytes)) = self.flushed.pop_front() else {
+                break;
+            };
+            self.flushed_bytes -= old_bytes;
+            if self.map.get(&old.index).map(|e| e.log_id) == Some(old) {
+                self.map.remove(&old.index);
+            }
+        }
+    }
+
+    /// Forgets every entry from `from` on (a truncation).
+    fn truncate(&mut self, from: u64) {
+        self.map.split_off(&from);
+        self.forget_flushed(|index| index >= from);
+    }
+
+    /// Forgets every entry up to `through` (a purge).
+    fn purge(&mut self, through: u64) {
+        self.map = self.map.split_off(&through.saturating_add(1));
+        self.forget_flushed(|index| index <= through);
+    }
+
+    fn forget_flushed(&mut self, gone: impl Fn(u64) -> bool) {
+        self.flushed.retain(|(log_id, _)| !gone(log_id.index));
+        self.flushed_bytes = self.flushed.iter().map(|(_, bytes)| bytes).sum();
+    }
+}
+
+fn lock_pending(pending: &Pending) -> MutexGuard<'_, Entries> {
+    // Every mutation leaves the map and the flushed list consistent before
+    // anything that could panic.
     pending.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 enum WriteOp {
     Append {
         entries: Vec<(u64, Vec<u8>)>,
-        log_ids: Vec<LogId<u64>>,
+        /// Each entry's id and encoded size.
+        log_ids: Vec<(LogId<u64>, u64)>,
         flushed: LogFlushed<TypeConfig>,
     },
     Truncate {
@@ -156,6 +227,10 @@ impl RaftLogStore {
     }
 }
 
+/// An append written and not yet reported: its entries' ids and encoded
+/// sizes, and openraft's callback.
+type Appended = (Vec<(LogId<u64>, u64)>, LogFlushed<TypeConfig>);
+
 /// The writer thread: applies write operations in arrival order,
 /// coalescing consecutive appends into one store write and flush.
 fn run_writer(store: Arc<dyn LogStore>, pending: Pending, ops: std_mpsc::Receiver<WriteOp>) {
@@ -163,7 +238,7 @@ fn run_writer(store: Arc<dyn LogStore>, pending: Pending, ops: std_mpsc::Receive
     while let Ok(first) = ops.recv() {
         queued.push(first);
         queued.extend(ops.try_iter());
-        let mut appends: Vec<(Vec<LogId<u64>>, LogFlushed<TypeConfig>)> = Vec::new();
+        let mut appends: Vec<Appended> = Vec::new();
         let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
         for op in queued.drain(..) {
             match op {
@@ -190,7 +265,7 @@ fn flush_appends(
     store: &dyn LogStore,
     pending: &Pending,
     batch: &mut Vec<(u64, Vec<u8>)>,
-    appends: &mut Vec<(Vec<LogId<u64>>, LogFlushed<TypeConfig>)>,
+    appends: &mut Vec<Appended>,
 ) {
     if appends.is_empty() {
         return;
@@ -201,10 +276,8 @@ fn flush_appends(
         Ok(()) => {
             let mut pending = lock_pending(pending);
             for (log_ids, _) in appends.iter() {
-                for log_id in log_ids {
-                    if pending.get(&log_id.index).map(|e| e.log_id) == Some(*log_id) {
-                        pending.remove(&log_id.index);
-                    }
+                for (log_id, bytes) in log_ids {
+                    pending.flushed(*log_id, *bytes);
                 }
             }
             drop(pending);
@@ -276,9 +349,18 @@ impl RaftLogReaderHandle {
         // Copy the queued entries *before* reading the store: an entry that
         // leaves `pending` has been written first, so it is in one or the other.
         let queued: BTreeMap<u64, Entry<TypeConfig>> = lock_pending(&self.pending)
+            .map
             .range(start..end)
             .map(|(i, e)| (*i, e.clone()))
             .collect();
+        // All of a bounded range in memory: no disk read.
+        if end != u64::MAX
+            && queued.len() as u64 == end - start
+            && queued.keys().next() == Some(&start)
+            && queued.keys().next_back() == Some(&(end - 1))
+        {
+            return Ok(queued.into_values().collect());
+        }
         let store = self.store.clone();
         let stored = run_blocking(move || store.range(start, end))
             .await?
@@ -384,11 +466,15 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
         let bytes: usize = encoded.iter().map(|(_, bytes)| bytes.len()).sum();
         self.appended_bytes
             .fetch_add(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::Relaxed);
-        let log_ids = entries.iter().map(|e| e.log_id).collect();
+        let log_ids = entries
+            .iter()
+            .zip(&encoded)
+            .map(|(e, (_, bytes))| (e.log_id, bytes.len() as u64))
+            .collect();
         {
             let mut pending = lock_pending(&self.pending);
             for entry in entries {
-                pending.insert(entry.log_id.index, entry);
+                pending.map.insert(entry.log_id.index, entry);
             }
         }
         self.writer
@@ -407,7 +493,7 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
         self.write_and_wait(|done| WriteOp::Truncate { from, done })
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        lock_pending(&self.pending).split_off(&from);
+        lock_pending(&self.pending).truncate(from);
         // The entry before `from` is the new last one (or the purge point).
         let reader = self.reader();
         let before = if from == 0 {
@@ -423,15 +509,96 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
         self.write_and_wait(|done| WriteOp::Purge { through: log_id, done })
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        {
-            let mut pending = lock_pending(&self.pending);
-            let kept = pending.split_off(&log_id.index.saturating_add(1));
-            *pending = kept;
-        }
+        lock_pending(&self.pending).purge(log_id.index);
         self.last_purged = Some(log_id);
         if self.last_log_id.is_none_or(|last| last.index < log_id.index) {
             self.last_log_id = Some(log_id);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn id(term: u64, index: u64) -> LogId<u64> {
+        LogId::new(CommittedLeaderId::new(term, 0), index)
+    }
+
+    fn entries_with(budget: u64, ids: &[LogId<u64>]) -> Entries {
+        let mut entries = Entries {
+            budget,
+            ..Entries::default()
+        };
+        for log_id in ids {
+            entries.map.insert(
+                log_id.index,
+                Entry {
+                    log_id: *log_id,
+                    payload: EntryPayload::Blank,
+                },
+            );
+        }
+        entries
+    }
+
+    fn held(entries: &Entries) -> Vec<u64> {
+        entries.map.keys().copied().collect()
+    }
+
+    #[test]
+    fn flushed_entries_stay_within_the_budget_and_unflushed_ones_always() {
+        let ids: Vec<_> = (1..=6).map(|i| id(1, i)).collect();
+        let mut entries = entries_with(10, &ids);
+        for log_id in &ids[..4] {
+            entries.flushed(*log_id, 4);
+        }
+        assert_eq!(held(&entries), vec![3, 4, 5, 6], "the oldest flushed went first");
+        assert_eq!(entries.flushed_bytes, 8);
+        // An entry replaced by another term is not the one flushed.
+        entries.flushed(id(2, 5), 4);
+        assert_eq!(held(&entries), vec![3, 4, 5, 6]);
+        assert_eq!(entries.flushed_bytes, 8);
+        // A single entry over the budget is let go at once (read from disk).
+        entries.flushed(ids[4], 40);
+        assert_eq!(
+            held(&entries),
+            vec![6],
+            "5 and all older flushed ones went; 6 is unflushed"
+        );
+        assert_eq!(entries.flushed_bytes, 0);
+    }
+
+    #[test]
+    fn truncate_and_purge_forget_what_they_remove() {
+        let ids: Vec<_> = (1..=8).map(|i| id(1, i)).collect();
+        let mut entries = entries_with(1000, &ids);
+        for log_id in &ids[..6] {
+            entries.flushed(*log_id, 10);
+        }
+        entries.truncate(5);
+        assert_eq!(held(&entries), vec![1, 2, 3, 4]);
+        assert_eq!(entries.flushed_bytes, 40);
+        entries.purge(2);
+        assert_eq!(held(&entries), vec![3, 4]);
+        assert_eq!(entries.flushed_bytes, 20);
+        // Index 5 again in a new term, unflushed: evicting the old
+        // flushed records must not touch it.
+        for log_id in [id(2, 5), id(2, 6)] {
+            entries.map.insert(
+                log_id.index,
+                Entry {
+                    log_id,
+                    payload: EntryPayload::Blank,
+                },
+            );
+        }
+        entries.budget = 0;
+        entries.flushed(id(2, 6), 1);
+        assert_eq!(held(&entries), vec![5], "3, 4 and 6 went, the unflushed 5 stays");
+        assert!(entries.flushed.is_empty());
     }
 }

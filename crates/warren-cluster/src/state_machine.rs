@@ -645,7 +645,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                         operation: "page a queue",
                                         reason,
                                     }),
-                                    (None, None) => resolve_bodies(bodies, self.node, &mut effects),
+                                    // One write of every body and page the entry added.
+                                    (None, None) => resolve_bodies(bodies, self.node, &mut effects)
+                                        .and_then(|()| bodies.write_out()),
                                 };
                                 if let Err(e) = resolved {
                                     self.shared.poisoned.store(true, Ordering::SeqCst);

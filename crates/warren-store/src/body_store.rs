@@ -7,6 +7,9 @@
 //! replicated: every node writes the bodies it applies to its own store.
 //!
 //! - A record is `len: u32 LE`, `crc32(body): u32 LE`, then the body.
+//! - Appends are buffered and written together ([`BodyStore::write_out`],
+//!   once per applied Raft entry, or when the buffer passes
+//!   [`WRITE_BUFFER_BYTES`]): one `pwrite` per batch, not one per body.
 //! - Appends are not synced one by one: the Raft log holds every body until
 //!   a snapshot covers it, and before a snapshot is saved [`BodyStore::sync`]
 //!   fdatasyncs every segment written since the last sync (and the
@@ -31,6 +34,12 @@ use crate::vfs::{Vfs, VfsFile};
 pub const BODY_DIR: &str = "bodies";
 
 const HEADER: usize = 8;
+
+/// Bytes of appended records buffered before they are written anyway.
+pub const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+
+/// A body larger than this is written at once, not copied into the buffer.
+const BUFFERED_BODY_MAX: usize = 64 * 1024;
 
 /// How the body store sizes its segments and its cache.
 #[derive(Clone, Debug)]
@@ -67,7 +76,11 @@ impl BodyRef {
 struct Writer {
     segment: u32,
     file: Arc<dyn VfsFile>,
+    /// The segment's length, the buffered records included.
     len: u64,
+    /// Records appended and not yet written: they end the segment, from
+    /// `len - buffer.len()`.
+    buffer: Vec<u8>,
     /// Segments written since the last sync.
     unsynced: BTreeSet<u32>,
     /// A segment was created since the last sync of the directory.
@@ -96,6 +109,17 @@ pub struct BodyStore {
     /// Held (shared) by whoever reads bodies an older snapshot refers to;
     /// [`BodyStore::retain`] takes it exclusively.
     gc: RwLock<()>,
+}
+
+impl Drop for BodyStore {
+    /// Writes what is buffered (best effort: nothing relies on it, the
+    /// Raft log holds every body not yet synced).
+    fn drop(&mut self) {
+        let writer = self.writer.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if !writer.failed {
+            let _ = Self::write_buffer(writer);
+        }
+    }
 }
 
 impl std::fmt::Debug for BodyStore {
@@ -148,6 +172,7 @@ impl BodyStore {
                 segment,
                 file,
                 len: 0,
+                buffer: Vec::new(),
                 unsynced: BTreeSet::new(),
                 dir_dirty: true,
                 failed: false,
@@ -176,8 +201,41 @@ impl BodyStore {
             .cloned()
     }
 
-    /// Starts segment `writer.segment + 1`.
+    /// Writes the buffered records to their segment.
+    fn write_buffer(writer: &mut Writer) -> Result<(), StoreError> {
+        if writer.buffer.is_empty() {
+            return Ok(());
+        }
+        let at = writer.len - writer.buffer.len() as u64;
+        if let Err(e) = writer.file.write_all_at(&writer.buffer, at) {
+            writer.failed = true;
+            return Err(StoreError::io("append body", e));
+        }
+        writer.buffer.clear();
+        Ok(())
+    }
+
+    /// Writes every body appended so far to its segment (not synced: see
+    /// [`BodyStore::sync`]).
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if the write fails (then every later append fails
+    /// too).
+    pub fn write_out(&self) -> Result<(), StoreError> {
+        let mut writer = self.writer();
+        if writer.failed {
+            return Err(StoreError::io(
+                "append body",
+                "an earlier write failed; the store takes no more",
+            ));
+        }
+        Self::write_buffer(&mut writer)
+    }
+
+    /// Starts segment `writer.segment + 1`, the buffered records written
+    /// to the old one first.
     fn start_segment(&self, writer: &mut Writer) -> Result<(), StoreError> {
+        Self::write_buffer(writer)?;
         let segment = writer.segment + 1;
         let file = self
             .vfs
@@ -194,7 +252,9 @@ impl BodyStore {
         Ok(())
     }
 
-    /// Appends `body`; it is durable after the next [`BodyStore::sync`].
+    /// Appends `body`; it is written by the next [`BodyStore::write_out`]
+    /// (or sooner) and durable after the next [`BodyStore::sync`]. It can
+    /// be read at once.
     ///
     /// # Errors
     /// [`StoreError::Io`] if the write fails (then every later append fails
@@ -219,22 +279,25 @@ impl BodyStore {
         let mut header = [0u8; HEADER];
         header[..4].copy_from_slice(&len.to_le_bytes());
         header[4..].copy_from_slice(&crc32fast::hash(body).to_le_bytes());
-        let written = if body.len() <= 64 * 1024 {
-            let mut buf = Vec::with_capacity(HEADER + body.len());
-            buf.extend_from_slice(&header);
-            buf.extend_from_slice(body);
-            writer.file.write_all_at(&buf, writer.len)
+        if body.len() <= BUFFERED_BODY_MAX {
+            writer.buffer.extend_from_slice(&header);
+            writer.buffer.extend_from_slice(body);
+            writer.len += record;
+            if writer.buffer.len() >= WRITE_BUFFER_BYTES {
+                Self::write_buffer(&mut writer)?;
+            }
         } else {
-            writer
+            Self::write_buffer(&mut writer)?;
+            let written = writer
                 .file
                 .write_all_at(&header, writer.len)
-                .and_then(|()| writer.file.write_all_at(body, writer.len + HEADER as u64))
-        };
-        if let Err(e) = written {
-            writer.failed = true;
-            return Err(StoreError::io("append body", e));
+                .and_then(|()| writer.file.write_all_at(body, writer.len + HEADER as u64));
+            if let Err(e) = written {
+                writer.failed = true;
+                return Err(StoreError::io("append body", e));
+            }
+            writer.len += record;
         }
-        writer.len += record;
         let segment = writer.segment;
         writer.unsynced.insert(segment);
         drop(writer);
@@ -277,12 +340,34 @@ impl BodyStore {
                 }
             }
         }
-        let file = self
-            .file(at.segment)
-            .ok_or_else(|| StoreError::io("read body", format!("segment {} is gone", at.segment)))?;
         let mut record = vec![0u8; HEADER + at.len as usize];
-        file.read_exact_at(&mut record, u64::from(at.offset))
-            .map_err(io_err("read body"))?;
+        let buffered = {
+            // Under the writer's lock a record is either still buffered or
+            // already written.
+            let writer = self.writer();
+            let buffer_at = writer.len - writer.buffer.len() as u64;
+            let offset = u64::from(at.offset);
+            if at.segment == writer.segment && offset >= buffer_at {
+                let from = usize::try_from(offset - buffer_at).unwrap_or(usize::MAX);
+                let record_in_buffer = writer.buffer.get(from..from.saturating_add(record.len()));
+                let Some(bytes) = record_in_buffer else {
+                    return Err(StoreError::Corrupt {
+                        key: format!("body {}:{}", at.segment, at.offset),
+                    });
+                };
+                record.copy_from_slice(bytes);
+                true
+            } else {
+                false
+            }
+        };
+        if !buffered {
+            let file = self
+                .file(at.segment)
+                .ok_or_else(|| StoreError::io("read body", format!("segment {} is gone", at.segment)))?;
+            file.read_exact_at(&mut record, u64::from(at.offset))
+                .map_err(io_err("read body"))?;
+        }
         let corrupt = || StoreError::Corrupt {
             key: format!("body {}:{}", at.segment, at.offset),
         };
@@ -327,6 +412,7 @@ impl BodyStore {
             if writer.failed {
                 return Err(StoreError::io("sync bodies", "an earlier write failed"));
             }
+            Self::write_buffer(&mut writer)?;
             let dir_dirty = std::mem::take(&mut writer.dir_dirty);
             (std::mem::take(&mut writer.unsynced), dir_dirty)
         };
@@ -460,6 +546,49 @@ mod tests {
     }
 
     #[test]
+    fn buffered_bodies_read_back_before_and_after_they_are_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = BodyConfig {
+            segment_bytes: 4096,
+            cache_bytes: 0,
+        };
+        let store = BodyStore::open(Arc::new(RealFs), dir.path(), &config).expect("open");
+        let bodies: Vec<Bytes> = (0..40u8).map(|i| Bytes::from(vec![i; usize::from(i) * 7])).collect();
+        let refs: Vec<BodyRef> = bodies.iter().map(|b| store.append(b).expect("append")).collect();
+        assert!(refs.iter().any(|r| r.segment > refs[0].segment), "segments roll over");
+        let segment_len = |segment: u32| {
+            std::fs::metadata(dir.path().join(BODY_DIR).join(segment_name(segment)))
+                .expect("segment")
+                .len()
+        };
+        let last = refs[refs.len() - 1];
+        assert!(
+            segment_len(last.segment) <= u64::from(last.offset),
+            "the newest record is still buffered"
+        );
+        for (body, at) in bodies.iter().zip(&refs) {
+            assert_eq!(&store.read(at).expect("read, buffered or written"), body);
+        }
+        store.write_out().expect("write");
+        assert_eq!(
+            segment_len(last.segment),
+            u64::from(last.offset) + HEADER as u64 + u64::from(last.len),
+            "written"
+        );
+        for (body, at) in bodies.iter().zip(&refs) {
+            assert_eq!(&store.read(at).expect("read from disk"), body);
+        }
+        let large = Bytes::from(vec![7u8; BUFFERED_BODY_MAX + 1]);
+        let small = store.append(&Bytes::from_static(b"before")).expect("append");
+        let at = store.append(&large).expect("append large");
+        assert_eq!(
+            store.read(&small).expect("written before the large one").as_ref(),
+            b"before"
+        );
+        assert_eq!(store.read(&at).expect("large"), large);
+    }
+
+    #[test]
     fn a_damaged_record_is_refused_not_returned() {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = BodyConfig {
@@ -468,6 +597,7 @@ mod tests {
         };
         let store = BodyStore::open(Arc::new(RealFs), dir.path(), &config).expect("open");
         let at = store.append(&Bytes::from_static(b"hello")).expect("append");
+        store.write_out().expect("write");
         let path = dir.path().join(BODY_DIR).join(segment_name(at.segment));
         let mut bytes = std::fs::read(&path).expect("read segment");
         bytes[HEADER + 1] ^= 0xff;
