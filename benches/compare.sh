@@ -22,6 +22,7 @@
 #   RATE           fixed publish rate of case 7, msg/s (5000)
 #   RUNS           runs of every case (2)
 #   TRANSIENT_CLIENT  amqprs (default: amqprs-perf, the cheaper client) or lapin, for cases 1-2
+#   DURABLE_CLIENT    amqprs (default) or lapin (warren-perf), for cases 3-4
 #   CASES          which phases to run (default "A B C")
 #   CARGO_TARGET_DIR  where the release binaries are built (default target/)
 #   SKIP_BUILD=1   use the binaries already built
@@ -39,6 +40,7 @@ esac
 RATE=${RATE:-5000}
 RUNS=${RUNS:-2}
 TRANSIENT_CLIENT=${TRANSIENT_CLIENT:-amqprs}
+DURABLE_CLIENT=${DURABLE_CLIENT:-amqprs}
 CASES=${CASES:-A B C}
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 bin=$target_dir/release
@@ -197,9 +199,11 @@ phase_a() {
         --size 1024 --count $((COUNT * 5)) --drain-timeout "$DRAIN"
       measure "$broker" 2-transient-16B "$run" "$pids" "${transient[@]}" "${target[@]}" --queue "c2-r$run" \
         --size 16 --count $((COUNT * 5)) --drain-timeout "$DRAIN"
-      measure "$broker" 3-durable-1p1c "$run" "$pids" "$bin/warren-perf" --uri "$(uri "$port")" --queue "c3-r$run" \
+      local durable=("$bin/amqprs-perf" --port "$port" --manual-ack)
+      if [ "$DURABLE_CLIENT" = lapin ]; then durable=("$bin/warren-perf" --uri "$(uri "$port")"); fi
+      measure "$broker" 3-durable-1p1c "$run" "$pids" "${durable[@]}" --queue "c3-r$run" \
         --durable --persistent --confirm 256 --prefetch 100 --count "$COUNT" --duration "$DURATION" --drain-timeout "$DRAIN"
-      measure "$broker" 4-durable-4p4c "$run" "$pids" "$bin/warren-perf" --uri "$(uri "$port")" --queue "c4-r$run" \
+      measure "$broker" 4-durable-4p4c "$run" "$pids" "${durable[@]}" --queue "c4-r$run" \
         --durable --persistent --confirm 256 --prefetch 100 --producers 4 --consumers 4 \
         --count $((COUNT / 2)) --duration "$DURATION" --drain-timeout "$DRAIN"
       record "$broker" 8-rss-after-load "$run" "{\"rss_kib\": $(rss_kib $pids)}"

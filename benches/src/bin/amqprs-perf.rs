@@ -1,25 +1,31 @@
-//! `amqprs-perf`: the transient case of `warren-perf` (one producer, one
-//! consumer, no confirms) written on the amqprs client instead of lapin, to
-//! measure which client spends less CPU per message (issue 4: on 2 cores the
-//! client competes with the broker). Same stamps, same ledger, same JSON
+//! `amqprs-perf`: `warren-perf`'s load on the amqprs client instead of
+//! lapin. On a 2-core machine the client competes with the broker for CPU,
+//! and amqprs costs about a third of lapin's CPU per message
+//! (docs/benchmarks.md, 2026-11-28), so the broker's share is measured, not
+//! the client's. It has the cases `compare.sh` runs: transient with
+//! auto-ack (1, 2) and durable with publisher confirms and manual acks
+//! (3, 4), several producers and consumers; not `warren-perf`'s reconnects,
+//! rate limits or probes. Same stamps, same ledger, and the same JSON
 //! field names as `warren-perf` for the fields it has.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use amqprs::callbacks::{DefaultChannelCallback, DefaultConnectionCallback};
+use amqprs::callbacks::{ChannelCallback, DefaultConnectionCallback};
 use amqprs::channel::{
-    BasicAckArguments, BasicConsumeArguments, BasicPublishArguments, BasicQosArguments, QueueDeclareArguments,
-    QueuePurgeArguments,
+    BasicAckArguments, BasicConsumeArguments, BasicPublishArguments, BasicQosArguments, Channel,
+    ConfirmSelectArguments, QueueDeclareArguments, QueuePurgeArguments,
 };
 use amqprs::connection::{Connection, OpenConnectionArguments};
-use amqprs::BasicProperties;
+use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, Nack, Return};
 use clap::Parser;
 use serde_json::json;
-use warren_bench::{cpu_us_per_msg, percentiles, process_cpu_us, read_stamp, stamp, Ledger, STAMP_LEN};
+use tokio::sync::Semaphore;
+use warren_bench::{cpu_us_per_msg, percentiles, process_cpu_us, read_stamp, stamp, Ledger, MAX_PRODUCERS, STAMP_LEN};
 
 #[derive(Parser, Clone, Debug)]
-#[command(name = "amqprs-perf", about = "warren-perf's transient case on the amqprs client")]
+#[command(name = "amqprs-perf", about = "warren-perf's load on the amqprs client")]
 struct Args {
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -30,8 +36,25 @@ struct Args {
     /// Body size in bytes (at least 16: the stamp).
     #[arg(long, default_value_t = 1024)]
     size: usize,
+    /// Messages per producer.
     #[arg(long, default_value_t = 100_000)]
     count: u64,
+    /// Stop publishing after this many seconds even if count is not reached.
+    #[arg(long)]
+    duration: Option<u64>,
+    #[arg(long, default_value_t = 1)]
+    producers: u32,
+    #[arg(long, default_value_t = 1)]
+    consumers: u32,
+    /// Declare the queue durable.
+    #[arg(long)]
+    durable: bool,
+    /// delivery_mode = 2.
+    #[arg(long)]
+    persistent: bool,
+    /// Publisher confirms with at most this many unconfirmed per producer (0 = off).
+    #[arg(long, default_value_t = 0)]
+    confirm: usize,
     /// Acknowledge each delivery (default: auto-ack).
     #[arg(long)]
     manual_ack: bool,
@@ -55,86 +78,277 @@ struct Shared {
     latencies_us: Vec<u64>,
     consumed: u64,
     last_consume: Option<Instant>,
+    confirmed: u64,
+    nacked: u64,
+    errors: Vec<String>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    anyhow::ensure!(args.size >= STAMP_LEN, "--size must be at least {STAMP_LEN}");
-    let cpu_start = process_cpu_us();
-    let epoch = Instant::now();
-    let shared = Arc::new(Mutex::new(Shared::default()));
+/// One producer's channel callback: settles confirms (single or
+/// `multiple`) against the tags still unconfirmed, marks them in the ledger
+/// and gives their window permits back.
+struct Confirms {
+    producer: u32,
+    /// Delivery tags published and not yet confirmed (tag = seq + 1).
+    unconfirmed: Arc<Mutex<BTreeSet<u64>>>,
+    window: Arc<Semaphore>,
+    shared: Arc<Mutex<Shared>>,
+}
 
-    let setup = open(&args).await?;
-    let ch = setup.open_channel(None).await?;
-    ch.register_callback(DefaultChannelCallback).await?;
-    ch.queue_declare(QueueDeclareArguments::new(&args.queue)).await?;
-    ch.queue_purge(QueuePurgeArguments::new(&args.queue)).await?;
+impl Confirms {
+    fn settle(&self, tag: u64, multiple: bool, acked: bool) {
+        let settled: Vec<u64> = {
+            let Ok(mut unconfirmed) = self.unconfirmed.lock() else {
+                return;
+            };
+            if multiple {
+                let rest = unconfirmed.split_off(&(tag + 1));
+                std::mem::replace(&mut *unconfirmed, rest).into_iter().collect()
+            } else if unconfirmed.remove(&tag) {
+                vec![tag]
+            } else {
+                Vec::new()
+            }
+        };
+        if let Ok(mut s) = self.shared.lock() {
+            for tag in &settled {
+                if acked {
+                    s.ledger.confirmed(self.producer, tag - 1);
+                    s.confirmed += 1;
+                } else {
+                    s.nacked += 1;
+                }
+            }
+        }
+        self.window.add_permits(settled.len());
+    }
+}
 
-    let consumer_conn = open(&args).await?;
-    let cch = consumer_conn.open_channel(None).await?;
-    cch.register_callback(DefaultChannelCallback).await?;
-    cch.basic_qos(BasicQosArguments::new(0, args.prefetch, false)).await?;
-    let (_tag, mut rx) = cch
+#[async_trait::async_trait]
+impl ChannelCallback for Confirms {
+    async fn close(&mut self, _channel: &Channel, close: CloseChannel) -> Result<(), amqprs::error::Error> {
+        if let Ok(mut s) = self.shared.lock() {
+            s.errors
+                .push(format!("producer {}: channel closed: {close}", self.producer));
+        }
+        // Nothing more will be confirmed: let the producer stop waiting.
+        self.window.close();
+        Ok(())
+    }
+    async fn cancel(&mut self, _channel: &Channel, _cancel: Cancel) -> Result<(), amqprs::error::Error> {
+        Ok(())
+    }
+    async fn flow(&mut self, _channel: &Channel, active: bool) -> Result<bool, amqprs::error::Error> {
+        Ok(active)
+    }
+    async fn publish_ack(&mut self, _channel: &Channel, ack: Ack) {
+        self.settle(ack.delivery_tag(), ack.mutiple(), true);
+    }
+    async fn publish_nack(&mut self, _channel: &Channel, nack: Nack) {
+        self.settle(nack.delivery_tag(), nack.multiple(), false);
+    }
+    async fn publish_return(&mut self, _channel: &Channel, _ret: Return, _props: BasicProperties, _content: Vec<u8>) {}
+}
+
+/// A consumer's channel callback: reports a close or a server cancel.
+struct Watch {
+    shared: Arc<Mutex<Shared>>,
+}
+
+#[async_trait::async_trait]
+impl ChannelCallback for Watch {
+    async fn close(&mut self, _channel: &Channel, close: CloseChannel) -> Result<(), amqprs::error::Error> {
+        if let Ok(mut s) = self.shared.lock() {
+            s.errors.push(format!("consumer channel closed: {close}"));
+        }
+        Ok(())
+    }
+    async fn cancel(&mut self, _channel: &Channel, _cancel: Cancel) -> Result<(), amqprs::error::Error> {
+        if let Ok(mut s) = self.shared.lock() {
+            s.errors.push("consumer cancelled by the server".to_owned());
+        }
+        Ok(())
+    }
+    async fn flow(&mut self, _channel: &Channel, active: bool) -> Result<bool, amqprs::error::Error> {
+        Ok(active)
+    }
+    async fn publish_ack(&mut self, _channel: &Channel, _ack: Ack) {}
+    async fn publish_nack(&mut self, _channel: &Channel, _nack: Nack) {}
+    async fn publish_return(&mut self, _channel: &Channel, _ret: Return, _props: BasicProperties, _content: Vec<u8>) {}
+}
+
+async fn consume(args: Args, shared: Arc<Mutex<Shared>>, epoch: Instant) -> anyhow::Result<Connection> {
+    let conn = open(&args).await?;
+    let ch = conn.open_channel(None).await?;
+    ch.register_callback(Watch { shared: shared.clone() }).await?;
+    ch.basic_qos(BasicQosArguments::new(0, args.prefetch, false)).await?;
+    let (_tag, mut rx) = ch
         .basic_consume_rx(
             BasicConsumeArguments::new(&args.queue, "")
                 .manual_ack(args.manual_ack)
                 .finish(),
         )
         .await?;
-    let consumer = {
-        let shared = shared.clone();
-        let manual_ack = args.manual_ack;
-        tokio::spawn(async move {
-            while let Some(msg) = rx.recv().await {
-                let now_us = epoch.elapsed().as_micros() as u64;
-                if let Some((producer, seq, sent)) = msg.content.as_deref().and_then(read_stamp) {
-                    if let Ok(mut s) = shared.lock() {
-                        s.ledger.consumed(producer, seq);
-                        s.latencies_us.push(now_us.saturating_sub(sent));
-                        s.consumed += 1;
-                        s.last_consume = Some(Instant::now());
-                    }
+    tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            let now_us = epoch.elapsed().as_micros() as u64;
+            if let Some((producer, seq, sent)) = msg.content.as_deref().and_then(read_stamp) {
+                if let Ok(mut s) = shared.lock() {
+                    s.ledger.consumed(producer, seq);
+                    s.latencies_us.push(now_us.saturating_sub(sent));
+                    s.consumed += 1;
+                    s.last_consume = Some(Instant::now());
                 }
-                if manual_ack {
-                    if let Some(deliver) = &msg.deliver {
-                        let _ = cch
-                            .basic_ack(BasicAckArguments::new(deliver.delivery_tag(), false))
-                            .await;
+            }
+            if args.manual_ack {
+                if let Some(deliver) = &msg.deliver {
+                    if ch
+                        .basic_ack(BasicAckArguments::new(deliver.delivery_tag(), false))
+                        .await
+                        .is_err()
+                    {
+                        break;
                     }
                 }
             }
-        })
+        }
+    });
+    Ok(conn)
+}
+
+struct Produced {
+    published: u64,
+    unconfirmed: u64,
+    conn: Connection,
+}
+
+async fn produce(
+    producer: u32,
+    args: Args,
+    shared: Arc<Mutex<Shared>>,
+    epoch: Instant,
+    stop_at: Option<Instant>,
+) -> anyhow::Result<Produced> {
+    let conn = open(&args).await?;
+    let ch = conn.open_channel(None).await?;
+    let unconfirmed = Arc::new(Mutex::new(BTreeSet::new()));
+    let window = Arc::new(Semaphore::new(args.confirm));
+    ch.register_callback(Confirms {
+        producer,
+        unconfirmed: unconfirmed.clone(),
+        window: window.clone(),
+        shared: shared.clone(),
+    })
+    .await?;
+    if args.confirm > 0 {
+        ch.confirm_select(ConfirmSelectArguments::default()).await?;
+    }
+    let properties = if args.persistent {
+        BasicProperties::default().with_delivery_mode(2).finish()
+    } else {
+        BasicProperties::default()
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let producer_conn = open(&args).await?;
-    let pch = producer_conn.open_channel(None).await?;
-    pch.register_callback(DefaultChannelCallback).await?;
-    let start = Instant::now();
-    let mut body = vec![0u8; args.size];
     let publish_args = BasicPublishArguments::new("", &args.queue);
+    let mut body = vec![0u8; args.size];
+    let mut published = 0;
     for seq in 0..args.count {
-        stamp(&mut body, 0, seq, epoch.elapsed().as_micros() as u64);
-        pch.basic_publish(BasicProperties::default(), body.clone(), publish_args.clone())
+        if stop_at.is_some_and(|t| Instant::now() >= t) {
+            break;
+        }
+        if args.confirm > 0 {
+            match window.acquire().await {
+                Ok(permit) => permit.forget(),
+                Err(_) => break, // the channel closed
+            }
+            if let Ok(mut u) = unconfirmed.lock() {
+                u.insert(seq + 1);
+            }
+        }
+        stamp(&mut body, producer, seq, epoch.elapsed().as_micros() as u64);
+        ch.basic_publish(properties.clone(), body.clone(), publish_args.clone())
             .await?;
+        published += 1;
     }
-    let published = args.count;
-    let publish_secs = start.elapsed().as_secs_f64();
+    if args.confirm > 0 {
+        // Wait for the last confirms (bounded: a broker that stops
+        // confirming leaves them unconfirmed).
+        let deadline = Instant::now() + Duration::from_secs(args.drain_timeout);
+        while unconfirmed.lock().map(|u| !u.is_empty()).unwrap_or(false) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let unconfirmed = unconfirmed.lock().map(|u| u.len() as u64).unwrap_or(0);
+    Ok(Produced {
+        published,
+        unconfirmed,
+        conn,
+    })
+}
 
-    let deadline = Instant::now() + Duration::from_secs(args.drain_timeout);
-    while shared.lock().map(|s| s.ledger.consumed_unique()).unwrap_or(0) < published && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    consumer.abort();
-    // What is still in the queue tells a drain timeout (messages left) from
-    // loss (none left, yet not all consumed).
-    let mut passive = QueueDeclareArguments::new(&args.queue);
+async fn ready(ch: &Channel, queue: &str) -> Option<u32> {
+    let mut passive = QueueDeclareArguments::new(queue);
     passive.passive(true);
-    let ready_at_end = match ch.queue_declare(passive).await {
+    match ch.queue_declare(passive).await {
         Ok(Some((_, ready, _))) => Some(ready),
         _ => None,
-    };
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(args.size >= STAMP_LEN, "--size must be at least {STAMP_LEN}");
+    anyhow::ensure!(args.producers <= MAX_PRODUCERS, "at most {MAX_PRODUCERS} producers");
+    let cpu_start = process_cpu_us();
+    let epoch = Instant::now();
+    let shared = Arc::new(Mutex::new(Shared::default()));
+
+    let setup = open(&args).await?;
+    let ch = setup.open_channel(None).await?;
+    ch.queue_declare(QueueDeclareArguments::new(&args.queue).durable(args.durable).finish())
+        .await?;
+    ch.queue_purge(QueuePurgeArguments::new(&args.queue)).await?;
+
+    let mut consumers = Vec::new();
+    for _ in 0..args.consumers {
+        consumers.push(consume(args.clone(), shared.clone(), epoch).await?);
+    }
+    // Let consumers register before the first publish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let start = Instant::now();
+    let stop_at = args.duration.map(|d| start + Duration::from_secs(d));
+    let producers: Vec<_> = (0..args.producers)
+        .map(|p| tokio::spawn(produce(p, args.clone(), shared.clone(), epoch, stop_at)))
+        .collect();
+    let (mut published, mut unconfirmed, mut producer_conns) = (0, 0, Vec::new());
+    for p in producers {
+        let done = p.await??;
+        published += done.published;
+        unconfirmed += done.unconfirmed;
+        producer_conns.push(done.conn);
+    }
+    let publish_secs = start.elapsed().as_secs_f64();
+    let ready_at_publish_end = ready(&ch, &args.queue).await;
+    let consumed_at_publish_end = shared.lock().map(|s| s.consumed).unwrap_or(0);
+
+    let deadline = Instant::now() + Duration::from_secs(args.drain_timeout);
+    while args.consumers > 0 && Instant::now() < deadline {
+        let drained = shared
+            .lock()
+            .map(|s| {
+                if args.confirm > 0 {
+                    s.ledger.confirmed_pending() == 0
+                } else {
+                    s.ledger.consumed_unique() >= published
+                }
+            })
+            .unwrap_or(false);
+        if drained {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ready_at_end = ready(&ch, &args.queue).await;
     let cpu_us = match (cpu_start, process_cpu_us()) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
@@ -144,31 +358,47 @@ async fn main() -> anyhow::Result<()> {
         let consume_secs = s.last_consume.map(|t| (t - start).as_secs_f64());
         let accounting = s.ledger.account();
         let lat = percentiles(&mut s.latencies_us);
-        let report = json!({
-            "label": args.label, "client": "amqprs", "size": args.size, "auto_ack": !args.manual_ack,
-            "producers": 1, "consumers": 1,
-            "published": published, "consumed": s.consumed,
+        let lost = if args.confirm > 0 {
+            accounting.lost
+        } else {
+            published.saturating_sub(accounting.consumed_unique)
+        };
+        json!({
+            "label": args.label, "client": "amqprs", "queue": args.queue,
+            "producers": args.producers, "consumers": args.consumers, "size": args.size,
+            "persistent": args.persistent, "durable": args.durable, "confirm_window": args.confirm,
+            "prefetch": args.prefetch, "auto_ack": !args.manual_ack,
+            "published": published, "confirmed": s.confirmed, "nacked": s.nacked,
+            "unconfirmed": unconfirmed, "consumed": s.consumed,
+            "publish_secs": publish_secs,
             "publish_rate": published as f64 / publish_secs,
+            "confirm_rate": if args.confirm > 0 { s.confirmed as f64 / publish_secs } else { 0.0 },
             "consume_rate": consume_secs.map_or(0.0, |secs| s.consumed as f64 / secs),
             "latency_us": lat,
-            "lost": published.saturating_sub(accounting.consumed_unique),
+            "lost": lost,
             "duplicates": accounting.duplicates,
+            "backlog_at_publish_end": published.saturating_sub(consumed_at_publish_end),
+            "ready_at_publish_end": ready_at_publish_end,
             "ready_at_end": ready_at_end,
+            "errors": s.errors,
             "cpu_us": cpu_us,
             "cpu_us_per_msg": cpu_us.map(|c| cpu_us_per_msg(c, published, s.consumed)),
-        });
-        report
+        })
     };
     println!("{report}");
     eprintln!(
-        "amqprs: published {published} ({:.0} msg/s), consumed {} ({:.0} msg/s), client CPU {:.1} µs/msg",
+        "amqprs: published {published} ({:.0} msg/s), confirmed {} ({:.0} msg/s), consumed {} ({:.0} msg/s), lost {}, client CPU {:.1} µs/msg",
         report["publish_rate"].as_f64().unwrap_or(0.0),
+        report["confirmed"],
+        report["confirm_rate"].as_f64().unwrap_or(0.0),
         report["consumed"],
         report["consume_rate"].as_f64().unwrap_or(0.0),
+        report["lost"],
         report["cpu_us_per_msg"].as_f64().unwrap_or(0.0),
     );
-    let _ = producer_conn.close().await;
-    let _ = consumer_conn.close().await;
+    for conn in producer_conns.into_iter().chain(consumers) {
+        let _ = conn.close().await;
+    }
     let _ = setup.close().await;
     Ok(())
 }
