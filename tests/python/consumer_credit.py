@@ -1,6 +1,6 @@
 """Consumer credit at the consumer's node (ADR 0026), as a pika user sees it.
 
-The core assigns a consumer of prefetch 10 up to 20 deliveries; the node
+The core assigns a consumer of prefetch 10 up to 40 deliveries; the node
 sends the client 10 and holds the rest. Checked here against the binary:
 
 1. the client never holds more unacked deliveries than its prefetch, and

@@ -294,10 +294,10 @@ async fn the_whole_cluster_killed_and_restarted_keeps_its_durable_queue_and_conf
     let confirmed = publish_confirmed(&nodes[2].amqp_uri(), QUEUE, 0..300).await?;
     assert_eq!(confirmed.len(), 300, "every publish is confirmed");
 
-    // Ids 0..100 consumed and acked through node 1; 100..150 delivered to a
-    // consumer on node 2 and still unacked when everything dies, 150..200
-    // assigned to it too and held by node 2 (prefetch 50: the core assigns
-    // twice that, ADR 0026).
+    // Ids 0..100 consumed and acked through node 1; 100..125 delivered to a
+    // consumer on node 2 and still unacked when everything dies, 125..200
+    // assigned to it too and held by node 2 (prefetch 25: the core assigns
+    // four times that, ADR 0026).
     {
         let conn = connect(&nodes[0].amqp_uri()).await?;
         let ch = within("channel.open", conn.create_channel()).await?;
@@ -312,7 +312,7 @@ async fn the_whole_cluster_killed_and_restarted_keeps_its_durable_queue_and_conf
     }
     let holder = connect(&nodes[1].amqp_uri()).await?;
     let holder_ch = within("channel.open", holder.create_channel()).await?;
-    within("basic.qos", holder_ch.basic_qos(50, BasicQosOptions::default())).await?;
+    within("basic.qos", holder_ch.basic_qos(25, BasicQosOptions::default())).await?;
     let mut consumer = within(
         "basic.consume",
         holder_ch.basic_consume(
@@ -324,11 +324,11 @@ async fn the_whole_cluster_killed_and_restarted_keeps_its_durable_queue_and_conf
     )
     .await?;
     let mut held = BTreeSet::new();
-    for _ in 0..50 {
+    for _ in 0..25 {
         let delivery = next_delivery(&mut consumer).await?;
         held.insert(warren_e2e::amqp::text(&delivery.data).parse::<u64>()?);
     }
-    assert_eq!(held, (100..150).collect::<BTreeSet<u64>>());
+    assert_eq!(held, (100..125).collect::<BTreeSet<u64>>());
     // Every replica has applied the acks and the deliveries.
     for addr in &addrs {
         eventually(
@@ -364,7 +364,7 @@ async fn the_whole_cluster_killed_and_restarted_keeps_its_durable_queue_and_conf
     );
 
     // The queue is there, durable, with the 200 unconsumed messages ready;
-    // the 50 that were unacked come back redelivered, and so do the 50 the
+    // the 25 that were unacked come back redelivered, and so may the 75 the
     // dead node held (it cannot say it never sent them).
     let listing = eventually("the queue after the restart", Duration::from_secs(20), || async {
         let listing = list_queues(addrs[0], &[]).await?;
@@ -399,7 +399,7 @@ async fn the_whole_cluster_killed_and_restarted_keeps_its_durable_queue_and_conf
     }
     let lost: Vec<u64> = (100..300).filter(|id| !seen.contains(id)).collect();
     println!(
-        "whole-cluster restart: confirmed 300, acked before 100, unacked at the crash 50, \
+        "whole-cluster restart: confirmed 300, acked before 100, unacked at the crash 25, \
          consumed after {}, redelivered {}, lost {}",
         seen.len(),
         redelivered.len(),

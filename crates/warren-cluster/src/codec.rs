@@ -211,7 +211,7 @@ mod tests {
             priority: 5,
             in_flight: 0,
             in_flight_bytes: 0,
-            credit: false,
+            lookahead: warren_core::Lookahead::NONE,
         };
         /// A consumer as version 4 wrote it: no `in_flight`.
         #[derive(Serialize)]
@@ -258,6 +258,44 @@ mod tests {
         let mut current = vec![CODEC_VERSION];
         bincode::serialize_into(&mut current, &(&consumer, 7u64)).expect("encode");
         assert_eq!(encode(&(&consumer, 7u64)).expect("encode"), current);
+    }
+
+    /// Version 5 wrote the consumer's and the `Consume`'s `credit` as a
+    /// bool; the field is a `Lookahead` byte now, with `true` meaning what
+    /// it meant (twice the prefetch), and an old build refuses the new
+    /// value instead of reading it as something else.
+    #[test]
+    fn a_version_5_credit_flag_reads_as_its_lookahead() {
+        for (credit, lookahead) in [
+            (false, warren_core::Lookahead::NONE),
+            (true, warren_core::Lookahead::V5),
+        ] {
+            let mut encoded = vec![CODEC_VERSION];
+            bincode::serialize_into(&mut encoded, &(credit, 7u64)).expect("encode");
+            let decoded: (warren_core::Lookahead, u64) = decode(&encoded).expect("decode");
+            assert_eq!(decoded, (lookahead, 7));
+        }
+        let current = encode(&(warren_core::Lookahead::CURRENT, 7u64)).expect("encode");
+        assert!(
+            decode::<(bool, u64)>(&current).is_err(),
+            "a reader of the bool refuses the new lookahead"
+        );
+        let command = warren_core::Command::Consume {
+            vhost: "/".into(),
+            queue: "q".into(),
+            consumer_tag: "c".into(),
+            no_ack: false,
+            exclusive: false,
+            arguments: amq_protocol_types::FieldTable::default(),
+            lookahead: warren_core::Lookahead::V5,
+        };
+        let encoded = encode(&command).expect("encode");
+        assert_eq!(
+            encoded.last(),
+            Some(&1),
+            "the lookahead is the command's last byte, where version 5 wrote `credit: true`"
+        );
+        assert_eq!(decode::<warren_core::Command>(&encoded).expect("decode"), command);
     }
 
     #[test]

@@ -283,7 +283,7 @@ impl Broker {
                 no_ack,
                 exclusive,
                 arguments,
-                credit,
+                lookahead,
             } => {
                 let channel = ctx.origin?;
                 let spec = crate::consume::ConsumeSpec {
@@ -291,7 +291,7 @@ impl Broker {
                     no_ack: *no_ack,
                     exclusive: *exclusive,
                     arguments,
-                    credit: *credit,
+                    lookahead: *lookahead,
                 };
                 self.consume(ctx, channel, vhost, queue, spec)
             }

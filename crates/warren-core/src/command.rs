@@ -166,13 +166,14 @@ pub enum Command {
         no_ack: bool,
         exclusive: bool,
         arguments: FieldTable,
-        /// The consumer gets the windows of ADR 0026 (a manual one twice its
-        /// prefetch from 10 on, a `no_ack` one a window its node's
-        /// `Written` reports free). False in entries of codec version 4 and
-        /// earlier, so that replaying an old log gives what the old build
-        /// gave (every replica must agree on every entry).
+        /// The windows of ADR 0026 the consumer gets (a manual one a multiple
+        /// of its prefetch from 10 on, a `no_ack` one a window its node's
+        /// `Written` reports free; see [`crate::Lookahead`]). None in
+        /// entries of codec version 4 and earlier, so that replaying an old
+        /// log gives what the old build gave (every replica must agree on
+        /// every entry).
         #[serde(deserialize_with = "crate::consumer::since_v5")]
-        credit: bool,
+        lookahead: crate::Lookahead,
     },
     Cancel {
         consumer_tag: ConsumerTag,

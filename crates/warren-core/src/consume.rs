@@ -20,7 +20,7 @@ pub(crate) struct ConsumeSpec<'a> {
     pub no_ack: bool,
     pub exclusive: bool,
     pub arguments: &'a FieldTable,
-    pub credit: bool,
+    pub lookahead: crate::Lookahead,
 }
 
 /// The AMQP field types RabbitMQ accepts where it wants an integer
@@ -118,7 +118,7 @@ impl Broker {
             no_ack,
             exclusive,
             arguments,
-            credit,
+            lookahead,
         } = spec;
         if self.channels.get(&channel).is_some_and(|ch| ch.has_consumer(tag)) {
             return Err(fail::reused_consumer_tag(tag));
@@ -166,7 +166,7 @@ impl Broker {
             priority: consumer_priority(spec.arguments),
             in_flight: 0,
             in_flight_bytes: 0,
-            credit,
+            lookahead,
         };
         state.consumers.insert(tag.clone(), consumer);
         ctx.touch(vhost, name);

@@ -35,10 +35,44 @@ pub struct Consumer {
     /// The body bytes of those deliveries.
     #[serde(deserialize_with = "since_v5")]
     pub in_flight_bytes: u64,
-    /// Created by a `Consume` with `credit` (ADR 0026): the windows apply.
-    /// False for consumers of older snapshots and log entries.
+    /// Its `Consume`'s lookahead (ADR 0026): what windows apply.
+    /// [`Lookahead::NONE`] for consumers of older snapshots and log entries.
     #[serde(deserialize_with = "since_v5")]
-    pub credit: bool,
+    pub lookahead: Lookahead,
+}
+
+/// How far past its prefetch the core assigns deliveries to a consumer
+/// (ADR 0026), as its `Consume` said. It is carried by the command, not
+/// decided when it applies, so that replaying a log written by an older
+/// build gives what that build gave: every replica must agree on every
+/// entry.
+///
+/// - `0` ([`Lookahead::NONE`]): no window: exactly the prefetch, and a
+///   `no_ack` consumer without a bound (codec version 4 and earlier).
+/// - `n ≥ 1`: a manual consumer of prefetch `p ≥ LOOKAHEAD_FROM` is
+///   assigned up to `p × (1 + n)`, and a `no_ack` consumer is bound by
+///   [`NO_ACK_WINDOW`]. Codec version 5 wrote `true` here, a single byte
+///   1: [`Lookahead::V5`], twice the prefetch. An older build reading a
+///   larger value refuses the entry (a bool must be 0 or 1) instead of
+///   reading it differently.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Lookahead(pub u8);
+
+impl Lookahead {
+    pub const NONE: Lookahead = Lookahead(0);
+    /// What codec version 5's `credit: true` meant: twice the prefetch.
+    pub const V5: Lookahead = Lookahead(1);
+    /// What this build's front end asks for: four times the prefetch. Twice
+    /// was not enough for a consumer to keep up with a confirming publisher
+    /// on one node (docs/benchmarks.md, 2026-12-06 midday: 83 % of the
+    /// confirm rate at prefetch 100, 100 % at four times).
+    pub const CURRENT: Lookahead = Lookahead(3);
+
+    /// Whether the windows of ADR 0026 apply at all.
+    pub fn windowed(self) -> bool {
+        self.0 > 0
+    }
 }
 
 /// How many deliveries a `no_ack` consumer may have assigned and not yet
@@ -103,18 +137,18 @@ where
 /// that work queues of prefetch 1 (RabbitMQ's "fair dispatch") stay fair.
 pub const LOOKAHEAD_FROM: u16 = 10;
 
-/// How many unacked deliveries the core assigns to a consumer (or a
-/// channel, for `qos global=true`) of prefetch `prefetch` (0: no limit).
-/// From [`LOOKAHEAD_FROM`] on it is twice the prefetch: the consumer's
-/// node sends the client at most `prefetch` and holds the rest, ready to
-/// go as the client acks, before the acks commit.
+/// How many unacked deliveries the core assigns to a consumer of prefetch
+/// `prefetch` (0: no limit) and `lookahead`: from [`LOOKAHEAD_FROM`] on,
+/// `prefetch × (1 + lookahead)`. The consumer's node sends the client at
+/// most `prefetch` and holds the rest, ready to go as the client acks,
+/// before the acks commit. A channel's global prefetch is exact.
 ///
-/// `assigned_window(1) == 1`, `assigned_window(9) == 9`,
-/// `assigned_window(10) == 20`, `assigned_window(u16::MAX) == 131070`.
-pub fn assigned_window(prefetch: u16) -> u32 {
+/// `assigned_window(9, CURRENT) == 9`, `assigned_window(10, V5) == 20`,
+/// `assigned_window(10, CURRENT) == 40`, `assigned_window(u16::MAX, Lookahead(255)) == 16_776_960`.
+pub fn assigned_window(prefetch: u16, lookahead: Lookahead) -> u32 {
     let prefetch = u32::from(prefetch);
     if prefetch >= u32::from(LOOKAHEAD_FROM) {
-        prefetch * 2
+        prefetch * (1 + u32::from(lookahead.0))
     } else {
         prefetch
     }
@@ -124,13 +158,10 @@ impl Consumer {
     /// Whether its own prefetch allows the core to assign one more delivery.
     pub fn has_credit(&self) -> bool {
         if self.no_ack {
-            return !self.credit || (self.in_flight < NO_ACK_WINDOW && self.in_flight_bytes < NO_ACK_WINDOW_BYTES);
+            return !self.lookahead.windowed()
+                || (self.in_flight < NO_ACK_WINDOW && self.in_flight_bytes < NO_ACK_WINDOW_BYTES);
         }
-        let window = if self.credit {
-            assigned_window(self.prefetch)
-        } else {
-            u32::from(self.prefetch)
-        };
+        let window = assigned_window(self.prefetch, self.lookahead);
         self.prefetch == 0 || self.unacked < window
     }
 }

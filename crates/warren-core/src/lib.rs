@@ -72,7 +72,9 @@ pub mod vhost;
 
 pub use broker::{Broker, ChannelSummary, QueueSummary, User};
 pub use command::{AfterReturn, Batch, Command, ExchangeKind, Request};
-pub use consumer::{assigned_window, with_record_version, LOOKAHEAD_FROM, NO_ACK_WINDOW, NO_ACK_WINDOW_BYTES};
+pub use consumer::{
+    assigned_window, with_record_version, Lookahead, LOOKAHEAD_FROM, NO_ACK_WINDOW, NO_ACK_WINDOW_BYTES,
+};
 pub use effect::{Effect, Outcome};
 pub use error::{reply_code, CoreError};
 pub use ids::{

@@ -152,6 +152,8 @@ pub fn publish(exchange: &str, routing_key: &str, body: &str) -> Command {
     publish_message(message(exchange, routing_key, body))
 }
 
+/// A `Consume` with the lookahead of codec version 5 (twice the prefetch
+/// from 10 on), as the core's tests were written for.
 pub fn consume(queue: &str, tag: &str, no_ack: bool) -> Command {
     Command::Consume {
         vhost: root(),
@@ -160,7 +162,7 @@ pub fn consume(queue: &str, tag: &str, no_ack: bool) -> Command {
         no_ack,
         exclusive: false,
         arguments: FieldTable::default(),
-        credit: true,
+        lookahead: crate::Lookahead::V5,
     }
 }
 

@@ -448,7 +448,7 @@ async fn consume_until_broken(
             no_ack: false,
             exclusive: false,
             arguments: FieldTable::default(),
-            credit: true,
+            lookahead: warren_core::Lookahead::CURRENT,
         },
     ];
     for command in setup {

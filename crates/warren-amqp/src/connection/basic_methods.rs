@@ -80,7 +80,7 @@ impl Connection {
                     no_ack: m.no_ack,
                     exclusive: m.exclusive,
                     arguments: m.arguments,
-                    credit: true,
+                    lookahead: warren_core::Lookahead::CURRENT,
                 };
                 let pending = Pending::Consume {
                     nowait: m.nowait,

@@ -11,7 +11,7 @@ fn consume_exclusive(queue: &str, tag: &str) -> Command {
         no_ack: false,
         exclusive: true,
         arguments: FieldTable::default(),
-        credit: true,
+        lookahead: crate::Lookahead::V5,
     }
 }
 
@@ -498,7 +498,7 @@ fn consumer_priority_must_be_an_integer_other_consume_arguments_are_accepted() {
         no_ack: false,
         exclusive: false,
         arguments,
-        credit: true,
+        lookahead: crate::Lookahead::V5,
     };
     let (mut h, c) = with_queue();
     assert_eq!(
@@ -525,7 +525,7 @@ fn consumer_priority_must_be_an_integer_other_consume_arguments_are_accepted() {
                 no_ack: false,
                 exclusive: false,
                 arguments: table(&[("x-priority", text("high"))]),
-                credit: true,
+                lookahead: crate::Lookahead::V5,
             }
         ),
         Err(CoreError::NotFound(_))
@@ -556,7 +556,7 @@ fn consume_with_priority(queue: &str, tag: &str, priority: AMQPValue) -> Command
         no_ack: false,
         exclusive: false,
         arguments: table(&[("x-priority", priority)]),
-        credit: true,
+        lookahead: crate::Lookahead::V5,
     }
 }
 

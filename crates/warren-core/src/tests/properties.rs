@@ -170,7 +170,7 @@ fn request(layout: [QueueLayout; 3]) -> impl Strategy<Value = Request> {
                     no_ack,
                     exclusive,
                     arguments: FieldTable::default(),
-                    credit: true,
+                    lookahead: crate::Lookahead::V5,
                 };
                 Request { origin: Some(channel(c)), command }
             }

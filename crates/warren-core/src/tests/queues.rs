@@ -638,7 +638,7 @@ fn arguments_of_another_queue_type_are_refused_naming_the_type() {
         no_ack: false,
         exclusive: false,
         arguments: table(&[("x-stream-offset", text("first"))]),
-        credit: true,
+        lookahead: crate::Lookahead::V5,
     };
     assert_eq!(
         h.call(c, consume),

@@ -1,5 +1,5 @@
 //! The core's side of consumer credit at the consumer's node (ADR 0026):
-//! a consumer is assigned up to `assigned_window(prefetch)` deliveries,
+//! a consumer is assigned up to `assigned_window(prefetch, lookahead)` deliveries,
 //! and deliveries its node never sent come back as they were.
 
 use amq_protocol_types::AMQPValue;
@@ -21,13 +21,53 @@ fn publish_n(h: &mut Harness, c: crate::ChannelId, queue: &str, n: usize) -> Vec
 }
 
 #[test]
-fn the_window_is_the_prefetch_below_ten_and_twice_it_from_ten() {
-    assert_eq!(assigned_window(0), 0);
-    assert_eq!(assigned_window(1), 1);
-    assert_eq!(assigned_window(9), 9);
-    assert_eq!(assigned_window(10), 20);
-    assert_eq!(assigned_window(100), 200);
-    assert_eq!(assigned_window(u16::MAX), 131_070);
+fn the_window_is_the_prefetch_below_ten_and_a_multiple_of_it_from_ten() {
+    use crate::Lookahead;
+    for lookahead in [Lookahead::NONE, Lookahead::V5, Lookahead::CURRENT] {
+        assert_eq!(assigned_window(0, lookahead), 0);
+        assert_eq!(assigned_window(1, lookahead), 1);
+        assert_eq!(assigned_window(9, lookahead), 9);
+    }
+    assert_eq!(assigned_window(10, Lookahead::NONE), 10);
+    assert_eq!(assigned_window(10, Lookahead::V5), 20, "codec version 5: twice");
+    assert_eq!(assigned_window(100, Lookahead::V5), 200);
+    assert_eq!(assigned_window(10, Lookahead::CURRENT), 40, "this build: four times");
+    assert_eq!(assigned_window(100, Lookahead::CURRENT), 400);
+    assert_eq!(assigned_window(u16::MAX, Lookahead::CURRENT), 262_140);
+    assert_eq!(assigned_window(u16::MAX, Lookahead(u8::MAX)), 16_776_960, "no overflow");
+}
+
+/// The harness consumes with [`crate::Lookahead::V5`] (twice the prefetch),
+/// as these tests were written; the front end asks for `CURRENT`.
+#[test]
+fn a_consumer_asking_four_times_is_assigned_four_times() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    h.ok(c, declare_queue("q"));
+    h.ok(c, qos(10, false));
+    let current = match consume("q", "c", false) {
+        Command::Consume {
+            vhost,
+            queue,
+            consumer_tag,
+            no_ack,
+            exclusive,
+            arguments,
+            ..
+        } => Command::Consume {
+            vhost,
+            queue,
+            consumer_tag,
+            no_ack,
+            exclusive,
+            arguments,
+            lookahead: crate::Lookahead::CURRENT,
+        },
+        other => other,
+    };
+    h.ok(c, current);
+    assert_eq!(deliveries(&publish_n(&mut h, c, "q", 50)).len(), 40);
+    assert_eq!(h.summary("q").messages_ready, 10);
 }
 
 #[test]
@@ -62,7 +102,7 @@ fn a_consumer_is_assigned_its_window_and_a_channel_its_exact_global_prefetch() {
 }
 
 /// A `Consume` as builds before ADR 0026 wrote it (decoded from an older
-/// log: `credit` false) keeps the old meaning, so that replaying such an
+/// log: no lookahead) keeps the old meaning, so that replaying such an
 /// entry gives what the old build gave on every replica.
 #[test]
 fn a_consumer_from_an_older_entry_keeps_the_exact_prefetch_and_no_window() {
@@ -87,7 +127,7 @@ fn a_consumer_from_an_older_entry_keeps_the_exact_prefetch_and_no_window() {
             no_ack,
             exclusive,
             arguments,
-            credit: false,
+            lookahead: crate::Lookahead::NONE,
         },
         other => other,
     };
