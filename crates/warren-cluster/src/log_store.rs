@@ -40,7 +40,8 @@ type Pending = Arc<Mutex<Entries>>;
 /// The entries readers find in memory: every one queued for the writer,
 /// and the newest flushed ones.
 struct Entries {
-    map: BTreeMap<u64, Entry<TypeConfig>>,
+    /// Shared so that a reader copies them outside the lock.
+    map: BTreeMap<u64, Arc<Entry<TypeConfig>>>,
     /// The flushed entries in `map`, oldest first, with their encoded sizes.
     flushed: std::collections::VecDeque<(LogId<u64>, u64)>,
     flushed_bytes: u64,
@@ -348,17 +349,16 @@ impl RaftLogReaderHandle {
         }
         // Copy the queued entries *before* reading the store: an entry that
         // leaves `pending` has been written first, so it is in one or the other.
-        let queued: BTreeMap<u64, Entry<TypeConfig>> = lock_pending(&self.pending)
+        let shared: Vec<(u64, Arc<Entry<TypeConfig>>)> = lock_pending(&self.pending)
             .map
             .range(start..end)
-            .map(|(i, e)| (*i, e.clone()))
+            .map(|(i, e)| (*i, Arc::clone(e)))
             .collect();
-        // All of a bounded range in memory: no disk read.
-        if end != u64::MAX
-            && queued.len() as u64 == end - start
-            && queued.keys().next() == Some(&start)
-            && queued.keys().next_back() == Some(&(end - 1))
-        {
+        let queued: BTreeMap<u64, Entry<TypeConfig>> = shared.into_iter().map(|(i, e)| (i, (*e).clone())).collect();
+        // All of a bounded range in memory (the keys are distinct and in
+        // the range, so as many as the range is long is all of it): no
+        // disk read.
+        if end != u64::MAX && queued.len() as u64 == end - start {
             return Ok(queued.into_values().collect());
         }
         let store = self.store.clone();
@@ -474,7 +474,7 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
         {
             let mut pending = lock_pending(&self.pending);
             for entry in entries {
-                pending.map.insert(entry.log_id.index, entry);
+                pending.map.insert(entry.log_id.index, Arc::new(entry));
             }
         }
         self.writer
@@ -536,10 +536,10 @@ mod tests {
         for log_id in ids {
             entries.map.insert(
                 log_id.index,
-                Entry {
+                Arc::new(Entry {
                     log_id: *log_id,
                     payload: EntryPayload::Blank,
-                },
+                }),
             );
         }
         entries
@@ -590,10 +590,10 @@ mod tests {
         for log_id in [id(2, 5), id(2, 6)] {
             entries.map.insert(
                 log_id.index,
-                Entry {
+                Arc::new(Entry {
                     log_id,
                     payload: EntryPayload::Blank,
-                },
+                }),
             );
         }
         entries.budget = 0;

@@ -102,6 +102,10 @@ pub struct BodyStore {
     dir: PathBuf,
     config: BodyConfig,
     writer: Mutex<Writer>,
+    /// The segment being written, as `writer.segment`, set after the old
+    /// one's buffer was written: a record of an older segment is on file,
+    /// and a read of it needs no writer lock.
+    current: std::sync::atomic::AtomicU32,
     files: RwLock<BTreeMap<u32, Arc<dyn VfsFile>>>,
     cache: Mutex<Cache>,
     /// Bytes the cache may hold (the configured size, or less).
@@ -177,6 +181,7 @@ impl BodyStore {
                 dir_dirty: true,
                 failed: false,
             }),
+            current: std::sync::atomic::AtomicU32::new(segment),
             files: RwLock::new(files),
             cache: Mutex::new(Cache::default()),
             cache_budget: std::sync::atomic::AtomicU64::new(config.cache_bytes),
@@ -246,6 +251,7 @@ impl BodyStore {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(segment, file.clone());
         writer.segment = segment;
+        self.current.store(segment, std::sync::atomic::Ordering::Release);
         writer.file = file;
         writer.len = 0;
         writer.dir_dirty = true;
@@ -341,7 +347,8 @@ impl BodyStore {
             }
         }
         let mut record = vec![0u8; HEADER + at.len as usize];
-        let buffered = {
+        let older = at.segment < self.current.load(std::sync::atomic::Ordering::Acquire);
+        let buffered = !older && {
             // Under the writer's lock a record is either still buffered or
             // already written.
             let writer = self.writer();
