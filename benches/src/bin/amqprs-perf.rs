@@ -123,6 +123,14 @@ impl Confirms {
     }
 }
 
+impl Drop for Confirms {
+    /// amqprs drops the callback when the connection dies without a
+    /// `channel.close`: a producer waiting for window permits stops then.
+    fn drop(&mut self) {
+        self.window.close();
+    }
+}
+
 #[async_trait::async_trait]
 impl ChannelCallback for Confirms {
     async fn close(&mut self, _channel: &Channel, close: CloseChannel) -> Result<(), amqprs::error::Error> {
@@ -264,15 +272,29 @@ async fn produce(
             }
         }
         stamp(&mut body, producer, seq, epoch.elapsed().as_micros() as u64);
-        ch.basic_publish(properties.clone(), body.clone(), publish_args.clone())
-            .await?;
+        if let Err(e) = ch
+            .basic_publish(properties.clone(), body.clone(), publish_args.clone())
+            .await
+        {
+            // Reported, and the run ends with what it has (as warren-perf).
+            if let Ok(mut u) = unconfirmed.lock() {
+                u.remove(&(seq + 1));
+            }
+            if let Ok(mut s) = shared.lock() {
+                s.errors.push(format!("producer {producer}: publish failed: {e}"));
+            }
+            break;
+        }
         published += 1;
     }
     if args.confirm > 0 {
         // Wait for the last confirms (bounded: a broker that stops
-        // confirming leaves them unconfirmed).
+        // confirming leaves them unconfirmed; a closed channel none).
         let deadline = Instant::now() + Duration::from_secs(args.drain_timeout);
-        while unconfirmed.lock().map(|u| !u.is_empty()).unwrap_or(false) && Instant::now() < deadline {
+        while unconfirmed.lock().map(|u| !u.is_empty()).unwrap_or(false)
+            && !window.is_closed()
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
@@ -401,4 +423,49 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = setup.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn confirms(window: usize, tags: &[u64]) -> Confirms {
+        let unconfirmed = Arc::new(Mutex::new(tags.iter().copied().collect::<BTreeSet<u64>>()));
+        Confirms {
+            producer: 3,
+            unconfirmed,
+            window: Arc::new(Semaphore::new(window)),
+            shared: Arc::new(Mutex::new(Shared::default())),
+        }
+    }
+
+    fn left(c: &Confirms) -> Vec<u64> {
+        c.unconfirmed.lock().expect("lock").iter().copied().collect()
+    }
+
+    #[test]
+    fn acks_settle_their_tags_once_and_give_the_window_back() {
+        let c = confirms(0, &[1, 2, 3, 4, 5]);
+        c.settle(3, true, true);
+        assert_eq!(left(&c), vec![4, 5], "multiple settles 1..=3");
+        assert_eq!(c.window.available_permits(), 3);
+        c.settle(3, true, true);
+        c.settle(2, false, true);
+        assert_eq!(c.window.available_permits(), 3, "settled tags are not settled again");
+        c.settle(5, false, false);
+        assert_eq!(left(&c), vec![4]);
+        assert_eq!(c.window.available_permits(), 4, "a nack frees its permit too");
+        let s = c.shared.lock().expect("lock");
+        assert_eq!((s.confirmed, s.nacked), (3, 1));
+        // Tags are seq + 1: seqs 0..=2 confirmed, none of them consumed.
+        assert_eq!(s.ledger.confirmed_pending(), 3);
+    }
+
+    #[test]
+    fn a_dropped_callback_closes_the_window() {
+        let c = confirms(1, &[]);
+        let window = c.window.clone();
+        drop(c);
+        assert!(window.is_closed(), "a producer waiting for permits stops");
+    }
 }
