@@ -705,6 +705,22 @@ impl Node {
         f(&self.inner.shared.read().broker)
     }
 
+    /// This replica's broker encoded as a snapshot sent to another node
+    /// is: every body and page in place of its handle in this node's body
+    /// store (handles are node-local: a node that restarted, or sealed a
+    /// segment at another time, files the same message elsewhere). Equal on
+    /// replicas that applied the same entries. Reads bodies from disk
+    /// under the state's read lock: for tests and checks, not a hot path.
+    ///
+    /// # Errors
+    /// A body or page cannot be read, or the state cannot be encoded.
+    pub fn portable_state(&self) -> Result<Vec<u8>, String> {
+        let bodies = self.inner.store.bodies();
+        let state = self.inner.shared.read();
+        crate::state_machine::portable(bodies.as_ref(), || crate::codec::encode(&state.broker))
+            .map_err(|e| e.to_string())
+    }
+
     /// A number that moves whenever this replica's users or permissions
     /// may have changed: access checks cached under one value hold until
     /// it moves.

@@ -514,7 +514,7 @@ impl BodyCodec for StoreCodec {
 
 /// Runs `f` with bodies made portable through `bodies` (read from it when
 /// encoding, written to it when decoding), if there is a body store.
-fn portable<R>(bodies: Option<&Arc<BodyStore>>, f: impl FnOnce() -> R) -> R {
+pub(crate) fn portable<R>(bodies: Option<&Arc<BodyStore>>, f: impl FnOnce() -> R) -> R {
     match bodies {
         Some(bodies) => warren_core::with_body_codec(std::rc::Rc::new(StoreCodec(bodies.clone())), f),
         None => f(),

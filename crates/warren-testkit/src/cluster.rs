@@ -590,14 +590,24 @@ impl Cluster {
                     .check_invariants()
                     .map_err(|e| TestkitError::new(format!("node {id} at index {index}: invariant broken: {e}")))?;
             }
-            if let Some(((first_id, first), (other_id, _))) = states
-                .first()
-                .and_then(|first| states.iter().find(|(_, b)| b != &first.1).map(|other| (first, other)))
-            {
-                let ours = first.queue_summaries();
-                let theirs = self.node(*other_id).map(|n| n.read(|b| b.queue_summaries()));
+            // Compared with every body in place of its node-local handle.
+            let mut portable = Vec::new();
+            for (id, node) in &nodes {
+                let bytes = node
+                    .portable_state()
+                    .map_err(|e| TestkitError::new(format!("node {id} at index {index}: {e}")))?;
+                portable.push(bytes);
+            }
+            if nodes.iter().any(|(_, n)| n.metrics().last_applied != target) {
+                last_problem = "still applying".to_owned();
+                continue;
+            }
+            if let Some(other) = portable.iter().position(|bytes| bytes != &portable[0]) {
+                let (first_id, first) = &states[0];
+                let (other_id, theirs) = &states[other];
                 return Err(TestkitError::new(format!(
-                    "states differ at index {index}: node {first_id} has {ours:?}, node {other_id} has {theirs:?}"
+                    "states differ at index {index}: node {first_id} and node {other_id}:\n{}",
+                    first_difference(first, theirs)
                 )));
             }
             return Ok(index);
@@ -632,4 +642,33 @@ async fn open_segments(fs: &PowerCutFs, node_id: u64) -> Result<Arc<dyn LogStore
         .map_err(|e| TestkitError::new(format!("node {node_id}: opening its store panicked: {e}")))?;
     let store = opened.map_err(|e| TestkitError::new(format!("node {node_id}: its store did not open: {e}")))?;
     Ok(Arc::new(store))
+}
+
+/// Where two brokers' pretty debug forms first part, with a few lines of
+/// each around it: what a convergence failure needs to be read.
+fn first_difference(ours: &Broker, theirs: &Broker) -> String {
+    let ours = format!("{ours:#?}");
+    let theirs = format!("{theirs:#?}");
+    let ours: Vec<&str> = ours.lines().collect();
+    let theirs: Vec<&str> = theirs.lines().collect();
+    let at = ours
+        .iter()
+        .zip(&theirs)
+        .position(|(a, b)| a != b)
+        .unwrap_or(ours.len().min(theirs.len()));
+    let from = at.saturating_sub(12);
+    let show = |lines: &[&str]| {
+        lines
+            .iter()
+            .skip(from)
+            .take(at + 6 - from)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    format!(
+        "first difference at line {at} of the debug form\n--- first:\n{}\n--- other:\n{}",
+        show(&ours),
+        show(&theirs)
+    )
 }
