@@ -155,6 +155,12 @@ pub fn publish(exchange: &str, routing_key: &str, body: &str) -> Command {
 /// A `Consume` with the lookahead of codec version 5 (twice the prefetch
 /// from 10 on), as the core's tests were written for.
 pub fn consume(queue: &str, tag: &str, no_ack: bool) -> Command {
+    consume_with(queue, tag, no_ack, crate::Lookahead::V5)
+}
+
+/// A `Consume` with `lookahead` (`NONE`: as an entry of codec version 4
+/// or earlier decodes).
+pub fn consume_with(queue: &str, tag: &str, no_ack: bool, lookahead: crate::Lookahead) -> Command {
     Command::Consume {
         vhost: root(),
         queue: QueueName::from(queue),
@@ -162,7 +168,7 @@ pub fn consume(queue: &str, tag: &str, no_ack: bool) -> Command {
         no_ack,
         exclusive: false,
         arguments: FieldTable::default(),
-        lookahead: crate::Lookahead::V5,
+        lookahead,
     }
 }
 

@@ -45,27 +45,7 @@ fn a_consumer_asking_four_times_is_assigned_four_times() {
     let c = chan(1, 1);
     h.ok(c, declare_queue("q"));
     h.ok(c, qos(10, false));
-    let current = match consume("q", "c", false) {
-        Command::Consume {
-            vhost,
-            queue,
-            consumer_tag,
-            no_ack,
-            exclusive,
-            arguments,
-            ..
-        } => Command::Consume {
-            vhost,
-            queue,
-            consumer_tag,
-            no_ack,
-            exclusive,
-            arguments,
-            lookahead: crate::Lookahead::CURRENT,
-        },
-        other => other,
-    };
-    h.ok(c, current);
+    h.ok(c, consume_with("q", "c", false, crate::Lookahead::CURRENT));
     assert_eq!(deliveries(&publish_n(&mut h, c, "q", 50)).len(), 40);
     assert_eq!(h.summary("q").messages_ready, 10);
 }
@@ -111,28 +91,8 @@ fn a_consumer_from_an_older_entry_keeps_the_exact_prefetch_and_no_window() {
     h.ok(c, declare_queue("manual"));
     h.ok(c, declare_queue("auto"));
     h.ok(c, qos(10, false));
-    let old_consume = |queue: &str, tag: &str, no_ack| match consume(queue, tag, no_ack) {
-        Command::Consume {
-            vhost,
-            queue,
-            consumer_tag,
-            no_ack,
-            exclusive,
-            arguments,
-            ..
-        } => Command::Consume {
-            vhost,
-            queue,
-            consumer_tag,
-            no_ack,
-            exclusive,
-            arguments,
-            lookahead: crate::Lookahead::NONE,
-        },
-        other => other,
-    };
-    h.ok(c, old_consume("manual", "m", false));
-    h.ok(c, old_consume("auto", "a", true));
+    h.ok(c, consume_with("manual", "m", false, crate::Lookahead::NONE));
+    h.ok(c, consume_with("auto", "a", true, crate::Lookahead::NONE));
     assert_eq!(deliveries(&publish_n(&mut h, c, "manual", 30)).len(), 10);
     let window = crate::NO_ACK_WINDOW as usize;
     assert_eq!(
