@@ -9,6 +9,9 @@ use bytes::BytesMut;
 use warren_core::tx::{TxPublish, TxSettle, TxSettleKind};
 use warren_core::{Command, DeliveryTag};
 
+use warren_core::QueueName;
+use warren_wire::protocol::basic::AMQPProperties;
+
 use crate::credit::{ConsumerId, Credit};
 
 /// How many writes (or body bytes) of a `no_ack` consumer's deliveries go
@@ -16,8 +19,6 @@ use crate::credit::{ConsumerId, Credit};
 /// waits for one.
 const NO_ACK_REPORT: u32 = warren_core::NO_ACK_WINDOW / 8;
 const NO_ACK_REPORT_BYTES: u64 = warren_core::NO_ACK_WINDOW_BYTES / 8;
-use warren_core::QueueName;
-use warren_wire::protocol::basic::AMQPProperties;
 
 /// Where a channel number stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,8 +2,9 @@
 //!
 //! The core assigns a consumer with a prefetch of `p` up to
 //! [`warren_core::assigned_window`]`(p, lookahead)` deliveries (four
-//! times `p` from [`warren_core::LOOKAHEAD_FROM`] on, as this build asks), so that the next deliveries are
-//! already on this node when the client acks: the client must still see
+//! times `p` from [`warren_core::LOOKAHEAD_FROM`] on, as this build
+//! asks), so that the next deliveries are already on this node when the
+//! client acks: the client must still see
 //! at most `p` unacked at a time. A channel's [`Credit`] decides which
 //! deliveries go out now and holds the rest, in delivery-tag order, until
 //! the client's acks make room: credit comes back when the ack is read

@@ -593,8 +593,11 @@ impl Cluster {
             // Compared with every body in place of its node-local handle.
             let mut portable = Vec::new();
             for (id, node) in &nodes {
-                let bytes = node
-                    .portable_state()
+                // Reads bodies from disk: off the runtime's threads.
+                let node = node.clone();
+                let bytes = tokio::task::spawn_blocking(move || node.portable_state())
+                    .await
+                    .map_err(|e| TestkitError::new(format!("node {id}: {e}")))?
                     .map_err(|e| TestkitError::new(format!("node {id} at index {index}: {e}")))?;
                 portable.push(bytes);
             }

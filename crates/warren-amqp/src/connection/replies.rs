@@ -341,22 +341,25 @@ impl Connection {
     }
 
     pub(super) fn reply_error(&mut self, ch: u16, pending: Pending, error: CoreError) -> Result<(), AmqpError> {
-        match (&pending, &error) {
-            (Pending::Discard, _) => return Ok(()),
-            // Reports of writes and returns of held deliveries must take
-            // effect: a failed one (its batch failed) goes again.
-            (Pending::Written { .. } | Pending::Unsent { .. }, _) => {
-                match pending {
-                    Pending::Written {
-                        consumer_tag,
-                        count,
-                        bytes,
-                    } => self.written_due.push((ch, consumer_tag, (count, bytes))),
-                    Pending::Unsent { tags } => self.unsent_due.push((ch, tags)),
-                    _ => {}
-                }
+        // Reports of writes and returns of held deliveries must take
+        // effect: a failed one (its batch failed) goes again.
+        let pending = match pending {
+            Pending::Written {
+                consumer_tag,
+                count,
+                bytes,
+            } => {
+                self.written_due.push((ch, consumer_tag, (count, bytes)));
                 return Ok(());
             }
+            Pending::Unsent { tags } => {
+                self.unsent_due.push((ch, tags));
+                return Ok(());
+            }
+            other => other,
+        };
+        match (&pending, &error) {
+            (Pending::Discard, _) => return Ok(()),
             (Pending::ServerClose, _) => {
                 self.slot(ch).draining = false;
                 return Ok(());
