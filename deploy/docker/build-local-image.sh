@@ -25,7 +25,14 @@ ctx=$target/docker-context
 rm -rf "$ctx"
 mkdir -p "$ctx/rootfs/usr/local/bin" "$ctx/rootfs/tmp" "$ctx/rootfs/etc" "$ctx/data"
 chmod 1777 "$ctx/rootfs/tmp"
-cp "$bin" "$ctx/rootfs/usr/local/bin/warren"
+# The image carries the binary without its debug info (a debug build's is
+# ~300 MB of it); a release build's debug info is kept beside the target
+# directory for symbolising a core or a perf profile taken in a container.
+strip --strip-debug -o "$ctx/rootfs/usr/local/bin/warren" "$bin"
+if [ "$profile" = release ]; then
+  objcopy --only-keep-debug "$bin" "$target/$profile/warren.debug"
+  echo "debug info of the image's binary: $target/$profile/warren.debug"
+fi
 # Each library at the path the dynamic loader looks for it (the loader itself included).
 ldd "$bin" | awk '$3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u | while read -r lib; do
   mkdir -p "$ctx/rootfs$(dirname "$lib")"

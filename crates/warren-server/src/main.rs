@@ -23,6 +23,10 @@ enum Cmd {
     Server(Box<ServerArgs>),
     /// Operate a running cluster over its gRPC port.
     Ctl(Box<CtlArgs>),
+    /// Failover test of a running cluster (Warren or RabbitMQ): a confirmed
+    /// workload on every node, faults on a seeded schedule, the history
+    /// checked; exits 1 when a check fails (docs/failover.md).
+    Chaos(Box<warren_chaos::ChaosArgs>),
 }
 
 #[derive(clap::Args)]
@@ -192,16 +196,27 @@ fn main() -> anyhow::Result<()> {
     // post-quantum key exchange; kept for the build (see the ADR).
     #[allow(deprecated)]
     let _already_installed = rustls::crypto::ring::default_provider().install_default();
+    // The chaos runner reports client errors itself; lapin's own logging
+    // of each broken connection would drown its progress line.
+    let default_filter = match cli.command {
+        Some(Cmd::Chaos(_)) => "warn,lapin=off",
+        _ => "info,openraft=warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
     let args = match cli.command {
         None => cli.server,
         Some(Cmd::Server(args)) => *args,
+        Some(Cmd::Chaos(chaos)) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let summary = runtime.block_on(warren_chaos::run(*chaos))?;
+            std::process::exit(if summary.passed() { 0 } else { 1 });
+        }
         Some(Cmd::Ctl(ctl)) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let command = match ctl.command.admin_call() {

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# `warren chaos` against the three-node Docker cluster of compose.yaml:
+# what a StatefulSet's rolling update does (each node restarted in turn,
+# the next only once /health/ready answers 200 again, as kubelet's probe
+# would see it), then a seeded random schedule of kill -9, pause, cut from
+# the cluster network and graceful restart, under confirmed load on every
+# node. Every scenario must lose nothing (exit 1 otherwise). .ci/run runs
+# it; results go to docs/failover.md.
+#
+#   deploy/docker/chaos.sh                  both scenarios, a random seed
+#   SEED=42 FAULTS=10 deploy/docker/chaos.sh
+#
+# Environment: SEED, FAULTS (random schedule, default 6), RATE (messages/s
+# per publisher, one publisher per node, default 300), SKIP_BUILD=1 (reuse
+# the image warren:local), RELEASE=1 (image from a release build),
+# SCENARIOS (default "rolling random"), CHAOS_PORT_BASE (default 5780: AMQP
+# on BASE+N, HTTP on BASE+10000+N). Reports (text, JSON, HTML) and node logs
+# go to target/chaos/<time>/.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+target=${CARGO_TARGET_DIR:-target}
+seed=${SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}
+faults=${FAULTS:-6}
+rate=${RATE:-300}
+scenarios=${SCENARIOS:-rolling random}
+base=${CHAOS_PORT_BASE:-5780}
+project=wchaos
+out=$target/chaos/$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$out"
+
+export WARREN_RESTART=no WARREN_CLUSTER_SECRET=chaos-ci-secret WARREN_USER=warren WARREN_PASS=warren
+for n in 1 2 3; do
+  export "WARREN_AMQP_PORT_$n=$((base + n))" "WARREN_HTTP_PORT_$n=$((base + 10000 + n))"
+done
+if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
+compose+=(-f deploy/docker/compose.yaml -p "$project")
+
+profile=debug
+[ "${RELEASE:-0}" = 1 ] && profile=release
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  if [ "$profile" = release ]; then deploy/docker/build-local-image.sh --release; else deploy/docker/build-local-image.sh; fi
+fi
+warren=$target/$profile/warren
+[ -x "$warren" ] || { echo "no $warren: build it first (or unset SKIP_BUILD)"; exit 2; }
+
+# Waits until every node answers /health/ready with 200 (at most $1 s).
+wait_ready() {
+  local limit=$1 n start=$SECONDS
+  for n in 1 2 3; do
+    until curl -fs -o /dev/null "http://127.0.0.1:$((base + 10000 + n))/health/ready"; do
+      if (( SECONDS - start > limit )); then echo "node $n not ready within ${limit}s"; return 1; fi
+      sleep 0.5
+    done
+  done
+}
+
+save_logs() {
+  local n
+  for n in 1 2 3; do
+    docker logs "$("${compose[@]}" ps -q "warren-$n")" > "$out/$1-warren-$n.log" 2>&1 || true
+  done
+}
+
+status=0
+for scenario in $scenarios; do
+  "${compose[@]}" down -v >/dev/null 2>&1 || true
+  "${compose[@]}" up -d 2>&1 | grep -v -i 'deprecat' || true
+  wait_ready 120 || { save_logs "$scenario"; "${compose[@]}" down -v >/dev/null 2>&1; exit 1; }
+  nodes=()
+  for n in 1 2 3; do
+    nodes+=(--node "name=warren-$n,id=$n,container=$("${compose[@]}" ps -q "warren-$n"),amqp=amqp://warren:warren@127.0.0.1:$((base + n))/%2f,http=http://warren:warren@127.0.0.1:$((base + 10000 + n))")
+  done
+  case $scenario in
+    rolling) args=(--schedule rolling-restart --interval-secs 5) ;;
+    random) args=(--schedule random --faults "$faults" --seed "$seed" --network cluster --hold-secs 4 --interval-secs 4) ;;
+    *) echo "unknown scenario $scenario"; exit 2 ;;
+  esac
+  echo "== chaos scenario $scenario: $(date -u +%FT%TZ), reports in $out"
+  rc=0
+  "$warren" chaos --platform docker "${nodes[@]}" "${args[@]}" --rate "$rate" \
+    --warmup-secs 5 --settle-secs 5 --drain-secs 90 \
+    --json "$out/$scenario.json" --html "$out/$scenario.html" 2>&1 | tee "$out/$scenario.txt" || rc=$?
+  save_logs "$scenario"
+  "${compose[@]}" down -v >/dev/null 2>&1 || true
+  [ "$rc" = 0 ] || { status=1; echo "== chaos scenario $scenario FAILED (rc $rc; reports and node logs in $out)"; }
+done
+exit $status
