@@ -471,6 +471,11 @@ impl WarrenProcess {
         })
     }
 
+    /// The pid of the running process (`None` once it was reaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The address of the management API, from the broker's `warren: http
     /// listening on` line (the latest generation's).
     pub fn http_addr(&self) -> Option<SocketAddr> {

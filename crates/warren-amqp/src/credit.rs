@@ -174,6 +174,17 @@ impl Credit {
         None
     }
 
+    /// A delivery from the core that must wait whatever the limits say
+    /// (the node's delivery fence, ADR 0028): held behind the others.
+    pub fn hold(&mut self, delivery: HeldDelivery) {
+        self.held.push_back(delivery);
+    }
+
+    /// Deliveries are held.
+    pub fn holds_any(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     /// A `get-ok` sent: it counts against the channel's limit.
     pub fn got(&mut self) {
         self.unacked += 1;

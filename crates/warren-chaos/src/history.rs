@@ -86,6 +86,10 @@ pub struct FaultRecord {
     pub node: String,
     /// The node was the leader the runner last saw (`None`: no leader known).
     pub was_leader: Option<bool>,
+    /// When the runner asked the platform for it.
+    pub requested_ms: u64,
+    /// When the platform's command returned: the fault is in effect (a
+    /// `docker network disconnect` takes a few hundred ms).
     pub injected_ms: u64,
     /// When the fault was undone (the node started, resumed, reconnected);
     /// for a restart, when the restart command returned.
@@ -304,12 +308,21 @@ impl History {
             kind: kind.to_owned(),
             node: node.to_owned(),
             was_leader,
+            requested_ms: now,
             injected_ms: now,
             healed_ms: None,
             ready_ms: None,
             error: None,
         });
         index
+    }
+
+    /// The platform carried the fault out.
+    pub fn fault_in_effect(&self, index: usize) {
+        let now = self.now_ms();
+        if let Some(fault) = self.records().faults.get_mut(index) {
+            fault.injected_ms = now;
+        }
     }
 
     pub fn fault_healed(&self, index: usize) {

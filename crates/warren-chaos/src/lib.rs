@@ -246,8 +246,12 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<Summary> {
             .and_then(|leader| node.id.as_ref().map(|id| *id == leader));
         set(&status, format!("fault #{index}: {} {}", kind.name(), node.name));
         let fault = history.fault_injected(kind.name(), &node.name, was_leader);
-        if let Err(e) = injector.inject(node, kind).await {
-            history.fault_failed(fault, format!("{e:#}"));
+        match injector.inject(node, kind).await {
+            // A restart's command spans the whole fault (the stop and the
+            // start): it took effect when asked for.
+            Ok(()) if kind.holds() => history.fault_in_effect(fault),
+            Ok(()) => {}
+            Err(e) => history.fault_failed(fault, format!("{e:#}")),
         }
         if kind.holds() {
             pause(hold).await;

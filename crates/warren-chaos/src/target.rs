@@ -117,8 +117,13 @@ impl Injector {
             let missing = match self.platform {
                 Platform::Docker => node.container.is_none().then_some("container="),
                 Platform::Kubectl => node.pod.is_none().then_some("pod="),
-                Platform::Local if node.start.is_none() => Some("start="),
-                Platform::Local => node.pid_file.is_none().then_some("pid-file="),
+                Platform::Local if node.pid_file.is_none() => Some("pid-file="),
+                // Only a kill or restart starts the node again.
+                Platform::Local => (node.start.is_none()
+                    && kinds
+                        .iter()
+                        .any(|kind| matches!(kind, FaultKind::Kill | FaultKind::Restart)))
+                .then_some("start="),
                 Platform::None => None,
             };
             if let Some(key) = missing {
@@ -411,6 +416,16 @@ mod tests {
                 .validate(&[node("amqp=a,pid-file=/p")], &[FaultKind::Kill])
                 .is_err(),
             "no start="
+        );
+        assert!(
+            local
+                .validate(&[node("amqp=a,pid-file=/p")], &[FaultKind::Pause])
+                .is_ok(),
+            "a pause needs none"
+        );
+        assert!(
+            local.validate(&[node("amqp=a,start=x")], &[FaultKind::Pause]).is_err(),
+            "no pid-file="
         );
         let none = Injector::new(Platform::None, None, None);
         assert!(none.validate(&nodes, &[]).is_ok());

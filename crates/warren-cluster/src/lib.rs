@@ -28,6 +28,7 @@ mod compaction;
 mod config;
 mod effect_sink;
 mod error;
+mod fence;
 mod liveness;
 mod log_store;
 mod network;

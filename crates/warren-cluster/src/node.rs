@@ -83,6 +83,8 @@ struct Inner {
     /// fresh node takes none until it bootstrapped or the leader agreed it
     /// joins as a new member (ADR 0022): a wiped voter must not vote.
     admitted: AtomicBool,
+    /// Whether deliveries may go to clients now (ADR 0028).
+    fence: crate::fence::DeliveryFence,
     /// Background tasks aborted on shutdown or drop: the tick driver, the
     /// failure detector, compaction and (after a restart) the election
     /// hold. Not the proposer: it keeps running and answers `Unavailable`
@@ -283,6 +285,7 @@ impl Node {
             down_after: Duration::from_millis(config.node_down_after_ms.max(1)),
         }
         .spawn();
+        let fence = crate::fence::DeliveryFence::new(config.node_down_after_ms);
         Ok(Node {
             inner: Arc::new(Inner {
                 node_id,
@@ -295,6 +298,7 @@ impl Node {
                 clock,
                 membership_changes: Semaphore::new(1),
                 forwarded: Semaphore::new(MAX_FORWARDED_IN_FLIGHT),
+                fence,
                 fresh: !initialized,
                 admitted: AtomicBool::new(initialized || bootstrap),
                 tasks: Mutex::new({
@@ -885,6 +889,50 @@ impl Node {
         tokio::task::spawn_blocking(move || store.size_on_disk())
             .await
             .unwrap_or(0)
+    }
+
+    /// Hands a leader's append to openraft; an accepted one (any answer
+    /// but a higher vote, which means the sender no longer leads) is
+    /// contact with the leader for the delivery fence (ADR 0028).
+    ///
+    /// # Errors
+    /// openraft's, as `Raft::append_entries` returns them.
+    pub async fn append_entries(
+        &self,
+        rpc: openraft::raft::AppendEntriesRequest<TypeConfig>,
+    ) -> Result<openraft::raft::AppendEntriesResponse<u64>, openraft::error::RaftError<u64>> {
+        let leader_commit = rpc.leader_commit.map(|id| id.index);
+        let outcome = self.inner.raft.append_entries(rpc).await;
+        if matches!(&outcome, Ok(response) if !matches!(response, openraft::raft::AppendEntriesResponse::HigherVote(_)))
+        {
+            self.inner.fence.heard_from_leader(leader_commit);
+        }
+        outcome
+    }
+
+    /// Whether this node must hold its deliveries back now: it may have
+    /// been declared down (no word from a leader, or as leader from a
+    /// majority, for half of `node_down_after_ms`), or it heard again and
+    /// has not applied yet what was committed meanwhile (ADR 0028). A
+    /// single voter is never fenced.
+    pub fn deliveries_fenced(&self) -> bool {
+        // Read in place, not cloned: this is asked per batch of deliveries.
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        if metrics.membership_config.membership().voter_ids().count() <= 1 {
+            return false;
+        }
+        if metrics.state == ServerState::Leader {
+            let fence_after = self.inner.fence.fence_after_ms();
+            return match metrics.millis_since_quorum_ack {
+                Some(age) if age <= fence_after => {
+                    self.inner.fence.in_touch_as_leader();
+                    false
+                }
+                _ => true,
+            };
+        }
+        self.inner.fence.fenced(metrics.last_applied.map(|id| id.index))
     }
 
     /// The openraft handle, for the RPC layer (append, vote, snapshot) and

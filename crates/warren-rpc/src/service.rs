@@ -225,7 +225,7 @@ impl WarrenCluster for ClusterService {
         self.check(request.header.as_ref())?;
         self.check_admitted()?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.payload).map_err(bad_payload)?;
-        raft_reply(&self.node.raft().append_entries(rpc).await)
+        raft_reply(&self.node.append_entries(rpc).await)
     }
 
     #[tracing::instrument(level = "debug", skip_all)]

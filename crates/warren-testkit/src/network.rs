@@ -399,7 +399,7 @@ impl RaftNetwork<TypeConfig> for FaultClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.call(&option, |node| async move { node.raft().append_entries(rpc).await })
+        self.call(&option, |node| async move { node.append_entries(rpc).await })
             .await
     }
 

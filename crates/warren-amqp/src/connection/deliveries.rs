@@ -19,6 +19,8 @@ impl Connection {
     pub(super) async fn handle_effects(&mut self, batch: EffectBatch) -> Result<(), AmqpError> {
         // One clock read a batch: the consumer timeout needs no finer time.
         let now = Instant::now();
+        // Asked once a batch, and only if it delivers to a manual consumer.
+        let mut fenced: Option<bool> = None;
         for effect in batch {
             match effect {
                 Effect::Reply { channel, outcome } => self.handle_reply(channel.channel, outcome).await?,
@@ -46,7 +48,16 @@ impl Connection {
                     // manual one gets what its client-side prefetch allows
                     // (ADR 0026).
                     let now_out = if manual {
-                        slot.credit.offer(delivery)
+                        // A node that may have been declared down holds
+                        // them back (ADR 0028): they may be on their way
+                        // to another consumer already.
+                        if *fenced.get_or_insert_with(|| self.frontend.node.deliveries_fenced()) {
+                            slot.credit.hold(delivery);
+                            self.fence_holding = true;
+                            None
+                        } else {
+                            slot.credit.offer(delivery)
+                        }
                     } else {
                         let bytes = delivery.message.body_len();
                         if let Some(written) = slot.count_no_ack_written(delivery.consumer_tag.as_str(), bytes) {
@@ -118,9 +129,31 @@ impl Connection {
         if !self.accepts_deliveries(ch) {
             return Ok(());
         }
+        if !self.slot(ch).credit.holds_any() {
+            return Ok(());
+        }
+        if self.frontend.node.deliveries_fenced() {
+            self.fence_holding = true;
+            return Ok(());
+        }
         let released = self.slot(ch).credit.releasable();
         for delivery in released {
             self.write_delivery(ch, delivery, true, now)?;
+        }
+        Ok(())
+    }
+
+    /// Once the delivery fence lifts, writes what every channel holds and
+    /// the prefetch allows (ADR 0028).
+    pub(super) fn release_after_fence(&mut self) -> Result<(), AmqpError> {
+        if self.frontend.node.deliveries_fenced() {
+            return Ok(());
+        }
+        self.fence_holding = false;
+        let now = Instant::now();
+        let channels: Vec<u16> = self.channels.keys().copied().collect();
+        for ch in channels {
+            self.release_held(ch, now)?;
         }
         Ok(())
     }

@@ -52,6 +52,10 @@ const TX_ITEM_BYTES: u64 = 128;
 /// Bytes a held (blocked) publishing connection still reads, unhandled,
 /// to notice the client closing its socket.
 const HELD_READ_BYTES: usize = 64 * 1024;
+
+/// How often a connection whose deliveries the node's fence holds asks
+/// whether they may go (ADR 0028).
+const FENCE_CHECK: Duration = Duration::from_millis(50);
 /// How long the server waits for `connection.close-ok` after its own close.
 const CLOSE_OK_WAIT: Duration = Duration::from_secs(1);
 
@@ -112,6 +116,7 @@ pub(crate) async fn serve_connection(
         access: AccessCache::default(),
         unsent_due: Vec::new(),
         written_due: Vec::new(),
+        fence_holding: false,
     };
     let result = conn.run().await;
     match &result {
@@ -202,6 +207,9 @@ struct Connection {
     /// Writes of `no_ack` consumers' deliveries to report to the core
     /// (`Command::Written`): channel, consumer, (deliveries, body bytes).
     written_due: Vec<(u16, ConsumerTag, (u32, u64))>,
+    /// Deliveries are held by the node's delivery fence (ADR 0028): check
+    /// every [`FENCE_CHECK`] whether they may go.
+    fence_holding: bool,
 }
 
 /// Consecutive publisher confirms (acks) of one channel, held back to go
@@ -277,6 +285,8 @@ impl Connection {
             (timeout / 10).clamp(Duration::from_millis(100), Duration::from_secs(60))
         }));
         ack_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut fence_check = tokio::time::interval(FENCE_CHECK);
+        fence_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // An alarm holds a publishing connection at its next
             // `basic.publish`: that frame and what follows wait in `inbuf`.
@@ -350,6 +360,9 @@ impl Connection {
                         0 => return Ok(()),
                         n => self.read_counted(n),
                     }
+                }
+                _ = fence_check.tick(), if self.fence_holding => {
+                    self.release_after_fence()?;
                 }
                 _ = ack_check.tick(), if consumer_timeout.is_some() => {
                     if let Some(timeout) = consumer_timeout {
