@@ -107,10 +107,12 @@ mod tests {
     #[test]
     fn steady_contact_lets_deliveries_out() {
         let fence = DeliveryFence::new(3000);
-        fence.contact_at(1000, Some(5));
-        // The node's first contact counts as resuming: it settles first.
-        assert!(fence.fenced_at(1000 + SETTLE_MS, Some(5)));
-        for t in (1100..=5000).step_by(100) {
+        assert!(!fence.fenced_at(1500, None), "a node just started is not silent yet");
+        assert!(fence.fenced_at(1501, None), "one that heard nothing for 1.5 s is");
+        // A first contact after that counts as resuming: it settles first.
+        fence.contact_at(2000, Some(5));
+        assert!(fence.fenced_at(2000 + SETTLE_MS, Some(5)));
+        for t in (2100..=5000).step_by(100) {
             fence.contact_at(t, Some(5));
         }
         assert!(!fence.fenced_at(5000, Some(5)));
