@@ -41,8 +41,10 @@ done
 # glibc >= 2.34 has the files and dns NSS modules built in: with no
 # nsswitch.conf it reads /etc/hosts and /etc/resolv.conf (both provided by
 # docker), which is all `warren` needs to resolve peer names.
-printf 'root:x:0:0:root:/:/nonexistent\nwarren:x:10001:10001:warren:/var/lib/warren:/nonexistent\n' > "$ctx/rootfs/etc/passwd"
-printf 'root:x:0:\nwarren:x:10001:\n' > "$ctx/rootfs/etc/group"
+# The same user as the distroless image of ./Dockerfile and the Kubernetes
+# manifest: nonroot, 65532.
+printf 'root:x:0:0:root:/:/nonexistent\nnonroot:x:65532:65532:nonroot:/home/nonroot:/nonexistent\n' > "$ctx/rootfs/etc/passwd"
+printf 'root:x:0:\nnonroot:x:65532:\n' > "$ctx/rootfs/etc/group"
 cp deploy/docker/Dockerfile.local "$ctx/Dockerfile"
 docker build -q -t "$image" "$ctx" >/dev/null
 echo "built $image from $bin ($(du -sh "$ctx/rootfs" | cut -f1) rootfs)"

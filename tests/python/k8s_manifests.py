@@ -63,7 +63,8 @@ def main():
         pass
     else:
         fail("a manifest with an unknown field passed: the check cannot fail")
-    print("manifests: ok (%d documents, Kubernetes %s)" % (len(documents), ", ".join(VERSIONS)))
+    statefulsets = sum(1 for _, d in documents if d["kind"] == "StatefulSet")
+    print("manifests: ok (%d documents, %d StatefulSets, Kubernetes %s)" % (len(documents), statefulsets, ", ".join(VERSIONS)))
 
 
 main()
