@@ -9,7 +9,8 @@
 # The node is named benchPORT@localhost, its Erlang distribution port is
 # PORT + 20000. Nodes that will form a cluster need one Erlang cookie: set
 # RABBITMQ_BENCH_COOKIE to the same value for each (written to DIR/.erlang.cookie,
-# DIR being the node's HOME).
+# DIR being the node's HOME). RABBITMQ_BENCH_MANAGEMENT=1 enables the
+# management plugin on PORT + 10000.
 set -euo pipefail
 cmd=${1:?start|stop|ctl|queues|pid}; port=${2:?port}; dir=${3:?dir}; shift 3
 if ! command -v rabbitmq-server >/dev/null || [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
@@ -28,6 +29,12 @@ case "$cmd" in
   start)
     echo "loopback_users = none" > "$dir/rabbitmq.conf"
     echo "[]." > "$dir/enabled_plugins"
+    # RABBITMQ_BENCH_MANAGEMENT=1: the management API on PORT + 10000 (warren
+    # chaos reads a quorum queue's leader from it).
+    if [ "${RABBITMQ_BENCH_MANAGEMENT:-0}" = 1 ]; then
+      echo "management.tcp.port = $((port + 10000))" >> "$dir/rabbitmq.conf"
+      echo "[rabbitmq_management]." > "$dir/enabled_plugins"
+    fi
     if [ -n "${RABBITMQ_BENCH_COOKIE:-}" ]; then
       rm -f "$dir/.erlang.cookie"
       printf '%s' "$RABBITMQ_BENCH_COOKIE" > "$dir/.erlang.cookie"

@@ -87,8 +87,8 @@ async fn chaos_pauses_nodes_past_their_down_verdict_and_nothing_is_lost_or_deliv
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
 
     // The scenario happened: two pauses, each past the down verdict, and
-    // the cluster did declare a paused node down (its clients were told
-    // it lost step with the cluster).
+    // the cluster did declare a paused node down (the node logs it as it
+    // applies the verdict and closes its connections).
     let faults = report["faults"].as_array().cloned().unwrap_or_default();
     anyhow::ensure!(faults.len() == 2, "faults: {faults:?}");
     for fault in &faults {
@@ -98,10 +98,15 @@ async fn chaos_pauses_nodes_past_their_down_verdict_and_nothing_is_lost_or_deliv
             .saturating_sub(fault["injected_ms"].as_u64().unwrap_or(0));
         anyhow::ensure!(fault["kind"] == "pause" && held > 3000, "a pause of {held} ms: {fault}");
     }
-    let samples = report["error_samples"].to_string();
+    // (Not the clients' errors: a client may see its socket close before
+    // it reads the 320 that says why, as in one CI run.)
+    let declared_down = nodes.iter().any(|node| {
+        node.log_tail(usize::MAX)
+            .contains("the cluster declared this node down")
+    });
     anyhow::ensure!(
-        samples.contains("lost step"),
-        "no client was told its node lost step: {samples}"
+        declared_down,
+        "no paused node was declared down: the scenario did not happen"
     );
     anyhow::ensure!(
         report["confirmed"].as_u64().unwrap_or(0) > 1000,

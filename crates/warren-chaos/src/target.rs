@@ -70,8 +70,6 @@ pub struct Injector {
     namespace: Option<String>,
     /// Per container: the network it was cut from and its aliases there.
     cut: Mutex<HashMap<String, (String, Vec<String>)>>,
-    /// Per local node: the pid of the process the runner started.
-    started: Mutex<HashMap<String, u32>>,
 }
 
 impl Injector {
@@ -81,7 +79,6 @@ impl Injector {
             network,
             namespace,
             cut: Mutex::default(),
-            started: Mutex::default(),
         }
     }
 
@@ -233,17 +230,11 @@ impl Injector {
         run("kubectl", &all).await
     }
 
-    /// The pid of a local node: the process the runner started last, or
-    /// the one its pid file names.
+    /// The pid of a local node, from its pid file: the runner writes the
+    /// pid of what it starts there, and a server that writes its own (as
+    /// RabbitMQ does once booted, when its start command is a script that
+    /// daemonises it) overwrites it.
     fn pid(&self, node: &NodeSpec) -> anyhow::Result<u32> {
-        if let Some(pid) = self
-            .started
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&node.name)
-        {
-            return Ok(*pid);
-        }
         let path = node.pid_file.as_ref().context("a local node needs pid-file=")?;
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         text.trim()
@@ -291,10 +282,6 @@ impl Injector {
         if let Some(pid_file) = &node.pid_file {
             std::fs::write(pid_file, format!("{pid}\n"))?;
         }
-        self.started
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(node.name.clone(), pid);
         // Reaped when it exits, so a killed node is not left a zombie that
         // `process_runs` would still see.
         tokio::spawn(async move {

@@ -295,7 +295,26 @@ impl ProposerTask {
                 Err(_) => Forwarded::Unknown("the batch was not committed in time".to_owned()),
             };
         }
-        match tokio::time::timeout(limit, self.peers.forward(addr, proposal.clone())).await {
+        // A leader cut off by a partition answers nothing: rather than wait
+        // out `limit` (up to four election timeouts), give the attempt up as
+        // soon as another leader is known. Its outcome is unknown either
+        // way, and the batch sent again commits once at most (`sessions.rs`).
+        let attempt = tokio::time::timeout(limit, self.peers.forward(addr, proposal.clone()));
+        let replaced = async {
+            match leader {
+                Some(old) => self.wait_for_leader(Some(old), limit).await,
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = attempt => outcome,
+            Some((new_leader, _)) = replaced => {
+                return Forwarded::Unknown(format!(
+                    "forwarding to the leader at {addr}: node {new_leader} was elected meanwhile"
+                ));
+            }
+        };
+        match outcome {
             Ok(Ok(())) => Forwarded::Committed,
             Ok(Err(PeerError::NotLeader { leader_id, leader_addr })) => {
                 tracing::debug!(node = self.tracker.node, to = %addr, ?leader_id, "forwarded to a non-leader; retrying");
