@@ -2,7 +2,9 @@
 # `warren chaos` against the three-node Docker cluster of compose.yaml:
 # what a StatefulSet's rolling update does (each node restarted in turn,
 # the next only once /health/ready answers 200 again, as kubelet's probe
-# would see it), a scale from 3 to 5 nodes and back, then a seeded random
+# would see it), a scale from 3 to 5 nodes and back, node 3's disk filling
+# (compose.disk.yaml: its alarm blocks its publishers, then ENOSPC stops it
+# with a non-zero exit; the others go on), then a seeded random
 # schedule of kill -9, pause, cut from the cluster network and graceful
 # restart, under confirmed load on every node. Every scenario must lose nothing (exit 1 otherwise). .ci/run runs
 # it; results go to docs/failover.md.
@@ -13,7 +15,7 @@
 # Environment: SEED, FAULTS (random schedule, default 6), RATE (messages/s
 # per publisher, one publisher per node, default 300), SKIP_BUILD=1 (reuse
 # the image warren:local), RELEASE=1 (image from a release build),
-# SCENARIOS (default "rolling scale random"), CHAOS_PORT_BASE (default 5780: AMQP
+# SCENARIOS (default "rolling scale disk random"), CHAOS_PORT_BASE (default 5780: AMQP
 # on BASE+N, HTTP on BASE+10000+N). Reports (text, JSON, HTML) and node logs
 # go to target/chaos/<time>/.
 set -euo pipefail
@@ -22,7 +24,7 @@ target=${CARGO_TARGET_DIR:-target}
 seed=${SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}
 faults=${FAULTS:-6}
 rate=${RATE:-300}
-scenarios=${SCENARIOS:-rolling scale random}
+scenarios=${SCENARIOS:-rolling scale disk random}
 base=${CHAOS_PORT_BASE:-5780}
 project=wchaos
 out=$target/chaos/$(date -u +%Y%m%dT%H%M%SZ)
@@ -99,7 +101,9 @@ scale_3_5_3() {
 status=0
 for scenario in $scenarios; do
   "${compose[@]}" --profile scale down -v >/dev/null 2>&1 || true
-  "${compose[@]}" up -d 2>&1 | grep -v -i 'deprecat' || true
+  up=("${compose[@]}")
+  [ "$scenario" = disk ] && up+=(-f deploy/docker/compose.disk.yaml)
+  "${up[@]}" up -d 2>&1 | grep -v -i 'deprecat' || true
   wait_ready 120 || { save_logs "$scenario"; "${compose[@]}" down -v >/dev/null 2>&1; exit 1; }
   nodes=()
   for n in 1 2 3; do
@@ -109,6 +113,12 @@ for scenario in $scenarios; do
   warmup=5
   case $scenario in
     rolling) args=(--schedule rolling-restart --interval-secs 5) ;;
+    disk)
+      # Node 3's disk fills under 8 KiB messages: its disk alarm blocks its
+      # publishers first, then ENOSPC stops it; the others go on.
+      args=(--faults 0 --size 8192)
+      warmup=40
+      ;;
     scale)
       # The runner only loads and checks (--faults 0) while scale_3_5_3 runs.
       args=(--faults 0)
@@ -126,6 +136,17 @@ for scenario in $scenarios; do
   "$warren" chaos --platform "$platform" "${nodes[@]}" "${args[@]}" --rate "$rate" \
     --warmup-secs "$warmup" --settle-secs 5 --drain-secs 90 \
     --json "$out/$scenario.json" --html "$out/$scenario.html" 2>&1 | tee "$out/$scenario.txt" || rc=$?
+  if [ "$scenario" = disk ]; then
+    id3=$("${compose[@]}" ps -q warren-3)
+    state=$(docker inspect -f '{{.State.Status}} {{.State.ExitCode}}' "$id3")
+    log3=$(docker logs "$id3" 2>&1)
+    echo "== disk: node 3 is '$state' (status, exit code)"
+    grep -q "disk alarm set" <<< "$log3" || { rc=1; echo "== disk: node 3 never set its disk alarm"; }
+    case $state in
+      "exited 0"|running*) rc=1; echo "== disk: node 3 did not exit non-zero on a full disk" ;;
+    esac
+    grep -q "fatal: the Raft node stopped" <<< "$log3" || { rc=1; echo "== disk: no clear fatal line in node 3's log"; }
+  fi
   if [ -n "$scaler" ]; then
     wait "$scaler" || { rc=1; echo "== the scaling steps failed:"; }
     cat "$out/scale-steps.txt"

@@ -73,8 +73,11 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("./warren-data"),
             cluster_addr: "127.0.0.1:25672".to_owned(),
             heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            // openraft 0.9 waits the lease (the max) plus a random timeout
+            // before a follower stands: 450-600 ms of silence. A leader whose
+            // process is gone is replaced after the lease alone (ADR 0029).
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
             snapshot_every: 10_000,
             snapshot_log_bytes: 64 * 1024 * 1024,
             max_batch: 2048,

@@ -94,6 +94,12 @@ impl DeliveryFence {
         silent || settling || behind
     }
 
+    /// Milliseconds since the last contact with a leader.
+    pub fn silent_ms(&self) -> u64 {
+        self.now_ms()
+            .saturating_sub(self.last_contact_ms.load(Ordering::Acquire))
+    }
+
     /// How long deliveries wait without contact (for the docs and tests).
     pub fn fence_after_ms(&self) -> u64 {
         self.fence_after_ms

@@ -29,6 +29,7 @@ mod config;
 mod effect_sink;
 mod error;
 mod fence;
+mod leader_watch;
 mod liveness;
 mod log_store;
 mod network;

@@ -84,7 +84,7 @@ struct Inner {
     /// joins as a new member (ADR 0022): a wiped voter must not vote.
     admitted: AtomicBool,
     /// Whether deliveries may go to clients now (ADR 0028).
-    fence: crate::fence::DeliveryFence,
+    fence: Arc<crate::fence::DeliveryFence>,
     /// Background tasks aborted on shutdown or drop: the tick driver, the
     /// failure detector, compaction and (after a restart) the election
     /// hold. Not the proposer: it keeps running and answers `Unavailable`
@@ -285,7 +285,15 @@ impl Node {
             down_after: Duration::from_millis(config.node_down_after_ms.max(1)),
         }
         .spawn();
-        let fence = crate::fence::DeliveryFence::new(config.node_down_after_ms);
+        let fence = Arc::new(crate::fence::DeliveryFence::new(config.node_down_after_ms));
+        let leader_watch_task = crate::leader_watch::LeaderWatch {
+            node_id,
+            raft: raft.clone(),
+            fence: fence.clone(),
+            lease_ms: config.election_timeout_max_ms,
+            heartbeat_ms: config.heartbeat_interval_ms,
+        }
+        .spawn();
         Ok(Node {
             inner: Arc::new(Inner {
                 node_id,
@@ -302,7 +310,7 @@ impl Node {
                 fresh: !initialized,
                 admitted: AtomicBool::new(initialized || bootstrap),
                 tasks: Mutex::new({
-                    tasks.extend([tick_task, detector_task, compaction_task]);
+                    tasks.extend([tick_task, detector_task, compaction_task, leader_watch_task]);
                     tasks
                 }),
             }),

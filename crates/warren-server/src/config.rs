@@ -136,8 +136,10 @@ pub struct FileConfig {
     pub loopback_users: Option<Vec<String>>,
     /// Raft heartbeat interval, ms (default 100).
     pub raft_heartbeat_ms: Option<u64>,
-    /// Raft election timeout range, ms (default 300–600): how long followers
-    /// wait for a dead leader before electing another.
+    /// Raft election timeout range, ms (default 150–300): how long followers
+    /// wait for a dead leader before electing another (openraft waits the
+    /// max, its leader lease, plus a random timeout in the range; a leader
+    /// whose process is gone is replaced after the lease alone, ADR 0029).
     pub raft_election_timeout_min_ms: Option<u64>,
     pub raft_election_timeout_max_ms: Option<u64>,
     /// The leader declares a member down after this long without an answer
@@ -675,7 +677,7 @@ mod tests {
                 config.raft_election_timeout_min_ms,
                 config.raft_election_timeout_max_ms
             ),
-            (100, 300, 600)
+            (100, 150, 300)
         );
         assert_eq!((config.node_down_after_ms, config.commit_timeout_ms), (3000, 10_000));
         assert_eq!(config.snapshot_every, 10_000);
