@@ -60,7 +60,7 @@ save_logs() {
   local n id
   for n in 1 2 3 4 5; do
     id=$("${compose[@]}" ps -q "warren-$n" 2>/dev/null) || continue
-    [ -n "$id" ] && { docker logs "$id" > "$out/$1-warren-$n.log" 2>&1 || true; }
+    if [ -n "$id" ]; then docker logs "$id" > "$out/$1-warren-$n.log" 2>&1 || true; fi
   done
 }
 
