@@ -119,6 +119,12 @@ pub struct ChaosArgs {
     /// Body size in bytes.
     #[arg(long, default_value_t = 256)]
     pub size: usize,
+    /// Report first deliveries out of publish order without failing the
+    /// run. Warren returns a consumer's held, never-sent deliveries without
+    /// the redelivered flag (ADR 0026), so another consumer may get one
+    /// after later messages of the same publisher (docs/divergences.md).
+    #[arg(long)]
+    pub tolerate_reordering: bool,
     /// Write the summary, series and faults as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -303,6 +309,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<Summary> {
             duration_ms: history.now_ms(),
             publishing_started_ms,
             publishing_ended_ms,
+            tolerate_reordering: args.tolerate_reordering,
         },
     );
     print!("{}", report::text(&summary));

@@ -165,6 +165,8 @@ async fn publish_session(
     .await?;
     let window = Arc::new(Semaphore::new(workload.window.max(1)));
     let failed = Arc::new(AtomicBool::new(false));
+    // Why the first confirm that failed did (the session's error).
+    let failure: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let mut ticker = tokio::time::interval(pause);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
@@ -206,17 +208,27 @@ async fn publish_session(
             }
         };
         history.published();
-        let (history, failed) = (history.clone(), failed.clone());
+        let (history, failed, failure) = (history.clone(), failed.clone(), failure.clone());
         tokio::spawn(async move {
-            match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+            let why = match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
                 Ok(Ok(confirmation)) if confirmation.is_ack() => {
                     history.confirmed(id, sent.elapsed().as_secs_f64() * 1000.0);
+                    None
                 }
-                Ok(Ok(_nack)) => history.nacked(),
-                Ok(Err(_)) | Err(_) => {
-                    history.unknown();
-                    failed.store(true, Ordering::Relaxed);
+                Ok(Ok(_nack)) => {
+                    history.nacked();
+                    None
                 }
+                Ok(Err(e)) => Some(format!("the confirm failed: {e}")),
+                Err(_) => Some(format!("no confirm within {CONFIRM_TIMEOUT:?}")),
+            };
+            if let Some(why) = why {
+                history.unknown();
+                failed.store(true, Ordering::Relaxed);
+                failure
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get_or_insert(why);
             }
             drop(permit);
         });
@@ -229,7 +241,12 @@ async fn publish_session(
     .await;
     let _ = within("connection.close", conn.close(200, "done".into())).await;
     if failed.load(Ordering::Relaxed) {
-        anyhow::bail!("a confirm failed or did not come within {CONFIRM_TIMEOUT:?}");
+        let why = failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .unwrap_or_default();
+        anyhow::bail!("{why}");
     }
     Ok(())
 }
