@@ -943,6 +943,23 @@ impl Node {
         self.inner.fence.fenced(metrics.last_applied.map(|id| id.index))
     }
 
+    /// How long this voter has been without the majority: as a follower
+    /// or candidate, since it last accepted a leader's append; as leader,
+    /// since a majority last answered it. `None` for a single voter or a
+    /// node that is not a voter (a learner catching up).
+    pub fn out_of_majority_ms(&self) -> Option<u64> {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        if membership.voter_ids().count() <= 1 || !membership.voter_ids().any(|id| id == self.inner.node_id) {
+            return None;
+        }
+        if metrics.state == ServerState::Leader {
+            return Some(metrics.millis_since_quorum_ack.unwrap_or(u64::MAX));
+        }
+        Some(self.inner.fence.silent_ms())
+    }
+
     /// The openraft handle, for the RPC layer (append, vote, snapshot) and
     /// membership changes.
     pub fn raft(&self) -> &Raft<TypeConfig> {

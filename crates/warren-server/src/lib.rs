@@ -250,6 +250,11 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         info!(%addr, "AMQPS listening");
         println!("warren: amqps listening on {addr}");
     }
+    let minority_watch = tokio::spawn(close_clients_while_cut_off(
+        node.clone(),
+        frontend.clone(),
+        config.node_down_after_ms,
+    ));
     let addr = amqp_listener.local_addr()?;
     info!(node = node_id.0, %addr, data_dir = %config.data_dir.display(), "node ready");
     println!("warren: amqp listening on {addr}");
@@ -267,6 +272,7 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
     }
 
     info!("shutting down");
+    minority_watch.abort();
     if let Some(stop) = stop_amqps {
         let _ = stop.send(());
     }
@@ -284,6 +290,51 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         tracing::warn!(error = %e, "the cluster listener failed");
     }
     Ok(())
+}
+
+/// What a client of a node cut off from the majority is told.
+pub const CUT_OFF_REASON: &str = "broker forced connection closure with reason \
+     'this node lost contact with the majority of the cluster; reconnect to another node'";
+
+/// Closes this node's client connections while it has been without the
+/// majority for `node_down_after_ms`: by then the others have declared it
+/// down, nothing its clients publish can be confirmed and what they
+/// consume went to other consumers. Told with 320 (as for a stopping node),
+/// clients reconnect, to another node if they know one, instead of waiting
+/// `commit_timeout_ms` for a nack. Connections opened meanwhile are closed
+/// at the next check (every 250 ms) until the node hears from a leader
+/// again. (warren chaos: clients that had all drifted onto a node cut off
+/// for 5.7 s saw no confirm for 8.55 s; ADR 0029.)
+async fn close_clients_while_cut_off(
+    node: warren_cluster::Node,
+    frontend: std::sync::Arc<warren_amqp::Frontend>,
+    node_down_after_ms: u64,
+) {
+    let mut interval = tokio::time::interval(std::time::Duration::from_millis(250));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut cut_off = false;
+    loop {
+        interval.tick().await;
+        let silent = node.out_of_majority_ms().filter(|ms| *ms >= node_down_after_ms);
+        match silent {
+            Some(ms) => {
+                let closed = frontend.registry.close_all_clients(CUT_OFF_REASON);
+                if !cut_off || closed > 0 {
+                    tracing::warn!(
+                        without_majority_ms = ms,
+                        closed,
+                        "cut off from the majority: closing client connections"
+                    );
+                }
+                cut_off = true;
+            }
+            None if cut_off => {
+                tracing::info!("in touch with the majority again: clients are served");
+                cut_off = false;
+            }
+            None => {}
+        }
+    }
 }
 
 /// Serves `endpoints` on `listener` in a task of its own; prints `line`
