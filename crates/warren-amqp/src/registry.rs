@@ -269,6 +269,12 @@ impl Registry {
         true
     }
 
+    /// Connection `id` still gets effects: it was not dropped (the node
+    /// declared down, caught up from a snapshot) or force-closed.
+    pub fn is_registered(&self, id: ConnectionId) -> bool {
+        self.lock().contains_key(&id)
+    }
+
     /// Closes every client connection of this node (320 CONNECTION_FORCED
     /// with `reason`); how many there were.
     pub fn close_all_clients(&self, reason: &str) -> usize {

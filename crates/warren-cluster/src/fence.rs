@@ -37,6 +37,8 @@ pub struct DeliveryFence {
     resumed_ms: AtomicU64,
     /// One more than the index to apply before deliveries go out (0: none).
     target: AtomicU64,
+    /// Any contact since the node opened.
+    heard: std::sync::atomic::AtomicBool,
 }
 
 impl DeliveryFence {
@@ -48,6 +50,7 @@ impl DeliveryFence {
             last_contact_ms: AtomicU64::new(0),
             resumed_ms: AtomicU64::new(0),
             target: AtomicU64::new(0),
+            heard: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -61,10 +64,14 @@ impl DeliveryFence {
     }
 
     fn contact_at(&self, now: u64, leader_commit: Option<u64>) {
-        let previous = self.last_contact_ms.swap(now, Ordering::AcqRel);
+        // `resumed_ms` before `last_contact_ms`: a reader in between must
+        // not see "in touch" without "settling".
+        let previous = self.last_contact_ms.load(Ordering::Acquire);
         if now.saturating_sub(previous) > self.fence_after_ms {
             self.resumed_ms.store(now, Ordering::Release);
         }
+        self.last_contact_ms.store(now, Ordering::Release);
+        self.heard.store(true, Ordering::Release);
         if now.saturating_sub(self.resumed_ms.load(Ordering::Acquire)) <= SETTLE_MS {
             if let Some(commit) = leader_commit {
                 self.target.fetch_max(commit.saturating_add(1), Ordering::AcqRel);
@@ -79,6 +86,12 @@ impl DeliveryFence {
 
     fn touch_at(&self, now: u64) {
         self.last_contact_ms.store(now, Ordering::Release);
+        self.heard.store(true, Ordering::Release);
+    }
+
+    /// A leader was heard from (or this node led, in touch) since it opened.
+    pub fn heard_since_open(&self) -> bool {
+        self.heard.load(Ordering::Acquire)
     }
 
     /// Deliveries must wait: no contact for a while, or contact resumed

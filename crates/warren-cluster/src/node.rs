@@ -955,7 +955,14 @@ impl Node {
             return None;
         }
         if metrics.state == ServerState::Leader {
-            return Some(metrics.millis_since_quorum_ack.unwrap_or(u64::MAX));
+            // No answer yet: a leader just elected, by a majority.
+            let age = metrics.millis_since_quorum_ack.unwrap_or(0);
+            if age <= self.inner.fence.fence_after_ms() {
+                // Keeps the contact fresh while this node leads, so that it
+                // does not look silent the moment it steps down.
+                self.inner.fence.in_touch_as_leader();
+            }
+            return Some(age);
         }
         Some(self.inner.fence.silent_ms())
     }

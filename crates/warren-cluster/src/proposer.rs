@@ -299,10 +299,14 @@ impl ProposerTask {
         // out `limit` (up to four election timeouts), give the attempt up as
         // soon as another leader is known. Its outcome is unknown either
         // way, and the batch sent again commits once at most (`sessions.rs`).
+        // "Another" is neither the target nor the leader this node knew
+        // when the attempt began: after a redirect to the leader some peer
+        // named, this node may still show the old one for a heartbeat.
+        let known_here = self.raft.metrics().borrow().current_leader;
         let attempt = tokio::time::timeout(limit, self.peers.forward(addr, proposal.clone()));
         let replaced = async {
             match leader {
-                Some(old) => self.wait_for_leader(Some(old), limit).await,
+                Some(target) => self.wait_for_leader_other_than([Some(target), known_here], limit).await,
                 None => std::future::pending().await,
             }
         };
@@ -328,13 +332,18 @@ impl ProposerTask {
     /// The leader this node knows of (other than `not`), with its cluster
     /// address; waits up to `wait` for one.
     async fn wait_for_leader(&self, not: Option<u64>, wait: Duration) -> Option<(u64, String)> {
+        self.wait_for_leader_other_than([not, None], wait).await
+    }
+
+    /// [`Self::wait_for_leader`], the leader being none of `not`.
+    async fn wait_for_leader_other_than(&self, not: [Option<u64>; 2], wait: Duration) -> Option<(u64, String)> {
         let found = self
             .raft
             .wait(Some(wait))
             .metrics(
                 |m| {
                     m.current_leader.is_some_and(|leader| {
-                        Some(leader) != not && m.membership_config.membership().get_node(&leader).is_some()
+                        !not.contains(&Some(leader)) && m.membership_config.membership().get_node(&leader).is_some()
                     })
                 },
                 "a known leader",

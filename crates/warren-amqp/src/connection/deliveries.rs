@@ -51,7 +51,7 @@ impl Connection {
                         // A node that may have been declared down holds
                         // them back (ADR 0028): they may be on their way
                         // to another consumer already.
-                        if *fenced.get_or_insert_with(|| self.frontend.node.deliveries_fenced()) {
+                        if *fenced.get_or_insert_with(|| deliveries_held_back(&self.frontend, self.id)) {
                             slot.credit.hold(delivery);
                             self.fence_holding = true;
                             None
@@ -132,7 +132,7 @@ impl Connection {
         if !self.slot(ch).credit.holds_any() {
             return Ok(());
         }
-        if self.frontend.node.deliveries_fenced() {
+        if deliveries_held_back(&self.frontend, self.id) {
             self.fence_holding = true;
             return Ok(());
         }
@@ -146,7 +146,7 @@ impl Connection {
     /// Once the delivery fence lifts, writes what every channel holds and
     /// the prefetch allows (ADR 0028).
     pub(super) fn release_after_fence(&mut self) -> Result<(), AmqpError> {
-        if self.frontend.node.deliveries_fenced() {
+        if deliveries_held_back(&self.frontend, self.id) {
             return Ok(());
         }
         self.fence_holding = false;
@@ -214,4 +214,14 @@ impl Connection {
             .get(&ch)
             .is_some_and(|s| s.state == ChannelState::Open && !s.draining)
     }
+}
+
+/// Deliveries to manual-ack consumers must wait: the node's fence is
+/// up (ADR 0028), or this connection was dropped — the node applied a
+/// verdict that handed its deliveries to others, and the end of the
+/// effect stream that tells it so is still behind batches queued
+/// before (found in review: the fence alone lifts once the verdict is
+/// applied, before the connection has seen it).
+fn deliveries_held_back(frontend: &crate::frontend::Frontend, id: warren_core::ConnectionId) -> bool {
+    !frontend.registry.is_registered(id) || frontend.node.deliveries_fenced()
 }
