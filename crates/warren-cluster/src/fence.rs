@@ -37,8 +37,6 @@ pub struct DeliveryFence {
     resumed_ms: AtomicU64,
     /// One more than the index to apply before deliveries go out (0: none).
     target: AtomicU64,
-    /// Any contact since the node opened.
-    heard: std::sync::atomic::AtomicBool,
 }
 
 impl DeliveryFence {
@@ -50,7 +48,6 @@ impl DeliveryFence {
             last_contact_ms: AtomicU64::new(0),
             resumed_ms: AtomicU64::new(0),
             target: AtomicU64::new(0),
-            heard: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -71,7 +68,6 @@ impl DeliveryFence {
             self.resumed_ms.store(now, Ordering::Release);
         }
         self.last_contact_ms.store(now, Ordering::Release);
-        self.heard.store(true, Ordering::Release);
         if now.saturating_sub(self.resumed_ms.load(Ordering::Acquire)) <= SETTLE_MS {
             if let Some(commit) = leader_commit {
                 self.target.fetch_max(commit.saturating_add(1), Ordering::AcqRel);
@@ -86,12 +82,6 @@ impl DeliveryFence {
 
     fn touch_at(&self, now: u64) {
         self.last_contact_ms.store(now, Ordering::Release);
-        self.heard.store(true, Ordering::Release);
-    }
-
-    /// A leader was heard from (or this node led, in touch) since it opened.
-    pub fn heard_since_open(&self) -> bool {
-        self.heard.load(Ordering::Acquire)
     }
 
     /// Deliveries must wait: no contact for a while, or contact resumed

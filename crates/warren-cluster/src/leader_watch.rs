@@ -90,11 +90,7 @@ impl LeaderWatch {
             };
             let stagger_ms = self.heartbeat_ms.max(50);
             let due_ms = self.lease_ms + LEASE_MARGIN_MS + rank * stagger_ms;
-            // A member that restarted knows its old leader from its saved
-            // vote, and holds its elections until it hears from a leader
-            // (node.rs, `hold_elections_until_a_leader_is_heard`): standing
-            // against a dead old leader then could depose a live new one.
-            if asked == Some((term, leader)) || !self.fence.heard_since_open() || self.fence.silent_ms() < due_ms {
+            if asked == Some((term, leader)) || self.fence.silent_ms() < due_ms {
                 continue;
             }
             if probe(&addr).await != Probe::Gone {
@@ -119,9 +115,6 @@ impl LeaderWatch {
 async fn probe(addr: &str) -> Probe {
     let resolved = match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::lookup_host(addr)).await {
         Ok(Ok(mut addrs)) => addrs.next(),
-        // Not an address this probe can read (an in-process test network
-        // names nodes without a port): no verdict.
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidInput => return Probe::AliveOrUnknown,
         Ok(Err(_)) => return Probe::Gone,
         Err(_) => return Probe::AliveOrUnknown,
     };
@@ -146,7 +139,6 @@ mod tests {
         drop(listener);
         assert_eq!(probe(&open).await, Probe::Gone, "nothing listens there any more");
         assert_eq!(probe("no-such-host.invalid:25672").await, Probe::Gone);
-        assert_eq!(probe("node-1").await, Probe::AliveOrUnknown, "no port: no verdict");
         Ok(())
     }
 }

@@ -29,10 +29,16 @@ use warren_core::{Batch, Command, NodeId, Request};
 use crate::clock::wall_clock_ms;
 use crate::type_config::{Proposal, TypeConfig};
 
-/// When each member last answered one of this node's Raft RPCs.
+/// When each member last answered one of this node's Raft RPCs, and when
+/// this node sent the latest request a member accepted.
 #[derive(Debug, Default)]
 pub(crate) struct Contacts {
     last_answer: Mutex<HashMap<u64, Instant>>,
+    /// Per member, when this node sent the latest append (or vote request,
+    /// or snapshot) it accepted. The time of sending, not of the answer:
+    /// an answer read late, after this process was paused, tells of a
+    /// member that accepted this node as leader back then, not now.
+    last_accepted: Mutex<HashMap<u64, Instant>>,
 }
 
 impl Contacts {
@@ -53,6 +59,42 @@ impl Contacts {
             .unwrap_or_else(PoisonError::into_inner)
             .get(&node)
             .copied()
+    }
+
+    fn accepted(&self, node: u64, sent: Instant) {
+        let mut accepted = self.last_accepted.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = accepted.entry(node).or_insert(sent);
+        *at = (*at).max(sent);
+    }
+
+    /// How long ago (ms) a majority of `voters` last accepted this node:
+    /// the time since the request sent the longest ago among the most
+    /// recent ones of a majority, `me` counting as accepting now. A voter
+    /// that never accepted counts as never; `u64::MAX` if no majority
+    /// ever did. As leader, this is how long it has gone without a
+    /// majority behind it, measured on this node's monotonic clock (which
+    /// runs on while the process is stopped), unlike openraft's
+    /// `millis_since_quorum_ack`, which is as old as the last metrics
+    /// report: read right after a pause, that still says "in touch".
+    pub(crate) fn majority_accepted_ms_ago(&self, voters: impl Iterator<Item = u64>, me: u64) -> u64 {
+        self.majority_accepted_ms_ago_at(voters, me, Instant::now())
+    }
+
+    fn majority_accepted_ms_ago_at(&self, voters: impl Iterator<Item = u64>, me: u64, now: Instant) -> u64 {
+        let accepted = self.last_accepted.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut ages: Vec<u64> = voters
+            .map(|voter| {
+                if voter == me {
+                    return 0;
+                }
+                accepted.get(&voter).map_or(u64::MAX, |sent| {
+                    u64::try_from(now.saturating_duration_since(*sent).as_millis()).unwrap_or(u64::MAX)
+                })
+            })
+            .collect();
+        ages.sort_unstable();
+        // The majority's oldest: with n voters, the (n/2 + 1)-th youngest.
+        ages.get(ages.len() / 2).copied().unwrap_or(u64::MAX)
     }
 
     /// Records the outcome of one RPC to `node`: any answer from it (a
@@ -127,9 +169,13 @@ impl<C: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for TrackingClient<C> {
         }
         let trimmed_to = trim_to_budget(&mut rpc, self.append_budget);
         let carried_entries = !rpc.entries.is_empty();
+        let sent = Instant::now();
         let outcome = self.inner.append_entries(rpc, option).await;
         self.append_unfinished = false;
         self.contacts.observe(self.target, &outcome);
+        if matches!(&outcome, Ok(answer) if !matches!(answer, AppendEntriesResponse::HigherVote(_))) {
+            self.contacts.accepted(self.target, sent);
+        }
         match &outcome {
             Ok(_) if carried_entries => {
                 self.append_budget = self.append_budget.saturating_mul(2).min(self.max_append_budget);
@@ -150,8 +196,12 @@ impl<C: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for TrackingClient<C> {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>> {
+        let (sent, rpc_vote) = (Instant::now(), rpc.vote);
         let outcome = self.inner.install_snapshot(rpc, option).await;
         self.contacts.observe(self.target, &outcome);
+        if matches!(&outcome, Ok(answer) if answer.vote == rpc_vote) {
+            self.contacts.accepted(self.target, sent);
+        }
         outcome
     }
 
@@ -160,8 +210,12 @@ impl<C: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for TrackingClient<C> {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let sent = Instant::now();
         let outcome = self.inner.vote(rpc, option).await;
         self.contacts.observe(self.target, &outcome);
+        if matches!(&outcome, Ok(answer) if answer.vote_granted) {
+            self.contacts.accepted(self.target, sent);
+        }
         outcome
     }
 
@@ -172,9 +226,13 @@ impl<C: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for TrackingClient<C> {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
+        let sent = Instant::now();
         let outcome = self.inner.full_snapshot(vote, snapshot, cancel, option).await;
-        if outcome.is_ok() {
+        if let Ok(answer) = &outcome {
             self.contacts.answered(self.target);
+            if answer.vote == vote {
+                self.contacts.accepted(self.target, sent);
+            }
         }
         outcome
     }
@@ -548,5 +606,110 @@ mod tests {
         assert_eq!(contacts.last_answer(2), None);
         contacts.observe(2, &Ok::<(), RPCError<u64, BasicNode, RaftError<u64>>>(()));
         assert!(contacts.last_answer(2).is_some());
+    }
+
+    #[test]
+    fn a_leader_is_in_touch_while_a_majority_accepted_lately() {
+        let base = Instant::now();
+        let contacts = Contacts::default();
+        let three = || [1, 2, 3].into_iter();
+        assert_eq!(
+            contacts.majority_accepted_ms_ago_at(three(), 1, base),
+            u64::MAX,
+            "none accepted yet"
+        );
+        contacts.accepted(3, base);
+        assert_eq!(contacts.majority_accepted_ms_ago_at(three(), 1, ms(base, 700)), 700);
+        contacts.accepted(2, ms(base, 500));
+        assert_eq!(
+            contacts.majority_accepted_ms_ago_at(three(), 1, ms(base, 700)),
+            200,
+            "itself and the one that accepted last"
+        );
+        // An answer read late, to a request sent before: does not go back.
+        contacts.accepted(2, ms(base, 100));
+        assert_eq!(contacts.majority_accepted_ms_ago_at(three(), 1, ms(base, 700)), 200);
+        // Five voters: itself and two others.
+        let five = || [1, 2, 3, 4, 5].into_iter();
+        assert_eq!(contacts.majority_accepted_ms_ago_at(five(), 1, ms(base, 700)), 700);
+        assert_eq!(
+            contacts.majority_accepted_ms_ago_at([1].into_iter(), 1, base),
+            0,
+            "a single voter"
+        );
+        assert_eq!(
+            contacts.majority_accepted_ms_ago_at(std::iter::empty(), 1, base),
+            u64::MAX
+        );
+    }
+
+    /// Answers appends after `delay`: success, or a higher vote.
+    struct Delayed {
+        delay: Duration,
+        higher_vote: bool,
+    }
+
+    impl RaftNetwork<TypeConfig> for Delayed {
+        async fn append_entries(
+            &mut self,
+            _rpc: AppendEntriesRequest<TypeConfig>,
+            _option: RPCOption,
+        ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+            tokio::time::sleep(self.delay).await;
+            Ok(if self.higher_vote {
+                AppendEntriesResponse::HigherVote(Vote::new(9, 3))
+            } else {
+                AppendEntriesResponse::Success
+            })
+        }
+
+        async fn install_snapshot(
+            &mut self,
+            _rpc: InstallSnapshotRequest<TypeConfig>,
+            _option: RPCOption,
+        ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>>
+        {
+            Err(RPCError::Unreachable(openraft::error::Unreachable::new(
+                &std::io::Error::other("not in this test"),
+            )))
+        }
+
+        async fn vote(
+            &mut self,
+            _rpc: VoteRequest<u64>,
+            _option: RPCOption,
+        ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+            Err(RPCError::Unreachable(openraft::error::Unreachable::new(
+                &std::io::Error::other("not in this test"),
+            )))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_accepted_append_counts_from_when_it_was_sent() {
+        let contacts = Arc::new(Contacts::default());
+        let mut client = TrackingClient {
+            inner: Delayed {
+                delay: Duration::from_millis(400),
+                higher_vote: false,
+            },
+            target: 2,
+            contacts: contacts.clone(),
+            append_budget: 1 << 20,
+            max_append_budget: 1 << 20,
+            append_unfinished: false,
+        };
+        let option = RPCOption::new(Duration::from_secs(10));
+        client.append_entries(append_of(0), option.clone()).await.ok();
+        // Answered just now, but sent 0.4 s ago (a pause in between, say).
+        let age = contacts.majority_accepted_ms_ago([1, 2].into_iter(), 1);
+        assert!((400..u64::MAX).contains(&age), "{age}");
+        assert!(contacts.last_answer(2).is_some());
+        // A member that answers with a higher vote no longer accepts it.
+        client.inner.higher_vote = true;
+        client.inner.delay = Duration::ZERO;
+        client.append_entries(append_of(0), option).await.ok();
+        let age = contacts.majority_accepted_ms_ago([1, 2].into_iter(), 1);
+        assert!((400..u64::MAX).contains(&age), "{age}");
     }
 }

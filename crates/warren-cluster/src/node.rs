@@ -85,6 +85,8 @@ struct Inner {
     admitted: AtomicBool,
     /// Whether deliveries may go to clients now (ADR 0028).
     fence: Arc<crate::fence::DeliveryFence>,
+    /// Which members answered and accepted this node's Raft requests, when.
+    contacts: Arc<Contacts>,
     /// Background tasks aborted on shutdown or drop: the tick driver, the
     /// failure detector, compaction and (after a restart) the election
     /// hold. Not the proposer: it keeps running and answers `Unavailable`
@@ -281,7 +283,7 @@ impl Node {
         let detector_task = Detector {
             node_id,
             raft: raft.clone(),
-            contacts,
+            contacts: contacts.clone(),
             down_after: Duration::from_millis(config.node_down_after_ms.max(1)),
         }
         .spawn();
@@ -307,6 +309,7 @@ impl Node {
                 membership_changes: Semaphore::new(1),
                 forwarded: Semaphore::new(MAX_FORWARDED_IN_FLIGHT),
                 fence,
+                contacts,
                 fresh: !initialized,
                 admitted: AtomicBool::new(initialized || bootstrap),
                 tasks: Mutex::new({
@@ -931,14 +934,11 @@ impl Node {
             return false;
         }
         if metrics.state == ServerState::Leader {
-            let fence_after = self.inner.fence.fence_after_ms();
-            return match metrics.millis_since_quorum_ack {
-                Some(age) if age <= fence_after => {
-                    self.inner.fence.in_touch_as_leader();
-                    false
-                }
-                _ => true,
-            };
+            if self.majority_accepted_ms_ago(&metrics) <= self.inner.fence.fence_after_ms() {
+                self.inner.fence.in_touch_as_leader();
+                return false;
+            }
+            return true;
         }
         self.inner.fence.fenced(metrics.last_applied.map(|id| id.index))
     }
@@ -955,8 +955,7 @@ impl Node {
             return None;
         }
         if metrics.state == ServerState::Leader {
-            // No answer yet: a leader just elected, by a majority.
-            let age = metrics.millis_since_quorum_ack.unwrap_or(0);
+            let age = self.majority_accepted_ms_ago(&metrics);
             if age <= self.inner.fence.fence_after_ms() {
                 // Keeps the contact fresh while this node leads, so that it
                 // does not look silent the moment it steps down.
@@ -965,6 +964,17 @@ impl Node {
             return Some(age);
         }
         Some(self.inner.fence.silent_ms())
+    }
+
+    /// As leader: how long ago a majority of the voters last accepted this
+    /// node's requests, on its own clock (liveness.rs: openraft's
+    /// `millis_since_quorum_ack` is as old as its last metrics report, and
+    /// a leader resumed after a pause read "in touch" there and wrote the
+    /// deliveries it held, which the others had given to other consumers
+    /// meanwhile: chaos.rs, one unflagged duplicate in five runs).
+    fn majority_accepted_ms_ago(&self, metrics: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> u64 {
+        let voters = metrics.membership_config.membership().voter_ids();
+        self.inner.contacts.majority_accepted_ms_ago(voters, self.inner.node_id)
     }
 
     /// The openraft handle, for the RPC layer (append, vote, snapshot) and
