@@ -804,20 +804,17 @@ impl Node {
     }
 
     /// On a leader of more than one voter: how long since a majority last
-    /// acknowledged it, if that is longer than twice the election timeout
+    /// accepted it (on this node's clock, see [`Self::leader_contact_age_ms`]), if that is longer than twice the election timeout
     /// (openraft keeps a leader cut off from the majority a leader; it
     /// just commits nothing). `None` on a follower or a leader in touch.
     pub fn leader_out_of_touch_ms(&self) -> Option<u64> {
-        let metrics = self.inner.raft.metrics().borrow().clone();
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
         if metrics.state != ServerState::Leader || metrics.membership_config.membership().voter_ids().count() <= 1 {
             return None;
         }
         let limit = self.inner.config.election_timeout_max_ms.saturating_mul(2);
-        match metrics.millis_since_quorum_ack {
-            Some(age) if age <= limit => None,
-            Some(age) => Some(age),
-            None => Some(u64::MAX),
-        }
+        Some(self.leader_contact_age_ms(&metrics)).filter(|age| *age > limit)
     }
 
     /// Why the Raft core stopped, if it has (`None`: it runs).
@@ -934,11 +931,7 @@ impl Node {
             return false;
         }
         if metrics.state == ServerState::Leader {
-            if self.majority_accepted_ms_ago(&metrics) <= self.inner.fence.fence_after_ms() {
-                self.inner.fence.in_touch_as_leader();
-                return false;
-            }
-            return true;
+            return self.leader_contact_age_ms(&metrics) > self.inner.fence.fence_after_ms();
         }
         self.inner.fence.fenced(metrics.last_applied.map(|id| id.index))
     }
@@ -955,13 +948,7 @@ impl Node {
             return None;
         }
         if metrics.state == ServerState::Leader {
-            let age = self.majority_accepted_ms_ago(&metrics);
-            if age <= self.inner.fence.fence_after_ms() {
-                // Keeps the contact fresh while this node leads, so that it
-                // does not look silent the moment it steps down.
-                self.inner.fence.in_touch_as_leader();
-            }
-            return Some(age);
+            return Some(self.leader_contact_age_ms(&metrics));
         }
         Some(self.inner.fence.silent_ms())
     }
@@ -972,9 +959,15 @@ impl Node {
     /// a leader resumed after a pause read "in touch" there and wrote the
     /// deliveries it held, which the others had given to other consumers
     /// meanwhile: chaos.rs, one unflagged duplicate in five runs).
-    fn majority_accepted_ms_ago(&self, metrics: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> u64 {
+    /// While in touch, it also refreshes the fence's contact time, so
+    /// that this node does not look silent the moment it steps down.
+    fn leader_contact_age_ms(&self, metrics: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> u64 {
         let voters = metrics.membership_config.membership().voter_ids();
-        self.inner.contacts.majority_accepted_ms_ago(voters, self.inner.node_id)
+        let age = self.inner.contacts.majority_accepted_ms_ago(voters, self.inner.node_id);
+        if age <= self.inner.fence.fence_after_ms() {
+            self.inner.fence.in_touch_as_leader();
+        }
+        age
     }
 
     /// The openraft handle, for the RPC layer (append, vote, snapshot) and

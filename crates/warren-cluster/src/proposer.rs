@@ -236,12 +236,12 @@ impl ProposerTask {
                     let mut found = None;
                     if suspect.is_some() {
                         found = self
-                            .wait_for_leader(*suspect, remaining.min(self.leader_wait / 2))
+                            .wait_for_leader(&[*suspect], remaining.min(self.leader_wait / 2))
                             .await;
                     }
                     if found.is_none() {
                         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-                        found = self.wait_for_leader(None, remaining).await;
+                        found = self.wait_for_leader(&[], remaining).await;
                     }
                     found.map(|(leader, addr)| (Some(leader), addr))
                 }
@@ -306,7 +306,7 @@ impl ProposerTask {
         let attempt = tokio::time::timeout(limit, self.peers.forward(addr, proposal.clone()));
         let replaced = async {
             match leader {
-                Some(target) => self.wait_for_leader_other_than([Some(target), known_here], limit).await,
+                Some(target) => self.wait_for_leader(&[Some(target), known_here], limit).await,
                 None => std::future::pending().await,
             }
         };
@@ -329,14 +329,9 @@ impl ProposerTask {
         }
     }
 
-    /// The leader this node knows of (other than `not`), with its cluster
+    /// The leader this node knows of (none of `not`), with its cluster
     /// address; waits up to `wait` for one.
-    async fn wait_for_leader(&self, not: Option<u64>, wait: Duration) -> Option<(u64, String)> {
-        self.wait_for_leader_other_than([not, None], wait).await
-    }
-
-    /// [`Self::wait_for_leader`], the leader being none of `not`.
-    async fn wait_for_leader_other_than(&self, not: [Option<u64>; 2], wait: Duration) -> Option<(u64, String)> {
+    async fn wait_for_leader(&self, not: &[Option<u64>], wait: Duration) -> Option<(u64, String)> {
         let found = self
             .raft
             .wait(Some(wait))
