@@ -225,9 +225,10 @@ impl Node {
             contacts: contacts.clone(),
             append_budget: config.append_budget_bytes,
         };
-        let raft = Raft::new(node_id, raft_config, network, log_store, state_machine)
-            .await
-            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        shared.raft_opening.store(true, Ordering::SeqCst);
+        let raft = Raft::new(node_id, raft_config, network, log_store, state_machine).await;
+        shared.raft_opening.store(false, Ordering::SeqCst);
+        let raft = raft.map_err(|e| ClusterError::Raft(e.to_string()))?;
         // What this node applied was committed: the commit index starts
         // there (openraft reports commits only as new ones happen).
         if let Some(applied) = raft.metrics().borrow().last_applied {
