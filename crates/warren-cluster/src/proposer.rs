@@ -157,16 +157,14 @@ impl ProposerTask {
                             Err(_) => "the batch was not committed in time (is this node cut off from the majority?)"
                                 .to_owned(),
                         };
-                        if fail_batch(&tracker, &*sink, seq, &reason) {
-                            retry.spawn();
-                        }
+                        fail_batch(&tracker, &*sink, seq, &reason);
+                        retry.spawn();
                     });
                 }
                 Err(fatal) => {
                     drop(permit);
-                    if fail_batch(&self.tracker, &*self.sink, seq, &fatal.to_string()) {
-                        retry.spawn();
-                    }
+                    fail_batch(&self.tracker, &*self.sink, seq, &fatal.to_string());
+                    retry.spawn();
                 }
             }
         }
@@ -201,9 +199,8 @@ impl ProposerTask {
         drop(rest);
         drop(permit);
         if let Err(reason) = outcome {
-            if fail_batch(&self.tracker, &*self.sink, seq, &reason) {
-                retry.spawn();
-            }
+            fail_batch(&self.tracker, &*self.sink, seq, &reason);
+            retry.spawn();
         }
     }
 
@@ -395,6 +392,15 @@ fn local_origins(node: NodeId, requests: &[Request]) -> Vec<ChannelId> {
 /// so nobody would retry them, and a lost `CloseConnection` would keep the
 /// connection's consumers — and their unacked messages — forever. They are
 /// idempotent, so submitting one again after an unknown outcome is safe.
+///
+/// They are submitted again after every failure, whether or not the
+/// failure settled the batch in the tracker: a batch the tracker no longer
+/// holds was either applied (a second copy is harmless) or dropped
+/// unapplied — skipped behind a later batch, or cleared by a snapshot
+/// install (`settle_all_failed`) — and the tracker cannot tell which. Only
+/// retrying when the failure settled the batch lost a dead connection's
+/// `CloseConnection` after a snapshot install, and its consumers kept
+/// their unacked messages.
 /// `Tick` is left out: the tick driver proposes a new one by itself.
 fn must_commit(requests: &[Request]) -> Vec<Request> {
     requests
@@ -444,12 +450,9 @@ impl Retry {
 
 /// Answers `Unavailable` to every origin of a batch whose commit failed,
 /// unless apply already settled the batch (then the broker's replies went
-/// out); the replies wait for every earlier batch's (`tracker.rs`). `true`
-/// if the failure settled the batch.
-fn fail_batch(tracker: &ProposalTracker, sink: &dyn EffectSink, seq: u64, reason: &str) -> bool {
-    let settled = tracker.fail(seq, reason, sink);
-    if settled {
+/// out); the replies wait for every earlier batch's (`tracker.rs`).
+fn fail_batch(tracker: &ProposalTracker, sink: &dyn EffectSink, seq: u64, reason: &str) {
+    if tracker.fail(seq, reason, sink) {
         tracing::warn!(node = tracker.node, batch = seq, reason, "batch not committed");
     }
-    settled
 }
