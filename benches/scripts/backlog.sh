@@ -19,6 +19,12 @@
 #
 #   benches/scripts/backlog.sh [COUNT] [SIZE]        (1000000 1024)
 #   WARREN_ONLY=1 benches/scripts/backlog.sh ...      (skip RabbitMQ)
+#   SYNC_BEFORE_RESTART=1 ...   after the kill, run `sync` (its time in
+#                    sync_ms) before the restart, so the restart does not
+#                    share the disk with the kernel writing back the fill
+#
+# dirty_mib is the kernel's Dirty page cache when the node is killed: what
+# the disk still has to take while the node restarts.
 #
 # Needs the release binaries (warren, warren-perf, warren-drain) and
 # installs Debian's rabbitmq-server if missing. Not part of CI.
@@ -61,14 +67,24 @@ report() {
   local label=$1 disk=$2
   jq -c -n --arg broker "$label" --argjson count "$COUNT" --argjson size "$SIZE" --argjson milestone "$MILESTONE" \
     --argjson fillpeak "$(peak_mib "$W/rss-fill-$label")" --argjson drainpeak "$(peak_mib "$W/rss-drain-$label")" \
-    --argjson disk "$disk" --slurpfile fill "$W/fill-$label.json" --slurpfile drain "$W/drain-$label.json" \
+    --argjson disk "$disk" --argjson dirty "$dirty_mib" --argjson sync "$sync_ms" --slurpfile fill "$W/fill-$label.json" --slurpfile drain "$W/drain-$label.json" \
     '{broker: $broker, count: $count, size: $size, confirmed: $fill[0].confirmed,
       fill_rate: ($fill[0].confirm_rate|floor),
       first_m_rate: ($fill[0].confirm_milestones_ms as $m | if ($m|length) > 0 then ($milestone * 1000 / $m[0] | floor) else null end),
       last_m_rate: ($fill[0].confirm_milestones_ms as $m | if ($m|length) > 1 then ($milestone * 1000 / ($m[-1] - $m[-2]) | floor) else null end),
       fill_peak_mib: $fillpeak, disk_mib: ($disk/1024|floor),
-      first_ms: $drain[0].first_delivery_ms, consumed: $drain[0].consumed,
+      dirty_mib: $dirty, sync_ms: $sync, first_ms: $drain[0].first_delivery_ms, consumed: $drain[0].consumed,
       drain_rate: ($drain[0].consume_rate|floor), drain_peak_mib: $drainpeak}'
+}
+
+dirty_mib=0; sync_ms=null
+# note_dirty before the kill; maybe_sync after it (SYNC_BEFORE_RESTART)
+note_dirty() { dirty_mib=$(( $(awk '/^Dirty:/{print $2}' /proc/meminfo) / 1024 )); }
+maybe_sync() {
+  sync_ms=null
+  if [ -n "${SYNC_BEFORE_RESTART:-}" ]; then
+    local t0; t0=$(date +%s%N); sync; sync_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  fi
 }
 
 start_warren() {
@@ -82,7 +98,8 @@ sleep 1.5
 fill warren "$wpid" 5731
 sleep 1
 disk=$(du -sk "$W/warren" | cut -f1)
-kill -9 "$wpid"; wait "$wpid" 2>/dev/null || true
+note_dirty; kill -9 "$wpid"; wait "$wpid" 2>/dev/null || true
+maybe_sync
 start_warren
 drain warren "$wpid" 5731
 kill "$wpid"; wait "$wpid" 2>/dev/null || true; wpid=""
@@ -96,7 +113,8 @@ for qtype in classic quorum; do
   fill "rabbitmq-$qtype" "$rpid" 5832 "$qtype"
   sleep 1
   disk=$(du -sk "$W/rmq/mnesia" | cut -f1)
-  kill -9 "$rpid"; sleep 1; rm -f "$W/rmq/pid"
+  note_dirty; kill -9 "$rpid"; sleep 1; rm -f "$W/rmq/pid"
+  maybe_sync
   "$rmq" start 5832 "$W/rmq" >/dev/null &
   starter=$!
   # The consumer starts with the node and retries its connection until
