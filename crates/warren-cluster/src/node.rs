@@ -745,9 +745,9 @@ impl Node {
     }
 
     /// Messages this node holds (ready, or delivered and not acked) and
-    /// the bytes of bodies it holds in memory: with a body store, the
-    /// bodies in its cache and those still arriving in parts; without,
-    /// every held body.
+    /// the bytes of bodies it holds in memory: with a body store, what its
+    /// cache holds (bodies and each entry's overhead) and the bodies still
+    /// arriving in parts; without, every held body.
     pub fn held_backlog(&self) -> (u64, u64) {
         let bodies = self.inner.store.bodies();
         let (messages, bytes) = self.read(|broker| broker.held_backlog_with(bodies.is_some()));

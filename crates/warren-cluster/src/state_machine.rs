@@ -885,6 +885,12 @@ fn read_transfer(mut file: std::fs::File, bodies: Option<&Arc<BodyStore>>) -> Re
 
 #[cfg(test)]
 mod tests {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder};
+    use warren_core::test_support::{declare_queue, message, publish_message};
+    use warren_core::{Batch, Body, Request};
+    use warren_store::{SegmentConfig, SegmentStore};
+
     use super::*;
 
     /// A broker with a body in progress on one channel.
@@ -1144,17 +1150,8 @@ mod tests {
         let loaded = load_snapshot(&store).expect("load").expect("present");
         assert_eq!((loaded.meta, loaded.data), (meta, data));
     }
-}
 
-#[cfg(test)]
-mod opening_tests {
-    use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder};
-    use warren_core::test_support::{declare_queue, message, publish_message};
-    use warren_core::{Batch, Body, Request};
-    use warren_store::{SegmentConfig, SegmentStore};
-
-    use super::*;
+    // openraft's start-up read of the snapshot (ADR 0019's addendum).
 
     struct Discard;
 
