@@ -21,7 +21,14 @@ use serde::Serialize;
 /// Version 5: a `no_ack` consumer has an `in_flight` count (ADR 0026), and
 /// commands `ReturnUnsent` and `Written` exist. Version 4 values still
 /// decode (0 in flight).
-pub(crate) const CODEC_VERSION: u8 = 5;
+///
+/// Version 6: stream queues (ADR 0030): a consumer has the offset it reads
+/// next, a queued message the time a stream appended it, a queue its
+/// stream segments. Version 5 values still decode (none of them).
+pub(crate) const CODEC_VERSION: u8 = 6;
+
+/// The last version without stream queues.
+const STREAMLESS_VERSION: u8 = 5;
 
 /// The last version whose consumers had no `in_flight` count.
 const NO_IN_FLIGHT_VERSION: u8 = 4;
@@ -57,6 +64,7 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError>
     match bytes.split_first() {
         None => Err(CodecError::Empty),
         Some((&CODEC_VERSION, rest)) => Ok(bincode::deserialize(rest)?),
+        Some((&STREAMLESS_VERSION, rest)) => Ok(records_of(STREAMLESS_VERSION, || bincode::deserialize(rest))?),
         Some((&NO_IN_FLIGHT_VERSION, rest)) => Ok(records_of(NO_IN_FLIGHT_VERSION, || bincode::deserialize(rest))?),
         Some((&UNPRIORITISED_VERSION, rest)) => Ok(unprioritised(|| bincode::deserialize(rest))?),
         Some((&PLAIN_READY_VERSION, rest)) => Ok(unprioritised(|| {
@@ -93,6 +101,7 @@ pub(crate) fn decode_from<T: DeserializeOwned>(input: &mut impl std::io::Read) -
     input.read_exact(&mut version).map_err(|_| CodecError::Empty)?;
     match version[0] {
         CODEC_VERSION => Ok(bincode::deserialize_from(input)?),
+        STREAMLESS_VERSION => Ok(records_of(STREAMLESS_VERSION, || bincode::deserialize_from(input))?),
         NO_IN_FLIGHT_VERSION => Ok(records_of(NO_IN_FLIGHT_VERSION, || bincode::deserialize_from(input))?),
         UNPRIORITISED_VERSION => Ok(unprioritised(|| bincode::deserialize_from(input))?),
         PLAIN_READY_VERSION => Ok(unprioritised(|| {
@@ -157,6 +166,7 @@ mod tests {
             expires_at_ms: None,
             priority: 0,
             returns: 0,
+            appended_ms: 0,
         };
         let list: VecDeque<_> = (0..3).map(entry).collect();
         // The record as version 2 wrote it (no delivery count yet).
@@ -212,6 +222,7 @@ mod tests {
             in_flight: 0,
             in_flight_bytes: 0,
             lookahead: warren_core::Lookahead::NONE,
+            stream_next: None,
         };
         /// A consumer as version 4 wrote it: no `in_flight`.
         #[derive(Serialize)]
@@ -296,6 +307,54 @@ mod tests {
             "the lookahead is the command's last byte, where version 5 wrote `credit: true`"
         );
         assert_eq!(decode::<warren_core::Command>(&encoded).expect("decode"), command);
+    }
+
+    /// Version 5 records had no stream fields (ADR 0030): a consumer
+    /// without its offset, a queued message without its append time.
+    #[test]
+    fn version_5_records_decode_without_stream_fields() {
+        let consumer = warren_core::consumer::Consumer {
+            vhost: "/".into(),
+            queue: "q".into(),
+            queue_uid: 3,
+            serial: 9,
+            no_ack: false,
+            exclusive: false,
+            prefetch: 10,
+            unacked: 2,
+            priority: 0,
+            in_flight: 0,
+            in_flight_bytes: 0,
+            lookahead: warren_core::Lookahead::CURRENT,
+            stream_next: Some(42),
+        };
+        let mut v5 = vec![STREAMLESS_VERSION];
+        // The same fields but the last, in order, then a marker.
+        bincode::serialize_into(
+            &mut v5,
+            &(
+                (&consumer.vhost, &consumer.queue, 3u64, 9u64, false, false, 10u16, 2u32),
+                (0i32, 0u32, 0u64, warren_core::Lookahead::CURRENT),
+                7u64,
+            ),
+        )
+        .expect("encode");
+        let decoded: (warren_core::consumer::Consumer, u64) = decode(&v5).expect("decode version 5");
+        assert_eq!(
+            decoded,
+            (
+                warren_core::consumer::Consumer {
+                    stream_next: None,
+                    ..consumer.clone()
+                },
+                7
+            )
+        );
+        let current = encode(&(&consumer, 7u64)).expect("encode");
+        assert_eq!(
+            decode::<(warren_core::consumer::Consumer, u64)>(&current).expect("decode"),
+            (consumer, 7)
+        );
     }
 
     #[test]

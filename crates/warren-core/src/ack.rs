@@ -10,6 +10,7 @@ use crate::effect::Outcome;
 use crate::error::CoreError;
 use crate::fail;
 use crate::ids::{ChannelId, DeliveryTag};
+use crate::queue::Queue;
 use crate::queue_args::Overflow;
 
 /// What becomes of a settled delivery.
@@ -56,11 +57,16 @@ impl Broker {
 
     /// `basic.recover`: requeues every unacked delivery of the channel
     /// (RabbitMQ requeues whatever `requeue` says).
+    ///
+    /// # Errors
+    /// 540 if a delivery from a stream is unacked (RabbitMQ 3.10's channel
+    /// crashes there, 541; ADR 0030).
     pub(crate) fn recover(&mut self, ctx: &mut Ctx<'_>, channel: ChannelId) -> Result<Outcome, CoreError> {
         let Some(state) = self.channels.get(&channel) else {
             return Ok(Outcome::Done);
         };
         let tags: Vec<DeliveryTag> = state.unacked.keys().copied().collect();
+        self.refuse_for_streams(channel, &tags, "basic.recover")?;
         self.settle_each(ctx, channel, tags, Settle::Requeue);
         Ok(Outcome::Done)
     }
@@ -95,6 +101,12 @@ impl Broker {
                 queue.stats.deliver = queue.stats.deliver.saturating_sub(1);
                 queue.stats.redeliver = queue.stats.redeliver.saturating_sub(u64::from(entry.redelivered));
             }
+            if queue.is_stream() {
+                // Nothing left the stream; its consumer reads it again.
+                self.rewind_stream_consumer(channel, consumer.as_ref(), entry.seq);
+                ctx.touch(&vhost, &name);
+                continue;
+            }
             queue.put_back(entry);
             ctx.touch(&vhost, &name);
             returned.insert((vhost, name));
@@ -122,8 +134,30 @@ impl Broker {
         let Some(tags) = tags else {
             return Err(fail::unknown_delivery_tag(tag));
         };
+        if how != Settle::Ack {
+            self.refuse_for_streams(channel, &tags, "basic.nack and basic.reject")?;
+        }
         self.settle_each(ctx, channel, tags, how);
         Ok(Outcome::Done)
+    }
+
+    /// 540 (`what` not supported by stream queues) if one of `tags` of
+    /// `channel` is a delivery from a stream.
+    fn refuse_for_streams(&self, channel: ChannelId, tags: &[DeliveryTag], what: &str) -> Result<(), CoreError> {
+        let Some(state) = self.channels.get(&channel) else {
+            return Ok(());
+        };
+        for unacked in tags.iter().filter_map(|tag| state.unacked.get(tag)) {
+            let queue = self
+                .vhosts
+                .get(&unacked.vhost)
+                .and_then(|v| v.queues.get(&unacked.queue))
+                .filter(|q| q.uid == unacked.queue_uid);
+            if queue.is_some_and(Queue::is_stream) {
+                return Err(crate::stream::not_supported(what, &unacked.vhost, &unacked.queue));
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn settle_each(&mut self, ctx: &mut Ctx<'_>, channel: ChannelId, tags: Vec<DeliveryTag>, how: Settle) {
@@ -181,6 +215,11 @@ impl Broker {
             return None;
         }
         queue.unacked = queue.unacked.saturating_sub(1);
+        if queue.is_stream() {
+            // Settled or not, the message stays in the stream.
+            queue.stats.ack += u64::from(how == Settle::Ack);
+            return None;
+        }
         match how {
             Settle::Ack => {
                 queue.stats.ack += 1;

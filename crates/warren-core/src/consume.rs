@@ -13,6 +13,7 @@ use crate::fail;
 use crate::ids::{ChannelId, ConsumerTag, QueueName, VHost};
 use crate::queue_args::{check_argument_keys, queue_type, type_name, CONSUMER_ARGUMENTS};
 use crate::reply_to::REPLY_QUEUE;
+use crate::stream::{check_stream_consumer, not_supported, stream_start};
 
 /// What a `basic.consume` asks for.
 pub(crate) struct ConsumeSpec<'a> {
@@ -136,6 +137,20 @@ impl Broker {
         check_consume_arguments(vhost, name, arguments)?;
         let kind = queue_type(&queue.arguments);
         check_argument_keys(vhost, name, kind.as_deref(), arguments, CONSUMER_ARGUMENTS)?;
+        let stream_next = if queue.is_stream() {
+            let start = stream_start(vhost, name, arguments, ctx.now_ms)?;
+            let state = self.channels.get(&channel);
+            check_stream_consumer(
+                vhost,
+                name,
+                state.map_or(0, |c| c.consumer_prefetch),
+                no_ack,
+                state.map_or(0, |c| c.channel_prefetch),
+            )?;
+            Some(queue.stream_offset_of(start))
+        } else {
+            None
+        };
         let channels = &self.channels;
         let has_exclusive_consumer = queue.consumers.iter().any(|c| {
             channels
@@ -143,7 +158,8 @@ impl Broker {
                 .and_then(|ch| ch.consumers.get(&c.tag))
                 .is_some_and(|c| c.exclusive)
         });
-        if has_exclusive_consumer || (exclusive && !queue.consumers.is_empty()) {
+        // A stream takes `exclusive` and does not enforce it (RabbitMQ 3.10).
+        if stream_next.is_none() && (has_exclusive_consumer || (exclusive && !queue.consumers.is_empty())) {
             return Err(fail::queue_in_exclusive_use(vhost, name));
         }
         queue.consumers.push(ConsumerRef {
@@ -167,6 +183,7 @@ impl Broker {
             in_flight: 0,
             in_flight_bytes: 0,
             lookahead,
+            stream_next,
         };
         state.consumers.insert(tag.clone(), consumer);
         ctx.touch(vhost, name);
@@ -251,6 +268,9 @@ impl Broker {
         };
         if !queue.accessible_by(Some(channel.conn)) {
             return Err(fail::queue_locked(vhost, name));
+        }
+        if queue.is_stream() {
+            return Err(not_supported("basic.get", vhost, name));
         }
         queue.last_used_ms = ctx.now_ms;
         let expired = queue.take_expired_head(ctx.now_ms, true);

@@ -39,6 +39,11 @@ pub struct Consumer {
     /// [`Lookahead::NONE`] for consumers of older snapshots and log entries.
     #[serde(deserialize_with = "since_v5")]
     pub lookahead: Lookahead,
+    /// For a consumer of a stream: the offset it reads next (ADR 0030).
+    /// `None` for other consumers, and for those of codec version 5 and
+    /// earlier.
+    #[serde(deserialize_with = "since_v6")]
+    pub stream_next: Option<u64>,
 }
 
 /// How far past its prefetch the core assigns deliveries to a consumer
@@ -127,6 +132,18 @@ where
     T: Deserialize<'de> + Default,
 {
     if reading_before(5) {
+        return Ok(T::default());
+    }
+    T::deserialize(deserializer)
+}
+
+/// Reads a field added in codec version 6 (see [`since_v4`]).
+pub(crate) fn since_v6<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    if reading_before(6) {
         return Ok(T::default());
     }
     T::deserialize(deserializer)

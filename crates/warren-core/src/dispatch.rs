@@ -86,6 +86,10 @@ impl Broker {
         let Some(queue) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(name)) else {
             return;
         };
+        if queue.is_stream() {
+            self.dispatch_stream(ctx, vhost, name);
+            return;
+        }
         let channels = &mut self.channels;
         // Priorities do not change during a pass; credit does.
         let top = Some(top_priority(queue, channels));

@@ -21,6 +21,20 @@ pub(crate) fn check(broker: &Broker) -> Result<(), String> {
     let mut unacked_per_queue: BTreeMap<(VHost, QueueName, u64), u64> = BTreeMap::new();
     let mut unacked_per_consumer: BTreeMap<(ChannelId, ConsumerTag, u64), u32> = BTreeMap::new();
 
+    // A delivery from a stream leaves its message in the stream.
+    let streams: BTreeSet<(VHost, QueueName, u64)> = broker
+        .vhosts
+        .iter()
+        .flat_map(|(vhost, vh)| vh.queues.values().map(move |q| (vhost, q)))
+        .filter(|(_, q)| q.is_stream())
+        .map(|(vhost, q)| (vhost.clone(), q.name.clone(), q.uid))
+        .collect();
+    let queues: BTreeSet<(VHost, QueueName, u64)> = broker
+        .vhosts
+        .iter()
+        .flat_map(|(vhost, vh)| vh.queues.values().map(move |q| (vhost.clone(), q.name.clone(), q.uid)))
+        .collect();
+    let mut seen_by_consumer = BTreeSet::new();
     for (id, channel) in &broker.channels {
         for (tag, unacked) in &channel.unacked {
             let message = unacked.entry.id;
@@ -30,10 +44,16 @@ pub(crate) fn check(broker: &Broker) -> Result<(), String> {
             ensure(message.0 < broker.next_message_id, || {
                 format!("{message:?} not yet issued")
             })?;
-            ensure(seen.insert(message), || {
-                format!("{message:?} unacked twice (channel {id:?})")
-            })?;
             let key = (unacked.vhost.clone(), unacked.queue.clone(), unacked.queue_uid);
+            // A stream's message goes to each of its consumers once; that
+            // of a deleted queue may have been a stream's.
+            let from_stream = streams.contains(&key) || !queues.contains(&key);
+            let once = if from_stream {
+                seen_by_consumer.insert((message, *id, unacked.consumer.clone()))
+            } else {
+                seen.insert(message)
+            };
+            ensure(once, || format!("{message:?} unacked twice (channel {id:?})"))?;
             *unacked_per_queue.entry(key).or_default() += 1;
             if let Some((consumer, serial)) = &unacked.consumer {
                 *unacked_per_consumer
@@ -141,8 +161,50 @@ pub(crate) fn check(broker: &Broker) -> Result<(), String> {
                     queue.unacked
                 )
             })?;
-            check_queue_consumers(broker, vhost, queue)?;
+            if queue.is_stream() {
+                check_stream(broker, queue, &ready)?;
+            } else {
+                check_queue_consumers(broker, vhost, queue)?;
+            }
         }
+    }
+    Ok(())
+}
+
+/// A stream holds the offsets from its first to its last without a gap,
+/// its segments start at or before its first, and each consumer has read
+/// to its end or has no credit.
+fn check_stream(
+    broker: &Broker,
+    queue: &crate::queue::Queue,
+    ready: &[crate::queue::QueuedMessage],
+) -> Result<(), String> {
+    let name = &queue.name;
+    let first = ready.first().map_or(queue.next_seq, |m| m.seq);
+    ensure(
+        ready.iter().enumerate().all(|(i, m)| m.seq == first + i as u64)
+            && first + ready.len() as u64 == queue.next_seq,
+        || format!("stream '{name}' has a gap"),
+    )?;
+    ensure(
+        ready.is_empty() || queue.segments.front().is_some_and(|s| s.first_seq <= first),
+        || format!("stream '{name}' holds messages before its first segment"),
+    )?;
+    for reference in &queue.consumers {
+        let channel = broker.channels.get(&reference.channel);
+        let Some(consumer) = channel.and_then(|ch| ch.consumers.get(&reference.tag)) else {
+            return Err(format!("stream '{name}' lists dead consumer {}", reference.tag));
+        };
+        let Some(next) = consumer.stream_next else {
+            return Err(format!("consumer {} of stream '{name}' has no offset", reference.tag));
+        };
+        let can_take = channel.is_some_and(|ch| ch.consumer_can_take(&reference.tag));
+        ensure(next >= queue.next_seq || !can_take, || {
+            format!(
+                "stream '{name}' has messages for consumer {} with credit",
+                reference.tag
+            )
+        })?;
     }
     Ok(())
 }

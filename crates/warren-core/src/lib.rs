@@ -64,6 +64,7 @@ pub mod ready;
 pub mod reply_to;
 pub mod staged;
 pub mod stats;
+pub mod stream;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
 pub mod topic;

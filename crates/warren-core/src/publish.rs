@@ -182,6 +182,13 @@ impl Broker {
         let Some(queue) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(name)) else {
             return Enqueued::Missing;
         };
+        if queue.is_stream() {
+            // No TTL, length limit or dead-lettering: retention (ADR 0030).
+            queue.append(id, message, ctx.now_ms);
+            queue.stats.publish += 1;
+            ctx.touch(vhost, name);
+            return Enqueued::Accepted;
+        }
         if queue.args.overflow != Overflow::DropHead && queue.would_overflow(message.body_len()) {
             if queue.args.overflow == Overflow::RejectPublishDlx {
                 let refused = crate::queue::QueuedMessage {
@@ -192,6 +199,7 @@ impl Broker {
                     expires_at_ms: None,
                     priority: 0,
                     returns: 0,
+                    appended_ms: 0,
                 };
                 ctx.dead_letters
                     .extend(dead_letters(vhost, queue, vec![refused], DeathReason::MaxLen));

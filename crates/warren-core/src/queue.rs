@@ -31,6 +31,11 @@ pub struct QueuedMessage {
     /// `x-delivery-count`. Always 0 in other queues.
     #[serde(deserialize_with = "crate::consumer::since_v4")]
     pub returns: u32,
+    /// When a stream appended it, ms since epoch (`x-stream-offset` by
+    /// timestamp; ADR 0030). 0 in other queues and in records of codec
+    /// version 5 and earlier.
+    #[serde(deserialize_with = "crate::consumer::since_v6")]
+    pub appended_ms: u64,
 }
 
 impl QueuedMessage {
@@ -82,6 +87,10 @@ pub struct Queue {
     pub consumers: Vec<ConsumerRef>,
     /// Index in `consumers` where the next round-robin search starts.
     pub next_consumer: usize,
+    /// A stream's segments, oldest first (ADR 0030); empty for other
+    /// queues and in records of codec version 5 and earlier.
+    #[serde(deserialize_with = "crate::consumer::since_v6")]
+    pub segments: std::collections::VecDeque<crate::stream::StreamSegment>,
     /// Whether it ever had a consumer (auto-delete applies only then).
     pub had_consumer: bool,
     /// Last declare / get / consumer activity, for `x-expires`.
@@ -154,6 +163,7 @@ impl Queue {
             expires_at_ms,
             priority,
             returns: 0,
+            appended_ms: 0,
         });
     }
 
@@ -209,7 +219,7 @@ impl Queue {
         Arc::new(message)
     }
 
-    fn insert(&mut self, entry: QueuedMessage) {
+    pub(crate) fn insert(&mut self, entry: QueuedMessage) {
         self.ready_bytes += entry.message.body_len();
         if let Some(at) = entry.expires_at_ms {
             self.expiries.insert((at, entry.seq));

@@ -226,6 +226,38 @@ fn positive(value: &AMQPValue) -> Result<u64, Invalid> {
     Ok(n)
 }
 
+/// The values of `x-queue-leader-locator` RabbitMQ 3.10 knows (Warren
+/// replicates every queue to every node: the locator changes nothing).
+const LEADER_LOCATORS: [&str; 4] = ["client-local", "balanced", "random", "least-leaders"];
+
+/// A stream's `x-max-age` (RabbitMQ's `check_max_age`): a long string of
+/// a positive number and one unit of `Y` (365 days), `M` (30 days), `D`,
+/// `h`, `m`, `s`, as milliseconds. The same grammar gives an interval for
+/// `x-stream-offset`.
+pub(crate) fn max_age_ms(value: &AMQPValue) -> Result<u64, Invalid> {
+    let AMQPValue::LongString(text) = value else {
+        return Err(format!("{{unacceptable_type,{}}}", type_name(value)));
+    };
+    duration_ms(&String::from_utf8_lossy(text.as_bytes())).ok_or_else(|| "invalid_max_age".to_owned())
+}
+
+/// `<digits><unit>` as milliseconds, if it is one and not zero.
+pub(crate) fn duration_ms(text: &str) -> Option<u64> {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok().filter(|n| *n > 0)?;
+    let unit_ms: u64 = match unit {
+        "Y" => 365 * 86_400_000,
+        "M" => 30 * 86_400_000,
+        "D" => 86_400_000,
+        "h" => 3_600_000,
+        "m" => 60_000,
+        "s" => 1_000,
+        _ => return None,
+    };
+    Some(number.saturating_mul(unit_ms))
+}
+
 fn text(value: &AMQPValue) -> Result<String, Invalid> {
     string(value).ok_or_else(|| format!("{{unacceptable_type,{}}}", type_name(value)))
 }
@@ -274,9 +306,24 @@ impl QueueArgs {
                     args.max_priority = Some(n);
                 }
                 "x-single-active-consumer" => args.single_active_consumer = boolean(value).map_err(invalid)?,
+                "x-max-age" => {
+                    max_age_ms(value).map_err(invalid)?;
+                }
+                "x-stream-max-segment-size-bytes" => {
+                    non_negative(value).map_err(invalid)?;
+                }
+                "x-initial-cluster-size" | "x-quorum-initial-group-size" => {
+                    positive(value).map_err(invalid)?;
+                }
+                "x-queue-leader-locator" => {
+                    let locator = text(value).map_err(invalid)?;
+                    if !LEADER_LOCATORS.contains(&locator.as_str()) {
+                        return Err(invalid("invalid_queue_locator_arg".to_owned()));
+                    }
+                }
                 "x-queue-type" => {
                     let kind = text(value).map_err(invalid)?;
-                    if kind != "classic" && kind != "quorum" {
+                    if kind != "classic" && kind != "quorum" && kind != "stream" {
                         return Err(invalid(format!("\"unsupported queue type '{kind}'\"")));
                     }
                 }
@@ -450,9 +497,54 @@ mod tests {
         );
         assert!(parse(&[("x-overflow", s("nope"))]).is_err());
         assert!(parse(&[("x-queue-type", s("quorum"))]).is_ok());
-        assert!(parse(&[("x-queue-type", s("stream"))]).is_err());
+        assert!(parse(&[("x-queue-type", s("stream"))]).is_ok());
+        assert!(parse(&[("x-queue-type", s("lake"))]).is_err());
         assert!(parse(&[("x-queue-mode", s("lazy")), ("other", s("x"))]).is_ok());
         assert!(parse(&[("x-dead-letter-routing-key", s("k"))]).is_err());
+    }
+
+    #[test]
+    fn stream_arguments_are_checked_as_rabbitmq_checks_them() {
+        let s = |v: &str| AMQPValue::LongString(LongString::from(v));
+        let stream = |key: &str, value: AMQPValue| parse(&[("x-queue-type", s("stream")), (key, value)]);
+        for good in ["1s", "7D", "12h", "1Y", "30M", "90m", "0001s"] {
+            assert!(stream("x-max-age", s(good)).is_ok(), "{good}");
+        }
+        for bad in ["", "h", "0h", "5", "1.5h", "1A", "1 h", "-1h", "1hh"] {
+            assert_eq!(
+                stream("x-max-age", s(bad)).unwrap_err().to_string(),
+                "PRECONDITION_FAILED - invalid arg 'x-max-age' for queue 'q' in vhost '/': invalid_max_age",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            stream("x-max-age", AMQPValue::LongInt(5)).unwrap_err().to_string(),
+            "PRECONDITION_FAILED - invalid arg 'x-max-age' for queue 'q' in vhost '/': {unacceptable_type,signedint}"
+        );
+        assert_eq!(duration_ms("2m"), Some(120_000));
+        assert_eq!(duration_ms("18446744073709551615Y"), Some(u64::MAX));
+        assert!(stream("x-initial-cluster-size", AMQPValue::LongInt(0)).is_err());
+        assert!(stream("x-initial-cluster-size", AMQPValue::LongInt(3)).is_ok());
+        assert!(stream("x-stream-max-segment-size-bytes", AMQPValue::LongInt(-1)).is_err());
+        assert!(stream("x-queue-leader-locator", s("balanced")).is_ok());
+        assert_eq!(
+            stream("x-queue-leader-locator", s("anywhere")).unwrap_err().to_string(),
+            "PRECONDITION_FAILED - invalid arg 'x-queue-leader-locator' for queue 'q' in vhost '/': invalid_queue_locator_arg"
+        );
+        // What a stream refuses, RabbitMQ's way.
+        for (key, value) in [
+            ("x-max-length", AMQPValue::LongInt(5)),
+            ("x-message-ttl", AMQPValue::LongInt(5)),
+            ("x-overflow", s("drop-head")),
+            ("x-dead-letter-exchange", s("dlx")),
+            ("x-single-active-consumer", AMQPValue::Boolean(true)),
+            ("x-delivery-limit", AMQPValue::LongInt(5)),
+        ] {
+            assert_eq!(
+                stream(key, value).unwrap_err().to_string(),
+                format!("PRECONDITION_FAILED - invalid arg '{key}' for queue 'q' in vhost '/' of queue type rabbit_stream_queue")
+            );
+        }
     }
 
     #[test]

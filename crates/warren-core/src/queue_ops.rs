@@ -50,11 +50,12 @@ fn usable_queue<'a>(
 }
 
 /// 406 if the queue's `x-queue-type` does not allow the attributes `spec`
-/// asks for: a quorum queue is durable, not exclusive and not auto-delete
-/// (RabbitMQ checks them in that order: auto-delete, exclusive, durable).
+/// asks for: a quorum queue or a stream is durable, not exclusive and not
+/// auto-delete (RabbitMQ checks them in that order: auto-delete,
+/// exclusive, durable); a stream's segments are at most 3 GB.
 fn check_queue_type_properties(vhost: &VHost, name: &QueueName, spec: &QueueSpec<'_>) -> Result<(), CoreError> {
     let kind = spec.arguments.inner().get("x-queue-type").and_then(string);
-    if kind.as_deref() != Some("quorum") {
+    if kind.as_deref() != Some("quorum") && kind.as_deref() != Some("stream") {
         return Ok(());
     }
     let invalid = [
@@ -62,10 +63,20 @@ fn check_queue_type_properties(vhost: &VHost, name: &QueueName, spec: &QueueSpec
         (spec.exclusive, "exclusive-owner"),
         (!spec.durable, "non-durable"),
     ];
-    match invalid.into_iter().find(|(bad, _)| *bad) {
-        Some((_, property)) => Err(fail::invalid_queue_property(vhost, name, property)),
-        None => Ok(()),
+    if let Some((_, property)) = invalid.into_iter().find(|(bad, _)| *bad) {
+        return Err(fail::invalid_queue_property(vhost, name, property));
     }
+    let segment = spec.arguments.inner().get("x-stream-max-segment-size-bytes");
+    if kind.as_deref() == Some("stream")
+        && segment
+            .and_then(crate::queue_args::integer)
+            .is_some_and(|n| n > i128::from(crate::stream::MAX_SEGMENT_BYTES))
+    {
+        return Err(CoreError::PreconditionFailed(
+            "Exceeded max value for x-stream-max-segment-size-bytes".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 /// 405/406 unless `existing` has the attributes `spec` asks for.
@@ -126,10 +137,13 @@ impl Broker {
                 // Redeclaring renews an x-expires lease; a passive probe does not.
                 queue.last_used_ms = now_ms;
             }
+            // A stream's consumers read it without taking: RabbitMQ counts
+            // none (and its messages, as here).
+            let consumer_count = if queue.is_stream() { 0 } else { queue.consumer_count() };
             return Ok(Outcome::QueueDeclared {
                 queue: name.clone(),
                 message_count: queue.ready_count(),
-                consumer_count: queue.consumer_count(),
+                consumer_count,
                 created: false,
             });
         }
@@ -158,6 +172,7 @@ impl Broker {
             next_seq: 0,
             consumers: Vec::new(),
             next_consumer: 0,
+            segments: std::collections::VecDeque::new(),
             had_consumer: false,
             last_used_ms: now_ms,
             stats: crate::stats::QueueStats::default(),
@@ -246,6 +261,9 @@ impl Broker {
     ) -> Result<Outcome, CoreError> {
         let vh = self.vhost_mut(vhost)?;
         let queue = usable_queue(ctx, vh, vhost, name)?;
+        if queue.is_stream() {
+            return Err(crate::stream::not_supported("queue.purge", vhost, name));
+        }
         let purged = queue.purge();
         Ok(Outcome::QueuePurged {
             message_count: u32::try_from(purged).unwrap_or(u32::MAX),
@@ -270,6 +288,12 @@ impl Broker {
             return Ok(Outcome::QueueDeleted { message_count: 0 });
         }
         let queue = usable_queue(ctx, vh, vhost, name)?;
+        if queue.is_stream() {
+            // RabbitMQ deletes a stream whatever `if_unused` and
+            // `if_empty` say, and counts nothing.
+            self.remove_queue(ctx, vhost, name);
+            return Ok(Outcome::QueueDeleted { message_count: 0 });
+        }
         if if_unused && !queue.consumers.is_empty() {
             return Err(fail::queue_in_use(vhost, name));
         }

@@ -55,7 +55,19 @@ pub trait Pager: Send + Sync {
     }
 }
 
+/// How many pages a stream's reads keep loaded (ADR 0030): consumers of
+/// a stream read the same pages one after another.
+const READ_CACHE_PAGES: usize = 8;
+
+/// A page's messages as a read loaded them, while the read cache keeps
+/// them.
+type Loaded = Arc<std::sync::Mutex<std::sync::Weak<Vec<QueuedMessage>>>>;
+
 thread_local! {
+    /// The pages streams read last, newest last: what keeps [`Loaded`]
+    /// alive.
+    static READ_CACHE: std::cell::RefCell<VecDeque<Arc<Vec<QueuedMessage>>>> =
+        const { std::cell::RefCell::new(VecDeque::new()) };
     static PAGER: std::cell::RefCell<Option<Arc<dyn Pager>>> = const { std::cell::RefCell::new(None) };
     static PLAIN: std::cell::RefCell<bool> = const { std::cell::RefCell::new(false) };
 }
@@ -95,6 +107,8 @@ pub struct Page {
     /// Body store segments it depends on: its own and its bodies'.
     segments: Vec<u32>,
     source: Arc<dyn Pager>,
+    /// Its messages while a stream's read cache holds them.
+    loaded: Loaded,
 }
 
 impl std::fmt::Debug for Page {
@@ -133,6 +147,7 @@ impl Page {
             bytes: entries.iter().map(|e| e.message.body_len()).sum(),
             segments: segments.into_iter().collect(),
             source: Arc::clone(pager),
+            loaded: Loaded::default(),
         })
     }
 
@@ -151,6 +166,24 @@ impl Page {
                 self.count
             ));
         }
+        Ok(entries)
+    }
+
+    /// [`Page::load`] through the read cache of streams.
+    fn load_cached(&self) -> Result<Arc<Vec<QueuedMessage>>, String> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(entries) = loaded.upgrade() {
+            return Ok(entries);
+        }
+        let entries = Arc::new(self.load()?);
+        *loaded = Arc::downgrade(&entries);
+        READ_CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.len() >= READ_CACHE_PAGES {
+                cache.pop_front();
+            }
+            cache.push_back(Arc::clone(&entries));
+        });
         Ok(entries)
     }
 
@@ -425,11 +458,83 @@ impl Ready {
         removed
     }
 
+    /// Up to `max` messages from the one with `seq` on, cloned, without
+    /// taking them: a stream's read (ADR 0030), whose order is by `seq`
+    /// alone. Pages are read back through a small cache; one that cannot
+    /// be read ends the read (and stops the node).
+    pub fn read_from(&self, seq: u64, max: usize) -> Vec<QueuedMessage> {
+        let mut out = Vec::new();
+        take_from(self.head.iter(), seq, max, &mut out);
+        for page in &self.pages {
+            if out.len() >= max {
+                return out;
+            }
+            if page.max_seq < seq {
+                continue;
+            }
+            match page.load_cached() {
+                Ok(entries) => take_from(entries.iter(), seq, max, &mut out),
+                Err(why) => {
+                    page.source.failed(why);
+                    return out;
+                }
+            }
+        }
+        take_from(self.tail.iter(), seq, max, &mut out);
+        out
+    }
+
+    /// The `seq` of the first message appended at or after `ms` (a
+    /// stream's `x-stream-offset` by time), if any: a binary search over
+    /// the pages, whose messages come in time order.
+    pub fn first_appended_at_or_after(&self, ms: u64) -> Option<u64> {
+        let first_in = |list: &[QueuedMessage]| list.iter().find(|m| m.appended_ms >= ms).map(|m| m.seq);
+        if let Some(seq) = first_in(self.head.as_slices().0).or_else(|| first_in(self.head.as_slices().1)) {
+            return Some(seq);
+        }
+        // The first page whose last message is at or after `ms`.
+        let (mut low, mut high) = (0, self.pages.len());
+        while low < high {
+            let middle = (low + high) / 2;
+            let last_ms = match self.pages[middle].load_cached() {
+                Ok(entries) => entries.last().map_or(0, |m| m.appended_ms),
+                Err(why) => {
+                    self.pages[middle].source.failed(why);
+                    return None;
+                }
+            };
+            if last_ms >= ms {
+                high = middle;
+            } else {
+                low = middle + 1;
+            }
+        }
+        if let Some(page) = self.pages.get(low) {
+            if let Ok(entries) = page.load_cached() {
+                if let Some(seq) = first_in(&entries) {
+                    return Some(seq);
+                }
+            }
+        }
+        first_in(self.tail.as_slices().0).or_else(|| first_in(self.tail.as_slices().1))
+    }
+
     /// Removes every message; returns how many there were.
     pub fn clear(&mut self) -> u64 {
         let count = self.len() as u64;
         *self = Ready::default();
         count
+    }
+}
+
+/// Appends to `out`, up to `max` in all, the messages of `list` with
+/// `seq` at or after `from`.
+fn take_from<'a>(list: impl Iterator<Item = &'a QueuedMessage>, from: u64, max: usize, out: &mut Vec<QueuedMessage>) {
+    for entry in list.skip_while(|m| m.seq < from) {
+        if out.len() >= max {
+            return;
+        }
+        out.push(entry.clone());
     }
 }
 
@@ -594,6 +699,7 @@ impl PagesIn {
                 bytes,
                 segments,
                 source: Arc::clone(pager),
+                loaded: Loaded::default(),
             },
             (PageRepr::Stored { .. }, None) => {
                 return Err(E::custom("a paged queue, and no store to read its pages"));
@@ -778,6 +884,7 @@ mod tests {
             expires_at_ms: None,
             priority: 0,
             returns: 0,
+            appended_ms: 0,
         }
     }
 

@@ -205,6 +205,16 @@ impl Connection {
     ) -> Result<(), AmqpError> {
         match method {
             queue::AMQPMethod::Declare(m) => {
+                if m.queue.as_str().is_empty() && !m.passive {
+                    if let Some(module) = unnameable_queue_type(&m.arguments) {
+                        return Err(AmqpError::channel(
+                            ch,
+                            reply_code::PRECONDITION_FAILED,
+                            format!("PRECONDITION_FAILED - Cannot declare a server-named queue for type {module}"),
+                            (50, 10),
+                        ));
+                    }
+                }
                 let name = if m.queue.as_str().is_empty() {
                     QueueName::new(generated_queue_name())
                 } else {
@@ -376,5 +386,20 @@ impl Connection {
         let expanded =
             expand_queue_name(queue, last).and_then(|name| Ok((name, expand_binding_key(queue, routing_key, last)?)));
         expanded.map_err(|NoDeclaredQueue| no_declared_queue(ch, ids))
+    }
+}
+
+/// RabbitMQ 3.10's module of a queue type that cannot be server-named
+/// (`queue.declare` with an empty name): quorum queues and streams.
+fn unnameable_queue_type(arguments: &warren_wire::types::FieldTable) -> Option<&'static str> {
+    let kind = match arguments.inner().get("x-queue-type")? {
+        warren_wire::types::AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        warren_wire::types::AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        _ => return None,
+    };
+    match kind.as_str() {
+        "quorum" => Some("rabbit_quorum_queue"),
+        "stream" => Some("rabbit_stream_queue"),
+        _ => None,
     }
 }

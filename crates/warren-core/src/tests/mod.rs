@@ -16,5 +16,6 @@ mod reply_to;
 mod routing_properties;
 mod staged;
 mod stats;
+mod streams;
 mod transactions;
 mod unsent;
