@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 
 #[derive(Parser, Debug)]
@@ -27,6 +26,10 @@ struct Args {
     count: u64,
     #[arg(long, default_value_t = 100)]
     prefetch: u16,
+    /// Read a stream (`x-queue-type = stream`) from this `x-stream-offset`
+    /// (`first`, `last`, `next`, or an integer offset).
+    #[arg(long)]
+    stream_offset: Option<String>,
     /// Give up when no delivery came for this many seconds.
     #[arg(long, default_value_t = 30)]
     idle_timeout: u64,
@@ -55,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
             args.queue.as_str().into(),
             "warren-drain".into(),
             BasicConsumeOptions::default(),
-            FieldTable::default(),
+            warren_bench::stream_offset_arguments(args.stream_offset.as_deref()),
         )
         .await?;
     let mut consumed = 0u64;

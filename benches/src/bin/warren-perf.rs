@@ -78,6 +78,12 @@ struct Args {
     /// A client gives up after this many seconds without a working connection.
     #[arg(long, default_value_t = 30)]
     reconnect_timeout: u64,
+    /// Consume a stream (`--queue-type stream`) from this
+    /// `x-stream-offset` (`first`, `last`, `next`, or an integer offset);
+    /// a stream cannot be purged, so give a fresh `--queue` with it.
+    #[arg(long)]
+    stream_offset: Option<String>,
+
     /// Keep the messages already in the queue (default: purge at start).
     #[arg(long)]
     no_purge: bool,
@@ -169,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
     let mut setup_ring = UriRing::new(args.uri.clone(), 0);
     let (_setup_conn, setup) = open_channel(&mut setup_ring, &args).await?;
     declare(&setup, &args).await.context("declaring the queue")?;
-    if !args.no_purge {
+    if !args.no_purge && args.queue_type.as_deref() != Some("stream") {
         setup
             .queue_purge(args.queue.as_str().into(), QueuePurgeOptions::default())
             .await?;
@@ -608,7 +614,7 @@ async fn consume_session(
                 no_ack: args.auto_ack,
                 ..BasicConsumeOptions::default()
             },
-            FieldTable::default(),
+            warren_bench::stream_offset_arguments(args.stream_offset.as_deref()),
         )
         .await?;
     *last_ok = Instant::now();
