@@ -464,23 +464,22 @@ impl Ready {
     /// be read ends the read (and stops the node).
     pub fn read_from(&self, seq: u64, max: usize) -> Vec<QueuedMessage> {
         let mut out = Vec::new();
-        take_from(self.head.iter(), seq, max, &mut out);
-        for page in &self.pages {
+        take_from(&self.head, seq, max, &mut out);
+        // Pages are in seq order: skip those wholly before `seq`.
+        let first_page = self.pages.partition_point(|page| page.max_seq < seq);
+        for page in self.pages.range(first_page..) {
             if out.len() >= max {
                 return out;
             }
-            if page.max_seq < seq {
-                continue;
-            }
             match page.load_cached() {
-                Ok(entries) => take_from(entries.iter(), seq, max, &mut out),
+                Ok(entries) => take_from_slice(&entries, seq, max, &mut out),
                 Err(why) => {
                     page.source.failed(why);
                     return out;
                 }
             }
         }
-        take_from(self.tail.iter(), seq, max, &mut out);
+        take_from(&self.tail, seq, max, &mut out);
         out
     }
 
@@ -527,15 +526,19 @@ impl Ready {
     }
 }
 
-/// Appends to `out`, up to `max` in all, the messages of `list` with
-/// `seq` at or after `from`.
-fn take_from<'a>(list: impl Iterator<Item = &'a QueuedMessage>, from: u64, max: usize, out: &mut Vec<QueuedMessage>) {
-    for entry in list.skip_while(|m| m.seq < from) {
-        if out.len() >= max {
-            return;
-        }
-        out.push(entry.clone());
-    }
+/// Appends to `out`, up to `max` in all, the messages of `list` (in seq
+/// order) with `seq` at or after `from`.
+fn take_from(list: &VecDeque<QueuedMessage>, from: u64, max: usize, out: &mut Vec<QueuedMessage>) {
+    let start = list.partition_point(|m| m.seq < from);
+    let wanted = max.saturating_sub(out.len());
+    out.extend(list.range(start..).take(wanted).cloned());
+}
+
+/// [`take_from`] of a page's messages.
+fn take_from_slice(list: &[QueuedMessage], from: u64, max: usize, out: &mut Vec<QueuedMessage>) {
+    let start = list.partition_point(|m| m.seq < from);
+    let wanted = max.saturating_sub(out.len());
+    out.extend(list[start..].iter().take(wanted).cloned());
 }
 
 fn take_where(list: &mut VecDeque<QueuedMessage>, seqs: &BTreeSet<u64>, removed: &mut Vec<QueuedMessage>) {

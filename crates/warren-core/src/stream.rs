@@ -168,6 +168,27 @@ pub(crate) fn check_stream_consumer(
     Ok(())
 }
 
+/// How many more deliveries consumer `tag` of `channel` may be assigned
+/// (its window and the channel's global prefetch), at least 1 when it can
+/// take one (the per-delivery check decides).
+fn consumer_room(channel: &crate::channel::Channel, tag: &crate::ids::ConsumerTag) -> usize {
+    let Some(consumer) = channel.consumers.get(tag) else {
+        return 0;
+    };
+    let window = crate::consumer::assigned_window(consumer.prefetch, consumer.lookahead);
+    let own = if consumer.prefetch == 0 {
+        usize::MAX
+    } else {
+        window.saturating_sub(consumer.unacked) as usize
+    };
+    let shared = if channel.channel_prefetch == 0 {
+        usize::MAX
+    } else {
+        usize::from(channel.channel_prefetch).saturating_sub(channel.unacked.len())
+    };
+    own.min(shared).max(1)
+}
+
 impl Queue {
     /// Whether it was declared `x-queue-type = stream`.
     pub fn is_stream(&self) -> bool {
@@ -201,6 +222,7 @@ impl Queue {
     pub(crate) fn append(&mut self, id: MessageId, message: Arc<Message>, now_ms: u64) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        let message = with_offset(&message, seq);
         let bytes = message.body_len();
         let segment_bytes = self.segment_bytes();
         let rolled = match self.segments.back_mut() {
@@ -269,19 +291,20 @@ impl Queue {
             StreamStart::Timestamp(ms) => self.ready.first_appended_at_or_after(ms).unwrap_or(self.next_seq),
         }
     }
+}
 
-    /// `entry` as a delivery from the stream shows it: with the
-    /// `x-stream-offset` header (a long), as RabbitMQ's.
-    pub(crate) fn stream_delivery(entry: &QueuedMessage) -> Arc<Message> {
-        let mut message = (*entry.message).clone();
-        let properties = Arc::make_mut(&mut message.properties);
-        let headers = properties.headers.get_or_insert_with(FieldTable::default);
-        headers.insert(
-            "x-stream-offset".into(),
-            AMQPValue::LongLongInt(i64::try_from(entry.seq).unwrap_or(i64::MAX)),
-        );
-        Arc::new(message)
-    }
+/// `message` as the stream keeps it at offset `seq`: with the
+/// `x-stream-offset` header (a long) its deliveries carry, as RabbitMQ's
+/// do; added once, when appended, not at every delivery.
+fn with_offset(message: &Message, seq: u64) -> Arc<Message> {
+    let mut message = message.clone();
+    let properties = Arc::make_mut(&mut message.properties);
+    let headers = properties.headers.get_or_insert_with(FieldTable::default);
+    headers.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongLongInt(i64::try_from(seq).unwrap_or(i64::MAX)),
+    );
+    Arc::new(message)
 }
 
 impl Broker {
@@ -303,7 +326,9 @@ impl Broker {
                 if next >= queue.next_seq || !channel.consumer_can_take(&target.tag) {
                     break;
                 }
-                let batch = queue.ready.read_from(next, READ_BATCH);
+                // No more than the consumer may take now: a read clones.
+                let room = consumer_room(channel, &target.tag).min(READ_BATCH);
+                let batch = queue.ready.read_from(next, room);
                 if batch.is_empty() {
                     break;
                 }
@@ -313,7 +338,7 @@ impl Broker {
                         break;
                     }
                     let seq = entry.seq;
-                    let message = Queue::stream_delivery(&entry);
+                    let message = Arc::clone(&entry.message);
                     queue.stats.deliver += 1;
                     queue.unacked += 1;
                     let delivery_tag = channel.record_unacked(Unacked {
