@@ -244,6 +244,20 @@ impl LongestGap {
     }
 }
 
+/// The `basic.consume` arguments of a stream consumer reading from
+/// `offset` (`first`, `last`, `next`, or an integer), or none.
+pub fn stream_offset_arguments(offset: Option<&str>) -> lapin::types::FieldTable {
+    let mut arguments = lapin::types::FieldTable::default();
+    if let Some(offset) = offset {
+        let value = match offset.parse::<i64>() {
+            Ok(n) => lapin::types::AMQPValue::LongLongInt(n),
+            Err(_) => lapin::types::AMQPValue::LongString(offset.into()),
+        };
+        arguments.insert("x-stream-offset".into(), value);
+    }
+    arguments
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,18 +378,4 @@ mod tests {
         gap.observe(at(1610));
         assert_eq!(gap.longest(), Some(std::time::Duration::from_millis(1500)));
     }
-}
-
-/// The `basic.consume` arguments of a stream consumer reading from
-/// `offset` (`first`, `last`, `next`, or an integer), or none.
-pub fn stream_offset_arguments(offset: Option<&str>) -> lapin::types::FieldTable {
-    let mut arguments = lapin::types::FieldTable::default();
-    if let Some(offset) = offset {
-        let value = match offset.parse::<i64>() {
-            Ok(n) => lapin::types::AMQPValue::LongLongInt(n),
-            Err(_) => lapin::types::AMQPValue::LongString(offset.into()),
-        };
-        arguments.insert("x-stream-offset".into(), value);
-    }
-    arguments
 }
