@@ -184,7 +184,7 @@ impl Broker {
             let Some(queue) = self.vhosts.get_mut(&vhost).and_then(|v| v.queues.get_mut(&name)) else {
                 continue;
             };
-            if queue.args.overflow != Overflow::DropHead {
+            if queue.args.overflow != Overflow::DropHead || queue.is_stream() {
                 continue;
             }
             let mut dropped = Vec::new();

@@ -232,6 +232,7 @@ impl Definition {
 pub(crate) enum Target {
     ClassicQueue,
     QuorumQueue,
+    Stream,
     Exchange,
 }
 
@@ -241,9 +242,10 @@ impl Policy {
             (self.apply_to.as_str(), target),
             ("all", _)
                 | ("exchanges", Target::Exchange)
-                | ("queues", Target::ClassicQueue | Target::QuorumQueue)
+                | ("queues", Target::ClassicQueue | Target::QuorumQueue | Target::Stream)
                 | ("classic_queues", Target::ClassicQueue)
                 | ("quorum_queues", Target::QuorumQueue)
+                | ("streams", Target::Stream)
         )
     }
 }

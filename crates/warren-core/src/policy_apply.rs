@@ -13,14 +13,10 @@ use crate::queue::Queue;
 use crate::queue_args::QueueArgs;
 
 fn target_of(queue: &Queue) -> Target {
-    let quorum = queue
-        .arguments
-        .inner()
-        .get("x-queue-type")
-        .and_then(crate::queue_args::string)
-        .is_some_and(|kind| kind == "quorum");
-    if quorum {
+    if queue.is_quorum() {
         Target::QuorumQueue
+    } else if queue.is_stream() {
+        Target::Stream
     } else {
         Target::ClassicQueue
     }
@@ -87,7 +83,8 @@ impl Broker {
                     if queue.args.expires_ms != expires {
                         queue.last_used_ms = ctx.now_ms;
                     }
-                    queue.is_over_limits().then(|| (vhost.clone(), queue.name.clone()))
+                    // A stream's limits act when its next segment starts.
+                    (queue.is_over_limits() && !queue.is_stream()).then(|| (vhost.clone(), queue.name.clone()))
                 })
                 .collect()
         };

@@ -469,3 +469,49 @@ fn a_paged_stream_is_read_from_any_offset_and_by_time() {
         assert!(pager.failures.lock().unwrap().is_empty());
     });
 }
+
+fn stream_policy(name: &str, apply_to: &str, definition: &str) -> Command {
+    Command::SetPolicy(crate::policy::Policy {
+        vhost: root(),
+        name: name.to_owned(),
+        pattern: "^s$".to_owned(),
+        apply_to: apply_to.to_owned(),
+        priority: 0,
+        definition: definition.to_owned(),
+    })
+}
+
+/// A `max-length-bytes` policy bounds a stream as its argument does (when
+/// a segment starts, by whole segments); a policy of keys a stream does
+/// not take (`max-length`, `expires`) does not apply to it, and setting a
+/// policy drops nothing at once.
+#[test]
+fn a_policy_bounds_a_stream_only_when_a_segment_starts() {
+    let mut h = Harness::new();
+    let c = chan(1, 1);
+    let segment = ("x-stream-max-segment-size-bytes", AMQPValue::LongLongInt(20));
+    h.ok(c, declare_stream("s", &[segment]));
+    for _ in 0..6 {
+        h.ok(c, publish("", "s", "0123456789"));
+    }
+    h.ok(c, stream_policy("small", "streams", r#"{"max-length-bytes":25}"#));
+    assert_eq!(
+        h.summary("s").messages_ready,
+        6,
+        "nothing dropped when the policy is set"
+    );
+    h.ok(c, stream_policy("other", "classic_queues", r#"{"max-length-bytes":1}"#));
+    h.ok(c, publish("", "s", "0123456789"));
+    // Segments [4, 5] [6] are 30 bytes: over 25, the older goes too.
+    assert_eq!(h.summary("s").messages_ready, 1);
+
+    let mut h = Harness::new();
+    h.ok(c, declare_stream("s", &[]));
+    h.ok(c, publish("", "s", "kept"));
+    h.ok(c, stream_policy("classic", "queues", r#"{"max-length":0,"expires":1}"#));
+    h.now_ms += 60_000;
+    h.run(None, Command::Tick);
+    h.ok(c, publish("", "s", "kept too"));
+    assert!(h.has_queue("s"), "expires does not apply to a stream");
+    assert_eq!(h.summary("s").messages_ready, 2, "nor does max-length");
+}
