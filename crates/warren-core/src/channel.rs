@@ -59,7 +59,24 @@ impl Channel {
     /// more acked delivery. Exact: the lookahead of ADR 0026 is per
     /// consumer, whose record says whether it applies.
     pub fn has_credit(&self) -> bool {
-        self.channel_prefetch == 0 || self.unacked.len() < usize::from(self.channel_prefetch)
+        self.room().is_none_or(|room| room > 0)
+    }
+
+    /// How many more acked deliveries the channel-wide prefetch allows
+    /// (`None`: none set).
+    pub fn room(&self) -> Option<usize> {
+        (self.channel_prefetch != 0).then(|| usize::from(self.channel_prefetch).saturating_sub(self.unacked.len()))
+    }
+
+    /// How many more deliveries manual-ack consumer `tag` may be
+    /// assigned now: its own room and the channel's (`usize::MAX` for
+    /// neither limited; 0 for no such consumer).
+    pub fn consumer_room(&self, tag: &ConsumerTag) -> usize {
+        let Some(consumer) = self.consumers.get(tag) else {
+            return 0;
+        };
+        let own = consumer.room().map_or(usize::MAX, |room| room as usize);
+        own.min(self.room().unwrap_or(usize::MAX))
     }
 
     /// Whether consumer `tag` may receive one more message now.

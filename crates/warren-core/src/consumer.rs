@@ -178,8 +178,13 @@ impl Consumer {
             return !self.lookahead.windowed()
                 || (self.in_flight < NO_ACK_WINDOW && self.in_flight_bytes < NO_ACK_WINDOW_BYTES);
         }
-        let window = assigned_window(self.prefetch, self.lookahead);
-        self.prefetch == 0 || self.unacked < window
+        self.room().is_none_or(|room| room > 0)
+    }
+
+    /// How many more deliveries a manual-ack consumer may be assigned
+    /// (`None`: no prefetch, no limit).
+    pub fn room(&self) -> Option<u32> {
+        (self.prefetch != 0).then(|| assigned_window(self.prefetch, self.lookahead).saturating_sub(self.unacked))
     }
 }
 

@@ -129,7 +129,7 @@ pub(crate) fn check_argument_keys(
 }
 
 /// The `x-queue-type` of a declaration's arguments, if it names one.
-pub(crate) fn queue_type(arguments: &FieldTable) -> Option<String> {
+pub fn queue_type(arguments: &FieldTable) -> Option<String> {
     arguments.inner().get("x-queue-type").and_then(string)
 }
 

@@ -526,15 +526,15 @@ impl Ready {
     }
 }
 
-/// Appends to `out`, up to `max` in all, the messages of `list` (in seq
-/// order) with `seq` at or after `from`.
+/// [`take_from_slice`] of both halves of a head or a tail.
 fn take_from(list: &VecDeque<QueuedMessage>, from: u64, max: usize, out: &mut Vec<QueuedMessage>) {
-    let start = list.partition_point(|m| m.seq < from);
-    let wanted = max.saturating_sub(out.len());
-    out.extend(list.range(start..).take(wanted).cloned());
+    let (front, back) = list.as_slices();
+    take_from_slice(front, from, max, out);
+    take_from_slice(back, from, max, out);
 }
 
-/// [`take_from`] of a page's messages.
+/// Appends to `out`, up to `max` in all, the messages of `list` (in seq
+/// order) with `seq` at or after `from`.
 fn take_from_slice(list: &[QueuedMessage], from: u64, max: usize, out: &mut Vec<QueuedMessage>) {
     let start = list.partition_point(|m| m.seq < from);
     let wanted = max.saturating_sub(out.len());

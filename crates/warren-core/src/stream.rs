@@ -29,7 +29,7 @@ use crate::fail;
 use crate::ids::{MessageId, QueueName, VHost};
 use crate::message::Message;
 use crate::queue::{Queue, QueuedMessage};
-use crate::queue_args::{duration_ms, integer, type_name};
+use crate::queue_args::{duration_ms, integer, string, type_name};
 
 /// RabbitMQ's default `x-stream-max-segment-size-bytes`.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 500_000_000;
@@ -80,12 +80,7 @@ pub(crate) fn stream_start(
     let Some(value) = arguments.inner().get("x-stream-offset") else {
         return Ok(StreamStart::Next);
     };
-    let text = match value {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    };
-    match text.as_deref() {
+    match string(value).as_deref() {
         Some("first") => return Ok(StreamStart::First),
         Some("last") => return Ok(StreamStart::Last),
         Some("next") => return Ok(StreamStart::Next),
@@ -166,27 +161,6 @@ pub(crate) fn check_stream_consumer(
         )));
     }
     Ok(())
-}
-
-/// How many more deliveries consumer `tag` of `channel` may be assigned
-/// (its window and the channel's global prefetch), at least 1 when it can
-/// take one (the per-delivery check decides).
-fn consumer_room(channel: &crate::channel::Channel, tag: &crate::ids::ConsumerTag) -> usize {
-    let Some(consumer) = channel.consumers.get(tag) else {
-        return 0;
-    };
-    let window = crate::consumer::assigned_window(consumer.prefetch, consumer.lookahead);
-    let own = if consumer.prefetch == 0 {
-        usize::MAX
-    } else {
-        window.saturating_sub(consumer.unacked) as usize
-    };
-    let shared = if channel.channel_prefetch == 0 {
-        usize::MAX
-    } else {
-        usize::from(channel.channel_prefetch).saturating_sub(channel.unacked.len())
-    };
-    own.min(shared).max(1)
 }
 
 impl Queue {
@@ -323,20 +297,16 @@ impl Broker {
                 let next = consumer.stream_next.unwrap_or(queue.next_seq).max(first);
                 consumer.stream_next = Some(next);
                 let serial = consumer.serial;
-                if next >= queue.next_seq || !channel.consumer_can_take(&target.tag) {
+                // No more than the consumer may take now: a read clones.
+                let room = channel.consumer_room(&target.tag).min(READ_BATCH);
+                if next >= queue.next_seq || room == 0 {
                     break;
                 }
-                // No more than the consumer may take now: a read clones.
-                let room = consumer_room(channel, &target.tag).min(READ_BATCH);
                 let batch = queue.ready.read_from(next, room);
                 if batch.is_empty() {
                     break;
                 }
-                let mut sent_any = false;
                 for entry in batch {
-                    if !channel.consumer_can_take(&target.tag) {
-                        break;
-                    }
                     let seq = entry.seq;
                     let message = Arc::clone(&entry.message);
                     queue.stats.deliver += 1;
@@ -351,7 +321,6 @@ impl Broker {
                     if let Some(consumer) = channel.consumers.get_mut(&target.tag) {
                         consumer.stream_next = Some(seq + 1);
                     }
-                    sent_any = true;
                     ctx.effects.push(Effect::Deliver {
                         channel: target.channel,
                         consumer_tag: target.tag.clone(),
@@ -359,9 +328,6 @@ impl Broker {
                         redelivered: false,
                         message,
                     });
-                }
-                if !sent_any {
-                    break;
                 }
             }
         }

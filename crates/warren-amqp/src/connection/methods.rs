@@ -392,12 +392,7 @@ impl Connection {
 /// RabbitMQ 3.10's module of a queue type that cannot be server-named
 /// (`queue.declare` with an empty name): quorum queues and streams.
 fn unnameable_queue_type(arguments: &warren_wire::types::FieldTable) -> Option<&'static str> {
-    let kind = match arguments.inner().get("x-queue-type")? {
-        warren_wire::types::AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        warren_wire::types::AMQPValue::ShortString(s) => s.as_str().to_owned(),
-        _ => return None,
-    };
-    match kind.as_str() {
+    match warren_core::queue_args::queue_type(arguments)?.as_str() {
         "quorum" => Some("rabbit_quorum_queue"),
         "stream" => Some("rabbit_stream_queue"),
         _ => None,
