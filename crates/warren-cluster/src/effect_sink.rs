@@ -34,4 +34,13 @@ pub trait EffectSink: Send + Sync + 'static {
     /// are closed (320 CONNECTION_FORCED, as RabbitMQ closes them).
     /// Called on the apply path; must not block.
     fn user_deleted(&self, _name: &warren_core::UserName) {}
+
+    /// Every committed batch this node applies, with all the effects its
+    /// apply produced (for every node's connections, before the filter of
+    /// [`EffectSink::emit`]). Nothing in a broker needs it; a test harness
+    /// uses it to learn the outcome of requests whose replies it never
+    /// got (an ack whose connection broke: did it commit?). Not called
+    /// for entries a snapshot covers. Called on the apply path; must not
+    /// block.
+    fn applied(&self, _batch: &warren_core::Batch, _effects: &[Effect]) {}
 }

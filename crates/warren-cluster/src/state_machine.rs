@@ -683,6 +683,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 state.last_applied = Some(entry.log_id);
             }
             if let (EntryPayload::Normal(proposal), false) = (&entry.payload, duplicate) {
+                self.sink.applied(&proposal.batch, &effects);
                 self.tracker.applied(proposal.tag.as_ref(), effects, &*self.sink);
                 let own = self.node;
                 if proposal

@@ -364,7 +364,8 @@ pub struct ConsumerStats {
 #[derive(Clone, Copy, Debug)]
 enum Pending {
     Setup,
-    Ack(MsgId),
+    /// The ack of a message, by its delivery tag.
+    Ack(MsgId, u64),
 }
 
 /// Consumes `options.queue` with manual acks until `stop` turns true,
@@ -415,10 +416,11 @@ async fn consume_on(
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let stopped = consume_until_broken(cluster, ledger, conn, options, tag, stats, stop, &mut pending).await;
     for waiting in pending {
-        if let Pending::Ack(id) = waiting {
+        if let Pending::Ack(id, delivery_tag) = waiting {
             ledger.record(Event::AckUnknown {
                 id,
                 channel: conn.channel(),
+                delivery_tag,
             });
         }
     }
@@ -485,7 +487,7 @@ async fn consume_until_broken(
                 };
                 match (waiting, outcome) {
                     (Pending::Setup, Ok(_)) => {}
-                    (Pending::Ack(id), Ok(Outcome::Done)) => {
+                    (Pending::Ack(id, _), Ok(Outcome::Done)) => {
                         stats.acked += 1;
                         ledger.record(Event::Acked {
                             id,
@@ -541,7 +543,7 @@ async fn consume_until_broken(
                 if conn.submit(ack).await.is_err() {
                     return false;
                 }
-                pending.push_back(Pending::Ack(id));
+                pending.push_back(Pending::Ack(id, delivery_tag.0));
             }
             Next::Effect(Effect::CancelConsumer { .. }) => {
                 ledger.record(Event::Unexpected {

@@ -17,7 +17,7 @@ use crate::client::CHANNEL;
 use crate::error::TestkitError;
 use crate::ledger::{Event, Ledger};
 use crate::network::{node_addr, FaultNet};
-use crate::router::Router;
+use crate::router::{AppliedAcks, Router};
 
 /// How the cluster's nodes run.
 #[derive(Clone, Debug)]
@@ -113,6 +113,8 @@ struct Inner {
     next_conn: AtomicU64,
     /// Where a killed node's connections are recorded as gone.
     ledger: Mutex<Option<Arc<Ledger>>>,
+    /// The acks every node applied, across restarts.
+    acks: Arc<AppliedAcks>,
 }
 
 /// An in-process cluster. Cheap to clone; clients hold a clone to find
@@ -150,6 +152,7 @@ impl Cluster {
                 slots: Mutex::new(BTreeMap::new()),
                 next_conn: AtomicU64::new(1),
                 ledger: Mutex::new(None),
+                acks: Arc::new(AppliedAcks::new()),
             }),
         };
         for id in 1..=options.nodes.max(1) {
@@ -160,6 +163,11 @@ impl Cluster {
 
     pub fn seed(&self) -> u64 {
         self.inner.net.seed()
+    }
+
+    /// The acks any node of this cluster applied so far.
+    pub fn applied_acks(&self) -> &Arc<AppliedAcks> {
+        &self.inner.acks
     }
 
     /// The network: faults are set through it.
@@ -265,7 +273,7 @@ impl Cluster {
     async fn run(&self, node_id: u64, store: Arc<dyn LogStore>, join: Vec<String>) -> Result<(), TestkitError> {
         let net = &self.inner.net;
         let boot = net.random_in(1..u64::MAX);
-        let router = Arc::new(Router::new());
+        let router = Arc::new(Router::new(self.inner.acks.clone()));
         let config = self.config(node_id, join);
         let node = Node::open_with(
             config,

@@ -46,12 +46,16 @@ pub enum Event {
     Released { id: MsgId, channel: ChannelId },
     /// The ack of `id` on `channel` was confirmed (reply `Ok`).
     Acked { id: MsgId, channel: ChannelId },
-    /// The ack of `id` on `channel` was submitted but its outcome is
-    /// unknown (`Unavailable`, no reply, the node stopped). If it did not
-    /// commit, closing the channel requeues the message and it is
-    /// delivered again; if it did, the message is consumed. Either way it
-    /// is not lost, so it counts as consumed for [`Violation::Lost`].
-    AckUnknown { id: MsgId, channel: ChannelId },
+    /// The ack of `id` (`delivery_tag` on `channel`) was submitted but
+    /// its reply never came (`Unavailable`, the connection broke, the node
+    /// stopped). [`check_history`] learns from the cluster whether it took
+    /// effect: if it did, the message is consumed; if not, closing the
+    /// channel requeued it and it must be delivered (and acked) again.
+    AckUnknown {
+        id: MsgId,
+        channel: ChannelId,
+        delivery_tag: u64,
+    },
     /// The client gave up `channel` (closed it, lost its connection, its
     /// node was stopped): it holds nothing from here on.
     ChannelGone { channel: ChannelId },
@@ -157,7 +161,7 @@ pub struct Summary {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Violation {
     /// Confirmed to its publisher, never acked by a consumer (neither a
-    /// confirmed ack nor one of unknown outcome).
+    /// confirmed ack nor one of unknown outcome that took effect).
     Lost {
         id: MsgId,
     },
@@ -222,12 +226,14 @@ pub fn show(channel: &ChannelId) -> String {
 
 /// Every violation in `records` (see the module doc). Call it once the
 /// system is quiet and the queue was drained: every confirmed message
-/// must have been acked by then.
-pub fn check_history(records: &[Record]) -> Vec<Violation> {
+/// must have been acked by then. `took_effect(channel, delivery_tag)`
+/// says whether an ack of unknown outcome was applied: one that was
+/// consumes its message from that point of the history on, one that was
+/// not consumes nothing (at least once: its message must come back).
+pub fn check_history(records: &[Record], took_effect: impl Fn(ChannelId, u64) -> bool) -> Vec<Violation> {
     let mut violations = Vec::new();
     let mut confirmed: BTreeSet<MsgId> = BTreeSet::new();
     let mut acked: BTreeMap<MsgId, u64> = BTreeMap::new();
-    let mut ack_unknown: BTreeSet<MsgId> = BTreeSet::new();
     let mut delivered_before: BTreeSet<MsgId> = BTreeSet::new();
     // Which channels hold each message now, and which messages each channel holds.
     let mut holders: BTreeMap<MsgId, BTreeSet<ChannelId>> = BTreeMap::new();
@@ -283,8 +289,14 @@ pub fn check_history(records: &[Record]) -> Vec<Violation> {
             Event::Acked { id, .. } => {
                 acked.entry(*id).or_insert(at);
             }
-            Event::AckUnknown { id, .. } => {
-                ack_unknown.insert(*id);
+            Event::AckUnknown {
+                id,
+                channel,
+                delivery_tag,
+            } => {
+                if took_effect(*channel, *delivery_tag) {
+                    acked.entry(*id).or_insert(at);
+                }
             }
             Event::ChannelGone { channel } => {
                 for id in held.remove(channel).unwrap_or_default() {
@@ -299,7 +311,7 @@ pub fn check_history(records: &[Record]) -> Vec<Violation> {
     violations.extend(
         confirmed
             .into_iter()
-            .filter(|id| !acked.contains_key(id) && !ack_unknown.contains(id))
+            .filter(|id| !acked.contains_key(id))
             .map(|id| Violation::Lost { id }),
     );
     violations
@@ -338,6 +350,11 @@ mod tests {
         }
     }
 
+    /// The history's violations when no ack of unknown outcome took effect.
+    fn check(records: &[Record]) -> Vec<Violation> {
+        check_history(records, |_, _| false)
+    }
+
     /// Delivered, released, acked: the happy path of one message.
     fn consumed(id: MsgId, channel: ChannelId) -> Vec<Event> {
         vec![
@@ -364,7 +381,7 @@ mod tests {
             Event::Released { id: 2, channel: b },
             Event::Acked { id: 2, channel: b },
         ]);
-        assert_eq!(check_history(&history(events)), Vec::new());
+        assert_eq!(check(&history(events)), Vec::new());
     }
 
     #[test]
@@ -374,29 +391,73 @@ mod tests {
         events.extend(consumed(1, a));
         // Delivered but only released (the ack's outcome stayed unknown): still lost.
         events.extend([delivered(2, a, false), Event::Released { id: 2, channel: a }]);
-        assert_eq!(check_history(&history(events)), vec![Violation::Lost { id: 2 }]);
+        assert_eq!(check(&history(events)), vec![Violation::Lost { id: 2 }]);
     }
 
-    #[test]
-    fn an_ack_of_unknown_outcome_consumes_only_its_own_message() {
-        let a = channel(1, 1);
-        let events = vec![
+    fn ack_unknown(id: MsgId, channel: ChannelId, delivery_tag: u64) -> Event {
+        Event::AckUnknown {
+            id,
+            channel,
+            delivery_tag,
+        }
+    }
+
+    /// Two messages on one channel, both acks of unknown outcome, then the
+    /// channel is gone and nothing comes back.
+    fn two_unknown_acks(a: ChannelId) -> Vec<Record> {
+        history(vec![
             Event::Confirmed { id: 1 },
             Event::Confirmed { id: 2 },
             delivered(1, a, false),
             Event::Released { id: 1, channel: a },
             delivered(2, a, false),
             Event::Released { id: 2, channel: a },
-            Event::AckUnknown { id: 1, channel: a },
+            ack_unknown(1, a, 1),
+            ack_unknown(2, a, 2),
             Event::ChannelGone { channel: a },
-        ];
-        assert_eq!(check_history(&history(events)), vec![Violation::Lost { id: 2 }]);
+        ])
+    }
+
+    #[test]
+    fn an_ack_of_unknown_outcome_consumes_its_message_only_if_it_took_effect() {
+        let a = channel(1, 1);
+        let records = two_unknown_acks(a);
+        // Only the first ack was applied: the second message had to come
+        // back when the channel went, and it did not.
+        assert_eq!(
+            check_history(&records, |ch, tag| ch == a && tag == 1),
+            vec![Violation::Lost { id: 2 }]
+        );
+        assert_eq!(check_history(&records, |_, _| true), Vec::new());
+        assert_eq!(
+            check(&records),
+            vec![Violation::Lost { id: 1 }, Violation::Lost { id: 2 }]
+        );
+    }
+
+    #[test]
+    fn an_ack_that_did_not_take_effect_is_followed_by_a_redelivery() {
+        let (a, b) = (channel(1, 1), channel(2, 1));
+        let mut events = two_unknown_acks(a).into_iter().map(|r| r.event).collect::<Vec<_>>();
+        events.extend([
+            delivered(2, b, true),
+            Event::Released { id: 2, channel: b },
+            Event::Acked { id: 2, channel: b },
+        ]);
+        let records = history(events);
+        assert_eq!(check_history(&records, |_, tag| tag == 1), Vec::new());
+        // Had the second ack taken effect, the redelivery would come after
+        // its message was consumed.
+        assert!(matches!(
+            check_history(&records, |_, _| true).as_slice(),
+            [Violation::DeliveredAfterAck { id: 2, .. }]
+        ));
     }
 
     #[test]
     fn an_unknown_publish_need_not_arrive() {
         let events = vec![Event::Unknown { id: 1 }];
-        assert_eq!(check_history(&history(events)), Vec::new());
+        assert_eq!(check(&history(events)), Vec::new());
     }
 
     #[test]
@@ -407,7 +468,7 @@ mod tests {
             delivered(1, a, false),
             delivered(1, b, true),
         ];
-        let violations = check_history(&history(events));
+        let violations = check(&history(events));
         assert!(
             violations.contains(&Violation::HeldTwice {
                 id: 1,
@@ -428,7 +489,7 @@ mod tests {
             Event::Released { id: 2, channel: a },
             delivered(1, b, true),
         ];
-        let violations = check_history(&history(events));
+        let violations = check(&history(events));
         assert!(
             matches!(violations.as_slice(), [Violation::HeldTwice { id: 1, .. }]),
             "{violations:?}"
@@ -444,7 +505,7 @@ mod tests {
             delivered(1, b, false),
         ];
         assert_eq!(
-            check_history(&history(events)),
+            check(&history(events)),
             vec![Violation::RedeliveredFlagMissing { id: 1, to: b, at: 2 }]
         );
     }
@@ -455,7 +516,7 @@ mod tests {
         let mut events = consumed(1, a);
         events.push(delivered(1, b, true));
         assert_eq!(
-            check_history(&history(events)),
+            check(&history(events)),
             vec![Violation::DeliveredAfterAck {
                 id: 1,
                 to: b,
@@ -470,7 +531,7 @@ mod tests {
         let events = vec![Event::Unexpected {
             what: "ack refused".to_owned(),
         }];
-        assert_eq!(check_history(&history(events)).len(), 1);
+        assert_eq!(check(&history(events)).len(), 1);
     }
 
     #[test]

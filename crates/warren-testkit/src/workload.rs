@@ -300,7 +300,18 @@ impl Workload {
                 0
             }
         };
-        let violations = check_history(&self.ledger.records());
+        let acks = self.cluster.applied_acks();
+        let records = self.ledger.records();
+        let (unknown, took_effect) = records.iter().fold((0, 0), |(n, k), r| match r.event {
+            Event::AckUnknown {
+                channel, delivery_tag, ..
+            } => (n + 1, k + u64::from(acks.contains(channel, delivery_tag))),
+            _ => (n, k),
+        });
+        self.phase(format!(
+            "acks of unknown outcome: {unknown}, of which {took_effect} took effect"
+        ));
+        let violations = check_history(&records, |channel, tag| acks.contains(channel, tag));
         const SHOWN: usize = 20;
         problems.extend(violations.iter().take(SHOWN).map(|violation| {
             let history = match violation {
