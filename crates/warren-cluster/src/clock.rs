@@ -2,22 +2,38 @@
 //! stamps it into every batch (apply itself never reads time) and the tick
 //! driver compares it with the next expiry.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The time a node stamps into the batches it writes to the log as
 /// leader: its wall clock, never below a time it stamped before. Batches a
 /// follower forwards are stamped again with it, so one clock — the
 /// leader's — decides when TTLs and `x-expires` fire (issue 13).
+///
+/// Everything of the cluster layer that reads time for the log (batches,
+/// ticks, `NodeDown` verdicts) reads it here, so a fault test can set this
+/// node's clock off by an offset ([`crate::Node::skew_clock`]).
 #[derive(Debug, Default)]
 pub(crate) struct LeaderClock {
     last_ms: AtomicU64,
+    /// Added to the wall clock: 0 but in fault tests.
+    offset_ms: AtomicI64,
 }
 
 impl LeaderClock {
+    /// The time for a batch this node writes: never below one it wrote.
     pub(crate) fn stamp(&self) -> u64 {
-        let now = wall_clock_ms();
+        let now = self.now_ms();
         self.last_ms.fetch_max(now, Ordering::Relaxed).max(now)
+    }
+
+    /// This node's clock, offset included.
+    pub(crate) fn now_ms(&self) -> u64 {
+        wall_clock_ms().saturating_add_signed(self.offset_ms.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_offset_ms(&self, offset_ms: i64) {
+        self.offset_ms.store(offset_ms, Ordering::Relaxed);
     }
 }
 
@@ -28,4 +44,21 @@ pub(crate) fn wall_clock_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offset_moves_the_clock_and_stamps_never_go_back() {
+        let clock = LeaderClock::default();
+        let ahead = 10 * 60 * 1000;
+        clock.set_offset_ms(ahead);
+        let skewed = clock.stamp();
+        assert!(skewed >= wall_clock_ms() + 9 * 60 * 1000, "{skewed}");
+        clock.set_offset_ms(-ahead);
+        assert!(clock.now_ms() < wall_clock_ms());
+        assert!(clock.stamp() >= skewed, "a stamp went back");
+    }
 }

@@ -26,7 +26,6 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use warren_core::{Batch, Command, NodeId, Request};
 
-use crate::clock::wall_clock_ms;
 use crate::type_config::{Proposal, TypeConfig};
 
 /// When each member last answered one of this node's Raft RPCs, and when
@@ -284,6 +283,8 @@ pub(crate) struct Detector {
     pub(crate) contacts: Arc<Contacts>,
     /// A member silent this long is declared down.
     pub(crate) down_after: Duration,
+    /// Stamps the verdict's batch, as the proposer stamps its own.
+    pub(crate) clock: Arc<crate::clock::LeaderClock>,
 }
 
 impl Detector {
@@ -344,7 +345,7 @@ impl Detector {
         let proposal = Proposal {
             tag: None,
             batch: Batch {
-                now_ms: wall_clock_ms(),
+                now_ms: self.clock.stamp(),
                 requests: vec![Request {
                     origin: None,
                     command: Command::NodeDown { node: NodeId(node) },

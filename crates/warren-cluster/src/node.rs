@@ -278,7 +278,7 @@ impl Node {
             leader_wait: Duration::from_millis(config.election_timeout_max_ms.saturating_mul(4)),
         }
         .spawn();
-        let tick_task = tick::spawn(node_id, raft.clone(), shared.clone(), proposer.clone());
+        let tick_task = tick::spawn(node_id, raft.clone(), shared.clone(), proposer.clone(), clock.clone());
         let compaction_task =
             compaction::spawn(raft.clone(), appended_bytes, shared.clone(), config.snapshot_log_bytes);
         let detector_task = Detector {
@@ -286,6 +286,7 @@ impl Node {
             raft: raft.clone(),
             contacts: contacts.clone(),
             down_after: Duration::from_millis(config.node_down_after_ms.max(1)),
+            clock: clock.clone(),
         }
         .spawn();
         let fence = Arc::new(crate::fence::DeliveryFence::new(config.node_down_after_ms));
@@ -555,6 +556,14 @@ impl Node {
                 .map_err(|e| self.timeout(e.to_string()))?;
             return Ok(());
         }
+    }
+
+    /// Sets this node's clock `offset_ms` off the wall clock: a fault
+    /// test's clock skew (0 puts it right). Only what this node writes to
+    /// the log while it leads carries its clock; a follower's is never
+    /// read by the others.
+    pub fn skew_clock(&self, offset_ms: i64) {
+        self.inner.clock.set_offset_ms(offset_ms);
     }
 
     /// Appends and commits a batch a follower forwarded. The batch's time

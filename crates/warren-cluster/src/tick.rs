@@ -5,12 +5,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::clock::wall_clock_ms;
-
 use openraft::Raft;
 use tokio::task::JoinHandle;
 use warren_core::{Command, Request};
 
+use crate::clock::LeaderClock;
 use crate::proposer::Proposer;
 use crate::state_machine::Shared;
 use crate::type_config::TypeConfig;
@@ -18,11 +17,17 @@ use crate::type_config::TypeConfig;
 /// The longest the driver sleeps before looking again.
 const RECHECK: Duration = Duration::from_secs(1);
 
-pub(crate) fn spawn(node: u64, raft: Raft<TypeConfig>, shared: Arc<Shared>, proposer: Proposer) -> JoinHandle<()> {
-    tokio::spawn(run(node, raft, shared, proposer))
+pub(crate) fn spawn(
+    node: u64,
+    raft: Raft<TypeConfig>,
+    shared: Arc<Shared>,
+    proposer: Proposer,
+    clock: Arc<LeaderClock>,
+) -> JoinHandle<()> {
+    tokio::spawn(run(node, raft, shared, proposer, clock))
 }
 
-async fn run(node: u64, raft: Raft<TypeConfig>, shared: Arc<Shared>, proposer: Proposer) {
+async fn run(node: u64, raft: Raft<TypeConfig>, shared: Arc<Shared>, proposer: Proposer, clock: Arc<LeaderClock>) {
     let mut last_submitted_ms: u64 = 0;
     let mut last_submitted_at: Option<Instant> = None;
     loop {
@@ -40,7 +45,7 @@ async fn run(node: u64, raft: Raft<TypeConfig>, shared: Arc<Shared>, proposer: P
         let mut wait = RECHECK;
         if is_leader {
             let next_expiry = shared.read().broker.next_expiry_ms();
-            let now = wall_clock_ms();
+            let now = clock.now_ms();
             match next_expiry {
                 Some(due) if due <= now => {
                     let last_tick_applied = shared.last_tick_ms.load(Ordering::Relaxed);

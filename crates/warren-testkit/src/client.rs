@@ -152,8 +152,12 @@ fn vhost() -> VHost {
     VHost::from("/")
 }
 
-/// `queue.declare` of a durable queue.
-pub fn declare_queue(queue: &QueueName) -> Command {
+/// `queue.declare` of a durable queue, with `x-message-ttl` if given.
+pub fn declare_queue(queue: &QueueName, message_ttl_ms: Option<u32>) -> Command {
+    let mut arguments = FieldTable::default();
+    if let Some(ttl) = message_ttl_ms {
+        arguments.insert("x-message-ttl".into(), amq_protocol_types::AMQPValue::LongUInt(ttl));
+    }
     Command::DeclareQueue {
         vhost: vhost(),
         name: queue.clone(),
@@ -161,7 +165,7 @@ pub fn declare_queue(queue: &QueueName) -> Command {
         durable: true,
         exclusive: false,
         auto_delete: false,
-        arguments: FieldTable::default(),
+        arguments,
     }
 }
 
@@ -198,8 +202,8 @@ fn open_somewhere(cluster: &Cluster, node: &mut u64) -> Option<Connection> {
     Connection::open(cluster, *node)
 }
 
-/// Declares `queue` through `node`, retrying on other nodes until it is
-/// declared (bounded by `attempts`).
+/// Declares `queue` (see [`declare_queue`]) through `node`, retrying on
+/// other nodes until it is declared (bounded by `attempts`).
 ///
 /// # Errors
 /// The last failure, after `attempts` tries.
@@ -208,13 +212,14 @@ pub async fn declare(
     ledger: &Ledger,
     node: u64,
     queue: &QueueName,
+    message_ttl_ms: Option<u32>,
     attempts: usize,
 ) -> Result<(), CoreError> {
     let mut node = node;
     let mut last = CoreError::Unavailable("no node running".to_owned());
     for _ in 0..attempts.max(1) {
         if let Some(mut conn) = open_somewhere(cluster, &mut node) {
-            let outcome = conn.call(declare_queue(queue)).await;
+            let outcome = conn.call(declare_queue(queue, message_ttl_ms)).await;
             conn.close(ledger).await;
             match outcome {
                 Ok(_) => return Ok(()),

@@ -165,6 +165,14 @@ impl Cluster {
         self.inner.net.seed()
     }
 
+    /// Sets node `node_id`'s clock `offset_ms` off the wall clock (0 puts
+    /// it right); nothing if it is not running. A restart starts right.
+    pub fn skew_clock(&self, node_id: u64, offset_ms: i64) {
+        if let Some(node) = self.node(node_id) {
+            node.skew_clock(offset_ms);
+        }
+    }
+
     /// The acks any node of this cluster applied so far.
     pub fn applied_acks(&self) -> &Arc<AppliedAcks> {
         &self.inner.acks

@@ -34,6 +34,10 @@ pub struct LoadOptions {
     pub publish_pause: Duration,
     pub prefetch: u16,
     pub hold_ms: std::ops::Range<u64>,
+    /// The queue's `x-message-ttl`: with one, a message that expires
+    /// before it is consumed is lost to the checks, so the TTL must be
+    /// far longer than the test unless the clock moves under it.
+    pub message_ttl_ms: Option<u32>,
 }
 
 impl Default for LoadOptions {
@@ -47,6 +51,7 @@ impl Default for LoadOptions {
             publish_pause: Duration::from_millis(3),
             prefetch: 10,
             hold_ms: 0..3,
+            message_ttl_ms: None,
         }
     }
 }
@@ -92,7 +97,7 @@ impl Workload {
         let ledger = Arc::new(Ledger::new());
         cluster.attach_ledger(ledger.clone());
         let first = options.publishers.first().copied().unwrap_or(1);
-        declare(cluster, &ledger, first, &options.queue, 20)
+        declare(cluster, &ledger, first, &options.queue, options.message_ttl_ms, 20)
             .await
             .map_err(|e| format!("seed {}: declaring the queue: {e}", cluster.seed()))?;
         let (stop_publishers, _) = watch::channel(false);
