@@ -109,7 +109,17 @@ impl ProposerTask {
                     Err(_) => break,
                 }
             }
-            let now_ms = self.clock.stamp();
+            // Only a leader's time reaches the log: a follower's batch is
+            // stamped again by the leader it is forwarded to, so its own
+            // clock must not raise the floor of its later stamps as leader
+            // (a clock that ran ahead and was put right would go on
+            // stamping its old future time, expiring TTLs early).
+            let leader = self.is_leader();
+            let now_ms = if leader {
+                self.clock.stamp()
+            } else {
+                self.clock.now_ms()
+            };
             seq += 1;
             let tag = self
                 .tracker
@@ -125,7 +135,7 @@ impl ProposerTask {
             };
             let request_count = proposal.batch.requests.len();
             let proposed_at = std::time::Instant::now();
-            if !self.is_leader() {
+            if !leader {
                 self.counters.proposed(request_count, true);
                 self.forward(proposal, permit, &in_flight, seq, retry, &mut suspect)
                     .await;
