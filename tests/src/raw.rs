@@ -324,6 +324,32 @@ pub enum Outcome {
     Eof,
 }
 
+/// The mechanisms a `connection.start` frame offers.
+///
+/// # Panics
+/// On a frame too short for its lengths (a test failure).
+pub fn start_mechanisms(start: &Frame) -> Vec<String> {
+    let args = start.method_args();
+    let table_len = u32::from_be_bytes([args[2], args[3], args[4], args[5]]) as usize;
+    let rest = &args[6 + table_len..];
+    let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    String::from_utf8_lossy(&rest[4..4 + len])
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A `connection.start-ok` choosing `mechanism` with `response`.
+pub fn start_ok_frame(mechanism: &str, response: &[u8]) -> Vec<u8> {
+    let start_ok = Args::new()
+        .table(&[])
+        .shortstr(mechanism)
+        .longstr(response)
+        .shortstr("en_US")
+        .build();
+    method_frame(0, ids::CONNECTION_START_OK, &start_ok)
+}
+
 /// Negotiated connection parameters for [`RawClient::handshake`].
 #[derive(Debug, Clone, Copy)]
 pub struct Tune {
@@ -525,13 +551,7 @@ impl RawClient {
     pub async fn handshake(&mut self, tune: Tune) -> anyhow::Result<()> {
         self.send(PROTOCOL_HEADER).await;
         self.expect_method(ids::CONNECTION_START).await?;
-        let start_ok = Args::new()
-            .table(&[])
-            .shortstr("PLAIN")
-            .longstr(b"\0guest\0guest")
-            .shortstr("en_US")
-            .build();
-        self.send(&method_frame(0, ids::CONNECTION_START_OK, &start_ok)).await;
+        self.send(&start_ok_frame("PLAIN", b"\0guest\0guest")).await;
         let tune_frame = self.expect_method(ids::CONNECTION_TUNE).await?;
         let a = tune_frame.method_args();
         if a.len() < 8 {

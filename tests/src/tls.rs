@@ -29,6 +29,8 @@ impl TestPki {
         write("ca.pem", ca.pem())?;
         for (name, sans, issuer, issuer_key) in [
             ("server", vec!["localhost".to_owned()], &ca, &ca_key),
+            // A user's, named by its subject (the EXTERNAL mechanism, ADR 0031).
+            ("alice", vec!["alice".to_owned()], &ca, &ca_key),
             // A cluster node's, for loopback addresses (ADR 0024).
             (
                 "node",
@@ -41,15 +43,28 @@ impl TestPki {
             ("stranger", vec!["stranger".to_owned()], &other_ca, &other_key),
         ] {
             let key = rcgen::KeyPair::generate()?;
-            let cert = rcgen::CertificateParams::new(sans)?.signed_by(&key, issuer, issuer_key)?;
+            let mut params = rcgen::CertificateParams::new(sans)?;
+            if name == "alice" {
+                params.distinguished_name = rcgen::DistinguishedName::new();
+                params.distinguished_name.push(rcgen::DnType::CountryName, "GB");
+                params
+                    .distinguished_name
+                    .push(rcgen::DnType::OrganizationName, "Warren Tests");
+                params.distinguished_name.push(rcgen::DnType::CommonName, "alice");
+            }
+            let cert = params.signed_by(&key, issuer, issuer_key)?;
             write(&format!("{name}.pem"), cert.pem())?;
             write(&format!("{name}-key.pem"), key.serialize_pem())?;
         }
         Ok(Self { dir })
     }
 
+    /// The subject of `alice.pem`, as RabbitMQ writes it.
+    pub const ALICE_DN: &'static str = "CN=alice,O=Warren Tests,C=GB";
+
     /// The path of one of the files: `ca.pem`, `server.pem`,
-    /// `server-key.pem`, `client.pem`, `client-key.pem`, `stranger.pem`,
+    /// `server-key.pem`, `alice.pem`, `alice-key.pem` (subject
+    /// [`Self::ALICE_DN`]), `client.pem`, `client-key.pem`, `stranger.pem`,
     /// `stranger-key.pem`, `node.pem`, `node-key.pem` (for 127.0.0.1),
     /// `other-node.pem`, `other-node-key.pem` (127.0.0.1, another CA).
     pub fn path(&self, name: &str) -> PathBuf {

@@ -96,12 +96,11 @@ async fn connection_start_offers_plain_and_amqplain_and_rabbitmq_capabilities() 
     assert_eq!(&args[..2], &[0, 9], "version-major 0, version-minor 9");
     let table_len = u32::from_be_bytes([args[2], args[3], args[4], args[5]]) as usize;
     let table = &args[6..6 + table_len];
-    let rest = &args[6 + table_len..];
-    let mech_len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-    let mechanisms = String::from_utf8_lossy(&rest[4..4 + mech_len]).to_string();
-    let mechanisms: Vec<&str> = mechanisms.split_whitespace().collect();
-    assert!(mechanisms.contains(&"PLAIN"), "mechanisms {mechanisms:?}");
-    assert!(mechanisms.contains(&"AMQPLAIN"), "mechanisms {mechanisms:?}");
+    assert_eq!(
+        raw::start_mechanisms(&start),
+        ["PLAIN", "AMQPLAIN"],
+        "RabbitMQ's defaults, in order"
+    );
     for capability in [
         "publisher_confirms",
         "exchange_exchange_bindings",

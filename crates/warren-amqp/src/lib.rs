@@ -8,6 +8,7 @@
 //! local replica reads) and `warren-wire` (frames), beside nothing.
 
 mod access;
+mod auth_mechanism;
 mod channel;
 mod connection;
 mod convert;
@@ -30,6 +31,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+pub use auth_mechanism::{AuthMechanism, CertLoginFrom};
 pub use error::AmqpError;
 pub use frontend::{ExecuteError, Frontend, Session, EXECUTE_TIMEOUT};
 pub use registry::{ClientInfo, EffectBatch, Registry};
@@ -65,6 +67,12 @@ pub struct AmqpConfig {
     /// is closed with 406 (RabbitMQ's `consumer_timeout`, 30 minutes by
     /// default; `None`: never).
     pub consumer_timeout: Option<Duration>,
+    /// The SASL mechanisms offered, in this order (RabbitMQ's
+    /// `auth_mechanisms`); EXTERNAL only on TLS connections.
+    pub auth_mechanisms: Vec<AuthMechanism>,
+    /// What names the user of an EXTERNAL login (RabbitMQ's
+    /// `ssl_cert_login_from`).
+    pub ssl_cert_login_from: CertLoginFrom,
 }
 
 impl Default for AmqpConfig {
@@ -80,6 +88,8 @@ impl Default for AmqpConfig {
             disk_free_limit: 50_000_000,
             data_dir: None,
             consumer_timeout: Some(DEFAULT_CONSUMER_TIMEOUT),
+            auth_mechanisms: AuthMechanism::DEFAULT.to_vec(),
+            ssl_cert_login_from: CertLoginFrom::default(),
         }
     }
 }

@@ -11,6 +11,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+use crate::auth_mechanism::PeerCertificate;
+
 /// An accepted connection, before it is split.
 pub(crate) enum Transport {
     Plain(TcpStream),
@@ -18,6 +20,19 @@ pub(crate) enum Transport {
 }
 
 impl Transport {
+    /// The certificate the client presented, if TLS asked for one.
+    pub(crate) fn peer_certificate(&self) -> PeerCertificate {
+        match self {
+            Self::Plain(_) => PeerCertificate::NotTls,
+            Self::Tls(stream) => stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map_or(PeerCertificate::Absent, |cert| PeerCertificate::Present(cert.to_vec())),
+        }
+    }
+
     /// The read and write halves.
     pub(crate) fn split(self) -> (Reader, Writer) {
         match self {

@@ -134,6 +134,13 @@ pub struct FileConfig {
     pub default_pass: Option<String>,
     /// Users allowed only from loopback (default: ["guest"]).
     pub loopback_users: Option<Vec<String>>,
+    /// SASL mechanisms offered, in order (default: ["PLAIN", "AMQPLAIN"];
+    /// "EXTERNAL" logs in as the user a client certificate names, on the
+    /// AMQPS listener only; RabbitMQ's `auth_mechanisms`).
+    pub auth_mechanisms: Option<Vec<String>>,
+    /// What names an EXTERNAL login's user: "distinguished_name" (default)
+    /// or "common_name" (RabbitMQ's `ssl_cert_login_from`).
+    pub ssl_cert_login_from: Option<String>,
     /// Raft heartbeat interval, ms (default 100).
     pub raft_heartbeat_ms: Option<u64>,
     /// Raft election timeout range, ms (default 150–300): how long followers
@@ -203,6 +210,8 @@ pub struct Config {
     pub default_user: String,
     pub default_pass: String,
     pub loopback_users: Vec<String>,
+    pub auth_mechanisms: Vec<warren_amqp::AuthMechanism>,
+    pub ssl_cert_login_from: warren_amqp::CertLoginFrom,
     pub raft_heartbeat_ms: u64,
     pub raft_election_timeout_min_ms: u64,
     pub raft_election_timeout_max_ms: u64,
@@ -313,6 +322,11 @@ impl Config {
                 .or(file.default_pass)
                 .unwrap_or_else(|| "guest".to_owned()),
             loopback_users: file.loopback_users.unwrap_or_else(|| vec!["guest".to_owned()]),
+            auth_mechanisms: auth_mechanisms(file.auth_mechanisms)?,
+            ssl_cert_login_from: match file.ssl_cert_login_from {
+                Some(from) => from.parse().map_err(anyhow::Error::msg)?,
+                None => warren_amqp::CertLoginFrom::default(),
+            },
             vhosts: file.vhosts.unwrap_or_default(),
             raft_heartbeat_ms: file.raft_heartbeat_ms.unwrap_or(raft_defaults.heartbeat_interval_ms),
             raft_election_timeout_min_ms: file
@@ -432,6 +446,24 @@ fn checked_max_message_size(configured: Option<u64>) -> anyhow::Result<u64> {
         "max_message_size is {size}: it must be between 1 and {MAX_MESSAGE_SIZE_CEILING} bytes (512 MiB)"
     );
     Ok(size)
+}
+
+/// The configured SASL mechanisms: known names, at least one, none twice.
+fn auth_mechanisms(names: Option<Vec<String>>) -> anyhow::Result<Vec<warren_amqp::AuthMechanism>> {
+    let Some(names) = names else {
+        return Ok(warren_amqp::AuthMechanism::DEFAULT.to_vec());
+    };
+    let mut mechanisms = Vec::new();
+    for name in &names {
+        let mechanism: warren_amqp::AuthMechanism = name.parse().map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(!mechanisms.contains(&mechanism), "auth_mechanisms names {name} twice");
+        mechanisms.push(mechanism);
+    }
+    anyhow::ensure!(
+        !mechanisms.is_empty(),
+        "auth_mechanisms is empty: no client could log in"
+    );
+    Ok(mechanisms)
 }
 
 /// RabbitMQ's default `consumer_timeout`: 30 minutes, in milliseconds.
@@ -808,5 +840,41 @@ mod tests {
             ..ServerArgs::default()
         };
         assert!(Config::resolve(args).is_err());
+    }
+}
+
+#[cfg(test)]
+mod auth_mechanism_tests {
+    use warren_amqp::AuthMechanism;
+
+    use super::auth_mechanisms;
+
+    fn names(list: &[&str]) -> Option<Vec<String>> {
+        Some(list.iter().map(|s| (*s).to_owned()).collect())
+    }
+
+    #[test]
+    fn mechanisms_default_to_rabbitmqs_and_keep_the_configured_order() {
+        assert_eq!(auth_mechanisms(None).expect("default"), AuthMechanism::DEFAULT.to_vec());
+        assert_eq!(
+            auth_mechanisms(names(&["EXTERNAL", "PLAIN"])).expect("two"),
+            vec![AuthMechanism::External, AuthMechanism::Plain]
+        );
+    }
+
+    #[test]
+    fn unknown_repeated_or_no_mechanisms_stop_the_start() {
+        for (list, says) in [
+            (
+                &["PLAIN", "CRAM-MD5"][..],
+                "unknown authentication mechanism \"CRAM-MD5\"",
+            ),
+            (&["plain"][..], "unknown authentication mechanism \"plain\""),
+            (&["PLAIN", "PLAIN"][..], "names PLAIN twice"),
+            (&[][..], "no client could log in"),
+        ] {
+            let error = auth_mechanisms(names(list)).expect_err("refused").to_string();
+            assert!(error.contains(says), "{list:?}: {error}");
+        }
     }
 }

@@ -189,6 +189,8 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         heartbeat: Duration::from_secs(config.heartbeat_secs),
         max_message_size: config.max_message_size,
         loopback_users: config.loopback_users.clone(),
+        auth_mechanisms: config.auth_mechanisms.clone(),
+        ssl_cert_login_from: config.ssl_cert_login_from,
         queued_bytes_high_watermark: config.queued_bytes_high_watermark,
         disk_free_limit: config.disk_free_limit,
         data_dir: Some(config.data_dir.clone()),

@@ -10,6 +10,7 @@ use warren_wire::protocol::{connection, AMQPClass};
 use warren_wire::types::{AMQPValue, FieldTable, LongString};
 use warren_wire::AMQPFrame;
 
+use crate::auth_mechanism::{login_name, AuthMechanism, PeerCertificate};
 use crate::convert::{long, short};
 use crate::error::AmqpError;
 use crate::password::verify_login;
@@ -122,45 +123,94 @@ impl Connection {
             version_major: 0,
             version_minor: 9,
             server_properties: props,
-            mechanisms: LongString::from("PLAIN AMQPLAIN"),
+            mechanisms: LongString::from(self.mechanisms_offered()),
             locales: LongString::from("en_US"),
         }
+    }
+
+    /// The mechanisms `connection.start` offers this connection: the
+    /// configured ones, EXTERNAL only over TLS.
+    fn mechanisms_offered(&self) -> String {
+        let tls = self.client.ssl;
+        let offered: Vec<&str> = self
+            .frontend
+            .config
+            .auth_mechanisms
+            .iter()
+            .filter(|m| m.offered(tls))
+            .map(|m| m.name())
+            .collect();
+        offered.join(" ")
     }
 
     /// Checks the credentials of `start-ok`.
     ///
     /// # Errors
-    /// 403 ACCESS_REFUSED for an unknown user, a wrong password, an unknown
-    /// mechanism, or a loopback-only user connecting from elsewhere.
+    /// 503 COMMAND_INVALID for a mechanism that is unknown or not offered
+    /// (RabbitMQ's texts); 403 ACCESS_REFUSED for an unknown user, a wrong
+    /// password, an EXTERNAL login without a usable certificate, or a
+    /// loopback-only user connecting from elsewhere.
     pub(super) fn authenticate(&mut self, start_ok: &connection::StartOk) -> Result<(), AmqpError> {
-        let mechanism = start_ok.mechanism.as_str();
+        let name = start_ok.mechanism.as_str();
+        let invalid = |why: String| {
+            AmqpError::connection_for(
+                reply_code::COMMAND_INVALID,
+                format!("COMMAND_INVALID - {why}"),
+                (10, 11),
+            )
+        };
+        let mechanism = match name.parse::<AuthMechanism>() {
+            Err(_) => return Err(invalid(format!("unknown authentication mechanism '{name}'"))),
+            Ok(m) if !m.offered(self.client.ssl) || !self.frontend.config.auth_mechanisms.contains(&m) => {
+                return Err(invalid(format!("invalid authentication mechanism '{name}'")))
+            }
+            Ok(m) => m,
+        };
         let refused = |why: &str| {
             AmqpError::connection_for(reply_code::ACCESS_REFUSED, format!("ACCESS_REFUSED - {why}"), (10, 11))
         };
-        let credentials = warren_wire::parse_sasl_response(mechanism, start_ok.response.as_bytes())
-            .map_err(|e| refused(&e.to_string()))?;
-        let name = UserName::new(credentials.username.clone());
-        let stored = self
-            .frontend
-            .node
-            .read(|broker| broker.user(&name).map(|u| u.password_hash.clone()));
-        let ok = verify_login(stored.as_deref(), &credentials.password);
-        if !ok {
-            return Err(refused(&format!(
-                "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
-            )));
-        }
-        if !may_connect_from(
-            &self.frontend.config.loopback_users,
-            &credentials.username,
-            self.peer.ip(),
-        ) {
-            return Err(refused(&format!(
-                "user '{}' can only connect via localhost",
+        // As RabbitMQ tells a client that announced
+        // authentication_failure_close: the reason goes to the log only.
+        let login_refused = || {
+            refused(&format!(
+                "Login was refused using authentication mechanism {name}. For details see the broker logfile."
+            ))
+        };
+        let username = match mechanism {
+            AuthMechanism::External => {
+                let certificate = std::mem::replace(&mut self.peer_certificate, PeerCertificate::NotTls);
+                let username = login_name(&certificate, self.frontend.config.ssl_cert_login_from).map_err(|why| {
+                    info!(conn = ?self.id, peer = %self.peer, "EXTERNAL login refused: {why}");
+                    login_refused()
+                })?;
+                let known = self
+                    .frontend
+                    .node
+                    .read(|broker| broker.user(&UserName::new(username.clone())).is_some());
+                if !known {
+                    info!(conn = ?self.id, peer = %self.peer, "EXTERNAL login refused: user '{username}' - invalid credentials");
+                    return Err(login_refused());
+                }
+                username
+            }
+            AuthMechanism::Plain | AuthMechanism::AmqPlain => {
+                let credentials = warren_wire::parse_sasl_response(name, start_ok.response.as_bytes())
+                    .map_err(|e| refused(&e.to_string()))?;
+                let stored = self.frontend.node.read(|broker| {
+                    broker
+                        .user(&UserName::new(credentials.username.clone()))
+                        .map(|u| u.password_hash.clone())
+                });
+                if !verify_login(stored.as_deref(), &credentials.password) {
+                    return Err(login_refused());
+                }
                 credentials.username
-            )));
+            }
+        };
+        if !may_connect_from(&self.frontend.config.loopback_users, &username, self.peer.ip()) {
+            return Err(refused(&format!("user '{username}' can only connect via localhost")));
         }
-        self.user = name;
+        self.user = UserName::new(username);
         Ok(())
     }
 

@@ -76,6 +76,7 @@ pub(crate) async fn serve_connection(
         seq,
     };
     let ssl = matches!(stream, Transport::Tls(_));
+    let peer_certificate = stream.peer_certificate();
     let (reader, writer) = stream.split();
     let mut conn = Connection {
         id,
@@ -117,6 +118,7 @@ pub(crate) async fn serve_connection(
         unsent_due: Vec::new(),
         written_due: Vec::new(),
         fence_holding: false,
+        peer_certificate,
     };
     let result = conn.run().await;
     match &result {
@@ -210,6 +212,9 @@ struct Connection {
     /// Deliveries are held by the node's delivery fence (ADR 0028): check
     /// every [`FENCE_CHECK`] whether they may go.
     fence_holding: bool,
+    /// The client's TLS certificate, for an EXTERNAL login; dropped once
+    /// the login is done.
+    peer_certificate: crate::auth_mechanism::PeerCertificate,
 }
 
 /// Consecutive publisher confirms (acks) of one channel, held back to go
