@@ -129,6 +129,8 @@ pub struct MemberRow {
 /// `warren ctl cluster-status`, parsed.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterView {
+    /// The cluster's id as the asked node knows it.
+    pub cluster_id: Option<String>,
     pub leader: Option<u64>,
     pub members: Vec<MemberRow>,
 }
@@ -152,6 +154,10 @@ impl ClusterView {
 pub fn parse_cluster_status(text: &str) -> ClusterView {
     let mut view = ClusterView::default();
     for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("cluster: ") {
+            view.cluster_id = Some(rest.trim().to_owned()).filter(|id| !id.starts_with('('));
+            continue;
+        }
         if let Some(rest) = line.strip_prefix("leader: ") {
             view.leader = rest.split_whitespace().next().and_then(|id| id.parse().ok());
             continue;
@@ -298,11 +304,13 @@ mod tests {
 
     #[test]
     fn cluster_status_output_parses() {
-        let text = "leader: 1  term: 3\n\
+        let text = "cluster: 5e1f\n\
+leader: 1  term: 3\n\
 node   address                  role     state      term   log        applied    reachable\n\
 1      127.0.0.1:40001          voter    leader     3      57         57         yes\n\
 3      127.0.0.1:40003          voter    -          -      -          -          no (status of 127.0.0.1:40003: timed out)\n";
         let view = parse_cluster_status(text);
+        assert_eq!(view.cluster_id.as_deref(), Some("5e1f"));
         assert_eq!(view.leader, Some(1));
         assert_eq!(view.voters(), [1, 3]);
         assert_eq!(view.leader_applied(), Some(57));

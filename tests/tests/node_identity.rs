@@ -152,3 +152,58 @@ async fn a_wiped_seed_joins_the_cluster_it_finds_instead_of_bootstrapping_anothe
     drop(seed);
     Ok(())
 }
+
+/// Two clusters that share a secret (issue 13 item 1): cluster B's node 2
+/// at address P is gone and cluster A's new node 2 comes up on P, so B's
+/// leader keeps sending its Raft messages (its log, its term) to a member
+/// of A. Each cluster has its own id, carried by every cluster RPC; A's
+/// node learned A's id from its join reply before it took any Raft
+/// message, and refuses B's. A's node stays A's: its queues, its members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_of_another_cluster_at_a_reused_address_is_refused_by_the_cluster_id() -> anyhow::Result<()> {
+    let reused = free_cluster_addrs(1)?[0].to_string();
+    let a1 = tokio::task::spawn_blocking(|| WarrenProcess::start_cluster_node(1, None)).await??;
+    let b1 = tokio::task::spawn_blocking(|| WarrenProcess::start_cluster_node(1, None)).await??;
+    let (a1_addr, b1_addr) = (cluster_addr(&a1)?, cluster_addr(&b1)?);
+    let b1_join = b1_addr.to_string();
+    let at_reused = reused.clone();
+    let mut b2 = tokio::task::spawn_blocking(move || {
+        WarrenProcess::start_cluster_node_with_args(2, &["--cluster-listen", &at_reused, "--join", &b1_join])
+    })
+    .await??;
+    declare_durable_queue(&b1.amqp_uri(), "only-in-b").await?;
+    let b_id = cluster_status(b1_addr).await?.cluster_id.expect("B's id");
+    b2.kill9();
+    let a1_join = a1_addr.to_string();
+    let a2 = tokio::task::spawn_blocking(move || {
+        WarrenProcess::start_cluster_node_with_args(2, &["--cluster-listen", &reused, "--join", &a1_join])
+    })
+    .await??;
+    declare_durable_queue(&a2.amqp_uri(), "only-in-a").await?;
+    // B's leader has been calling the reused address all along (every
+    // heartbeat, 100 ms); give it a while more.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let a_view = cluster_status(cluster_addr(&a2)?).await?;
+    let a_id = a_view.cluster_id.clone().expect("A's id");
+    assert_ne!(a_id, b_id, "two clusters, two ids");
+    assert_eq!(a_view.voters(), [1, 2], "{a_view:?}");
+    assert_eq!(
+        std::fs::read_to_string(a2.data_dir().join("cluster-id"))?.trim(),
+        a_id,
+        "kept in the data directory"
+    );
+    let listing = list_queues(cluster_addr(&a2)?, &[]).await?;
+    assert!(listing.queue("only-in-a").is_some(), "{listing:?}");
+    assert!(
+        listing.queue("only-in-b").is_none(),
+        "B's log reached A's node: {listing:?}"
+    );
+    let b_log = b1.log_tail(400);
+    assert!(
+        b_log.contains(&format!(
+            "the caller belongs to cluster {b_id}, this node to cluster {a_id}"
+        )),
+        "B's leader was not refused by the cluster id; its log:\n{b_log}"
+    );
+    Ok(())
+}

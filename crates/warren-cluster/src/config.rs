@@ -64,6 +64,9 @@ pub struct NodeConfig {
     /// least one entry): each must arrive within `heartbeat_interval_ms`,
     /// openraft's bound on that RPC.
     pub append_budget_bytes: u64,
+    /// Filled with the cluster's id once this node's state holds it; the
+    /// RPC client and service share it (pass the same cell to them).
+    pub cluster_id: std::sync::Arc<crate::ClusterIdCell>,
 }
 
 impl Default for NodeConfig {
@@ -90,6 +93,7 @@ impl Default for NodeConfig {
             forward_timeout_ms: 10_000,
             node_down_after_ms: 3_000,
             append_budget_bytes: 1 << 20,
+            cluster_id: std::sync::Arc::default(),
         }
     }
 }

@@ -23,6 +23,7 @@
 #![allow(clippy::result_large_err)]
 
 mod clock;
+mod cluster_id;
 mod codec;
 mod compaction;
 mod config;
@@ -43,6 +44,7 @@ mod tick;
 mod tracker;
 mod type_config;
 
+pub use cluster_id::ClusterIdCell;
 pub use config::{NodeConfig, SNAPSHOT_CHUNK_BYTES};
 pub use effect_sink::EffectSink;
 pub use error::ClusterError;

@@ -213,9 +213,10 @@ impl Node {
         let mut log_store = RaftLogStore::open(store.clone())
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let state_machine = StateMachine::open_with_tracker(store.clone(), sink.clone(), tracker.clone())
-            .await
-            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let state_machine =
+            StateMachine::open_with_tracker(store.clone(), sink.clone(), tracker.clone(), config.cluster_id.clone())
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let shared = state_machine.shared();
         log_store.count_into(shared.counters.clone());
         let appended_bytes = log_store.appended_bytes();

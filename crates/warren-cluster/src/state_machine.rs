@@ -70,9 +70,20 @@ pub(crate) struct Shared {
     /// million) before it listened, and the disk was still writing it back
     /// while consumers drained.
     pub(crate) raft_opening: std::sync::atomic::AtomicBool,
+    /// The cluster's id, filled once the state holds it.
+    pub(crate) cluster_id: Arc<crate::ClusterIdCell>,
 }
 
 impl Shared {
+    /// Fills the cluster id cell from `state`, the first time it holds one.
+    fn learn_cluster_id(&self, state: &SmState) {
+        if self.cluster_id.get().is_none() {
+            if let Some(id) = state.broker.cluster_id() {
+                self.cluster_id.learn(id);
+            }
+        }
+    }
+
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, SmState> {
         // Apply replaces the state only through whole assignments or
         // `Broker::apply`; a panic there is fatal for the Raft node anyway.
@@ -96,6 +107,19 @@ struct Replicated {
     access: Access,
     policies: Policies,
     /// Which of the policies act (ADR 0017).
+    acting_policies: BTreeSet<(VHost, String)>,
+    /// The cluster's id (`Command::SetClusterId`).
+    cluster_id: Option<String>,
+}
+
+/// A snapshot's data before the cluster had an id.
+#[derive(Deserialize)]
+struct ReplicatedV6 {
+    broker: Broker,
+    sessions: Sessions,
+    staged: StagedBodies,
+    access: Access,
+    policies: Policies,
     acting_policies: BTreeSet<(VHost, String)>,
 }
 
@@ -134,6 +158,7 @@ impl Replicated {
             access: broker.access().clone(),
             policies: broker.policies().clone(),
             acting_policies: broker.policies().acting().clone(),
+            cluster_id: broker.cluster_id().map(str::to_owned),
         }
     }
 
@@ -144,6 +169,7 @@ impl Replicated {
         let mut policies = self.policies;
         policies.set_acting(self.acting_policies);
         broker.set_policies(policies);
+        broker.set_cluster_id(self.cluster_id);
         (broker, self.sessions)
     }
 }
@@ -158,6 +184,18 @@ fn decode_replicated(data: &[u8]) -> Result<(Broker, Sessions), crate::codec::Co
         Ok(replicated) => return Ok(replicated.into_parts()),
         Err(error) => error,
     };
+    if let Ok(v6) = decode::<ReplicatedV6>(data) {
+        let replicated = Replicated {
+            broker: v6.broker,
+            sessions: v6.sessions,
+            staged: v6.staged,
+            access: v6.access,
+            policies: v6.policies,
+            acting_policies: v6.acting_policies,
+            cluster_id: None,
+        };
+        return Ok(replicated.into_parts());
+    }
     if let Ok(v3) = decode::<ReplicatedV3>(data) {
         let replicated = Replicated {
             broker: v3.broker,
@@ -166,6 +204,7 @@ fn decode_replicated(data: &[u8]) -> Result<(Broker, Sessions), crate::codec::Co
             access: v3.access,
             policies: v3.policies,
             acting_policies: BTreeSet::new(),
+            cluster_id: None,
         };
         return Ok(replicated.into_parts());
     }
@@ -288,13 +327,14 @@ impl StateMachine {
         sink: Arc<dyn EffectSink>,
     ) -> Result<Self, StorageError<u64>> {
         let tracker = Arc::new(ProposalTracker::new(node));
-        Self::open_with_tracker(store, sink, tracker).await
+        Self::open_with_tracker(store, sink, tracker, Arc::default()).await
     }
 
     pub(crate) async fn open_with_tracker(
         store: Arc<dyn LogStore>,
         sink: Arc<dyn EffectSink>,
         tracker: Arc<ProposalTracker>,
+        cluster_id: Arc<crate::ClusterIdCell>,
     ) -> Result<Self, StorageError<u64>> {
         let reading = store.clone();
         let pager = store.bodies().map(StorePager::new);
@@ -330,7 +370,9 @@ impl StateMachine {
             access_epoch: AtomicU64::new(0),
             counters: Arc::default(),
             raft_opening: std::sync::atomic::AtomicBool::new(false),
+            cluster_id,
         });
+        shared.learn_cluster_id(&shared.read());
         Ok(Self {
             shared,
             bodies: store.bodies(),
@@ -675,6 +717,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             tick_ms = Some(proposal.batch.now_ms);
                         }
                         access_changed = proposal.batch.requests.iter().any(|r| r.command.changes_access());
+                        if proposal
+                            .batch
+                            .requests
+                            .iter()
+                            .any(|r| matches!(r.command, Command::SetClusterId { .. }))
+                        {
+                            self.shared.learn_cluster_id(state);
+                        }
                     }
                     EntryPayload::Membership(membership) => {
                         state.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
@@ -775,6 +825,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             state.sessions = sessions;
             state.last_applied = meta.last_log_id;
             state.membership = meta.last_membership.clone();
+            self.shared.learn_cluster_id(&state);
         }
         self.shared.access_epoch.fetch_add(1, Ordering::SeqCst);
         if let Some(last) = meta.last_log_id {
@@ -1082,6 +1133,48 @@ mod tests {
         assert_eq!(decoded.policies().iter().count(), 1);
         assert!(decoded.policies().acting().is_empty());
         assert_eq!(decoded, old);
+    }
+
+    #[test]
+    fn a_snapshot_carries_the_cluster_id_and_one_from_before_ids_decodes_without() {
+        let mut broker = broker_with_grants();
+        broker.apply(
+            &warren_core::Batch {
+                now_ms: 1,
+                requests: vec![warren_core::Request {
+                    origin: None,
+                    command: Command::SetClusterId { id: "5e1f".to_owned() },
+                }],
+            },
+            &mut Vec::new(),
+        );
+        let data = encode(&Replicated::new(&broker, &Sessions::default())).expect("encode");
+        let (decoded, _) = decode_replicated(&data).expect("decode");
+        assert_eq!(decoded.cluster_id(), Some("5e1f"));
+
+        // The layout before cluster ids: the acting policies stay.
+        #[derive(Serialize)]
+        struct V6<'a> {
+            broker: &'a Broker,
+            sessions: &'a Sessions,
+            staged: &'a StagedBodies,
+            access: &'a Access,
+            policies: &'a Policies,
+            acting_policies: &'a BTreeSet<(VHost, String)>,
+        }
+        let data = encode(&V6 {
+            broker: &broker,
+            sessions: &Sessions::default(),
+            staged: broker.staged_bodies(),
+            access: broker.access(),
+            policies: broker.policies(),
+            acting_policies: broker.policies().acting(),
+        })
+        .expect("encode");
+        let (decoded, _) = decode_replicated(&data).expect("decode the layout before ids");
+        assert_eq!(decoded.cluster_id(), None);
+        assert_eq!(decoded.access(), broker.access());
+        assert_eq!(decoded.policies().acting(), broker.policies().acting());
     }
 
     #[test]

@@ -82,7 +82,14 @@ pub struct Broker {
     /// Message counts beyond the queues' ([`crate::stats`]).
     #[serde(skip)]
     pub(crate) stats: crate::stats::BrokerStats,
+    /// The cluster's id ([`Command::SetClusterId`]); snapshots carry it
+    /// beside the broker, as they carry the permissions.
+    #[serde(skip)]
+    pub(crate) cluster_id: Option<String>,
 }
+
+/// The longest cluster id [`Command::SetClusterId`] takes.
+pub const MAX_CLUSTER_ID_LEN: usize = 64;
 
 /// A queue's key across vhosts.
 pub(crate) type QueueKey = (VHost, QueueName);
@@ -139,6 +146,7 @@ impl Broker {
             access: crate::access::Access::default(),
             policies: crate::policy::Policies::default(),
             stats: crate::stats::BrokerStats::default(),
+            cluster_id: None,
         }
     }
 
@@ -404,6 +412,16 @@ impl Broker {
                 self.init_access();
                 Ok(Outcome::Done)
             }
+            Command::SetClusterId { id } => {
+                if id.is_empty() || id.len() > MAX_CLUSTER_ID_LEN {
+                    return Some(Err(CoreError::PreconditionFailed(format!(
+                        "a cluster id of {} bytes (1 to {MAX_CLUSTER_ID_LEN})",
+                        id.len()
+                    ))));
+                }
+                self.cluster_id.get_or_insert_with(|| id.clone());
+                Ok(Outcome::Done)
+            }
             Command::PutPolicy(policy) | Command::SetPolicy(policy) => {
                 if !self.vhosts.contains_key(&policy.vhost) {
                     return Some(Err(CoreError::NotFound(format!("no vhost '{}'", policy.vhost))));
@@ -522,6 +540,16 @@ impl Broker {
     /// Users' permissions.
     pub fn access(&self) -> &crate::access::Access {
         &self.access
+    }
+
+    /// The cluster's id, once one was set ([`Command::SetClusterId`]).
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.cluster_id.as_deref()
+    }
+
+    /// Restores the cluster id a snapshot carried.
+    pub fn set_cluster_id(&mut self, id: Option<String>) {
+        self.cluster_id = id;
     }
 
     /// Message counts beyond the queues' (each queue has its own).

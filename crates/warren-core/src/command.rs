@@ -304,6 +304,13 @@ pub enum Command {
         count: u32,
         bytes: u64,
     },
+    /// Names the cluster, once: the first `SetClusterId` applied wins and
+    /// later ones change nothing (every node proposes one at start while
+    /// the state has none). Nodes carry the id in their cluster RPCs and
+    /// refuse a caller of another cluster (issue 13, ADR 0022).
+    SetClusterId {
+        id: String,
+    },
 }
 
 /// What a [`Command::ReturnUnsent`] does once the deliveries are back.

@@ -48,6 +48,11 @@ pub const DEV_SECRET: &str = "warren-dev-secret";
 /// that nobody without the secret can make a node decode anything.
 pub const SECRET_METADATA: &str = "x-warren-secret-bin";
 
+/// The request metadata that carries the caller's cluster id, once it
+/// knows one (ADR 0022): a node that knows another refuses the request
+/// before decoding it.
+pub const CLUSTER_ID_METADATA: &str = "x-warren-cluster-id";
+
 /// How many requests one cluster connection may have in service at once
 /// (more wait): a peer cannot make a node run unbounded concurrent work.
 pub const MAX_CONCURRENT_REQUESTS: usize = 64;

@@ -17,7 +17,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
-use warren_cluster::{BoxFuture, JoinMode, PeerError, Peers, Proposal, TypeConfig};
+use warren_cluster::{BoxFuture, ClusterIdCell, JoinMode, PeerError, Peers, Proposal, TypeConfig};
 
 use crate::codec::{decode, encode};
 use crate::pb::warren_cluster_client::WarrenClusterClient;
@@ -25,25 +25,38 @@ use crate::pb::{self, forward_reply, join_reply};
 use crate::{DEFAULT_GROUP, MAX_MESSAGE_BYTES};
 
 /// Puts the cluster secret in every request's metadata
-/// ([`crate::SECRET_METADATA`]), where the service checks it first.
+/// ([`crate::SECRET_METADATA`]), where the service checks it first, and
+/// the cluster's id once this node knows it ([`crate::CLUSTER_ID_METADATA`]).
 #[derive(Clone, Debug)]
 pub struct SecretMetadata {
     secret: BinaryMetadataValue,
+    cluster_id: Arc<ClusterIdCell>,
 }
 
 impl SecretMetadata {
+    /// Sends `secret` and no cluster id.
     pub fn new(secret: &str) -> Self {
+        Self::with_cluster_id(secret, Arc::default())
+    }
+
+    /// Sends `secret`, and the id in `cluster_id` once it is known.
+    pub fn with_cluster_id(secret: &str, cluster_id: Arc<ClusterIdCell>) -> Self {
         Self {
             secret: BinaryMetadataValue::from_bytes(secret.as_bytes()),
+            cluster_id,
         }
     }
 }
 
 impl Interceptor for SecretMetadata {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert_bin(crate::SECRET_METADATA, self.secret.clone());
+        let metadata = request.metadata_mut();
+        metadata.insert_bin(crate::SECRET_METADATA, self.secret.clone());
+        if let Some(id) = self.cluster_id.get() {
+            if let Ok(value) = id.parse() {
+                metadata.insert(crate::CLUSTER_ID_METADATA, value);
+            }
+        }
         Ok(request)
     }
 }
@@ -65,6 +78,9 @@ pub struct NetworkConfig {
     pub status_timeout: Duration,
     /// Mutual TLS to peers (ADR 0024); `None`: plain HTTP/2.
     pub tls: Option<crate::ClusterTls>,
+    /// Sent with every request once known (the node's own cell, see
+    /// [`warren_cluster::NodeConfig::cluster_id`]).
+    pub cluster_id: Arc<ClusterIdCell>,
 }
 
 impl Default for NetworkConfig {
@@ -76,6 +92,7 @@ impl Default for NetworkConfig {
             join_timeout: Duration::from_secs(60),
             status_timeout: Duration::from_secs(2),
             tls: None,
+            cluster_id: Arc::default(),
         }
     }
 }
@@ -123,11 +140,12 @@ impl GrpcNetwork {
                 }
             }
         };
-        Ok(
-            WarrenClusterClient::with_interceptor(channel, SecretMetadata::new(&self.config.secret))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        Ok(WarrenClusterClient::with_interceptor(
+            channel,
+            SecretMetadata::with_cluster_id(&self.config.secret, self.config.cluster_id.clone()),
         )
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
     /// The header every request carries.
@@ -258,13 +276,25 @@ impl Peers for GrpcNetwork {
         };
         let via = via.to_owned();
         let limit = self.config.join_timeout;
+        let cluster_id = self.config.cluster_id.clone();
         Box::pin(async move {
             let mut client = client.map_err(|e| PeerError::Failed(e.to_string()))?;
             let reply = tokio::time::timeout(limit, client.join(request))
                 .await
                 .map_err(|_| PeerError::Failed(format!("join through {via}: timed out")))?
-                .map_err(|status| PeerError::Failed(format!("join through {via}: {status}")))?;
-            match reply.into_inner().result {
+                .map_err(|status| match status.code() {
+                    // Another secret or another cluster: asking again
+                    // will not change the answer.
+                    Code::PermissionDenied => PeerError::Refused(format!("join through {via}: {}", status.message())),
+                    _ => PeerError::Failed(format!("join through {via}: {status}")),
+                })?;
+            let reply = reply.into_inner();
+            // Learned before the node opens its gate (ADR 0022): from its
+            // first Raft message on, it refuses another cluster's.
+            if !reply.cluster_id.is_empty() {
+                cluster_id.learn(&reply.cluster_id);
+            }
+            match reply.result {
                 Some(join_reply::Result::Joined(committed)) => Ok(committed.log_index),
                 Some(join_reply::Result::NotLeader(not_leader)) => Err(not_leader_error(not_leader)),
                 Some(join_reply::Result::Failed(reason)) => Err(PeerError::Failed(reason)),

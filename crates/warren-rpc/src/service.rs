@@ -15,7 +15,7 @@ use warren_cluster::{JoinMode, Node, PeerError, Proposal, TypeConfig};
 use crate::codec::{decode, encode};
 use crate::pb::warren_cluster_server::{WarrenCluster, WarrenClusterServer};
 use crate::pb::{self, forward_reply, join_reply, leave_reply};
-use crate::{DEFAULT_GROUP, MAX_CONCURRENT_REQUESTS, MAX_MESSAGE_BYTES, SECRET_METADATA};
+use crate::{CLUSTER_ID_METADATA, DEFAULT_GROUP, MAX_CONCURRENT_REQUESTS, MAX_MESSAGE_BYTES, SECRET_METADATA};
 
 /// What the service checks on every request.
 #[derive(Clone, Debug)]
@@ -26,6 +26,9 @@ pub struct ServiceConfig {
     pub group_id: u64,
     /// Mutual TLS on the cluster port (ADR 0024); `None`: plain HTTP/2.
     pub tls: Option<crate::ClusterTls>,
+    /// Once known, requests carrying another cluster id are refused
+    /// (`PERMISSION_DENIED`); the node's own cell.
+    pub cluster_id: std::sync::Arc<warren_cluster::ClusterIdCell>,
 }
 
 impl Default for ServiceConfig {
@@ -34,6 +37,7 @@ impl Default for ServiceConfig {
             secret: crate::DEV_SECRET.to_owned(),
             group_id: DEFAULT_GROUP,
             tls: None,
+            cluster_id: std::sync::Arc::default(),
         }
     }
 }
@@ -106,7 +110,7 @@ impl ClusterService {
     /// the secret check of [`SecretCheck`] (run on the request's metadata,
     /// before its body is read or decoded).
     pub fn into_server(self) -> InterceptedService<WarrenClusterServer<Self>, SecretCheck> {
-        let check = SecretCheck::new(&self.config.secret);
+        let check = SecretCheck::with_cluster_id(&self.config.secret, self.config.cluster_id.clone());
         let server = WarrenClusterServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -142,18 +146,30 @@ impl ClusterService {
 
 /// Refuses a request whose metadata does not carry the cluster secret
 /// ([`SECRET_METADATA`]): `UNAUTHENTICATED` without one,
-/// `PERMISSION_DENIED` for another. Runs before the body is read, so a
-/// caller without the secret cannot make the node decode (or buffer) a
-/// request of any size.
+/// `PERMISSION_DENIED` for another; and, once this node knows its
+/// cluster's id, a request that carries another ([`CLUSTER_ID_METADATA`]:
+/// a node of another cluster given this one's secret and address). Runs
+/// before the body is read, so such a caller cannot make the node decode
+/// (or buffer) a request of any size. A request without an id (a node
+/// that has not learned it yet, `warren ctl`) passes.
 #[derive(Clone, Debug)]
 pub struct SecretCheck {
     secret: std::sync::Arc<[u8]>,
+    cluster_id: std::sync::Arc<warren_cluster::ClusterIdCell>,
 }
 
 impl SecretCheck {
+    /// Checks the secret only.
     pub fn new(secret: &str) -> Self {
+        Self::with_cluster_id(secret, std::sync::Arc::default())
+    }
+
+    /// Checks the secret, and the caller's cluster id against the one in
+    /// `cluster_id` once it is known.
+    pub fn with_cluster_id(secret: &str, cluster_id: std::sync::Arc<warren_cluster::ClusterIdCell>) -> Self {
         Self {
             secret: secret.as_bytes().into(),
+            cluster_id,
         }
     }
 }
@@ -164,9 +180,19 @@ impl Interceptor for SecretCheck {
             return Err(Status::unauthenticated("no cluster secret in the request metadata"));
         };
         match value.to_bytes() {
-            Ok(secret) if constant_time_eq(&secret, &self.secret) => Ok(request),
-            _ => Err(Status::permission_denied("wrong cluster secret")),
+            Ok(secret) if constant_time_eq(&secret, &self.secret) => {}
+            _ => return Err(Status::permission_denied("wrong cluster secret")),
         }
+        if let (Some(theirs), Some(ours)) = (request.metadata().get(CLUSTER_ID_METADATA), self.cluster_id.get()) {
+            if theirs.as_bytes() != ours.as_bytes() {
+                return Err(Status::permission_denied(format!(
+                    "the caller belongs to cluster {}, this node to cluster {ours}: two clusters share a secret \
+                     and were given each other's addresses",
+                    String::from_utf8_lossy(theirs.as_bytes())
+                )));
+            }
+        }
+        Ok(request)
     }
 }
 
@@ -282,7 +308,10 @@ impl WarrenCluster for ClusterService {
                 None => join_reply::Result::Failed(error.to_string()),
             },
         };
-        Ok(Response::new(pb::JoinReply { result: Some(result) }))
+        Ok(Response::new(pb::JoinReply {
+            result: Some(result),
+            cluster_id: self.config.cluster_id.get().unwrap_or_default().to_owned(),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(leaving = request.get_ref().node_id))]
@@ -378,6 +407,7 @@ impl WarrenCluster for ClusterService {
             last_applied: metrics.last_applied.map(|id| id.index),
             snapshot_index: metrics.snapshot.map(|id| id.index),
             members,
+            cluster_id: self.config.cluster_id.get().unwrap_or_default().to_owned(),
         }))
     }
 }
@@ -455,5 +485,37 @@ mod tests {
                 "{wrong:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_check_refuses_another_clusters_id_once_it_knows_its_own() {
+        let ours = std::sync::Arc::new(warren_cluster::ClusterIdCell::new());
+        let mut check = SecretCheck::with_cluster_id("s3cret", ours.clone());
+        // What the caller's interceptor sends.
+        let from = |id: Option<&str>| {
+            let cell = std::sync::Arc::new(warren_cluster::ClusterIdCell::new());
+            if let Some(id) = id {
+                cell.learn(id);
+            }
+            let mut stamp = crate::SecretMetadata::with_cluster_id("s3cret", cell);
+            tonic::service::Interceptor::call(&mut stamp, Request::new(())).expect("stamped")
+        };
+        // Not known here yet: any caller passes (a fresh node joining).
+        assert!(check.call(from(Some("a"))).is_ok());
+        ours.learn("a");
+        assert!(check.call(from(Some("a"))).is_ok());
+        assert!(check.call(from(None)).is_ok(), "a caller that has not learned it yet");
+        let refused = check.call(from(Some("b"))).expect_err("another cluster");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(
+            refused.message().contains("cluster b, this node to cluster a"),
+            "{}",
+            refused.message()
+        );
+        let mut secret_only = SecretCheck::new("s3cret");
+        assert!(
+            secret_only.call(from(Some("b"))).is_ok(),
+            "a service without a cell checks the secret only"
+        );
     }
 }

@@ -285,8 +285,9 @@ async fn a_request_with_the_wrong_secret_is_refused() -> anyhow::Result<()> {
         ..NetworkConfig::default()
     });
     let joined = intruder.join(&node.addr, 9, "127.0.0.1:1", JoinMode::Fresh).await;
+    // Refused for good: asking again with the same secret cannot help.
     assert!(
-        matches!(&joined, Err(PeerError::Failed(reason)) if reason.contains("wrong cluster secret")),
+        matches!(&joined, Err(PeerError::Refused(reason)) if reason.contains("wrong cluster secret")),
         "{joined:?}"
     );
     let status = intruder.status(&node.addr).await;

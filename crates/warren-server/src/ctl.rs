@@ -241,6 +241,12 @@ fn render_status(asked: &StatusReply, views: &[MemberView]) -> String {
     let leader = asked
         .leader_id
         .map_or_else(|| "unknown".to_owned(), |id| id.to_string());
+    let cluster = if asked.cluster_id.is_empty() {
+        "(none yet)"
+    } else {
+        asked.cluster_id.as_str()
+    };
+    let _ = writeln!(out, "cluster: {cluster}");
     let _ = writeln!(out, "leader: {leader}  term: {}", asked.term);
     let _ = writeln!(
         out,

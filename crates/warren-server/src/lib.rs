@@ -75,9 +75,13 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
     if join.len() < config.join.len() {
         info!(%advertise, ?join, "ignoring this node's own address in the join list");
     }
+    // Filled once the node's state holds the cluster's id; its RPCs carry
+    // it and its service refuses callers of another cluster (ADR 0022).
+    let cluster_id = Arc::new(warren_cluster::ClusterIdCell::persisted_in(&config.data_dir));
     let network = GrpcNetwork::new(NetworkConfig {
         secret: config.cluster_secret.clone(),
         tls: config.cluster_tls.clone(),
+        cluster_id: cluster_id.clone(),
         ..NetworkConfig::default()
     });
     let node_config = NodeConfig {
@@ -95,6 +99,7 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         snapshot_log_bytes: config.snapshot_log_bytes,
         max_batch_bytes: config.max_batch_bytes,
         max_batches_in_flight: config.max_batches_in_flight,
+        cluster_id: cluster_id.clone(),
         ..NodeConfig::default()
     };
     let api_network = network.clone();
@@ -107,6 +112,7 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         ServiceConfig {
             secret: config.cluster_secret.clone(),
             tls: config.cluster_tls.clone(),
+            cluster_id,
             ..ServiceConfig::default()
         },
     )
@@ -152,6 +158,19 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
                     .context("proposing a vhost")?;
             }
         }
+    }
+    if node.read(|broker| broker.cluster_id().is_none()) {
+        // A new cluster, or one from a build before cluster ids: every
+        // node that finds none proposes one; the first applied names it.
+        let id = format!("{:032x}", rand::random::<u128>());
+        info!(%id, "the cluster has no id: proposing one");
+        proposer
+            .submit(Request {
+                origin: None,
+                command: Command::SetClusterId { id },
+            })
+            .await
+            .context("proposing a cluster id")?;
     }
     if !node.read(|broker| broker.access().is_initialized()) {
         // A fresh cluster, or one written by a build without permissions,

@@ -205,3 +205,30 @@ fn policies_are_put_replaced_deleted_and_go_with_their_vhost() {
     );
     assert!(h.broker.policies().iter().next().is_none());
 }
+
+#[test]
+fn the_first_cluster_id_applied_names_the_cluster_for_good() {
+    let mut h = Harness::new();
+    assert_eq!(h.broker.cluster_id(), None);
+    let set = |id: &str| Command::SetClusterId { id: id.to_owned() };
+    h.ok(chan(1, 1), set("first"));
+    h.ok(chan(1, 1), set("second"));
+    assert_eq!(h.broker.cluster_id(), Some("first"), "later proposals change nothing");
+    let mut fresh = Harness::new();
+    for bad in [String::new(), "x".repeat(crate::broker::MAX_CLUSTER_ID_LEN + 1)] {
+        let refused = fresh.call(chan(1, 1), set(&bad)).expect_err("refused");
+        assert_eq!(
+            refused.reply_code(),
+            crate::reply_code::PRECONDITION_FAILED,
+            "{} bytes",
+            bad.len()
+        );
+    }
+    assert_eq!(fresh.broker.cluster_id(), None);
+    fresh.ok(chan(1, 1), set(&"é".repeat(32)));
+    assert_eq!(
+        fresh.broker.cluster_id().map(str::len),
+        Some(64),
+        "64 bytes is the limit"
+    );
+}
