@@ -46,6 +46,12 @@ struct Args {
     payload_mib: usize,
     #[arg(long, default_value_t = 1000)]
     idle_connections: usize,
+    /// Run the attack alone, without the AMQP publisher: start the
+    /// publisher as a second instance (`--senders 0 --idle-connections 0`)
+    /// pinned to another core, so that the attacker's own CPU does not
+    /// slow the client whose service is measured.
+    #[arg(long)]
+    no_publisher: bool,
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -124,7 +130,8 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(idle_rss > 0, "no process {}", args.pid);
     let confirmed = Arc::new(AtomicU64::new(0));
     let stop_publisher = Arc::new(AtomicBool::new(false));
-    let publisher = tokio::spawn(publish(args.amqp.clone(), confirmed.clone(), stop_publisher.clone()));
+    let publisher = (!args.no_publisher)
+        .then(|| tokio::spawn(publish(args.amqp.clone(), confirmed.clone(), stop_publisher.clone())));
 
     // Phase 1: quiet.
     let cpu_start = cpu_secs(args.pid);
@@ -190,7 +197,10 @@ async fn main() -> anyhow::Result<()> {
     let _ = sampler.join();
     drop(idle);
     stop_publisher.store(true, Ordering::Relaxed);
-    let publisher_result = publisher.await?;
+    let publisher_result = match publisher {
+        Some(publisher) => publisher.await?.map(|()| "ok"),
+        None => Ok("none"),
+    };
 
     let idle_connections = args.idle_connections;
     println!("idle RSS: {} MiB", idle_rss / 1024);
@@ -213,6 +223,6 @@ async fn main() -> anyhow::Result<()> {
         cpu_flood
     );
     println!("flood calls: {:?}", outcomes.lock().expect("lock"));
-    println!("publisher: {:?}", publisher_result.map(|()| "ok"));
+    println!("publisher: {publisher_result:?}");
     Ok(())
 }

@@ -641,23 +641,57 @@ impl Node {
             return Ok(index);
         }
         tracing::info!(node = self.inner.node_id, joining = node_id, addr, "adding learner");
-        self.inner
-            .raft
-            .add_learner(node_id, BasicNode::new(addr), true)
-            .await
-            .map_err(peer_error)?;
+        self.while_leading(self.inner.raft.add_learner(node_id, BasicNode::new(addr), true))
+            .await?;
         tracing::info!(
             node = self.inner.node_id,
             joining = node_id,
             "learner caught up; making it a voter"
         );
         let response = self
-            .inner
-            .raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
-            .await
-            .map_err(peer_error)?;
+            .while_leading(
+                self.inner
+                    .raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false),
+            )
+            .await?;
         Ok(response.log_id.index)
+    }
+
+    /// Awaits a membership change of openraft while this node leads, at
+    /// most the start timeout. openraft 0.9 leaves such a call unanswered
+    /// when the node loses leadership meanwhile (an isolated old leader
+    /// comes back with a higher term and forces an election): the caller
+    /// would wait forever, holding the one-change-at-a-time permit, and
+    /// every later join through this node would wait behind it. Found by
+    /// the seeded schedules (isolate the leader, heal, add a node: hung).
+    async fn while_leading<T>(
+        &self,
+        change: impl std::future::Future<Output = Result<T, RaftError<u64, ClientWriteError<u64, BasicNode>>>>,
+    ) -> Result<T, PeerError> {
+        let mut metrics = self.inner.raft.metrics();
+        let lost = async move {
+            loop {
+                if !metrics.borrow_and_update().state.is_leader() {
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let limit = self.inner.config.start_timeout();
+        tokio::select! {
+            outcome = tokio::time::timeout(limit, change) => match outcome {
+                Ok(result) => result.map_err(peer_error),
+                Err(_) => Err(PeerError::Failed(format!(
+                    "the membership change did not finish within {limit:?}"
+                ))),
+            },
+            () = lost => Err(self.not_leader().unwrap_or_else(|| {
+                PeerError::Failed("this node stopped leading during the membership change".to_owned())
+            })),
+        }
     }
 
     /// Removes `node_id` from the voters and the membership, then proposes
@@ -677,11 +711,12 @@ impl Node {
             return Err(not_leader);
         }
         let response = self
-            .inner
-            .raft
-            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node_id])), false)
-            .await
-            .map_err(peer_error)?;
+            .while_leading(
+                self.inner
+                    .raft
+                    .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node_id])), false),
+            )
+            .await?;
         let down = warren_core::Request {
             origin: None,
             command: warren_core::Command::NodeDown {
