@@ -57,7 +57,19 @@ pub const CLUSTER_ID_METADATA: &str = "x-warren-cluster-id";
 /// (more wait): a peer cannot make a node run unbounded concurrent work.
 pub const MAX_CONCURRENT_REQUESTS: usize = 64;
 
-/// Largest gRPC message either side accepts (a batch of large messages in
-/// one AppendEntries; snapshots are sent in chunks of
-/// [`warren_cluster::SNAPSHOT_CHUNK_BYTES`]).
+/// Largest gRPC message either side accepts at most (a batch of large
+/// messages in one AppendEntries; snapshots are sent in chunks of
+/// [`warren_cluster::SNAPSHOT_CHUNK_BYTES`]); a node sets a lower bound
+/// from its configuration ([`rpc_message_limit`]).
 pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// The largest cluster RPC a node with `max_message_size` takes or sends:
+/// twice the largest AMQP message, at least 16 MiB (four snapshot chunks,
+/// a transaction's 4 MiB entry with room to spare), at most
+/// [`MAX_MESSAGE_BYTES`]. Bodies over 256 KiB go through Raft in parts
+/// (ADR 0013), so nothing a node sends comes near it; the bound is what an
+/// authenticated peer, or a bug, can make a node buffer.
+pub fn rpc_message_limit(max_message_size: u64) -> usize {
+    let twice = usize::try_from(max_message_size.saturating_mul(2)).unwrap_or(MAX_MESSAGE_BYTES);
+    twice.clamp(16 * 1024 * 1024, MAX_MESSAGE_BYTES)
+}

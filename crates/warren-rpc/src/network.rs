@@ -81,6 +81,8 @@ pub struct NetworkConfig {
     /// Sent with every request once known (the node's own cell, see
     /// [`warren_cluster::NodeConfig::cluster_id`]).
     pub cluster_id: Arc<ClusterIdCell>,
+    /// Largest request sent or reply taken ([`crate::rpc_message_limit`]).
+    pub max_message_bytes: usize,
 }
 
 impl Default for NetworkConfig {
@@ -93,6 +95,7 @@ impl Default for NetworkConfig {
             status_timeout: Duration::from_secs(2),
             tls: None,
             cluster_id: Arc::default(),
+            max_message_bytes: MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -144,8 +147,8 @@ impl GrpcNetwork {
             channel,
             SecretMetadata::with_cluster_id(&self.config.secret, self.config.cluster_id.clone()),
         )
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        .max_decoding_message_size(self.config.max_message_bytes)
+        .max_encoding_message_size(self.config.max_message_bytes))
     }
 
     /// The header every request carries.

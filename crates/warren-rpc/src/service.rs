@@ -29,6 +29,9 @@ pub struct ServiceConfig {
     /// Once known, requests carrying another cluster id are refused
     /// (`PERMISSION_DENIED`); the node's own cell.
     pub cluster_id: std::sync::Arc<warren_cluster::ClusterIdCell>,
+    /// Largest request decoded or reply sent ([`crate::rpc_message_limit`]);
+    /// a larger one is refused (`OUT_OF_RANGE`) as it arrives.
+    pub max_message_bytes: usize,
 }
 
 impl Default for ServiceConfig {
@@ -38,6 +41,7 @@ impl Default for ServiceConfig {
             group_id: DEFAULT_GROUP,
             tls: None,
             cluster_id: std::sync::Arc::default(),
+            max_message_bytes: MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -111,9 +115,10 @@ impl ClusterService {
     /// before its body is read or decoded).
     pub fn into_server(self) -> InterceptedService<WarrenClusterServer<Self>, SecretCheck> {
         let check = SecretCheck::with_cluster_id(&self.config.secret, self.config.cluster_id.clone());
+        let limit = self.config.max_message_bytes;
         let server = WarrenClusterServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
         InterceptedService::new(server, check)
     }
 

@@ -89,11 +89,17 @@ async fn start_node(node_id: u64, join: Vec<String>) -> anyhow::Result<TestNode>
 
 /// A node opened and serving its cluster port, not yet [`Node::ready`].
 async fn open_node(node_id: u64, join: Vec<String>) -> anyhow::Result<TestNode> {
-    open_node_with(node_id, join, None).await
+    open_node_with(node_id, join, None, warren_rpc::MAX_MESSAGE_BYTES).await
 }
 
-/// [`open_node`] with mutual TLS on its port and to its peers when given.
-async fn open_node_with(node_id: u64, join: Vec<String>, tls: Option<ClusterTls>) -> anyhow::Result<TestNode> {
+/// [`open_node`] with mutual TLS on its port and to its peers when given,
+/// and a bound on the RPCs its service decodes.
+async fn open_node_with(
+    node_id: u64,
+    join: Vec<String>,
+    tls: Option<ClusterTls>,
+    max_message_bytes: usize,
+) -> anyhow::Result<TestNode> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let config = NodeConfig {
@@ -126,6 +132,7 @@ async fn open_node_with(node_id: u64, join: Vec<String>, tls: Option<ClusterTls>
         ServiceConfig {
             secret: SECRET.to_owned(),
             tls,
+            max_message_bytes,
             ..ServiceConfig::default()
         },
     );
@@ -353,6 +360,40 @@ async fn the_secret_is_checked_before_the_request_body_is_read() -> anyhow::Resu
     Ok(())
 }
 
+/// The largest request a node decodes follows its configuration
+/// (`rpc_message_limit` of `max_message_size`): with the secret, a request
+/// over the bound is refused as it arrives (`OUT_OF_RANGE`), one under it
+/// is read (and refused as the garbage it is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_request_a_node_reads_follows_its_configuration() -> anyhow::Result<()> {
+    use warren_rpc::pb::warren_cluster_client::WarrenClusterClient;
+    let limit = warren_rpc::rpc_message_limit(16 * 1024 * 1024);
+    assert_eq!(limit, 32 * 1024 * 1024, "twice the default max_message_size");
+    assert_eq!(warren_rpc::rpc_message_limit(0), 16 * 1024 * 1024, "at least 16 MiB");
+    assert_eq!(warren_rpc::rpc_message_limit(u64::MAX), warren_rpc::MAX_MESSAGE_BYTES);
+    let node = open_node_with(1, Vec::new(), None, limit).await?;
+    node.node.ready().await?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.addr))?
+        .connect()
+        .await?;
+    let mut client = WarrenClusterClient::with_interceptor(channel, warren_rpc::SecretMetadata::new(SECRET))
+        .max_encoding_message_size(usize::MAX);
+    let garbage = |bytes: usize| warren_rpc::pb::RaftRequest {
+        header: None,
+        payload: vec![0xff; bytes],
+    };
+    let over = client
+        .append_entries(garbage(limit + 1))
+        .await
+        .expect_err("over the bound");
+    assert_eq!(over.code(), tonic::Code::OutOfRange, "{over:?}");
+    let under = client.append_entries(garbage(limit - 1024)).await.expect_err("garbage");
+    assert_eq!(under.code(), tonic::Code::InvalidArgument, "{under:?}");
+    assert_eq!(node.node.metrics().members.len(), 1);
+    node.stop().await?;
+    Ok(())
+}
+
 /// A node opened on an empty store with a join list takes no Raft message
 /// (append, vote, snapshot) until the leader agreed that it joins as new
 /// (ADR 0022): `FAILED_PRECONDITION` before its body is decoded. Once it
@@ -425,9 +466,15 @@ fn cluster_pki(ca_name: &str) -> anyhow::Result<ClusterTls> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_with_the_cluster_ca_talk_over_mutual_tls_and_others_are_refused() -> anyhow::Result<()> {
     let tls = cluster_pki("Warren cluster CA")?;
-    let first = open_node_with(1, Vec::new(), Some(tls.clone())).await?;
+    let first = open_node_with(1, Vec::new(), Some(tls.clone()), warren_rpc::MAX_MESSAGE_BYTES).await?;
     first.node.ready().await?;
-    let second = open_node_with(2, vec![first.addr.clone()], Some(tls.clone())).await?;
+    let second = open_node_with(
+        2,
+        vec![first.addr.clone()],
+        Some(tls.clone()),
+        warren_rpc::MAX_MESSAGE_BYTES,
+    )
+    .await?;
     second.node.ready().await?;
     assert_eq!(first.node.metrics().members.len(), 2);
 

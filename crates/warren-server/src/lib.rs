@@ -82,6 +82,7 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         secret: config.cluster_secret.clone(),
         tls: config.cluster_tls.clone(),
         cluster_id: cluster_id.clone(),
+        max_message_bytes: warren_rpc::rpc_message_limit(config.max_message_size),
         ..NetworkConfig::default()
     });
     let node_config = NodeConfig {
@@ -113,6 +114,7 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
             secret: config.cluster_secret.clone(),
             tls: config.cluster_tls.clone(),
             cluster_id,
+            max_message_bytes: warren_rpc::rpc_message_limit(config.max_message_size),
             ..ServiceConfig::default()
         },
     )
