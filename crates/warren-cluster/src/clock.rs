@@ -3,6 +3,7 @@
 //! driver compares it with the next expiry.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The time a node stamps into the batches it writes to the log as
@@ -13,18 +14,36 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Everything of the cluster layer that reads time for the log (batches,
 /// ticks, `NodeDown` verdicts) reads it here, so a fault test can set this
 /// node's clock off by an offset ([`crate::Node::skew_clock`]).
+///
+/// The floor under its stamps is shared with the node's state machine,
+/// which raises it to the time of every batch it applies: a node that
+/// becomes leader with a clock behind the previous leader's goes on from
+/// the log's time instead of taking it back (messages it stamped would
+/// otherwise carry expiries already past by the others' clocks), and one
+/// whose clock was ahead and was put right while it followed stamps the
+/// log's time, not the future it once saw.
 #[derive(Debug, Default)]
 pub(crate) struct LeaderClock {
-    last_ms: AtomicU64,
+    /// The highest time this node stamped or applied.
+    floor_ms: Arc<AtomicU64>,
     /// Added to the wall clock: 0 but in fault tests.
     offset_ms: AtomicI64,
 }
 
 impl LeaderClock {
-    /// The time for a batch this node writes: never below one it wrote.
+    /// A clock whose floor is `floor_ms` (the state machine's).
+    pub(crate) fn with_floor(floor_ms: Arc<AtomicU64>) -> Self {
+        Self {
+            floor_ms,
+            offset_ms: AtomicI64::new(0),
+        }
+    }
+
+    /// The time for a batch this node writes as leader: its clock, never
+    /// below a time it stamped or applied.
     pub(crate) fn stamp(&self) -> u64 {
         let now = self.now_ms();
-        self.last_ms.fetch_max(now, Ordering::Relaxed).max(now)
+        self.floor_ms.fetch_max(now, Ordering::Relaxed).max(now)
     }
 
     /// This node's clock, offset included.
@@ -49,6 +68,15 @@ pub(crate) fn wall_clock_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clock_behind_the_applied_log_stamps_the_logs_time() {
+        let floor = Arc::new(AtomicU64::new(0));
+        let clock = LeaderClock::with_floor(floor.clone());
+        let log_time = wall_clock_ms() + 60_000;
+        floor.fetch_max(log_time, Ordering::Relaxed); // what apply does
+        assert_eq!(clock.stamp(), log_time, "not a minute back");
+    }
 
     #[test]
     fn an_offset_moves_the_clock_and_stamps_never_go_back() {

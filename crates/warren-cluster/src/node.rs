@@ -262,7 +262,7 @@ impl Node {
             ));
         }
 
-        let clock = Arc::new(crate::clock::LeaderClock::default());
+        let clock = Arc::new(crate::clock::LeaderClock::with_floor(shared.clock_floor_ms.clone()));
         // The proposer's handle is dropped: the task ends by itself once the
         // last `Proposer` is gone (see `Inner::tasks`).
         let (proposer, _proposer_task) = ProposerTask {

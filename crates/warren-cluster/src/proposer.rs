@@ -290,8 +290,11 @@ impl ProposerTask {
     ) -> Forwarded {
         let limit = remaining.min(self.leader_wait);
         if leader == Some(self.tracker.node) {
-            // This node became leader meanwhile.
-            let write = self.raft.client_write(proposal.clone());
+            // This node became leader meanwhile: the batch carries its
+            // clock as a follower read it, which no leader stamped yet.
+            let mut proposal = proposal.clone();
+            proposal.batch.now_ms = self.clock.stamp();
+            let write = self.raft.client_write(proposal);
             return match tokio::time::timeout(limit, write).await {
                 Ok(Ok(_)) => Forwarded::Committed,
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => Forwarded::Redirect {

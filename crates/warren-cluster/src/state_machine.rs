@@ -72,6 +72,9 @@ pub(crate) struct Shared {
     pub(crate) raft_opening: std::sync::atomic::AtomicBool,
     /// The cluster's id, filled once the state holds it.
     pub(crate) cluster_id: Arc<crate::ClusterIdCell>,
+    /// The highest batch time applied (and stamped: the node's
+    /// `LeaderClock` shares it as its floor).
+    pub(crate) clock_floor_ms: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -371,6 +374,7 @@ impl StateMachine {
             counters: Arc::default(),
             raft_opening: std::sync::atomic::AtomicBool::new(false),
             cluster_id,
+            clock_floor_ms: Arc::default(),
         });
         shared.learn_cluster_id(&shared.read());
         Ok(Self {
@@ -716,6 +720,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         {
                             tick_ms = Some(proposal.batch.now_ms);
                         }
+                        self.shared
+                            .clock_floor_ms
+                            .fetch_max(proposal.batch.now_ms, Ordering::Relaxed);
                         access_changed = proposal.batch.requests.iter().any(|r| r.command.changes_access());
                         if proposal
                             .batch

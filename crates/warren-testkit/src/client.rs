@@ -525,13 +525,16 @@ async fn consume_until_broken(
                     });
                     return false;
                 };
-                stats.delivered += 1;
                 let channel = conn.channel();
-                ledger.record(Event::Delivered {
+                if !ledger.record(Event::Delivered {
                     id,
                     channel,
                     redelivered,
-                });
+                }) {
+                    // Its node was killed: the connection is gone.
+                    return false;
+                }
+                stats.delivered += 1;
                 if stopping {
                     // Not acked: closing the connection gives it back.
                     continue;

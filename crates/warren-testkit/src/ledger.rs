@@ -88,8 +88,17 @@ pub struct Record {
 /// The shared, append-only history of one test.
 #[derive(Debug, Default)]
 pub struct Ledger {
-    records: Mutex<Vec<Record>>,
+    history: Mutex<History>,
     next_id: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct History {
+    records: Vec<Record>,
+    /// Channels recorded gone: a delivery read from one afterwards (an
+    /// effect still queued when its node was killed) never reached the
+    /// client, and is not recorded.
+    gone: std::collections::HashSet<ChannelId>,
 }
 
 impl Ledger {
@@ -102,15 +111,30 @@ impl Ledger {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    pub fn record(&self, event: Event) {
-        let mut records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
-        let at = records.len() as u64;
-        records.push(Record { at, event });
+    /// Appends `event`; `false` (and nothing recorded) for a delivery on a
+    /// channel already recorded gone: the client must treat its connection
+    /// as closed.
+    pub fn record(&self, event: Event) -> bool {
+        let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        match &event {
+            Event::Delivered { channel, .. } if history.gone.contains(channel) => return false,
+            Event::ChannelGone { channel } => {
+                history.gone.insert(*channel);
+            }
+            _ => {}
+        }
+        let at = history.records.len() as u64;
+        history.records.push(Record { at, event });
+        true
     }
 
     /// A copy of the history so far.
     pub fn records(&self) -> Vec<Record> {
-        self.records.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .records
+            .clone()
     }
 
     /// The events that name message `id`, for failure reports.
@@ -532,6 +556,20 @@ mod tests {
             what: "ack refused".to_owned(),
         }];
         assert_eq!(check(&history(events)).len(), 1);
+    }
+
+    #[test]
+    fn a_delivery_read_after_its_channel_was_recorded_gone_is_not_recorded() {
+        let ledger = Ledger::new();
+        let a = channel(1, 1);
+        assert!(ledger.record(delivered(1, a, false)));
+        assert!(ledger.record(Event::ChannelGone { channel: a }));
+        assert!(
+            !ledger.record(delivered(2, a, false)),
+            "the node was killed: never received"
+        );
+        assert!(ledger.record(delivered(2, channel(2, 1), false)));
+        assert_eq!(ledger.records().len(), 3);
     }
 
     #[test]
