@@ -181,6 +181,9 @@ async fn main() -> anyhow::Result<()> {
             anyhow::Ok(())
         }));
     }
+    // The phase lasts its length even without senders (the publisher's
+    // own instance, or a control run).
+    tokio::time::sleep_until(deadline.into()).await;
     for flood in floods {
         if let Err(e) = flood.await? {
             *outcomes

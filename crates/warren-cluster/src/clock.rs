@@ -46,6 +46,12 @@ impl LeaderClock {
         self.floor_ms.fetch_max(now, Ordering::Relaxed).max(now)
     }
 
+    /// The time the log would get now: the clock, or the floor while the
+    /// clock is behind it (the tick driver compares expiries with this).
+    pub(crate) fn log_now_ms(&self) -> u64 {
+        self.now_ms().max(self.floor_ms.load(Ordering::Relaxed))
+    }
+
     /// This node's clock, offset included.
     pub(crate) fn now_ms(&self) -> u64 {
         wall_clock_ms().saturating_add_signed(self.offset_ms.load(Ordering::Relaxed))

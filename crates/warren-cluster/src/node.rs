@@ -344,6 +344,14 @@ impl Node {
         Ok(())
     }
 
+    /// Whether `node_id` is in the membership as this node sees it.
+    fn is_member(&self, node_id: u64) -> bool {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let member = metrics.membership_config.membership().get_node(&node_id).is_some();
+        member
+    }
+
     fn is_voter(&self) -> bool {
         let metrics = self.inner.raft.metrics();
         let metrics = metrics.borrow();
@@ -583,6 +591,11 @@ impl Node {
         let Ok(_slot) = self.inner.forwarded.acquire().await else {
             return Err(PeerError::Failed("the node is shutting down".to_owned()));
         };
+        // A deposed leader must not raise its clock's floor with a stamp
+        // for a batch it will not append.
+        if let Some(not_leader) = self.not_leader() {
+            return Err(not_leader);
+        }
         proposal.batch.now_ms = self.inner.clock.stamp();
         let write = self.inner.raft.client_write(proposal);
         match tokio::time::timeout(self.inner.config.forward_timeout(), write).await {
@@ -682,6 +695,8 @@ impl Node {
         };
         let limit = self.inner.config.start_timeout();
         tokio::select! {
+            // A change that finished wins over a leadership lost at the same time.
+            biased;
             outcome = tokio::time::timeout(limit, change) => match outcome {
                 Ok(result) => result.map_err(peer_error),
                 Err(_) => Err(PeerError::Failed(format!(
@@ -710,13 +725,31 @@ impl Node {
         if let Some(not_leader) = self.not_leader() {
             return Err(not_leader);
         }
-        let response = self
+        let outcome = self
             .while_leading(
                 self.inner
                     .raft
                     .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node_id])), false),
             )
-            .await?;
+            .await;
+        let index = match outcome {
+            Ok(response) => response.log_id.index,
+            // Given up on, the change may still commit through the next
+            // leader: if the node is out of the membership as this node
+            // sees it, it is declared down all the same (nobody else
+            // would: the failure detector watches members only).
+            Err(e) if self.is_member(node_id) => return Err(e),
+            Err(e) => {
+                tracing::warn!(node = self.inner.node_id, removed = node_id, error = %e, "the removal finished without its reply");
+                self.inner
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .log_id()
+                    .map_or(0, |id| id.index)
+            }
+        };
         let down = warren_core::Request {
             origin: None,
             command: warren_core::Command::NodeDown {
@@ -730,7 +763,7 @@ impl Node {
                 "could not propose NodeDown for a removed node: shutting down"
             );
         }
-        Ok(response.log_id.index)
+        Ok(index)
     }
 
     /// `Some(NotLeader { … })` naming the leader this node knows of, unless

@@ -45,7 +45,7 @@ async fn run(node: u64, raft: Raft<TypeConfig>, shared: Arc<Shared>, proposer: P
         let mut wait = RECHECK;
         if is_leader {
             let next_expiry = shared.read().broker.next_expiry_ms();
-            let now = clock.now_ms();
+            let now = clock.log_now_ms();
             match next_expiry {
                 Some(due) if due <= now => {
                     let last_tick_applied = shared.last_tick_ms.load(Ordering::Relaxed);

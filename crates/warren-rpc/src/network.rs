@@ -293,8 +293,9 @@ impl Peers for GrpcNetwork {
                 })?;
             let reply = reply.into_inner();
             // Learned before the node opens its gate (ADR 0022): from its
-            // first Raft message on, it refuses another cluster's.
-            if !reply.cluster_id.is_empty() {
+            // first Raft message on, it refuses another cluster's. Only from
+            // a yes: a refusal may come from a cluster it must not join.
+            if !reply.cluster_id.is_empty() && matches!(reply.result, Some(join_reply::Result::Joined(_))) {
                 cluster_id.learn(&reply.cluster_id);
             }
             match reply.result {

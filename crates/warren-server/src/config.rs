@@ -339,7 +339,10 @@ impl Config {
             commit_timeout_ms: file.commit_timeout_ms.unwrap_or(raft_defaults.forward_timeout_ms),
             snapshot_every: file.snapshot_every.unwrap_or(raft_defaults.snapshot_every),
             snapshot_log_bytes: file.snapshot_log_bytes.unwrap_or(raft_defaults.snapshot_log_bytes),
-            max_batch_bytes: file.max_batch_bytes.unwrap_or(raft_defaults.max_batch_bytes),
+            max_batch_bytes: checked_max_batch_bytes(
+                file.max_batch_bytes.unwrap_or(raft_defaults.max_batch_bytes),
+                checked_max_message_size(file.max_message_size)?,
+            )?,
             max_batches_in_flight: file
                 .max_batches_in_flight
                 .unwrap_or(raft_defaults.max_batches_in_flight)
@@ -446,6 +449,20 @@ fn checked_max_message_size(configured: Option<u64>) -> anyhow::Result<u64> {
         "max_message_size is {size}: it must be between 1 and {MAX_MESSAGE_SIZE_CEILING} bytes (512 MiB)"
     );
     Ok(size)
+}
+
+/// `max_batch_bytes` as configured, checked against the cluster RPC bound
+/// that `max_message_size` sets ([`warren_rpc::rpc_message_limit`]): a
+/// batch travels whole in one AppendEntries or Forward, and one over the
+/// bound would be refused by every peer, for good.
+fn checked_max_batch_bytes(batch: u64, max_message_size: u64) -> anyhow::Result<u64> {
+    let limit = warren_rpc::rpc_message_limit(max_message_size) as u64 / 2;
+    anyhow::ensure!(
+        batch <= limit,
+        "max_batch_bytes is {batch}: at most {limit} bytes with max_message_size {max_message_size} \
+         (half the cluster RPC bound, twice max_message_size, at least 16 MiB)"
+    );
+    Ok(batch)
 }
 
 /// The configured SASL mechanisms: known names, at least one, none twice.
@@ -859,6 +876,22 @@ mod auth_mechanism_tests {
         assert_eq!(
             auth_mechanisms(names(&["EXTERNAL", "PLAIN"])).expect("two"),
             vec![AuthMechanism::External, AuthMechanism::Plain]
+        );
+    }
+
+    #[test]
+    fn a_batch_larger_than_half_the_rpc_bound_stops_the_start() {
+        let mib = 1024 * 1024;
+        assert_eq!(
+            super::checked_max_batch_bytes(96 * 1024, 16 * mib).expect("default"),
+            96 * 1024
+        );
+        assert!(super::checked_max_batch_bytes(16 * mib, 16 * mib).is_ok());
+        let error = super::checked_max_batch_bytes(16 * mib + 1, 16 * mib).expect_err("refused");
+        assert!(error.to_string().contains("at most 16777216"), "{error}");
+        assert!(
+            super::checked_max_batch_bytes(64 * mib, 64 * mib).is_ok(),
+            "follows max_message_size"
         );
     }
 

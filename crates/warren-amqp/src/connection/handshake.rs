@@ -176,9 +176,10 @@ impl Connection {
                 "Login was refused using authentication mechanism {name}. For details see the broker logfile."
             ))
         };
+        // Needed by EXTERNAL only, and only now.
+        let certificate = std::mem::replace(&mut self.peer_certificate, PeerCertificate::NotTls);
         let username = match mechanism {
             AuthMechanism::External => {
-                let certificate = std::mem::replace(&mut self.peer_certificate, PeerCertificate::NotTls);
                 let username = login_name(&certificate, self.frontend.config.ssl_cert_login_from).map_err(|why| {
                     info!(conn = ?self.id, peer = %self.peer, "EXTERNAL login refused: {why}");
                     login_refused()
