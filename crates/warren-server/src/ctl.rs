@@ -246,8 +246,9 @@ fn render_status(asked: &StatusReply, views: &[MemberView]) -> String {
     } else {
         asked.cluster_id.as_str()
     };
-    let _ = writeln!(out, "cluster: {cluster}");
+    // The leader line first: scripts read it with `head -1`.
     let _ = writeln!(out, "leader: {leader}  term: {}", asked.term);
+    let _ = writeln!(out, "cluster: {cluster}");
     let _ = writeln!(
         out,
         "{:<6} {:<24} {:<8} {:<10} {:<6} {:<10} {:<10} reachable",
