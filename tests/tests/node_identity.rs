@@ -8,7 +8,10 @@
 //! - a wiped voter is refused, with a message that says to remove it, and
 //!   the cluster goes on without it; once removed it joins as new;
 //! - a wiped seed joins the cluster it finds instead of bootstrapping a
-//!   second one — and is refused the same way while its id is a voter.
+//!   second one — and is refused the same way while its id is a voter;
+//! - a node started on another node's data directory, or on its own
+//!   without the incarnation the membership recorded for it, does not
+//!   start (ADR 0033); on its own directory it does.
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
@@ -69,6 +72,41 @@ async fn expect_refused(node: WarrenProcess) -> anyhow::Result<WarrenProcess> {
         }
     })
     .await?
+}
+
+/// Restarts a stopped node and expects it to exit refused with a reason
+/// that contains `says`.
+async fn expect_refused_saying(node: WarrenProcess, says: &'static str) -> anyhow::Result<WarrenProcess> {
+    tokio::task::spawn_blocking(move || {
+        let mut node = node;
+        match node.restart_on_same_cluster_address() {
+            Ok(()) => anyhow::bail!("the node started; its log:\n{}", node.log_tail(60)),
+            Err(refused) => {
+                let text = refused.to_string();
+                anyhow::ensure!(
+                    text.contains("refused by the cluster") && text.contains(says),
+                    "the node did not start, but not because it was refused ({says:?}):\n{text}"
+                );
+                Ok(node)
+            }
+        }
+    })
+    .await?
+}
+
+/// Copies the directory tree `from` to `to` (which must not exist).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 async fn restart(node: WarrenProcess) -> anyhow::Result<WarrenProcess> {
@@ -205,5 +243,45 @@ async fn a_member_of_another_cluster_at_a_reused_address_is_refused_by_the_clust
         )),
         "B's leader was not refused by the cluster id; its log:\n{b_log}"
     );
+    Ok(())
+}
+
+/// A data directory is bound to its node and its incarnation (ADR 0033):
+/// node 3 on a copy of node 2's directory does not start ("belongs to node
+/// 2"), nor on its own directory once the incarnation file is gone (the
+/// membership recorded one); with its own directory back it rejoins and
+/// catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starts_only_on_its_own_data_directory() -> anyhow::Result<()> {
+    let addrs = free_cluster_addrs(3)?;
+    let mut nodes = start_listed_cluster(&addrs).await?;
+    declare_durable_queue(&nodes[0].amqp_uri(), "kept").await?;
+    assert_eq!(publish_confirmed(&nodes[0].amqp_uri(), "kept", 0..3).await?.len(), 3);
+    let mut node3 = nodes.pop().expect("three nodes");
+    let mut node2 = nodes.pop().expect("three nodes");
+    node3.kill9();
+    node2.kill9();
+    let own = node3.data_dir().to_path_buf();
+    let kept = own.with_extension("own");
+    std::fs::rename(&own, &kept)?;
+    copy_dir(node2.data_dir(), &own)?;
+    let node3 = expect_refused_saying(node3, "belongs to node 2").await?;
+
+    // Node 2 back (a majority again); node 3's own directory back, but
+    // without its incarnation file.
+    let node2 = restart(node2).await?;
+    assert_eq!(publish_confirmed(&node2.amqp_uri(), "kept", 3..4).await?.len(), 1);
+    std::fs::remove_dir_all(&own)?;
+    std::fs::rename(&kept, &own)?;
+    let incarnation_file = own.join("incarnation");
+    let incarnation = std::fs::read_to_string(&incarnation_file)?;
+    assert!(incarnation.starts_with("node 3 incarnation "), "{incarnation:?}");
+    std::fs::remove_file(&incarnation_file)?;
+    let node3 = expect_refused_saying(node3, "no incarnation file").await?;
+
+    std::fs::write(&incarnation_file, &incarnation)?;
+    let node3 = restart(node3).await?;
+    expect_ready(cluster_addr(&node3)?, "kept", 4).await?;
+    assert_eq!(cluster_status(addrs[0]).await?.voters(), [1, 2, 3]);
     Ok(())
 }

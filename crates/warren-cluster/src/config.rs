@@ -67,6 +67,10 @@ pub struct NodeConfig {
     /// Filled with the cluster's id once this node's state holds it; the
     /// RPC client and service share it (pass the same cell to them).
     pub cluster_id: std::sync::Arc<crate::ClusterIdCell>,
+    /// This node's incarnation (ADR 0033), settled when the node opens its
+    /// store; the RPC client shares it (pass the same cell). Keep it in
+    /// the data directory ([`crate::IncarnationCell::persisted_in`]).
+    pub incarnation: std::sync::Arc<crate::IncarnationCell>,
 }
 
 impl Default for NodeConfig {
@@ -94,6 +98,7 @@ impl Default for NodeConfig {
             node_down_after_ms: 3_000,
             append_budget_bytes: 1 << 20,
             cluster_id: std::sync::Arc::default(),
+            incarnation: std::sync::Arc::default(),
         }
     }
 }

@@ -15,13 +15,14 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::Member;
 use openraft::error::{Fatal, InstallSnapshotError, RPCError, RaftError, ReplicationClosed, StreamingError};
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, LogId, Raft, ServerState, Snapshot, Vote};
+use openraft::{LogId, Raft, ServerState, Snapshot, Vote};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use warren_core::{Batch, Command, NodeId, Request};
@@ -98,7 +99,7 @@ impl Contacts {
 
     /// Records the outcome of one RPC to `node`: any answer from it (a
     /// remote error included) shows it is alive.
-    fn observe<T, E: std::error::Error>(&self, node: u64, outcome: &Result<T, RPCError<u64, BasicNode, E>>) {
+    fn observe<T, E: std::error::Error>(&self, node: u64, outcome: &Result<T, RPCError<u64, Member, E>>) {
         if matches!(outcome, Ok(_) | Err(RPCError::RemoteError(_))) {
             self.answered(node);
         }
@@ -134,7 +135,7 @@ const MIN_APPEND_BUDGET: u64 = 16 << 10;
 impl<N: RaftNetworkFactory<TypeConfig>> RaftNetworkFactory<TypeConfig> for TrackingNetwork<N> {
     type Network = TrackingClient<N::Network>;
 
-    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Self::Network {
+    async fn new_client(&mut self, target: u64, node: &Member) -> Self::Network {
         TrackingClient {
             inner: self.inner.new_client(target, node).await,
             target,
@@ -158,7 +159,7 @@ impl<C: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for TrackingClient<C> {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         let mut rpc = rpc;
         // A follower that cannot take a request within the RPC timeout
         // (a slow disk, a debug build, a busy machine) would get the same
@@ -194,7 +195,7 @@ impl<C: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for TrackingClient<C> {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>> {
+    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>> {
         let (sent, rpc_vote) = (Instant::now(), rpc.vote);
         let outcome = self.inner.install_snapshot(rpc, option).await;
         self.contacts.observe(self.target, &outcome);
@@ -208,7 +209,7 @@ impl<C: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for TrackingClient<C> {
         &mut self,
         rpc: VoteRequest<u64>,
         option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         let sent = Instant::now();
         let outcome = self.inner.vote(rpc, option).await;
         self.contacts.observe(self.target, &outcome);
@@ -600,12 +601,12 @@ mod tests {
     #[test]
     fn only_answers_count_as_contact() {
         let contacts = Contacts::default();
-        let unreachable: Result<(), RPCError<u64, BasicNode, RaftError<u64>>> = Err(RPCError::Unreachable(
+        let unreachable: Result<(), RPCError<u64, Member, RaftError<u64>>> = Err(RPCError::Unreachable(
             openraft::error::Unreachable::new(&std::io::Error::other("down")),
         ));
         contacts.observe(2, &unreachable);
         assert_eq!(contacts.last_answer(2), None);
-        contacts.observe(2, &Ok::<(), RPCError<u64, BasicNode, RaftError<u64>>>(()));
+        contacts.observe(2, &Ok::<(), RPCError<u64, Member, RaftError<u64>>>(()));
         assert!(contacts.last_answer(2).is_some());
     }
 
@@ -655,7 +656,7 @@ mod tests {
             &mut self,
             _rpc: AppendEntriesRequest<TypeConfig>,
             _option: RPCOption,
-        ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
             tokio::time::sleep(self.delay).await;
             Ok(if self.higher_vote {
                 AppendEntriesResponse::HigherVote(Vote::new(9, 3))
@@ -668,8 +669,7 @@ mod tests {
             &mut self,
             _rpc: InstallSnapshotRequest<TypeConfig>,
             _option: RPCOption,
-        ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>>
-        {
+        ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>> {
             Err(RPCError::Unreachable(openraft::error::Unreachable::new(
                 &std::io::Error::other("not in this test"),
             )))
@@ -679,7 +679,7 @@ mod tests {
             &mut self,
             _rpc: VoteRequest<u64>,
             _option: RPCOption,
-        ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
             Err(RPCError::Unreachable(openraft::error::Unreachable::new(
                 &std::io::Error::other("not in this test"),
             )))

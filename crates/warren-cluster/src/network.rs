@@ -3,13 +3,13 @@
 //! `openraft::RaftNetworkFactory<TypeConfig>` and are passed to
 //! [`crate::Node::start_with`].
 
+use crate::Member;
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::BasicNode;
 
 use crate::type_config::TypeConfig;
 
@@ -24,7 +24,7 @@ pub struct UnreachableClient {
 }
 
 impl UnreachableClient {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<u64, BasicNode, E> {
+    fn unreachable<E: std::error::Error>(&self) -> RPCError<u64, Member, E> {
         let reason = std::io::Error::other(format!("no network to node {}: this node has no peers", self.target));
         RPCError::Unreachable(Unreachable::new(&reason))
     }
@@ -33,7 +33,7 @@ impl UnreachableClient {
 impl RaftNetworkFactory<TypeConfig> for UnreachableNetwork {
     type Network = UnreachableClient;
 
-    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> Self::Network {
+    async fn new_client(&mut self, target: u64, _node: &Member) -> Self::Network {
         UnreachableClient { target }
     }
 }
@@ -43,7 +43,7 @@ impl RaftNetwork<TypeConfig> for UnreachableClient {
         &mut self,
         _rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         Err(self.unreachable())
     }
 
@@ -51,7 +51,7 @@ impl RaftNetwork<TypeConfig> for UnreachableClient {
         &mut self,
         _rpc: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>> {
+    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>> {
         Err(self.unreachable())
     }
 
@@ -59,7 +59,7 @@ impl RaftNetwork<TypeConfig> for UnreachableClient {
         &mut self,
         _rpc: VoteRequest<u64>,
         _option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         Err(self.unreachable())
     }
 }

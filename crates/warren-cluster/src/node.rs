@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::effect_sink::EffectSink;
+use crate::Member;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::network::RaftNetworkFactory;
-use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
+use openraft::{ChangeMembers, Raft, ServerState};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use warren_core::Broker;
@@ -240,9 +241,29 @@ impl Node {
             .is_initialized()
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let recorded = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&node_id)
+            .map(|member| member.incarnation)
+            .filter(|&incarnation| incarnation != 0);
+        let incarnation = match config.incarnation.settle(node_id, !initialized, recorded) {
+            Ok(incarnation) => incarnation,
+            Err(refused) => {
+                let _ = raft.shutdown().await;
+                return Err(refused);
+            }
+        };
+        tracing::info!(
+            node = node_id,
+            incarnation = format!("{incarnation:016x}"),
+            "incarnation"
+        );
         let bootstrap = !initialized && config.join.is_empty();
         if bootstrap {
-            initialize_alone(&raft, node_id, &config.cluster_addr).await?;
+            initialize_alone(&raft, node_id, &config.cluster_addr, incarnation).await?;
         }
 
         let mut tasks = Vec::new();
@@ -381,6 +402,41 @@ impl Node {
         self.inner.admitted.load(Ordering::Acquire)
     }
 
+    /// This node's incarnation (ADR 0033).
+    pub fn incarnation(&self) -> u64 {
+        self.inner.config.incarnation.get()
+    }
+
+    /// Refuses a Raft message that the caller's membership meant for
+    /// another node (`to_node`: an address now answered by another member)
+    /// or another incarnation of this one (`to_incarnation`: this node's
+    /// data directory is not the one the caller's membership counts on).
+    /// 0 means unknown and is not checked (a caller or a membership from
+    /// before incarnations).
+    ///
+    /// The caller's own incarnation is not checked against this node's
+    /// membership: a follower whose membership lags would then refuse a
+    /// leader that rejoined as a new incarnation, and never catch up.
+    ///
+    /// # Errors
+    /// Why the message is not for this node.
+    pub fn check_callee(&self, from_node: u64, to_node: u64, to_incarnation: u64) -> Result<(), String> {
+        let node_id = self.inner.node_id;
+        if to_node != 0 && to_node != node_id {
+            return Err(format!(
+                "node {from_node} sent node {to_node} a Raft message at this address, but this is node {node_id}"
+            ));
+        }
+        let own = self.incarnation();
+        if to_incarnation != 0 && own != 0 && to_incarnation != own {
+            return Err(format!(
+                "node {from_node} sent a Raft message to incarnation {to_incarnation:016x} of node {node_id}; \
+                 this is incarnation {own:016x} (its data directory is not the one that membership counts on)"
+            ));
+        }
+        Ok(())
+    }
+
     /// Makes this node a member through `config.join`. Returns the log
     /// index the node must apply before it is ready (`None`: it
     /// bootstrapped).
@@ -396,7 +452,13 @@ impl Node {
         }
         if self.inner.config.seed && !self.a_listed_member_is_in_a_cluster(deadline).await? {
             let config = &self.inner.config;
-            initialize_alone(&self.inner.raft, self.inner.node_id, &config.cluster_addr).await?;
+            initialize_alone(
+                &self.inner.raft,
+                self.inner.node_id,
+                &config.cluster_addr,
+                config.incarnation.get(),
+            )
+            .await?;
             self.inner.admitted.store(true, Ordering::Release);
             return Ok(None);
         }
@@ -470,7 +532,13 @@ impl Node {
                     match self
                         .inner
                         .peers
-                        .join(&target, self.inner.node_id, &config.cluster_addr, mode)
+                        .join(
+                            &target,
+                            self.inner.node_id,
+                            &config.cluster_addr,
+                            config.incarnation.get(),
+                            mode,
+                        )
                         .await
                     {
                         Ok(index) => {
@@ -616,7 +684,13 @@ impl Node {
     /// membership change failed (e.g. another one is in progress);
     /// [`PeerError::Refused`] if a node on an empty data directory asks
     /// with the id of a voter.
-    pub async fn add_voter(&self, node_id: u64, addr: &str, mode: JoinMode) -> Result<u64, PeerError> {
+    pub async fn add_voter(
+        &self,
+        node_id: u64,
+        addr: &str,
+        incarnation: u64,
+        mode: JoinMode,
+    ) -> Result<u64, PeerError> {
         let _one_change_at_a_time = self
             .inner
             .membership_changes
@@ -626,13 +700,13 @@ impl Node {
         if let Some(not_leader) = self.not_leader() {
             return Err(not_leader);
         }
-        let (is_voter, known_addr, index) = {
+        let (is_voter, known, index) = {
             let metrics = self.inner.raft.metrics();
             let metrics = metrics.borrow();
             let membership = metrics.membership_config.membership();
             (
                 membership.voter_ids().any(|id| id == node_id),
-                membership.get_node(&node_id).map(|n| n.addr.clone()),
+                membership.get_node(&node_id).cloned(),
                 metrics.membership_config.log_id().map(|id| id.index).unwrap_or(0),
             )
         };
@@ -650,12 +724,35 @@ impl Node {
                  then start it again: it joins as a new member"
             )));
         }
-        if mode == JoinMode::CheckFresh || (is_voter && known_addr.as_deref() == Some(addr)) {
+        if let Some(known) = known.as_ref().filter(|known| is_voter && known.incarnation != 0) {
+            if incarnation != 0 && incarnation != known.incarnation {
+                tracing::warn!(
+                    node = self.inner.node_id,
+                    joining = node_id,
+                    addr,
+                    known = format!("{:016x}", known.incarnation),
+                    asking = format!("{incarnation:016x}"),
+                    "refused: a voter asks to rejoin as another incarnation"
+                );
+                return Err(PeerError::Refused(format!(
+                    "node {node_id} is a voter of this cluster as incarnation {:016x}; the node asking is \
+                     incarnation {incarnation:016x}: its data directory is not the one that voter kept \
+                     (replaced, or restored from elsewhere). Remove it first (`warren ctl --server <a member> \
+                     remove-node {node_id}`), empty its data directory and start it again: it joins as a new member",
+                    known.incarnation
+                )));
+            }
+        }
+        if mode == JoinMode::CheckFresh || (is_voter && known.as_ref().is_some_and(|known| known.addr == addr)) {
             return Ok(index);
         }
         tracing::info!(node = self.inner.node_id, joining = node_id, addr, "adding learner");
-        self.while_leading(self.inner.raft.add_learner(node_id, BasicNode::new(addr), true))
-            .await?;
+        self.while_leading(
+            self.inner
+                .raft
+                .add_learner(node_id, Member::new(addr, incarnation), true),
+        )
+        .await?;
         tracing::info!(
             node = self.inner.node_id,
             joining = node_id,
@@ -680,7 +777,7 @@ impl Node {
     /// the seeded schedules (isolate the leader, heal, add a node: hung).
     async fn while_leading<T>(
         &self,
-        change: impl std::future::Future<Output = Result<T, RaftError<u64, ClientWriteError<u64, BasicNode>>>>,
+        change: impl std::future::Future<Output = Result<T, RaftError<u64, ClientWriteError<u64, Member>>>>,
     ) -> Result<T, PeerError> {
         let mut metrics = self.inner.raft.metrics();
         let lost = async move {
@@ -1040,7 +1137,7 @@ impl Node {
     /// meanwhile: chaos.rs, one unflagged duplicate in five runs).
     /// While in touch, it also refreshes the fence's contact time, so
     /// that this node does not look silent the moment it steps down.
-    fn leader_contact_age_ms(&self, metrics: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> u64 {
+    fn leader_contact_age_ms(&self, metrics: &openraft::RaftMetrics<u64, crate::Member>) -> u64 {
         let voters = metrics.membership_config.membership().voter_ids();
         let age = self.inner.contacts.majority_accepted_ms_ago(voters, self.inner.node_id);
         if age <= self.inner.fence.fence_after_ms() {
@@ -1099,15 +1196,20 @@ impl Node {
 
 /// Maps openraft's write errors to what a peer is told.
 /// Bootstraps a one-member cluster of this node.
-async fn initialize_alone(raft: &Raft<TypeConfig>, node_id: u64, addr: &str) -> Result<(), ClusterError> {
+async fn initialize_alone(
+    raft: &Raft<TypeConfig>,
+    node_id: u64,
+    addr: &str,
+    incarnation: u64,
+) -> Result<(), ClusterError> {
     tracing::info!(node = node_id, addr, "empty store: bootstrapping a one-member cluster");
-    let members = BTreeMap::from([(node_id, BasicNode::new(addr.to_owned()))]);
+    let members = BTreeMap::from([(node_id, Member::new(addr, incarnation))]);
     raft.initialize(members)
         .await
         .map_err(|e| ClusterError::Raft(e.to_string()))
 }
 
-fn peer_error(error: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> PeerError {
+fn peer_error(error: RaftError<u64, ClientWriteError<u64, Member>>) -> PeerError {
     match error {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => PeerError::NotLeader {
             leader_id: forward.leader_id,

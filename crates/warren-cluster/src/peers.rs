@@ -54,10 +54,18 @@ pub trait Peers: Send + Sync + 'static {
     /// requests come through every node's apply, not through this call.
     fn forward(&self, addr: &str, proposal: Proposal) -> BoxFuture<Result<(), PeerError>>;
 
-    /// Asks the node at `via` to make `node_id` (reachable at `addr`) a
-    /// voter. `Ok(index)`: the membership holding it as voter is at log
-    /// index `index`.
-    fn join(&self, via: &str, node_id: u64, addr: &str, mode: JoinMode) -> BoxFuture<Result<u64, PeerError>>;
+    /// Asks the node at `via` to make `node_id` (reachable at `addr`, of
+    /// incarnation `incarnation`, 0 if unknown: ADR 0033) a voter.
+    /// `Ok(index)`: the membership holding it as voter is at log index
+    /// `index`.
+    fn join(
+        &self,
+        via: &str,
+        node_id: u64,
+        addr: &str,
+        incarnation: u64,
+        mode: JoinMode,
+    ) -> BoxFuture<Result<u64, PeerError>>;
 
     /// Whether the node at `addr` is a member of an initialized cluster
     /// (its membership names anyone).
@@ -77,7 +85,14 @@ impl Peers for NoPeers {
         Box::pin(async move { Err(PeerError::Failed(reason)) })
     }
 
-    fn join(&self, via: &str, _node_id: u64, _addr: &str, _mode: JoinMode) -> BoxFuture<Result<u64, PeerError>> {
+    fn join(
+        &self,
+        via: &str,
+        _node_id: u64,
+        _addr: &str,
+        _incarnation: u64,
+        _mode: JoinMode,
+    ) -> BoxFuture<Result<u64, PeerError>> {
         let reason = format!("no network to join through {via}: this node has no peers");
         Box::pin(async move { Err(PeerError::Failed(reason)) })
     }

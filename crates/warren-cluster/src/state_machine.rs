@@ -6,10 +6,11 @@ use std::io::{BufReader, BufWriter, Read, Seek, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::Member;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership,
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -33,7 +34,7 @@ pub(crate) struct SmState {
     /// Which proposer batches were applied (a resent copy is skipped).
     pub(crate) sessions: Sessions,
     pub(crate) last_applied: Option<LogId<u64>>,
-    pub(crate) membership: StoredMembership<u64, BasicNode>,
+    pub(crate) membership: StoredMembership<u64, Member>,
 }
 
 /// The state behind its lock, plus the signals other tasks wait on.
@@ -228,7 +229,7 @@ fn decode_replicated(data: &[u8]) -> Result<(Broker, Sessions), crate::codec::Co
 /// A snapshot as stored: openraft's metadata and the encoded broker.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
-    meta: SnapshotMeta<u64, BasicNode>,
+    meta: SnapshotMeta<u64, Member>,
     data: Vec<u8>,
 }
 
@@ -417,11 +418,7 @@ fn load_snapshot(store: &dyn LogStore) -> Result<Option<StoredSnapshot>, Storage
 /// Stores the snapshot `data` with its `meta`: the same bytes as
 /// `encode(&StoredSnapshot { meta, data })`, written as a small header and
 /// the data itself, so the data (every queued message) is not copied again.
-fn save_snapshot(
-    store: &dyn LogStore,
-    meta: &SnapshotMeta<u64, BasicNode>,
-    data: &[u8],
-) -> Result<(), StorageError<u64>> {
+fn save_snapshot(store: &dyn LogStore, meta: &SnapshotMeta<u64, Member>, data: &[u8]) -> Result<(), StorageError<u64>> {
     let header =
         snapshot_header(meta, data.len()).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
     store
@@ -433,7 +430,7 @@ fn save_snapshot(
 /// What `encode(&StoredSnapshot { meta, data })` writes before the bytes
 /// of `data`: the codec version, `meta`, and the length of `data` (bincode
 /// encodes a `Vec<u8>` as a `u64` length and the bytes).
-fn snapshot_header(meta: &SnapshotMeta<u64, BasicNode>, data_len: usize) -> Result<Vec<u8>, crate::codec::CodecError> {
+fn snapshot_header(meta: &SnapshotMeta<u64, Member>, data_len: usize) -> Result<Vec<u8>, crate::codec::CodecError> {
     let mut header = vec![crate::codec::CODEC_VERSION];
     bincode::serialize_into(&mut header, meta)?;
     bincode::serialize_into(&mut header, &(data_len as u64))?;
@@ -642,7 +639,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, Member>), StorageError<u64>> {
         let state = self.shared.read();
         Ok((state.last_applied, state.membership.clone()))
     }
@@ -791,7 +788,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<u64, BasicNode>,
+        meta: &SnapshotMeta<u64, Member>,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<u64>> {
         let _exclusive = self.shared.snapshots.clone().lock_owned().await;
@@ -893,7 +890,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A snapshot's metadata and its copy for another node.
-type Transfer = (SnapshotMeta<u64, BasicNode>, std::fs::File);
+type Transfer = (SnapshotMeta<u64, Member>, std::fs::File);
 
 /// The snapshot `data` (as stored: bodies as handles into this node's
 /// store) in the form another node can install: a file with every body's

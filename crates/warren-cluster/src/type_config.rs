@@ -5,13 +5,13 @@ use warren_core::Batch;
 
 openraft::declare_raft_types!(
     /// Warren's Raft types: a log entry carries a [`Proposal`], the response
-    /// is `()` (outcomes travel as effects), nodes are `BasicNode { addr }`,
+    /// is `()` (outcomes travel as effects), nodes are [`crate::Member`]s (address and incarnation),
     /// a snapshot travels as a file (it carries every queued body).
     pub TypeConfig:
         D = Proposal,
         R = (),
         NodeId = u64,
-        Node = openraft::BasicNode,
+        Node = crate::Member,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,

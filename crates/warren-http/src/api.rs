@@ -801,15 +801,14 @@ async fn add_member(
         .ok_or_else(|| ApiError::bad_request("addr must be the node's cluster address, host:port"))?
         .to_owned();
     let (target, network) = leader_or_self(&sources)?;
-    let index =
-        warren_rpc::on_leader(&target, |leader| {
-            let addr = addr.clone();
-            async move {
-                warren_cluster::Peers::join(network, &leader, node_id, &addr, warren_cluster::JoinMode::Rejoin).await
-            }
-        })
-        .await
-        .map_err(membership_error)?;
+    let index = warren_rpc::on_leader(&target, |leader| {
+        let addr = addr.clone();
+        async move {
+            warren_cluster::Peers::join(network, &leader, node_id, &addr, 0, warren_cluster::JoinMode::Rejoin).await
+        }
+    })
+    .await
+    .map_err(membership_error)?;
     Ok((StatusCode::CREATED, Json(json!({"log_index": index}))).into_response())
 }
 

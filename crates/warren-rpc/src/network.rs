@@ -10,14 +10,14 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use tonic::metadata::BinaryMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
-use warren_cluster::{BoxFuture, ClusterIdCell, JoinMode, PeerError, Peers, Proposal, TypeConfig};
+use warren_cluster::Member;
+use warren_cluster::{BoxFuture, ClusterIdCell, IncarnationCell, JoinMode, PeerError, Peers, Proposal, TypeConfig};
 
 use crate::codec::{decode, encode};
 use crate::pb::warren_cluster_client::WarrenClusterClient;
@@ -81,6 +81,12 @@ pub struct NetworkConfig {
     /// Sent with every request once known (the node's own cell, see
     /// [`warren_cluster::NodeConfig::cluster_id`]).
     pub cluster_id: Arc<ClusterIdCell>,
+    /// This node's id and incarnation, sent in every request's header
+    /// (ADR 0033; the node's own cell: see
+    /// [`warren_cluster::NodeConfig::incarnation`]). Node 0: not a node
+    /// (`warren ctl`).
+    pub node_id: u64,
+    pub incarnation: Arc<IncarnationCell>,
     /// Largest request sent or reply taken ([`crate::rpc_message_limit`]).
     pub max_message_bytes: usize,
 }
@@ -95,6 +101,8 @@ impl Default for NetworkConfig {
             status_timeout: Duration::from_secs(2),
             tls: None,
             cluster_id: Arc::default(),
+            node_id: 0,
+            incarnation: Arc::default(),
             max_message_bytes: MAX_MESSAGE_BYTES,
         }
     }
@@ -151,11 +159,21 @@ impl GrpcNetwork {
         .max_encoding_message_size(self.config.max_message_bytes))
     }
 
-    /// The header every request carries.
+    /// The header every request carries (with no callee: see
+    /// [`GrpcNetwork::header_to`]).
     pub fn header(&self) -> pb::Header {
+        self.header_to(&Callee::default())
+    }
+
+    /// The header of a Raft message to `callee`.
+    fn header_to(&self, callee: &Callee) -> pb::Header {
         pb::Header {
             group_id: self.config.group_id,
             secret: self.config.secret.clone(),
+            from_node: self.config.node_id,
+            from_incarnation: self.config.incarnation.get(),
+            to_node: callee.node_id,
+            to_incarnation: callee.incarnation,
         }
     }
 
@@ -268,7 +286,14 @@ impl Peers for GrpcNetwork {
         })
     }
 
-    fn join(&self, via: &str, node_id: u64, addr: &str, mode: JoinMode) -> BoxFuture<Result<u64, PeerError>> {
+    fn join(
+        &self,
+        via: &str,
+        node_id: u64,
+        addr: &str,
+        incarnation: u64,
+        mode: JoinMode,
+    ) -> BoxFuture<Result<u64, PeerError>> {
         let client = self.client(via);
         let request = pb::JoinRequest {
             header: Some(self.header()),
@@ -276,6 +301,7 @@ impl Peers for GrpcNetwork {
             addr: addr.to_owned(),
             fresh: mode != JoinMode::Rejoin,
             check_only: mode == JoinMode::CheckFresh,
+            incarnation,
         };
         let via = via.to_owned();
         let limit = self.config.join_timeout;
@@ -324,13 +350,24 @@ impl Peers for GrpcNetwork {
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = GrpcClient;
 
-    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Self::Network {
+    async fn new_client(&mut self, target: u64, node: &Member) -> Self::Network {
         GrpcClient {
             target,
             addr: node.addr.clone(),
+            callee: Callee {
+                node_id: target,
+                incarnation: node.incarnation,
+            },
             network: self.clone(),
         }
     }
+}
+
+/// Whom a Raft message is for, as the caller's membership has it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Callee {
+    node_id: u64,
+    incarnation: u64,
 }
 
 /// openraft's connection to one peer.
@@ -338,6 +375,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
 pub struct GrpcClient {
     target: u64,
     addr: String,
+    callee: Callee,
     network: GrpcNetwork,
 }
 
@@ -356,7 +394,7 @@ impl GrpcClient {
         rpc: RaftRpc,
         request: &Req,
         option: &RPCOption,
-    ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>
+    ) -> Result<Resp, RPCError<u64, Member, RaftError<u64, E>>>
     where
         Req: serde::Serialize,
         Resp: DeserializeOwned,
@@ -368,7 +406,7 @@ impl GrpcClient {
             .client(&self.addr)
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let request = pb::RaftRequest {
-            header: Some(self.network.header()),
+            header: Some(self.network.header_to(&self.callee)),
             payload,
         };
         let call = async {
@@ -402,7 +440,7 @@ impl GrpcClient {
 
 /// A transport failure (peer down, connection refused) is `Unreachable`,
 /// so openraft backs off; anything else is a `NetworkError`.
-fn status_error<E: std::error::Error>(target: u64, status: &tonic::Status) -> RPCError<u64, BasicNode, E> {
+fn status_error<E: std::error::Error>(target: u64, status: &tonic::Status) -> RPCError<u64, Member, E> {
     let error = std::io::Error::other(format!("node {target}: {status}"));
     match status.code() {
         Code::Unavailable | Code::Cancelled | Code::Unknown => RPCError::Unreachable(Unreachable::new(&error)),
@@ -415,7 +453,7 @@ impl RaftNetwork<TypeConfig> for GrpcClient {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         self.call(RaftRpc::AppendEntries, &rpc, &option).await
     }
 
@@ -423,7 +461,7 @@ impl RaftNetwork<TypeConfig> for GrpcClient {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>> {
+    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>> {
         self.call(RaftRpc::InstallSnapshot, &rpc, &option).await
     }
 
@@ -431,7 +469,7 @@ impl RaftNetwork<TypeConfig> for GrpcClient {
         &mut self,
         rpc: VoteRequest<u64>,
         option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         self.call(RaftRpc::Vote, &rpc, &option).await
     }
 }

@@ -136,6 +136,20 @@ impl ClusterService {
         Ok(())
     }
 
+    /// Refuses a Raft message the caller meant for another node, or for
+    /// another incarnation of this one (ADR 0033).
+    fn check_callee(&self, header: Option<&pb::Header>) -> Result<(), Status> {
+        let Some(header) = header else {
+            return Err(Status::invalid_argument("request without a header"));
+        };
+        self.node
+            .check_callee(header.from_node, header.to_node, header.to_incarnation)
+            .map_err(|reason| {
+                tracing::warn!(%reason, "refused a Raft message");
+                Status::failed_precondition(reason)
+            })
+    }
+
     /// Refuses openraft's messages while the node, opened on an empty data
     /// directory, has neither bootstrapped nor been let in (ADR 0022).
     fn check_admitted(&self) -> Result<(), Status> {
@@ -255,6 +269,7 @@ impl WarrenCluster for ClusterService {
         let request = request.into_inner();
         self.check(request.header.as_ref())?;
         self.check_admitted()?;
+        self.check_callee(request.header.as_ref())?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.payload).map_err(bad_payload)?;
         raft_reply(&self.node.append_entries(rpc).await)
     }
@@ -264,6 +279,7 @@ impl WarrenCluster for ClusterService {
         let request = request.into_inner();
         self.check(request.header.as_ref())?;
         self.check_admitted()?;
+        self.check_callee(request.header.as_ref())?;
         let rpc: VoteRequest<u64> = decode(&request.payload).map_err(bad_payload)?;
         raft_reply(&self.node.raft().vote(rpc).await)
     }
@@ -273,6 +289,7 @@ impl WarrenCluster for ClusterService {
         let request = request.into_inner();
         self.check(request.header.as_ref())?;
         self.check_admitted()?;
+        self.check_callee(request.header.as_ref())?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&request.payload).map_err(bad_payload)?;
         check_snapshot_chunk(rpc.offset, rpc.data.len())?;
         raft_reply(&self.node.raft().install_snapshot(rpc).await)
@@ -305,7 +322,11 @@ impl WarrenCluster for ClusterService {
             (true, false) => JoinMode::Fresh,
             (false, false) => JoinMode::Rejoin,
         };
-        let result = match self.node.add_voter(request.node_id, &request.addr, mode).await {
+        let result = match self
+            .node
+            .add_voter(request.node_id, &request.addr, request.incarnation, mode)
+            .await
+        {
             Ok(log_index) => join_reply::Result::Joined(pb::Committed { log_index }),
             Err(PeerError::Refused(reason)) => join_reply::Result::Refused(reason),
             Err(error) => match not_leader(&error) {

@@ -116,6 +116,8 @@ async fn open_node_with(
     let net = GrpcNetwork::new(NetworkConfig {
         secret: SECRET.to_owned(),
         tls: tls.clone(),
+        node_id,
+        incarnation: config.incarnation.clone(),
         ..NetworkConfig::default()
     });
     let node = Node::open_with(
@@ -291,7 +293,7 @@ async fn a_request_with_the_wrong_secret_is_refused() -> anyhow::Result<()> {
         secret: "guess".to_owned(),
         ..NetworkConfig::default()
     });
-    let joined = intruder.join(&node.addr, 9, "127.0.0.1:1", JoinMode::Fresh).await;
+    let joined = intruder.join(&node.addr, 9, "127.0.0.1:1", 0, JoinMode::Fresh).await;
     // Refused for good: asking again with the same secret cannot help.
     assert!(
         matches!(&joined, Err(PeerError::Refused(reason)) if reason.contains("wrong cluster secret")),
@@ -327,6 +329,7 @@ async fn the_secret_is_checked_before_the_request_body_is_read() -> anyhow::Resu
     let header = Some(warren_rpc::pb::Header {
         group_id: warren_rpc::DEFAULT_GROUP,
         secret: SECRET.to_owned(),
+        ..Default::default()
     });
     let mut bare = WarrenClusterClient::new(channel.clone()).max_encoding_message_size(usize::MAX);
     // The secret in the body only.
@@ -428,15 +431,97 @@ async fn a_fresh_node_takes_no_raft_message_until_it_is_let_in() -> anyhow::Resu
     assert_eq!(first.node.metrics().members.len(), 2);
 
     for mode in [JoinMode::CheckFresh, JoinMode::Fresh] {
-        let refused = network().join(&first.addr, 2, &second.addr, mode).await;
+        let refused = network().join(&first.addr, 2, &second.addr, 0, mode).await;
         assert!(
             matches!(&refused, Err(PeerError::Refused(reason)) if reason.contains("remove-node 2")),
             "{mode:?}: {refused:?}"
         );
     }
     // With its log (a restart), the same voter is taken back as it is.
-    let index = network().join(&first.addr, 2, &second.addr, JoinMode::Rejoin).await?;
+    let index = network()
+        .join(&first.addr, 2, &second.addr, 0, JoinMode::Rejoin)
+        .await?;
     assert!(index > 0);
+    let index = network()
+        .join(
+            &first.addr,
+            2,
+            &second.addr,
+            second.node.incarnation(),
+            JoinMode::Rejoin,
+        )
+        .await?;
+    assert!(index > 0);
+    second.stop().await?;
+    first.stop().await?;
+    Ok(())
+}
+
+/// The membership records each node's incarnation when it joins (ADR
+/// 0033); a voter asking to rejoin as another incarnation is refused for
+/// good, and a Raft message meant for another node, or another incarnation
+/// of this one, is refused before its body is decoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_messages_reach_only_the_incarnation_the_membership_names() -> anyhow::Result<()> {
+    use warren_rpc::pb::warren_cluster_client::WarrenClusterClient;
+    let first = start_node(1, Vec::new()).await?;
+    let second = start_node(2, vec![first.addr.clone()]).await?;
+    let (one, two) = (first.node.incarnation(), second.node.incarnation());
+    assert!(one != 0 && two != 0 && one != two, "{one:x} {two:x}");
+    let recorded: Vec<(u64, u64)> = first
+        .node
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, member)| (*id, member.incarnation))
+        .collect();
+    assert_eq!(recorded, vec![(1, one), (2, two)]);
+
+    let refused = network()
+        .join(&first.addr, 2, &second.addr, two ^ 1, JoinMode::Rejoin)
+        .await;
+    assert!(
+        matches!(&refused, Err(PeerError::Refused(reason)) if reason.contains("incarnation") && reason.contains("remove-node 2")),
+        "{refused:?}"
+    );
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", second.addr))?
+        .connect()
+        .await?;
+    let mut client = WarrenClusterClient::with_interceptor(channel, warren_rpc::SecretMetadata::new(SECRET));
+    let to = |to_node: u64, to_incarnation: u64| warren_rpc::pb::RaftRequest {
+        header: Some(warren_rpc::pb::Header {
+            from_node: 1,
+            from_incarnation: one,
+            to_node,
+            to_incarnation,
+            ..network().header()
+        }),
+        payload: vec![0xff; 64],
+    };
+    for (request, says) in [
+        (to(3, 0), "this is node 2"),
+        (to(2, two ^ 1), "this is incarnation"),
+        (to(3, two), "this is node 2"),
+    ] {
+        for status in [
+            client.append_entries(request.clone()).await.expect_err("refused"),
+            client.vote(request.clone()).await.expect_err("refused"),
+            client.install_snapshot(request.clone()).await.expect_err("refused"),
+        ] {
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+            assert!(status.message().contains(says), "{status:?}");
+        }
+    }
+    // Meant for this incarnation (or for nobody in particular), the bytes
+    // are decoded: garbage.
+    for request in [to(2, two), to(0, 0)] {
+        let status = client.vote(request).await.expect_err("garbage");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    }
     second.stop().await?;
     first.stop().await?;
     Ok(())

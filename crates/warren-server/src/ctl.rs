@@ -61,9 +61,11 @@ pub async fn run(
             Ok(())
         }
         CtlCommand::AddNode { node_id, addr } => {
-            let index = on_leader(server, |leader| network.join(&leader, node_id, &addr, JoinMode::Rejoin))
-                .await
-                .with_context(|| format!("adding node {node_id} at {addr}"))?;
+            let index = on_leader(server, |leader| {
+                network.join(&leader, node_id, &addr, 0, JoinMode::Rejoin)
+            })
+            .await
+            .with_context(|| format!("adding node {node_id} at {addr}"))?;
             println!("node {node_id} at {addr} is a voter (membership at log index {index})");
             Ok(())
         }

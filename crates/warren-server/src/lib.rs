@@ -78,10 +78,15 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
     // Filled once the node's state holds the cluster's id; its RPCs carry
     // it and its service refuses callers of another cluster (ADR 0022).
     let cluster_id = Arc::new(warren_cluster::ClusterIdCell::persisted_in(&config.data_dir));
+    // Settled when the node opens its store; every RPC carries it, and the
+    // membership records it when the node joins (ADR 0033).
+    let incarnation = Arc::new(warren_cluster::IncarnationCell::persisted_in(&config.data_dir));
     let network = GrpcNetwork::new(NetworkConfig {
         secret: config.cluster_secret.clone(),
         tls: config.cluster_tls.clone(),
         cluster_id: cluster_id.clone(),
+        node_id: config.node_id,
+        incarnation: incarnation.clone(),
         max_message_bytes: warren_rpc::rpc_message_limit(config.max_message_size),
         ..NetworkConfig::default()
     });
@@ -101,6 +106,7 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
         max_batch_bytes: config.max_batch_bytes,
         max_batches_in_flight: config.max_batches_in_flight,
         cluster_id: cluster_id.clone(),
+        incarnation,
         ..NodeConfig::default()
     };
     let api_network = network.clone();

@@ -79,6 +79,9 @@ struct Slot {
     running: Option<Running>,
     /// Removed from the membership: never started again.
     removed: bool,
+    /// The node's incarnation, kept across its restarts as a data
+    /// directory keeps it (a wiped store draws a new one).
+    incarnation: Arc<warren_cluster::IncarnationCell>,
 }
 
 /// A running incarnation of a node.
@@ -271,6 +274,7 @@ impl Cluster {
                 fs,
                 running: None,
                 removed: false,
+                incarnation: Arc::default(),
             },
         );
         self.run(node_id, store, join).await
@@ -282,7 +286,10 @@ impl Cluster {
         let net = &self.inner.net;
         let boot = net.random_in(1..u64::MAX);
         let router = Arc::new(Router::new(self.inner.acks.clone()));
-        let config = self.config(node_id, join);
+        let mut config = self.config(node_id, join);
+        if let Some(slot) = self.slots().get(&node_id) {
+            config.incarnation = slot.incarnation.clone();
+        }
         let node = Node::open_with(
             config,
             store,

@@ -24,9 +24,9 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::BasicNode;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use warren_cluster::Member;
 use warren_cluster::{BoxFuture, JoinMode, Node, PeerError, Peers, Proposal, TypeConfig};
 
 /// The address a node of the in-process network has.
@@ -321,22 +321,25 @@ pub struct FaultNetwork {
 pub struct FaultClient {
     from: u64,
     target: u64,
+    /// The target's incarnation as the caller's membership records it.
+    target_incarnation: u64,
     net: Arc<FaultNet>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for FaultNetwork {
     type Network = FaultClient;
 
-    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> Self::Network {
+    async fn new_client(&mut self, target: u64, node: &Member) -> Self::Network {
         FaultClient {
             from: self.from,
             target,
+            target_incarnation: node.incarnation,
             net: self.net.clone(),
         }
     }
 }
 
-fn rpc_error<E: std::error::Error>(lost: &Lost) -> RPCError<u64, BasicNode, E> {
+fn rpc_error<E: std::error::Error>(lost: &Lost) -> RPCError<u64, Member, E> {
     let error = std::io::Error::other(lost.to_string());
     match lost {
         Lost::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&error)),
@@ -344,7 +347,7 @@ fn rpc_error<E: std::error::Error>(lost: &Lost) -> RPCError<u64, BasicNode, E> {
     }
 }
 
-fn timed_out<E: std::error::Error>(target: u64, ttl: Duration) -> RPCError<u64, BasicNode, E> {
+fn timed_out<E: std::error::Error>(target: u64, ttl: Duration) -> RPCError<u64, Member, E> {
     let error = std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         format!("node {target}: no answer within {ttl:?}"),
@@ -357,7 +360,7 @@ impl FaultClient {
         &self,
         option: &RPCOption,
         call: F,
-    ) -> Result<T, RPCError<u64, BasicNode, RaftError<u64, E>>>
+    ) -> Result<T, RPCError<u64, Member, RaftError<u64, E>>>
     where
         E: std::error::Error,
         F: FnOnce(Node) -> Fut,
@@ -365,23 +368,22 @@ impl FaultClient {
     {
         let ttl = option.hard_ttl();
         // A node that takes no Raft messages yet (ADR 0022) refuses them,
-        // as the gRPC service does.
+        // as does a node the message was not meant for (ADR 0033): as the
+        // gRPC service does.
+        let (from, target, target_incarnation) = (self.from, self.target, self.target_incarnation);
         let gated = |node: Node| async move {
-            if node.takes_raft_messages() {
-                Some(call(node).await)
-            } else {
-                None
+            if !node.takes_raft_messages() {
+                return Err(format!("node {target} takes no Raft messages yet"));
             }
+            node.check_callee(from, target, target_incarnation)?;
+            Ok(call(node).await)
         };
         let sent = tokio::time::timeout(ttl, self.net.transmit(self.from, self.target, gated)).await;
         match sent {
             Err(_) => Err(timed_out(self.target, ttl)),
             Ok(Err(lost)) => Err(rpc_error(&lost)),
-            Ok(Ok(None)) => Err(rpc_error(&Lost::Unreachable(format!(
-                "node {} takes no Raft messages yet",
-                self.target
-            )))),
-            Ok(Ok(Some(answer))) => match answer {
+            Ok(Ok(Err(refused))) => Err(rpc_error(&Lost::Unreachable(refused))),
+            Ok(Ok(Ok(answer))) => match answer {
                 // A stopped target answers `Fatal`; to the sender that is a node it cannot reach.
                 Err(RaftError::Fatal(fatal)) => {
                     Err(rpc_error(&Lost::Unreachable(format!("node {}: {fatal}", self.target))))
@@ -398,7 +400,7 @@ impl RaftNetwork<TypeConfig> for FaultClient {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         self.call(&option, |node| async move { node.append_entries(rpc).await })
             .await
     }
@@ -407,7 +409,7 @@ impl RaftNetwork<TypeConfig> for FaultClient {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>> {
+    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>> {
         self.call(&option, |node| async move { node.raft().install_snapshot(rpc).await })
             .await
     }
@@ -416,7 +418,7 @@ impl RaftNetwork<TypeConfig> for FaultClient {
         &mut self,
         rpc: VoteRequest<u64>,
         option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         self.call(&option, |node| async move { node.raft().vote(rpc).await })
             .await
     }
@@ -451,7 +453,14 @@ impl Peers for FaultNetwork {
         })
     }
 
-    fn join(&self, via: &str, node_id: u64, addr: &str, mode: JoinMode) -> BoxFuture<Result<u64, PeerError>> {
+    fn join(
+        &self,
+        via: &str,
+        node_id: u64,
+        addr: &str,
+        incarnation: u64,
+        mode: JoinMode,
+    ) -> BoxFuture<Result<u64, PeerError>> {
         let net = self.net.clone();
         let from = self.from;
         let target = addr_node(via);
@@ -462,11 +471,9 @@ impl Peers for FaultNetwork {
                 return Err(PeerError::Failed(format!("join: no node at {via}")));
             };
             let sent = net
-                .transmit(
-                    from,
-                    to,
-                    |node| async move { node.add_voter(node_id, &addr, mode).await },
-                )
+                .transmit(from, to, |node| async move {
+                    node.add_voter(node_id, &addr, incarnation, mode).await
+                })
                 .await;
             sent.unwrap_or_else(|lost| Err(peer_lost(&format!("join through {via}"), &lost)))
         })
