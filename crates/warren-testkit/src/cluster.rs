@@ -17,6 +17,7 @@ use crate::client::CHANNEL;
 use crate::error::TestkitError;
 use crate::ledger::{Event, Ledger};
 use crate::network::{node_addr, FaultNet};
+use crate::node_runtime::NodeRuntime;
 use crate::router::{AppliedAcks, Router};
 
 /// How the cluster's nodes run.
@@ -90,6 +91,8 @@ struct Running {
     node: Node,
     router: Arc<Router>,
     boot: u64,
+    /// The thread and runtime every task of this incarnation runs on.
+    runtime: Arc<NodeRuntime>,
 }
 
 /// A running node, as a client sees it.
@@ -290,17 +293,23 @@ impl Cluster {
         if let Some(slot) = self.slots().get(&node_id) {
             config.incarnation = slot.incarnation.clone();
         }
-        let node = Node::open_with(
-            config,
-            store,
-            net.endpoint(node_id),
-            Arc::new(net.endpoint(node_id)),
-            router.clone(),
-        )
-        .await
-        .map_err(|e| TestkitError::new(format!("node {node_id} did not open: {e}")))?;
+        let runtime = Arc::new(NodeRuntime::start(node_id)?);
+        let node = runtime
+            .run(Node::open_with(
+                config,
+                store,
+                net.endpoint(node_id),
+                Arc::new(net.endpoint(node_id)),
+                router.clone(),
+            ))
+            .await?
+            .map_err(|e| TestkitError::new(format!("node {node_id} did not open: {e}")))?;
         net.register(node.clone());
-        if let Err(e) = node.ready().await {
+        let ready = {
+            let node = node.clone();
+            runtime.run(async move { node.ready().await }).await?
+        };
+        if let Err(e) = ready {
             net.unregister(node_id);
             let _ = node.shutdown().await;
             return Err(TestkitError::new(format!("node {node_id} not ready: {e}")));
@@ -317,7 +326,12 @@ impl Cluster {
             .await
             .map_err(|e| TestkitError::new(format!("node {node_id}: {e}")))?;
         if let Some(slot) = self.slots().get_mut(&node_id) {
-            slot.running = Some(Running { node, router, boot });
+            slot.running = Some(Running {
+                node,
+                router,
+                boot,
+                runtime,
+            });
         }
         tracing::info!(node = node_id, boot, "node running");
         Ok(())
@@ -367,11 +381,48 @@ impl Cluster {
                 });
             }
         }
+        running.runtime.resume();
         if let Err(e) = running.node.shutdown().await {
             tracing::warn!(node = node_id, error = %e, "shutdown failed");
         }
+        // Ends whatever of the node still runs on its runtime.
+        drop(running);
         tracing::info!(node = node_id, "node killed");
         Ok(())
+    }
+
+    /// Pauses `node_id` as SIGSTOP would: every task of it stops where it
+    /// is (its Raft core, timers, proposer); it stays on the network, so
+    /// what is sent to it waits unanswered, and its clients wait too.
+    /// [`Cluster::resume`] lets it go on, its timers late.
+    ///
+    /// # Errors
+    /// The node is not running.
+    pub fn pause(&self, node_id: u64) -> Result<(), TestkitError> {
+        self.running_runtime(node_id)?.pause();
+        tracing::info!(node = node_id, "paused");
+        Ok(())
+    }
+
+    /// Lets a paused node go on.
+    ///
+    /// # Errors
+    /// The node is not running.
+    pub fn resume(&self, node_id: u64) -> Result<(), TestkitError> {
+        let runtime = self.running_runtime(node_id)?;
+        if runtime.is_paused() {
+            runtime.resume();
+            tracing::info!(node = node_id, "resumed");
+        }
+        Ok(())
+    }
+
+    fn running_runtime(&self, node_id: u64) -> Result<Arc<NodeRuntime>, TestkitError> {
+        self.slots()
+            .get(&node_id)
+            .and_then(|slot| slot.running.as_ref())
+            .map(|running| running.runtime.clone())
+            .ok_or_else(|| TestkitError::new(format!("node {node_id} is not running")))
     }
 
     /// Cuts the power of `node_ids` at one moment: they drop off the
@@ -553,7 +604,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// The leader that a running node reports as itself being leader.
+    /// The leader that a running node, not isolated nor paused, reports
+    /// as itself being leader (a paused leader's report is frozen).
     ///
     /// # Errors
     /// None within the wait limit.
@@ -562,7 +614,9 @@ impl Cluster {
         loop {
             let faults = self.inner.net.faults();
             let leader = self.running_ids().into_iter().find(|id| {
-                !faults.isolated.contains(id) && self.node(*id).is_some_and(|node| node.metrics().is_leader)
+                !faults.isolated.contains(id)
+                    && !self.running_runtime(*id).is_ok_and(|runtime| runtime.is_paused())
+                    && self.node(*id).is_some_and(|node| node.metrics().is_leader)
             });
             if let Some(leader) = leader {
                 return Ok(leader);

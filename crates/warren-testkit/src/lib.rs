@@ -29,6 +29,7 @@ mod cluster;
 mod error;
 pub mod ledger;
 mod network;
+mod node_runtime;
 mod router;
 mod seed;
 mod workload;

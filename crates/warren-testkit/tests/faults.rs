@@ -101,6 +101,28 @@ async fn three_nodes_survive_an_isolated_leader() -> anyhow::Result<()> {
     finish(&cluster, workload).await
 }
 
+/// A process pause (issue 13): the leader's every task stops, longer than
+/// an election timeout, while it stays on the network; the others elect a
+/// new leader and go on; the old one resumes believing it leads, with
+/// messages queued to it and timers late. Nothing confirmed is lost,
+/// nothing acked comes back, no message is held by two consumers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_survive_a_paused_leader() -> anyhow::Result<()> {
+    let cluster = cluster("three_nodes_survive_a_paused_leader", 3).await?;
+    let workload = start_load(&cluster, LoadOptions::default()).await?;
+    let old = leader(&cluster, &workload).await?;
+    workload.phase(format!("pausing leader {old}"));
+    cluster.pause(old).map_err(anyhow::Error::msg)?;
+    workload.run_for(Duration::from_millis(1500)).await;
+    let new = leader(&cluster, &workload).await?;
+    anyhow::ensure!(new != old, "the paused node {old} still counted as leader");
+    progress(&workload, "the majority commits without the paused leader").await?;
+    workload.phase(format!("new leader {new}; resuming {old}"));
+    cluster.resume(old).map_err(anyhow::Error::msg)?;
+    workload.run_for(Duration::from_millis(1500)).await;
+    finish(&cluster, workload).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_survive_an_isolated_leader() -> anyhow::Result<()> {
     let cluster = cluster("five_nodes_survive_an_isolated_leader", 5).await?;
@@ -298,7 +320,7 @@ async fn random_fault(cluster: &Cluster, workload: &Workload, rng: &mut StdRng, 
         .filter(|id| *id != a)
         .nth(rng.gen_range(0..ids.len().max(2) - 1));
     let b = b.unwrap_or(a);
-    match rng.gen_range(0..9) {
+    match rng.gen_range(0..10) {
         0 => {
             workload.phase(format!("step {step}: isolating {a}"));
             net.isolate(a);
@@ -388,6 +410,22 @@ async fn random_fault(cluster: &Cluster, workload: &Workload, rng: &mut StdRng, 
             ));
             cluster.remove_node(removed).await.map_err(fail)?;
             workload.run_for(Duration::from_millis(rng.gen_range(200..600))).await;
+            return Ok(());
+        }
+        9 => {
+            // A process pause (SIGSTOP, a long GC, a VM stall): every task
+            // of the node stops where it is, longer than an election
+            // timeout, while it stays on the network; half the time the
+            // leader, which resumes believing it still leads.
+            let leader = leader(cluster, workload).await?;
+            let paused = if rng.gen_bool(0.5) { leader } else { a };
+            let fail = |e: warren_testkit::TestkitError| anyhow::anyhow!(workload.failure(&e.to_string()));
+            workload.phase(format!("step {step}: pausing {paused} (leader {leader})"));
+            cluster.pause(paused).map_err(fail)?;
+            workload.run_for(Duration::from_millis(rng.gen_range(300..3000))).await;
+            workload.phase(format!("step {step}: resuming {paused}"));
+            cluster.resume(paused).map_err(fail)?;
+            workload.run_for(Duration::from_millis(rng.gen_range(0..300))).await;
             return Ok(());
         }
         _ => {
