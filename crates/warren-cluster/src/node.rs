@@ -352,8 +352,20 @@ impl Node {
     ///
     /// # Errors
     /// [`ClusterError::StartTimeout`] if that did not happen within
-    /// `config.start_timeout_ms`.
+    /// `config.start_timeout_ms`; [`ClusterError::Raft`] at once if the
+    /// Raft core stops meanwhile (a disk that fails its writes): waiting
+    /// out the timeout would only delay the exit and the restart.
     pub async fn ready(&self) -> Result<(), ClusterError> {
+        tokio::select! {
+            ready = self.become_ready() => ready,
+            reason = self.fatal_error() => Err(ClusterError::Raft(format!(
+                "the Raft core stopped before node {} was ready: {reason}",
+                self.inner.node_id
+            ))),
+        }
+    }
+
+    async fn become_ready(&self) -> Result<(), ClusterError> {
         let config = &self.inner.config;
         let deadline = tokio::time::Instant::now() + config.start_timeout();
         let mut min_applied = None;

@@ -176,6 +176,8 @@ impl std::fmt::Debug for PowerCutFs {
 struct FsState {
     /// Bumped by every power cut; handles of an older generation fail.
     generation: u64,
+    /// Every write and sync fails (a broken disk), until cleared.
+    failing: bool,
     next_id: u64,
     files: HashMap<u64, FakeFile>,
     dirs: BTreeMap<PathBuf, FakeDir>,
@@ -264,6 +266,22 @@ impl PowerCutFs {
         }
     }
 
+    /// From now on (`true`) every file write, truncation and sync fails
+    /// with an I/O error, as a broken disk's would; `false` mends it.
+    /// What was written before stays (and its synced part survives a
+    /// power cut as before).
+    pub fn fail_writes(&self, failing: bool) {
+        self.lock().failing = failing;
+    }
+
+    /// [`PowerCutFs::with_file`] for a change: fails while the disk fails.
+    fn with_file_to_change<R>(&self, id: u64, generation: u64, f: impl FnOnce(&mut FakeFile) -> R) -> io::Result<R> {
+        if self.lock().failing {
+            return Err(io::Error::other("injected I/O error: the disk fails every write"));
+        }
+        self.with_file(id, generation, f)
+    }
+
     fn with_file<R>(&self, id: u64, generation: u64, f: impl FnOnce(&mut FakeFile) -> R) -> io::Result<R> {
         let mut state = self.lock();
         if state.generation != generation {
@@ -302,7 +320,7 @@ impl VfsFile for PowerCutFile {
     }
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.fs.with_file(self.id, self.generation, |f| {
+        self.fs.with_file_to_change(self.id, self.generation, |f| {
             let start = usize::try_from(offset).unwrap_or(usize::MAX);
             let end = start.saturating_add(buf.len());
             if f.data.len() < end {
@@ -314,7 +332,7 @@ impl VfsFile for PowerCutFile {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.fs.with_file(self.id, self.generation, |f| {
+        self.fs.with_file_to_change(self.id, self.generation, |f| {
             let len = usize::try_from(len).unwrap_or(usize::MAX);
             f.data.resize(len, 0);
             f.dirty_from = f.dirty_from.min(len);
@@ -322,7 +340,7 @@ impl VfsFile for PowerCutFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.fs.with_file(self.id, self.generation, |f| {
+        self.fs.with_file_to_change(self.id, self.generation, |f| {
             let same = f.dirty_from.min(f.durable.len()).min(f.data.len());
             f.durable.truncate(same);
             f.durable.extend_from_slice(&f.data[same..]);
@@ -440,6 +458,20 @@ mod tests {
         fs.power_cut(1);
         assert_eq!(contents(&fs, "/d/f"), Some(b"hello".to_vec()));
         assert!(file.write_all_at(b"x", 0).is_err(), "old handles are dead");
+    }
+
+    #[test]
+    fn a_failing_disk_fails_writes_and_syncs_until_mended_and_keeps_what_it_had() {
+        let fs = new_fs();
+        let file = fs.open(Path::new("/d/f"), true).expect("create");
+        file.write_all_at(b"kept", 0).expect("write");
+        fs.fail_writes(true);
+        assert!(file.write_all_at(b"lost", 4).is_err());
+        assert!(file.set_len(0).is_err());
+        assert!(file.sync_data().is_err());
+        fs.fail_writes(false);
+        file.sync_data().expect("sync once mended");
+        assert_eq!(contents(&fs, "/d/f"), Some(b"kept".to_vec()));
     }
 
     #[test]

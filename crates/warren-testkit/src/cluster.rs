@@ -93,6 +93,9 @@ struct Running {
     boot: u64,
     /// The thread and runtime every task of this incarnation runs on.
     runtime: Arc<NodeRuntime>,
+    /// Watches for a fatal stop of the Raft core (see
+    /// [`Cluster::fatal_restarts`]); aborted when the node is stopped.
+    supervisor: tokio::task::AbortHandle,
 }
 
 /// A running node, as a client sees it.
@@ -121,6 +124,8 @@ struct Inner {
     ledger: Mutex<Option<Arc<Ledger>>>,
     /// The acks every node applied, across restarts.
     acks: Arc<AppliedAcks>,
+    /// Nodes restarted because their Raft core stopped on a fatal error.
+    fatal_restarts: AtomicU64,
 }
 
 /// An in-process cluster. Cheap to clone; clients hold a clone to find
@@ -159,6 +164,7 @@ impl Cluster {
                 next_conn: AtomicU64::new(1),
                 ledger: Mutex::new(None),
                 acks: Arc::new(AppliedAcks::new()),
+                fatal_restarts: AtomicU64::new(0),
             }),
         };
         for id in 1..=options.nodes.max(1) {
@@ -326,11 +332,13 @@ impl Cluster {
             .await
             .map_err(|e| TestkitError::new(format!("node {node_id}: {e}")))?;
         if let Some(slot) = self.slots().get_mut(&node_id) {
+            let supervisor = self.supervise(node_id, boot, node.clone());
             slot.running = Some(Running {
                 node,
                 router,
                 boot,
                 runtime,
+                supervisor,
             });
         }
         tracing::info!(node = node_id, boot, "node running");
@@ -381,6 +389,7 @@ impl Cluster {
                 });
             }
         }
+        running.supervisor.abort();
         running.runtime.resume();
         if let Err(e) = running.node.shutdown().await {
             tracing::warn!(node = node_id, error = %e, "shutdown failed");
@@ -389,6 +398,78 @@ impl Cluster {
         drop(running);
         tracing::info!(node = node_id, "node killed");
         Ok(())
+    }
+
+    /// Does what a node's supervisor (Kubernetes, systemd) does for the
+    /// server, which exits when its Raft core stops on a fatal error:
+    /// once boot `boot` of `node_id` reports one, the node is stopped
+    /// (an exit: what it wrote stays on its disk) and started again.
+    fn supervise(&self, node_id: u64, boot: u64, node: Node) -> tokio::task::AbortHandle {
+        let cluster = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let reason = node.fatal_error().await;
+            // Apart from this task, which the stop aborts.
+            tokio::spawn(async move {
+                let Some(inner) = cluster.upgrade() else { return };
+                let cluster = Cluster { inner };
+                let current = cluster.handle(node_id).map(|handle| handle.boot);
+                if current != Some(boot) {
+                    return;
+                }
+                tracing::warn!(
+                    node = node_id,
+                    %reason,
+                    "the Raft core stopped: restarting the node, as its supervisor would"
+                );
+                cluster.inner.fatal_restarts.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = cluster.stop(node_id).await {
+                    tracing::warn!(node = node_id, error = %e, "stopping after a fatal error");
+                    return;
+                }
+                // Again and again, as a supervisor does, while the node
+                // cannot start (a disk that still fails).
+                let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+                let mut backoff = Duration::from_millis(100);
+                while let Err(e) = cluster.restart(node_id).await {
+                    if cluster.handle(node_id).is_some() || tokio::time::Instant::now() >= deadline {
+                        tracing::error!(node = node_id, error = %e, "restart after a fatal error failed");
+                        return;
+                    }
+                    tracing::warn!(node = node_id, error = %e, "restart after a fatal error failed; again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            });
+        })
+        .abort_handle()
+    }
+
+    /// Makes every write and sync of `node_id`'s disk fail (`true`), as a
+    /// broken disk's would, or mends it (`false`). Its Raft core stops on
+    /// the first failed write; the node is then restarted, again and
+    /// again until it starts (see [`Cluster::fatal_restarts`]).
+    ///
+    /// # Errors
+    /// The cluster does not run on `power_cut_storage`, or there is no
+    /// node `node_id`.
+    pub fn fail_disk(&self, node_id: u64, failing: bool) -> Result<(), TestkitError> {
+        let slots = self.slots();
+        let fs = slots
+            .get(&node_id)
+            .ok_or_else(|| TestkitError::new(format!("no node {node_id}")))?
+            .fs
+            .as_ref()
+            .ok_or_else(|| TestkitError::new("fail_disk needs ClusterOptions::power_cut_storage"))?;
+        fs.fail_writes(failing);
+        tracing::info!(node = node_id, failing, "disk");
+        Ok(())
+    }
+
+    /// How many times a node was restarted because its Raft core stopped
+    /// on a fatal error (openraft 0.9.25 can stop a leader's core on a
+    /// replication stream it closed itself).
+    pub fn fatal_restarts(&self) -> u64 {
+        self.inner.fatal_restarts.load(Ordering::Relaxed)
     }
 
     /// Pauses `node_id` as SIGSTOP would: every task of it stops where it

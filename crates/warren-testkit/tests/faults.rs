@@ -38,8 +38,12 @@ async fn cluster_with(test: &str, options: ClusterOptions) -> anyhow::Result<Clu
 async fn finish(cluster: &Cluster, workload: Workload) -> anyhow::Result<()> {
     let outcome = workload.finish().await;
     cluster.shutdown().await;
-    let report = outcome.map_err(anyhow::Error::msg)?;
-    eprintln!("report: {report:?}");
+    let restarts = cluster.fatal_restarts();
+    let report = outcome.map_err(|e| anyhow::anyhow!("{e}\n(nodes restarted after a fatal Raft error: {restarts})"))?;
+    eprintln!(
+        "report: {report:?}; nodes restarted after a fatal Raft error: {}",
+        cluster.fatal_restarts()
+    );
     anyhow::ensure!(report.summary.confirmed > 0, "nothing was confirmed: {report:?}");
     Ok(())
 }
@@ -120,6 +124,47 @@ async fn three_nodes_survive_a_paused_leader() -> anyhow::Result<()> {
     workload.phase(format!("new leader {new}; resuming {old}"));
     cluster.resume(old).map_err(anyhow::Error::msg)?;
     workload.run_for(Duration::from_millis(1500)).await;
+    finish(&cluster, workload).await
+}
+
+/// A disk that fails (issue 13): every write of the leader's disk fails,
+/// its Raft core stops, and — as the server exits on a fatal Raft error
+/// and its supervisor starts it again — the testkit restarts it until it
+/// starts, which it does once the disk is mended. The others go on
+/// meanwhile; nothing confirmed is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_disk_fails_stops_and_comes_back_once_mended() -> anyhow::Result<()> {
+    let cluster = cluster_with(
+        "a_leader_whose_disk_fails_stops_and_comes_back_once_mended",
+        schedule_options(3),
+    )
+    .await?;
+    let workload = start_load(&cluster, LoadOptions::default()).await?;
+    let broken = leader(&cluster, &workload).await?;
+    workload.phase(format!("failing every write of leader {broken}'s disk"));
+    cluster.fail_disk(broken, true).map_err(anyhow::Error::msg)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while cluster.fatal_restarts() == 0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            workload.failure(&format!("node {broken}'s Raft core did not stop on a failing disk"))
+        );
+        workload.run_for(Duration::from_millis(50)).await;
+    }
+    progress(&workload, "the others commit while the broken node is down").await?;
+    workload.phase(format!("mending node {broken}'s disk"));
+    cluster.fail_disk(broken, false).map_err(anyhow::Error::msg)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while cluster.node(broken).is_none() {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            workload.failure(&format!("node {broken} did not come back on its mended disk"))
+        );
+        workload.run_for(Duration::from_millis(50)).await;
+    }
+    workload.run_for(Duration::from_millis(1000)).await;
     finish(&cluster, workload).await
 }
 
