@@ -95,7 +95,23 @@ struct Running {
     runtime: Arc<NodeRuntime>,
     /// Watches for a fatal stop of the Raft core (see
     /// [`Cluster::fatal_restarts`]); aborted when the node is stopped.
-    supervisor: tokio::task::AbortHandle,
+    supervisor: Supervisor,
+}
+
+/// The watch on one incarnation's Raft core (see [`Cluster::supervise`]).
+#[derive(Clone)]
+struct Supervisor {
+    task: tokio::task::AbortHandle,
+    /// Set before the test stops the node on purpose (a kill's power cut
+    /// makes its core fail too): the supervisor then does nothing.
+    off: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Supervisor {
+    fn stand_down(&self) {
+        self.off.store(true, Ordering::SeqCst);
+        self.task.abort();
+    }
 }
 
 /// A running node, as a client sees it.
@@ -363,6 +379,7 @@ impl Cluster {
                 .ok_or_else(|| TestkitError::new(format!("node {node_id} is not running")))?;
             slot.fs.clone()
         };
+        self.stand_down_supervisor(node_id);
         self.inner.net.unregister(node_id);
         if let Some(fs) = fs {
             let seed = self.inner.net.random_in(0..u64::MAX);
@@ -389,7 +406,7 @@ impl Cluster {
                 });
             }
         }
-        running.supervisor.abort();
+        running.supervisor.stand_down();
         running.runtime.resume();
         if let Err(e) = running.node.shutdown().await {
             tracing::warn!(node = node_id, error = %e, "shutdown failed");
@@ -404,13 +421,18 @@ impl Cluster {
     /// server, which exits when its Raft core stops on a fatal error:
     /// once boot `boot` of `node_id` reports one, the node is stopped
     /// (an exit: what it wrote stays on its disk) and started again.
-    fn supervise(&self, node_id: u64, boot: u64, node: Node) -> tokio::task::AbortHandle {
+    fn supervise(&self, node_id: u64, boot: u64, node: Node) -> Supervisor {
         let cluster = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
+        let off = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stood_down = off.clone();
+        let task = tokio::spawn(async move {
             let reason = node.fatal_error().await;
             // Apart from this task, which the stop aborts.
             tokio::spawn(async move {
                 let Some(inner) = cluster.upgrade() else { return };
+                if stood_down.load(Ordering::SeqCst) {
+                    return;
+                }
                 let cluster = Cluster { inner };
                 let current = cluster.handle(node_id).map(|handle| handle.boot);
                 if current != Some(boot) {
@@ -441,7 +463,16 @@ impl Cluster {
                 }
             });
         })
-        .abort_handle()
+        .abort_handle();
+        Supervisor { task, off }
+    }
+
+    /// Keeps the supervisor of `node_id`'s incarnation from restarting it:
+    /// the test is about to stop it.
+    fn stand_down_supervisor(&self, node_id: u64) {
+        if let Some(running) = self.slots().get(&node_id).and_then(|slot| slot.running.as_ref()) {
+            running.supervisor.stand_down();
+        }
     }
 
     /// Makes every write and sync of `node_id`'s disk fail (`true`), as a
@@ -529,6 +560,7 @@ impl Cluster {
             disks.push((*id, fs));
         }
         for (id, _) in &disks {
+            self.stand_down_supervisor(*id);
             self.inner.net.unregister(*id);
         }
         for (id, fs) in &disks {
