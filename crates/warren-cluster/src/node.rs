@@ -722,7 +722,13 @@ impl Node {
                 metrics.membership_config.log_id().map(|id| id.index).unwrap_or(0),
             )
         };
-        if is_voter && mode != JoinMode::Rejoin {
+        // The same incarnation asking again is a join retried after its
+        // reply was lost (the change committed meanwhile), not a wiped
+        // voter: it is let in (ADR 0033).
+        let asked_again = known
+            .as_ref()
+            .is_some_and(|known| known.incarnation != 0 && known.incarnation == incarnation);
+        if is_voter && mode != JoinMode::Rejoin && !asked_again {
             tracing::warn!(
                 node = self.inner.node_id,
                 joining = node_id,

@@ -480,6 +480,16 @@ async fn raft_messages_reach_only_the_incarnation_the_membership_names() -> anyh
         .collect();
     assert_eq!(recorded, vec![(1, one), (2, two)]);
 
+    // A fresh node's join retried after its reply was lost: the same
+    // incarnation is let in; another one (a wiped voter) is not.
+    for mode in [JoinMode::CheckFresh, JoinMode::Fresh] {
+        network().join(&first.addr, 2, &second.addr, two, mode).await?;
+        let refused = network().join(&first.addr, 2, &second.addr, two ^ 1, mode).await;
+        assert!(
+            matches!(&refused, Err(PeerError::Refused(reason)) if reason.contains("remove-node 2")),
+            "{mode:?}: {refused:?}"
+        );
+    }
     let refused = network()
         .join(&first.addr, 2, &second.addr, two ^ 1, JoinMode::Rejoin)
         .await;
