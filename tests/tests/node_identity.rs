@@ -55,23 +55,9 @@ async fn start_listed_cluster(addrs: &[SocketAddr]) -> anyhow::Result<Vec<Warren
 }
 
 /// Restarts a stopped node on its (wiped) data directory and expects it to
-/// exit refused; returns what it printed.
+/// exit refused, saying to remove it.
 async fn expect_refused(node: WarrenProcess) -> anyhow::Result<WarrenProcess> {
-    tokio::task::spawn_blocking(move || {
-        let mut node = node;
-        match node.restart_on_same_cluster_address() {
-            Ok(()) => anyhow::bail!("a wiped voter was taken back; its log:\n{}", node.log_tail(60)),
-            Err(refused) => {
-                let text = refused.to_string();
-                anyhow::ensure!(
-                    text.contains("refused by the cluster") && text.contains("remove-node"),
-                    "the node did not start, but not because it was refused:\n{text}"
-                );
-                Ok(node)
-            }
-        }
-    })
-    .await?
+    expect_refused_saying(node, "remove-node").await
 }
 
 /// Restarts a stopped node and expects it to exit refused with a reason

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The time a node stamps into the batches it writes to the log as
-/// leader: its wall clock, never below a time it stamped before. Batches a
+/// leader: its wall clock, never below the log's time as this node applied
+/// it. Batches a
 /// follower forwards are stamped again with it, so one clock — the
 /// leader's — decides when TTLs and `x-expires` fire (issue 13).
 ///
@@ -22,9 +23,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// otherwise carry expiries already past by the others' clocks), and one
 /// whose clock was ahead and was put right while it followed stamps the
 /// log's time, not the future it once saw.
+///
+/// Only applied batches raise it, not the stamps themselves: a node that
+/// believes it still leads after it was deposed (cut off, then healed)
+/// stamps batches that never reach the log; with its clock ahead, those
+/// stamps raised the floor, and once it led again it stamped that future
+/// and expired every queued message with a TTL. The price: while a
+/// leader's clock goes back, its stamps can fall behind those of its
+/// batches still in flight (not yet applied) — the log's time goes back by
+/// at most that window, milliseconds, never by the clock's jump.
 #[derive(Debug, Default)]
 pub(crate) struct LeaderClock {
-    /// The highest time this node stamped or applied.
+    /// The highest batch time this node applied.
     floor_ms: Arc<AtomicU64>,
     /// Added to the wall clock: 0 but in fault tests.
     offset_ms: AtomicI64,
@@ -40,10 +50,9 @@ impl LeaderClock {
     }
 
     /// The time for a batch this node writes as leader: its clock, never
-    /// below a time it stamped or applied.
+    /// below the time of a batch it applied. Leaves the floor as it is.
     pub(crate) fn stamp(&self) -> u64 {
-        let now = self.now_ms();
-        self.floor_ms.fetch_max(now, Ordering::Relaxed).max(now)
+        self.log_now_ms()
     }
 
     /// The time the log would get now: the clock, or the floor while the
@@ -85,14 +94,27 @@ mod tests {
     }
 
     #[test]
-    fn an_offset_moves_the_clock_and_stamps_never_go_back() {
-        let clock = LeaderClock::default();
+    fn an_offset_moves_the_clock_and_stamps_never_go_below_the_applied_log() {
+        let floor = Arc::new(AtomicU64::new(0));
+        let clock = LeaderClock::with_floor(floor.clone());
         let ahead = 10 * 60 * 1000;
         clock.set_offset_ms(ahead);
         let skewed = clock.stamp();
         assert!(skewed >= wall_clock_ms() + 9 * 60 * 1000, "{skewed}");
+        floor.fetch_max(skewed, Ordering::Relaxed); // the batch was applied
         clock.set_offset_ms(-ahead);
         assert!(clock.now_ms() < wall_clock_ms());
-        assert!(clock.stamp() >= skewed, "a stamp went back");
+        assert!(clock.stamp() >= skewed, "a stamp went below the applied log");
+    }
+
+    #[test]
+    fn a_stamp_that_never_reached_the_log_leaves_the_floor_where_it_was() {
+        let floor = Arc::new(AtomicU64::new(0));
+        let clock = LeaderClock::with_floor(floor.clone());
+        clock.set_offset_ms(10 * 60 * 1000);
+        let _ = clock.stamp(); // a deposed leader's batch, never appended
+        clock.set_offset_ms(0);
+        assert!(clock.stamp() < wall_clock_ms() + 60_000, "the future stuck");
+        assert_eq!(floor.load(Ordering::Relaxed), 0);
     }
 }

@@ -69,11 +69,17 @@ impl ClusterIdCell {
 
 /// Writes `id` to `file` through a temporary file and a rename, synced.
 fn write_file(file: &Path, id: &str) -> std::io::Result<()> {
+    write_synced(file, format!("{id}\n").as_bytes())
+}
+
+/// Replaces `file` with `contents` through a temporary file and a rename,
+/// the file and its directory synced: after a crash the file holds either
+/// the old contents or the new ones. Shared with the incarnation file.
+pub(crate) fn write_synced(file: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let temporary = file.with_extension("tmp");
     let mut out = std::fs::File::create(&temporary)?;
-    out.write_all(id.as_bytes())?;
-    out.write_all(b"\n")?;
+    out.write_all(contents)?;
     out.sync_all()?;
     std::fs::rename(&temporary, file)?;
     if let Some(dir) = file.parent() {

@@ -147,16 +147,7 @@ fn read_file(file: &Path) -> std::io::Result<Option<(u64, u64)>> {
 
 /// Writes through a temporary file and a rename, synced.
 fn write_file(file: &Path, node_id: u64, value: u64) -> std::io::Result<()> {
-    use std::io::Write;
-    let temporary = file.with_extension("tmp");
-    let mut out = std::fs::File::create(&temporary)?;
-    writeln!(out, "node {node_id} incarnation {value:016x}")?;
-    out.sync_all()?;
-    std::fs::rename(&temporary, file)?;
-    if let Some(dir) = file.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    crate::cluster_id::write_synced(file, format!("node {node_id} incarnation {value:016x}\n").as_bytes())
 }
 
 #[cfg(test)]

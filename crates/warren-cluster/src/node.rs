@@ -671,8 +671,7 @@ impl Node {
         let Ok(_slot) = self.inner.forwarded.acquire().await else {
             return Err(PeerError::Failed("the node is shutting down".to_owned()));
         };
-        // A deposed leader must not raise its clock's floor with a stamp
-        // for a batch it will not append.
+        // A deposed leader appends nothing: it says so before stamping.
         if let Some(not_leader) = self.not_leader() {
             return Err(not_leader);
         }

@@ -110,10 +110,8 @@ impl ProposerTask {
                 }
             }
             // Only a leader's time reaches the log: a follower's batch is
-            // stamped again by the leader it is forwarded to, so its own
-            // clock must not raise the floor of its later stamps as leader
-            // (a clock that ran ahead and was put right would go on
-            // stamping its old future time, expiring TTLs early).
+            // stamped again by the leader it is forwarded to. (No stamp
+            // raises the floor; applied batches do: ADR 0032.)
             let leader = self.is_leader();
             let now_ms = if leader {
                 self.clock.stamp()

@@ -524,18 +524,23 @@ async fn a_follower_whose_clock_ran_ahead_stamps_the_right_time_once_it_leads() 
     progress(&workload, "the follower forwards while its clock runs ahead").await?;
     workload.phase(format!("clock of {follower} put right; making it leader"));
     cluster.skew_clock(follower, 0);
+    make_leader(&cluster, &workload, follower).await?;
+    workload.phase(format!("node {follower} leads"));
+    workload.run_for(Duration::from_millis(1500)).await;
+    finish(&cluster, workload).await
+}
+
+/// Makes `node_id` the leader. A follower with a live leader refuses votes
+/// (its lease): cut the current leader off and let the node call elections
+/// until it wins; if the third node wins instead, cut that one off next.
+async fn make_leader(cluster: &Cluster, workload: &Workload, node_id: u64) -> anyhow::Result<()> {
     let node = cluster
-        .node(follower)
-        .ok_or_else(|| anyhow::anyhow!("node {follower} is not running"))?;
-    // A follower with a live leader refuses votes (its lease): cut the
-    // current leader off and let the node call elections until it wins;
-    // if the third node wins instead, cut that one off next.
-    let mut led = false;
+        .node(node_id)
+        .ok_or_else(|| anyhow::anyhow!("node {node_id} is not running"))?;
     for _ in 0..10 {
         let current = cluster.leader().await?;
-        if current == follower {
-            led = true;
-            break;
+        if current == node_id {
+            return Ok(());
         }
         cluster.net().isolate(current);
         for _ in 0..20 {
@@ -548,12 +553,41 @@ async fn a_follower_whose_clock_ran_ahead_stamps_the_right_time_once_it_leads() 
         cluster.net().heal();
         workload.run_for(Duration::from_millis(200)).await;
     }
-    anyhow::ensure!(
-        led,
-        "{}",
-        workload.failure(&format!("node {follower} did not become leader"))
-    );
-    workload.phase(format!("node {follower} leads"));
+    anyhow::bail!("{}", workload.failure(&format!("node {node_id} did not become leader")))
+}
+
+/// One clock (issue 13): a leader cut off from the others goes on
+/// believing it leads and stamps its clients' batches with its clock — ten
+/// minutes ahead here — though none of them reaches the log. Put right,
+/// healed and leading again, it stamps the log's time. Failed (a backlog
+/// of a five-minute queue expired at once) while every stamp raised the
+/// floor under the next ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_whose_clock_ran_ahead_stamps_the_right_time_once_it_leads_again() -> anyhow::Result<()> {
+    let cluster = cluster(
+        "a_deposed_leader_whose_clock_ran_ahead_stamps_the_right_time_once_it_leads_again",
+        3,
+    )
+    .await?;
+    let load = LoadOptions {
+        publishers: vec![1, 2, 3],
+        consumers: vec![3],
+        hold_ms: 2..6,
+        ..schedule_load(LoadOptions::default())
+    };
+    let workload = start_load(&cluster, load).await?;
+    let old = leader(&cluster, &workload).await?;
+    workload.phase(format!("isolating leader {old}, its clock ten minutes ahead"));
+    cluster.net().isolate(old);
+    cluster.skew_clock(old, SKEW_MS);
+    workload.run_for(Duration::from_millis(1000)).await;
+    progress(&workload, "the others commit while the old leader stamps the future").await?;
+    workload.phase(format!("clock of {old} put right; healing"));
+    cluster.skew_clock(old, 0);
+    cluster.net().heal();
+    workload.run_for(Duration::from_millis(500)).await;
+    make_leader(&cluster, &workload, old).await?;
+    workload.phase(format!("node {old} leads again"));
     workload.run_for(Duration::from_millis(1500)).await;
     finish(&cluster, workload).await
 }
