@@ -249,7 +249,13 @@ impl Node {
             .get_node(&node_id)
             .map(|member| member.incarnation)
             .filter(|&incarnation| incarnation != 0);
-        let incarnation = match config.incarnation.settle(node_id, !initialized, recorded) {
+        // Reads and may write (and fsync) the incarnation file: off the runtime.
+        let cell = config.incarnation.clone();
+        let settled = tokio::task::spawn_blocking(move || cell.settle(node_id, !initialized, recorded))
+            .await
+            .map_err(|e| ClusterError::Join(e.to_string()))
+            .and_then(|settled| settled);
+        let incarnation = match settled {
             Ok(incarnation) => incarnation,
             Err(refused) => {
                 let _ = raft.shutdown().await;

@@ -507,15 +507,7 @@ async fn a_follower_whose_clock_ran_ahead_stamps_the_right_time_once_it_leads() 
         3,
     )
     .await?;
-    // Consumers slower than the publishers: a backlog for a wrong time
-    // to expire.
-    let load = LoadOptions {
-        publishers: vec![1, 2, 3],
-        consumers: vec![3],
-        hold_ms: 2..6,
-        ..schedule_load(LoadOptions::default())
-    };
-    let workload = start_load(&cluster, load).await?;
+    let workload = start_load(&cluster, backlog_load()).await?;
     let old = leader(&cluster, &workload).await?;
     let follower = if old == 1 { 2 } else { 1 };
     workload.phase(format!("clock of follower {follower} ten minutes ahead (leader {old})"));
@@ -569,13 +561,7 @@ async fn a_deposed_leader_whose_clock_ran_ahead_stamps_the_right_time_once_it_le
         3,
     )
     .await?;
-    let load = LoadOptions {
-        publishers: vec![1, 2, 3],
-        consumers: vec![3],
-        hold_ms: 2..6,
-        ..schedule_load(LoadOptions::default())
-    };
-    let workload = start_load(&cluster, load).await?;
+    let workload = start_load(&cluster, backlog_load()).await?;
     let old = leader(&cluster, &workload).await?;
     workload.phase(format!("isolating leader {old}, its clock ten minutes ahead"));
     cluster.net().isolate(old);
@@ -590,6 +576,17 @@ async fn a_deposed_leader_whose_clock_ran_ahead_stamps_the_right_time_once_it_le
     workload.phase(format!("node {old} leads again"));
     workload.run_for(Duration::from_millis(1500)).await;
     finish(&cluster, workload).await
+}
+
+/// Consumers slower than the publishers, on a queue whose messages live
+/// five minutes: a backlog for a wrong time to expire.
+fn backlog_load() -> LoadOptions {
+    LoadOptions {
+        publishers: vec![1, 2, 3],
+        consumers: vec![3],
+        hold_ms: 2..6,
+        ..schedule_load(LoadOptions::default())
+    }
 }
 
 /// A skewed clock's distance from the others in the clock fault.
