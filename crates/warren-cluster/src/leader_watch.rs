@@ -17,6 +17,7 @@
 //! A leader that is merely slow, paused or cut off answers neither way
 //! (the probe times out), and the ordinary timer decides, as before.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use openraft::{Raft, ServerState};
@@ -37,6 +38,10 @@ pub(crate) struct LeaderWatch {
     pub(crate) node_id: u64,
     pub(crate) raft: Raft<TypeConfig>,
     pub(crate) fence: std::sync::Arc<DeliveryFence>,
+    /// Off while [`crate::Node::allow_elections`] forbids elections: the
+    /// watch's election must not bypass that (openraft's switch only
+    /// stops its timer, not `trigger().elect()`).
+    pub(crate) elections_allowed: std::sync::Arc<AtomicBool>,
     /// openraft's leader lease: `election_timeout_max_ms`.
     pub(crate) lease_ms: u64,
     pub(crate) heartbeat_ms: u64,
@@ -90,10 +95,16 @@ impl LeaderWatch {
             };
             let stagger_ms = self.heartbeat_ms.max(50);
             let due_ms = self.lease_ms + LEASE_MARGIN_MS + rank * stagger_ms;
-            if asked == Some((term, leader)) || self.fence.silent_ms() < due_ms {
+            if asked == Some((term, leader))
+                || self.fence.silent_ms() < due_ms
+                || !self.elections_allowed.load(Ordering::SeqCst)
+            {
                 continue;
             }
             if probe(&addr).await != Probe::Gone {
+                continue;
+            }
+            if !self.elections_allowed.load(Ordering::SeqCst) {
                 continue;
             }
             asked = Some((term, leader));

@@ -86,6 +86,9 @@ struct Inner {
     admitted: AtomicBool,
     /// Whether deliveries may go to clients now (ADR 0028).
     fence: Arc<crate::fence::DeliveryFence>,
+    /// Whether this node may stand for election at all
+    /// ([`Node::allow_elections`]); the leader watch asks it too.
+    elections_allowed: Arc<AtomicBool>,
     /// Which members answered and accepted this node's Raft requests, when.
     contacts: Arc<Contacts>,
     /// Background tasks aborted on shutdown or drop: the tick driver, the
@@ -272,6 +275,7 @@ impl Node {
             initialize_alone(&raft, node_id, &config.cluster_addr, incarnation).await?;
         }
 
+        let elections_allowed = Arc::new(AtomicBool::new(true));
         let mut tasks = Vec::new();
         if initialized
             && raft
@@ -285,6 +289,7 @@ impl Node {
         {
             tasks.push(hold_elections_until_a_leader_is_heard(
                 &raft,
+                elections_allowed.clone(),
                 Duration::from_millis(config.election_timeout_max_ms.saturating_mul(4)),
             ));
         }
@@ -322,6 +327,7 @@ impl Node {
             node_id,
             raft: raft.clone(),
             fence: fence.clone(),
+            elections_allowed: elections_allowed.clone(),
             lease_ms: config.election_timeout_max_ms,
             heartbeat_ms: config.heartbeat_interval_ms,
         }
@@ -339,6 +345,7 @@ impl Node {
                 membership_changes: Semaphore::new(1),
                 forwarded: Semaphore::new(MAX_FORWARDED_IN_FLIGHT),
                 fence,
+                elections_allowed,
                 contacts,
                 fresh: !initialized,
                 admitted: AtomicBool::new(initialized || bootstrap),
@@ -659,6 +666,17 @@ impl Node {
     /// read by the others.
     pub fn skew_clock(&self, offset_ms: i64) {
         self.inner.clock.set_offset_ms(offset_ms);
+    }
+
+    /// Whether this node may start an election: off, neither openraft's
+    /// election timer nor the leader watch (which asks openraft for an
+    /// election when the leader's process is gone, ADR 0029) makes it a
+    /// candidate. It still votes, and it leads on if it leads now. For a
+    /// node that must not take leadership meanwhile (a fault test's node
+    /// whose clock is off; a node being drained).
+    pub fn allow_elections(&self, on: bool) {
+        self.inner.elections_allowed.store(on, Ordering::SeqCst);
+        self.inner.raft.runtime_config().elect(on);
     }
 
     /// Appends and commits a batch a follower forwarded. The batch's time
@@ -1252,7 +1270,14 @@ fn peer_error(error: RaftError<u64, ClientWriteError<u64, Member>>) -> PeerError
 /// heard from — this node applies past what it had applied at start (the
 /// leader told it the commit index), or a new term began — or for `grace`
 /// when none is (the whole cluster restarted).
-fn hold_elections_until_a_leader_is_heard(raft: &Raft<TypeConfig>, grace: Duration) -> JoinHandle<()> {
+///
+/// Elections come back on only if [`Node::allow_elections`] has not
+/// turned them off meanwhile.
+fn hold_elections_until_a_leader_is_heard(
+    raft: &Raft<TypeConfig>,
+    allowed: Arc<AtomicBool>,
+    grace: Duration,
+) -> JoinHandle<()> {
     raft.runtime_config().elect(false);
     let raft = raft.clone();
     let (applied_at_start, term_at_start) = {
@@ -1270,6 +1295,6 @@ fn hold_elections_until_a_leader_is_heard(raft: &Raft<TypeConfig>, grace: Durati
             .await
             .is_ok();
         tracing::info!(heard, "restarted member: elections enabled");
-        raft.runtime_config().elect(true);
+        raft.runtime_config().elect(allowed.load(Ordering::SeqCst));
     })
 }
