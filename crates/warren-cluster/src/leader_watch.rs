@@ -42,6 +42,8 @@ pub(crate) struct LeaderWatch {
     /// watch's election must not bypass that (openraft's switch only
     /// stops its timer, not `trigger().elect()`).
     pub(crate) elections_allowed: std::sync::Arc<AtomicBool>,
+    /// Asked whether the leader's process is gone.
+    pub(crate) peers: std::sync::Arc<dyn crate::peers::Peers>,
     /// openraft's leader lease: `election_timeout_max_ms`.
     pub(crate) lease_ms: u64,
     pub(crate) heartbeat_ms: u64,
@@ -49,7 +51,7 @@ pub(crate) struct LeaderWatch {
 
 /// What the probe of a leader's cluster port found.
 #[derive(Debug, PartialEq, Eq)]
-enum Probe {
+pub(crate) enum Probe {
     /// Something accepted the connection, or nothing answered in time.
     AliveOrUnknown,
     /// Refused, or the name does not resolve: no leader process there.
@@ -101,7 +103,7 @@ impl LeaderWatch {
             {
                 continue;
             }
-            if probe(&addr).await != Probe::Gone {
+            if !self.peers.process_gone(&addr).await {
                 continue;
             }
             if !self.elections_allowed.load(Ordering::SeqCst) {
@@ -123,7 +125,7 @@ impl LeaderWatch {
 }
 
 /// Connects to `addr` (host:port) once.
-async fn probe(addr: &str) -> Probe {
+pub(crate) async fn probe(addr: &str) -> Probe {
     let resolved = match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::lookup_host(addr)).await {
         Ok(Ok(mut addrs)) => addrs.next(),
         Ok(Err(_)) => return Probe::Gone,

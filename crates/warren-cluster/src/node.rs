@@ -328,6 +328,7 @@ impl Node {
             raft: raft.clone(),
             fence: fence.clone(),
             elections_allowed: elections_allowed.clone(),
+            peers: peers.clone(),
             lease_ms: config.election_timeout_max_ms,
             heartbeat_ms: config.heartbeat_interval_ms,
         }

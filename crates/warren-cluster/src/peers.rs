@@ -73,6 +73,17 @@ pub trait Peers: Send + Sync + 'static {
 
     /// How far the node at `addr` has applied its log (its status).
     fn applied_index(&self, addr: &str) -> BoxFuture<Result<Option<u64>, PeerError>>;
+
+    /// Whether no process serves the cluster port at `addr` any more (its
+    /// name does not resolve, or the connection is refused); false when
+    /// something answers or nothing answers in time. The leader watch
+    /// calls an election at once when the leader's process is gone (ADR
+    /// 0029). The default probes over TCP; an in-process network answers
+    /// from what it knows of its nodes.
+    fn process_gone(&self, addr: &str) -> BoxFuture<bool> {
+        let addr = addr.to_owned();
+        Box::pin(async move { crate::leader_watch::probe(&addr).await == crate::leader_watch::Probe::Gone })
+    }
 }
 
 /// Reaches nobody: a single node never forwards nor joins.

@@ -486,6 +486,23 @@ impl Peers for FaultNetwork {
     fn applied_index(&self, addr: &str) -> BoxFuture<Result<Option<u64>, PeerError>> {
         self.status_of(addr, |status| status.last_applied)
     }
+
+    /// A stopped node's process is gone (as a killed process's port
+    /// refuses and a removed container's name stops resolving) when the
+    /// link to it is up; a paused node, or one behind a cut link, does not
+    /// answer, which is not gone. The default's TCP probe would call every
+    /// in-process node gone: its name resolves nowhere.
+    fn process_gone(&self, addr: &str) -> BoxFuture<bool> {
+        let gone = match addr_node(addr) {
+            None => true,
+            Some(to) => {
+                // The refusal has to come back: both ways up.
+                let faults = self.net.faults();
+                faults.link_up(self.from, to) && faults.link_up(to, self.from) && self.net.node(to).is_none()
+            }
+        };
+        Box::pin(async move { gone })
+    }
 }
 
 impl FaultNetwork {

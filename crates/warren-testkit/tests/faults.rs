@@ -175,6 +175,31 @@ async fn a_node_whose_elections_are_off_stands_for_none_when_the_leader_is_gone(
     Ok(())
 }
 
+/// What the leader watch learns of a node's process in process: gone only
+/// once it is stopped and the link to it is up, as a killed process's port
+/// refuses; paused or cut off, it answers nothing, which is not gone (so
+/// the ordinary election timer decides, as it would across real hosts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_looks_gone_to_its_peers_only_once_stopped_and_reachable() -> anyhow::Result<()> {
+    use warren_cluster::Peers;
+    let cluster = cluster("a_node_looks_gone_to_its_peers_only_once_stopped_and_reachable", 3).await?;
+    let probe = cluster.net().endpoint(1);
+    let gone = |node| probe.process_gone(&warren_testkit::node_addr(node));
+    anyhow::ensure!(!gone(2).await, "a running node looked gone");
+    cluster.pause(2).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(!gone(2).await, "a paused node looked gone");
+    cluster.resume(2).map_err(anyhow::Error::msg)?;
+    cluster.kill(2).await?;
+    anyhow::ensure!(gone(2).await, "a stopped node did not look gone");
+    cluster.net().isolate(2);
+    anyhow::ensure!(!gone(2).await, "a stopped node behind a cut link looked gone");
+    cluster.net().heal();
+    cluster.net().cut(2, 1);
+    anyhow::ensure!(!gone(2).await, "a refusal that cannot come back looked gone");
+    anyhow::ensure!(gone(99).await, "a name no node has did not look gone");
+    Ok(())
+}
+
 /// A disk that fails (issue 13): every write of the leader's disk fails,
 /// its Raft core stops, and — as the server exits on a fatal Raft error
 /// and its supervisor starts it again — the testkit restarts it until it
