@@ -114,6 +114,21 @@ struct Replicated {
     acting_policies: BTreeSet<(VHost, String)>,
     /// The cluster's id (`Command::SetClusterId`).
     cluster_id: Option<String>,
+    /// The latest batch time applied: the floor under the stamps of a
+    /// node that restarts or installs this snapshot (ADR 0032).
+    log_time_ms: u64,
+}
+
+/// A snapshot's data before it carried the log's time.
+#[derive(Deserialize)]
+struct ReplicatedV7 {
+    broker: Broker,
+    sessions: Sessions,
+    staged: StagedBodies,
+    access: Access,
+    policies: Policies,
+    acting_policies: BTreeSet<(VHost, String)>,
+    cluster_id: Option<String>,
 }
 
 /// A snapshot's data before the cluster had an id.
@@ -163,6 +178,7 @@ impl Replicated {
             policies: broker.policies().clone(),
             acting_policies: broker.policies().acting().clone(),
             cluster_id: broker.cluster_id().map(str::to_owned),
+            log_time_ms: broker.log_time_ms(),
         }
     }
 
@@ -174,6 +190,7 @@ impl Replicated {
         policies.set_acting(self.acting_policies);
         broker.set_policies(policies);
         broker.set_cluster_id(self.cluster_id);
+        broker.set_log_time_ms(self.log_time_ms);
         (broker, self.sessions)
     }
 }
@@ -188,6 +205,19 @@ fn decode_replicated(data: &[u8]) -> Result<(Broker, Sessions), crate::codec::Co
         Ok(replicated) => return Ok(replicated.into_parts()),
         Err(error) => error,
     };
+    if let Ok(v7) = decode::<ReplicatedV7>(data) {
+        let replicated = Replicated {
+            broker: v7.broker,
+            sessions: v7.sessions,
+            staged: v7.staged,
+            access: v7.access,
+            policies: v7.policies,
+            acting_policies: v7.acting_policies,
+            cluster_id: v7.cluster_id,
+            log_time_ms: 0,
+        };
+        return Ok(replicated.into_parts());
+    }
     if let Ok(v6) = decode::<ReplicatedV6>(data) {
         let replicated = Replicated {
             broker: v6.broker,
@@ -197,6 +227,7 @@ fn decode_replicated(data: &[u8]) -> Result<(Broker, Sessions), crate::codec::Co
             policies: v6.policies,
             acting_policies: v6.acting_policies,
             cluster_id: None,
+            log_time_ms: 0,
         };
         return Ok(replicated.into_parts());
     }
@@ -209,6 +240,7 @@ fn decode_replicated(data: &[u8]) -> Result<(Broker, Sessions), crate::codec::Co
             policies: v3.policies,
             acting_policies: BTreeSet::new(),
             cluster_id: None,
+            log_time_ms: 0,
         };
         return Ok(replicated.into_parts());
     }
@@ -364,6 +396,7 @@ impl StateMachine {
             Ok((state, stored.data.len()))
         })
         .await??;
+        let log_time_ms = state.broker.log_time_ms();
         let shared = Arc::new(Shared {
             state: RwLock::new(state),
             applied: Notify::new(),
@@ -375,7 +408,7 @@ impl StateMachine {
             counters: Arc::default(),
             raft_opening: std::sync::atomic::AtomicBool::new(false),
             cluster_id,
-            clock_floor_ms: Arc::default(),
+            clock_floor_ms: Arc::new(AtomicU64::new(log_time_ms)),
         });
         shared.learn_cluster_id(&shared.read());
         Ok(Self {
@@ -830,6 +863,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             state.last_applied = meta.last_log_id;
             state.membership = meta.last_membership.clone();
             self.shared.learn_cluster_id(&state);
+            self.shared
+                .clock_floor_ms
+                .fetch_max(state.broker.log_time_ms(), Ordering::Relaxed);
         }
         self.shared.access_epoch.fetch_add(1, Ordering::SeqCst);
         if let Some(last) = meta.last_log_id {
@@ -1136,7 +1172,10 @@ mod tests {
         let (decoded, _) = decode_replicated(&data).expect("decode the old layout");
         assert_eq!(decoded.policies().iter().count(), 1);
         assert!(decoded.policies().acting().is_empty());
-        assert_eq!(decoded, old);
+        // Nor does that layout carry the log's time.
+        let mut expected = old.clone();
+        expected.set_log_time_ms(0);
+        assert_eq!(decoded, expected);
     }
 
     #[test]
@@ -1155,6 +1194,32 @@ mod tests {
         let data = encode(&Replicated::new(&broker, &Sessions::default())).expect("encode");
         let (decoded, _) = decode_replicated(&data).expect("decode");
         assert_eq!(decoded.cluster_id(), Some("5e1f"));
+        assert_eq!(decoded.log_time_ms(), 1);
+
+        // The layout before the log's time: the id stays, the time is 0.
+        #[derive(Serialize)]
+        struct V7<'a> {
+            broker: &'a Broker,
+            sessions: &'a Sessions,
+            staged: &'a StagedBodies,
+            access: &'a Access,
+            policies: &'a Policies,
+            acting_policies: &'a BTreeSet<(VHost, String)>,
+            cluster_id: Option<&'a str>,
+        }
+        let data = encode(&V7 {
+            broker: &broker,
+            sessions: &Sessions::default(),
+            staged: broker.staged_bodies(),
+            access: broker.access(),
+            policies: broker.policies(),
+            acting_policies: broker.policies().acting(),
+            cluster_id: broker.cluster_id(),
+        })
+        .expect("encode");
+        let (decoded, _) = decode_replicated(&data).expect("decode the layout before the log's time");
+        assert_eq!(decoded.cluster_id(), Some("5e1f"));
+        assert_eq!(decoded.log_time_ms(), 0);
 
         // The layout before cluster ids: the acting policies stay.
         #[derive(Serialize)]
@@ -1177,6 +1242,7 @@ mod tests {
         .expect("encode");
         let (decoded, _) = decode_replicated(&data).expect("decode the layout before ids");
         assert_eq!(decoded.cluster_id(), None);
+        assert_eq!(decoded.log_time_ms(), 0, "nor the log's time");
         assert_eq!(decoded.access(), broker.access());
         assert_eq!(decoded.policies().acting(), broker.policies().acting());
     }
@@ -1312,6 +1378,56 @@ mod tests {
         assert!(
             len > (MESSAGES * BODY_BYTES) as u64,
             "a follower's copy carries the bodies: {len} bytes"
+        );
+    }
+
+    /// The log's time survives a snapshot (ADR 0032): a node that restarts
+    /// from one, or installs one from the leader, starts its clock floor
+    /// there, so that leading next with a clock behind it does not stamp
+    /// times before those the others applied. Before, its floor was 0
+    /// until the next batch applied.
+    #[tokio::test]
+    async fn a_snapshot_carries_the_logs_time_to_the_clock_floor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open_store = |path: &std::path::Path| -> Arc<dyn LogStore> {
+            Arc::new(SegmentStore::open(path, &SegmentConfig::default()).expect("open store"))
+        };
+        let store = open_store(dir.path());
+        let mut sm = StateMachine::open(1, store.clone(), Arc::new(Discard))
+            .await
+            .expect("open");
+        let mut late = entry(2, vec![declare_queue("r")]);
+        if let EntryPayload::Normal(proposal) = &mut late.payload {
+            proposal.batch.now_ms = 1_700_000_600_000;
+        }
+        sm.apply(vec![entry(1, vec![declare_queue("q")]), late, entry(3, vec![])])
+            .await
+            .expect("apply");
+        assert_eq!(sm.shared().clock_floor_ms.load(Ordering::Relaxed), 1_700_000_600_000);
+        sm.get_snapshot_builder().await.build_snapshot().await.expect("build");
+        let sent = sm.get_current_snapshot().await.expect("read").expect("one");
+        drop(sm);
+
+        let reopened = StateMachine::open(1, store, Arc::new(Discard)).await.expect("reopen");
+        assert_eq!(
+            reopened.shared().clock_floor_ms.load(Ordering::Relaxed),
+            1_700_000_600_000,
+            "restarted from the snapshot"
+        );
+
+        let other_dir = tempfile::tempdir().expect("tempdir");
+        let mut other = StateMachine::open(2, open_store(other_dir.path()), Arc::new(Discard))
+            .await
+            .expect("open the other");
+        assert_eq!(other.shared().clock_floor_ms.load(Ordering::Relaxed), 0);
+        let mut file = other.begin_receiving_snapshot().await.expect("receive");
+        let mut data = sent.snapshot;
+        tokio::io::copy(&mut data, &mut file).await.expect("copy");
+        other.install_snapshot(&sent.meta, file).await.expect("install");
+        assert_eq!(
+            other.shared().clock_floor_ms.load(Ordering::Relaxed),
+            1_700_000_600_000,
+            "installed from the leader"
         );
     }
 }

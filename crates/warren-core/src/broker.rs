@@ -86,6 +86,12 @@ pub struct Broker {
     /// beside the broker, as they carry the permissions.
     #[serde(skip)]
     pub(crate) cluster_id: Option<String>,
+    /// The latest batch time applied (the log's time): a node that leads
+    /// next never stamps below it (ADR 0032), also after it restarted
+    /// from a snapshot or installed one. Snapshots carry it beside the
+    /// broker, as they carry the cluster id.
+    #[serde(skip)]
+    pub(crate) log_time_ms: u64,
 }
 
 /// The longest cluster id [`Command::SetClusterId`] takes.
@@ -147,6 +153,7 @@ impl Broker {
             policies: crate::policy::Policies::default(),
             stats: crate::stats::BrokerStats::default(),
             cluster_id: None,
+            log_time_ms: 0,
         }
     }
 
@@ -160,6 +167,7 @@ impl Broker {
     /// its handle, not its bytes. The same commands give the same state
     /// and effects with or without it, but for where bodies are.
     pub fn apply_spilling(&mut self, batch: &Batch, effects: &mut Vec<Effect>, mut spill: Option<&mut Spill<'_>>) {
+        self.log_time_ms = self.log_time_ms.max(batch.now_ms);
         for request in &batch.requests {
             let mut ctx = Ctx {
                 now_ms: batch.now_ms,
@@ -550,6 +558,16 @@ impl Broker {
     /// Restores the cluster id a snapshot carried.
     pub fn set_cluster_id(&mut self, id: Option<String>) {
         self.cluster_id = id;
+    }
+
+    /// The latest batch time this broker applied (0 before any).
+    pub fn log_time_ms(&self) -> u64 {
+        self.log_time_ms
+    }
+
+    /// Restores the log's time a snapshot carried.
+    pub fn set_log_time_ms(&mut self, log_time_ms: u64) {
+        self.log_time_ms = log_time_ms;
     }
 
     /// Message counts beyond the queues' (each queue has its own).

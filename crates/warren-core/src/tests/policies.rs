@@ -364,7 +364,8 @@ fn a_snapshot_restored_anywhere_and_the_log_replayed_equal_the_replay() {
     for cut in 0..=log.len() {
         let before = replay(Harness::new(), &log[..cut]);
         // What a snapshot carries: the broker, the policies, and which act
-        // (each in its own encoding, as the state machine writes them).
+        // (each in its own encoding, as the state machine writes them),
+        // and the log's time.
         let broker: Vec<u8> = bincode::serialize(&before.broker).expect("broker");
         let policies: Vec<u8> = bincode::serialize(before.broker.policies()).expect("policies");
         let acting = before.broker.policies().acting().clone();
@@ -372,6 +373,7 @@ fn a_snapshot_restored_anywhere_and_the_log_replayed_equal_the_replay() {
         let mut carried: crate::policy::Policies = bincode::deserialize(&policies).expect("policies");
         carried.set_acting(acting);
         restored.set_policies(carried);
+        restored.set_log_time_ms(before.broker.log_time_ms());
         let mut h = Harness::new();
         h.broker = restored;
         h.now_ms = before.now_ms;

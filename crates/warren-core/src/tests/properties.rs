@@ -878,14 +878,16 @@ impl Ledger {
 }
 
 /// The broker as a snapshot holds it: its own encoding, and the bodies in
-/// progress beside it (as warren-cluster's `Replicated`).
+/// progress and the log's time beside it (as warren-cluster's `Replicated`).
 fn snapshot(broker: &Broker) -> Vec<u8> {
-    bincode::serialize(&(broker, broker.staged_bodies())).expect("serialize")
+    bincode::serialize(&(broker, broker.staged_bodies(), broker.log_time_ms())).expect("serialize")
 }
 
 fn restore(bytes: &[u8]) -> Broker {
-    let (mut broker, staged): (Broker, crate::staged::StagedBodies) = bincode::deserialize(bytes).expect("deserialize");
+    let (mut broker, staged, log_time_ms): (Broker, crate::staged::StagedBodies, u64) =
+        bincode::deserialize(bytes).expect("deserialize");
     broker.set_staged_bodies(staged);
+    broker.set_log_time_ms(log_time_ms);
     broker
 }
 
