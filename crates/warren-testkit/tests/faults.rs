@@ -595,28 +595,58 @@ async fn a_follower_whose_clock_ran_ahead_stamps_the_right_time_once_it_leads() 
     finish(&cluster, workload).await
 }
 
-/// Makes `node_id` the leader. A follower with a live leader refuses votes
-/// (its lease): cut the current leader off and let the node call elections
-/// until it wins; if the third node wins instead, cut that one off next.
+/// Makes `node_id` the leader, under load. A voter grants its vote only to
+/// a log at least as up to date as its own and not while it still hears
+/// from a leader (its lease), so the node must be the best candidate when
+/// the leader goes silent: with the others' elections off (no rival
+/// campaign bumps the term under it), the leader's appends stop reaching
+/// the other followers first, so that `node_id` gets entries they do not;
+/// then the leader is cut off altogether, and `node_id` calls elections
+/// until it wins once the others' leases run out. Everything is put back
+/// before returning. (Calling elections on it while the others could too
+/// raced them; with the in-process leader no longer "gone" to the leader
+/// watch, that race was lost for good in one CI run.)
 async fn make_leader(cluster: &Cluster, workload: &Workload, node_id: u64) -> anyhow::Result<()> {
     let node = cluster
         .node(node_id)
         .ok_or_else(|| anyhow::anyhow!("node {node_id} is not running"))?;
-    for _ in 0..10 {
+    let others = |leader: u64| -> Vec<u64> {
+        cluster
+            .running_ids()
+            .into_iter()
+            .filter(|id| *id != leader && *id != node_id)
+            .collect()
+    };
+    let allow_others = |leader: u64, on: bool| {
+        for id in others(leader) {
+            if let Some(other) = cluster.node(id) {
+                other.allow_elections(on);
+            }
+        }
+    };
+    for _ in 0..5 {
         let current = cluster.leader().await?;
         if current == node_id {
             return Ok(());
         }
+        allow_others(current, false);
+        for id in others(current) {
+            cluster.net().cut(current, id);
+        }
+        workload.run_for(Duration::from_millis(300)).await;
         cluster.net().isolate(current);
-        for _ in 0..20 {
+        for _ in 0..40 {
             node.raft().trigger().elect().await?;
             workload.run_for(Duration::from_millis(100)).await;
-            if cluster.leader().await.ok().is_some_and(|l| l != current) {
+            if node.raft().metrics().borrow().current_leader == Some(node_id)
+                && node.raft().metrics().borrow().state == openraft::ServerState::Leader
+            {
                 break;
             }
         }
+        allow_others(current, true);
         cluster.net().heal();
-        workload.run_for(Duration::from_millis(200)).await;
+        workload.run_for(Duration::from_millis(300)).await;
     }
     anyhow::bail!("{}", workload.failure(&format!("node {node_id} did not become leader")))
 }
