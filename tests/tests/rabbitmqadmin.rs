@@ -3,9 +3,11 @@
 //! publishes, gets, exports definitions and runs health checks unchanged.
 //!
 //! The binary is installed once into `<target>/tools` with `cargo install
-//! rabbitmqadmin --version RABBITMQADMIN_VERSION --locked` (under a file
-//! lock, as the pika virtualenv is made); `.ci/run` installs it before the
-//! tests so that its build does not compete with them.
+//! rabbitmqadmin --version RABBITMQADMIN_VERSION --locked --debug` (under a
+//! file lock, as the pika virtualenv is made; a debug build, as a client it
+//! is fast enough and builds in a fraction of the release build's time);
+//! `.ci/run` installs it before the tests so that its build does not
+//! compete with them.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -27,7 +29,7 @@ fn rabbitmqadmin() -> anyhow::Result<PathBuf> {
     let script = format!(
         r#"set -e
 if [ ! -f "{marker}" ]; then
-  cargo install rabbitmqadmin --version {RABBITMQADMIN_VERSION} --locked --root "{root}"
+  cargo install rabbitmqadmin --version {RABBITMQADMIN_VERSION} --locked --debug --root "{root}"
   touch "{marker}"
 fi"#,
         marker = marker.display(),
