@@ -51,7 +51,7 @@ pub(crate) struct LeaderWatch {
 
 /// What the probe of a leader's cluster port found.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Probe {
+enum Probe {
     /// Something accepted the connection, or nothing answered in time.
     AliveOrUnknown,
     /// Refused, or the name does not resolve: no leader process there.
@@ -124,8 +124,14 @@ impl LeaderWatch {
     }
 }
 
+/// Whether the TCP probe finds no process at `addr` (`Peers::process_gone`'s
+/// default).
+pub(crate) async fn port_gone(addr: &str) -> bool {
+    probe(addr).await == Probe::Gone
+}
+
 /// Connects to `addr` (host:port) once.
-pub(crate) async fn probe(addr: &str) -> Probe {
+async fn probe(addr: &str) -> Probe {
     let resolved = match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::lookup_host(addr)).await {
         Ok(Ok(mut addrs)) => addrs.next(),
         Ok(Err(_)) => return Probe::Gone,

@@ -82,7 +82,7 @@ pub trait Peers: Send + Sync + 'static {
     /// from what it knows of its nodes.
     fn process_gone(&self, addr: &str) -> BoxFuture<bool> {
         let addr = addr.to_owned();
-        Box::pin(async move { crate::leader_watch::probe(&addr).await == crate::leader_watch::Probe::Gone })
+        Box::pin(async move { crate::leader_watch::port_gone(&addr).await })
     }
 }
 

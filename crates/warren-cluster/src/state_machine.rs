@@ -750,9 +750,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         {
                             tick_ms = Some(proposal.batch.now_ms);
                         }
+                        // The broker keeps the log's time; the floor follows it
+                        // here, at open and at install alike.
                         self.shared
                             .clock_floor_ms
-                            .fetch_max(proposal.batch.now_ms, Ordering::Relaxed);
+                            .fetch_max(state.broker.log_time_ms(), Ordering::Relaxed);
                         access_changed = proposal.batch.requests.iter().any(|r| r.command.changes_access());
                         if proposal
                             .batch

@@ -638,9 +638,12 @@ async fn make_leader(cluster: &Cluster, workload: &Workload, node_id: u64) -> an
         for _ in 0..40 {
             node.raft().trigger().elect().await?;
             workload.run_for(Duration::from_millis(100)).await;
-            if node.raft().metrics().borrow().current_leader == Some(node_id)
-                && node.raft().metrics().borrow().state == openraft::ServerState::Leader
-            {
+            let leads = {
+                let metrics = node.raft().metrics();
+                let metrics = metrics.borrow();
+                metrics.current_leader == Some(node_id) && metrics.state == openraft::ServerState::Leader
+            };
+            if leads {
                 break;
             }
         }
