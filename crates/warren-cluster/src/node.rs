@@ -600,6 +600,14 @@ impl Node {
     /// See [`Node::ready`]: a leader is known and this node has applied an
     /// entry of the leader's term; then, on a follower, as far as the
     /// leader had applied when asked (and `min_applied`).
+    ///
+    /// A check that cannot pass yet waits for the metrics to change before
+    /// it looks again. It once looked again at once: a restarted leader
+    /// whose core then stopped (a failing disk) kept its own vote, so it
+    /// saw itself as the known leader, not in the `Leader` state, forever —
+    /// a loop with no await in it, which on a node's one-thread runtime
+    /// (the testkit's) starved everything else, the watch for the core's
+    /// fatal error included, and in the server burned a core.
     async fn wait_until_caught_up(
         &self,
         deadline: tokio::time::Instant,
@@ -607,22 +615,28 @@ impl Node {
     ) -> Result<(), ClusterError> {
         let raft = &self.inner.raft;
         let node_id = self.inner.node_id;
+        let mut watch = raft.metrics();
+        let mut look_again_at_once = true;
         loop {
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let metrics = raft
-                .wait(Some(remaining))
-                .metrics(
-                    |m| {
-                        m.current_leader.is_some()
-                            && m.last_applied.is_some_and(|applied| {
-                                applied.leader_id.term == m.current_term && Some(applied.index) >= min_applied
-                            })
-                    },
-                    "leader known and an entry of its term applied",
-                )
-                .await
-                .map_err(|e| self.timeout(e.to_string()))?;
+            if !look_again_at_once {
+                match tokio::time::timeout_at(deadline, watch.changed()).await {
+                    Err(_) => return Err(self.timeout("no leader known with an entry of its term applied")),
+                    Ok(Err(_)) => return Err(ClusterError::Raft("the Raft core stopped".to_owned())),
+                    Ok(Ok(())) => {}
+                }
+            }
+            look_again_at_once = false;
+            let metrics = watch.borrow_and_update().clone();
+            if let Err(fatal) = &metrics.running_state {
+                return Err(ClusterError::Raft(format!("the Raft core stopped: {fatal}")));
+            }
             let Some(leader) = metrics.current_leader else { continue };
+            let applied_in_term = metrics.last_applied.is_some_and(|applied| {
+                applied.leader_id.term == metrics.current_term && Some(applied.index) >= min_applied
+            });
+            if !applied_in_term {
+                continue;
+            }
             let target = if leader == node_id {
                 if metrics.state != ServerState::Leader {
                     continue;
@@ -645,6 +659,7 @@ impl Node {
                             return Err(self.timeout(format!("cannot reach leader {leader}: {e}")));
                         }
                         tokio::time::sleep(Duration::from_millis(100)).await;
+                        look_again_at_once = true;
                         continue;
                     }
                 }
@@ -652,11 +667,15 @@ impl Node {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             raft.wait(Some(remaining))
                 .metrics(
-                    |m| m.last_applied.map(|id| id.index) >= target,
+                    |m| m.running_state.is_err() || m.last_applied.map(|id| id.index) >= target,
                     "applied as far as the leader",
                 )
                 .await
-                .map_err(|e| self.timeout(e.to_string()))?;
+                .map_err(|e| self.timeout(e.to_string()))
+                .and_then(|m| match m.running_state {
+                    Err(fatal) => Err(ClusterError::Raft(format!("the Raft core stopped: {fatal}"))),
+                    Ok(()) => Ok(()),
+                })?;
             return Ok(());
         }
     }

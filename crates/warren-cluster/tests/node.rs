@@ -486,3 +486,132 @@ async fn a_forwarded_batch_runs_on_the_leader_s_clock_not_the_follower_s() -> an
     node.shutdown().await?;
     Ok(())
 }
+
+/// A node whose Raft core has stopped is never ready: asked again and
+/// again, `ready` says so and never hangs. The node led before it was
+/// restarted on a disk that fails every write: its own committed vote
+/// makes it the known leader at once, and its core stops at the first
+/// write (re-applying a body). The wait for readiness once looked again
+/// at once whenever it saw itself as the known leader but not in the
+/// `Leader` state — true forever of a stopped core — a loop without an
+/// await that, on a one-thread runtime, starved the watch for the core's
+/// fatal error beside it: the start hung (stop 28's CI). Which of the two
+/// `ready` polls first is the runtime's draw, so the test asks many times.
+#[test]
+fn a_node_whose_core_stopped_is_never_ready_and_never_hangs() -> anyhow::Result<()> {
+    use warren_cluster::{NoPeers, UnreachableNetwork};
+    use warren_store::vfs::PowerCutFs;
+    use warren_store::{SegmentConfig, SegmentStore};
+    const ASKS: usize = 40;
+    let dir = tempfile::tempdir()?;
+    let fs = Arc::new(PowerCutFs::new());
+    let open = |fs: &Arc<PowerCutFs>| -> anyhow::Result<Arc<dyn LogStore>> {
+        let store = SegmentStore::open_on(fs.clone(), Path::new("/node-1"), &SegmentConfig::default())?;
+        Ok(Arc::new(store))
+    };
+    let origin = channel(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    // A snapshot first (every 5 entries, one publish per entry): the
+    // restart starts from it, having applied an entry of its term, and
+    // stops re-applying the publishes after it.
+    let config = |data_dir: &Path| NodeConfig {
+        snapshot_every: 5,
+        ..config(data_dir)
+    };
+    runtime.block_on(async {
+        let sink = Arc::new(CollectingSink::default());
+        let node = Node::start_with_store(config(dir.path()), open(&fs)?, sink.clone()).await?;
+        let proposer = node.proposer();
+        proposer
+            .submit(request(origin, declare_queue("q", FieldTable::default())))
+            .await?;
+        sink.wait_for_replies(origin, 1).await;
+        // Publishes until a snapshot is taken, then two more: past it.
+        let mut published = 0;
+        let mut after_snapshot = None;
+        while after_snapshot.is_none_or(|after| published < after + 2) {
+            anyhow::ensure!(published < 40, "no snapshot was taken");
+            proposer
+                .submit(request(origin, publish("q", &format!("m{published}"))))
+                .await?;
+            published += 1;
+            sink.wait_for_replies(origin, published + 1).await;
+            if after_snapshot.is_none() && node.metrics().snapshot_index.is_some() {
+                after_snapshot = Some(published);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let status = node.metrics();
+        anyhow::ensure!(
+            status.snapshot_index < status.last_log_index,
+            "the snapshot covers the whole log: {status:?}"
+        );
+        node.shutdown().await?;
+        anyhow::Ok(())
+    })?;
+    drop(runtime);
+
+    fs.fail_writes(true);
+    let (answers, asked) = std::sync::mpsc::channel::<Result<(), String>>();
+    let data_dir = dir.path().to_path_buf();
+    // On a thread of its own: a loop without an await cannot be timed out
+    // from its own runtime.
+    std::thread::spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                let _ = answers.send(Err(format!("no runtime: {e}")));
+                return;
+            }
+        };
+        runtime
+            .block_on(async {
+                // Opening races the core's stop (it may stop before the open
+                // has asked it anything): open until a node is handed out.
+                let mut node = None;
+                for _ in 0..20 {
+                    let Ok(store) = open(&fs) else { continue };
+                    let sink = Arc::new(CollectingSink::default());
+                    let opened =
+                        Node::open_with(config(&data_dir), store, UnreachableNetwork, Arc::new(NoPeers), sink).await;
+                    if let Ok(opened) = opened {
+                        node = Some(opened);
+                        break;
+                    }
+                }
+                let Some(node) = node else {
+                    anyhow::bail!("no open handed out a node");
+                };
+                let reason = tokio::time::timeout(Duration::from_secs(30), node.fatal_error())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the core did not stop on the failing disk"))?;
+                anyhow::ensure!(
+                    reason.contains("injected I/O error"),
+                    "the core stopped for another reason: {reason}"
+                );
+                for _ in 0..ASKS {
+                    let answer = match node.ready().await {
+                        Ok(()) => Err("ready, its core stopped".to_owned()),
+                        Err(_) => Ok(()),
+                    };
+                    if answers.send(answer).is_err() {
+                        break;
+                    }
+                }
+                anyhow::Ok(())
+            })
+            .unwrap_or_else(|e| {
+                let _ = answers.send(Err(e.to_string()));
+            });
+    });
+    for ask in 1..=ASKS {
+        asked
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| anyhow::anyhow!("ask {ask} whether a node with a stopped core is ready: no answer, it hangs"))?
+            .map_err(|e| anyhow::anyhow!("ask {ask}: {e}"))?;
+    }
+    Ok(())
+}

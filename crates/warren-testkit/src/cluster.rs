@@ -142,6 +142,8 @@ struct Inner {
     acks: Arc<AppliedAcks>,
     /// Nodes restarted because their Raft core stopped on a fatal error.
     fatal_restarts: AtomicU64,
+    /// Starts the supervisor tried after such a stop that failed.
+    failed_restarts: AtomicU64,
 }
 
 /// An in-process cluster. Cheap to clone; clients hold a clone to find
@@ -181,6 +183,7 @@ impl Cluster {
                 ledger: Mutex::new(None),
                 acks: Arc::new(AppliedAcks::new()),
                 fatal_restarts: AtomicU64::new(0),
+                failed_restarts: AtomicU64::new(0),
             }),
         };
         for id in 1..=options.nodes.max(1) {
@@ -453,6 +456,7 @@ impl Cluster {
                 let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
                 let mut backoff = Duration::from_millis(100);
                 while let Err(e) = cluster.restart(node_id).await {
+                    cluster.inner.failed_restarts.fetch_add(1, Ordering::Relaxed);
                     if cluster.handle(node_id).is_some() || tokio::time::Instant::now() >= deadline {
                         tracing::error!(node = node_id, error = %e, "restart after a fatal error failed");
                         return;
@@ -501,6 +505,13 @@ impl Cluster {
     /// replication stream it closed itself).
     pub fn fatal_restarts(&self) -> u64 {
         self.inner.fatal_restarts.load(Ordering::Relaxed)
+    }
+
+    /// How many of the starts tried after such a stop failed (the node's
+    /// core stopped again before it was ready: a disk that still fails);
+    /// the supervisor tries again after each.
+    pub fn failed_restarts(&self) -> u64 {
+        self.inner.failed_restarts.load(Ordering::Relaxed)
     }
 
     /// Pauses `node_id` as SIGSTOP would: every task of it stops where it

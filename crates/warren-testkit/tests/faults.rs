@@ -241,6 +241,68 @@ async fn a_leader_whose_disk_fails_stops_and_comes_back_once_mended() -> anyhow:
     finish(&cluster, workload).await
 }
 
+/// A leader whose disk fails while no other node may take over: each
+/// restart comes back as leader of the same term (its own committed
+/// vote) and its core stops again at the first write. Every such start
+/// must fail and be restarted, not hang: the wait for readiness once
+/// spun on "I am the known leader but not in the Leader state" once the
+/// core had stopped, which on the node's one-thread runtime starved the
+/// watch for its fatal error (stop 28's CI: a_leader_whose_disk_fails_…
+/// hung when the others had not elected yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_whose_disk_still_fails_stops_again_every_time() -> anyhow::Result<()> {
+    let cluster = cluster_with(
+        "a_restarted_leader_whose_disk_still_fails_stops_again_every_time",
+        schedule_options(3),
+    )
+    .await?;
+    let workload = start_load(&cluster, LoadOptions::default()).await?;
+    let broken = leader(&cluster, &workload).await?;
+    let followers: Vec<u64> = cluster.running_ids().into_iter().filter(|id| *id != broken).collect();
+    for id in &followers {
+        cluster
+            .node(*id)
+            .ok_or_else(|| anyhow::anyhow!("node {id} is gone"))?
+            .allow_elections(false);
+    }
+    workload.phase(format!(
+        "failing every write of leader {broken}'s disk, the others' elections off"
+    ));
+    cluster.fail_disk(broken, true).map_err(anyhow::Error::msg)?;
+    // The supervisor's backoff: 0.1, 0.2, 0.4, 0.8, then 1 s between starts;
+    // a start hung about every other time before the fix.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    while cluster.failed_restarts() < 8 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            workload.failure(&format!(
+                "{} starts of node {broken} failed on its failing disk, then no more: a start hung",
+                cluster.failed_restarts()
+            ))
+        );
+        workload.run_for(Duration::from_millis(50)).await;
+    }
+    workload.phase(format!("mending node {broken}'s disk; the others' elections on"));
+    cluster.fail_disk(broken, false).map_err(anyhow::Error::msg)?;
+    for id in &followers {
+        if let Some(node) = cluster.node(*id) {
+            node.allow_elections(true);
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while cluster.node(broken).is_none() {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            workload.failure(&format!("node {broken} did not come back on its mended disk"))
+        );
+        workload.run_for(Duration::from_millis(50)).await;
+    }
+    progress(&workload, "commits go on once the disk is mended").await?;
+    finish(&cluster, workload).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_survive_an_isolated_leader() -> anyhow::Result<()> {
     let cluster = cluster("five_nodes_survive_an_isolated_leader", 5).await?;
