@@ -1,6 +1,6 @@
 //! End-to-end test harness for Warren.
 //!
-//! Owns what every test under `tests/tests/` needs to drive the real `warren`
+//! Owns what every test under `tests/tests/e2e/` needs to drive the real `warren`
 //! binary from the outside, the way a user would:
 //!
 //! - [`WarrenProcess`]: builds (once per test process) and spawns the binary

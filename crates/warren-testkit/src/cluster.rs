@@ -40,7 +40,7 @@ pub struct ClusterOptions {
     /// messages (they learn it only when the node hears from the others
     /// again), which the ledger's "held by two channels" check cannot tell
     /// from a bug. Failure detection is tested with real processes
-    /// (tests/tests/cluster.rs); tests here that want it set it lower.
+    /// (tests/tests/e2e/cluster.rs); tests here that want it set it lower.
     pub node_down_after_ms: u64,
     /// Bytes of entries per AppendEntries. Small by default (a few
     /// entries), so a lagging follower catches up through many partial

@@ -262,7 +262,7 @@ async fn three_nodes_share_a_queue_and_survive_the_leader_kill() -> anyhow::Resu
 }
 
 // Publishers on node 2 and consumers on node 3 (both followers) keep going
-// while node 1, the leader, is killed (tests/tests/cluster_ops.rs also puts
+// while node 1, the leader, is killed (tests/tests/e2e/cluster_ops.rs also puts
 // clients on the killed node and restarts it). Once failed about one run in
 // six (about 20 confirmed messages never consumed): a consumer's connection
 // close was lost when its batch failed, so its unacked messages stayed held;
