@@ -82,6 +82,22 @@ async fn progress(workload: &Workload, what: &str) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
 }
 
+/// Runs the workload until `done` holds; fails with `what` (and the
+/// workload's history) once `limit` has passed.
+async fn run_until(
+    workload: &Workload,
+    limit: Duration,
+    what: impl Fn() -> String,
+    done: impl Fn() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{}", workload.failure(&what()));
+        workload.run_for(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 async fn leader(cluster: &Cluster, workload: &Workload) -> anyhow::Result<u64> {
     cluster
         .leader()
@@ -216,27 +232,23 @@ async fn a_leader_whose_disk_fails_stops_and_comes_back_once_mended() -> anyhow:
     let broken = leader(&cluster, &workload).await?;
     workload.phase(format!("failing every write of leader {broken}'s disk"));
     cluster.fail_disk(broken, true).map_err(anyhow::Error::msg)?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while cluster.fatal_restarts() == 0 {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{}",
-            workload.failure(&format!("node {broken}'s Raft core did not stop on a failing disk"))
-        );
-        workload.run_for(Duration::from_millis(50)).await;
-    }
+    run_until(
+        &workload,
+        Duration::from_secs(30),
+        || format!("node {broken}'s Raft core did not stop on a failing disk"),
+        || cluster.fatal_restarts() > 0,
+    )
+    .await?;
     progress(&workload, "the others commit while the broken node is down").await?;
     workload.phase(format!("mending node {broken}'s disk"));
     cluster.fail_disk(broken, false).map_err(anyhow::Error::msg)?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while cluster.node(broken).is_none() {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{}",
-            workload.failure(&format!("node {broken} did not come back on its mended disk"))
-        );
-        workload.run_for(Duration::from_millis(50)).await;
-    }
+    run_until(
+        &workload,
+        Duration::from_secs(30),
+        || format!("node {broken} did not come back on its mended disk"),
+        || cluster.node(broken).is_some(),
+    )
+    .await?;
     workload.run_for(Duration::from_millis(1000)).await;
     finish(&cluster, workload).await
 }
@@ -271,18 +283,18 @@ async fn a_restarted_leader_whose_disk_still_fails_stops_again_every_time() -> a
     cluster.fail_disk(broken, true).map_err(anyhow::Error::msg)?;
     // The supervisor's backoff: 0.1, 0.2, 0.4, 0.8, then 1 s between starts;
     // a start hung about every other time before the fix.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
-    while cluster.failed_restarts() < 8 {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{}",
-            workload.failure(&format!(
+    run_until(
+        &workload,
+        Duration::from_secs(25),
+        || {
+            format!(
                 "{} starts of node {broken} failed on its failing disk, then no more: a start hung",
                 cluster.failed_restarts()
-            ))
-        );
-        workload.run_for(Duration::from_millis(50)).await;
-    }
+            )
+        },
+        || cluster.failed_restarts() >= 8,
+    )
+    .await?;
     workload.phase(format!("mending node {broken}'s disk; the others' elections on"));
     cluster.fail_disk(broken, false).map_err(anyhow::Error::msg)?;
     for id in &followers {
@@ -290,15 +302,13 @@ async fn a_restarted_leader_whose_disk_still_fails_stops_again_every_time() -> a
             node.allow_elections(true);
         }
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while cluster.node(broken).is_none() {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{}",
-            workload.failure(&format!("node {broken} did not come back on its mended disk"))
-        );
-        workload.run_for(Duration::from_millis(50)).await;
-    }
+    run_until(
+        &workload,
+        Duration::from_secs(30),
+        || format!("node {broken} did not come back on its mended disk"),
+        || cluster.node(broken).is_some(),
+    )
+    .await?;
     progress(&workload, "commits go on once the disk is mended").await?;
     finish(&cluster, workload).await
 }
