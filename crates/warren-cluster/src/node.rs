@@ -372,10 +372,7 @@ impl Node {
     pub async fn ready(&self) -> Result<(), ClusterError> {
         tokio::select! {
             ready = self.become_ready() => ready,
-            reason = self.fatal_error() => Err(ClusterError::Raft(format!(
-                "the Raft core stopped before node {} was ready: {reason}",
-                self.inner.node_id
-            ))),
+            reason = self.fatal_error() => Err(self.stopped_before_ready(&reason)),
         }
     }
 
@@ -408,6 +405,13 @@ impl Node {
             .voter_ids()
             .any(|id| id == self.inner.node_id);
         is_voter
+    }
+
+    fn stopped_before_ready(&self, reason: &str) -> ClusterError {
+        ClusterError::Raft(format!(
+            "the Raft core stopped before node {} was ready: {reason}",
+            self.inner.node_id
+        ))
     }
 
     fn timeout(&self, reason: impl Into<String>) -> ClusterError {
@@ -607,7 +611,7 @@ impl Node {
     /// saw itself as the known leader, not in the `Leader` state, forever —
     /// a loop with no await in it, which on a node's one-thread runtime
     /// (the testkit's) starved everything else, the watch for the core's
-    /// fatal error included, and in the server burned a core.
+    /// fatal error included (and would spin a worker of the server's).
     async fn wait_until_caught_up(
         &self,
         deadline: tokio::time::Instant,
@@ -621,14 +625,14 @@ impl Node {
             if !look_again_at_once {
                 match tokio::time::timeout_at(deadline, watch.changed()).await {
                     Err(_) => return Err(self.timeout("no leader known with an entry of its term applied")),
-                    Ok(Err(_)) => return Err(ClusterError::Raft("the Raft core stopped".to_owned())),
+                    Ok(Err(_)) => return Err(self.stopped_before_ready("its metrics ended")),
                     Ok(Ok(())) => {}
                 }
             }
             look_again_at_once = false;
             let metrics = watch.borrow_and_update().clone();
             if let Err(fatal) = &metrics.running_state {
-                return Err(ClusterError::Raft(format!("the Raft core stopped: {fatal}")));
+                return Err(self.stopped_before_ready(&fatal.to_string()));
             }
             let Some(leader) = metrics.current_leader else { continue };
             let applied_in_term = metrics.last_applied.is_some_and(|applied| {
@@ -673,7 +677,7 @@ impl Node {
                 .await
                 .map_err(|e| self.timeout(e.to_string()))
                 .and_then(|m| match m.running_state {
-                    Err(fatal) => Err(ClusterError::Raft(format!("the Raft core stopped: {fatal}"))),
+                    Err(fatal) => Err(self.stopped_before_ready(&fatal.to_string())),
                     Ok(()) => Ok(()),
                 })?;
             return Ok(());
