@@ -2,9 +2,9 @@
 //! each drives the real `warren` binary with real AMQP clients (lapin,
 //! pika) over TCP. One binary rather than 43, each compiled and linked on
 //! its own: after a change to the e2e library the 43 took 87 s to build
-//! with CI's settings, the one 13 s (a clean CI build gained only ~8 s:
-//! there the links overlapped other compiling). nextest still runs every test in a
-//! process of its own; `cargo nextest run -p warren-e2e durability::`
+//! with CI's settings, the one 13 s. A clean CI build gained only ~8 s
+//! (why, not measured). nextest still runs every test in a process of its
+//! own; `cargo nextest run -p warren-e2e durability::`
 //! runs one module.
 
 mod bad_input;
