@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use warren_core::{Batch, Command, NodeId, Request};
 
+use crate::handover::NotCommitted;
 use crate::type_config::{Proposal, TypeConfig};
 
 /// When each member last answered one of this node's Raft RPCs, and when
@@ -286,6 +287,8 @@ pub(crate) struct Detector {
     pub(crate) down_after: Duration,
     /// Stamps the verdict's batch, as the proposer stamps its own.
     pub(crate) clock: Arc<crate::clock::LeaderClock>,
+    /// The gate of this node's writes (a hand-over closes it: ADR 0035).
+    pub(crate) hold: Arc<crate::handover::WriteHold>,
 }
 
 impl Detector {
@@ -353,11 +356,16 @@ impl Detector {
                 }],
             },
         };
-        let write = self.raft.client_write(proposal);
-        match tokio::time::timeout(self.down_after.max(MIN_COMMIT_WAIT), write).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("not committed in time".to_owned()),
+        let responded = {
+            let _append = self.hold.append().await;
+            self.raft.client_write_ff(proposal).await
+        };
+        match crate::handover::committed(responded, self.down_after.max(MIN_COMMIT_WAIT)).await {
+            Ok(_) => Ok(()),
+            Err(NotCommitted::NotLeader { leader_id, .. }) => {
+                Err(format!("this node no longer leads (leader: {leader_id:?})"))
+            }
+            Err(NotCommitted::Failed(reason)) => Err(reason),
         }
     }
 }

@@ -18,6 +18,7 @@ use warren_store::{open_data_dir, LogStore, SegmentConfig, SledConfig};
 
 use crate::config::NodeConfig;
 use crate::error::ClusterError;
+use crate::handover::NotCommitted;
 use crate::liveness::{Contacts, Detector, TrackingNetwork};
 use crate::log_store::RaftLogStore;
 use crate::network::UnreachableNetwork;
@@ -91,6 +92,10 @@ struct Inner {
     elections_allowed: Arc<AtomicBool>,
     /// Which members answered and accepted this node's Raft requests, when.
     contacts: Arc<Contacts>,
+    /// Held while this leader hands its leadership over (ADR 0035).
+    hold: Arc<crate::handover::WriteHold>,
+    /// Since when this node leads (a hand-over waits out its lease).
+    leading_since: Arc<crate::handover::LeadingSince>,
     /// Background tasks aborted on shutdown or drop: the tick driver, the
     /// failure detector, compaction and (after a restart) the election
     /// hold. Not the proposer: it keeps running and answers `Unavailable`
@@ -295,6 +300,8 @@ impl Node {
         }
 
         let clock = Arc::new(crate::clock::LeaderClock::with_floor(shared.clock_floor_ms.clone()));
+        let hold = crate::handover::WriteHold::new();
+        let (leading_since, leading_since_task) = crate::handover::LeadingSince::spawn(&raft, node_id);
         // The proposer's handle is dropped: the task ends by itself once the
         // last `Proposer` is gone (see `Inner::tasks`).
         let (proposer, _proposer_task) = ProposerTask {
@@ -309,6 +316,7 @@ impl Node {
             max_in_flight: config.max_batches_in_flight,
             forward_timeout: config.forward_timeout(),
             leader_wait: Duration::from_millis(config.election_timeout_max_ms.saturating_mul(4)),
+            hold: hold.clone(),
         }
         .spawn();
         let tick_task = tick::spawn(node_id, raft.clone(), shared.clone(), proposer.clone(), clock.clone());
@@ -320,6 +328,7 @@ impl Node {
             contacts: contacts.clone(),
             down_after: Duration::from_millis(config.node_down_after_ms.max(1)),
             clock: clock.clone(),
+            hold: hold.clone(),
         }
         .spawn();
         let fence = Arc::new(crate::fence::DeliveryFence::new(config.node_down_after_ms));
@@ -348,10 +357,18 @@ impl Node {
                 fence,
                 elections_allowed,
                 contacts,
+                hold,
+                leading_since,
                 fresh: !initialized,
                 admitted: AtomicBool::new(initialized || bootstrap),
                 tasks: Mutex::new({
-                    tasks.extend([tick_task, detector_task, compaction_task, leader_watch_task]);
+                    tasks.extend([
+                        tick_task,
+                        detector_task,
+                        compaction_task,
+                        leader_watch_task,
+                        leading_since_task,
+                    ]);
                     tasks
                 }),
             }),
@@ -703,6 +720,74 @@ impl Node {
         self.inner.raft.runtime_config().elect(on);
     }
 
+    /// Hands this node's leadership to a voter that holds its whole log,
+    /// within `limit` (ADR 0035): a node about to stop calls this so that
+    /// its followers need not wait out an election timeout. Meanwhile this
+    /// node proposes nothing; writes wait and then go to the new leader.
+    pub async fn hand_over_leadership(&self, limit: Duration) -> crate::HandOver {
+        let ctx = crate::handover::HandOverCtx {
+            node_id: self.inner.node_id,
+            raft: &self.inner.raft,
+            peers: &*self.inner.peers,
+            hold: &self.inner.hold,
+            leading_since: &self.inner.leading_since,
+            clock: &self.inner.clock,
+            lease: Duration::from_millis(self.inner.config.election_timeout_max_ms),
+        };
+        crate::handover::hand_over(ctx, limit).await
+    }
+
+    /// Starts an election on this node now, as a leader handing over asks
+    /// ([`Peers::stand_for_election`]).
+    ///
+    /// # Errors
+    /// [`PeerError::Refused`] if elections are off here
+    /// ([`Node::allow_elections`]), this node is not (yet) a voter that
+    /// takes Raft messages, or it leads already; [`PeerError::Failed`] if
+    /// its Raft core has stopped.
+    pub async fn stand_for_election(&self) -> Result<(), PeerError> {
+        if !self.inner.elections_allowed.load(Ordering::SeqCst) {
+            return Err(PeerError::Refused(format!(
+                "node {} does not stand for election now",
+                self.inner.node_id
+            )));
+        }
+        if !self.takes_raft_messages() {
+            return Err(PeerError::Refused(format!(
+                "node {} has not been admitted to the cluster",
+                self.inner.node_id
+            )));
+        }
+        {
+            let metrics = self.inner.raft.metrics();
+            let metrics = metrics.borrow();
+            if metrics.state == ServerState::Leader {
+                return Err(PeerError::Refused(format!("node {} leads already", self.inner.node_id)));
+            }
+            if !metrics
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|id| id == self.inner.node_id)
+            {
+                return Err(PeerError::Refused(format!(
+                    "node {} is not a voter",
+                    self.inner.node_id
+                )));
+            }
+        }
+        tracing::info!(
+            node = self.inner.node_id,
+            "standing for election: the leader hands over"
+        );
+        self.inner
+            .raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| PeerError::Failed(e.to_string()))
+    }
+
     /// Appends and commits a batch a follower forwarded. The batch's time
     /// is this node's (the leader's) clock, as for its own batches: a
     /// follower whose clock runs ahead does not make TTLs and `x-expires`
@@ -719,17 +804,23 @@ impl Node {
         let Ok(_slot) = self.inner.forwarded.acquire().await else {
             return Err(PeerError::Failed("the node is shutting down".to_owned()));
         };
-        // A deposed leader appends nothing: it says so before stamping.
-        if let Some(not_leader) = self.not_leader() {
-            return Err(not_leader);
-        }
-        proposal.batch.now_ms = self.inner.clock.stamp();
-        let write = self.inner.raft.client_write(proposal);
-        match tokio::time::timeout(self.inner.config.forward_timeout(), write).await {
-            Ok(Ok(response)) => Ok(response.log_id.index),
-            Ok(Err(e)) => Err(peer_error(e)),
-            Err(_) => Err(PeerError::Failed("the batch was not committed in time".to_owned())),
-        }
+        // A deposed leader appends nothing: it says so before stamping. (A
+        // batch that came during a hand-over asks once it is done, and hears
+        // of the new leader: ADR 0035.)
+        let responded = {
+            let _append = self.inner.hold.append().await;
+            if let Some(not_leader) = self.not_leader() {
+                return Err(not_leader);
+            }
+            proposal.batch.now_ms = self.inner.clock.stamp();
+            self.inner.raft.client_write_ff(proposal).await
+        };
+        crate::handover::committed(responded, self.inner.config.forward_timeout())
+            .await
+            .map_err(|not| match not {
+                NotCommitted::NotLeader { leader_id, leader_addr } => PeerError::NotLeader { leader_id, leader_addr },
+                NotCommitted::Failed(reason) => PeerError::Failed(reason),
+            })
     }
 
     /// Adds `node_id` at `addr` as a learner, waits until it has caught up,

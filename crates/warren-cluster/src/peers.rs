@@ -84,6 +84,12 @@ pub trait Peers: Send + Sync + 'static {
         let addr = addr.to_owned();
         Box::pin(async move { crate::leader_watch::port_gone(&addr).await })
     }
+
+    /// Asks the voter at `addr` to stand for election now: a leader that
+    /// is stopping, and whose whole log that voter holds, hands its
+    /// leadership over this way (ADR 0035). `Ok(())` once the election has
+    /// started, which is not yet won.
+    fn stand_for_election(&self, addr: &str) -> BoxFuture<Result<(), PeerError>>;
 }
 
 /// Reaches nobody: a single node never forwards nor joins.
@@ -114,6 +120,11 @@ impl Peers for NoPeers {
     }
 
     fn applied_index(&self, addr: &str) -> BoxFuture<Result<Option<u64>, PeerError>> {
+        let reason = format!("no network to reach {addr}: this node has no peers");
+        Box::pin(async move { Err(PeerError::Failed(reason)) })
+    }
+
+    fn stand_for_election(&self, addr: &str) -> BoxFuture<Result<(), PeerError>> {
         let reason = format!("no network to reach {addr}: this node has no peers");
         Box::pin(async move { Err(PeerError::Failed(reason)) })
     }

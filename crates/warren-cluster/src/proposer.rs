@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use warren_core::staged::StagedPublish;
 
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Raft, ServerState};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -20,6 +19,7 @@ use warren_core::{Batch, ChannelId, Command, NodeId, Request};
 
 use crate::effect_sink::EffectSink;
 use crate::error::ClusterError;
+use crate::handover::NotCommitted;
 use crate::peers::{PeerError, Peers};
 use crate::tracker::ProposalTracker;
 use crate::type_config::{Proposal, TypeConfig};
@@ -71,6 +71,9 @@ pub(crate) struct ProposerTask {
     pub(crate) forward_timeout: Duration,
     /// How long a follower waits for a leader to be known before failing a batch.
     pub(crate) leader_wait: Duration,
+    /// Held while this leader hands its leadership over (ADR 0035): no
+    /// batch is proposed meanwhile.
+    pub(crate) hold: Arc<crate::handover::WriteHold>,
 }
 
 impl ProposerTask {
@@ -112,6 +115,10 @@ impl ProposerTask {
             // Only a leader's time reaches the log: a follower's batch is
             // stamped again by the leader it is forwarded to. (No stamp
             // raises the floor; applied batches do: ADR 0032.)
+            // Held from this check until openraft has the batch: during a
+            // hand-over the batch waits here, then finds this node a
+            // follower and goes to the new leader (ADR 0035).
+            let append = self.hold.append().await;
             let leader = self.is_leader();
             let now_ms = if leader {
                 self.clock.stamp()
@@ -134,6 +141,7 @@ impl ProposerTask {
             let request_count = proposal.batch.requests.len();
             let proposed_at = std::time::Instant::now();
             if !leader {
+                drop(append);
                 self.counters.proposed(request_count, true);
                 self.forward(proposal, permit, &in_flight, seq, retry, &mut suspect)
                     .await;
@@ -143,7 +151,9 @@ impl ProposerTask {
             // so entries reach the log in submission order; only the wait for
             // the commit runs concurrently.
             self.counters.proposed(request_count, false);
-            match self.raft.client_write_ff(proposal).await {
+            let handed = self.raft.client_write_ff(proposal).await;
+            drop(append);
+            match handed {
                 Ok(responded) => {
                     let counters = self.counters.clone();
                     let tracker = self.tracker.clone();
@@ -292,15 +302,16 @@ impl ProposerTask {
             // clock as a follower read it, which no leader stamped yet.
             let mut proposal = proposal.clone();
             proposal.batch.now_ms = self.clock.stamp();
-            let write = self.raft.client_write(proposal);
-            return match tokio::time::timeout(limit, write).await {
-                Ok(Ok(_)) => Forwarded::Committed,
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => Forwarded::Redirect {
-                    leader_id: forward.leader_id,
-                    leader_addr: forward.leader_node.map(|n| n.addr),
-                },
-                Ok(Err(e)) => Forwarded::Unknown(e.to_string()),
-                Err(_) => Forwarded::Unknown("the batch was not committed in time".to_owned()),
+            let responded = {
+                let _append = self.hold.append().await;
+                self.raft.client_write_ff(proposal).await
+            };
+            return match crate::handover::committed(responded, limit).await {
+                Ok(_) => Forwarded::Committed,
+                Err(NotCommitted::NotLeader { leader_id, leader_addr }) => {
+                    Forwarded::Redirect { leader_id, leader_addr }
+                }
+                Err(NotCommitted::Failed(reason)) => Forwarded::Unknown(reason),
             };
         }
         // A leader cut off by a partition answers nothing: rather than wait

@@ -21,7 +21,7 @@ use warren_cluster::{BoxFuture, ClusterIdCell, IncarnationCell, JoinMode, PeerEr
 
 use crate::codec::{decode, encode};
 use crate::pb::warren_cluster_client::WarrenClusterClient;
-use crate::pb::{self, forward_reply, join_reply};
+use crate::pb::{self, forward_reply, join_reply, stand_for_election_reply};
 use crate::{DEFAULT_GROUP, MAX_MESSAGE_BYTES};
 
 /// Puts the cluster secret in every request's metadata
@@ -344,6 +344,28 @@ impl Peers for GrpcNetwork {
         let network = self.clone();
         let addr = addr.to_owned();
         Box::pin(async move { Ok(network.status(&addr).await?.last_applied) })
+    }
+
+    fn stand_for_election(&self, addr: &str) -> BoxFuture<Result<(), PeerError>> {
+        let client = self.client(addr);
+        let request = pb::StandForElectionRequest {
+            header: Some(self.header()),
+        };
+        let addr = addr.to_owned();
+        let limit = self.config.status_timeout;
+        Box::pin(async move {
+            let mut client = client.map_err(|e| PeerError::Failed(e.to_string()))?;
+            let reply = tokio::time::timeout(limit, client.stand_for_election(request))
+                .await
+                .map_err(|_| PeerError::Failed(format!("stand-for-election at {addr}: timed out")))?
+                .map_err(|status| PeerError::Failed(format!("stand-for-election at {addr}: {status}")))?;
+            match reply.into_inner().result {
+                Some(stand_for_election_reply::Result::Started(_)) => Ok(()),
+                Some(stand_for_election_reply::Result::Refused(reason)) => Err(PeerError::Refused(reason)),
+                Some(stand_for_election_reply::Result::Failed(reason)) => Err(PeerError::Failed(reason)),
+                None => Err(PeerError::Failed("empty stand-for-election reply".to_owned())),
+            }
+        })
     }
 }
 

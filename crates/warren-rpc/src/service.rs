@@ -14,7 +14,7 @@ use warren_cluster::{JoinMode, Node, PeerError, Proposal, TypeConfig};
 
 use crate::codec::{decode, encode};
 use crate::pb::warren_cluster_server::{WarrenCluster, WarrenClusterServer};
-use crate::pb::{self, forward_reply, join_reply, leave_reply};
+use crate::pb::{self, forward_reply, join_reply, leave_reply, stand_for_election_reply};
 use crate::{CLUSTER_ID_METADATA, DEFAULT_GROUP, MAX_CONCURRENT_REQUESTS, MAX_MESSAGE_BYTES, SECRET_METADATA};
 
 /// What the service checks on every request.
@@ -409,6 +409,19 @@ impl WarrenCluster for ClusterService {
             Err(AdminError::NotFound(reason)) => Err(Status::not_found(reason)),
             Err(AdminError::Failed(reason)) => Err(Status::failed_precondition(reason)),
         }
+    }
+
+    async fn stand_for_election(
+        &self,
+        request: Request<pb::StandForElectionRequest>,
+    ) -> Result<Response<pb::StandForElectionReply>, Status> {
+        self.check(request.get_ref().header.as_ref())?;
+        let result = match self.node.stand_for_election().await {
+            Ok(()) => stand_for_election_reply::Result::Started(true),
+            Err(PeerError::Refused(reason)) => stand_for_election_reply::Result::Refused(reason),
+            Err(error) => stand_for_election_reply::Result::Failed(error.to_string()),
+        };
+        Ok(Response::new(pb::StandForElectionReply { result: Some(result) }))
     }
 
     async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tracing::info;
 use warren_amqp::{password::hash_password, AmqpConfig, Frontend, Registry};
-use warren_cluster::{Node, NodeConfig};
+use warren_cluster::{HandOver, Node, NodeConfig};
 use warren_core::{Command, NodeId, Request, UserName, VHost};
 use warren_rpc::{ClusterService, GrpcNetwork, NetworkConfig, ServiceConfig};
 
@@ -26,6 +26,9 @@ pub use config::{advertise_for, is_seed, join_targets, node_id_from_hostname, Am
 /// How long a stopping node waits for its AMQP connections to close (each
 /// waits up to a second for the client's close-ok).
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// How long a stopping leader tries to hand its leadership over.
+const HAND_OVER_LIMIT: Duration = Duration::from_secs(3);
 
 /// Runs a node: binds `config.cluster_listen` and serves the inter-node
 /// gRPC there, opens its Raft state in `config.data_dir` (bootstrapping a
@@ -313,6 +316,12 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
     for stop in stop_http {
         let _ = stop.send(());
     }
+    // A leader hands over before it stops, so its followers need not wait
+    // out an election timeout (ADR 0035); it stands for no election itself.
+    node.allow_elections(false);
+    // The node logs how it went; a failed hand-over leaves an election to
+    // the others, as before.
+    let _: HandOver = node.hand_over_leadership(HAND_OVER_LIMIT).await;
     node.shutdown().await.context("stopping the Raft node")?;
     let _ = stop_cluster.send(());
     if let Ok(Err(e)) = cluster_server.await {

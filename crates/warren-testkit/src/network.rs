@@ -487,6 +487,22 @@ impl Peers for FaultNetwork {
         self.status_of(addr, |status| status.last_applied)
     }
 
+    fn stand_for_election(&self, addr: &str) -> BoxFuture<Result<(), PeerError>> {
+        let net = self.net.clone();
+        let from = self.from;
+        let target = addr_node(addr);
+        let addr = addr.to_owned();
+        Box::pin(async move {
+            let Some(to) = target else {
+                return Err(PeerError::Failed(format!("stand-for-election: no node at {addr}")));
+            };
+            let sent = net
+                .transmit(from, to, |node| async move { node.stand_for_election().await })
+                .await;
+            sent.unwrap_or_else(|lost| Err(peer_lost(&format!("stand-for-election at {addr}"), &lost)))
+        })
+    }
+
     /// A stopped node's process is gone (as a killed process's port
     /// refuses and a removed container's name stops resolving) when the
     /// link to it is up; a paused node, or one behind a cut link, does not
