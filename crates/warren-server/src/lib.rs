@@ -27,7 +27,9 @@ pub use config::{advertise_for, is_seed, join_targets, node_id_from_hostname, Am
 /// waits up to a second for the client's close-ok).
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
-/// How long a stopping leader tries to hand its leadership over.
+/// How long a stopping leader tries to hand its leadership over, past the
+/// rest of its lease (openraft's leader lease, `election_timeout_max`: a
+/// leader elected less than a lease ago grants no vote until it is over).
 const HAND_OVER_LIMIT: Duration = Duration::from_secs(3);
 
 /// Runs a node: binds `config.cluster_listen` and serves the inter-node
@@ -321,7 +323,8 @@ pub async fn run(config: Config, amqp_listener: TcpListener, shutdown: impl Futu
     node.allow_elections(false);
     // The node logs how it went; a failed hand-over leaves an election to
     // the others, as before.
-    let _: HandOver = node.hand_over_leadership(HAND_OVER_LIMIT).await;
+    let lease = Duration::from_millis(config.raft_election_timeout_max_ms);
+    let _: HandOver = node.hand_over_leadership(lease + HAND_OVER_LIMIT).await;
     node.shutdown().await.context("stopping the Raft node")?;
     let _ = stop_cluster.send(());
     if let Ok(Err(e)) = cluster_server.await {

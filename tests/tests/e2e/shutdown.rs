@@ -89,3 +89,48 @@ async fn a_drained_node_gives_its_clients_unacked_messages_back_at_once() -> any
     .await?;
     Ok(())
 }
+
+/// A leader stopped with SIGTERM hands its leadership over before it exits
+/// (ADR 0035). With election timeouts of 2-3 s, the others could elect no
+/// leader sooner than 3 s after its last heartbeat (openraft's leader
+/// lease); yet as soon as it has exited, node 2 knows another leader, and
+/// confirms go on with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_sigterm_hands_over_before_it_exits() -> anyhow::Result<()> {
+    let mut nodes = start_three_nodes_with_config(Some(
+        "raft_election_timeout_min_ms = 2000\nraft_election_timeout_max_ms = 3000\n",
+    ))
+    .await?;
+    let survivor = cluster_addr(&nodes[1])?;
+    declare_durable_queue(&nodes[1].amqp_uri(), "handed").await?;
+    assert_eq!(
+        publish_confirmed(&nodes[1].amqp_uri(), "handed", 0..10).await?.len(),
+        10
+    );
+    // Node 1 bootstrapped the cluster and the others joined through it.
+    assert_eq!(list_queues(survivor, &[]).await?.leader, Some(1));
+
+    let node1 = nodes.remove(0);
+    let stopped = tokio::task::spawn_blocking(move || {
+        let mut node1 = node1;
+        let status = node1.terminate(Duration::from_secs(30));
+        (node1, status)
+    });
+    let (_node1, status) = stopped.await?;
+    assert!(status?.success(), "node 1 exits 0 after a SIGTERM");
+    let leader = list_queues(survivor, &[]).await?.leader;
+    assert!(
+        matches!(leader, Some(2 | 3)),
+        "right after node 1 exited, node 2 knows leader {leader:?}: no hand-over"
+    );
+    assert_eq!(
+        publish_confirmed(&nodes[0].amqp_uri(), "handed", 10..20).await?.len(),
+        10
+    );
+    eventually("node 2 holds all 20", Duration::from_secs(10), || async {
+        let listing = list_queues(survivor, &[]).await?;
+        Ok((listing.queue("handed").map(|q| q.ready) == Some(20)).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
