@@ -5,8 +5,9 @@
 # would see it), a scale from 3 to 5 nodes and back, node 3's disk filling
 # (compose.disk.yaml: its alarm blocks its publishers, then ENOSPC stops it
 # with a non-zero exit; the others go on), then a seeded random
-# schedule of kill -9, pause, cut from the cluster network and graceful
-# restart, under confirmed load on every node. Every scenario must lose nothing (exit 1 otherwise). .ci/run runs
+# schedule of kill -9, pause, cut from the cluster network, graceful
+# restart and membership change (stopped, removed, started, added back),
+# under confirmed load on every node. Every scenario must lose nothing (exit 1 otherwise). .ci/run runs
 # it; results go to docs/failover.md.
 #
 #   deploy/docker/chaos.sh                  both scenarios, a random seed
@@ -129,7 +130,10 @@ for scenario in $scenarios; do
       scale_3_5_3 > "$out/scale-steps.txt" 2>&1 &
       scaler=$!
       ;;
-    random) args=(--schedule random --faults "$faults" --seed "$seed" --network cluster --hold-secs 4 --interval-secs 4) ;;
+    random)
+      args=(--schedule random --faults "$faults" --seed "$seed" --network cluster --hold-secs 4 --interval-secs 4
+        --kinds kill,pause,partition,restart,member)
+      ;;
     *) echo "unknown scenario $scenario"; exit 2 ;;
   esac
   echo "== chaos scenario $scenario: $(date -u +%FT%TZ), reports in $out"

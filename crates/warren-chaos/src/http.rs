@@ -1,5 +1,6 @@
-//! A minimal HTTP/1.0 GET for health and leader probes: the runner asks
-//! a node a few questions a second and needs no HTTP client crate for it.
+//! A minimal HTTP/1.0 client for health and leader probes and the
+//! membership fault: the runner asks a node a few questions a second and
+//! needs no HTTP client crate for it.
 
 use std::time::Duration;
 
@@ -56,16 +57,49 @@ pub async fn get(base: &BaseUrl, path: &str) -> anyhow::Result<(u16, String)> {
         .with_context(|| format!("GET {path} from {}: no answer within {PROBE_TIMEOUT:?}", base.authority))?
 }
 
+/// Sends `method path` to `base` with a JSON `body` if given (the
+/// membership fault's DELETE and POST); returns the status code and the
+/// body of the answer.
+///
+/// # Errors
+/// As for [`get`].
+pub async fn send(base: &BaseUrl, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, String)> {
+    tokio::time::timeout(PROBE_TIMEOUT, request_unbounded(base, method, path, body))
+        .await
+        .with_context(|| {
+            format!(
+                "{method} {path} to {}: no answer within {PROBE_TIMEOUT:?}",
+                base.authority
+            )
+        })?
+}
+
 async fn get_unbounded(base: &BaseUrl, path: &str) -> anyhow::Result<(u16, String)> {
+    request_unbounded(base, "GET", path, None).await
+}
+
+async fn request_unbounded(
+    base: &BaseUrl,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect(&base.authority)
         .await
         .with_context(|| format!("connect to {}", base.authority))?;
-    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {}\r\n", base.authority);
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {}\r\n", base.authority);
     if let Some(credentials) = &base.credentials {
         let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
         request.push_str(&format!("Authorization: Basic {encoded}\r\n"));
     }
+    if let Some(body) = body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
     request.push_str("\r\n");
+    request.push_str(body.unwrap_or_default());
     stream.write_all(request.as_bytes()).await?;
     let mut answer = Vec::new();
     stream.take(MAX_ANSWER_BYTES).read_to_end(&mut answer).await?;

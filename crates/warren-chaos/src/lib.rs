@@ -12,6 +12,7 @@
 pub mod check;
 pub mod history;
 pub mod http;
+pub mod member;
 pub mod report;
 pub mod spec;
 pub mod target;
@@ -67,7 +68,8 @@ pub struct ChaosArgs {
     /// How many faults a random schedule has.
     #[arg(long, default_value_t = 10)]
     pub faults: usize,
-    /// The fault kinds to draw from (default: all the platform can do).
+    /// The fault kinds to draw from (default: all the platform can do but
+    /// `member`, which needs Warren's membership API: ask for it).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub kinds: Vec<FaultKind>,
     /// Seed of the schedule (printed; default: random).
@@ -144,7 +146,12 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<Summary> {
     let seed = args.seed.unwrap_or_else(rand::random);
     let run_id: u64 = rand::random::<u64>() >> 12;
     let kinds = fault_kinds(&args);
-    let injector = Injector::new(args.platform, args.network.clone(), args.namespace.clone());
+    let injector = Injector::new(
+        args.platform,
+        args.network.clone(),
+        args.namespace.clone(),
+        args.nodes.clone(),
+    );
     let planned_faults = match args.schedule {
         Schedule::Random => args.faults,
         Schedule::RollingRestart => args.nodes.len(),

@@ -24,6 +24,10 @@ pub enum FaultKind {
     Partition,
     /// A graceful stop (SIGTERM, the node drains) and a start, at once.
     Restart,
+    /// A membership change: stopped (SIGTERM) and removed from the cluster
+    /// through another node; started and added back when the fault ends
+    /// (Warren only; each node needs `id=` and `http=`).
+    Member,
 }
 
 impl FaultKind {
@@ -33,6 +37,7 @@ impl FaultKind {
             Self::Pause => "pause",
             Self::Partition => "partition",
             Self::Restart => "restart",
+            Self::Member => "member",
         }
     }
 
@@ -70,15 +75,21 @@ pub struct Injector {
     namespace: Option<String>,
     /// Per container: the network it was cut from and its aliases there.
     cut: Mutex<HashMap<String, (String, Vec<String>)>>,
+    /// Every node of the run: a membership change goes through the others.
+    nodes: Vec<NodeSpec>,
+    /// Per node removed by a membership fault: its id and cluster address.
+    removed: Mutex<HashMap<String, (u64, String)>>,
 }
 
 impl Injector {
-    pub fn new(platform: Platform, network: Option<String>, namespace: Option<String>) -> Self {
+    pub fn new(platform: Platform, network: Option<String>, namespace: Option<String>, nodes: Vec<NodeSpec>) -> Self {
         Self {
             platform,
             network,
             namespace,
             cut: Mutex::default(),
+            nodes,
+            removed: Mutex::default(),
         }
     }
 
@@ -90,6 +101,8 @@ impl Injector {
         for kind in kinds {
             let supported = match self.platform {
                 Platform::Docker => *kind != FaultKind::Partition || self.network.is_some(),
+                // (Removing a pod's ordinal from the cluster is a scale-down:
+                // the StatefulSet would start it again at once.)
                 Platform::Kubectl => matches!(kind, FaultKind::Kill | FaultKind::Restart),
                 Platform::Local => *kind != FaultKind::Partition,
                 Platform::None => false,
@@ -115,11 +128,11 @@ impl Injector {
                 Platform::Docker => node.container.is_none().then_some("container="),
                 Platform::Kubectl => node.pod.is_none().then_some("pod="),
                 Platform::Local if node.pid_file.is_none() => Some("pid-file="),
-                // Only a kill or restart starts the node again.
+                // Only a kill, restart or membership change starts the node again.
                 Platform::Local => (node.start.is_none()
                     && kinds
                         .iter()
-                        .any(|kind| matches!(kind, FaultKind::Kill | FaultKind::Restart)))
+                        .any(|kind| matches!(kind, FaultKind::Kill | FaultKind::Restart | FaultKind::Member)))
                 .then_some("start="),
                 Platform::None => None,
             };
@@ -129,6 +142,17 @@ impl Injector {
                     node.name,
                     self.platform
                 );
+            }
+            if kinds.contains(&FaultKind::Member) {
+                if node.http.is_none() || node.id.as_deref().and_then(|id| id.parse::<u64>().ok()).is_none() {
+                    bail!(
+                        "node {} needs http= and a numeric id= for the membership fault",
+                        node.name
+                    );
+                }
+                if nodes.len() < 2 {
+                    bail!("the membership fault needs another node to remove a node through");
+                }
             }
         }
         Ok(())
@@ -140,7 +164,7 @@ impl Injector {
     /// The platform's command failed.
     pub async fn inject(&self, node: &NodeSpec, kind: FaultKind) -> anyhow::Result<()> {
         match (self.platform, kind) {
-            (Platform::Docker, _) => self.docker_inject(docker_name(node)?, kind).await,
+            (Platform::Docker, _) => self.docker_inject(node, kind).await,
             (Platform::Kubectl, FaultKind::Kill) => {
                 self.kubectl(&[
                     "delete",
@@ -161,8 +185,59 @@ impl Injector {
                 self.signal_and_wait(node, "TERM").await?;
                 self.start_local(node).await
             }
+            (Platform::Local, FaultKind::Member) => self.leave(node).await,
             (platform, kind) => bail!("--platform {platform:?} cannot {}", kind.name()),
         }
+    }
+
+    /// The membership fault's first half: the node's cluster address
+    /// noted, the node stopped gracefully, then removed through the others.
+    async fn leave(&self, node: &NodeSpec) -> anyhow::Result<()> {
+        let (id, peers) = self.member_and_peers(node)?;
+        let addr = crate::member::cluster_address(&peers, id).await?;
+        match self.platform {
+            Platform::Docker => run("docker", &["stop", "--time", "30", docker_name(node)?]).await?,
+            _ => self.signal_and_wait(node, "TERM").await?,
+        }
+        crate::member::remove(&peers, id).await?;
+        self.removed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(node.name.clone(), (id, addr));
+        Ok(())
+    }
+
+    /// The membership fault's second half: started again and added back.
+    async fn join_again(&self, node: &NodeSpec) -> anyhow::Result<()> {
+        let (_, peers) = self.member_and_peers(node)?;
+        let removed = self
+            .removed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&node.name);
+        let (id, addr) = removed.context("adding back a node that was not removed")?;
+        match self.platform {
+            Platform::Docker => run("docker", &["start", docker_name(node)?]).await?,
+            _ => self.start_local(node).await?,
+        }
+        crate::member::add(&peers, id, &addr).await
+    }
+
+    /// `node`'s Warren id and the management URLs of the other nodes.
+    fn member_and_peers(&self, node: &NodeSpec) -> anyhow::Result<(u64, Vec<crate::http::BaseUrl>)> {
+        let id = node
+            .id
+            .as_deref()
+            .and_then(|id| id.parse().ok())
+            .with_context(|| format!("node {} has no numeric id=", node.name))?;
+        let peers = self
+            .nodes
+            .iter()
+            .filter(|other| other.name != node.name)
+            .filter_map(|other| other.http.as_deref())
+            .map(crate::http::BaseUrl::parse)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((id, peers))
     }
 
     /// Undoes `kind` on `node` (nothing to undo for a restart, or for a pod
@@ -173,15 +248,18 @@ impl Injector {
     pub async fn heal(&self, node: &NodeSpec, kind: FaultKind) -> anyhow::Result<()> {
         match (self.platform, kind) {
             (_, FaultKind::Restart) | (Platform::Kubectl, _) | (Platform::None, _) => Ok(()),
-            (Platform::Docker, _) => self.docker_heal(docker_name(node)?, kind).await,
+            (Platform::Docker, _) => self.docker_heal(node, kind).await,
+            (Platform::Local, FaultKind::Member) => self.join_again(node).await,
             (Platform::Local, FaultKind::Kill) => self.start_local(node).await,
             (Platform::Local, FaultKind::Pause) => signal(self.pid(node)?, "CONT").await,
             (Platform::Local, FaultKind::Partition) => bail!("--platform local cannot partition"),
         }
     }
 
-    async fn docker_inject(&self, container: &str, kind: FaultKind) -> anyhow::Result<()> {
+    async fn docker_inject(&self, node: &NodeSpec, kind: FaultKind) -> anyhow::Result<()> {
+        let container = docker_name(node)?;
         match kind {
+            FaultKind::Member => self.leave(node).await,
             FaultKind::Kill => run("docker", &["kill", "--signal", "KILL", container]).await,
             FaultKind::Pause => run("docker", &["pause", container]).await,
             FaultKind::Restart => run("docker", &["restart", "--time", "30", container]).await,
@@ -198,8 +276,10 @@ impl Injector {
         }
     }
 
-    async fn docker_heal(&self, container: &str, kind: FaultKind) -> anyhow::Result<()> {
+    async fn docker_heal(&self, node: &NodeSpec, kind: FaultKind) -> anyhow::Result<()> {
+        let container = docker_name(node)?;
         match kind {
+            FaultKind::Member => self.join_again(node).await,
             FaultKind::Kill => run("docker", &["start", container]).await,
             FaultKind::Pause => run("docker", &["unpause", container]).await,
             FaultKind::Restart => Ok(()),
@@ -381,20 +461,20 @@ mod tests {
 
     #[test]
     fn each_platform_refuses_the_faults_it_cannot_do() {
-        let docker = Injector::new(Platform::Docker, None, None);
+        let docker = Injector::new(Platform::Docker, None, None, Vec::new());
         let nodes = [node("amqp=a,container=c1")];
         assert!(docker.validate(&nodes, &[FaultKind::Kill, FaultKind::Pause]).is_ok());
         assert!(
             docker.validate(&nodes, &[FaultKind::Partition]).is_err(),
             "no network given"
         );
-        let kubectl = Injector::new(Platform::Kubectl, None, None);
+        let kubectl = Injector::new(Platform::Kubectl, None, None, Vec::new());
         assert!(kubectl.validate(&[node("amqp=a,pod=p")], &[FaultKind::Pause]).is_err());
         assert!(
             kubectl.validate(&[node("amqp=a")], &[FaultKind::Kill]).is_err(),
             "no pod="
         );
-        let local = Injector::new(Platform::Local, None, None);
+        let local = Injector::new(Platform::Local, None, None, Vec::new());
         assert!(local
             .validate(&[node("amqp=a,pid-file=/p,start=x")], &[FaultKind::Restart])
             .is_ok());
@@ -414,9 +494,35 @@ mod tests {
             local.validate(&[node("amqp=a,start=x")], &[FaultKind::Pause]).is_err(),
             "no pid-file="
         );
-        let none = Injector::new(Platform::None, None, None);
+        let none = Injector::new(Platform::None, None, None, Vec::new());
         assert!(none.validate(&nodes, &[]).is_ok());
         assert!(none.validate(&nodes, &[FaultKind::Kill]).is_err());
+    }
+
+    #[test]
+    fn the_membership_fault_needs_ids_http_and_another_node() {
+        let local = Injector::new(Platform::Local, None, None, Vec::new());
+        let good = |n: u32| node(&format!("amqp=a,id={n},http=http://h:{n},pid-file=/p{n},start=x"));
+        assert!(local.validate(&[good(1), good(2)], &[FaultKind::Member]).is_ok());
+        assert!(
+            local.validate(&[good(1)], &[FaultKind::Member]).is_err(),
+            "no other node to go through"
+        );
+        for bad in [
+            "amqp=a,http=http://h:1,pid-file=/p,start=x",
+            "amqp=a,id=rabbit@h,http=http://h:1,pid-file=/p,start=x",
+            "amqp=a,id=1,pid-file=/p,start=x",
+            "amqp=a,id=1,http=http://h:1,pid-file=/p",
+        ] {
+            assert!(
+                local.validate(&[node(bad), good(2)], &[FaultKind::Member]).is_err(),
+                "{bad} was accepted"
+            );
+        }
+        let kubectl = Injector::new(Platform::Kubectl, None, None, Vec::new());
+        assert!(kubectl
+            .validate(&[node("amqp=a,id=1,http=http://h:1,pod=p")], &[FaultKind::Member])
+            .is_err());
     }
 
     #[test]
