@@ -48,12 +48,13 @@ pub async fn cluster_address(peers: &[BaseUrl], id: u64) -> anyhow::Result<Strin
 }
 
 /// Removes node `id` from the cluster through `peers` (any: the change
-/// goes to the leader), retrying until one answers 204.
+/// goes to the leader), retrying until one answers 204, or 404: a removal
+/// whose answer was lost leaves the node no member.
 ///
 /// # Errors
 /// None did within [`MEMBERSHIP_WAIT`].
 pub async fn remove(peers: &[BaseUrl], id: u64) -> anyhow::Result<()> {
-    retry(peers, "DELETE", &format!("/api/warren/members/{id}"), None, 204).await
+    retry(peers, "DELETE", &format!("/api/warren/members/{id}"), None, &[204, 404]).await
 }
 
 /// Adds node `id` at cluster address `addr` back as a voter through
@@ -64,10 +65,10 @@ pub async fn remove(peers: &[BaseUrl], id: u64) -> anyhow::Result<()> {
 /// None did within [`MEMBERSHIP_WAIT`].
 pub async fn add(peers: &[BaseUrl], id: u64, addr: &str) -> anyhow::Result<()> {
     let body = serde_json::json!({ "node_id": id, "addr": addr }).to_string();
-    retry(peers, "POST", "/api/warren/members", Some(&body), 201).await
+    retry(peers, "POST", "/api/warren/members", Some(&body), &[201]).await
 }
 
-async fn retry(peers: &[BaseUrl], method: &str, path: &str, body: Option<&str>, wanted: u16) -> anyhow::Result<()> {
+async fn retry(peers: &[BaseUrl], method: &str, path: &str, body: Option<&str>, done: &[u16]) -> anyhow::Result<()> {
     if peers.is_empty() {
         bail!("{method} {path}: no other node has http=");
     }
@@ -76,13 +77,13 @@ async fn retry(peers: &[BaseUrl], method: &str, path: &str, body: Option<&str>, 
     loop {
         for peer in peers {
             match http::send(peer, method, path, body).await {
-                Ok((status, _)) if status == wanted => return Ok(()),
+                Ok((status, _)) if done.contains(&status) => return Ok(()),
                 Ok((status, answer)) => last = format!("{}: {status} {answer}", peer.authority),
                 Err(e) => last = format!("{e:#}"),
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            bail!("{method} {path}: no {wanted} within {MEMBERSHIP_WAIT:?} (last: {last})");
+            bail!("{method} {path}: no {done:?} within {MEMBERSHIP_WAIT:?} (last: {last})");
         }
         tokio::time::sleep(RETRY_PAUSE).await;
     }

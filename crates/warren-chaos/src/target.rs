@@ -192,6 +192,8 @@ impl Injector {
 
     /// The membership fault's first half: the node's cluster address
     /// noted, the node stopped gracefully, then removed through the others.
+    /// Once stopped it is noted as such, so that the second half starts it
+    /// again even if the removal failed.
     async fn leave(&self, node: &NodeSpec) -> anyhow::Result<()> {
         let (id, peers) = self.member_and_peers(node)?;
         let addr = crate::member::cluster_address(&peers, id).await?;
@@ -199,15 +201,15 @@ impl Injector {
             Platform::Docker => run("docker", &["stop", "--time", "30", docker_name(node)?]).await?,
             _ => self.signal_and_wait(node, "TERM").await?,
         }
-        crate::member::remove(&peers, id).await?;
         self.removed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(node.name.clone(), (id, addr));
-        Ok(())
+        crate::member::remove(&peers, id).await
     }
 
-    /// The membership fault's second half: started again and added back.
+    /// The membership fault's second half: started again and added back
+    /// (adding a node that is a voter already changes nothing).
     async fn join_again(&self, node: &NodeSpec) -> anyhow::Result<()> {
         let (_, peers) = self.member_and_peers(node)?;
         let removed = self

@@ -4,19 +4,23 @@
 //!
 //! openraft 0.9 has no leadership transfer. It has what one needs:
 //!
-//! 1. The leader holds its writes ([`WriteHold`]): its proposer keeps new
-//!    batches and [`crate::Node::write_forwarded`] keeps forwarded ones,
-//!    so its log stops growing; then it commits an empty batch, which
-//!    openraft appends after every write it took before.
-//! 2. It waits until a voter's replicated log reaches that batch.
-//! 3. It asks that voter to stand for election now
-//!    ([`crate::Peers::stand_for_election`]). The candidate's log is as long
-//!    as the leader's, so the leader grants its vote — a leader's own
-//!    vote is not renewed by heartbeats, so its lease no longer refuses
-//!    once it has led for `election_timeout_max` — and steps down. In a
-//!    cluster of three that vote and the candidate's own are a majority; in
-//!    a larger one the leader first stops its heartbeats for a lease, so
-//!    that the other followers' leases run out and they vote too.
+//! 1. A leader refuses every vote within a lease of its election (its vote
+//!    is stamped then and not renewed by heartbeats): in a cluster of three
+//!    a leader elected less than `election_timeout_max` ago waits until
+//!    then, its writes going on meanwhile ([`LeadingSince`]).
+//! 2. It holds its writes ([`WriteHold`]): its proposer keeps new batches,
+//!    [`crate::Node::write_forwarded`] keeps forwarded ones, the failure
+//!    detector its verdicts, and no membership change starts, so its log
+//!    stops growing; then it commits an empty batch, which openraft
+//!    appends after every write it took before.
+//! 3. It waits until a voter's replicated log reaches that batch, and asks
+//!    such voters in turn to stand for election now
+//!    ([`crate::Peers::stand_for_election`]). The candidate's log is as
+//!    long as the leader's, so the leader grants its vote and steps down.
+//!    In a cluster of three that vote and the candidate's own are a
+//!    majority; in a larger one the leader first stops its heartbeats for
+//!    a lease, so that the other followers' leases run out and they vote
+//!    too.
 //! 4. Once another leader is known the hold ends: the held batches go to
 //!    the new leader like any follower's.
 //!
@@ -27,17 +31,16 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use openraft::error::ClientWriteError;
 use openraft::{Raft, RaftMetrics, ServerState};
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-
-use openraft::error::ClientWriteError;
+use warren_core::Batch;
 
 use crate::member::Member;
 use crate::peers::Peers;
 use crate::type_config::{Proposal, TypeConfig};
-use warren_core::Batch;
 
 /// The gate every write of this node passes while it checks that this
 /// node leads and hands the entry to openraft. A hand-over closes it: it
@@ -126,6 +129,9 @@ pub(crate) struct HandOverCtx<'a> {
     pub(crate) hold: &'a Arc<WriteHold>,
     pub(crate) leading_since: &'a LeadingSince,
     pub(crate) clock: &'a crate::clock::LeaderClock,
+    /// One membership change at a time ([`crate::Node::add_voter`],
+    /// [`crate::Node::remove_node`]): held during the hand-over.
+    pub(crate) membership_changes: &'a tokio::sync::Semaphore,
     /// openraft's leader lease: `election_timeout_max_ms`.
     pub(crate) lease: Duration,
 }
@@ -155,6 +161,11 @@ pub(crate) async fn hand_over(ctx: HandOverCtx<'_>, limit: Duration) -> HandOver
         let led_since = ctx.leading_since.in_term(term).unwrap_or_else(Instant::now);
         tokio::time::sleep_until((led_since + ctx.lease + LEASE_MARGIN).min(deadline)).await;
     }
+    // No membership change meanwhile: openraft appends its entries itself,
+    // past the gate (and a joint change's second one after the first).
+    let Ok(_no_membership_change) = tokio::time::timeout_at(deadline, ctx.membership_changes.acquire()).await else {
+        return HandOver::Failed(format!("a membership change went on for {limit:?}"));
+    };
     let _hold = ctx.hold.hold().await;
     let held_from = Instant::now();
     // An empty batch behind every write handed to openraft before the
@@ -175,34 +186,37 @@ pub(crate) async fn hand_over(ctx: HandOverCtx<'_>, limit: Duration) -> HandOver
             return HandOver::Failed(format!("the empty batch before the hand-over: {reason}"))
         }
     };
+    // (Past the leader's last index too, should anything have been
+    // appended after the empty batch.)
+    let whole_log = |m: &RaftMetrics<u64, Member>| m.last_log_index.unwrap_or(0).max(last);
     let caught_up = ctx
         .raft
         .wait(Some(deadline.saturating_duration_since(Instant::now())))
         .metrics(
-            |m| m.state != ServerState::Leader || !successors(m, ctx.node_id, last).is_empty(),
+            |m| m.state != ServerState::Leader || !successors(m, ctx.node_id, whole_log(m)).is_empty(),
             "a voter that holds the leader's whole log",
         )
         .await;
     let Ok(metrics) = caught_up else {
         return HandOver::Failed(format!("no voter had this leader's whole log within {limit:?}"));
     };
-    let successors = successors(&metrics, ctx.node_id, last);
+    let successors = successors(&metrics, ctx.node_id, whole_log(&metrics));
     if successors.is_empty() {
         return match metrics.current_leader {
             Some(leader) if leader != ctx.node_id => HandOver::HandedTo(leader),
             _ => HandOver::Failed("this node stopped leading before it could hand over".to_owned()),
         };
     }
-    if voters > 3 {
+    let _quiet = (voters > 3).then(|| {
         // The candidate's vote and this leader's are no majority: the other
         // followers must hear nothing for a lease before they vote.
         ctx.raft.runtime_config().heartbeat(false);
-        tokio::time::sleep(ctx.lease + LEASE_MARGIN).await;
-    }
-    let outcome = ask_in_turn(&ctx, &successors, deadline).await;
+        Quiet(ctx.raft)
+    });
     if voters > 3 {
-        ctx.raft.runtime_config().heartbeat(true);
+        tokio::time::sleep_until((Instant::now() + ctx.lease + LEASE_MARGIN).min(deadline)).await;
     }
+    let outcome = ask_in_turn(&ctx, &successors, term, deadline).await;
     match &outcome {
         HandOver::HandedTo(leader) => {
             tracing::info!(node = ctx.node_id, leader, held = ?held_from.elapsed(), "leadership handed over");
@@ -215,10 +229,10 @@ pub(crate) async fn hand_over(ctx: HandOverCtx<'_>, limit: Duration) -> HandOver
 
 /// Asks each of `successors` in turn to stand for election until one does,
 /// then waits for another leader to be known.
-async fn ask_in_turn(ctx: &HandOverCtx<'_>, successors: &[(u64, String)], deadline: Instant) -> HandOver {
+async fn ask_in_turn(ctx: &HandOverCtx<'_>, successors: &[(u64, String)], term: u64, deadline: Instant) -> HandOver {
     let mut refusals = Vec::new();
     for (target, addr) in successors {
-        match tokio::time::timeout_at(deadline, ctx.peers.stand_for_election(addr)).await {
+        match tokio::time::timeout_at(deadline, ctx.peers.stand_for_election(addr, ctx.node_id, term)).await {
             Err(_) => refusals.push(format!("node {target} did not answer in time")),
             Ok(Err(e)) => refusals.push(format!("node {target} did not stand for election: {e}")),
             Ok(Ok(())) => {
@@ -245,6 +259,16 @@ async fn ask_in_turn(ctx: &HandOverCtx<'_>, successors: &[(u64, String)], deadli
         }
     }
     HandOver::Failed(refusals.join("; "))
+}
+
+/// Turns this node's heartbeats back on when dropped, however the
+/// hand-over ended (even if its caller stopped waiting for it).
+struct Quiet<'a>(&'a Raft<TypeConfig>);
+
+impl Drop for Quiet<'_> {
+    fn drop(&mut self) {
+        self.0.runtime_config().heartbeat(true);
+    }
 }
 
 /// Past the lease, before asking: every follower's lease, started by the

@@ -732,20 +732,23 @@ impl Node {
             hold: &self.inner.hold,
             leading_since: &self.inner.leading_since,
             clock: &self.inner.clock,
+            membership_changes: &self.inner.membership_changes,
             lease: Duration::from_millis(self.inner.config.election_timeout_max_ms),
         };
         crate::handover::hand_over(ctx, limit).await
     }
 
-    /// Starts an election on this node now, as a leader handing over asks
-    /// ([`Peers::stand_for_election`]).
+    /// Starts an election on this node now, as leader `leader_id` of term
+    /// `term`, handing over, asks ([`Peers::stand_for_election`]).
     ///
     /// # Errors
     /// [`PeerError::Refused`] if elections are off here
     /// ([`Node::allow_elections`]), this node is not (yet) a voter that
-    /// takes Raft messages, or it leads already; [`PeerError::Failed`] if
-    /// its Raft core has stopped.
-    pub async fn stand_for_election(&self) -> Result<(), PeerError> {
+    /// takes Raft messages, it leads already, or it does not know
+    /// `leader_id` as leader in `term` (a request that came late must not
+    /// depose the next leader); [`PeerError::Failed`] if its Raft core has
+    /// stopped.
+    pub async fn stand_for_election(&self, leader_id: u64, term: u64) -> Result<(), PeerError> {
         if !self.inner.elections_allowed.load(Ordering::SeqCst) {
             return Err(PeerError::Refused(format!(
                 "node {} does not stand for election now",
@@ -763,6 +766,12 @@ impl Node {
             let metrics = metrics.borrow();
             if metrics.state == ServerState::Leader {
                 return Err(PeerError::Refused(format!("node {} leads already", self.inner.node_id)));
+            }
+            if metrics.current_term != term || metrics.current_leader != Some(leader_id) {
+                return Err(PeerError::Refused(format!(
+                    "node {} knows leader {:?} in term {}, not node {leader_id} in term {term}",
+                    self.inner.node_id, metrics.current_leader, metrics.current_term
+                )));
             }
             if !metrics
                 .membership_config

@@ -85,11 +85,11 @@ pub trait Peers: Send + Sync + 'static {
         Box::pin(async move { crate::leader_watch::port_gone(&addr).await })
     }
 
-    /// Asks the voter at `addr` to stand for election now: a leader that
-    /// is stopping, and whose whole log that voter holds, hands its
-    /// leadership over this way (ADR 0035). `Ok(())` once the election has
-    /// started, which is not yet won.
-    fn stand_for_election(&self, addr: &str) -> BoxFuture<Result<(), PeerError>>;
+    /// Asks the voter at `addr` to stand for election now: leader
+    /// `leader_id` of term `term`, stopping, hands its leadership over this
+    /// way to a voter that holds its whole log (ADR 0035). `Ok(())` once
+    /// the election has started, which is not yet won.
+    fn stand_for_election(&self, addr: &str, leader_id: u64, term: u64) -> BoxFuture<Result<(), PeerError>>;
 }
 
 /// Reaches nobody: a single node never forwards nor joins.
@@ -124,7 +124,7 @@ impl Peers for NoPeers {
         Box::pin(async move { Err(PeerError::Failed(reason)) })
     }
 
-    fn stand_for_election(&self, addr: &str) -> BoxFuture<Result<(), PeerError>> {
+    fn stand_for_election(&self, addr: &str, _leader_id: u64, _term: u64) -> BoxFuture<Result<(), PeerError>> {
         let reason = format!("no network to reach {addr}: this node has no peers");
         Box::pin(async move { Err(PeerError::Failed(reason)) })
     }

@@ -346,10 +346,12 @@ impl Peers for GrpcNetwork {
         Box::pin(async move { Ok(network.status(&addr).await?.last_applied) })
     }
 
-    fn stand_for_election(&self, addr: &str) -> BoxFuture<Result<(), PeerError>> {
+    fn stand_for_election(&self, addr: &str, leader_id: u64, term: u64) -> BoxFuture<Result<(), PeerError>> {
         let client = self.client(addr);
         let request = pb::StandForElectionRequest {
             header: Some(self.header()),
+            leader_id,
+            term,
         };
         let addr = addr.to_owned();
         let limit = self.config.status_timeout;

@@ -416,7 +416,8 @@ impl WarrenCluster for ClusterService {
         request: Request<pb::StandForElectionRequest>,
     ) -> Result<Response<pb::StandForElectionReply>, Status> {
         self.check(request.get_ref().header.as_ref())?;
-        let result = match self.node.stand_for_election().await {
+        let request = request.into_inner();
+        let result = match self.node.stand_for_election(request.leader_id, request.term).await {
             Ok(()) => stand_for_election_reply::Result::Started(true),
             Err(PeerError::Refused(reason)) => stand_for_election_reply::Result::Refused(reason),
             Err(error) => stand_for_election_reply::Result::Failed(error.to_string()),

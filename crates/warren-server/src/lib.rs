@@ -27,9 +27,10 @@ pub use config::{advertise_for, is_seed, join_targets, node_id_from_hostname, Am
 /// waits up to a second for the client's close-ok).
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
-/// How long a stopping leader tries to hand its leadership over, past the
-/// rest of its lease (openraft's leader lease, `election_timeout_max`: a
-/// leader elected less than a lease ago grants no vote until it is over).
+/// How long a stopping leader tries to hand its leadership over, on top of
+/// one lease (openraft's leader lease, `election_timeout_max`: a leader
+/// elected less than a lease ago grants no vote until it is over, and
+/// waits that out first).
 const HAND_OVER_LIMIT: Duration = Duration::from_secs(3);
 
 /// Runs a node: binds `config.cluster_listen` and serves the inter-node

@@ -487,7 +487,7 @@ impl Peers for FaultNetwork {
         self.status_of(addr, |status| status.last_applied)
     }
 
-    fn stand_for_election(&self, addr: &str) -> BoxFuture<Result<(), PeerError>> {
+    fn stand_for_election(&self, addr: &str, leader_id: u64, term: u64) -> BoxFuture<Result<(), PeerError>> {
         let net = self.net.clone();
         let from = self.from;
         let target = addr_node(addr);
@@ -497,7 +497,9 @@ impl Peers for FaultNetwork {
                 return Err(PeerError::Failed(format!("stand-for-election: no node at {addr}")));
             };
             let sent = net
-                .transmit(from, to, |node| async move { node.stand_for_election().await })
+                .transmit(from, to, |node| async move {
+                    node.stand_for_election(leader_id, term).await
+                })
                 .await;
             sent.unwrap_or_else(|lost| Err(peer_lost(&format!("stand-for-election at {addr}"), &lost)))
         })

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use warren_cluster::HandOver;
+use warren_cluster::{HandOver, PeerError};
 use warren_testkit::{seed_from_env, Cluster, ClusterOptions, LoadOptions, Workload};
 
 fn init_tracing() {
@@ -393,6 +393,19 @@ async fn a_hand_over_no_follower_takes_fails_and_the_leader_leads_on() -> anyhow
         .ok_or_else(|| anyhow::anyhow!("no follower is running"))?;
     let outcome = follower.hand_over_leadership(Duration::from_secs(1)).await;
     anyhow::ensure!(outcome == HandOver::NotLeader, "a follower's hand-over: {outcome:?}");
+    // A request to stand that names another leader or another term (one
+    // that came late) is refused even where elections are on.
+    follower.allow_elections(true);
+    let term = follower.raft().metrics().borrow().current_term;
+    let follower_id = follower.raft().metrics().borrow().id;
+    for (asker, in_term) in [(follower_id, term), (old, term + 1), (old, term.saturating_sub(1))] {
+        let refused = follower.stand_for_election(asker, in_term).await;
+        anyhow::ensure!(
+            matches!(&refused, Err(PeerError::Refused(reason)) if reason.contains("knows leader")),
+            "asked by node {asker} in term {in_term}: {refused:?}"
+        );
+    }
+    anyhow::ensure!(leader(&cluster, &workload).await? == old, "an election followed a refused request");
     finish(&cluster, workload).await
 }
 
