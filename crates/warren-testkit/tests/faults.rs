@@ -405,7 +405,10 @@ async fn a_hand_over_no_follower_takes_fails_and_the_leader_leads_on() -> anyhow
             "asked by node {asker} in term {in_term}: {refused:?}"
         );
     }
-    anyhow::ensure!(leader(&cluster, &workload).await? == old, "an election followed a refused request");
+    anyhow::ensure!(
+        leader(&cluster, &workload).await? == old,
+        "an election followed a refused request"
+    );
     finish(&cluster, workload).await
 }
 
