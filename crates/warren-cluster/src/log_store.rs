@@ -110,6 +110,9 @@ enum WriteOp {
         /// Each entry's id and encoded size.
         log_ids: Vec<(LogId<u64>, u64)>,
         flushed: LogFlushed<TypeConfig>,
+        /// Only settlements (acks, nacks, rejects): no client waits for
+        /// their commit, so their flush may wait for company.
+        patient: bool,
     },
     Truncate {
         from: u64,
@@ -239,6 +242,7 @@ fn run_writer(store: Arc<dyn LogStore>, pending: Pending, ops: std_mpsc::Receive
     while let Ok(first) = ops.recv() {
         queued.push(first);
         queued.extend(ops.try_iter());
+        gather_patient(&ops, &mut queued);
         let mut appends: Vec<Appended> = Vec::new();
         let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
         for op in queued.drain(..) {
@@ -247,6 +251,7 @@ fn run_writer(store: Arc<dyn LogStore>, pending: Pending, ops: std_mpsc::Receive
                     entries,
                     log_ids,
                     flushed,
+                    patient: _,
                 } => {
                     batch.extend(entries);
                     appends.push((log_ids, flushed));
@@ -260,6 +265,60 @@ fn run_writer(store: Arc<dyn LogStore>, pending: Pending, ops: std_mpsc::Receive
         flush_appends(&*store, &pending, &mut batch, &mut appends);
     }
     tracing::debug!("log writer thread stopped");
+}
+
+/// An entry of acks, nacks and rejects only (not an empty one).
+fn settlements_only(entry: &Entry<TypeConfig>) -> bool {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(proposal) => {
+            !proposal.batch.requests.is_empty()
+                && proposal.batch.requests.iter().all(|request| {
+                    matches!(
+                        request.command,
+                        warren_core::Command::Ack { .. }
+                            | warren_core::Command::Nack { .. }
+                            | warren_core::Command::Reject { .. }
+                    )
+                })
+        }
+        _ => false,
+    }
+}
+
+/// How long appends of settlements only wait for more before their flush.
+const PATIENCE: std::time::Duration = std::time::Duration::from_micros(500);
+
+/// Settlement entries gathered into one flush at most.
+const PATIENT_ENTRIES: usize = 64;
+
+/// While everything queued is appends of settlements only, waits up to
+/// [`PATIENCE`] for more operations (until [`PATIENT_ENTRIES`] entries or
+/// one that is not patient): a consumer draining a backlog acks one message
+/// at a time, and one flush per handful of acks kept the disk busy with
+/// rewrites of the log's last page (docs/benchmarks.md, "the drain").
+fn gather_patient(ops: &std_mpsc::Receiver<WriteOp>, queued: &mut Vec<WriteOp>) {
+    let patient = |queued: &[WriteOp]| {
+        queued
+            .iter()
+            .all(|op| matches!(op, WriteOp::Append { patient: true, .. }))
+    };
+    let entries = |queued: &[WriteOp]| {
+        queued
+            .iter()
+            .map(|op| match op {
+                WriteOp::Append { entries, .. } => entries.len(),
+                _ => 0,
+            })
+            .sum::<usize>()
+    };
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while patient(queued) && entries(queued) < PATIENT_ENTRIES {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match ops.recv_timeout(left) {
+            Ok(op) => queued.push(op),
+            Err(_) => return,
+        }
+    }
 }
 
 fn flush_appends(
@@ -466,6 +525,7 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
         let bytes: usize = encoded.iter().map(|(_, bytes)| bytes.len()).sum();
         self.appended_bytes
             .fetch_add(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::Relaxed);
+        let patient = entries.iter().all(settlements_only);
         let log_ids = entries
             .iter()
             .zip(&encoded)
@@ -482,6 +542,7 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
                 entries: encoded,
                 log_ids,
                 flushed: callback,
+                patient,
             })
             .map_err(|_| StorageIOError::write_logs(&std::io::Error::other("log writer thread stopped")))?;
         self.last_log_id = Some(last);
@@ -547,6 +608,51 @@ mod tests {
 
     fn held(entries: &Entries) -> Vec<u64> {
         entries.map.keys().copied().collect()
+    }
+
+    fn entry_of(commands: Vec<warren_core::Command>) -> Entry<TypeConfig> {
+        Entry {
+            log_id: id(1, 1),
+            payload: EntryPayload::Normal(crate::type_config::Proposal {
+                tag: None,
+                batch: warren_core::Batch {
+                    now_ms: 0,
+                    requests: commands
+                        .into_iter()
+                        .map(|command| warren_core::Request { origin: None, command })
+                        .collect(),
+                },
+            }),
+        }
+    }
+
+    /// Only entries no client waits on may wait for company in the writer:
+    /// a publish (its confirm), any other command, an empty batch (a
+    /// hand-over's barrier) or a blank entry flushes at once.
+    #[test]
+    fn only_an_entry_of_settlements_may_wait_for_company() {
+        use warren_core::{Command, DeliveryTag};
+        let ack = Command::Ack {
+            delivery_tag: DeliveryTag(1),
+            multiple: false,
+        };
+        let nack = Command::Nack {
+            delivery_tag: DeliveryTag(2),
+            multiple: true,
+            requeue: true,
+        };
+        let reject = Command::Reject {
+            delivery_tag: DeliveryTag(3),
+            requeue: false,
+        };
+        assert!(settlements_only(&entry_of(vec![ack.clone(), nack, reject])));
+        assert!(!settlements_only(&entry_of(vec![ack.clone(), Command::Tick])));
+        assert!(!settlements_only(&entry_of(vec![Command::CloseChannel, ack])));
+        assert!(!settlements_only(&entry_of(Vec::new())));
+        assert!(!settlements_only(&Entry {
+            log_id: id(1, 1),
+            payload: EntryPayload::Blank,
+        }));
     }
 
     #[test]
