@@ -16,6 +16,41 @@ use warren_e2e::{ensure_warren_built, eventually, http, WarrenProcess};
 /// the others declare a node down.
 const HOLD_SECS: &str = "7";
 
+/// `warren chaos` against local processes: two faults of `kind` from
+/// `seed`, each held about `hold_secs` (0.5–1.5×), `extra` arguments, 150
+/// msg/s per publisher; the `--node`s and `--json` are the caller's.
+fn local_chaos_args(kind: &str, seed: &str, hold_secs: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "chaos",
+        "--platform",
+        "local",
+        "--kinds",
+        kind,
+        "--faults",
+        "2",
+        "--seed",
+        seed,
+        "--hold-secs",
+        hold_secs,
+    ];
+    args.extend(extra);
+    args.extend([
+        "--interval-secs",
+        "2",
+        "--warmup-secs",
+        "3",
+        "--settle-secs",
+        "3",
+        "--drain-secs",
+        "60",
+        "--rate",
+        "150",
+        "--prefetch",
+        "20",
+    ]);
+    args.into_iter().map(str::to_owned).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_pauses_nodes_past_their_down_verdict_and_nothing_is_lost_or_delivered_twice_unflagged(
 ) -> anyhow::Result<()> {
@@ -30,34 +65,7 @@ async fn chaos_pauses_nodes_past_their_down_verdict_and_nothing_is_lost_or_deliv
         WarrenProcess::start_cluster_node(3, Some(join))?,
     ];
     let dir = tempfile::tempdir()?;
-    let mut args: Vec<String> = [
-        "chaos",
-        "--platform",
-        "local",
-        "--kinds",
-        "pause",
-        "--faults",
-        "2",
-        "--seed",
-        "5",
-        "--hold-secs",
-        HOLD_SECS,
-        "--interval-secs",
-        "2",
-        "--warmup-secs",
-        "3",
-        "--settle-secs",
-        "3",
-        "--drain-secs",
-        "60",
-        "--rate",
-        "150",
-        "--prefetch",
-        "20",
-    ]
-    .iter()
-    .map(|arg| (*arg).to_owned())
-    .collect();
+    let mut args = local_chaos_args("pause", "5", HOLD_SECS, &[]);
     for (node, id) in nodes.iter().zip(1..) {
         let http_addr = node
             .http_addr()
@@ -200,36 +208,7 @@ async fn chaos_removes_nodes_from_the_cluster_and_adds_them_back_with_nothing_lo
         ));
     }
     let json = dir.path().join("report.json");
-    let mut args: Vec<String> = [
-        "chaos",
-        "--platform",
-        "local",
-        "--kinds",
-        "member",
-        "--faults",
-        "2",
-        "--seed",
-        "3",
-        "--leader-share",
-        "0.5",
-        "--hold-secs",
-        "3",
-        "--interval-secs",
-        "2",
-        "--warmup-secs",
-        "3",
-        "--settle-secs",
-        "3",
-        "--drain-secs",
-        "60",
-        "--rate",
-        "150",
-        "--prefetch",
-        "20",
-    ]
-    .iter()
-    .map(|arg| (*arg).to_owned())
-    .collect();
+    let mut args = local_chaos_args("member", "3", "3", &["--leader-share", "0.5"]);
     args.extend(node_args);
     args.extend(["--json".to_owned(), json.display().to_string()]);
     let output =
