@@ -16,6 +16,37 @@ use warren_e2e::{ensure_warren_built, eventually, http, WarrenProcess};
 /// the others declare a node down.
 const HOLD_SECS: &str = "7";
 
+/// Runs `warren chaos` with `args` and `--json` into `dir`: whether it
+/// exited 0, what it printed, and its report.
+async fn run_chaos(
+    binary: std::path::PathBuf,
+    mut args: Vec<String>,
+    dir: &std::path::Path,
+) -> anyhow::Result<(bool, String, serde_json::Value)> {
+    let json = dir.join("report.json");
+    args.extend(["--json".to_owned(), json.display().to_string()]);
+    let output =
+        tokio::task::spawn_blocking(move || Command::new(binary).args(&args).stdin(Stdio::null()).output()).await??;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    println!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let report = serde_json::from_slice(&std::fs::read(&json)?)?;
+    Ok((output.status.success(), stdout, report))
+}
+
+/// The run had load, lost nothing, delivered nothing twice unflagged, and
+/// `warren chaos` said PASSED and exited 0.
+fn ensure_passed(exited_0: bool, stdout: &str, report: &serde_json::Value) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        report["confirmed"].as_u64().unwrap_or(0) > 1000,
+        "too little load: {}",
+        report["confirmed"]
+    );
+    anyhow::ensure!(report["lost"] == 0, "lost: {}", report["lost_sample"]);
+    anyhow::ensure!(report["unflagged_duplicates"] == 0, "{}", report["anomalies"]);
+    anyhow::ensure!(exited_0 && stdout.contains("PASSED"), "warren chaos failed: {stdout}");
+    Ok(())
+}
+
 /// `warren chaos` against local processes: two faults of `kind` from
 /// `seed`, each held about `hold_secs` (0.5–1.5×), `extra` arguments, 150
 /// msg/s per publisher; the `--node`s and `--json` are the caller's.
@@ -85,14 +116,7 @@ async fn chaos_pauses_nodes_past_their_down_verdict_and_nothing_is_lost_or_deliv
             pid_file.display()
         ));
     }
-    let json = dir.path().join("report.json");
-    args.extend(["--json".to_owned(), json.display().to_string()]);
-
-    let output =
-        tokio::task::spawn_blocking(move || Command::new(binary).args(&args).stdin(Stdio::null()).output()).await??;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    let (passed, stdout, report) = run_chaos(binary, args, dir.path()).await?;
 
     // The scenario happened: two pauses, each past the down verdict, and
     // the cluster did declare a paused node down (the node logs it as it
@@ -116,18 +140,8 @@ async fn chaos_pauses_nodes_past_their_down_verdict_and_nothing_is_lost_or_deliv
         declared_down,
         "no paused node was declared down: the scenario did not happen"
     );
-    anyhow::ensure!(
-        report["confirmed"].as_u64().unwrap_or(0) > 1000,
-        "too little load: {}",
-        report["confirmed"]
-    );
     // And the checks held.
-    anyhow::ensure!(report["lost"] == 0, "lost: {}", report["lost_sample"]);
-    anyhow::ensure!(report["unflagged_duplicates"] == 0, "{}", report["anomalies"]);
-    anyhow::ensure!(
-        output.status.success() && stdout.contains("PASSED"),
-        "warren chaos failed: {stdout}"
-    );
+    ensure_passed(passed, &stdout, &report)?;
     drop(nodes);
     Ok(())
 }
@@ -207,15 +221,9 @@ async fn chaos_removes_nodes_from_the_cluster_and_adds_them_back_with_nothing_lo
             pid_file.display()
         ));
     }
-    let json = dir.path().join("report.json");
     let mut args = local_chaos_args("member", "3", "3", &["--leader-share", "0.5"]);
     args.extend(node_args);
-    args.extend(["--json".to_owned(), json.display().to_string()]);
-    let output =
-        tokio::task::spawn_blocking(move || Command::new(binary).args(&args).stdin(Stdio::null()).output()).await??;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    let (passed, stdout, report) = run_chaos(binary, args, dir.path()).await?;
 
     let faults = report["faults"].as_array().cloned().unwrap_or_default();
     anyhow::ensure!(faults.len() == 2, "faults: {faults:?}");
@@ -239,16 +247,5 @@ async fn chaos_removes_nodes_from_the_cluster_and_adds_them_back_with_nothing_lo
         .filter_map(|m| m["node_id"].as_u64())
         .collect();
     anyhow::ensure!(voters == [1, 2, 3], "voters at the end: {members}");
-    anyhow::ensure!(
-        report["confirmed"].as_u64().unwrap_or(0) > 1000,
-        "too little load: {}",
-        report["confirmed"]
-    );
-    anyhow::ensure!(report["lost"] == 0, "lost: {}", report["lost_sample"]);
-    anyhow::ensure!(report["unflagged_duplicates"] == 0, "{}", report["anomalies"]);
-    anyhow::ensure!(
-        output.status.success() && stdout.contains("PASSED"),
-        "warren chaos failed: {stdout}"
-    );
-    Ok(())
+    ensure_passed(passed, &stdout, &report)
 }
