@@ -7,6 +7,7 @@
 //! own; `cargo nextest run -p warren-e2e durability::`
 //! runs one module.
 
+mod allocator;
 mod bad_input;
 mod basic;
 mod bodies;
