@@ -2,7 +2,8 @@
 //! returns freed memory to the kernel. What it buys is measured in
 //! docs/benchmarks.md (RSS after a transient load); this pins that the
 //! binary is built with it, so losing the `#[global_allocator]` or the
-//! build-time options in `.cargo/config.toml` fails a test.
+//! `background_thread:true` of `.cargo/config.toml` fails a test. The decay
+//! times there are not checked.
 
 use std::time::{Duration, Instant};
 
