@@ -291,32 +291,37 @@ const PATIENCE: std::time::Duration = std::time::Duration::from_micros(500);
 /// Settlement entries gathered into one flush at most.
 const PATIENT_ENTRIES: usize = 64;
 
+/// The entries of an append of settlements only; `None` for any other
+/// operation.
+fn patient_entries(op: &WriteOp) -> Option<usize> {
+    match op {
+        WriteOp::Append {
+            entries, patient: true, ..
+        } => Some(entries.len()),
+        _ => None,
+    }
+}
+
 /// While everything queued is appends of settlements only, waits up to
 /// [`PATIENCE`] for more operations (until [`PATIENT_ENTRIES`] entries or
 /// one that is not patient): a consumer draining a backlog acks one message
 /// at a time, and one flush per handful of acks kept the disk busy with
 /// rewrites of the log's last page (docs/benchmarks.md, "the drain").
 fn gather_patient(ops: &std_mpsc::Receiver<WriteOp>, queued: &mut Vec<WriteOp>) {
-    let patient = |queued: &[WriteOp]| {
-        queued
-            .iter()
-            .all(|op| matches!(op, WriteOp::Append { patient: true, .. }))
-    };
-    let entries = |queued: &[WriteOp]| {
-        queued
-            .iter()
-            .map(|op| match op {
-                WriteOp::Append { entries, .. } => entries.len(),
-                _ => 0,
-            })
-            .sum::<usize>()
+    let Some(mut entries) = queued.iter().map(patient_entries).sum::<Option<usize>>() else {
+        return;
     };
     let deadline = std::time::Instant::now() + PATIENCE;
-    while patient(queued) && entries(queued) < PATIENT_ENTRIES {
+    while entries < PATIENT_ENTRIES {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match ops.recv_timeout(left) {
-            Ok(op) => queued.push(op),
-            Err(_) => return,
+        let Ok(op) = ops.recv_timeout(left) else {
+            return;
+        };
+        let more = patient_entries(&op);
+        queued.push(op);
+        match more {
+            Some(n) => entries += n,
+            None => return,
         }
     }
 }
