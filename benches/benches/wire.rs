@@ -4,6 +4,12 @@
 //!   decoded frame by frame with `decode_frame` (the server's read path);
 //! - `encode_deliver`: `basic.deliver` + `encode_content` (the server's
 //!   write path for every delivery);
+//! - `decode_publish_plain`: the same without a `headers` table (what
+//!   amqprs-perf, warren-perf and most pika publishers send), whose
+//!   method and content header frames the codec reads by hand;
+//! - `deliver_by_hand`: `encode_deliver` + `encode_content_ref`, the
+//!   front end's write path since issue 11's item 4 (`encode_deliver`
+//!   above is the amq-protocol path it replaced, for comparison);
 //! - `encode_publish` / `decode_deliver`: the client's side of the same, at
 //!   1 KiB only, for comparison.
 //!
@@ -39,6 +45,13 @@ fn properties() -> AMQPProperties {
         .with_message_id("msg-000000001".into())
         .with_timestamp(1_795_000_000)
         .with_headers(headers)
+}
+
+/// Properties without a `headers` table.
+fn plain_properties() -> AMQPProperties {
+    AMQPProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
 }
 
 fn publish_method() -> AMQPFrame {
@@ -97,6 +110,54 @@ fn decode_publish(c: &mut Criterion) {
     group.finish();
 }
 
+fn decode_publish_plain(c: &mut Criterion) {
+    let mut group = c.benchmark_group("wire/decode_publish_plain");
+    let properties = plain_properties();
+    for size in BODY_SIZES {
+        let mut encoded = BytesMut::new();
+        encode_message(&publish_method(), &properties, &vec![0x5a; size], &mut encoded);
+        group.throughput(Throughput::Bytes(encoded.len() as u64));
+        group.bench_function(BenchmarkId::from_parameter(size), |b| {
+            b.iter_batched_ref(|| encoded.clone(), decode_all, BatchSize::SmallInput);
+        });
+    }
+    group.finish();
+}
+
+fn deliver_by_hand(c: &mut Criterion) {
+    let mut group = c.benchmark_group("wire/deliver_by_hand");
+    let properties = properties();
+    let props = warren_wire::PropertiesRef::from(&properties);
+    for size in BODY_SIZES {
+        let body = vec![0x5a; size];
+        let mut out = BytesMut::with_capacity(size + 4096);
+        let mut delivery_tag = 0;
+        let mut write = |out: &mut BytesMut| {
+            delivery_tag += 1;
+            let deliver = warren_wire::Deliver {
+                consumer_tag: "amq.ctag-0123456789abcdef",
+                delivery_tag,
+                redelivered: false,
+                exchange: "orders",
+                routing_key: "orders.eu.created",
+            };
+            warren_wire::encode_deliver(CHANNEL, &deliver, out);
+            warren_wire::encode_content_ref(CHANNEL, BASIC_CLASS, &props, &body, FRAME_MAX, out)
+                .expect("content encodes");
+        };
+        write(&mut out);
+        group.throughput(Throughput::Bytes(out.len() as u64));
+        group.bench_function(BenchmarkId::from_parameter(size), |b| {
+            b.iter(|| {
+                out.clear();
+                write(&mut out);
+                black_box(out.len())
+            });
+        });
+    }
+    group.finish();
+}
+
 fn encode_deliver(c: &mut Criterion) {
     let mut group = c.benchmark_group("wire/encode_deliver");
     let properties = properties();
@@ -144,6 +205,6 @@ fn client_side(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = common::config();
-    targets = decode_publish, encode_deliver, client_side
+    targets = decode_publish, decode_publish_plain, encode_deliver, deliver_by_hand, client_side
 }
 criterion_main!(benches);

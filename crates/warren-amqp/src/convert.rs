@@ -38,6 +38,26 @@ pub fn properties_from_wire(p: &AMQPProperties) -> Properties {
 }
 
 /// The core's properties to the wire's.
+/// The core's properties as the codec writes them, borrowed.
+pub fn properties_ref(p: &Properties) -> warren_wire::PropertiesRef<'_> {
+    warren_wire::PropertiesRef {
+        content_type: p.content_type.as_deref(),
+        content_encoding: p.content_encoding.as_deref(),
+        headers: p.headers.as_ref(),
+        delivery_mode: p.delivery_mode,
+        priority: p.priority,
+        correlation_id: p.correlation_id.as_deref(),
+        reply_to: p.reply_to.as_deref(),
+        expiration: p.expiration.as_deref(),
+        message_id: p.message_id.as_deref(),
+        timestamp: p.timestamp,
+        kind: p.kind.as_deref(),
+        user_id: p.user_id.as_deref(),
+        app_id: p.app_id.as_deref(),
+        cluster_id: p.cluster_id.as_deref(),
+    }
+}
+
 pub fn properties_to_wire(p: &Properties) -> AMQPProperties {
     let mut w = AMQPProperties::default();
     if let Some(v) = &p.content_type {
@@ -87,6 +107,7 @@ pub fn properties_to_wire(p: &Properties) -> AMQPProperties {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use warren_wire::types::{AMQPValue, FieldTable};
 
@@ -111,6 +132,25 @@ mod tests {
             cluster_id: Some("cl".into()),
         };
         assert_eq!(properties_from_wire(&properties_to_wire(&core)), core);
+        // A delivery writes them from the core's, borrowed: the same bytes.
+        let encoded = |p: &warren_wire::PropertiesRef<'_>| {
+            let mut out = bytes::BytesMut::new();
+            warren_wire::encode_content_ref(1, 60, p, b"body", 4096, &mut out).unwrap();
+            out
+        };
+        let wire = properties_to_wire(&core);
+        assert_eq!(
+            encoded(&properties_ref(&core)),
+            encoded(&warren_wire::PropertiesRef::from(&wire))
+        );
+        let mut overlong = core.clone();
+        overlong.app_id = Some("é".repeat(200));
+        let wire = properties_to_wire(&overlong);
+        assert_eq!(
+            encoded(&properties_ref(&overlong)),
+            encoded(&warren_wire::PropertiesRef::from(&wire)),
+            "cut as short() cuts it"
+        );
         assert_eq!(
             properties_from_wire(&properties_to_wire(&Properties::default())),
             Properties::default()

@@ -2,11 +2,12 @@
 //! heartbeat payloads, and splitting content into body frames.
 
 use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame, WriteContext};
-use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
+use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::protocol::constants;
 use bytes::{Buf, BufMut, BytesMut};
 
 use crate::error::WireError;
+use crate::fast::{self, PropertiesRef};
 use crate::method_name::method_name;
 use crate::nesting::{check_header_nesting, check_method_nesting};
 
@@ -129,8 +130,16 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<AMQPFra
     let frame = match frame_type {
         constants::FRAME_BODY => AMQPFrame::Body(channel, payload.to_vec()),
         constants::FRAME_HEARTBEAT => decode_heartbeat(channel, payload)?,
-        constants::FRAME_METHOD => decode_with_amq_protocol(&buf[..frame_len], payload, true)?,
-        _ => decode_with_amq_protocol(&buf[..frame_len], payload, false)?,
+        // The frames of every publish by hand; anything they are not sure
+        // of (and every error) through amq-protocol.
+        constants::FRAME_METHOD => match fast::read_publish(channel, payload) {
+            Some(frame) => frame,
+            None => decode_with_amq_protocol(&buf[..frame_len], payload, true)?,
+        },
+        _ => match fast::read_content_header(channel, payload) {
+            Some(frame) => frame,
+            None => decode_with_amq_protocol(&buf[..frame_len], payload, false)?,
+        },
     };
     buf.advance(frame_len);
     Ok(Some(frame))
@@ -156,7 +165,7 @@ fn decode_heartbeat(channel: u16, payload: &[u8]) -> Result<AMQPFrame, WireError
 ///
 /// `frame` is the whole, already length- and end-checked frame, so the parser
 /// can only fail on the payload; parse errors are mapped to our variants.
-fn decode_with_amq_protocol(frame: &[u8], payload: &[u8], is_method: bool) -> Result<AMQPFrame, WireError> {
+pub(crate) fn decode_with_amq_protocol(frame: &[u8], payload: &[u8], is_method: bool) -> Result<AMQPFrame, WireError> {
     let ids = match payload {
         [c0, c1, m0, m1, ..] if is_method => {
             let class_id = u16::from_be_bytes([*c0, *c1]);
@@ -254,6 +263,29 @@ pub fn encode_content(
     frame_max: u32,
     out: &mut BytesMut,
 ) -> Result<(), WireError> {
+    encode_content_ref(
+        channel,
+        class_id,
+        &PropertiesRef::from(properties),
+        body,
+        frame_max,
+        out,
+    )
+}
+
+/// [`encode_content`] from borrowed properties: what a delivery uses, so
+/// that no [`AMQPProperties`] is built per message.
+///
+/// # Errors
+/// As [`encode_content`]; on error `out` is left as it was.
+pub fn encode_content_ref(
+    channel: u16,
+    class_id: u16,
+    properties: &PropertiesRef<'_>,
+    body: &[u8],
+    frame_max: u32,
+    out: &mut BytesMut,
+) -> Result<(), WireError> {
     let frame_size = if frame_max == 0 {
         UNLIMITED_FRAME_CHUNK
     } else {
@@ -265,32 +297,33 @@ pub fn encode_content(
         )));
     };
     let start = out.len();
-    // Written by hand rather than through `AMQPFrame::Header`, which would
-    // need a clone of `properties` for every delivery.
-    let props = gen_properties(properties)(WriteContext::from(Vec::new()))
-        .map_err(|err| WireError::Encode(format!("content header properties: {err:?}")))?
-        .into_inner()
-        .0;
-    let payload_len = 2 + 2 + 8 + props.len();
+    // The header frame in place; its payload size is filled in once the
+    // properties are written.
+    out.put_u8(constants::FRAME_HEADER);
+    out.put_u16(channel);
+    out.put_u32(0);
+    out.put_u16(class_id);
+    out.put_u16(0); // weight, unused
+    out.put_u64(body.len() as u64);
+    if let Err(err) = properties.put(out) {
+        out.truncate(start);
+        return Err(err);
+    }
+    let payload_len = out.len() - start - FRAME_HEADER_SIZE;
     let header_len = payload_len + FRAME_OVERHEAD;
     if frame_max != 0 && header_len > frame_max as usize {
+        out.truncate(start);
         return Err(WireError::Encode(format!(
             "content header frame of {header_len} bytes exceeds frame_max {frame_max}"
         )));
     }
     let Ok(payload_len) = u32::try_from(payload_len) else {
+        out.truncate(start);
         return Err(WireError::Encode(format!(
             "content header of {payload_len} bytes exceeds 4 GiB"
         )));
     };
-    out.reserve(header_len);
-    out.put_u8(constants::FRAME_HEADER);
-    out.put_u16(channel);
-    out.put_u32(payload_len);
-    out.put_u16(class_id);
-    out.put_u16(0); // weight, unused
-    out.put_u64(body.len() as u64);
-    out.put_slice(&props);
+    out[start + 3..start + FRAME_HEADER_SIZE].copy_from_slice(&payload_len.to_be_bytes());
     out.put_u8(FRAME_END);
     out.reserve(body.len() + body.len().div_ceil(chunk) * FRAME_OVERHEAD);
     for piece in body.chunks(chunk) {

@@ -65,6 +65,7 @@
 //! decode_frame` from this crate's directory).
 
 mod error;
+mod fast;
 mod frame;
 mod method_name;
 mod nesting;
@@ -78,9 +79,10 @@ pub use amq_protocol::types;
 pub use amq_protocol::types::ShortString;
 
 pub use error::{WireError, ACCESS_REFUSED, COMMAND_INVALID, FRAME_ERROR, INTERNAL_ERROR, NOT_IMPLEMENTED};
+pub use fast::{encode_deliver, Deliver, PropertiesRef};
 pub use frame::{
-    check_protocol_header, decode_frame, encode_content, encode_frame, peek_qos_prefetch_size, FRAME_END,
-    FRAME_HEADER_SIZE, FRAME_MIN_SIZE, FRAME_OVERHEAD, PROTOCOL_HEADER, UNLIMITED_FRAME_CHUNK,
+    check_protocol_header, decode_frame, encode_content, encode_content_ref, encode_frame, peek_qos_prefetch_size,
+    FRAME_END, FRAME_HEADER_SIZE, FRAME_MIN_SIZE, FRAME_OVERHEAD, PROTOCOL_HEADER, UNLIMITED_FRAME_CHUNK,
 };
 pub use method_name::method_name;
 pub use nesting::MAX_FIELD_NESTING;

@@ -55,8 +55,11 @@ impl Connection {
         // reservation is bounded.
         // Grow with the frames rather than reserving a large body up front
         // on every channel.
-        let capacity = usize::try_from(header.body_size.min(u64::from(frame_max))).unwrap_or(0);
-        content.body.reserve(capacity);
+        // A body that fits in one frame is taken as that frame's buffer
+        // (`handle_content_body`), so only a longer one reserves here.
+        if header.body_size > u64::from(frame_max) {
+            content.body.reserve(frame_max as usize);
+        }
         content.header = Some((header.properties, header.body_size));
         if header.body_size == 0 {
             return self.complete_publish(ch).await;
@@ -84,8 +87,13 @@ impl Connection {
                 format!("FRAME_ERROR - content body on channel {ch} is {received} bytes, longer than the {size} its header declared"),
             ));
         }
-        content.body.extend_from_slice(&body);
         content.held.add(body.len() as u64);
+        if content.body.is_empty() && received == size {
+            // The whole body in one frame: its buffer, not a copy.
+            content.body = bytes::BytesMut::from(bytes::Bytes::from(body));
+        } else {
+            content.body.extend_from_slice(&body);
+        }
         if received == size {
             return self.complete_publish(ch).await;
         }

@@ -112,14 +112,14 @@ impl Connection {
         self.stats.bump(connection_counter::DELIVER_GET, 1);
         self.stats.bump(connection_counter::REDELIVER, u64::from(redelivered));
         let message = &delivery.message;
-        let deliver = basic::Deliver {
-            consumer_tag: short(delivery.consumer_tag.as_str()),
+        let deliver = warren_wire::Deliver {
+            consumer_tag: delivery.consumer_tag.as_str(),
             delivery_tag: delivery.delivery_tag,
             redelivered,
-            exchange: short(message.exchange.as_str()),
-            routing_key: short(&message.routing_key),
+            exchange: message.exchange.as_str(),
+            routing_key: &message.routing_key,
         };
-        self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)));
+        self.send_deliver(ch, &deliver);
         self.send_content(ch, message)
     }
 

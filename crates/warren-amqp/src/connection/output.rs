@@ -8,7 +8,7 @@ use warren_wire::protocol::{basic, channel, connection, AMQPClass};
 use warren_wire::AMQPFrame;
 
 use crate::channel::{ChannelState, Pending};
-use crate::convert::{properties_to_wire, short};
+use crate::convert::{properties_ref, short};
 use crate::counters::connection_counter;
 use crate::error::AmqpError;
 
@@ -138,6 +138,14 @@ impl Connection {
         self.send_frame(&AMQPFrame::Method(ch, method));
     }
 
+    /// Sends a `basic.deliver`, written by hand (`warren_wire::encode_deliver`).
+    pub(super) fn send_deliver(&mut self, ch: u16, deliver: &warren_wire::Deliver<'_>) {
+        if !self.confirms_due.is_empty() {
+            self.write_confirms(Some(ch));
+        }
+        warren_wire::encode_deliver(ch, deliver, &mut self.out);
+    }
+
     /// Sends `message`'s header and body frames.
     ///
     /// # Errors
@@ -151,8 +159,8 @@ impl Connection {
                 "INTERNAL_ERROR - a message body was not read back from the store",
             ));
         };
-        let properties = properties_to_wire(&message.properties);
-        if let Err(e) = warren_wire::encode_content(ch, 60, &properties, body, self.frame_max, &mut self.out) {
+        let properties = properties_ref(&message.properties);
+        if let Err(e) = warren_wire::encode_content_ref(ch, 60, &properties, body, self.frame_max, &mut self.out) {
             warn!(conn = ?self.id, error = %e, "could not encode content");
         }
         Ok(())
