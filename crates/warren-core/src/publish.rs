@@ -116,7 +116,7 @@ impl Broker {
         }
         let vh = self.vhost_mut(vhost)?;
         let targets = vh.route(&message.exchange, message);
-        let message = &if targets.is_empty() {
+        let message = &if targets.is_empty() || self.taken_at_once(vhost, &targets) {
             Arc::clone(message)
         } else {
             spill(ctx, message)
@@ -147,6 +147,33 @@ impl Broker {
             routed,
             rejected,
             returned,
+        })
+    }
+
+    /// Whether a message routed to `targets` leaves the broker in this
+    /// request: every target has nothing ready, only `no_ack` consumers,
+    /// and one of them can take it now. Its body then never needs the
+    /// node's store (a transient consumer that keeps up, issue 11): it is
+    /// delivered from memory and forgotten. If dispatch keeps it after all
+    /// (a consumer it did not expect), it stays in memory, as on a node
+    /// without a store; what is kept is the same either way.
+    fn taken_at_once(&self, vhost: &VHost, targets: &[QueueName]) -> bool {
+        let Some(vh) = self.vhosts.get(vhost) else {
+            return false;
+        };
+        targets.iter().all(|name| {
+            vh.queues.get(name).is_some_and(|queue| {
+                !queue.is_stream()
+                    && queue.ready.is_empty()
+                    && !queue.consumers.is_empty()
+                    && queue.consumers.iter().all(|c| {
+                        self.channels
+                            .get(&c.channel)
+                            .and_then(|channel| channel.consumers.get(&c.tag))
+                            .is_some_and(|consumer| consumer.no_ack)
+                    })
+                    && idle_consumer(queue, &self.channels).is_some()
+            })
         })
     }
 

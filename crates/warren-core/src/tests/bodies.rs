@@ -92,3 +92,84 @@ fn a_store_that_fails_leaves_the_body_in_memory() {
     let bodies: Vec<&Body> = broker.held_bodies().collect();
     assert_eq!(bodies, [&Body::Inline(Bytes::from_static(b"kept"))]);
 }
+
+/// Applies `commands` one request each with a store that records what it
+/// is given; returns the bodies stored and every delivery's body as sent.
+fn spilled_bodies(commands: Vec<crate::Command>) -> (Vec<Bytes>, Vec<Body>) {
+    let origin = chan(1, 1);
+    let mut broker = Broker::new();
+    let mut store: Vec<Bytes> = Vec::new();
+    let mut delivered = Vec::new();
+    for (i, command) in commands.into_iter().enumerate() {
+        let batch = Batch {
+            now_ms: 1_000 + i as u64,
+            requests: vec![Request {
+                origin: Some(origin),
+                command,
+            }],
+        };
+        let mut spill = |message: &Message| {
+            let bytes = message.body.inline().expect("in memory").clone();
+            store.push(bytes.clone());
+            Some(Message {
+                body: Body::Stored(StoredBody {
+                    segment: 0,
+                    offset: u32::try_from(store.len() - 1).expect("few"),
+                    len: u32::try_from(bytes.len()).expect("small"),
+                }),
+                ..message.clone()
+            })
+        };
+        let mut effects = Vec::new();
+        broker.apply_spilling(&batch, &mut effects, Some(&mut spill));
+        delivered.extend(effects.into_iter().filter_map(|effect| match effect {
+            crate::Effect::Deliver { message, .. } => Some(message.body.clone()),
+            _ => None,
+        }));
+    }
+    (store, delivered)
+}
+
+#[test]
+fn a_body_taken_at_once_by_a_no_ack_consumer_is_not_stored() {
+    let (stored, delivered) = spilled_bodies(vec![
+        declare_queue("q"),
+        consume("q", "c", true),
+        publish("", "q", "straight through"),
+    ]);
+    assert_eq!(stored, Vec::<Bytes>::new());
+    assert_eq!(delivered, [Body::Inline(Bytes::from_static(b"straight through"))]);
+}
+
+#[test]
+fn a_body_someone_keeps_is_stored() {
+    // A consumer that acks holds it until the ack.
+    let (stored, _) = spilled_bodies(vec![
+        declare_queue("q"),
+        consume("q", "c", false),
+        publish("", "q", "unacked"),
+    ]);
+    assert_eq!(stored, [Bytes::from_static(b"unacked")]);
+    // A no_ack consumer and one that acks on the same queue.
+    let (stored, _) = spilled_bodies(vec![
+        declare_queue("q"),
+        consume("q", "a", true),
+        consume("q", "b", false),
+        publish("", "q", "either"),
+    ]);
+    assert_eq!(stored, [Bytes::from_static(b"either")]);
+    // A fanout to a queue with a no_ack consumer and one without consumers.
+    let (stored, _) = spilled_bodies(vec![
+        declare_queue("q"),
+        declare_queue("idle"),
+        declare_exchange("fan", crate::ExchangeKind::Fanout),
+        bind("q", "fan", ""),
+        bind("idle", "fan", ""),
+        consume("q", "c", true),
+        publish("fan", "", "to both"),
+    ]);
+    assert_eq!(stored, [Bytes::from_static(b"to both")]);
+    // No consumer at all.
+    let (stored, _) = spilled_bodies(vec![declare_queue("q"), publish("", "q", "queued")]);
+    assert_eq!(stored, [Bytes::from_static(b"queued")]);
+}
