@@ -81,8 +81,9 @@ pub use amq_protocol::types::ShortString;
 pub use error::{WireError, ACCESS_REFUSED, COMMAND_INVALID, FRAME_ERROR, INTERNAL_ERROR, NOT_IMPLEMENTED};
 pub use fast::{encode_deliver, Deliver, PropertiesRef};
 pub use frame::{
-    check_protocol_header, decode_frame, encode_content, encode_content_ref, encode_frame, peek_qos_prefetch_size,
-    FRAME_END, FRAME_HEADER_SIZE, FRAME_MIN_SIZE, FRAME_OVERHEAD, PROTOCOL_HEADER, UNLIMITED_FRAME_CHUNK,
+    check_protocol_header, decode, decode_frame, encode_content, encode_content_ref, encode_frame,
+    peek_qos_prefetch_size, Frame, FRAME_END, FRAME_HEADER_SIZE, FRAME_MIN_SIZE, FRAME_OVERHEAD, PROTOCOL_HEADER,
+    UNLIMITED_FRAME_CHUNK,
 };
 pub use method_name::method_name;
 pub use nesting::MAX_FIELD_NESTING;

@@ -18,7 +18,7 @@ impl Connection {
     pub(super) async fn handle_content_header(
         &mut self,
         ch: u16,
-        header: warren_wire::AMQPContentHeader,
+        header: Box<warren_wire::AMQPContentHeader>,
     ) -> Result<(), AmqpError> {
         let max = self.frontend.config.max_message_size;
         let frame_max = self.frame_max;

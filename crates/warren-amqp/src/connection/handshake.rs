@@ -8,7 +8,7 @@ use tracing::info;
 use warren_core::{reply_code, UserName, VHost};
 use warren_wire::protocol::{connection, AMQPClass};
 use warren_wire::types::{AMQPValue, FieldTable, LongString};
-use warren_wire::AMQPFrame;
+use warren_wire::Frame;
 
 use crate::auth_mechanism::{login_name, AuthMechanism, PeerCertificate};
 use crate::convert::{long, short};
@@ -262,14 +262,14 @@ impl Connection {
     pub(super) async fn read_handshake_method(&mut self) -> Result<connection::AMQPMethod, AmqpError> {
         loop {
             match self.read_frame().await? {
-                AMQPFrame::Heartbeat => continue,
-                AMQPFrame::Method(0, AMQPClass::Connection(m)) => return Ok(m),
+                Frame::Heartbeat => continue,
+                Frame::Method(0, AMQPClass::Connection(m)) => return Ok(m),
                 _ => return Err(expected("a connection method on channel 0")),
             }
         }
     }
 
-    pub(super) async fn read_frame(&mut self) -> Result<AMQPFrame, AmqpError> {
+    pub(super) async fn read_frame(&mut self) -> Result<Frame, AmqpError> {
         loop {
             if let Some(frame) = self.decode()? {
                 return Ok(frame);
@@ -288,9 +288,9 @@ impl Connection {
         Ok(())
     }
 
-    pub(super) fn decode(&mut self) -> Result<Option<AMQPFrame>, AmqpError> {
+    pub(super) fn decode(&mut self) -> Result<Option<Frame>, AmqpError> {
         let prefetch_size = warren_wire::peek_qos_prefetch_size(&self.inbuf);
-        let frame = warren_wire::decode_frame(&mut self.inbuf, self.frame_max).map_err(wire_error)?;
+        let frame = warren_wire::decode(&mut self.inbuf, self.frame_max).map_err(wire_error)?;
         if frame.is_some() {
             self.qos_prefetch_size = prefetch_size.unwrap_or(0);
         }

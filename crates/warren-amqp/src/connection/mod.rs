@@ -18,7 +18,7 @@ use warren_core::{
     reply_code, AfterReturn, ChannelId, Command, ConnectionId, ConsumerTag, DeliveryTag, Request, UserName, VHost,
 };
 use warren_wire::protocol::{channel, connection, AMQPClass};
-use warren_wire::{AMQPFrame, WireError};
+use warren_wire::{AMQPFrame, Frame, WireError};
 
 use crate::access::AccessCache;
 use crate::channel::{ChannelSlot, ChannelState, Pending};
@@ -451,33 +451,32 @@ impl Connection {
         }
     }
 
-    async fn handle_frame(&mut self, frame: AMQPFrame) -> Result<(), AmqpError> {
+    async fn handle_frame(&mut self, frame: Frame) -> Result<(), AmqpError> {
         match frame {
-            AMQPFrame::Heartbeat => Ok(()),
-            AMQPFrame::InvalidHeartbeat(ch) => Err(AmqpError::connection(
+            Frame::Heartbeat => Ok(()),
+            Frame::InvalidHeartbeat(ch) => Err(AmqpError::connection(
                 reply_code::FRAME_ERROR,
                 format!("FRAME_ERROR - heartbeat frame on channel {ch}, expected channel 0"),
             )),
-            AMQPFrame::ProtocolHeader(_) => Err(AmqpError::unexpected_frame("protocol header after the handshake")),
-            AMQPFrame::Method(0, AMQPClass::Connection(m)) => self.handle_connection_method(m).await,
-            AMQPFrame::Method(0, other) => Err(AmqpError::connection_for(
+            Frame::Method(0, AMQPClass::Connection(m)) => self.handle_connection_method(m).await,
+            Frame::Method(0, other) => Err(AmqpError::connection_for(
                 reply_code::COMMAND_INVALID,
                 "COMMAND_INVALID - only connection methods may be sent on channel 0",
                 (other.get_amqp_class_id(), other.get_amqp_method_id()),
             )),
-            AMQPFrame::Method(ch, AMQPClass::Connection(_)) => Err(AmqpError::connection(
+            Frame::Method(ch, AMQPClass::Connection(_)) => Err(AmqpError::connection(
                 reply_code::COMMAND_INVALID,
                 format!("COMMAND_INVALID - connection method on channel {ch}"),
             )),
-            AMQPFrame::Method(ch, method) => {
+            Frame::Method(ch, method) => {
                 self.handle_channel_frame(ch, ChannelFrame::Method(method)).await?;
                 Ok(())
             }
-            AMQPFrame::Header(ch, header) => {
+            Frame::Header(ch, header) => {
                 self.handle_channel_frame(ch, ChannelFrame::Header(header)).await?;
                 Ok(())
             }
-            AMQPFrame::Body(ch, body) => {
+            Frame::Body(ch, body) => {
                 self.handle_channel_frame(ch, ChannelFrame::Body(body)).await?;
                 Ok(())
             }
@@ -657,7 +656,7 @@ impl Connection {
 
 enum ChannelFrame {
     Method(AMQPClass),
-    Header(warren_wire::AMQPContentHeader),
+    Header(Box<warren_wire::AMQPContentHeader>),
     Body(Vec<u8>),
 }
 
