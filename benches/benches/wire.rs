@@ -96,12 +96,12 @@ fn decode_all(buf: &mut BytesMut) -> usize {
     frames
 }
 
-fn decode_publish(c: &mut Criterion) {
-    let mut group = c.benchmark_group("wire/decode_publish");
-    let properties = properties();
+/// The decoding of one publish per body size, its properties given.
+fn decode_publishes(c: &mut Criterion, group: &str, properties: &AMQPProperties) {
+    let mut group = c.benchmark_group(group);
     for size in BODY_SIZES {
         let mut encoded = BytesMut::new();
-        encode_message(&publish_method(), &properties, &vec![0x5a; size], &mut encoded);
+        encode_message(&publish_method(), properties, &vec![0x5a; size], &mut encoded);
         group.throughput(Throughput::Bytes(encoded.len() as u64));
         group.bench_function(BenchmarkId::from_parameter(size), |b| {
             b.iter_batched_ref(|| encoded.clone(), decode_all, BatchSize::SmallInput);
@@ -110,18 +110,12 @@ fn decode_publish(c: &mut Criterion) {
     group.finish();
 }
 
+fn decode_publish(c: &mut Criterion) {
+    decode_publishes(c, "wire/decode_publish", &properties());
+}
+
 fn decode_publish_plain(c: &mut Criterion) {
-    let mut group = c.benchmark_group("wire/decode_publish_plain");
-    let properties = plain_properties();
-    for size in BODY_SIZES {
-        let mut encoded = BytesMut::new();
-        encode_message(&publish_method(), &properties, &vec![0x5a; size], &mut encoded);
-        group.throughput(Throughput::Bytes(encoded.len() as u64));
-        group.bench_function(BenchmarkId::from_parameter(size), |b| {
-            b.iter_batched_ref(|| encoded.clone(), decode_all, BatchSize::SmallInput);
-        });
-    }
-    group.finish();
+    decode_publishes(c, "wire/decode_publish_plain", &plain_properties());
 }
 
 fn deliver_by_hand(c: &mut Criterion) {

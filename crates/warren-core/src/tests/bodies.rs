@@ -6,6 +6,21 @@ use bytes::Bytes;
 use crate::test_support::*;
 use crate::{Batch, Body, Broker, Message, Request, StoredBody};
 
+/// A store that records each body it is given; the message with its
+/// handle.
+fn recorded(store: &mut Vec<Bytes>, message: &Message) -> Option<Message> {
+    let bytes = message.body.inline().expect("in memory").clone();
+    store.push(bytes.clone());
+    Some(Message {
+        body: Body::Stored(StoredBody {
+            segment: 0,
+            offset: u32::try_from(store.len() - 1).expect("few"),
+            len: u32::try_from(bytes.len()).expect("small"),
+        }),
+        ..message.clone()
+    })
+}
+
 #[test]
 fn routed_bodies_are_spilled_and_everything_else_is_alike() {
     let origin = chan(1, 1);
@@ -36,18 +51,7 @@ fn routed_bodies_are_spilled_and_everything_else_is_alike() {
         };
         let (mut plain_effects, mut spilled_effects) = (Vec::new(), Vec::new());
         plain.apply(&batch, &mut plain_effects);
-        let mut spill = |message: &Message| {
-            let bytes = message.body.inline().expect("in memory").clone();
-            store.push(bytes.clone());
-            Some(Message {
-                body: Body::Stored(StoredBody {
-                    segment: 0,
-                    offset: u32::try_from(store.len() - 1).expect("few"),
-                    len: u32::try_from(bytes.len()).expect("small"),
-                }),
-                ..message.clone()
-            })
-        };
+        let mut spill = |message: &Message| recorded(&mut store, message);
         spilled.apply_spilling(&batch, &mut spilled_effects, Some(&mut spill));
         assert_eq!(
             plain_effects.len(),
@@ -108,18 +112,7 @@ fn spilled_bodies(commands: Vec<crate::Command>) -> (Vec<Bytes>, Vec<Body>) {
                 command,
             }],
         };
-        let mut spill = |message: &Message| {
-            let bytes = message.body.inline().expect("in memory").clone();
-            store.push(bytes.clone());
-            Some(Message {
-                body: Body::Stored(StoredBody {
-                    segment: 0,
-                    offset: u32::try_from(store.len() - 1).expect("few"),
-                    len: u32::try_from(bytes.len()).expect("small"),
-                }),
-                ..message.clone()
-            })
-        };
+        let mut spill = |message: &Message| recorded(&mut store, message);
         let mut effects = Vec::new();
         broker.apply_spilling(&batch, &mut effects, Some(&mut spill));
         delivered.extend(effects.into_iter().filter_map(|effect| match effect {
