@@ -324,22 +324,26 @@ impl Registry {
 }
 
 impl EffectSink for Registry {
+    /// One batch per connection, each in the order of `effects`: a
+    /// connection's effects keep their order, and those of different
+    /// connections never had one (each connection is its own task). A
+    /// publisher and a consumer on one node used to get a batch each per
+    /// alternation (reply, delivery, reply, …): an allocation and a channel
+    /// send per effect.
     fn emit(&self, effects: Vec<Effect>) {
         let connections = self.lock();
-        let mut current: Option<(ConnectionId, EffectBatch)> = None;
-        for effect in effects {
-            let conn = effect.channel().conn;
-            match &mut current {
-                Some((id, batch)) if *id == conn => batch.push(effect),
-                _ => {
-                    if let Some((id, batch)) = current.take() {
-                        send(&connections, id, batch);
-                    }
-                    current = Some((conn, vec![effect]));
-                }
-            }
+        let Some(first) = effects.first().map(|effect| effect.channel().conn) else {
+            return;
+        };
+        if effects.iter().all(|effect| effect.channel().conn == first) {
+            send(&connections, first, effects);
+            return;
         }
-        if let Some((id, batch)) = current {
+        let mut batches: std::collections::BTreeMap<ConnectionId, EffectBatch> = std::collections::BTreeMap::new();
+        for effect in effects {
+            batches.entry(effect.channel().conn).or_default().push(effect);
+        }
+        for (id, batch) in batches {
             send(&connections, id, batch);
         }
     }
@@ -385,6 +389,44 @@ fn send(connections: &HashMap<ConnectionId, mpsc::UnboundedSender<EffectBatch>>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_connection_gets_its_effects_in_order_in_one_batch() {
+        use warren_core::{ChannelId, NodeId, Outcome};
+        let registry = Registry::default();
+        let conn = |seq| ConnectionId {
+            node: NodeId(1),
+            boot: 1,
+            seq,
+        };
+        let (a, b) = (conn(1), conn(2));
+        let mut rx_a = registry.register(a);
+        let mut rx_b = registry.register(b);
+        let effect = |conn, channel| Effect::Reply {
+            channel: ChannelId { conn, channel },
+            outcome: Ok(Outcome::Done),
+        };
+        let channels = |batch: EffectBatch| batch.iter().map(|e| e.channel().channel).collect::<Vec<_>>();
+        registry.emit(vec![
+            effect(a, 1),
+            effect(b, 1),
+            effect(a, 2),
+            effect(b, 2),
+            effect(a, 3),
+        ]);
+        assert_eq!(rx_a.try_recv().map(channels), Ok(vec![1, 2, 3]));
+        assert_eq!(rx_b.try_recv().map(channels), Ok(vec![1, 2]));
+        assert!(rx_a.try_recv().is_err() && rx_b.try_recv().is_err(), "one batch each");
+        registry.emit(vec![effect(b, 7), effect(b, 8)]);
+        assert_eq!(rx_b.try_recv().map(channels), Ok(vec![7, 8]));
+        assert!(rx_a.try_recv().is_err());
+        registry.emit(Vec::new());
+        assert!(rx_a.try_recv().is_err() && rx_b.try_recv().is_err());
+        // A connection that is gone is skipped; the others still get theirs.
+        drop(rx_a);
+        registry.emit(vec![effect(a, 1), effect(b, 9)]);
+        assert_eq!(rx_b.try_recv().map(channels), Ok(vec![9]));
+    }
 
     #[test]
     fn a_connection_row_travels_between_nodes_whole() {

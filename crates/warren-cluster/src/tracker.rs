@@ -138,7 +138,12 @@ impl ProposalTracker {
             .collect();
         let replies_go_out = in_flight.remove(&tag.seq).is_some();
         effects.retain(|effect| ours(effect) && (replies_go_out || !matches!(effect, Effect::Reply { .. })));
-        out.extend(effects);
+        if out.is_empty() {
+            // The usual case: no earlier batch failed; nothing to copy.
+            out = effects;
+        } else {
+            out.extend(effects);
+        }
         out.extend(answer_failed_front(&mut in_flight));
         emit(sink, out);
     }
