@@ -23,6 +23,8 @@
 #   RUNS           runs of every case (2)
 #   TRANSIENT_CLIENT  amqprs (default: amqprs-perf, the cheaper client) or lapin, for cases 1-2
 #   DURABLE_CLIENT    amqprs (default) or lapin (warren-perf), for cases 3-4
+#   REPL_CLIENT       amqprs (default) or lapin (warren-perf), for cases 5-6
+#                     (case 7, a fixed rate, is warren-perf's: amqprs-perf has no --rate)
 #   CASES          which phases to run (default "A B C")
 #   CARGO_TARGET_DIR  where the release binaries are built (default target/)
 #   SKIP_BUILD=1   use the binaries already built
@@ -41,6 +43,7 @@ RATE=${RATE:-5000}
 RUNS=${RUNS:-2}
 TRANSIENT_CLIENT=${TRANSIENT_CLIENT:-amqprs}
 DURABLE_CLIENT=${DURABLE_CLIENT:-amqprs}
+REPL_CLIENT=${REPL_CLIENT:-amqprs}
 CASES=${CASES:-A B C}
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 bin=$target_dir/release
@@ -273,8 +276,10 @@ phase_b() {
           6-*) port=$leader; extra=(--producers 4 --consumers 4 --count $((COUNT / 2)) --duration "$DURATION") ;;
           7-*) port=$follower; extra=(--rate "$RATE" --count $((RATE * DURATION)) --duration $((DURATION + 5))) ;;
         esac
-        log "$broker $c: leader on $leader, clients on $port"
-        measure "$broker" "$c" "$run" "$pids" "$bin/warren-perf" --uri "$(uri "$port")" --queue "$q" \
+        local tool=("$bin/warren-perf" --uri "$(uri "$port")")
+        if [ "$REPL_CLIENT" = amqprs ] && [ "${c%%-*}" != 7 ]; then tool=("$bin/amqprs-perf" --port "$port" --manual-ack); fi
+        log "$broker $c: leader on $leader, clients on $port (${tool[0]##*/})"
+        measure "$broker" "$c" "$run" "$pids" "${tool[@]}" --queue "$q" \
           "${qt[@]}" "${repl[@]}" "${extra[@]}"
         jq -c --argjson leader "$leader" --argjson port "$port" '. + {leader_port: $leader, client_port: $port}' \
           <(tail -1 "$RESULTS") > "$WORK/last" && sed -i '$ d' "$RESULTS" && cat "$WORK/last" >> "$RESULTS"

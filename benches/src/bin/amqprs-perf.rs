@@ -4,7 +4,8 @@
 //! (docs/benchmarks.md, 2026-11-28), so the broker's share is measured, not
 //! the client's. It has the cases `compare.sh` runs: transient with
 //! auto-ack (1, 2) and durable with publisher confirms and manual acks
-//! (3, 4), several producers and consumers; not `warren-perf`'s reconnects,
+//! (3, 4), several producers and consumers, on classic or quorum queues
+//! (`--queue-type`, for the three-node cases 5 and 6); not `warren-perf`'s reconnects,
 //! rate limits or probes. Same stamps, same ledger, and the same JSON
 //! field names as `warren-perf` for the fields it has.
 
@@ -18,7 +19,7 @@ use amqprs::channel::{
     ConfirmSelectArguments, QueueDeclareArguments, QueuePurgeArguments,
 };
 use amqprs::connection::{Connection, OpenConnectionArguments};
-use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, Nack, Return};
+use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, FieldTable, LongStr, Nack, Return, ShortStr};
 use clap::Parser;
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -49,6 +50,10 @@ struct Args {
     /// Declare the queue durable.
     #[arg(long)]
     durable: bool,
+    /// x-queue-type argument (classic, quorum): phase B of compare.sh
+    /// declares RabbitMQ's queues as quorum queues.
+    #[arg(long)]
+    queue_type: Option<String>,
     /// delivery_mode = 2.
     #[arg(long)]
     persistent: bool,
@@ -326,8 +331,19 @@ async fn main() -> anyhow::Result<()> {
 
     let setup = open(&args).await?;
     let ch = setup.open_channel(None).await?;
-    ch.queue_declare(QueueDeclareArguments::new(&args.queue).durable(args.durable).finish())
-        .await?;
+    let mut declare = QueueDeclareArguments::new(&args.queue);
+    declare.durable(args.durable);
+    if let Some(kind) = &args.queue_type {
+        let mut table = FieldTable::new();
+        table.insert(
+            ShortStr::try_from("x-queue-type").map_err(|e| anyhow::anyhow!("{e:?}"))?,
+            LongStr::try_from(kind.as_str())
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?
+                .into(),
+        );
+        declare.arguments(table);
+    }
+    ch.queue_declare(declare).await?;
     ch.queue_purge(QueuePurgeArguments::new(&args.queue)).await?;
 
     let mut consumers = Vec::new();
@@ -386,7 +402,7 @@ async fn main() -> anyhow::Result<()> {
             published.saturating_sub(accounting.consumed_unique)
         };
         json!({
-            "label": args.label, "client": "amqprs", "queue": args.queue,
+            "label": args.label, "client": "amqprs", "queue": args.queue, "queue_type": args.queue_type,
             "producers": args.producers, "consumers": args.consumers, "size": args.size,
             "persistent": args.persistent, "durable": args.durable, "confirm_window": args.confirm,
             "prefetch": args.prefetch, "auto_ack": !args.manual_ack,
