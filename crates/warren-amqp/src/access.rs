@@ -3,7 +3,7 @@
 //! not once a message, and never takes the state lock again until the
 //! node's access epoch moves (a user or grant changed, or a snapshot came).
 
-use std::collections::HashSet;
+use foldhash::{HashMap, HashSet};
 
 use warren_cluster::Node;
 use warren_core::access::{Perm, ResourceKind};
@@ -13,7 +13,15 @@ use warren_core::{CoreError, UserName, VHost};
 #[derive(Default)]
 pub(crate) struct AccessCache {
     epoch: u64,
-    allowed: HashSet<(ResourceKind, String, Perm)>,
+    /// Names allowed, by kind and permission: looked up by `&str`, so a
+    /// check that hits allocates nothing (a publish checks its exchange).
+    allowed: HashMap<(ResourceKind, Perm), HashSet<String>>,
+    /// Names in `allowed`, all kinds together.
+    len: usize,
+    /// The last check that passed: a publisher asks about the same
+    /// exchange every message, and a string compare is cheaper than two
+    /// hashes.
+    last: Option<(ResourceKind, Perm, String)>,
 }
 
 /// Cached grants kept per connection; a client that touches more
@@ -40,7 +48,7 @@ impl AccessCache {
         perm: Perm,
     ) -> Result<(), CoreError> {
         self.refresh(subject.node);
-        if self.allowed.contains(&(kind, name.to_owned(), perm)) {
+        if self.holds(kind, name, perm) {
             return Ok(());
         }
         subject
@@ -59,7 +67,7 @@ impl AccessCache {
         self.refresh(subject.node);
         let cached = [Perm::Read, Perm::Write, Perm::Configure]
             .into_iter()
-            .any(|perm| self.allowed.contains(&(kind, name.to_owned(), perm)));
+            .any(|perm| self.holds(kind, name, perm));
         if cached {
             return Ok(());
         }
@@ -71,15 +79,79 @@ impl AccessCache {
     fn refresh(&mut self, node: &Node) {
         let epoch = node.access_epoch();
         if epoch != self.epoch {
-            self.allowed.clear();
+            self.forget();
             self.epoch = epoch;
         }
     }
 
-    fn remember(&mut self, kind: ResourceKind, name: &str, perm: Perm) {
-        if self.allowed.len() >= CACHE_LIMIT {
-            self.allowed.clear();
+    fn holds(&mut self, kind: ResourceKind, name: &str, perm: Perm) -> bool {
+        if let Some((k, p, n)) = &self.last {
+            if (*k, *p) == (kind, perm) && n == name {
+                return true;
+            }
         }
-        self.allowed.insert((kind, name.to_owned(), perm));
+        let held = self
+            .allowed
+            .get(&(kind, perm))
+            .is_some_and(|names| names.contains(name));
+        if held {
+            self.last = Some((kind, perm, name.to_owned()));
+        }
+        held
+    }
+
+    fn forget(&mut self) {
+        self.allowed.clear();
+        self.len = 0;
+        self.last = None;
+    }
+
+    fn remember(&mut self, kind: ResourceKind, name: &str, perm: Perm) {
+        if self.len >= CACHE_LIMIT {
+            self.forget();
+        }
+        if self.allowed.entry((kind, perm)).or_default().insert(name.to_owned()) {
+            self.len += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remembered_grant_is_found_by_name_kind_and_permission_only() {
+        let mut cache = AccessCache::default();
+        cache.remember(ResourceKind::Exchange, "amq.topic", Perm::Write);
+        assert!(cache.holds(ResourceKind::Exchange, "amq.topic", Perm::Write));
+        assert!(!cache.holds(ResourceKind::Exchange, "amq.topic", Perm::Read));
+        assert!(!cache.holds(ResourceKind::Queue, "amq.topic", Perm::Write));
+        assert!(!cache.holds(ResourceKind::Exchange, "amq.topi", Perm::Write));
+        assert!(!cache.holds(ResourceKind::Exchange, "", Perm::Write));
+        cache.remember(ResourceKind::Queue, "", Perm::Read);
+        cache.remember(ResourceKind::Queue, "ünïcödé", Perm::Configure);
+        assert!(cache.holds(ResourceKind::Queue, "", Perm::Read));
+        assert!(cache.holds(ResourceKind::Queue, "ünïcödé", Perm::Configure));
+        // The same grant twice counts once.
+        cache.remember(ResourceKind::Queue, "", Perm::Read);
+        assert_eq!(cache.len, 3);
+    }
+
+    #[test]
+    fn the_cache_starts_over_past_its_limit() {
+        let mut cache = AccessCache::default();
+        for i in 0..CACHE_LIMIT {
+            cache.remember(ResourceKind::Queue, &format!("q{i}"), Perm::Read);
+        }
+        assert_eq!(cache.len, CACHE_LIMIT);
+        assert!(cache.holds(ResourceKind::Queue, "q0", Perm::Read));
+        cache.remember(ResourceKind::Queue, "one more", Perm::Read);
+        assert_eq!(cache.len, 1);
+        assert!(!cache.holds(ResourceKind::Queue, "q0", Perm::Read));
+        assert!(cache.holds(ResourceKind::Queue, "one more", Perm::Read));
+        cache.forget();
+        assert!(!cache.holds(ResourceKind::Queue, "one more", Perm::Read));
+        assert_eq!(cache.len, 0);
     }
 }

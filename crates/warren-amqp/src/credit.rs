@@ -14,8 +14,10 @@
 //! (cancel, recover, channel or connection close) they go back as they
 //! were, not redelivered (`Command::ReturnUnsent`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
+
+use foldhash::HashMap;
 
 use warren_core::{ConsumerTag, Message};
 

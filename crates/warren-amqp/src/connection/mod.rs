@@ -5,7 +5,6 @@
 //! The task owns its socket and its channels; it shares nothing but the
 //! proposer (to send commands) and the registry (to receive effects).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use warren_wire::protocol::{channel, connection, AMQPClass};
 use warren_wire::{AMQPFrame, Frame, WireError};
 
 use crate::access::AccessCache;
-use crate::channel::{ChannelSlot, ChannelState, Pending};
+use crate::channel::{ChannelMap, ChannelSlot, ChannelState, Pending};
 use crate::convert::short;
 use crate::counters::connection_counter;
 use crate::error::AmqpError;
@@ -107,7 +106,7 @@ pub(crate) async fn serve_connection(
         blocked_notify: false,
         publishes: false,
         blocked: false,
-        channels: HashMap::new(),
+        channels: ChannelMap::default(),
         last_read: Instant::now(),
         registered: false,
         client_closing: false,
@@ -188,7 +187,7 @@ struct Connection {
     /// Reading is held by the memory alarm (and, with `blocked_notify`,
     /// the client was sent `connection.blocked`).
     blocked: bool,
-    channels: HashMap<u16, ChannelSlot>,
+    channels: ChannelMap,
     last_read: Instant,
     registered: bool,
     /// The client sent connection.close; close-ok waits for the core.
