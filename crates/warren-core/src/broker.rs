@@ -168,6 +168,9 @@ impl Broker {
     /// and effects with or without it, but for where bodies are.
     pub fn apply_spilling(&mut self, batch: &Batch, effects: &mut Vec<Effect>, mut spill: Option<&mut Spill<'_>>) {
         self.log_time_ms = self.log_time_ms.max(batch.now_ms);
+        // A reply for each request, and a delivery for most publishes: room
+        // for both up front, not a copy of the effects at each doubling.
+        effects.reserve(batch.requests.len().saturating_mul(2));
         for request in &batch.requests {
             let mut ctx = Ctx {
                 now_ms: batch.now_ms,
