@@ -81,9 +81,12 @@ impl Channel {
 
     /// Whether consumer `tag` may receive one more message now.
     pub fn consumer_can_take(&self, tag: &ConsumerTag) -> bool {
-        let Some(consumer) = self.consumers.get(tag) else {
-            return false;
-        };
+        self.consumers.get(tag).is_some_and(|consumer| self.can_take(consumer))
+    }
+
+    /// [`Channel::consumer_can_take`] for a consumer of this channel
+    /// already looked up.
+    pub fn can_take(&self, consumer: &Consumer) -> bool {
         // A `no_ack` consumer's deliveries do not count against the
         // channel's prefetch, only against its own window.
         consumer.has_credit() && (consumer.no_ack || self.has_credit())

@@ -40,10 +40,15 @@ fn idle_consumer_below(queue: &Queue, channels: &BTreeMap<ChannelId, Channel>, t
         let Some(channel) = channels.get(&consumer.channel) else {
             continue;
         };
-        if !channel.consumer_can_take(&consumer.tag) {
+        // One lookup of the tag (a string) for both questions: this runs
+        // for every message routed to a queue with consumers.
+        let Some(record) = channel.consumers.get(&consumer.tag) else {
+            continue;
+        };
+        if !channel.can_take(record) {
             continue;
         }
-        let priority = channel.consumers.get(&consumer.tag).map_or(0, |c| c.priority);
+        let priority = record.priority;
         if Some(priority) == top {
             return Some(index);
         }

@@ -162,18 +162,28 @@ impl Broker {
             return false;
         };
         targets.iter().all(|name| {
-            vh.queues.get(name).is_some_and(|queue| {
-                !queue.is_stream()
-                    && queue.ready.is_empty()
-                    && !queue.consumers.is_empty()
-                    && queue.consumers.iter().all(|c| {
-                        self.channels
-                            .get(&c.channel)
-                            .and_then(|channel| channel.consumers.get(&c.tag))
-                            .is_some_and(|consumer| consumer.no_ack)
-                    })
-                    && idle_consumer(queue, &self.channels).is_some()
-            })
+            let Some(queue) = vh.queues.get(name) else {
+                return false;
+            };
+            if queue.is_stream() || !queue.ready.is_empty() {
+                return false;
+            }
+            // One pass, one lookup a consumer: all `no_ack`, and one that
+            // dispatch would try (the single active one, if so) free.
+            let mut one_can_take = false;
+            for (index, c) in queue.consumers.iter().enumerate() {
+                let Some(channel) = self.channels.get(&c.channel) else {
+                    return false;
+                };
+                match channel.consumers.get(&c.tag) {
+                    Some(consumer) if consumer.no_ack => {
+                        let tried = index == 0 || !queue.args.single_active_consumer;
+                        one_can_take |= tried && channel.can_take(consumer);
+                    }
+                    _ => return false,
+                }
+            }
+            one_can_take
         })
     }
 

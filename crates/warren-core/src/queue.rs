@@ -292,15 +292,15 @@ impl Queue {
 
     /// Consumers dispatch may try, in the order to try them: the single
     /// active consumer only, or round-robin from `next_consumer`.
-    pub fn dispatch_order(&self) -> Vec<usize> {
+    /// An iterator, not a vector: dispatch asks for every message.
+    pub fn dispatch_order(&self) -> impl Iterator<Item = usize> {
         let n = self.consumers.len();
-        if n == 0 {
-            return Vec::new();
-        }
-        if self.args.single_active_consumer {
-            return vec![0];
-        }
-        (0..n).map(|i| (self.next_consumer + i) % n).collect()
+        let (tried, start) = if self.args.single_active_consumer {
+            (n.min(1), 0)
+        } else {
+            (n, self.next_consumer)
+        };
+        (0..tried).map(move |i| (start + i) % n)
     }
 
     pub fn remove_consumer(&mut self, consumer: &ConsumerRef) {

@@ -166,3 +166,31 @@ fn a_body_someone_keeps_is_stored() {
     let (stored, _) = spilled_bodies(vec![declare_queue("q"), publish("", "q", "queued")]);
     assert_eq!(stored, [Bytes::from_static(b"queued")]);
 }
+
+#[test]
+fn a_single_active_consumer_queue_counts_only_its_active_consumer() {
+    // "a" takes a body as large as its whole no_ack window, and has no
+    // room left; "b" has, but a single-active-consumer queue does not
+    // deliver to it, so the second message waits, and is stored.
+    let big = "x".repeat(usize::try_from(crate::NO_ACK_WINDOW_BYTES).expect("fits"));
+    let sac = table(&[("x-single-active-consumer", amq_protocol_types::AMQPValue::Boolean(true))]);
+    let (stored, delivered) = spilled_bodies(vec![
+        declare_queue_with("q", sac),
+        consume("q", "a", true),
+        consume("q", "b", true),
+        publish("", "q", &big),
+        publish("", "q", "waits for a"),
+    ]);
+    assert_eq!(stored, [Bytes::from_static(b"waits for a")]);
+    assert_eq!(delivered.len(), 1);
+    // Without single-active-consumer, "b" takes it at once.
+    let (stored, delivered) = spilled_bodies(vec![
+        declare_queue("q"),
+        consume("q", "a", true),
+        consume("q", "b", true),
+        publish("", "q", &big),
+        publish("", "q", "to b"),
+    ]);
+    assert_eq!(stored, Vec::<Bytes>::new());
+    assert_eq!(delivered.len(), 2);
+}
