@@ -16,12 +16,6 @@ pub(crate) struct AccessCache {
     /// Names allowed, by kind and permission: looked up by `&str`, so a
     /// check that hits allocates nothing (a publish checks its exchange).
     allowed: HashMap<(ResourceKind, Perm), HashSet<String>>,
-    /// Names in `allowed`, all kinds together.
-    len: usize,
-    /// The last check that passed: a publisher asks about the same
-    /// exchange every message, and a string compare is cheaper than two
-    /// hashes.
-    last: Option<(ResourceKind, Perm, String)>,
 }
 
 /// Cached grants kept per connection; a client that touches more
@@ -84,35 +78,27 @@ impl AccessCache {
         }
     }
 
-    fn holds(&mut self, kind: ResourceKind, name: &str, perm: Perm) -> bool {
-        if let Some((k, p, n)) = &self.last {
-            if (*k, *p) == (kind, perm) && n == name {
-                return true;
-            }
-        }
-        let held = self
-            .allowed
+    fn holds(&self, kind: ResourceKind, name: &str, perm: Perm) -> bool {
+        self.allowed
             .get(&(kind, perm))
-            .is_some_and(|names| names.contains(name));
-        if held {
-            self.last = Some((kind, perm, name.to_owned()));
-        }
-        held
+            .is_some_and(|names| names.contains(name))
+    }
+
+    /// Names remembered, all kinds and permissions together (at most six
+    /// sets: counted on a miss only).
+    fn len(&self) -> usize {
+        self.allowed.values().map(HashSet::len).sum()
     }
 
     fn forget(&mut self) {
         self.allowed.clear();
-        self.len = 0;
-        self.last = None;
     }
 
     fn remember(&mut self, kind: ResourceKind, name: &str, perm: Perm) {
-        if self.len >= CACHE_LIMIT {
+        if self.len() >= CACHE_LIMIT {
             self.forget();
         }
-        if self.allowed.entry((kind, perm)).or_default().insert(name.to_owned()) {
-            self.len += 1;
-        }
+        self.allowed.entry((kind, perm)).or_default().insert(name.to_owned());
     }
 }
 
@@ -135,7 +121,7 @@ mod tests {
         assert!(cache.holds(ResourceKind::Queue, "ünïcödé", Perm::Configure));
         // The same grant twice counts once.
         cache.remember(ResourceKind::Queue, "", Perm::Read);
-        assert_eq!(cache.len, 3);
+        assert_eq!(cache.len(), 3);
     }
 
     #[test]
@@ -144,14 +130,14 @@ mod tests {
         for i in 0..CACHE_LIMIT {
             cache.remember(ResourceKind::Queue, &format!("q{i}"), Perm::Read);
         }
-        assert_eq!(cache.len, CACHE_LIMIT);
+        assert_eq!(cache.len(), CACHE_LIMIT);
         assert!(cache.holds(ResourceKind::Queue, "q0", Perm::Read));
         cache.remember(ResourceKind::Queue, "one more", Perm::Read);
-        assert_eq!(cache.len, 1);
+        assert_eq!(cache.len(), 1);
         assert!(!cache.holds(ResourceKind::Queue, "q0", Perm::Read));
         assert!(cache.holds(ResourceKind::Queue, "one more", Perm::Read));
         cache.forget();
         assert!(!cache.holds(ResourceKind::Queue, "one more", Perm::Read));
-        assert_eq!(cache.len, 0);
+        assert_eq!(cache.len(), 0);
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use crate::broker::{Broker, Ctx};
 use crate::channel::Channel;
 use crate::channel::Unacked;
+use crate::consumer::{Consumer, ConsumerRef};
 use crate::dead_letter::{dead_letters, DeathReason};
 use crate::effect::Effect;
 use crate::ids::ChannelId;
@@ -19,13 +20,23 @@ pub(crate) fn idle_consumer(queue: &Queue, channels: &BTreeMap<ChannelId, Channe
     idle_consumer_below(queue, channels, None)
 }
 
+/// A queue's consumer, with its channel: one lookup of the tag (a
+/// string), which dispatch does for every message.
+pub(crate) fn consumer_record<'a>(
+    channels: &'a BTreeMap<ChannelId, Channel>,
+    consumer: &ConsumerRef,
+) -> Option<(&'a Channel, &'a Consumer)> {
+    let channel = channels.get(&consumer.channel)?;
+    Some((channel, channel.consumers.get(&consumer.tag)?))
+}
+
 /// The highest `x-priority` among the queue's consumers (0 without any).
 fn top_priority(queue: &Queue, channels: &BTreeMap<ChannelId, Channel>) -> i32 {
     queue
         .consumers
         .iter()
-        .filter_map(|c| channels.get(&c.channel)?.consumers.get(&c.tag))
-        .map(|c| c.priority)
+        .filter_map(|c| consumer_record(channels, c))
+        .map(|(_, c)| c.priority)
         .max()
         .unwrap_or(0)
 }
@@ -36,13 +47,7 @@ fn top_priority(queue: &Queue, channels: &BTreeMap<ChannelId, Channel>) -> i32 {
 fn idle_consumer_below(queue: &Queue, channels: &BTreeMap<ChannelId, Channel>, top: Option<i32>) -> Option<usize> {
     let mut best: Option<(i32, usize)> = None;
     for index in queue.dispatch_order() {
-        let consumer = &queue.consumers[index];
-        let Some(channel) = channels.get(&consumer.channel) else {
-            continue;
-        };
-        // One lookup of the tag (a string) for both questions: this runs
-        // for every message routed to a queue with consumers.
-        let Some(record) = channel.consumers.get(&consumer.tag) else {
+        let Some((channel, record)) = consumer_record(channels, &queue.consumers[index]) else {
             continue;
         };
         if !channel.can_take(record) {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::broker::{Broker, Ctx};
 use crate::dead_letter::{dead_letters, DeathReason};
-use crate::dispatch::idle_consumer;
+use crate::dispatch::{consumer_record, idle_consumer};
 use crate::effect::Outcome;
 use crate::error::CoreError;
 use crate::fail;
@@ -168,17 +168,13 @@ impl Broker {
             if queue.is_stream() || !queue.ready.is_empty() {
                 return false;
             }
-            // One pass, one lookup a consumer: all `no_ack`, and one that
-            // dispatch would try (the single active one, if so) free.
+            // One pass, one lookup a consumer: every one `no_ack`, and one
+            // that dispatch would try free.
             let mut one_can_take = false;
             for (index, c) in queue.consumers.iter().enumerate() {
-                let Some(channel) = self.channels.get(&c.channel) else {
-                    return false;
-                };
-                match channel.consumers.get(&c.tag) {
-                    Some(consumer) if consumer.no_ack => {
-                        let tried = index == 0 || !queue.args.single_active_consumer;
-                        one_can_take |= tried && channel.can_take(consumer);
+                match consumer_record(&self.channels, c) {
+                    Some((channel, consumer)) if consumer.no_ack => {
+                        one_can_take |= queue.dispatches_to(index) && channel.can_take(consumer);
                     }
                     _ => return false,
                 }

@@ -292,7 +292,8 @@ impl Queue {
 
     /// Consumers dispatch may try, in the order to try them: the single
     /// active consumer only, or round-robin from `next_consumer`.
-    /// An iterator, not a vector: dispatch asks for every message.
+    /// An iterator, not a vector: dispatch asks for every message. It
+    /// yields exactly the indices [`Queue::dispatches_to`] allows.
     pub fn dispatch_order(&self) -> impl Iterator<Item = usize> {
         let n = self.consumers.len();
         let (tried, start) = if self.args.single_active_consumer {
@@ -301,6 +302,12 @@ impl Queue {
             (n, self.next_consumer)
         };
         (0..tried).map(move |i| (start + i) % n)
+    }
+
+    /// Whether dispatch tries consumer `index` at all: on a
+    /// single-active-consumer queue only the first (the active one).
+    pub fn dispatches_to(&self, index: usize) -> bool {
+        index < self.consumers.len() && (index == 0 || !self.args.single_active_consumer)
     }
 
     pub fn remove_consumer(&mut self, consumer: &ConsumerRef) {

@@ -628,3 +628,27 @@ fn consumers_encoded_without_a_priority_decode_with_priority_zero() {
     .unwrap();
     assert_eq!(again.priority, -4);
 }
+
+#[test]
+fn dispatch_tries_exactly_the_consumers_dispatches_to_allows() {
+    for sac in [false, true] {
+        let mut h = Harness::new();
+        let c = chan(1, 1);
+        let args = table(&[("x-single-active-consumer", amq_protocol_types::AMQPValue::Boolean(sac))]);
+        h.ok(c, declare_queue_with("q", args));
+        for consumers in 0..4 {
+            let queue = h
+                .broker
+                .vhosts
+                .get(&root())
+                .and_then(|v| v.queues.get(&crate::QueueName::from("q")));
+            let queue = queue.expect("declared");
+            let mut tried: Vec<usize> = queue.dispatch_order().collect();
+            tried.sort_unstable();
+            let allowed: Vec<usize> = (0..consumers + 1).filter(|&i| queue.dispatches_to(i)).collect();
+            assert_eq!(tried, allowed, "single active: {sac}, consumers: {consumers}");
+            assert_eq!(tried.len(), if sac { consumers.min(1) } else { consumers });
+            h.ok(c, consume("q", &format!("c{consumers}"), true));
+        }
+    }
+}
